@@ -1,0 +1,79 @@
+"""The actuator's Kafka shell: commands in, acknowledgements out (and to the audit topic).
+
+Commands are keyed by rack, so each rack's commands arrive in order on one partition. Refusals for
+signature reasons also become security events on the events topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from controllers.actuation import Guard
+from controllers.actuators.base import Actuator
+from powerplane import topics
+from powerplane.config import Config
+from powerplane.kafka import DeadLetters, Producer, consumer
+from powerplane.schemas import Command, DeadLetter, Event, SchemaError
+from powerplane.signing import Keyring
+
+log = logging.getLogger("powerplane.actuator")
+
+
+def run(cfg: Config, site_name: str, actuator: Actuator, keyring: Keyring, stop: threading.Event,
+        ready: threading.Event | None = None) -> Guard:
+    guard = Guard(actuator, keyring, site_name)
+    served = set(actuator.targets())
+    producer = Producer(cfg.kafka_bootstrap, f"powerplane-actuator-{actuator.name}")
+    dlq = DeadLetters(producer, f"actuator-{actuator.name}")
+    cons = consumer(cfg.kafka_bootstrap, f"powerplane-actuator-{actuator.name}", topics.COMMANDS.name)
+    actuator.start()
+    last_expiry = 0.0
+    try:
+        while not stop.is_set():
+            batch = cons.poll(timeout_ms=100, max_records=1000)
+            if ready is not None and cons.assignment():
+                ready.set()
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    try:
+                        cmd = Command.decode(m.value)
+                    except SchemaError as e:
+                        dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, str(e), m.key, m.value or b""))
+                        continue
+                    if cmd.target not in served:
+                        continue
+                    ack = guard.handle(cmd, time.time())
+                    publish_ack(producer, ack)
+                    if ack.status == "rejected" and guard.security_refusals and guard.security_refusals[-1][0] is cmd:
+                        publish_security_event(producer, cmd, ack.reason)
+            now = time.time()
+            if now - last_expiry >= 0.5:
+                last_expiry = now
+                for ack in guard.expire(now):
+                    publish_ack(producer, ack)
+    finally:
+        cons.close()
+        producer.close()
+        actuator.close()
+    return guard
+
+
+def publish_ack(producer: Producer, ack: object) -> None:
+    from powerplane.schemas import Ack
+
+    assert isinstance(ack, Ack)
+    data = ack.encode()
+    producer.send(topics.ACKS.name, data, key=ack.key())
+    producer.send(topics.AUDIT.name, data, key=ack.command_id.encode())
+    if ack.status != "duplicate":
+        log.info("ack %s %s: %s %s", ack.command_id[:8], ack.target, ack.status, ack.reason)
+
+
+def publish_security_event(producer: Producer, cmd: Command, reason: str) -> None:
+    ev = Event(id=f"security-{uuid.uuid4()}", site=cmd.site, kind="command_refused", severity="warning", state="open",
+               levels=[cmd.target], ts_s=time.time(), deadline_s=None,
+               summary=f"refused command {cmd.id} from '{cmd.issuer}': {reason}")
+    producer.send(topics.EVENTS.name, ev.encode(), key=ev.id.encode())

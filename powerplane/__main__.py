@@ -1,0 +1,5 @@
+import sys
+
+from powerplane.cli import main
+
+sys.exit(main())

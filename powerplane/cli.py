@@ -1,0 +1,296 @@
+"""`powerplane`: one CLI for everything a user runs. Errors are one readable line saying what to do."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from powerplane.config import Config, ConfigError, load_config
+
+log = logging.getLogger("powerplane")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("kafka", "aiokafka", "faust", "mode", "urllib3", "influxdb_client"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # It cannot decode faust's custom assignor metadata and says so on every describe; harmless.
+    logging.getLogger("kafka.admin").setLevel(logging.ERROR)
+    logging.getLogger("kafka.coordinator.consumer").setLevel(logging.ERROR)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("received %s; shutting down (flushing what is buffered)", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _site(cfg: Config, path: str | None = None) -> Any:
+    from powerplane.site import load_site
+
+    return load_site(path or cfg.site_file)
+
+
+def _keyring(cfg: Config, create: bool = True) -> Any:
+    from powerplane.signing import load_keyring
+
+    return load_keyring(cfg.signing_key_file, cfg.signing_key_id, create=create)
+
+
+# ---- subcommands -------------------------------------------------------------------------------
+
+
+def cmd_dev(args: argparse.Namespace, cfg: Config) -> int:
+    from powerplane import devservers
+
+    if args.action == "up":
+        devservers.up(cfg, kafka=not args.no_kafka, vm=not args.no_tsdb)
+        print(f"Kafka at {cfg.kafka_bootstrap}, InfluxDB v2 write API (VictoriaMetrics) at {cfg.influx_url}")
+    elif args.action == "down":
+        devservers.down(cfg, wipe=args.wipe)
+    else:
+        for name, pid in devservers.status(cfg).items():
+            print(f"{name:18s} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, cfg: Config) -> int:
+    from powerplane import topics
+
+    if args.action == "create":
+        from powerplane.kafka import create_topics
+
+        created = create_topics(cfg.kafka_bootstrap)
+        print(f"created: {', '.join(created)}" if created else "all topics already exist")
+    else:
+        print(f"{'topic':16s} {'parts':>5s} {'key':18s} {'retention':>9s} cleanup")
+        for t in topics.ALL:
+            print(f"{t.name:16s} {t.partitions:5d} {t.key:18s} {t.retention_ms / 86_400_000:8.0f}d "
+                  f"{t.configs()['cleanup.policy']}")
+    return 0
+
+
+def cmd_site(args: argparse.Namespace, cfg: Config) -> int:
+    if args.action == "generate":
+        from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml
+
+        params = RefSiteParams(halls=args.halls, rows_per_hall=args.rows, racks_per_row=args.racks)
+        Path(args.out).write_text(to_toml(reference_site_dict(params)))
+        site = _site(cfg, args.out)
+        print(f"wrote {args.out}: {site.n_racks} racks, {site.n_gpus} GPUs")
+        return 0
+    site = _site(cfg, args.file)
+    if args.action == "validate":
+        print(f"{args.file or cfg.site_file}: ok — {site.n_racks} racks, {len(site.server_ids)} servers, "
+              f"{site.n_gpus} GPUs, {len(site.level_ids)} levels")
+        return 0
+    from powerplane.site import KIND_NAMES
+
+    rated, derated = site.limits_w("normal")
+    _, der_a = site.limits_w("A-lost")
+    _, der_b = site.limits_w("B-lost")
+    print(f"{'level':18s} {'kind':8s} {'rated kW':>9s} {'derated':>9s} {'A lost':>9s} {'B lost':>9s}")
+    kinds = set(args.kinds.split(",")) if args.kinds else {"site", "utility", "ups", "rpp", "hall", "row", "zone"}
+    for i, lid in enumerate(site.level_ids):
+        k = KIND_NAMES[site.level_kind[i]]
+        if k in kinds:
+            print(f"{lid:18s} {k:8s} {rated[i] / 1e3:9.1f} {derated[i] / 1e3:9.1f} {der_a[i] / 1e3:9.1f} "
+                  f"{der_b[i] / 1e3:9.1f}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, cfg: Config) -> int:
+    path = Path(cfg.signing_key_file)
+    if path.exists():
+        print(f"{path} already exists; rotate by adding a new '<id> <hex>' line and setting PP_SIGNING_KEY_ID")
+        return 0
+    _keyring(cfg, create=True)
+    print(f"created signing keyring {path} with key id '{cfg.signing_key_id}'")
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
+    import time
+
+    from collectors.base import SourceContext, load_source
+    from collectors.publisher import Publisher
+    from controllers import actuator_service
+    from controllers.actuators.base import load_actuator
+    from powerplane.fleet import Fleet
+    from powerplane.kafka import Producer
+
+    site = _site(cfg)
+    stop = _stop_on_signals()
+    fleet = Fleet(site, seed=args.seed, load_scale=args.load, epoch_s=time.time())
+    lock = threading.Lock()
+    source = load_source("sim", {"kind": "sim", "interval_s": cfg.sample_interval_s, "lock": lock},
+                         SourceContext(site=site, plant=fleet))
+    actuator = load_actuator("twin", {"kind": "twin", "lock": lock, "safe_limit": "max"}, context=fleet)
+    producer = Producer(cfg.kafka_bootstrap, "powerplane-fleet")
+    pub = Publisher(source, producer)
+    ready = threading.Event()
+    act = threading.Thread(target=actuator_service.run, args=(cfg, site.name, actuator, _keyring(cfg), stop, ready),
+                           name="actuator", daemon=True)
+    act.start()
+    ready.wait(30)
+    log.info("fleet: %d racks, %d GPUs, publishing every %.1f s%s", site.n_racks, site.n_gpus,
+             cfg.sample_interval_s, f"; feed {args.lose_feed} will be lost at t={args.at:.0f} s"
+             if args.lose_feed else "")
+
+    def schedule() -> None:
+        if args.lose_feed and not stop.wait(args.at):
+            with lock:
+                fleet.lose_feed(args.lose_feed)
+            log.warning("fleet: feed %s LOST (scenario)", args.lose_feed)
+        if args.restore_at and args.lose_feed and not stop.wait(max(0.0, args.restore_at - args.at)):
+            with lock:
+                fleet.lose_feed(None)
+            log.warning("fleet: feed %s restored (scenario)", args.lose_feed)
+
+    threading.Thread(target=schedule, daemon=True).start()
+    if args.duration:
+        threading.Timer(args.duration, stop.set).start()
+    try:
+        pub.run(stop)
+    finally:
+        stop.set()
+        act.join(10)
+        producer.close()
+        log.info("fleet: published %d frames; producer %s", pub.frames, producer.stats())
+    return 0
+
+
+def cmd_streams(args: argparse.Namespace, cfg: Config) -> int:
+    from streams.app import run_worker
+
+    run_worker(cfg, _site(cfg))
+    return 0
+
+
+def cmd_controller(args: argparse.Namespace, cfg: Config) -> int:
+    from controllers import service
+
+    stop = _stop_on_signals()
+    ctl = service.run(cfg, _site(cfg), _keyring(cfg), stop)
+    lat = sorted(ctl.stats.latencies_s)
+    p50 = f"{lat[len(lat) // 2] * 1e3:.0f} ms" if lat else "n/a"
+    log.info("controller: %d commands, %d renewals, acks %s, command->ack p50 %s", ctl.stats.commands,
+             ctl.stats.renewals, ctl.stats.acks, p50)
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace, cfg: Config) -> int:
+    from streams.sinks.base import load_sink
+    from streams.sinks.runner import run
+
+    sink = load_sink("influxdb", {"kind": "influxdb", "url": cfg.influx_url, "org": cfg.influx_org,
+                                  "bucket": cfg.influx_bucket, "token": cfg.influx_token})
+    stats = run(cfg, sink, _stop_on_signals())
+    log.info("sink: wrote %d points in %d batches (%d retries, %d dead letters)", stats.written, stats.batches,
+             stats.retries, stats.dead_letters)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
+    from powerplane.demo import run_demo
+
+    return run_demo(cfg, duration_s=args.duration, lose_feed_at_s=args.at, keep_servers=args.keep_servers)
+
+
+# ---- parser ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="powerplane", description=__doc__)
+    p.add_argument("--config", help="TOML config file (default: $PP_CONFIG; every key also as PP_<KEY>)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("dev", help="start/stop the real servers used in development and tests")
+    d.add_argument("action", choices=["up", "down", "status"])
+    d.add_argument("--no-kafka", action="store_true", help="up: skip Kafka")
+    d.add_argument("--no-tsdb", action="store_true", help="up: skip the time-series server")
+    d.add_argument("--wipe", action="store_true", help="down: also delete their data")
+    d.set_defaults(fn=cmd_dev)
+
+    t = sub.add_parser("topics", help="create the declared Kafka topics, or list them")
+    t.add_argument("action", choices=["create", "list"])
+    t.set_defaults(fn=cmd_topics)
+
+    s = sub.add_parser("site", help="validate, show or generate a site file")
+    s.add_argument("action", choices=["validate", "show", "generate"])
+    s.add_argument("file", nargs="?", help="site file (default: PP_SITE_FILE)")
+    s.add_argument("--kinds", help="show: comma-separated level kinds to list")
+    s.add_argument("--out", default="refsite.toml", help="generate: output file")
+    s.add_argument("--halls", type=int, default=4)
+    s.add_argument("--rows", type=int, default=16, help="generate: rows per hall")
+    s.add_argument("--racks", type=int, default=16, help="generate: racks per row")
+    s.set_defaults(fn=cmd_site)
+
+    k = sub.add_parser("keys", help="create the command-signing keyring (development)")
+    k.add_argument("action", choices=["init"])
+    k.set_defaults(fn=cmd_keys)
+
+    f = sub.add_parser("fleet", help="run the simulated fleet: publishes telemetry, applies commands")
+    f.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until stopped)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--load", type=float, default=1.0, help="utilization scale")
+    f.add_argument("--lose-feed", choices=["A", "B"], help="scenario: lose this feed ...")
+    f.add_argument("--at", type=float, default=15.0, help="... this many seconds after start")
+    f.add_argument("--restore-at", type=float, default=0.0, help="... and restore it at this time")
+    f.set_defaults(fn=cmd_fleet)
+
+    w = sub.add_parser("streams", help="run the faust-streaming worker (telemetry -> aggregates)")
+    w.add_argument("action", choices=["worker"])
+    w.set_defaults(fn=cmd_streams)
+
+    c = sub.add_parser("controller", help="run the capping controller (aggregates -> signed commands)")
+    c.set_defaults(fn=cmd_controller)
+
+    k2 = sub.add_parser("sink", help="write aggregates to InfluxDB (v2 write API)")
+    k2.set_defaults(fn=cmd_sink)
+
+    e = sub.add_parser("demo", help="run the closed loop end to end on real servers and show what happens")
+    e.add_argument("--duration", type=float, default=50.0)
+    e.add_argument("--at", type=float, default=15.0, help="seconds until feed A is lost")
+    e.add_argument("--keep-servers", action="store_true", help="leave Kafka and the TSDB running afterwards")
+    e.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from powerplane.devservers import DevError
+    from powerplane.kafka import BrokerUnavailable
+    from powerplane.site import SiteError
+
+    try:
+        cfg = load_config(args.config)
+        return int(args.fn(args, cfg))
+    except SiteError as e:
+        print(f"powerplane: invalid site {e.source}:", file=sys.stderr)
+        for line in e.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    except (ConfigError, DevError, BrokerUnavailable, FileNotFoundError, ValueError) as e:
+        print(f"powerplane: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""Versioned wire records shared by every stage.
+
+Encoding (chosen by measurement, see docs/performance.md and bench/bench_decode.py): a MessagePack
+map whose per-GPU arrays are raw little-endian bytes, so decoding a 72-GPU frame is one msgpack call
+plus one zero-copy np.frombuffer per array. Every record carries `schema` and `v`; a decoder refuses
+versions it does not know, with a reason that goes to the dead-letter topic.
+
+Conventions: units in names (power_w, temp_c, limit_w); float fields are always floats on the wire;
+a missing reading is NaN (arrays) or None (scalars), never 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+U16 = npt.NDArray[np.uint16]
+
+T = TypeVar("T", bound="Record")
+
+
+class SchemaError(ValueError):
+    """A record that does not match its schema; the message names the record and the field."""
+
+
+# Field kinds: how each dataclass field is encoded and checked.
+_ARRAY_DTYPES: dict[str, np.dtype[Any]] = {"f32[]": np.dtype("<f4"), "u16[]": np.dtype("<u2")}
+
+
+@dataclass
+class Record:
+    SCHEMA: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+    KINDS: ClassVar[dict[str, str]] = {}
+    # Inclusive ranges for float arrays and scalars; NaN is allowed (it means "missing").
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    def ident(self) -> str:
+        return self.SCHEMA
+
+    # ---- encoding ---------------------------------------------------------------------
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema": self.SCHEMA, "v": self.VERSION}
+        for f in fields(self):
+            kind = self.KINDS[f.name]
+            val = getattr(self, f.name)
+            if kind in _ARRAY_DTYPES:
+                out[f.name] = np.ascontiguousarray(val, dtype=_ARRAY_DTYPES[kind]).tobytes()
+            elif kind in ("float", "float?"):
+                out[f.name] = None if val is None else float(val)
+            else:
+                out[f.name] = val
+        return out
+
+    def encode(self) -> bytes:
+        return bytes(msgpack.packb(self.to_wire(), use_bin_type=True))
+
+    # ---- decoding ---------------------------------------------------------------------
+    @classmethod
+    def from_wire(cls: type[T], d: Any) -> T:
+        if not isinstance(d, dict):
+            raise SchemaError(f"{cls.SCHEMA}: expected a map, got {type(d).__name__}")
+        name = d.get("schema")
+        if name != cls.SCHEMA:
+            raise SchemaError(f"expected schema '{cls.SCHEMA}', got {name!r}")
+        if d.get("v") != cls.VERSION:
+            raise SchemaError(f"{cls.SCHEMA}: unsupported version {d.get('v')!r} (this build reads v{cls.VERSION})")
+        where = f"{cls.SCHEMA} {d.get(cls.key_field(), '?')}"
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            kind = cls.KINDS[f.name]
+            if f.name not in d:
+                if kind.endswith("?"):
+                    kw[f.name] = None
+                    continue
+                raise SchemaError(f"{where}: field '{f.name}' missing")
+            kw[f.name] = _check(where, f.name, kind, d[f.name], cls.RANGES.get(f.name))
+        rec = cls(**kw)
+        rec.validate(where)
+        return rec
+
+    @classmethod
+    def decode(cls: type[T], data: bytes) -> T:
+        try:
+            d = msgpack.unpackb(data, raw=False)
+        except (ValueError, msgpack.UnpackException, TypeError) as e:
+            raise SchemaError(f"{cls.SCHEMA}: not a MessagePack record ({type(e).__name__}: {e})") from None
+        return cls.from_wire(d)
+
+    @classmethod
+    def key_field(cls) -> str:
+        return "id"
+
+    def validate(self, where: str) -> None:
+        """Cross-field checks; subclasses extend."""
+
+
+def _check(where: str, name: str, kind: str, v: Any, rng: tuple[float, float] | None) -> Any:
+    base = kind.rstrip("?")
+    if v is None and kind.endswith("?"):
+        return None
+    if base in _ARRAY_DTYPES:
+        dt = _ARRAY_DTYPES[base]
+        if not isinstance(v, bytes | bytearray) or len(v) % dt.itemsize:
+            raise SchemaError(f"{where}: field '{name}' must be {base} packed bytes")
+        arr = np.frombuffer(v, dtype=dt)
+        if rng is not None and base == "f32[]":
+            lo, hi = rng
+            # NaN marks a missing reading and passes; infinities and out-of-range values do not.
+            with np.errstate(invalid="ignore"):
+                bad = (arr < lo) | (arr > hi) | np.isinf(arr)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise SchemaError(f"{where}: field '{name}'[{i}] = {arr[i]:g} out of range [{lo:g}, {hi:g}]")
+        return arr
+    if base == "float":
+        if isinstance(v, bool) or not isinstance(v, float | int):
+            raise SchemaError(f"{where}: field '{name}' must be a float, got {type(v).__name__}")
+        fv = float(v)
+        if math.isinf(fv) or (rng is not None and not (rng[0] <= fv <= rng[1])):
+            raise SchemaError(f"{where}: field '{name}' = {fv:g} out of range")
+        return fv
+    if base == "int":
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise SchemaError(f"{where}: field '{name}' must be an integer, got {type(v).__name__}")
+        return v
+    if base == "str":
+        if not isinstance(v, str):
+            raise SchemaError(f"{where}: field '{name}' must be a string, got {type(v).__name__}")
+        return v
+    if base == "f64list":
+        if not isinstance(v, list) or not all((isinstance(x, float | int) and not isinstance(x, bool))
+                                              or x is None for x in v):
+            raise SchemaError(f"{where}: field '{name}' must be a list of floats")
+        return [math.nan if x is None else float(x) for x in v]
+    if base == "strlist":
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise SchemaError(f"{where}: field '{name}' must be a list of strings")
+        return v
+    if base == "map":
+        if not isinstance(v, dict):
+            raise SchemaError(f"{where}: field '{name}' must be a map")
+        return v
+    raise AssertionError(kind)
+
+
+# ======================================================================================
+# Records
+# ======================================================================================
+
+
+@dataclass
+class TelemetryFrame(Record):
+    """One rack, one sample interval: every GPU's readings, the rack inlet and PDU meters."""
+
+    SCHEMA: ClassVar[str] = "telemetry.frame"
+    KINDS: ClassVar[dict[str, str]] = {
+        "site": "str", "rack": "str", "ts_s": "float", "interval_s": "float", "seq": "int", "source": "str",
+        "gpu_server": "u16[]", "gpu_slot": "u16[]", "power_w": "f32[]", "temp_c": "f32[]",
+        "sm_clock_mhz": "f32[]", "limit_w": "f32[]", "util": "f32[]",
+        "inlet_c": "f64list", "pdu_power_w": "f64list",
+    }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        "power_w": (0.0, 5000.0), "temp_c": (-40.0, 150.0), "sm_clock_mhz": (0.0, 10000.0),
+        "limit_w": (0.0, 5000.0), "util": (0.0, 1.0), "ts_s": (0.0, 1e11), "interval_s": (1e-3, 3600.0),
+    }
+    site: str
+    rack: str
+    ts_s: float  # event time: end of the sample interval, seconds since the epoch
+    interval_s: float
+    seq: int  # per-rack sequence number, so gaps and duplicates are visible downstream
+    source: str
+    gpu_server: U16  # server index within the rack
+    gpu_slot: U16  # GPU index within the server
+    power_w: F32
+    temp_c: F32
+    sm_clock_mhz: F32
+    limit_w: F32  # the enforced power limit, not the requested one
+    util: F32
+    inlet_c: list[float]  # one per inlet sensor; NaN = no reading
+    pdu_power_w: list[float]  # metered power of the rack PDU on feed A and B; NaN = no meter
+
+    @classmethod
+    def key_field(cls) -> str:
+        return "rack"
+
+    def key(self) -> bytes:
+        return self.rack.encode()
+
+    def validate(self, where: str) -> None:
+        n = self.power_w.size
+        for name in ("gpu_server", "gpu_slot", "temp_c", "sm_clock_mhz", "limit_w", "util"):
+            m = getattr(self, name).size
+            if m != n:
+                raise SchemaError(f"{where}: field '{name}' has {m} entries, power_w has {n}")
+        if len(self.pdu_power_w) != 2:
+            raise SchemaError(f"{where}: field 'pdu_power_w' needs 2 entries (feed A, feed B), got "
+                              f"{len(self.pdu_power_w)}")
+
+
+@dataclass
+class LevelAggregate(Record):
+    """Load of one level (rack, PDU, RPP, UPS, utility, row, hall, zone, site) over one window."""
+
+    SCHEMA: ClassVar[str] = "level.aggregate"
+    KINDS: ClassVar[dict[str, str]] = {
+        "site": "str", "level": "str", "kind": "str", "ts_s": "float", "window_s": "float",
+        "power_w": "float", "limit_w": "float", "rated_w": "float", "mode": "str",
+        "gpus_expected": "int", "gpus_reporting": "int", "inlet_c": "float?", "metered_w": "float?",
+    }
+    site: str
+    level: str
+    kind: str
+    ts_s: float
+    window_s: float
+    power_w: float
+    limit_w: float  # derated limit in the current feed mode
+    rated_w: float
+    mode: str
+    gpus_expected: int
+    gpus_reporting: int
+    inlet_c: float | None = None  # hottest inlet reading (racks)
+    metered_w: float | None = None  # the level's own meter, where it has one (PDUs)
+
+    @classmethod
+    def key_field(cls) -> str:
+        return "level"
+
+    def key(self) -> bytes:
+        return self.level.encode()
+
+
+@dataclass
+class Headroom(Record):
+    SCHEMA: ClassVar[str] = "level.headroom"
+    KINDS: ClassVar[dict[str, str]] = {
+        "site": "str", "level": "str", "ts_s": "float", "limit_w": "float", "forecast_p99_w": "float",
+        "headroom_w": "float", "horizon_s": "float", "mode": "str",
+    }
+    site: str
+    level: str
+    ts_s: float
+    limit_w: float
+    forecast_p99_w: float
+    headroom_w: float
+    horizon_s: float
+    mode: str
+
+    @classmethod
+    def key_field(cls) -> str:
+        return "level"
+
+
+@dataclass
+class Event(Record):
+    SCHEMA: ClassVar[str] = "event"
+    KINDS: ClassVar[dict[str, str]] = {
+        "id": "str", "site": "str", "kind": "str", "severity": "str", "state": "str", "levels": "strlist",
+        "ts_s": "float", "deadline_s": "float?", "summary": "str",
+    }
+    SEVERITIES: ClassVar[tuple[str, ...]] = ("info", "warning", "critical")
+    id: str
+    site: str
+    kind: str  # feed_loss, breaker_overload, cooling_failure, thermal_slowdown, telemetry_loss, ...
+    severity: str
+    state: str  # open | resolved
+    levels: list[str]
+    ts_s: float
+    deadline_s: float | None
+    summary: str
+
+    def validate(self, where: str) -> None:
+        if self.severity not in self.SEVERITIES:
+            raise SchemaError(f"{where}: field 'severity' = {self.severity!r}, expected one of {self.SEVERITIES}")
+        if self.state not in ("open", "resolved"):
+            raise SchemaError(f"{where}: field 'state' = {self.state!r}, expected open or resolved")
+
+
+ACTIONS = ("power_cap", "sm_clock_lock", "reconfigure", "routing_weight", "release")
+
+
+@dataclass
+class Command(Record):
+    """A signed, leased instruction to one rack's actuator, for some of its GPUs."""
+
+    SCHEMA: ClassVar[str] = "command"
+    KINDS: ClassVar[dict[str, str]] = {
+        "id": "str", "site": "str", "target": "str", "action": "str", "gpus": "u16[]", "values": "f32[]",
+        "params": "map", "reason": "str", "issuer": "str", "issued_at_s": "float", "lease_s": "float",
+        "key_id": "str", "sig": "str",
+    }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"values": (0.0, 1e5), "lease_s": (0.1, 86400.0)}
+    id: str
+    site: str
+    target: str  # rack id
+    action: str
+    gpus: U16  # flat GPU index within the rack
+    values: F32  # one per GPU: limit_w for power_cap, MHz for sm_clock_lock, weight for routing
+    params: dict[str, Any]
+    reason: str
+    issuer: str
+    issued_at_s: float
+    lease_s: float  # the actuator reverts to its safe value if not renewed within this
+    key_id: str = ""
+    sig: str = ""
+
+    def key(self) -> bytes:
+        return self.target.encode()
+
+    def validate(self, where: str) -> None:
+        if self.action not in ACTIONS:
+            raise SchemaError(f"{where}: field 'action' = {self.action!r}, expected one of {ACTIONS}")
+        if self.gpus.size != self.values.size:
+            raise SchemaError(f"{where}: {self.gpus.size} gpus but {self.values.size} values")
+
+    def signing_bytes(self) -> bytes:
+        d = self.to_wire()
+        d.pop("sig")
+        return bytes(msgpack.packb(d, use_bin_type=True))
+
+    def expires_at_s(self) -> float:
+        return self.issued_at_s + self.lease_s
+
+
+ACK_STATUSES = ("applied", "clamped", "duplicate", "rejected", "expired", "reverted")
+
+
+@dataclass
+class Ack(Record):
+    SCHEMA: ClassVar[str] = "ack"
+    KINDS: ClassVar[dict[str, str]] = {
+        "command_id": "str", "site": "str", "target": "str", "status": "str", "gpus": "u16[]",
+        "applied": "f32[]", "reason": "str", "actuator": "str", "ts_s": "float",
+    }
+    command_id: str
+    site: str
+    target: str
+    status: str
+    gpus: U16
+    applied: F32  # what the hardware actually took, after clamping
+    reason: str
+    actuator: str
+    ts_s: float
+
+    @classmethod
+    def key_field(cls) -> str:
+        return "command_id"
+
+    def key(self) -> bytes:
+        return self.target.encode()
+
+    def validate(self, where: str) -> None:
+        if self.status not in ACK_STATUSES:
+            raise SchemaError(f"{where}: field 'status' = {self.status!r}, expected one of {ACK_STATUSES}")
+
+
+@dataclass
+class DeadLetter:
+    """Not a Record: the original bytes must survive even when they are not MessagePack at all."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    key: bytes | None
+    value: bytes
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        h = [("pp.reason", self.reason.encode()), ("pp.source_topic", self.source_topic.encode()),
+             ("pp.source_partition", str(self.partition).encode()), ("pp.source_offset", str(self.offset).encode())]
+        h.extend((f"pp.{k}", v.encode()) for k, v in self.extra.items())
+        return h
+
+
+RECORDS: dict[str, type[Record]] = {
+    r.SCHEMA: r for r in (TelemetryFrame, LevelAggregate, Headroom, Event, Command, Ack)
+}
+
+
+def decode_any(data: bytes) -> Record:
+    """Decode a record of any known schema (tools such as record/replay and the dashboard)."""
+    try:
+        d = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.UnpackException, TypeError) as e:
+        raise SchemaError(f"not a MessagePack record ({type(e).__name__}: {e})") from None
+    name = d.get("schema") if isinstance(d, dict) else None
+    if name not in RECORDS:
+        raise SchemaError(f"unknown schema {name!r}")
+    return RECORDS[name].from_wire(d)
+
+
+def as_plain(rec: Record) -> dict[str, Any]:
+    """A JSON-friendly view (arrays as lists) for logs and the CLI."""
+    out = asdict(rec)
+    for k, v in out.items():
+        if isinstance(v, np.ndarray):
+            out[k] = v.tolist()
+    return out

@@ -1,0 +1,56 @@
+"""Every Kafka topic the product uses, declared in code. `powerplane topics create` makes them;
+the broker's auto-create is off, so a typo in a topic name fails loudly instead of inventing a topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    partitions: int
+    key: str  # what the record key is; it decides which records stay ordered together
+    retention_ms: int
+    compact: bool = False
+    doc: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def configs(self) -> dict[str, str]:
+        cfg = {
+            "retention.ms": str(self.retention_ms),
+            "cleanup.policy": "compact,delete" if self.compact else "delete",
+            "min.insync.replicas": "1",
+        }
+        cfg.update(self.extra)
+        return cfg
+
+
+TELEMETRY = Topic("pp.telemetry", 12, "rack id", 3 * DAY_MS,
+                  doc="TelemetryFrame per rack per sample interval; one rack stays in one partition")
+AGGREGATES = Topic("pp.aggregates", 6, "level id", 7 * DAY_MS,
+                   doc="LevelAggregate per level per window (rack, PDU, RPP, UPS, row, hall, zone, site)")
+HEADROOM = Topic("pp.headroom", 6, "level id", 7 * DAY_MS, compact=True,
+                 doc="Headroom per level; compacted so a new consumer sees the latest per level")
+EVENTS = Topic("pp.events", 3, "event id", 30 * DAY_MS,
+               doc="Emergencies and warnings with severity, levels and deadline, opened and resolved")
+COMMANDS = Topic("pp.commands", 6, "target (rack id)", 7 * DAY_MS,
+                 doc="Signed, leased commands: power cap, SM clock lock, reconfiguration, routing weight")
+ACKS = Topic("pp.acks", 6, "target (rack id)", 7 * DAY_MS,
+             doc="Actuator acknowledgements: what was actually applied, or why not")
+AUDIT = Topic("pp.audit", 3, "command id", 365 * DAY_MS,
+              doc="Every command and acknowledgement, kept a year for post-incident review")
+DEADLETTER = Topic("pp.deadletter", 3, "source topic", 14 * DAY_MS,
+                   doc="Records that failed validation: original bytes, reason, where they came from")
+
+ALL: tuple[Topic, ...] = (TELEMETRY, AGGREGATES, HEADROOM, EVENTS, COMMANDS, ACKS, AUDIT, DEADLETTER)
+
+
+def by_name(name: str) -> Topic:
+    for t in ALL:
+        if t.name == name:
+            return t
+    raise KeyError(f"unknown topic '{name}' (known: {', '.join(t.name for t in ALL)})")

@@ -1,0 +1,1 @@
+"""Sinks: where results leave Kafka. One module per sink, registered by name (see base.py)."""

@@ -1,0 +1,68 @@
+"""The sink interface: configure (validate only) / start (connect) / write / close.
+
+The Kafka side (consume, decode, dead-letter, commit only after a successful write) lives once in
+streams.sinks.runner, so Kafka is the durable buffer for every sink: when the store is down the
+runner stops fetching (backpressure) instead of piling records up in memory.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from powerplane.schemas import Record
+
+
+class SinkConfigError(ValueError):
+    pass
+
+
+class RetryableSinkError(RuntimeError):
+    """The store is unavailable or pushing back (429/503, connection refused): retry later."""
+
+
+class Sink(ABC):
+    kind: str = ""
+    topics: tuple[str, ...] = ()
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        self.name = name
+        self.configure(options)
+
+    @abstractmethod
+    def configure(self, options: Mapping[str, Any]) -> None:
+        """Validate options; raise SinkConfigError naming the bad key. No I/O here."""
+
+    def start(self) -> None:
+        """Open connections."""
+
+    @abstractmethod
+    def write(self, records: Sequence[Record]) -> int:
+        """Write all records or raise; return the number of points written."""
+
+    def close(self) -> None:
+        """Flush and release connections."""
+
+
+REGISTRY: dict[str, type[Sink]] = {}
+
+
+def register(kind: str) -> Callable[[type[Sink]], type[Sink]]:
+    def deco(cls: type[Sink]) -> type[Sink]:
+        if kind in REGISTRY:
+            raise ValueError(f"sink kind '{kind}' registered twice")
+        cls.kind = kind
+        REGISTRY[kind] = cls
+        return cls
+
+    return deco
+
+
+def load_sink(name: str, options: Mapping[str, Any]) -> Sink:
+    import streams.sinks.influx  # noqa: F401 - registration side effect
+
+    kind = options.get("kind")
+    if kind not in REGISTRY:
+        raise SinkConfigError(f"sink '{name}': unknown kind {kind!r} (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[str(kind)](name, options)

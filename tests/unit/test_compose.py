@@ -1,0 +1,245 @@
+"""The Docker Compose deployment in compose/, checked by parsing it: there is no Docker on the
+development machines, so these tests look for the mistakes a user would hit on `docker compose up`."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from powerplane.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_DIR = ROOT / "compose"
+COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+ALERTMANAGER_FILE = COMPOSE_DIR / "alertmanager.yml"
+PROVISIONING = ROOT / "dashboards" / "provisioning"
+
+# Mirrors the top-level subcommands of powerplane/cli.py; keep the two in step.
+CLI_SUBCOMMANDS = {"topics", "streams", "controller", "sink", "fleet"}
+
+PLACEHOLDER = re.compile(r"changeme|\bTO[D]O\b|FIXME|xxx|<[^<>\n]+>", re.IGNORECASE)
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def interpolate(value: Any) -> str:
+    """Compose-style ${VAR:-default} with an empty environment, as on a fresh checkout."""
+    return INTERPOLATION.sub(lambda m: m.group(2) or "", str(value))
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): interpolate(v) for k, v in env.items()}
+
+
+def depends_on(service: dict[str, Any]) -> list[str]:
+    deps = service.get("depends_on") or []
+    return list(deps)  # a list of names, or a mapping whose keys are the names
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def pp_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Services running the powerplane image (built from compose/Dockerfile)."""
+    out = {n: s for n, s in services.items()
+           if "build" in s or str(s.get("image", "")).startswith("powerplane:")}
+    assert out, "no powerplane services found"
+    return out
+
+
+def image_tag(ref: str) -> str | None:
+    ref = ref.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def test_image_tag_parser() -> None:
+    assert image_tag("localhost:5000/kafka") is None
+    assert image_tag("grafana/grafana") is None
+    assert image_tag("grafana/grafana:11.3.0") == "11.3.0"
+
+
+def assert_pinned(ref: str, where: str) -> None:
+    tag = image_tag(ref)
+    assert tag, f"{where}: image '{ref}' has no tag"
+    assert tag != "latest" and re.search(r"\d", tag), f"{where}: image '{ref}' is not pinned to a version"
+
+
+def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        assert "image" in svc or "build" in svc, f"service '{name}' has neither image nor build"
+        if "image" in svc:
+            assert_pinned(interpolate(svc["image"]), f"service '{name}'")
+    froms = re.findall(r"^FROM\s+(\S+)", (COMPOSE_DIR / "Dockerfile").read_text(), re.MULTILINE)
+    assert froms, "compose/Dockerfile has no FROM"
+    for ref in froms:
+        assert_pinned(ref, "compose/Dockerfile")
+
+
+def test_pp_env_vars_are_config_fields(services: dict[str, dict[str, Any]]) -> None:
+    known = {Config.env_name(f.name) for f in fields(Config)}
+    used = {k for svc in services.values() for k in env_of(svc) if k.startswith("PP_")}
+    referenced = {m.group(1) for m in INTERPOLATION.finditer(COMPOSE_FILE.read_text())}
+    used |= {v for v in referenced if v.startswith("PP_")}
+    assert used, "no PP_* variables at all"
+    assert used <= known, f"not fields of powerplane.config.Config: {sorted(used - known)}"
+
+
+def test_powerplane_services_share_one_environment(pp_services: dict[str, dict[str, Any]]) -> None:
+    envs = {name: env_of(s) for name, s in pp_services.items()}
+    first = next(iter(envs.values()))
+    for name, env in envs.items():
+        assert env == first, f"service '{name}' has another environment than the other powerplane services"
+    for key in ("PP_KAFKA_BOOTSTRAP", "PP_INFLUX_URL", "PP_INFLUX_TOKEN", "PP_SIGNING_KEY_FILE"):
+        assert first.get(key), f"powerplane services do not set {key}"
+
+
+def test_kafka_bootstrap_matches_advertised_listener(
+    services: dict[str, dict[str, Any]], pp_services: dict[str, dict[str, Any]]
+) -> None:
+    kafka = env_of(services["kafka"])
+    advertised = {urlsplit(x.strip()).netloc for x in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+    for name, svc in pp_services.items():
+        for server in env_of(svc)["PP_KAFKA_BOOTSTRAP"].split(","):
+            server = server.strip()
+            assert server in advertised, f"{name}: PP_KAFKA_BOOTSTRAP {server} is not in {advertised}"
+            host = server.rsplit(":", 1)[0]
+            assert host in {"kafka", services["kafka"].get("hostname")}, f"{name}: {host} is not kafka"
+
+
+def test_kafka_does_not_auto_create_topics(services: dict[str, dict[str, Any]]) -> None:
+    assert env_of(services["kafka"]).get("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "").lower() == "false"
+
+
+def test_influx_url_points_at_influxdb(
+    services: dict[str, dict[str, Any]], pp_services: dict[str, dict[str, Any]]
+) -> None:
+    assert "influxdb" in services
+    for name, svc in pp_services.items():
+        url = urlsplit(env_of(svc)["PP_INFLUX_URL"])
+        assert (url.hostname, url.port) == ("influxdb", 8086), f"{name}: PP_INFLUX_URL is {url.geturl()}"
+
+
+def test_influx_token_org_bucket_agree(
+    services: dict[str, dict[str, Any]], pp_services: dict[str, dict[str, Any]]
+) -> None:
+    influx = env_of(services["influxdb"])
+    assert influx["DOCKER_INFLUXDB_INIT_MODE"] == "setup"
+    want = {
+        "PP_INFLUX_TOKEN": influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"],
+        "PP_INFLUX_ORG": influx["DOCKER_INFLUXDB_INIT_ORG"],
+        "PP_INFLUX_BUCKET": influx["DOCKER_INFLUXDB_INIT_BUCKET"],
+    }
+    assert all(want.values()), f"influxdb setup values missing or empty: {want}"
+    for name, svc in pp_services.items():
+        env = env_of(svc)
+        got = {k: env.get(k) for k in want}
+        assert got == want, f"{name}: {got} != influxdb's {want}"
+    assert env_of(services["grafana"]).get("PP_INFLUX_TOKEN") == want["PP_INFLUX_TOKEN"]
+
+
+def test_grafana_datasource_matches_influxdb(services: dict[str, dict[str, Any]]) -> None:
+    data = yaml.safe_load((PROVISIONING / "datasources" / "influxdb.yaml").read_text())
+    (ds,) = [d for d in data["datasources"] if d["type"] == "influxdb"]
+    url = urlsplit(ds["url"])
+    assert (url.hostname, url.port) == ("influxdb", 8086)
+    assert ds["jsonData"]["dbName"] == env_of(services["influxdb"])["DOCKER_INFLUXDB_INIT_BUCKET"]
+    assert ds["secureJsonData"]["httpHeaderValue1"] == "Token ${PP_INFLUX_TOKEN}"
+    providers = yaml.safe_load((PROVISIONING / "dashboards" / "powerplane.yaml").read_text())["providers"]
+    mounted = [v.split(":")[1] for v in services["grafana"]["volumes"] if isinstance(v, str)]
+    for p in providers:
+        assert p["options"]["path"] in mounted, f"dashboard path {p['options']['path']} is not mounted"
+
+
+def test_depends_on_targets_exist(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        for dep in depends_on(svc):
+            assert dep in services, f"service '{name}' depends on unknown service '{dep}'"
+
+
+def test_mounted_files_exist(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    named = set(compose.get("volumes") or {})
+    for name, svc in services.items():
+        build = svc.get("build")
+        if build is not None:
+            ctx = COMPOSE_DIR / (build if isinstance(build, str) else build.get("context", "."))
+            assert ctx.is_dir(), f"{name}: build context {ctx} missing"
+            if isinstance(build, dict) and "dockerfile" in build:
+                assert (ctx / build["dockerfile"]).is_file(), f"{name}: {build['dockerfile']} missing"
+        for vol in svc.get("volumes") or []:
+            source = vol.get("source", "") if isinstance(vol, dict) else vol.split(":", 1)[0]
+            if source.startswith((".", "/", "~")):
+                if source.startswith("."):
+                    assert (COMPOSE_DIR / source).exists(), f"{name}: mounted path {source} does not exist"
+            else:
+                assert source in named, f"{name}: volume '{source}' is not declared under top-level volumes"
+    for secret in (compose.get("secrets") or {}).values():
+        assert secret.get("file"), "secrets must come from files"  # created by the user, not in git
+    for name, svc in services.items():
+        for s in svc.get("secrets") or []:
+            assert (s if isinstance(s, str) else s["source"]) in (compose.get("secrets") or {}), name
+
+
+def test_no_placeholders() -> None:
+    files = [COMPOSE_FILE, ALERTMANAGER_FILE, COMPOSE_DIR / "Dockerfile", COMPOSE_DIR / "README.md"]
+    files += sorted(PROVISIONING.rglob("*.yaml"))
+    for path in files:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            m = PLACEHOLDER.search(line)
+            assert m is None, f"{path.relative_to(ROOT)}:{n}: placeholder '{m.group(0)}'"
+
+
+def matchers_of(route: dict[str, Any]) -> dict[str, str]:
+    out = {str(k): str(v) for k, v in (route.get("match") or {}).items()}
+    for m in route.get("matchers") or []:
+        k, v = re.fullmatch(r'\s*(\w+)\s*=\s*"?([^"]*)"?\s*', m).groups()  # type: ignore[union-attr]
+        out[k] = v
+    return out
+
+
+def receiver_for(route: dict[str, Any], labels: dict[str, str], inherited: str | None = None) -> str | None:
+    """The receiver Alertmanager picks: first matching child (continue: false), else this route's."""
+    receiver = route.get("receiver", inherited)
+    for child in route.get("routes") or []:
+        if all(labels.get(k) == v for k, v in matchers_of(child).items()):
+            return receiver_for(child, labels, receiver)
+    return receiver
+
+
+def test_alertmanager_routes_critical_apart_from_warnings(services: dict[str, dict[str, Any]]) -> None:
+    config = yaml.safe_load(ALERTMANAGER_FILE.read_text())
+    receivers = {r["name"]: r for r in config["receivers"]}
+    critical = receiver_for(config["route"], {"severity": "critical"})
+    warning = receiver_for(config["route"], {"severity": "warning"})
+    assert critical in receivers and warning in receivers
+    assert critical != warning, "critical and warning alerts go to the same receiver"
+    assert receivers[critical].get("webhook_configs"), "critical receiver has no webhook"
+    mounts = [v for v in services["alertmanager"]["volumes"] if isinstance(v, str)]
+    assert any(v.split(":")[0] == "./alertmanager.yml" for v in mounts), "alertmanager.yml is not mounted"
+
+
+def test_powerplane_commands_are_cli_subcommands(pp_services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in pp_services.items():
+        cmd = svc.get("command")
+        assert cmd, f"service '{name}' has no command"
+        words = shlex.split(cmd) if isinstance(cmd, str) else [str(w) for w in cmd]
+        assert words[0] in CLI_SUBCOMMANDS, f"service '{name}' runs unknown subcommand '{words[0]}'"
