@@ -353,6 +353,12 @@ def down(cfg: Config, *, wipe: bool = False) -> None:
         say(f"removed {p.state}")
 
 
+def stop_vm(cfg: Config) -> None:
+    """Stop only the time-series server (tests use it to simulate a store outage)."""
+    p = paths(cfg)
+    _stop("victoria-metrics", p.vm_dir / "victoria-metrics.pid")
+
+
 def status(cfg: Config) -> dict[str, int | None]:
     p = paths(cfg)
     return {"kafka": _read_pid(p.kafka_dir / "kafka.pid"),

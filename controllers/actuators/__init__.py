@@ -1,0 +1,1 @@
+"""Actuators: one package per kind, registered by name (see base.py)."""
