@@ -135,8 +135,10 @@ class DeadLetters:
 def create_topics(bootstrap: str, wanted: Iterable[topics.Topic] = topics.ALL,
                   timeout_s: float = 30.0) -> list[str]:
     """Create missing topics with their declared partitions and configs; return those created."""
+    # The client's own bootstrap wait (30 s by default) must not outlast ours.
     admin: KafkaAdminClient = _retry_connect("admin", bootstrap, lambda: KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="powerplane-admin"), timeout_s)
+        bootstrap_servers=bootstrap, client_id="powerplane-admin",
+        bootstrap_timeout_ms=max(1, int(timeout_s * 1000))), timeout_s)
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(t.name, t.partitions, 1, topic_configs=t.configs())
