@@ -48,11 +48,14 @@ class CapController:
         self.issuer = issuer
         n_levels = len(site.level_ids)
         self.pdu_power_w = np.full(n_levels, np.nan)
-        self.pdu_seen_s = np.full(n_levels, -np.inf)
+        self.pdu_seen_s = np.full(n_levels, -np.inf)  # arrival time (our clock)
+        self.pdu_ts_s = np.full(n_levels, -np.inf)  # event time of the reading (the meter's clock)
+        self.settle_s = 0.5  # a cap needs this long to show in a reading (NVML applies in < 100 ms)
         _, self.derated_w = site.limits_w("normal")  # PDUs keep their own limit in every feed state
         self.gpu_power_w = np.full(site.n_gpus, np.nan)
         self.cap_w = np.full(site.n_gpus, np.nan)  # NaN until the enforced limit has been seen
         self.rack_sent_s = np.full(site.n_racks, -np.inf)
+        self.rack_changed_s = np.full(site.n_racks, -np.inf)  # when this controller last changed a rack's caps
         self.stats = ControllerStats()
         self.stale_after_s = 10.0
 
@@ -63,6 +66,7 @@ class CapController:
         if i is not None:
             self.pdu_power_w[i] = agg.power_w
             self.pdu_seen_s[i] = now_s
+            self.pdu_ts_s[i] = agg.ts_s
 
     def on_frame(self, fr: TelemetryFrame) -> None:
         r = self.site.rack_index(fr.rack)
@@ -76,6 +80,15 @@ class CapController:
 
     def decide(self, now_s: float) -> list[Command]:
         pdu = np.where(now_s - self.pdu_seen_s <= self.stale_after_s, self.pdu_power_w, np.nan)
+        # A PDU load received before our last change to a rack on it cannot show that change yet; acting
+        # on it again would shed (or release) the same watts twice. Hold until a newer load arrives.
+        changed_at = np.full(len(self.site.level_ids), -np.inf)
+        np.maximum.at(changed_at, self.site.rack_pdu.ravel(), np.repeat(self.rack_changed_s, 2))
+        # It must also have been measured after the change had time to settle; otherwise a reading that
+        # was in flight when we acted would trigger a second cut. (Assumes NTP-synchronised clocks; with
+        # skew this only delays the next decision by the skew.)
+        fresh = (self.pdu_seen_s > changed_at) & (self.pdu_ts_s >= changed_at + self.settle_s)
+        pdu = np.where(fresh, pdu, np.nan)
         known = ~np.isnan(self.cap_w)
         new = decide_caps(self.site, self.gpu_power_w, self.cap_w, pdu, self.derated_w, self.settings)
         new = np.where(known, new, self.cap_w)
@@ -91,10 +104,16 @@ class CapController:
             if not sel.any():
                 continue
             idx = np.flatnonzero(sel)
-            why = "PDU over threshold" if rack_changed[r] else "lease renewal"
+            if not rack_changed[r]:
+                why = "lease renewal"
+            elif (new[a:b][idx] >= self.cap_w[a:b][idx]).all():
+                why = "PDU back under the uncap threshold: releasing caps"
+            else:
+                why = "PDU over the cap threshold"
             cmds.append(self.command(int(r), idx, new[a:b][idx], why, now_s))
             self.rack_sent_s[r] = now_s
             if rack_changed[r]:
+                self.rack_changed_s[r] = now_s
                 self.stats.commands += 1
             else:
                 self.stats.renewals += 1

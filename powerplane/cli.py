@@ -20,9 +20,10 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("kafka", "aiokafka", "faust", "mode", "urllib3", "influxdb_client"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # It cannot decode faust's custom assignor metadata and says so on every describe; harmless.
-    logging.getLogger("kafka.admin").setLevel(logging.ERROR)
-    logging.getLogger("kafka.coordinator.consumer").setLevel(logging.ERROR)
+    if not verbose:
+        # kafka-python logs every failed connection attempt; our own code reports the outcome in one line
+        # (and it cannot decode faust's assignor metadata, which it mentions on every describe).
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
 def _stop_on_signals() -> threading.Event:

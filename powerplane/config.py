@@ -63,6 +63,10 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     out: dict[str, Any] = {}
     for k, v in values.items():
         typ = known[k].type
+        if isinstance(v, bool) or (typ in ("float", float) and not isinstance(v, int | float | str)) or (
+                typ in ("str", str) and not isinstance(v, str)):
+            raise ConfigError(f"config key '{k}': expected a {'number' if typ in ('float', float) else 'string'}, "
+                              f"got {v!r}")
         try:
             out[k] = float(v) if typ in ("float", float) else str(v)
         except (TypeError, ValueError):

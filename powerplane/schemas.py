@@ -379,6 +379,8 @@ class DeadLetter:
     def headers(self) -> list[tuple[str, bytes]]:
         h = [("pp.reason", self.reason.encode()), ("pp.source_topic", self.source_topic.encode()),
              ("pp.source_partition", str(self.partition).encode()), ("pp.source_offset", str(self.offset).encode())]
+        if self.key is not None:
+            h.append(("pp.source_key", self.key))  # the record key is replaced by the topic name; keep it
         h.extend((f"pp.{k}", v.encode()) for k, v in self.extra.items())
         return h
 

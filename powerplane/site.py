@@ -101,6 +101,7 @@ class Site:
 
     def __post_init__(self) -> None:
         self.level_index = {lid: i for i, lid in enumerate(self.level_ids)}
+        self._rack_of = {self.level_ids[lvl]: r for r, lvl in enumerate(self.rack_level.tolist())}
         # Per-server constants used on every roll-up, computed once.
         self.server_other_w = np.array([self.server_types[t].other_w for t in self.server_type], dtype=np.float64)
         self.server_psu_eff = np.array([self.server_types[t].psu_efficiency for t in self.server_type],
@@ -129,11 +130,10 @@ class Site:
         return np.flatnonzero(self.level_kind == KIND[kind])
 
     def rack_index(self, rack_id: str) -> int:
-        lvl = self.level(rack_id)
-        idx = np.flatnonzero(self.rack_level == lvl)
-        if idx.size != 1:
-            raise KeyError(f"'{rack_id}' is not a rack")
-        return int(idx[0])
+        try:
+            return self._rack_of[rack_id]  # on every telemetry frame: a dict lookup, not a scan
+        except KeyError:
+            raise KeyError(f"'{rack_id}' is not a rack of site '{self.name}'") from None
 
     def gpu_id(self, gpu: int) -> str:
         return f"{self.server_ids[int(self.gpu_server[gpu])]}/gpu{int(self.gpu_slot[gpu])}"
@@ -202,7 +202,9 @@ class Site:
             sums = np.bincount(member, weights=rack_rated, minlength=len(self.level_ids))
             rated[lv] = np.minimum(np.where(self.level_rated_w[lv] > 0, self.level_rated_w[lv], np.inf), sums[lv])
         site_lv = self.levels_of_kind("site")
-        rated[site_lv] = rack_rated.sum()
+        utils = self.levels_of_kind("utility")
+        # The site can draw no more than its racks can take nor than its live utility feeds deliver.
+        rated[site_lv] = min(rack_rated.sum(), rated[utils].sum()) if utils.size else rack_rated.sum()
         derated = rated * self.derating
         zones = self.levels_of_kind("zone")
         derated[zones] = rated[zones]

@@ -91,7 +91,8 @@ def frame_aggregates(site: Site, limits: Limits, frame: TelemetryFrame) -> list[
         out.append(LevelAggregate(
             site=site.name, level=site.level_ids[pdu], kind="pdu", ts_s=frame.ts_s, window_s=frame.interval_s,
             power_w=float(metered) if math.isfinite(metered) else est,
-            limit_w=float(limits.derated[st.mode][pdu]) if share[f] > 0 else float(limits.derated["normal"][pdu]),
+            # A PDU keeps its own breaker rating whatever the feed state; only its load changes.
+            limit_w=float(limits.derated["normal"][pdu]),
             rated_w=float(limits.rated["normal"][pdu]), mode=st.mode, gpus_expected=st.gpus_expected,
             gpus_reporting=st.gpus_reporting, metered_w=float(metered) if math.isfinite(metered) else None))
     return out

@@ -63,5 +63,6 @@ def test_bad_records_are_dead_lettered_and_the_agent_keeps_going(cfg: Config, tm
         h = dict(m.headers)
         assert h["pp.source_topic"] == topics.TELEMETRY.name.encode()
         assert int(h["pp.source_offset"]) >= 0
+        assert h["pp.source_key"] in (b"rack-01", short.key(), b"rack-99")  # the original key survives
     # The agent survived the bad records: the good frame after them was rolled up.
     assert aggs and aggs[0].power_w > 0 and np.isfinite(aggs[0].power_w)

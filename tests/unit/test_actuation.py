@@ -45,7 +45,7 @@ def guard(fleet: Fleet, ring: Keyring) -> Guard:
 
 def gpu_limits(fleet: Fleet, rack: str, gpus: list[int]) -> np.ndarray:
     r = fleet.site.rack_index(rack)
-    return fleet.limit_w[int(fleet.site.rack_gpu_start[r]) + np.asarray(gpus)]
+    return np.asarray(fleet.limit_w[int(fleet.site.rack_gpu_start[r]) + np.asarray(gpus)], dtype=np.float64)
 
 
 def make(ring: Keyring | None, gpus: list[int], values: list[float], *, action: str = "power_cap",

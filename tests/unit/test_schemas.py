@@ -39,7 +39,8 @@ def samples() -> list[Record]:
     return [
         frame(),
         LevelAggregate(site="lab", level="pdu-b03", kind="pdu", ts_s=1_700_000_000, window_s=1,
-                       power_w=np.float32(41_000.5), limit_w=46_000, rated_w=57_500, mode="A-lost",
+                       power_w=np.float32(41_000.5),  # type: ignore[arg-type]  # numpy in, float out
+                       limit_w=46_000, rated_w=57_500, mode="A-lost",
                        gpus_expected=64, gpus_reporting=63, inlet_c=None, metered_w=41_000),
         Headroom(site="lab", level="row-1", ts_s=1_700_000_000, limit_w=368_000, forecast_p99_w=300_000,
                  headroom_w=68_000, horizon_s=60, mode="normal"),

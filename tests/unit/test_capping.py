@@ -1,0 +1,307 @@
+"""Priority-aware PDU capping on the lab site: who gets capped, how far, and when caps come off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from collectors.base import SourceContext, load_source
+from controllers.actuation import Guard
+from controllers.actuators.base import load_actuator
+from controllers.capping import CapSettings, decide_caps
+from controllers.service import CapController
+from powerplane.fleet import Fleet
+from powerplane.schemas import Command, TelemetryFrame
+from powerplane.signing import Keyring
+from powerplane.site import PRIORITIES, FloatArray, Site, load_site
+from streams.rollup import Limits, frame_aggregates
+
+LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
+S = CapSettings()  # cap at 80 %, uncap at 75 %, shed to 77 % of the derated limit
+CRIT, BATCH, TRAIN, BEST = range(len(PRIORITIES))
+
+
+@pytest.fixture(scope="module")
+def site() -> Site:
+    return load_site(LAB)
+
+
+@pytest.fixture(scope="module")
+def derated(site: Site) -> FloatArray:
+    return site.limits_w("normal")[1]
+
+
+def pdu_loads(site: Site, a_w: float | FloatArray, b_w: float | FloatArray) -> FloatArray:
+    """Level-indexed PDU meter readings (W); every other level NaN."""
+    out = np.full(len(site.level_ids), np.nan)
+    out[site.rack_pdu[:, 0]] = a_w
+    out[site.rack_pdu[:, 1]] = b_w
+    return out
+
+
+def rack_gpus(site: Site, rack: int, prio: int | None = None) -> np.ndarray:
+    m = site.gpu_rack == rack
+    if prio is not None:
+        m &= site.gpu_priority == prio
+    return np.flatnonzero(m)
+
+
+def a_lost(site: Site, rack: int, b_w: float, others_b_w: float = 30_000.0) -> FloatArray:
+    """Feed A lost everywhere (A meters read 0); rack `rack` draws b_w on its B PDU."""
+    b = np.full(site.n_racks, others_b_w)
+    b[rack] = b_w
+    return pdu_loads(site, 0.0, b)
+
+
+def full_power(site: Site) -> tuple[FloatArray, FloatArray]:
+    return site.gpu_max_w.copy(), site.gpu_max_w.copy()  # (power, cap): uncapped, at full power
+
+
+def test_lab_thresholds_are_what_the_tests_assume(site: Site, derated: FloatArray) -> None:
+    pdu = site.rack_pdu[0, 1]
+    assert derated[pdu] == pytest.approx(46_000.0)  # 57.5 kW x 0.8
+    assert site.gpu_min_w.min() == 200.0 and site.gpu_max_w.max() == 700.0
+    # Each rack: 4 critical servers, 2 batch, 1 training, 1 best-effort (8 GPUs each).
+    assert np.bincount(site.gpu_priority[site.gpu_rack == 0]).tolist() == [32, 16, 8, 8]
+
+
+def test_nothing_over_threshold_changes_nothing(site: Site, derated: FloatArray) -> None:
+    power, cap = full_power(site)
+    new = decide_caps(site, power, cap, pdu_loads(site, 30_000.0, 30_000.0), derated, S)
+    np.testing.assert_array_equal(new, cap)
+    # Feed A lost, but every B PDU still under 80 % of 46 kW.
+    new = decide_caps(site, power, cap, pdu_loads(site, 0.0, 36_000.0), derated, S)
+    np.testing.assert_array_equal(new, cap)
+
+
+def test_small_excess_caps_only_best_effort_on_that_rack(site: Site, derated: FloatArray) -> None:
+    power, cap = full_power(site)
+    new = decide_caps(site, power, cap, a_lost(site, 2, 38_000.0), derated, S)
+    changed = np.flatnonzero(new != cap)
+    assert changed.size > 0
+    assert set(site.gpu_rack[changed].tolist()) == {2}
+    assert set(site.gpu_priority[changed].tolist()) == {BEST}
+    be = rack_gpus(site, 2, BEST)
+    assert np.all(new[be] < 700) and np.all(new[be] >= 200)
+    for prio in (CRIT, BATCH, TRAIN):
+        assert np.all(new[rack_gpus(site, 2, prio)] == 700)
+    # It sheds enough DC watts to bring the PDU to the 77 % target (wall W x PSU efficiency).
+    shed_dc = float((cap - new).sum())
+    want_wall = 38_000.0 - (S.cap_threshold - S.target_margin) * 46_000.0
+    assert shed_dc == pytest.approx(want_wall * 0.94, rel=0.01)
+
+
+def test_large_excess_exhausts_lower_classes_before_critical(site: Site, derated: FloatArray) -> None:
+    power, cap = full_power(site)
+    # Need ~18.4 kW DC: best-effort, training and batch give 16 kW at most, critical the rest.
+    new = decide_caps(site, power, cap, a_lost(site, 4, 55_000.0), derated, S)
+    for prio in (BEST, TRAIN, BATCH):
+        assert np.all(new[rack_gpus(site, 4, prio)] == 200), PRIORITIES[prio]
+    crit = new[rack_gpus(site, 4, CRIT)]
+    assert np.all(crit < 700) and np.all(crit > 200)
+    # Other racks untouched.
+    assert np.all(new[site.gpu_rack != 4] == 700)
+
+
+def test_medium_excess_leaves_critical_untouched(site: Site, derated: FloatArray) -> None:
+    power, cap = full_power(site)
+    # Need ~9 kW DC: best-effort (4 kW) and training (4 kW) to their minimum, batch a little.
+    new = decide_caps(site, power, cap, a_lost(site, 4, 45_000.0), derated, S)
+    assert np.all(new[rack_gpus(site, 4, BEST)] == 200)
+    assert np.all(new[rack_gpus(site, 4, TRAIN)] == 200)
+    assert np.all(new[rack_gpus(site, 4, BATCH)] < 700)
+    assert np.all(new[rack_gpus(site, 4, CRIT)] == 700)
+
+
+def test_caps_stay_within_gpu_limits(site: Site, derated: FloatArray) -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        power = rng.uniform(0, 900, site.n_gpus)
+        power[rng.random(site.n_gpus) < 0.1] = np.nan
+        cap = rng.uniform(50, 1000, site.n_gpus)
+        cap[rng.random(site.n_gpus) < 0.05] = np.nan
+        a = rng.uniform(0, 80_000, site.n_racks)
+        b = rng.uniform(0, 80_000, site.n_racks)
+        new = decide_caps(site, power, cap, pdu_loads(site, a, b), derated, S)
+        assert np.all(np.isfinite(new))
+        assert np.all(new >= site.gpu_min_w) and np.all(new <= site.gpu_max_w)
+
+
+def test_hopeless_overload_floors_every_gpu_at_minimum(site: Site, derated: FloatArray) -> None:
+    power, cap = full_power(site)
+    new = decide_caps(site, power, cap, a_lost(site, 0, 200_000.0), derated, S)
+    assert np.all(new[rack_gpus(site, 0)] == 200)
+
+
+def capped_state(site: Site, derated: FloatArray, rack: int) -> FloatArray:
+    power, cap = full_power(site)
+    return decide_caps(site, power, cap, a_lost(site, rack, 55_000.0), derated, S)
+
+
+def test_hysteresis_between_thresholds_holds_caps(site: Site, derated: FloatArray) -> None:
+    caps = capped_state(site, derated, 4)
+    for b_w in (34_600.0, 35_500.0, 36_700.0):  # between 75 % (34.5 kW) and 80 % (36.8 kW)
+        new = decide_caps(site, caps, caps, a_lost(site, 4, b_w), derated, S)
+        np.testing.assert_array_equal(new, caps)
+
+
+def test_below_uncap_threshold_releases_critical_first(site: Site, derated: FloatArray) -> None:
+    caps = capped_state(site, derated, 4)
+    new = decide_caps(site, caps, caps, a_lost(site, 4, 33_000.0), derated, S)
+    crit = rack_gpus(site, 4, CRIT)
+    assert np.all(new[crit] > caps[crit])
+    for prio in (BATCH, TRAIN, BEST):
+        g = rack_gpus(site, 4, prio)
+        np.testing.assert_array_equal(new[g], caps[g])
+    # Released gradually, never above the room under the uncap threshold (1.5 kW here).
+    assert float((new - caps).sum()) <= 34_500.0 - 33_000.0
+    # Far below: everything comes back over a few steps, critical fully before best-effort starts.
+    cur = caps
+    for _ in range(30):
+        nxt = decide_caps(site, cur, cur, a_lost(site, 4, 20_000.0), derated, S)
+        be_started = np.any(nxt[rack_gpus(site, 4, BEST)] > cur[rack_gpus(site, 4, BEST)])
+        if be_started:
+            assert np.all(cur[crit] == 700)
+        cur = nxt
+    assert np.all(cur == 700)
+
+
+def test_missing_gpu_power_counts_as_drawing_its_cap(site: Site, derated: FloatArray) -> None:
+    power, cap = full_power(site)
+    be = rack_gpus(site, 2, BEST)
+    loads = a_lost(site, 2, 38_000.0)
+    at_cap = decide_caps(site, power, cap, loads, derated, S)
+    power_nan = power.copy()
+    power_nan[be] = np.nan
+    with_nan = decide_caps(site, power_nan, cap, loads, derated, S)
+    np.testing.assert_array_equal(with_nan, at_cap)
+    assert np.all(with_nan[be] < 700)
+    # Reading NaN as 0 W would have left best-effort alone and capped training instead.
+    power_zero = power.copy()
+    power_zero[be] = 0.0
+    with_zero = decide_caps(site, power_zero, cap, loads, derated, S)
+    assert not np.array_equal(with_zero, with_nan)
+
+
+def test_stale_or_missing_pdu_meters_hold_caps(site: Site, derated: FloatArray) -> None:
+    caps = capped_state(site, derated, 4)
+    new = decide_caps(site, caps, caps, pdu_loads(site, np.nan, np.nan), derated, S)
+    np.testing.assert_array_equal(new, caps)
+
+
+# ---- closed loop with the simulated fleet ----------------------------------------------------------
+
+
+def frame_pdu_loads(site: Site, pdu_power_w: FloatArray) -> FloatArray:
+    return pdu_loads(site, pdu_power_w[:, 0], pdu_power_w[:, 1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_closed_loop_feed_loss_brings_every_pdu_under_threshold(site: Site, derated: FloatArray,
+                                                               seed: int) -> None:
+    fleet = Fleet(site, seed=seed)
+    everyone = np.arange(site.n_gpus)
+    fr = fleet.step()
+    assert fr.pdu_power_w.max() < S.cap_threshold * 46_000.0  # healthy before the loss
+    fleet.lose_feed("A")
+    pdus = site.rack_pdu.ravel()
+    worst_after_first: list[float] = []
+    for i in range(20):
+        fr = fleet.step()
+        loads = frame_pdu_loads(site, fr.pdu_power_w)
+        if i > 0:
+            worst_after_first.append(float(np.max(loads[pdus] / derated[pdus])))
+        fleet.set_limit(everyone, decide_caps(site, fr.power_w, fleet.limit_w, loads, derated, S))
+    fr = fleet.step()
+    loads = frame_pdu_loads(site, fr.pdu_power_w)
+    assert np.all(loads[pdus] <= S.cap_threshold * derated[pdus] * 1.01)
+    assert max(worst_after_first) <= S.cap_threshold * 1.01
+    assert np.all(fr.pdu_power_w[:, 0] == 0)  # everything is on feed B
+    prio = site.gpu_priority
+    assert fleet.limit_w[prio == CRIT].mean() >= fleet.limit_w[prio == BEST].mean()
+    assert fleet.limit_w[prio == CRIT].mean() > 200.0  # critical keeps more than the floor
+
+
+# ---- the controller: frames + aggregates in, signed leased commands out ------------------------------
+
+
+class Loop:
+    def __init__(self, site: Site, seed: int = 3) -> None:
+        self.site = site
+        self.fleet = Fleet(site, seed=seed, epoch_s=1_700_000_000.0)
+        self.source = load_source("sim", {"kind": "sim", "interval_s": 1.0}, SourceContext(site=site,
+                                                                                          plant=self.fleet))
+        self.ring = Keyring({"k1": b"\x05" * 32}, "k1")
+        self.ctl = CapController(site, self.ring, CapSettings(), lease_s=30.0)
+        self.limits = Limits(site)
+
+    def feed(self) -> tuple[float, list[TelemetryFrame]]:
+        frames = self.source.read_batch()
+        now = frames[0].ts_s
+        for fr in frames:
+            self.ctl.on_frame(fr)
+            for agg in frame_aggregates(self.site, self.limits, fr):
+                self.ctl.on_aggregate(agg, now)
+        return now, frames
+
+
+def test_controller_is_quiet_when_healthy(site: Site) -> None:
+    loop = Loop(site)
+    for _ in range(3):
+        now, _ = loop.feed()
+        assert loop.ctl.decide(now) == []
+
+
+def test_controller_answers_feed_loss_with_signed_leased_commands(site: Site) -> None:
+    loop = Loop(site)
+    now, _ = loop.feed()
+    assert loop.ctl.decide(now) == []
+    loop.fleet.lose_feed("A")
+    now, frames = loop.feed()
+    assert max(f.pdu_power_w[1] for f in frames) > 0.8 * 46_000.0
+    cmds = loop.ctl.decide(now)
+    assert cmds
+    assert {c.target for c in cmds} <= set(site.rack_ids)
+    assert len({c.target for c in cmds}) == len(cmds)  # one command per rack
+    for c in cmds:
+        assert loop.ring.verify(c) is None
+        assert loop.ring.verify(Command.decode(c.encode())) is None
+        assert c.action == "power_cap" and c.site == "lab"
+        assert c.lease_s == 30.0 and c.issued_at_s == now
+        assert c.reason == "PDU over the cap threshold"
+        assert np.all(c.values >= 200) and np.all(c.values <= 700)
+
+    # Applied through the guard, the next measurement is under the threshold on every PDU.
+    act = load_actuator("twin", {"kind": "twin", "safe_limit": "max"}, context=loop.fleet)
+    guard = Guard(act, loop.ring, "lab")
+    assert {guard.handle(c, now + 0.2).status for c in cmds} <= {"applied", "clamped"}
+    _, frames = loop.feed()
+    assert max(f.pdu_power_w[1] for f in frames) <= 0.8 * 46_000.0 * 1.01
+
+    # Eleven seconds later with no newer data: the caps are held and their leases renewed.
+    renew = loop.ctl.decide(now + 11)
+    assert renew
+    assert {c.reason for c in renew} == {"lease renewal"}
+    assert {c.target for c in renew} == {c.target for c in cmds}
+    for c in renew:
+        assert loop.ring.verify(c) is None and c.issued_at_s == now + 11
+        first = next(x for x in cmds if x.target == c.target)
+        np.testing.assert_array_equal(c.gpus, first.gpus)
+        np.testing.assert_allclose(c.values, first.values)
+        assert guard.handle(c, now + 11.1).status in ("applied", "clamped")
+    # The renewal kept the guard from reverting at the first command's lease end.
+    assert guard.expire(now + 31) == []
+
+
+def test_controller_does_not_shed_twice_on_the_same_measurement(site: Site) -> None:
+    loop = Loop(site)
+    loop.fleet.lose_feed("A")
+    now, _ = loop.feed()
+    first = {c.target: c.values.copy() for c in loop.ctl.decide(now)}
+    assert first
+    # The next tick comes before any newer PDU load: nothing new is known, so nothing changes.
+    assert loop.ctl.decide(now + 1) == []
+    crit = site.gpu_priority == CRIT
+    assert loop.ctl.cap_w[crit].mean() > 250.0  # critical GPUs were not driven to the floor
