@@ -20,7 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
 U16 = npt.NDArray[np.uint16]
+U32 = npt.NDArray[np.uint32]
 
 T = TypeVar("T", bound="Record")
 
@@ -30,7 +32,9 @@ class SchemaError(ValueError):
 
 
 # Field kinds: how each dataclass field is encoded and checked.
-_ARRAY_DTYPES: dict[str, np.dtype[Any]] = {"f32[]": np.dtype("<f4"), "u16[]": np.dtype("<u2")}
+_ARRAY_DTYPES: dict[str, np.dtype[Any]] = {
+    "f32[]": np.dtype("<f4"), "f64[]": np.dtype("<f8"), "u16[]": np.dtype("<u2"), "u32[]": np.dtype("<u4"),
+}
 
 
 @dataclass
@@ -50,8 +54,9 @@ class Record:
         for f in fields(self):
             kind = self.KINDS[f.name]
             val = getattr(self, f.name)
-            if kind in _ARRAY_DTYPES:
-                out[f.name] = np.ascontiguousarray(val, dtype=_ARRAY_DTYPES[kind]).tobytes()
+            base = kind.rstrip("?")
+            if base in _ARRAY_DTYPES:
+                out[f.name] = None if val is None else np.ascontiguousarray(val, dtype=_ARRAY_DTYPES[base]).tobytes()
             elif kind in ("float", "float?"):
                 out[f.name] = None if val is None else float(val)
             else:
@@ -111,7 +116,7 @@ def _check(where: str, name: str, kind: str, v: Any, rng: tuple[float, float] | 
         if not isinstance(v, bytes | bytearray) or len(v) % dt.itemsize:
             raise SchemaError(f"{where}: field '{name}' must be {base} packed bytes")
         arr = np.frombuffer(v, dtype=dt)
-        if rng is not None and base == "f32[]":
+        if rng is not None and base in ("f32[]", "f64[]"):
             lo, hi = rng
             # Fast path: min/max of a clean array. NaN (a missing reading, allowed) makes min/max NaN,
             # which fails the comparison and takes the exact path below.
@@ -169,10 +174,17 @@ class TelemetryFrame(Record):
         "gpu_server": "u16[]", "gpu_slot": "u16[]", "power_w": "f32[]", "temp_c": "f32[]",
         "sm_clock_mhz": "f32[]", "limit_w": "f32[]", "util": "f32[]",
         "inlet_c": "f64list", "pdu_power_w": "f64list",
+        # Optional, from collectors that read them (NVML, Redfish); absent from the simulated fleet.
+        "mem_clock_mhz": "f32[]?", "throttle_reasons": "u32[]?", "energy_j": "f64[]?",
+        "servers": "u16[]?", "server_power_w": "f32[]?",
+        "pdu_phase_current_a": "f32[]?", "pdu_bank_current_a": "f32[]?", "pdu_outlet_power_w": "f32[]?",
     }
     RANGES: ClassVar[dict[str, tuple[float, float]]] = {
         "power_w": (0.0, 5000.0), "temp_c": (-40.0, 150.0), "sm_clock_mhz": (0.0, 10000.0),
         "limit_w": (0.0, 5000.0), "util": (0.0, 1.0), "ts_s": (0.0, 1e11), "interval_s": (1e-3, 3600.0),
+        "mem_clock_mhz": (0.0, 20000.0), "energy_j": (0.0, 1e15), "server_power_w": (0.0, 100000.0),
+        "pdu_phase_current_a": (0.0, 10000.0), "pdu_bank_current_a": (0.0, 10000.0),
+        "pdu_outlet_power_w": (0.0, 100000.0),
     }
     site: str
     rack: str
@@ -189,6 +201,16 @@ class TelemetryFrame(Record):
     util: F32
     inlet_c: list[float]  # one per inlet sensor; NaN = no reading
     pdu_power_w: list[float]  # metered power of the rack PDU on feed A and B; NaN = no meter
+    mem_clock_mhz: F32 | None = None
+    throttle_reasons: U32 | None = None  # NVML clocks-event (throttle) reason bitmask per GPU
+    energy_j: F64 | None = None  # GPU energy counter since driver load, joules
+    servers: U16 | None = None  # server index within the rack, for server_power_w
+    server_power_w: F32 | None = None  # server input power from its BMC (Redfish)
+    # A frame from one rack PDU carries that PDU's meter in pdu_power_w (the other feed NaN) and, where the
+    # PDU reports them, its per-phase and per-bank currents and per-outlet power here.
+    pdu_phase_current_a: F32 | None = None
+    pdu_bank_current_a: F32 | None = None
+    pdu_outlet_power_w: F32 | None = None
 
     @classmethod
     def key_field(cls) -> str:
@@ -203,6 +225,14 @@ class TelemetryFrame(Record):
             m = getattr(self, name).size
             if m != n:
                 raise SchemaError(f"{where}: field '{name}' has {m} entries, power_w has {n}")
+        for name in ("mem_clock_mhz", "throttle_reasons", "energy_j"):
+            arr = getattr(self, name)
+            if arr is not None and arr.size != n:
+                raise SchemaError(f"{where}: field '{name}' has {arr.size} entries, power_w has {n}")
+        if (self.servers is None) != (self.server_power_w is None) or (
+                self.servers is not None and self.server_power_w is not None
+                and self.servers.size != self.server_power_w.size):
+            raise SchemaError(f"{where}: fields 'servers' and 'server_power_w' must come together, same length")
         if len(self.pdu_power_w) != 2:
             raise SchemaError(f"{where}: field 'pdu_power_w' needs 2 entries (feed A, feed B), got "
                               f"{len(self.pdu_power_w)}")

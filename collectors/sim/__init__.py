@@ -17,6 +17,8 @@ from powerplane.schemas import TelemetryFrame
 class FleetSource(Source):
     """Reads the in-process simulated fleet and cuts its site-wide arrays into one frame per rack."""
 
+    default_interval_s = 1.0
+
     def configure(self, options: Mapping[str, Any]) -> None:
         if not isinstance(self.ctx.plant, Fleet):
             raise SourceConfigError(f"source '{self.name}': the sim source needs the simulated fleet in its context")
@@ -24,12 +26,19 @@ class FleetSource(Source):
         self.lock: threading.Lock = options.get("lock") or threading.Lock()
         self.seq = 0
         site = self.ctx.site
+        if site is None:
+            raise SourceConfigError(f"source '{self.name}': the sim source needs the site model in its context")
+        self.site = site
         self._server_in_rack = (np.arange(len(site.server_ids)) - site.rack_server_start[site.server_rack])
 
+    async def read(self) -> list[TelemetryFrame]:
+        return self.read_batch()  # a few ms of numpy: not worth a thread
+
     def read_batch(self) -> list[TelemetryFrame]:
+        """Advance the fleet by one interval and cut it into frames (also used in-process)."""
         with self.lock:
             fr = self.fleet.step(self.interval_s)
-        site = self.ctx.site
+        site = self.site
         self.seq += 1
         out: list[TelemetryFrame] = []
         gs = self._server_in_rack[site.gpu_server].astype(np.uint16)
