@@ -1,54 +1,153 @@
-"""Polls a source at its interval and publishes its frames, keyed by rack, to the telemetry topic."""
+"""Durable publishing: frames -> on-disk spool -> Kafka, in order, each frame once.
+
+`publish` only appends to the spool (a local disk write), so a slow or absent broker never blocks
+collection. One sender thread drains the spool in order through an idempotent, acks=all producer,
+one bounded batch in flight at a time, and advances the spool's cursor only after Kafka has
+acknowledged the whole batch. While the broker is down the producer keeps retrying that batch (its
+delivery timeout is effectively infinite, so records are never expired and re-sent, which could
+duplicate them) and everything newer waits on disk.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
-from collectors.base import Source
+from kafka import KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
+
+from collectors.spool import Spool
 from powerplane import topics
-from powerplane.kafka import Producer
+from powerplane.schemas import TelemetryFrame
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("powerplane.collectors.publisher")
 
 
-class Publisher:
-    def __init__(self, source: Source, producer: Producer) -> None:
-        self.source = source
-        self.producer = producer
-        self.frames = 0
-        self.errors = 0
-        self.last_duration_s = 0.0
+@dataclass
+class PublisherStats:
+    spooled: int = 0
+    delivered: int = 0
+    failed: int = 0  # refused by the broker for good (e.g. too large); logged with the rack
+    broker_up: bool = False
+    outage_started_s: float | None = None
 
-    def publish_once(self) -> int:
-        t0 = time.perf_counter()
+
+class SpooledPublisher:
+    def __init__(self, bootstrap: str, spool: Spool, client_id: str = "powerplane-collector", *,
+                 batch_records: int = 2000, topic: str = topics.TELEMETRY.name) -> None:
+        self.bootstrap = bootstrap
+        self.spool = spool
+        self.client_id = client_id
+        self.batch_records = batch_records
+        self.topic = topic
+        self.stats = PublisherStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer: KafkaProducer | None = None
+
+    # ---- collection side --------------------------------------------------------------------
+    def publish(self, frames: list[TelemetryFrame]) -> None:
+        if frames:
+            self.spool.append_many([(self.topic, f.key(), f.encode(), int(f.ts_s * 1000)) for f in frames])
+            self.stats.spooled += len(frames)
+
+    # ---- sender -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="spool-sender", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> KafkaProducer | None:
         try:
-            frames = self.source.read_batch()
-        except Exception as e:  # a failing device must not stop the loop; it is counted and logged
-            self.errors += 1
-            log.error("source %s: read failed: %s", self.source.name, e)
-            return 0
-        for fr in frames:
-            self.producer.send(topics.TELEMETRY.name, fr.encode(), key=fr.key(), timestamp_ms=int(fr.ts_s * 1000))
-        self.frames += len(frames)
-        self.last_duration_s = time.perf_counter() - t0
-        return len(frames)
+            return KafkaProducer(
+                bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all", enable_idempotence=True,
+                compression_type="lz4", linger_ms=20, batch_size=256 * 1024, retries=2**31 - 1,
+                max_in_flight_requests_per_connection=5, request_timeout_ms=10_000,
+                delivery_timeout_ms=2**31 - 1,  # never expire: the spool already bounds what waits
+                bootstrap_timeout_ms=5_000,
+                reconnect_backoff_max_ms=1_000)  # notice a returning broker within a second
+        except KafkaError as e:
+            self._down(f"cannot connect: {type(e).__name__}")
+            return None
 
-    def run(self, stop: threading.Event, max_intervals: int | None = None) -> None:
-        """Fixed-rate loop: a slow read delays this source only, and late ticks are not bunched."""
-        self.source.start()
-        try:
-            next_t = time.monotonic()
-            n = 0
-            while not stop.is_set() and (max_intervals is None or n < max_intervals):
-                self.publish_once()
-                n += 1
-                next_t += self.source.interval_s
-                delay = next_t - time.monotonic()
-                if delay < 0:
-                    next_t = time.monotonic()  # overran: skip the missed ticks
-                    delay = 0
-                stop.wait(delay)
-        finally:
-            self.source.close()
+    def _down(self, why: str) -> None:
+        if self.stats.broker_up or self.stats.outage_started_s is None:
+            log.warning("Kafka at %s unreachable (%s): spooling to %s (%d pending)", self.bootstrap, why,
+                        self.spool.dir, self.spool.pending)
+            self.stats.outage_started_s = time.time()
+        self.stats.broker_up = False
+
+    def _up(self) -> None:
+        if not self.stats.broker_up:
+            if self.stats.outage_started_s is not None and self.stats.delivered:
+                log.info("Kafka is back after %.0f s; draining %d spooled frame(s)",
+                         time.time() - self.stats.outage_started_s, self.spool.pending)
+            self.stats.broker_up = True
+            self.stats.outage_started_s = None
+
+    def _run(self) -> None:
+        next_seq = self.spool.cursor
+        while not self._stop.is_set() or self.spool.pending:
+            if self._producer is None:
+                self._producer = self._connect()
+                if self._producer is None:
+                    if self._stop.wait(1.0):
+                        break
+                    continue
+            next_seq = max(next_seq, self.spool.cursor)  # segments dropped while full
+            recs = self.spool.read(next_seq, self.batch_records)
+            if not recs:
+                if self._stop.is_set():
+                    break
+                self.spool.wait(0.2)
+                continue
+            futures: list[tuple[Any, Any]] = [
+                (r, self._producer.send(r.topic, key=r.key, value=r.value, timestamp_ms=r.ts_ms)) for r in recs]
+            if not self._await(futures):
+                break  # stopping with a batch still unacknowledged: it stays in the spool for next start
+            for r, fut in futures:
+                if fut.failed():
+                    self.stats.failed += 1
+                    log.error("frame seq %d (key %s) refused by Kafka for good: %s", r.seq, r.key, fut.exception)
+                else:
+                    self.stats.delivered += 1
+            next_seq = recs[-1].seq + 1
+            self.spool.commit(next_seq)
+            self._up()
+
+    def _await(self, futures: list[tuple[Any, Any]]) -> bool:
+        """Wait until every send is settled; False if asked to stop first (after a grace period)."""
+        assert self._producer is not None
+        stop_deadline: float | None = None
+        while True:
+            try:
+                self._producer.flush(timeout=1.0)
+            except KafkaTimeoutError:
+                pass
+            if all(f.is_done for _, f in futures):
+                return True
+            self._down("sends not acknowledged")
+            if self._stop.is_set():
+                stop_deadline = stop_deadline or time.monotonic() + self.close_grace_s
+                if time.monotonic() > stop_deadline:
+                    return False
+
+    close_grace_s = 10.0
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Try to deliver what is spooled for up to timeout_s, then stop; the rest stays on disk."""
+        self.close_grace_s = min(self.close_grace_s, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self.spool.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+        self.spool.close()
+        if self.spool.pending:
+            log.warning("%d frame(s) left in the spool %s; they are sent on the next start",
+                        self.spool.pending, self.spool.dir)

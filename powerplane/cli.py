@@ -125,12 +125,11 @@ def cmd_keys(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
     import time
 
+    from collectors import service as collector_service
     from collectors.base import SourceContext, load_source
-    from collectors.publisher import Publisher
     from controllers import actuator_service
     from controllers.actuators.base import load_actuator
     from powerplane.fleet import Fleet
-    from powerplane.kafka import Producer
 
     site = _site(cfg)
     stop = _stop_on_signals()
@@ -139,8 +138,6 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
     source = load_source("sim", {"kind": "sim", "interval_s": cfg.sample_interval_s, "lock": lock},
                          SourceContext(site=site, plant=fleet))
     actuator = load_actuator("twin", {"kind": "twin", "lock": lock, "safe_limit": "max"}, context=fleet)
-    producer = Producer(cfg.kafka_bootstrap, "powerplane-fleet")
-    pub = Publisher(source, producer)
     ready = threading.Event()
     act = threading.Thread(target=actuator_service.run, args=(cfg, site.name, actuator, _keyring(cfg), stop, ready),
                            name="actuator", daemon=True)
@@ -161,15 +158,23 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
             log.warning("fleet: feed %s restored (scenario)", args.lose_feed)
 
     threading.Thread(target=schedule, daemon=True).start()
-    if args.duration:
-        threading.Timer(args.duration, stop.set).start()
     try:
-        pub.run(stop)
+        collector_service.run(cfg, [source], stop, duration_s=args.duration or None, client_id="powerplane-fleet")
     finally:
         stop.set()
         act.join(10)
-        producer.close()
-        log.info("fleet: published %d frames; producer %s", pub.frames, producer.stats())
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace, cfg: Config) -> int:
+    from collectors import service as collector_service
+    from collectors.base import SourceContext
+
+    site = _site(cfg) if Path(cfg.site_file).exists() else None
+    sources = collector_service.sources_from_file(args.sources, SourceContext(site=site))
+    sched = collector_service.run(cfg, sources, _stop_on_signals(), duration_s=args.duration or None,
+                                  metrics_port=args.metrics_port, client_id=args.client_id)
+    print(sched.table())
     return 0
 
 
@@ -253,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--restore-at", type=float, default=0.0, help="... and restore it at this time")
     f.set_defaults(fn=cmd_fleet)
 
+    co = sub.add_parser("collect", help="poll devices (SNMP PDUs, Redfish BMCs, NVML, DCGM) and publish telemetry")
+    co.add_argument("sources", help="TOML file of [sources.NAME] tables (see collectors/*/sample.toml)")
+    co.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until stopped)")
+    co.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    co.add_argument("--client-id", default="powerplane-collector", help="names the spool directory too")
+    co.set_defaults(fn=cmd_collect)
+
     w = sub.add_parser("streams", help="run the faust-streaming worker (telemetry -> aggregates)")
     w.add_argument("action", choices=["worker"])
     w.set_defaults(fn=cmd_streams)
@@ -274,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    from collectors.base import SourceConfigError
     from powerplane.devservers import DevError
     from powerplane.kafka import BrokerUnavailable
     from powerplane.site import SiteError
@@ -285,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"powerplane: invalid site {e.source}:", file=sys.stderr)
         for line in e.errors:
             print(f"  {line}", file=sys.stderr)
+        return 2
+    except SourceConfigError as e:
+        print("powerplane: invalid collector config:\n  " + str(e).replace("\n", "\n  "), file=sys.stderr)
         return 2
     except (ConfigError, DevError, BrokerUnavailable, FileNotFoundError, ValueError) as e:
         print(f"powerplane: error: {e}", file=sys.stderr)

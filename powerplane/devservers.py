@@ -353,6 +353,12 @@ def down(cfg: Config, *, wipe: bool = False) -> None:
         say(f"removed {p.state}")
 
 
+def stop_kafka(cfg: Config) -> None:
+    """Stop only the broker, keeping its data (tests use it to simulate a broker outage)."""
+    p = paths(cfg)
+    _stop("kafka", p.kafka_dir / "kafka.pid")
+
+
 def stop_vm(cfg: Config) -> None:
     """Stop only the time-series server (tests use it to simulate a store outage)."""
     p = paths(cfg)

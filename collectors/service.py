@@ -1,0 +1,71 @@
+"""The collector process: sources from config -> scheduler -> spooled publisher -> Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from collectors.base import Source, SourceConfigError, SourceContext, load_source
+from collectors.publisher import SpooledPublisher
+from collectors.scheduler import Metrics, Scheduler
+from collectors.spool import Spool
+from powerplane.config import Config
+
+log = logging.getLogger("powerplane.collectors")
+
+
+def sources_from_file(path: str | Path, ctx: SourceContext) -> list[Source]:
+    """Every [sources.NAME] table of a TOML file; all errors reported at once."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise SourceConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SourceConfigError(f"{path}: not valid TOML: {e}") from None
+    tables = data.get("sources")
+    if not isinstance(tables, dict) or not tables:
+        raise SourceConfigError(f"{path}: no [sources.NAME] tables")
+    return build_sources(tables, ctx, where=str(path))
+
+
+def build_sources(tables: Mapping[str, Any], ctx: SourceContext, where: str = "sources") -> list[Source]:
+    out: list[Source] = []
+    errors: list[str] = []
+    for name, opts in tables.items():
+        if not isinstance(opts, dict):
+            errors.append(f"{where}: sources.{name}: expected a table")
+            continue
+        try:
+            out.append(load_source(name, opts, ctx))
+        except SourceConfigError as e:
+            errors.append(f"{where}: {e}")
+    if errors:
+        raise SourceConfigError("\n".join(errors))
+    return out
+
+
+def run(cfg: Config, sources: list[Source], stop: threading.Event, *, duration_s: float | None = None,
+        spool_dir: str | Path | None = None, metrics_port: int = 0, client_id: str = "powerplane-collector",
+        max_concurrency: int = 512) -> Scheduler:
+    spool = Spool(spool_dir or Path(cfg.state_dir) / "spool" / client_id)
+    pub = SpooledPublisher(cfg.kafka_bootstrap, spool, client_id)
+    metrics = Metrics()
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    sched = Scheduler(sources, pub.publish, metrics=metrics, max_concurrency=max_concurrency)
+    pub.start()
+    log.info("collecting from %d source(s); spool %s", len(sources), spool.dir)
+    try:
+        asyncio.run(sched.run(stop, duration_s))
+    finally:
+        pub.close()
+        log.info("collector: %d frame(s) spooled, %d delivered, %d refused, %d dropped from a full spool",
+                 pub.stats.spooled, pub.stats.delivered, pub.stats.failed, spool.dropped_records)
+    return sched
