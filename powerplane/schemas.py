@@ -101,7 +101,7 @@ class Record:
             plan = [(f.name, cls.KINDS[f.name], cls.KINDS[f.name].endswith("?"), cls.RANGES.get(f.name))
                     for f in fields(cls)]
             cls._PLAN = plan  # type: ignore[attr-defined]
-        return plan  # type: ignore[no-any-return]
+        return plan
 
     @classmethod
     def decode(cls: type[T], data: bytes) -> T:
