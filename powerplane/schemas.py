@@ -214,7 +214,9 @@ class TelemetryFrame(Record):
     inlet_c: list[float]  # one per inlet sensor; NaN = no reading
     pdu_power_w: list[float]  # metered power of the rack PDU on feed A and B; NaN = no meter
     mem_clock_mhz: F32 | None = None
-    throttle_reasons: U32 | None = None  # NVML clocks-event (throttle) reason bitmask per GPU
+    # NVML clocks-event (throttle) reason bitmask per GPU; 0xFFFFFFFF = no reading for that GPU (an
+    # integer cannot be NaN; NVML defines no bit above 0x400).
+    throttle_reasons: U32 | None = None
     energy_j: F64 | None = None  # GPU energy counter since driver load, joules
     servers: U16 | None = None  # server index within the rack, for server_power_w
     server_power_w: F32 | None = None  # server input power from its BMC (Redfish)
