@@ -163,7 +163,7 @@ def test_a_slow_exporter_times_out(exporter: tuple[Exporter, str]) -> None:
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
         asyncio.run(read_once(dcgm(f"{base}/metrics", timeout_s=0.2)))
-    assert time.monotonic() - t0 < 0.9
+    assert time.monotonic() - t0 < 3.0  # gives up, does not hang
 
 
 def test_under_the_scheduler(exporter: tuple[Exporter, str]) -> None:

@@ -8,6 +8,7 @@ state file is in NVML's own units (mW, mJ, percent); the frame must carry SI uni
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,15 +250,17 @@ def test_sample_config_loads() -> None:
 def test_a_read_abandoned_on_timeout_is_not_started_twice(host: FakeNvmlHost) -> None:
     # A slow driver: GPU 0's power reading takes 0.5 s. The scheduler gives up after 0.2 s; the read goes
     # on in its thread, and the next read waits for that one rather than starting another.
-    host.state(TWO_GPUS + "gpu0.delay_power = 500\n")
+    # Bounds are one-sided and wide apart: a new read cannot take less than the fake's 1 s delay.
+    host.state(TWO_GPUS + "gpu0.delay_power = 1000\n")
     started(host)
     a = host.request("read", timeout=0.2)
     assert (a["ok"], a["type"]) == (False, "TimeoutError")
+    time.sleep(1.3)  # the abandoned read finishes in its thread meanwhile
     a = host.request("read")
     assert a["ok"] and a["result"][0]["power_w"][0] == approx(350.123)
-    assert a["elapsed_s"] < 0.45  # the rest of the first read, not a whole new one
+    assert a["elapsed_s"] < 0.6  # the first read's result, not a whole new read
     a = host.request("read")
-    assert a["ok"] and a["elapsed_s"] >= 0.5  # a new read
+    assert a["ok"] and a["elapsed_s"] >= 1.0  # a new read
 
 
 @needs_cc
