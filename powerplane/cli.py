@@ -133,7 +133,15 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
 
     site = _site(cfg)
     stop = _stop_on_signals()
-    fleet = Fleet(site, seed=args.seed, load_scale=args.load, epoch_s=time.time())
+    fleet: Any
+    if args.twin or args.scenario:
+        from powerplane.twin import Twin, load_scenario
+
+        # The digital twin: trace-driven pools and training jobs, full physics, optional scenario.
+        scenario = load_scenario(args.scenario) if args.scenario else None
+        fleet = Twin(site, scenario=scenario, seed=args.seed, epoch_s=time.time())
+    else:
+        fleet = Fleet(site, seed=args.seed, load_scale=args.load, epoch_s=time.time())
     lock = threading.Lock()
     source = load_source("sim", {"kind": "sim", "interval_s": cfg.sample_interval_s, "lock": lock},
                          SourceContext(site=site, plant=fleet))
@@ -256,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lose-feed", choices=["A", "B"], help="scenario: lose this feed ...")
     f.add_argument("--at", type=float, default=15.0, help="... this many seconds after start")
     f.add_argument("--restore-at", type=float, default=0.0, help="... and restore it at this time")
+    f.add_argument("--twin", action="store_true", help="use the digital twin (trace-driven) instead of the "
+                                                        "simple fleet")
+    f.add_argument("--scenario", help="digital twin scenario file (implies --twin), e.g. examples/scenarios/*.toml")
     f.set_defaults(fn=cmd_fleet)
 
     co = sub.add_parser("collect", help="poll devices (SNMP PDUs, Redfish BMCs, NVML, DCGM) and publish telemetry")

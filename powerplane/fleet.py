@@ -10,6 +10,7 @@ load onto the other feed's PDU. Pure numpy, deterministic for a seed, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,6 +34,19 @@ class FleetFrame:
     inlet_c: FloatArray  # (n_racks, max sensors), NaN where a rack has fewer sensors
     pdu_power_w: FloatArray  # (n_racks, 2) metered power per feed
     rack_power_w: FloatArray  # ground truth wall power per rack
+
+
+@runtime_checkable
+class Plant(Protocol):
+    """What the sim source and the twin actuator need of a simulated plant: this simple Fleet or the
+    digital twin (powerplane.twin.Twin), whose frames carry the same per-GPU and per-rack fields."""
+
+    site: Site
+    epoch_s: float
+
+    def step(self, dt_s: float = 1.0) -> Any: ...
+
+    def set_limit(self, gpus: IntArray, limit_w: FloatArray) -> FloatArray: ...
 
 
 class Fleet:

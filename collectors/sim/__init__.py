@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from collectors.base import Source, SourceConfigError, register
-from powerplane.fleet import Fleet
+from powerplane.fleet import Plant
 from powerplane.schemas import TelemetryFrame
 
 
@@ -20,9 +20,9 @@ class FleetSource(Source):
     default_interval_s = 1.0
 
     def configure(self, options: Mapping[str, Any]) -> None:
-        if not isinstance(self.ctx.plant, Fleet):
+        if not isinstance(self.ctx.plant, Plant):
             raise SourceConfigError(f"source '{self.name}': the sim source needs the simulated fleet in its context")
-        self.fleet: Fleet = self.ctx.plant
+        self.fleet: Plant = self.ctx.plant
         self.lock: threading.Lock = options.get("lock") or threading.Lock()
         self.seq = 0
         site = self.ctx.site

@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 
 from controllers.actuators.base import F64, I64, Actuator, ActuatorConfigError, ActuatorError, register
-from powerplane.fleet import Fleet
+from powerplane.fleet import Plant
 
 
 @register("twin")
 class TwinActuator(Actuator):
     def configure(self, options: Mapping[str, Any]) -> None:
-        if not isinstance(self.context, Fleet):
+        if not isinstance(self.context, Plant):
             raise ActuatorConfigError(f"actuator '{self.name}': the twin actuator needs the simulated fleet")
-        self.fleet: Fleet = self.context
+        self.fleet: Plant = self.context
         self.lock: threading.Lock = options.get("lock") or threading.Lock()
         safe = options.get("safe_limit", "max")
         if safe not in ("max", "min") and not isinstance(safe, int | float):
