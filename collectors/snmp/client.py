@@ -1,16 +1,26 @@
-"""A thin asyncio SNMP v1/v2c client over pysnmp's v3arch engine, shared by every SNMP source.
+"""A thin asyncio SNMP v1/v2c client: discovery over pysnmp's v3arch engine, the periodic GET over a
+hand-written BER codec (ber.py) and one shared UDP endpoint (udp.py); shared by every SNMP source.
 
 Why not `pysnmp.hlapi.v3arch.asyncio.get_cmd` itself: it resolves every request varbind through the MIB
 view (`ObjectType(...).resolve_with_mib`), which costs about 10 ms of CPU for a 36-OID request -- two
-CPU-seconds per second at 2,000 PDUs every 10 s. This module uses the same engine, credentials,
-transport target and local configuration (LCD) objects as the hlapi, but sends prebuilt
-(ObjectName, Null) varbinds through `pysnmp.entity.rfc3413.cmdgen` directly. What a poll still costs
-is pyasn1's BER encoding and decoding: about 1 ms of CPU plus 0.15-0.2 ms per varbind (README.md,
-"Efficiency").
+CPU-seconds per second at 2,000 PDUs every 10 s. With `codec="pysnmp"` this module uses the same engine,
+credentials, transport target and local configuration (LCD) objects as the hlapi, but sends prebuilt
+(ObjectName, Null) varbinds through `pysnmp.entity.rfc3413.cmdgen` directly. That still costs pyasn1's
+BER encoding and decoding: about 1 ms of CPU plus 0.15-0.2 ms per varbind, 4.3-4.5 ms for a 30-OID
+AP8641 poll, and a whole discovery of 2,000 PDUs at once (15 GETBULKs each) cannot finish in time.
 
-One `SnmpEngine` (one UDP socket, one timer) serves all clients of an event loop; it is created on first
-use and closed when the last client closes. pysnmp has no type hints: everything it returns is turned
-into plain Python (`models.Raw`) here, and this is the only module that touches it.
+So by default (`codec="fast"`) every request goes the fast path instead: encoded by `ber.RequestTemplate`
+(a poll's GET once per OID list; only the request-id changes), sent on one shared asyncio UDP endpoint
+per event loop (`udp.Endpoint`: replies matched by request-id and source address, tries and timeouts as
+with pysnmp) and decoded by `ber.decode_response` into the same `models.Raw` values that `to_raw` below
+makes of pysnmp's objects (README.md, "Efficiency"; docs/decisions.md). What the caller sees -- error
+status and index, varbinds, error messages -- is the same on both paths; `tests/integration` checks
+that both read identical values from every recording.
+
+One `SnmpEngine` (one UDP socket, one timer; codec "pysnmp") or one fast endpoint (one UDP socket; codec
+"fast") serves all clients of an event loop; it is created on first use and closed when the last client
+closes. pysnmp has no type hints: everything it returns is turned into plain Python (`models.Raw`) here,
+and this is the only module that touches it.
 """
 
 from __future__ import annotations
@@ -29,13 +39,21 @@ from pysnmp.hlapi.v3arch.asyncio.transport import UdpTransportTarget
 from pysnmp.proto import errind, rfc1902, rfc1905
 
 from collectors.base import SourceError
+from collectors.snmp import ber, udp
 from collectors.snmp.models import OID, Absent, Junk, Raw, oid_str, prefix_of
 
 _NULL = univ.Null("")
 _LCD = CommandGeneratorLcdConfigurator()
-_GET = cmdgen.GetCommandGenerator()
-_NEXT = cmdgen.NextCommandGeneratorSingleRun()
-_BULK = cmdgen.BulkCommandGeneratorSingleRun()
+# request kind -> (pysnmp command generator, PDU tag of the fast path)
+_GET = "GET"
+_NEXT = "GETNEXT"
+_BULK = "GETBULK"
+_OPS: dict[str, tuple[Any, int]] = {
+    _GET: (cmdgen.GetCommandGenerator(), ber.GET_REQUEST),
+    _NEXT: (cmdgen.NextCommandGeneratorSingleRun(), ber.GET_NEXT_REQUEST),
+    _BULK: (cmdgen.BulkCommandGeneratorSingleRun(), ber.GET_BULK_REQUEST),
+}
+CODECS = ("fast", "pysnmp")
 
 # SNMP error-status values we act on (RFC 3416)
 TOO_BIG = 1
@@ -93,16 +111,24 @@ class SnmpClient:
     """GET / GETNEXT / GETBULK and column walks against one agent; errors are SourceError naming host:port."""
 
     def __init__(self, host: str, port: int, community: str, version: str, timeout_s: float, retries: int,
-                 max_varbinds: int) -> None:
+                 max_varbinds: int, *, codec: str = "fast") -> None:
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
         self.host, self.port, self.version = host, port, version
         self.where = f"snmp {host}:{port}"
         self.timeout_s, self.retries = timeout_s, retries
         self.max_varbinds = max_varbinds
+        self.codec = codec
         self._auth = CommunityData(community, mpModel=0 if version == "1" else 1)
+        self._community = community.encode("latin-1")  # as pysnmp (pyasn1's OctetString) sends it
+        self._version_field = ber.VERSION_1 if version == "1" else ber.VERSION_2C
         self._target: Any = None
+        self._addr: udp.Addr | None = None
         self._engine: Any = None
         self._addr_name: str | None = None
+        self._endpoint: udp.Endpoint | None = None
         self._vb_cache: dict[tuple[OID, ...], list[tuple[Any, Any]]] = {}
+        self._get_cache: dict[tuple[OID, ...], ber.RequestTemplate] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -111,30 +137,55 @@ class SnmpClient:
         if self._target is not None:
             return
         try:
-            self._target = await UdpTransportTarget.create((self.host, self.port), timeout=self.timeout_s,
-                                                           retries=self.retries)
+            target = await UdpTransportTarget.create((self.host, self.port), timeout=self.timeout_s,
+                                                     retries=self.retries)
         except PySnmpError as e:
             raise SourceError(f"{self.where}: cannot resolve host ({_one_line(e)})") from None
+        ip, port = target.transport_address
+        self._target, self._addr = target, (str(ip), int(port))
 
     def _engine_for_this_loop(self) -> Any:
         """The running loop's shared engine, with this client's target registered in it."""
         if self._engine is not _Shared.engine or _Shared.loop is not asyncio.get_running_loop():
-            self.close()  # an engine of another (finished) event loop cannot serve this one
+            self._leave_engine()  # an engine of another (finished) event loop cannot serve this one
             self._engine = _Shared.acquire()
             addr_name, _params = _LCD.configure(self._engine, self._auth, self._target, b"")
             self._addr_name = str(addr_name)
         return self._engine
 
+    def _endpoint_for_this_loop(self) -> udp.Endpoint:
+        """The running loop's shared fast-path endpoint."""
+        ep = self._endpoint
+        if ep is None or ep.closed or ep is not udp.Shared.endpoint or ep.loop is not asyncio.get_running_loop():
+            self._leave_endpoint()
+            ep = self._endpoint = udp.Shared.acquire()
+        return ep
+
     def close(self) -> None:
-        """Leave the shared engine (the last client out closes it); the resolved address is kept."""
+        """Leave the shared engine and endpoint (the last client out closes each); the resolved address is kept."""
+        self._leave_engine()
+        self._leave_endpoint()
+
+    def _leave_engine(self) -> None:
         if self._engine is not None:
             _Shared.release(self._engine)
         self._engine, self._addr_name = None, None
 
+    def _leave_endpoint(self) -> None:
+        if self._endpoint is not None:
+            udp.Shared.release(self._endpoint)
+        self._endpoint = None
+
     # ---- one request -------------------------------------------------------------------------
-    async def _send(self, gen: Any, oids: Sequence[OID], bulk: tuple[int, int] | None = None
+    async def _send(self, op: str, oids: Sequence[OID], bulk: tuple[int, int] | None = None
                     ) -> tuple[int, int, list[tuple[OID, Raw]]]:
         """One request; returns (error status, error index, [(oid, raw)]). Transport errors raise."""
+        if self.codec == "fast":
+            return await self._send_fast(op, oids, bulk)
+        return await self._send_pysnmp(op, oids, bulk)
+
+    async def _send_pysnmp(self, op: str, oids: Sequence[OID], bulk: tuple[int, int] | None
+                           ) -> tuple[int, int, list[tuple[OID, Raw]]]:
         await self.open()
         engine = self._engine_for_this_loop()
         loop = asyncio.get_running_loop()
@@ -150,6 +201,7 @@ class SnmpClient:
             except Exception as e:  # never raise into pysnmp's dispatcher
                 fut.set_result((f"undecodable response ({type(e).__name__}: {e})", 0, 0, []))
 
+        gen = _OPS[op][0]
         vbs = self._varbinds(oids)
         try:
             if bulk is None:
@@ -161,11 +213,44 @@ class SnmpClient:
         err_ind, status, index, rows = await fut
         if err_ind:
             if isinstance(err_ind, errind.RequestTimedOut):
-                tries = self.retries + 1
-                raise SourceError(f"{self.where}: no response within {self.timeout_s:g} s x {tries} "
-                                  f"tr{'y' if tries == 1 else 'ies'} (device down, wrong port or community?)")
+                raise self._no_response()
             raise SourceError(f"{self.where}: {_one_line(err_ind)}")
         return status, index, rows
+
+    async def _send_fast(self, op: str, oids: Sequence[OID], bulk: tuple[int, int] | None
+                         ) -> tuple[int, int, list[tuple[OID, Raw]]]:
+        await self.open()
+        assert self._addr is not None
+        if op == _GET:  # a poll asks for the same OIDs every time: encoded once
+            key = tuple(oids)
+            template = self._get_cache.get(key)
+            if template is None:
+                if len(self._get_cache) >= 16:
+                    self._get_cache.clear()
+                template = self._get_cache[key] = ber.RequestTemplate(self._version_field, self._community, key)
+        else:
+            non_rep, max_rep = bulk if bulk is not None else (0, 0)
+            template = ber.RequestTemplate(self._version_field, self._community, oids, _OPS[op][1], non_rep,
+                                           max_rep)
+        try:
+            resp = await self._endpoint_for_this_loop().request(self._addr, template, self.timeout_s,
+                                                                self.retries)
+        except udp.NoResponse as e:
+            if str(e):  # the shared socket went away under the request, not the device
+                raise SourceError(f"{self.where}: request failed ({e})") from None
+            raise self._no_response() from None
+        except udp.Malformed as e:
+            raise SourceError(f"{self.where}: malformed response to {op} ({e})") from None
+        except (udp.Busy, OSError) as e:
+            raise SourceError(f"{self.where}: request failed ({_one_line(e)})") from None
+        if op == _BULK and not resp.error_status and not resp.varbinds:
+            raise SourceError(f"{self.where}: Empty SNMP response message")  # as pysnmp's GETBULK reports it
+        return resp.error_status, resp.error_index, resp.varbinds
+
+    def _no_response(self) -> SourceError:
+        tries = self.retries + 1
+        return SourceError(f"{self.where}: no response within {self.timeout_s:g} s x {tries} "
+                           f"tr{'y' if tries == 1 else 'ies'} (device down, wrong port or community?)")
 
     def _varbinds(self, oids: Sequence[OID]) -> list[tuple[Any, Any]]:
         """Request varbinds; a poll asks for the same OIDs every time, so they are built once."""
@@ -188,6 +273,8 @@ class SnmpClient:
     async def get(self, oids: Sequence[OID]) -> dict[OID, Raw]:
         """Values of exact instances, in as few requests as `max_varbinds` allows (sent concurrently)."""
         chunks = [list(oids[i:i + self.max_varbinds]) for i in range(0, len(oids), self.max_varbinds)]
+        if len(chunks) == 1:
+            return await self._get_chunk(chunks[0])
         out: dict[OID, Raw] = {}
         for part in await asyncio.gather(*(self._get_chunk(c) for c in chunks)):
             out.update(part)

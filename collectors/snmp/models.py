@@ -367,8 +367,8 @@ def describe(raw: Raw) -> str:
 
 def scaled(point: Point, raw: Raw) -> tuple[float, Problem | None]:
     """One answer -> (SI value or NaN, problem or None). The MIB's "no reading" values are NaN, no problem."""
-    where = f"{oid_str(point.oid)} ({point.label})"
     if isinstance(raw, bool) or not isinstance(raw, int):
+        where = _where(point)
         if isinstance(raw, Absent):
             return math.nan, Problem(f"{where}:absent", f"{where} answered {raw.value}")
         return math.nan, Problem(f"{where}:type", f"{where} is {describe(raw)}, expected an integer")
@@ -377,8 +377,14 @@ def scaled(point: Point, raw: Raw) -> tuple[float, Problem | None]:
     value = raw * point.col.mul / point.col.div if point.col.div != 1 else float(raw * point.col.mul)
     lo, hi = RANGES["power" if point.kind == "power_fallback" else point.kind]
     if not lo <= value <= hi:
+        where = _where(point)
         return math.nan, Problem(f"{where}:range", f"{where} = {raw} ({value:g} SI) is outside [{lo:g}, {hi:g}]")
     return value, None
+
+
+def _where(point: Point) -> str:
+    """How a problem names its OID; built only when there is a problem (a poll reads every point)."""
+    return f"{oid_str(point.oid)} ({point.label})"
 
 
 @dataclass

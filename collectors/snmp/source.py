@@ -12,7 +12,7 @@ import numpy as np
 
 from collectors.base import Source, SourceError, register
 from collectors.snmp import models
-from collectors.snmp.client import SnmpClient
+from collectors.snmp.client import CODECS, SnmpClient
 from collectors.snmp.models import Plan, Reading
 from powerplane.schemas import TelemetryFrame
 
@@ -31,6 +31,10 @@ class SnmpSource(Source):
         self.host = self.opt_str("host")
         self.port = self.opt_int("port", 161, lo=1, hi=65535)
         self.community = self.opt_str("community", "public")
+        try:
+            self.community.encode("latin-1")  # what goes on the wire (pysnmp encodes it so too)
+        except UnicodeEncodeError:
+            raise self._bad("community", f"must be Latin-1 text, got {self.community!r}") from None
         version = options.get("version", "2c")
         if version not in VERSIONS:
             raise self._bad("version", f"must be one of {', '.join(repr(v) for v in VERSIONS)}, got {version!r}")
@@ -59,12 +63,16 @@ class SnmpSource(Source):
         self.retries = self.opt_int("retries", 1, lo=0, hi=10)
         self.max_varbinds = self.opt_int("max_varbinds", 40, lo=1, hi=1000)
         self.rediscover_s = self.opt_float("rediscover_s", 3600.0, lo=0.0)
+        codec = options.get("codec", "fast")
+        if codec not in CODECS:
+            raise self._bad("codec", f"must be one of {', '.join(repr(c) for c in CODECS)}, got {codec!r}")
+        self.codec = str(codec)
         # timeout_s (base class) bounds a whole read (the scheduler abandons it then). The 1 + retries tries
         # of a request share 80% of it, so that a dead device ends in this source's own "no response"
         # error, which says more than the scheduler's timeout.
         self.try_timeout_s = max(0.05, 0.8 * self.timeout_s / (self.retries + 1))
         self.client = SnmpClient(self.host, self.port, self.community, self.version, self.try_timeout_s,
-                                 self.retries, self.max_varbinds)
+                                 self.retries, self.max_varbinds, codec=self.codec)
         self.where = f"snmp {self.host}:{self.port}"
         self.plan: Plan | None = None
         self.plan_at = 0.0

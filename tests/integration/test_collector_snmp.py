@@ -13,10 +13,12 @@ import asyncio
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,10 @@ import pytest
 
 from collectors.base import Source, SourceError, load_source
 from collectors.scheduler import Scheduler
+from collectors.snmp import ber, udp
 from collectors.snmp import client as snmp_client
+from collectors.snmp.client import CODECS, SnmpClient
+from collectors.snmp.models import OID, Junk, oid
 from collectors.snmp.source import SnmpSource
 from powerplane.schemas import TelemetryFrame
 from tests.integration.snmp_server import SnmpSim, parse_snmprec, read_recording, snmpsim_data
@@ -321,13 +326,14 @@ def test_forced_model_that_does_not_answer(sim: SnmpSim) -> None:
         read(source(sim, "ap8641", model="eaton"))
 
 
-def test_silent_device_times_out_within_timeout_s() -> None:
+@pytest.mark.parametrize("codec", CODECS)
+def test_silent_device_times_out_within_timeout_s(codec: str) -> None:
     """Nothing answers (a bound UDP socket that never replies): read() ends in SourceError, not a hang."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         port = silent.getsockname()[1]
         s = load_source("pdu-dead", {"kind": "snmp", "host": "127.0.0.1", "port": port, "site": "lab",
-                                     "rack": "r1", "feed": "A", "timeout_s": 0.5, "retries": 1})
+                                     "rack": "r1", "feed": "A", "timeout_s": 0.5, "retries": 1, "codec": codec})
         t0 = time.monotonic()
         with pytest.raises(SourceError) as e:
             asyncio.run(read_once(s))
@@ -337,9 +343,10 @@ def test_silent_device_times_out_within_timeout_s() -> None:
     assert elapsed < 4.0  # gives up (2 tries of 0.2 s) rather than hanging; wide bound for shared machines
 
 
-def test_wrong_community_times_out(sim: SnmpSim) -> None:
+@pytest.mark.parametrize("codec", CODECS)
+def test_wrong_community_times_out(sim: SnmpSim, codec: str) -> None:
     with pytest.raises(SourceError, match=r"no response within 0\.4 s x 1 try"):
-        read(source(sim, "no-such-community", timeout_s=0.5, retries=0))
+        read(source(sim, "no-such-community", timeout_s=0.5, retries=0, codec=codec))
 
 
 # ---- many sources, one engine, the scheduler ----------------------------------------------------------
@@ -360,7 +367,8 @@ def test_scheduler_polls_many_sources_on_one_engine(sim: SnmpSim) -> None:
     dead = sched.status["pdu-dead"]
     assert dead.ok == 0 and dead.errors >= 1 and "no response within" in dead.last_error
     assert {f.rack for f in got} == {f"r-{c}" for c in names}
-    # every source closed: the shared engine (one socket for all) is gone
+    # every source closed: the shared endpoint (one socket for all) is gone, and pysnmp's engine never came
+    assert udp.Shared.endpoint is None and udp.Shared.users == 0
     assert snmp_client._Shared.engine is None and snmp_client._Shared.users == 0
 
 
@@ -380,4 +388,206 @@ def test_source_moves_to_a_new_event_loop(sim: SnmpSim) -> None:
     [f] = asyncio.run(read_once(s))
     [f] = asyncio.run(read_once(s))
     assert f.pdu_power_w[0] == 11400.0
+    assert udp.Shared.endpoint is None and udp.Shared.users == 0
     assert snmp_client._Shared.engine is None and snmp_client._Shared.users == 0
+    s = source(sim, "eaton-93e", codec="pysnmp")  # the same with pysnmp's engine
+    [f] = asyncio.run(read_once(s))
+    [f] = asyncio.run(read_once(s))
+    assert f.pdu_power_w[0] == 11400.0
+    assert snmp_client._Shared.engine is None and snmp_client._Shared.users == 0
+
+
+# ---- the fast path (collectors/snmp/ber.py, udp.py) reads what pysnmp reads -------------------------------
+def frame_view(f: TelemetryFrame) -> dict[str, Any]:
+    """A frame's readings, comparable with == (NaN as the string 'nan')."""
+    def floats(x: Any) -> Any:
+        return None if x is None else [repr(float(v)) for v in x]
+    return {k: floats(getattr(f, k)) for k in ("pdu_power_w", "inlet_c", "pdu_phase_current_a",
+                                               "pdu_bank_current_a", "pdu_outlet_power_w")}
+
+
+@pytest.mark.parametrize("version", ["2c", "1"])
+@pytest.mark.parametrize("community", [*RECORDINGS, *JUNK])
+def test_fast_and_pysnmp_codecs_read_identical_frames(sim: SnmpSim, community: str, version: str) -> None:
+    """Every recording the tests use, v2c and v1: the same plan (walks), readings, problems, or error."""
+    kw: dict[str, Any] = {"temp_points": ["control", "supply", "return"]} if community == "vertiv" else {}
+    got: dict[str, Any] = {}
+    for codec in CODECS:
+        s = source(sim, community, version=version, codec=codec, **kw)
+        try:
+            f = read(s, n=2)
+            got[codec] = (frame_view(f), s.plan, s.problems)
+        except SourceError as e:
+            got[codec] = str(e)
+    assert got["fast"] == got["pysnmp"]
+    if community in RECORDINGS:
+        assert not isinstance(got["fast"], str), got["fast"]  # a real reading was compared, not two errors
+
+
+@pytest.mark.parametrize("community", list(RECORDINGS))
+def test_fast_and_pysnmp_codecs_decode_every_value_type_alike(sim: SnmpSim, community: str) -> None:
+    """A GET of up to 40 OIDs of every type in the recording (OctetString, hex strings, IpAddress, TimeTicks,
+    Counter32/64, Gauge32, OIDs...), v2c and v1: identical raw values from both codecs. OIDs that snmpsim
+    varies on every read (variation modules, `type:module`) are left out."""
+    by_type: dict[str, list[OID]] = defaultdict(list)
+    for name, (typ, _value) in parse_snmprec(read_recording(snmpsim_data(RECORDINGS[community]))).items():
+        if ":" not in typ:
+            by_type[typ].append(oid(name))
+    oids = [o for found in by_type.values() for o in found[:40]]
+
+    async def get_all(version: str, codec: str) -> dict[OID, Any]:
+        c = SnmpClient(sim.host, sim.port, community, version, 3.0, 1, 40, codec=codec)
+        try:
+            return await c.get(oids)
+        finally:
+            c.close()
+
+    for version in ("2c", "1"):
+        fast, slow = (asyncio.run(get_all(version, codec)) for codec in CODECS)
+        assert fast == slow, [(o, fast.get(o), slow.get(o)) for o in oids if fast.get(o) != slow.get(o)][:5]
+        kinds = {type(v).__name__ if not isinstance(v, Junk) else v.type_name for v in fast.values()}
+        assert {"int", "tuple", "OctetString"} <= kinds, kinds
+
+
+# ---- the fast path against a scripted peer -----------------------------------------------------------------
+Reply = tuple[str, bytes]  # ("agent" or "other" socket, datagram)
+Script = Callable[[bytes, int], list[Reply]]  # (request, how many requests came before) -> replies
+
+
+class Peer(asyncio.DatagramProtocol):
+    """A loopback UDP socket that records what it gets and hands it to `on_datagram`."""
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+        self.on_datagram: Callable[[bytes, Any], None] = lambda data, addr: None
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.got.append(data)
+        self.on_datagram(data, addr)
+
+
+def answer(request: bytes, varbinds: list[tuple[OID, bytes]], *, request_id: int | None = None,
+           community: bytes | None = None, version: int | None = None) -> bytes:
+    head = ber.decode_header(request)
+    return ber.encode_message(head.version if version is None else version,
+                              head.community if community is None else community, ber.RESPONSE,
+                              head.request_id if request_id is None else request_id, 0, 0, varbinds)
+
+
+POWER = oid("1.3.6.1.4.1.318.1.1.26.4.3.1.5.1")
+
+
+async def scripted_get(script: Script, *, timeout_s: float = 2.0, retries: int = 1
+                       ) -> tuple[dict[OID, Any] | SourceError, list[bytes], float, udp.Endpoint | None]:
+    """One fast GET of POWER from a client to a peer that answers by `script`; also sends from a second
+    socket when the script says "other". Returns (answers or the error, requests seen, seconds, endpoint)."""
+    loop = asyncio.get_running_loop()
+    agent_t, agent = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+    other_t, _other = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+    port = agent_t.get_extra_info("sockname")[1]
+    c = SnmpClient("127.0.0.1", port, "public", "2c", timeout_s, retries, 40)
+
+    def on_request(data: bytes, addr: Any) -> None:
+        for sock, datagram in script(data, len(agent.got) - 1):
+            (agent_t if sock == "agent" else other_t).sendto(datagram, addr)
+
+    agent.on_datagram = on_request
+    t0 = time.monotonic()
+    try:
+        result: dict[OID, Any] | SourceError = await c.get([POWER])
+    except SourceError as e:
+        result = e
+    finally:
+        ep = c._endpoint
+        c.close()
+        agent_t.close()
+        other_t.close()
+    return result, agent.got, time.monotonic() - t0, ep
+
+
+GOOD = [(POWER, ber.encode_integer(121))]
+DECOY = [(POWER, ber.encode_integer(666))]
+
+
+def test_fast_path_ignores_replies_from_elsewhere_or_to_other_requests() -> None:
+    def script(req: bytes, n: int) -> list[Reply]:
+        rid = ber.decode_header(req).request_id
+        return [("other", answer(req, DECOY)),  # right request-id, wrong source port
+                ("agent", answer(req, DECOY, request_id=rid + 1 if rid < ber.REQUEST_ID_MAX else rid - 1)),
+                ("agent", answer(req, DECOY, community=b"private")),
+                ("agent", answer(req, DECOY, version=ber.VERSION_1)),
+                ("agent", b"\x30\x03\x02\x01"),  # garbage that names no request
+                ("agent", answer(req, GOOD))]
+
+    result, requests, _s, ep = asyncio.run(scripted_get(script))
+    assert result == {POWER: 121} and len(requests) == 1
+    assert ep is not None and ep.ignored == 4 and ep.malformed == 1 and not ep.pending
+    assert udp.Shared.endpoint is None  # the last client out closed it
+
+
+@pytest.mark.parametrize(("reply", "reason"), [
+    (lambda req: answer(req, GOOD)[:-3], r"truncated"),
+    (lambda req: answer(req, GOOD) + b"\x00", r"1 bytes after the end of the message"),
+    (lambda req: answer(req, [(POWER, b"\x47\x01\x01")]), r"varbind 1: unknown value tag 0x47"),
+    (lambda req: answer(req, [(POWER, b"\x05\x01\x01")]), r"varbind 1: NULL with 1 content octets"),
+])
+def test_fast_path_malformed_answer_is_a_source_error_at_once(reply: Callable[[bytes], bytes], reason: str) -> None:
+    result, _requests, seconds, _ep = asyncio.run(scripted_get(lambda req, n: [("agent", reply(req))]))
+    assert isinstance(result, SourceError)
+    assert str(result).startswith("snmp 127.0.0.1:") and "malformed response to GET (" in str(result)
+    assert re.search(reason, str(result)), str(result)
+    assert "\n" not in str(result) and seconds < 1.5  # not a timeout (2 s per try)
+
+
+def test_fast_path_undecodable_datagram_is_named_when_the_request_times_out() -> None:
+    result, requests, _s, _ep = asyncio.run(scripted_get(lambda req, n: [("agent", b"\x30\x84\x00")],
+                                                         timeout_s=0.2, retries=1))
+    assert isinstance(result, SourceError) and len(requests) == 2
+    assert "malformed response to GET (bad length octets at byte 1 (tag 0x30))" in str(result), str(result)
+
+
+def test_fast_path_retries_the_same_request_and_takes_a_late_answer() -> None:
+    def second_try_answered(req: bytes, n: int) -> list[Reply]:
+        return [] if n == 0 else [("agent", answer(req, GOOD))]
+
+    result, requests, _s, _ep = asyncio.run(scripted_get(second_try_answered, timeout_s=0.2, retries=2))
+    assert result == {POWER: 121}
+    assert len(requests) == 2 and requests[0] == requests[1]  # resent unchanged: same request-id
+    result, requests, _s, _ep = asyncio.run(scripted_get(lambda req, n: [], timeout_s=0.1, retries=2))
+    assert len(requests) == 3 and str(result).endswith("no response within 0.1 s x 3 tries (device down, wrong "
+                                                        "port or community?)")
+
+
+def test_fast_path_bounds_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(udp, "MAX_PENDING", 2)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        clients = [SnmpClient("127.0.0.1", silent.getsockname()[1], "public", "2c", 0.3, 0, 40) for _ in range(3)]
+
+        async def all_three() -> list[Any]:
+            try:
+                return await asyncio.gather(*(c.get([POWER]) for c in clients), return_exceptions=True)
+            finally:
+                for c in clients:
+                    c.close()
+
+        results = [str(r) for r in asyncio.run(all_three())]
+    assert sum("request failed (2 requests already in flight)" in r for r in results) == 1
+    assert sum("no response within 0.3 s x 1 try" in r for r in results) == 2
+
+
+def test_fast_path_cancelled_request_leaves_nothing_behind() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        c = SnmpClient("127.0.0.1", silent.getsockname()[1], "public", "2c", 5.0, 1, 40)
+
+        async def abandoned() -> udp.Endpoint | None:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(c.get([POWER]), 0.1)  # what the scheduler does at timeout_s
+            ep = c._endpoint
+            assert ep is not None and not ep.pending
+            c.close()
+            return ep
+
+        ep = asyncio.run(abandoned())
+    assert ep is not None and ep.closed and udp.Shared.endpoint is None

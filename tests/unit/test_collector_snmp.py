@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from pysnmp.proto import rfc1902, rfc1905
+from pyasn1.codec.ber import decoder as pyasn1_decoder
+from pyasn1.codec.ber import encoder as pyasn1_encoder
+from pysnmp.proto import api, rfc1902, rfc1905
+from pysnmp.proto.proxy import rfc2576
 
 from collectors.base import SourceConfigError, SourceError, load_source
+from collectors.snmp import ber
 from collectors.snmp import models as m
 from collectors.snmp.client import to_raw
 from collectors.snmp.models import Absent, Junk, Problem, Reading, oid
@@ -262,6 +268,7 @@ def test_configure_defaults_without_io() -> None:
     assert (s.port, s.community, s.version, s.model, s.interval_s, s.timeout_s, s.retries) == (
         161, "public", "2c", "auto", 10.0, 5.0, 1)
     assert s.try_timeout_s == 2.0  # 80% of timeout_s over 1 + retries tries
+    assert s.codec == "fast" and s.client.codec == "fast"
     assert s.temp_points == m.VERTIV_DEFAULT_POINTS
 
 
@@ -279,6 +286,7 @@ def test_sample_config_loads() -> None:
     ({"timeout_s": 0}, "timeout_s"), ({"temp_points": ["inlet"]}, "temp_points"), ({"temp_points": []}, "temp_points"),
     ({"module": 0}, "module"), ({"community": ""}, "community"), ({"site": None}, "site"),
     ({"outlets": "no"}, "outlets"), ({"max_varbinds": 0}, "max_varbinds"), ({"rediscover_s": -1}, "rediscover_s"),
+    ({"codec": "pyasn1"}, "codec"), ({"codec": True}, "codec"), ({"community": "\u20ac-pdu"}, "community"),
 ])
 def test_configure_names_the_bad_key(bad: dict[str, object], key: str) -> None:
     opts = options(**bad)
@@ -318,3 +326,272 @@ def test_report_raises_when_nothing_usable_and_warns_once(caplog: pytest.LogCapt
     assert s.problems == []
     s._report(partial)
     assert len([r for r in caplog.records if "partial read" in r.getMessage()]) == 2
+
+
+# ---- the fast path's BER codec (collectors/snmp/ber.py) ---------------------------------------------------
+APC_OUTLET_POWER_1 = oid("1.3.6.1.4.1.318.1.1.26.9.4.3.1.7.1")
+
+# (encoded value, the Raw it decodes to): every type an SNMP v1/v2c response carries, with the edges
+VALUES: list[tuple[bytes, m.Raw]] = [
+    (ber.encode_integer(0), 0),
+    (ber.encode_integer(-1), -1),
+    (ber.encode_integer(127), 127),
+    (ber.encode_integer(128), 128),  # 02 02 00 80: the leading zero keeps it positive
+    (ber.encode_integer(-128), -128),
+    (ber.encode_integer(-129), -129),
+    (ber.encode_integer(2**31 - 1), 2**31 - 1),
+    (ber.encode_integer(-(2**31)), -(2**31)),
+    (ber.encode_integer(0, ber.COUNTER32), 0),
+    (ber.encode_integer(2**32 - 1, ber.COUNTER32), 2**32 - 1),  # 41 05 00 ff ff ff ff
+    (ber.encode_integer(66, ber.GAUGE32), 66),
+    (ber.encode_integer(2**32 - 1, ber.GAUGE32), 2**32 - 1),
+    (ber.encode_integer(2**64 - 1, ber.COUNTER64), 2**64 - 1),  # 46 09 00 ff..ff
+    (ber.encode_integer(2**63, ber.COUNTER64), 2**63),
+    (ber.encode_integer(0, ber.COUNTER64), 0),
+    (ber.encode_integer(100, ber.TIME_TICKS), Junk("TimeTicks", "'100'")),  # a time is not a meter reading
+    (ber.encode_integer(2**32 - 1, ber.TIME_TICKS), Junk("TimeTicks", "'4294967295'")),
+    (ber.encode_tlv(ber.OCTET_STRING, b"12kW?!"), Junk("OctetString", "'12kW?!'")),
+    (ber.encode_tlv(ber.OCTET_STRING, b""), Junk("OctetString", "''")),
+    (ber.encode_tlv(ber.OCTET_STRING, b"a\tb"), Junk("OctetString", "'0x610962'")),  # pysnmp hexifies a tab
+    (ber.encode_tlv(ber.OCTET_STRING, b"\xff" * 30), Junk("OctetString", repr(("0x" + "ff" * 30)[:40]))),
+    (ber.encode_tlv(ber.OCTET_STRING, b"x" * 50), Junk("OctetString", repr("x" * 40))),
+    (ber.encode_tlv(ber.IP_ADDRESS, bytes([10, 1, 2, 3])), Junk("IpAddress", "'10.1.2.3'")),
+    (ber.encode_tlv(ber.OPAQUE, b"ab\x01"), Junk("Opaque", "'0x616201'")),
+    (ber.encode_tlv(ber.OPAQUE, b"abc"), Junk("Opaque", "'abc'")),
+    (b"\x05\x00", Junk("Null", "''")),
+    (ber.encode_oid((1, 3, 6, 1, 4, 1, 318, 1, 3, 4, 6)), (1, 3, 6, 1, 4, 1, 318, 1, 3, 4, 6)),
+    (ber.encode_oid((1, 3, 6, 1, 4, 1, 2**32 - 1, 0, 127, 128, 16383, 16384)),
+     (1, 3, 6, 1, 4, 1, 2**32 - 1, 0, 127, 128, 16383, 16384)),
+    (ber.encode_oid((2, 999, 3)), (2, 999, 3)),  # first sub-identifier over 127: two octets
+    (ber.encode_oid((0, 0)), (0, 0)),
+    (b"\x80\x00", Absent.NO_SUCH_OBJECT),
+    (b"\x81\x00", Absent.NO_SUCH_INSTANCE),
+    (b"\x82\x00", Absent.END_OF_MIB),
+]
+
+
+def response(varbinds: list[tuple[m.OID, bytes]], *, version: int = ber.VERSION_2C, community: bytes = b"public",
+             request_id: int = 0x1234567, status: int = 0, index: int = 0, pdu_tag: int = ber.RESPONSE) -> bytes:
+    return ber.encode_message(version, community, pdu_tag, request_id, status, index, varbinds)
+
+
+def pysnmp_decode(msg: bytes, version: int = ber.VERSION_2C) -> tuple[int, int, int, list[tuple[m.OID, m.Raw]]]:
+    """The library's reading of a message as the pysnmp codec of client.py gets it: pyasn1 decodes it, an
+    SNMPv1 PDU is translated to v2c (RFC 2576, as pysnmp's v1 message processing does), to_raw converts."""
+    pm = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C if version else api.SNMP_VERSION_1]
+    message, rest = pyasn1_decoder.decode(msg, asn1Spec=pm.Message())
+    assert not rest
+    pdu = pm.apiMessage.get_pdu(message)
+    if version == ber.VERSION_1:
+        pdu = rfc2576.v1_to_v2(pdu, api.v2c.GetRequestPDU())
+    v2 = api.v2c.apiPDU
+    rows = [(tuple(int(x) for x in n), to_raw(v)) for n, v in v2.get_varbinds(pdu)]
+    return int(v2.get_request_id(pdu)), int(v2.get_error_status(pdu)), int(v2.get_error_index(pdu)), rows
+
+
+@pytest.mark.parametrize(("encoded", "raw"), VALUES)
+def test_ber_value_round_trip_equals_pysnmp(encoded: bytes, raw: m.Raw) -> None:
+    msg = response([(APC_OUTLET_POWER_1, encoded)])
+    r = ber.decode_response(msg)
+    assert (r.version, r.community, r.request_id, r.error_status, r.error_index) == (1, b"public", 0x1234567, 0, 0)
+    assert r.varbinds == [(APC_OUTLET_POWER_1, raw)]
+    assert type(r.varbinds[0][1]) is type(raw)  # an int is an int, not a bool or an enum
+    assert pysnmp_decode(msg)[3] == r.varbinds  # the library reads the same message the same way
+
+
+def test_ber_whole_response_equals_pysnmp_in_v1_and_v2c() -> None:
+    v1_values = [(e, r) for e, r in VALUES if e[0] not in (ber.COUNTER64, 0x80, 0x81, 0x82)]
+    for version, values in ((ber.VERSION_2C, VALUES), (ber.VERSION_1, v1_values)):
+        vbs = [((*APC_OUTLET_POWER_1[:-1], i), e) for i, (e, _r) in enumerate(values, 1)]
+        msg = response(vbs, version=version, status=5, index=3)
+        r = ber.decode_response(msg)
+        assert [v for _o, v in r.varbinds] == [raw for _e, raw in values]
+        assert pysnmp_decode(msg, version) == (r.request_id, r.error_status, r.error_index, r.varbinds)
+        assert (r.version, r.error_status, r.error_index) == (version, 5, 3)
+
+
+def test_ber_decodes_what_pysnmp_encodes() -> None:
+    """The other direction: a response built and encoded by pysnmp/pyasn1 decodes to to_raw of its values."""
+    pm = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
+    values = [rfc1902.Integer32(-5), rfc1902.Integer32(2**31 - 1), rfc1902.Gauge32(2**32 - 1),
+              rfc1902.Counter32(12345), rfc1902.Counter64(2**64 - 1), rfc1902.TimeTicks(42),
+              rfc1902.OctetString(b"AP8641"), rfc1902.OctetString(b"\x00\x01"), rfc1902.IpAddress("192.0.2.7"),
+              rfc1902.Opaque(b"\x9f\x78\x04"), rfc1902.ObjectIdentifier("1.3.6.1.4.1.318.1.3.4.6"),
+              rfc1905.NoSuchObject(""), rfc1905.NoSuchInstance(""), rfc1905.EndOfMibView(""),
+              rfc1902.Unsigned32(7), rfc1902.Null("")]
+    pdu = pm.ResponsePDU()
+    pm.apiPDU.set_defaults(pdu)
+    pm.apiPDU.set_request_id(pdu, 99999999)
+    names = [(*APC_OUTLET_POWER_1[:-1], i) for i in range(1, len(values) + 1)]
+    pm.apiPDU.set_varbinds(pdu, list(zip([rfc1902.ObjectName(n) for n in names], values, strict=True)))
+    msg = pm.Message()
+    pm.apiMessage.set_defaults(msg)
+    pm.apiMessage.set_community(msg, "s3cret")
+    pm.apiMessage.set_pdu(msg, pdu)
+    r = ber.decode_response(pyasn1_encoder.encode(msg))
+    assert (r.community, r.request_id) == (b"s3cret", 99999999)
+    assert r.varbinds == [(n, to_raw(v)) for n, v in zip(names, values, strict=True)]
+
+
+@pytest.mark.parametrize(("pdu_tag", "bulk"), [(ber.GET_REQUEST, (0, 0)), (ber.GET_NEXT_REQUEST, (0, 0)),
+                                                (ber.GET_BULK_REQUEST, (1, 25))])
+def test_ber_request_template_is_what_pysnmp_reads(pdu_tag: int, bulk: tuple[int, int]) -> None:
+    oids = [APC_OUTLET_POWER_1, m.SYS_OBJECT_ID, (1, 3, 6, 1, 4, 1, 2**32 - 1)]
+    t = ber.RequestTemplate(ber.VERSION_2C, b"pdu-a01", oids, pdu_tag, *bulk)
+    pm = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
+    for rid in (ber.REQUEST_ID_MIN, 0x12345678, ber.REQUEST_ID_MAX):
+        packet = t.packet(rid)
+        msg, rest = pyasn1_decoder.decode(packet, asn1Spec=pm.Message())
+        assert not rest and pyasn1_encoder.encode(msg) == packet  # minimal (DER-like) encoding throughout
+        pdu = pm.apiMessage.get_pdu(msg)
+        assert bytes(pm.apiMessage.get_community(msg)) == b"pdu-a01" and int(pm.apiMessage.get_version(msg)) == 1
+        assert pdu.tagSet[0][2] == pdu_tag & 0x1F and int(pm.apiPDU.get_request_id(pdu)) == rid
+        assert [(tuple(n), type(v).__name__) for n, v in pm.apiPDU.get_varbinds(pdu)] == [(o, "Null") for o in oids]
+        if pdu_tag == ber.GET_BULK_REQUEST:
+            assert (int(pm.apiBulkPDU.get_non_repeaters(pdu)), int(pm.apiBulkPDU.get_max_repetitions(pdu))) == bulk
+        else:
+            assert (int(pm.apiPDU.get_error_status(pdu)), int(pm.apiPDU.get_error_index(pdu))) == (0, 0)
+    v1 = ber.RequestTemplate(ber.VERSION_1, b"public", oids)
+    msg1, _ = pyasn1_decoder.decode(v1.packet(ber.REQUEST_ID_MIN), asn1Spec=api.PROTOCOL_MODULES[0].Message())
+    assert int(api.PROTOCOL_MODULES[0].apiMessage.get_version(msg1)) == 0
+    with pytest.raises(ValueError, match="request-id"):
+        t.packet(ber.REQUEST_ID_MIN - 1)
+    with pytest.raises(ValueError, match="GETBULK"):
+        ber.RequestTemplate(ber.VERSION_1, b"public", oids, ber.GET_BULK_REQUEST, 0, 10)
+
+
+def test_ber_long_form_lengths_are_accepted() -> None:
+    """BER allows a long-form length where a short one would do (some agents always send 0x82 xx xx)."""
+    name = ber.encode_oid(APC_OUTLET_POWER_1)
+    value = b"\x02\x81\x01\x07"  # INTEGER, length 1 in long form, 7
+    vb = b"\x30\x82\x00" + bytes([len(name) + len(value)]) + name + value
+    pdu = ber.encode_integer(77777777) + b"\x02\x01\x00\x02\x01\x00" + ber.encode_tlv(ber.SEQUENCE, vb)
+    msg = ber.encode_tlv(ber.SEQUENCE, b"\x02\x01\x01" + ber.encode_tlv(ber.OCTET_STRING, b"public")
+                         + ber.encode_tlv(ber.RESPONSE, pdu))
+    assert ber.decode_response(msg).varbinds == [(APC_OUTLET_POWER_1, 7)]
+
+
+def big_response() -> bytes:
+    return response([((*APC_OUTLET_POWER_1[:-1], i), e) for i, (e, _r) in enumerate(VALUES, 1)])
+
+
+def test_ber_truncation_at_every_byte_is_a_ber_error() -> None:
+    msg = big_response()
+    for k in range(len(msg)):
+        with pytest.raises(ber.BerError):
+            ber.decode_response(msg[:k])
+    with pytest.raises(ber.BerError, match="1 bytes after the end of the message"):
+        ber.decode_response(msg + b"\x00")
+    assert ber.decode_response(msg).varbinds  # the whole message is fine
+
+
+def test_ber_header_of_a_truncated_answer_still_names_its_request() -> None:
+    msg = big_response()
+    head = ber.decode_header(msg[:40])
+    assert (head.version, head.community, head.pdu_tag, head.request_id) == (1, b"public", ber.RESPONSE, 0x1234567)
+    for k in range(16):  # cut before the request-id ends: no header
+        with pytest.raises(ber.BerError):
+            ber.decode_header(msg[:k])
+
+
+def at(b: bytes, i: int, value: int) -> bytes:
+    return b[:i] + bytes([value]) + b[i + 1:]
+
+
+@pytest.mark.parametrize(("mutate", "reason"), [
+    (lambda b: b"\x31" + b[1:], "message: expected tag 0x30, got 0x31"),
+    (lambda b: b.replace(b"\xa2", b"\xa0", 1), r"PDU tag 0xa0 is not a Response"),
+    (lambda b: b.replace(b"\x04\x06public", b"\x05\x06public", 1), "community: expected tag 0x04"),
+    (lambda b: b.replace(b"\x02\x01\x01\x04", b"\x02\x01\x03\x04", 1), r"version field 3 is neither"),
+    (lambda b: b.replace(b"\x02\x01\x01\x04", b"\x0a\x01\x01\x04", 1), "version: expected tag 0x02, got 0x0a"),
+    (lambda b: b.replace(bytes([ber.COUNTER32, 1, 7]), bytes([0x47, 1, 7]), 1), "varbind 1: unknown value tag 0x47"),
+    (lambda b: b.replace(bytes([ber.COUNTER32, 1, 7]), bytes([0x24, 1, 7]), 1), "unknown value tag 0x24"),
+    (lambda b: at(b, b.index(ber.encode_oid(APC_OUTLET_POWER_1)) - 2, 0x31), "varbind 1: varbind: expected tag 0x30"),
+    (lambda b: at(b, b.index(ber.encode_oid(APC_OUTLET_POWER_1)), 0x04), "varbind 1: name: expected tag 0x06"),
+    (lambda b: at(b, b.index(b"\xa2") + 1, b[b.index(b"\xa2") + 1] - 1), "1 bytes after the PDU"),
+    (lambda b: b.replace(bytes([ber.COUNTER32, 1, 7]), bytes([ber.COUNTER32, 0x80, 7]), 1), "indefinite length"),
+    (lambda b: b.replace(bytes([ber.COUNTER32, 1, 7]), bytes([ber.COUNTER32, 0x85, 7]), 1), "length of 5 octets"),
+])
+def test_ber_wrong_tags_and_lengths(mutate: Any, reason: str) -> None:
+    msg = response([(APC_OUTLET_POWER_1, ber.encode_integer(7, ber.COUNTER32))])
+    bad = mutate(msg)
+    assert bad != msg
+    with pytest.raises(ber.BerError, match=reason):
+        ber.decode_response(bad)
+
+
+@pytest.mark.parametrize(("value", "version", "reason"), [
+    (b"\x02\x00", 1, "Integer32 with no content octets"),
+    (b"\x46\x00", 1, "Counter64 with no content octets"),
+    (b"\x05\x01\x00", 1, "NULL with 1 content octets"),
+    (b"\x81\x01\x00", 1, "noSuchInstance with 1 content octets"),
+    (b"\x06\x00", 1, "OBJECT IDENTIFIER with no content octets"),
+    (b"\x06\x03\x2b\x06\x81", 1, "OBJECT IDENTIFIER ends inside a sub-identifier"),
+    (b"\x06\x03\x2b\x80\x01", 1, r"OBJECT IDENTIFIER sub-identifier with a leading 0x80 \(not minimal\)"),
+    (ber.encode_integer(5, ber.COUNTER64), 0, "Counter64 in an SNMPv1 message"),
+    (b"\x80\x00", 0, "noSuchObject in an SNMPv1 message"),
+    (b"\x82\x00", 0, "endOfMibView in an SNMPv1 message"),
+])
+def test_ber_malformed_values(value: bytes, version: int, reason: str) -> None:
+    with pytest.raises(ber.BerError, match=f"varbind 1: {reason}"):
+        ber.decode_response(response([(APC_OUTLET_POWER_1, value)], version=version))
+
+
+def test_ber_bad_name_oid_and_empty_request_id() -> None:
+    vb = ber.encode_tlv(ber.SEQUENCE, b"\x06\x02\x2b\x80" + b"\x05\x00")
+    pdu = ber.encode_integer(1 << 24) + b"\x02\x01\x00\x02\x01\x00" + ber.encode_tlv(ber.SEQUENCE, vb)
+    msg = ber.encode_tlv(ber.SEQUENCE, b"\x02\x01\x01\x04\x00" + ber.encode_tlv(ber.RESPONSE, pdu))
+    with pytest.raises(ber.BerError, match="varbind 1: OBJECT IDENTIFIER ends inside a sub-identifier"):
+        ber.decode_response(msg)
+    pdu = b"\x02\x00" + b"\x02\x01\x00\x02\x01\x00\x30\x00"
+    msg = ber.encode_tlv(ber.SEQUENCE, b"\x02\x01\x01\x04\x00" + ber.encode_tlv(ber.RESPONSE, pdu))
+    with pytest.raises(ber.BerError, match="request-id: INTEGER with no content octets"):
+        ber.decode_response(msg)
+    with pytest.raises(ber.BerError, match="empty datagram"):
+        ber.decode_response(b"")
+
+
+@pytest.mark.parametrize(("value", "raw"), [
+    (ber.encode_integer(2**31), Junk("Integer32", "2147483648 (outside -2147483648..2147483647)")),
+    (ber.encode_integer(-(2**31) - 1), Junk("Integer32", "-2147483649 (outside -2147483648..2147483647)")),
+    (ber.encode_tlv(ber.GAUGE32, b"\xff\xff\xff\xff"), Junk("Gauge32", "-1 (outside 0..4294967295)")),  # sign bit
+    (ber.encode_integer(2**32, ber.COUNTER32), Junk("Counter32", "4294967296 (outside 0..4294967295)")),
+    (ber.encode_integer(2**64, ber.COUNTER64), Junk("Counter64", f"{2**64} (outside 0..{2**64 - 1})")),
+    (ber.encode_integer(-1, ber.TIME_TICKS), Junk("TimeTicks", "-1 (outside 0..4294967295)")),
+    (ber.encode_integer(2**200), Junk("Integer32", "a 201-bit number (outside -2147483648..2147483647)")),
+    (ber.encode_tlv(ber.IP_ADDRESS, b"\x0a\x00\x00"), Junk("IpAddress", "3 octets 0x0a0000 (an address has 4)")),
+    (b"\x02\x03\x00\x00\x07", 7),  # a non-minimal INTEGER still reads (as pyasn1 reads it)
+])
+def test_ber_values_outside_their_range_are_junk_not_errors(value: bytes, raw: m.Raw) -> None:
+    """Well-framed but outside the SMI range: only that reading is bad (NaN + a logged problem)."""
+    [(_name, got)] = ber.decode_response(response([(APC_OUTLET_POWER_1, value)])).varbinds
+    assert got == raw
+    if isinstance(raw, Junk):
+        assert math.isnan(m.scaled(point(m.RPDU2_OUTLET_POWER, "outlet"), got)[0])
+
+
+def test_ber_random_corruption_only_ever_raises_ber_error() -> None:
+    rng = random.Random(1)
+    msg = bytearray(big_response())
+    for _ in range(3000):
+        bad = bytearray(msg)
+        for _ in range(rng.randint(1, 4)):
+            bad[rng.randrange(len(bad))] = rng.randrange(256)
+        cut = rng.randrange(len(bad) + 1) if rng.random() < 0.3 else len(bad)
+        try:
+            ber.decode_response(bytes(bad[:cut]))
+        except ber.BerError:
+            pass
+        try:
+            ber.decode_header(bytes(bad[:cut]))
+        except ber.BerError:
+            pass
+
+
+def test_ber_oid_cache_is_bounded_and_returns_the_same_arcs() -> None:
+    content = ber.encode_oid_content(APC_OUTLET_POWER_1)
+    assert ber.decode_oid(content) == APC_OUTLET_POWER_1 == ber.decode_oid(content)
+    for i in range(ber._MAX_OID_CACHE + 10):
+        ber.decode_oid(ber.encode_oid_content((1, 3, 6, 1, i)))
+    assert len(ber._oid_cache) <= ber._MAX_OID_CACHE
+    assert ber.decode_oid(content) == APC_OUTLET_POWER_1
