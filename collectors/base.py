@@ -81,6 +81,16 @@ class Source(ABC):
         default = self.ctx.site.name if self.ctx.site is not None else None
         return self.opt_str("site", default)
 
+    def opt_index_list(self, key: str) -> list[int] | None:
+        """An optional non-empty list of distinct indices (e.g. which GPUs of a server); None if absent."""
+        v = self.options.get(key)
+        if v is None:
+            return None
+        if not isinstance(v, list) or not v or len(set(v)) != len(v) or any(
+                isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < 65536 for g in v):
+            raise self._bad(key, f"must be a non-empty list of distinct indices (integers >= 0), got {v!r}")
+        return list(v)
+
     # ---- the interface ------------------------------------------------------------------------
     @abstractmethod
     def configure(self, options: Mapping[str, Any]) -> None:

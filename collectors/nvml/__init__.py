@@ -76,12 +76,7 @@ class NvmlSource(Source):
         self.site = self.site_name()
         self.rack = self.opt_str("rack")
         self.server = self.opt_int("server", lo=0, hi=65535)
-        gpus = options.get("gpus")
-        if gpus is not None and (not isinstance(gpus, list) or not gpus or any(
-                isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < 65536 for g in gpus)
-                or len(set(gpus)) != len(gpus)):
-            raise self._bad("gpus", f"must be a non-empty list of distinct GPU indices (integers >= 0), got {gpus!r}")
-        self.want: list[int] | None = list(gpus) if gpus is not None else None
+        self.want: list[int] | None = self.opt_index_list("gpus")
         self.indices: list[int] = []
         self.uuids: list[str] = []
         self.handles: list[Any] = []
