@@ -13,42 +13,19 @@ import asyncio
 import bisect
 import ipaddress
 
+from collectors.snmp.ber import encode_integer, encode_oid_content, encode_tlv
+
 OID = tuple[int, ...]
 
 _TYPES = {2: 0x02, 4: 0x04, 5: 0x05, 6: 0x06, 64: 0x40, 65: 0x41, 66: 0x42, 67: 0x43, 68: 0x44, 70: 0x46}
 
 
-def _len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(b)]) + b
-
-
-def _tlv(tag: int, body: bytes) -> bytes:
-    return bytes([tag]) + _len(len(body)) + body
-
-
-def _int(v: int, tag: int = 0x02) -> bytes:
-    n = max(1, (v.bit_length() + 8) // 8)
-    return _tlv(tag, v.to_bytes(n, "big", signed=True))
-
-
-def _uint(v: int, tag: int) -> bytes:
-    n = max(1, (v.bit_length() + 8) // 8)  # a leading zero byte keeps the high bit clear
-    return _tlv(tag, v.to_bytes(n, "big"))
-
-
-def _oid_body(oid: OID) -> bytes:
-    out = bytearray([40 * oid[0] + oid[1]])
-    for arc in oid[2:]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        out += bytes(reversed(chunk))
-    return bytes(out)
+# Encoding is the collector's own BER encoder (collectors/snmp/ber.py); only request parsing and the
+# recording lookup live here.
+_tlv = encode_tlv
+_int = encode_integer
+_uint = encode_integer  # minimal two's complement of a non-negative value is BER's unsigned form
+_oid_body = encode_oid_content
 
 
 def _parse_oid(s: str) -> OID:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from powerplane.plugins import Registry
 from powerplane.schemas import TelemetryFrame
 from powerplane.site import Site
 
@@ -120,18 +121,8 @@ class Source(ABC):
         return TelemetryFrame(**base)
 
 
-REGISTRY: dict[str, type[Source]] = {}
-
-
-def register(kind: str) -> Callable[[type[Source]], type[Source]]:
-    def deco(cls: type[Source]) -> type[Source]:
-        if kind in REGISTRY:
-            raise ValueError(f"collector kind '{kind}' registered twice")
-        cls.kind = kind
-        REGISTRY[kind] = cls
-        return cls
-
-    return deco
+REGISTRY: Registry[type[Source]] = Registry("collector")
+register = REGISTRY.register
 
 
 def _import_all() -> None:

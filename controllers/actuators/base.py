@@ -7,11 +7,13 @@ enforced once for all actuators by controllers.actuation.Guard.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from powerplane.plugins import Registry
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -56,18 +58,8 @@ class Actuator(ABC):
         """Release connections."""
 
 
-REGISTRY: dict[str, type[Actuator]] = {}
-
-
-def register(kind: str) -> Callable[[type[Actuator]], type[Actuator]]:
-    def deco(cls: type[Actuator]) -> type[Actuator]:
-        if kind in REGISTRY:
-            raise ValueError(f"actuator kind '{kind}' registered twice")
-        cls.kind = kind
-        REGISTRY[kind] = cls
-        return cls
-
-    return deco
+REGISTRY: Registry[type[Actuator]] = Registry("actuator")
+register = REGISTRY.register
 
 
 def load_actuator(name: str, options: Mapping[str, Any], context: Any = None) -> Actuator:

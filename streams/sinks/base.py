@@ -8,9 +8,10 @@ runner stops fetching (backpressure) instead of piling records up in memory.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from powerplane.plugins import Registry
 from powerplane.schemas import Record
 
 
@@ -45,18 +46,8 @@ class Sink(ABC):
         """Flush and release connections."""
 
 
-REGISTRY: dict[str, type[Sink]] = {}
-
-
-def register(kind: str) -> Callable[[type[Sink]], type[Sink]]:
-    def deco(cls: type[Sink]) -> type[Sink]:
-        if kind in REGISTRY:
-            raise ValueError(f"sink kind '{kind}' registered twice")
-        cls.kind = kind
-        REGISTRY[kind] = cls
-        return cls
-
-    return deco
+REGISTRY: Registry[type[Sink]] = Registry("sink")
+register = REGISTRY.register
 
 
 def load_sink(name: str, options: Mapping[str, Any]) -> Sink:
