@@ -16,7 +16,7 @@ from controllers.actuators.base import Actuator
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, consumer
-from powerplane.schemas import Command, DeadLetter, Event, SchemaError
+from powerplane.schemas import Ack, Command, DeadLetter, Event, SchemaError
 from powerplane.signing import Keyring
 
 log = logging.getLogger("powerplane.actuator")
@@ -61,10 +61,7 @@ def run(cfg: Config, site_name: str, actuator: Actuator, keyring: Keyring, stop:
     return guard
 
 
-def publish_ack(producer: Producer, ack: object) -> None:
-    from powerplane.schemas import Ack
-
-    assert isinstance(ack, Ack)
+def publish_ack(producer: Producer, ack: Ack) -> None:
     data = ack.encode()
     producer.send(topics.ACKS.name, data, key=ack.key())
     producer.send(topics.AUDIT.name, data, key=ack.command_id.encode())

@@ -130,7 +130,8 @@ def run_loop(cfg: Config, *, duration_s: float, lose_feed_at_s: float, log_dir: 
         last_print = 0.0
         end = t_start + duration_s + 3.0
         while time.time() < end:
-            svc.check() if svc.procs["fleet"].poll() is None else None
+            if svc.procs["fleet"].poll() is None:  # the fleet exits at --duration; the others must not
+                svc.check()
             for tp, msgs in obs.poll(timeout_ms=200).items():
                 for m in msgs:
                     now = time.time()
