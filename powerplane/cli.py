@@ -223,6 +223,32 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     return run_demo(cfg, duration_s=args.duration, lose_feed_at_s=args.at, keep_servers=args.keep_servers)
 
 
+def cmd_record(args: argparse.Namespace, cfg: Config) -> int:
+    from powerplane.recording import record, summary
+
+    topic_names = [t.strip() for t in args.topics.split(",") if t.strip()]
+    manifest = record(cfg.kafka_bootstrap, topic_names, args.out, from_beginning=args.from_beginning,
+                      duration_s=args.duration, until_idle_s=args.until_idle, until_end=args.until_end,
+                      stop=_stop_on_signals(), progress=sys.stderr)
+    print(summary(manifest))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
+    from powerplane.recording import replay
+
+    topic_names = [t.strip() for t in args.topics.split(",") if t.strip()] if args.topics else None
+    try:
+        stats = replay(cfg.kafka_bootstrap, args.dir, speed=args.speed,
+                       as_fast_as_possible=args.as_fast_as_possible, topics=topic_names, to_prefix=args.to_prefix,
+                       stop=_stop_on_signals(), progress=sys.stderr)
+    except RuntimeError as e:  # records not delivered: say how many, in one line
+        print(f"powerplane: error: {e}", file=sys.stderr)
+        return 1
+    print(f"replayed {stats.records} records in {stats.elapsed_s:.1f} s")
+    return 0
+
+
 # ---- parser ---------------------------------------------------------------------------------------
 
 
@@ -291,6 +317,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--at", type=float, default=15.0, help="seconds until feed A is lost")
     e.add_argument("--keep-servers", action="store_true", help="leave Kafka and the TSDB running afterwards")
     e.set_defaults(fn=cmd_demo)
+
+    r = sub.add_parser("record", help="record Kafka topics to Parquet files (original keys, headers, timestamps)")
+    r.add_argument("--topics", required=True, help="comma-separated topics, e.g. pp.telemetry,pp.aggregates")
+    r.add_argument("--out", required=True, help="directory for the recording (one .parquet per topic + manifest.json)")
+    r.add_argument("--from-beginning", action="store_true", help="start at the oldest record, not the newest")
+    stop_when = r.add_mutually_exclusive_group()
+    stop_when.add_argument("--duration", type=float, help="stop after this many seconds")
+    stop_when.add_argument("--until-idle", type=float, metavar="S", help="stop after S seconds without a record")
+    stop_when.add_argument("--until-end", action="store_true",
+                           help="stop at the end offsets the topics had when recording started")
+    r.set_defaults(fn=cmd_record)
+
+    rp = sub.add_parser("replay", help="produce a recording back into Kafka, paced or as fast as possible")
+    rp.add_argument("dir", help="recording directory (made by `powerplane record`)")
+    pace = rp.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, help="N x the original pace (default 1)")
+    pace.add_argument("--as-fast-as-possible", action="store_true", help="no pacing")
+    rp.add_argument("--topics", help="comma-separated subset of the recorded topics (default: all)")
+    rp.add_argument("--to-prefix", default="", metavar="PREFIX", help="produce topic T to PREFIX+T instead")
+    rp.set_defaults(fn=cmd_replay)
     return p
 
 

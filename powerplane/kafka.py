@@ -71,8 +71,10 @@ class Producer:
                 self.last_error = str(err)
             self._cv.notify_all()
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None,
-             headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int | None = None) -> bool:
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int | None = None,
+             partition: int | None = None) -> bool:
+        """Queue one record (value None: a tombstone); `partition` None lets the key decide."""
         with self._cv:
             if self.in_flight >= self.max_in_flight and not self._cv.wait_for(
                     lambda: self.in_flight < self.max_in_flight, timeout=self.max_block_s):
@@ -80,7 +82,8 @@ class Producer:
                 return False
             self.in_flight += 1
         try:
-            fut = self._p.send(topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms)
+            fut = self._p.send(topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms,
+                               partition=partition)
         except KafkaError as e:
             self._done(False, e)
             log.error("send to %s failed: %s", topic, e)
