@@ -1,11 +1,11 @@
 """Integration tests run against real servers that the project starts itself (`powerplane dev up`):
-Apache Kafka 4.x in KRaft mode and VictoriaMetrics. They use their own ports and state directory,
-so they never touch a demo a developer has running."""
+Apache Kafka 4.x in KRaft mode and VictoriaMetrics. Each test session picks free ports and its own
+state directory, so it never touches a running demo or another test session."""
 
 from __future__ import annotations
 
 import os
-import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +15,34 @@ from powerplane import devservers
 from powerplane.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(pair: bool = False) -> int:
+    """A free loopback port (and, with pair, the one after it too: Kafka's controller listener)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if not pair or (port < 65535 and _port_free(port + 1)):
+            return port
+    raise RuntimeError("no free loopback port")
+
+
+_STATE = ROOT / ".powerplane" / f"test-{os.getpid()}"
 TEST_ENV = {
-    "PP_KAFKA_BOOTSTRAP": "127.0.0.1:29092",
-    "PP_INFLUX_URL": "http://127.0.0.1:28428",
-    "PP_STATE_DIR": str(ROOT / ".powerplane" / "test"),
-    "PP_SIGNING_KEY_FILE": str(ROOT / ".powerplane" / "test" / "keys" / "site.key"),
+    "PP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port(pair=True)}",
+    "PP_INFLUX_URL": f"http://127.0.0.1:{free_port()}",
+    "PP_STATE_DIR": str(_STATE),
+    "PP_SIGNING_KEY_FILE": str(_STATE / "keys" / "site.key"),
     "PP_SITE_FILE": str(ROOT / "examples" / "lab.toml"),
 }
 
@@ -36,8 +59,10 @@ def cfg() -> Iterator[Config]:
     old = {k: os.environ.get(k) for k in TEST_ENV}
     os.environ.update(TEST_ENV)
     config = load_config()
-    devservers.down(config)  # a previous run killed mid-way must not leave its servers behind
-    shutil.rmtree(Path(config.state_dir), ignore_errors=True)
+    for old_state in (ROOT / ".powerplane").glob("test-*"):  # sessions killed mid-way: stop their servers
+        pid = old_state.name.removeprefix("test-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            devservers.down(load_config(env={"PP_STATE_DIR": str(old_state)}), wipe=True)
     devservers.up(config)
     try:
         yield config

@@ -13,6 +13,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError
 
 from powerplane import topics
+from tests.integration.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,14 +24,15 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_dev_up_creates_declared_topics_and_down_leaves_nothing(tmp_path: Path) -> None:
-    env = dict(os.environ, PP_KAFKA_BOOTSTRAP="127.0.0.1:39092", PP_INFLUX_URL="http://127.0.0.1:38428",
+    kafka = f"127.0.0.1:{free_port(pair=True)}"
+    env = dict(os.environ, PP_KAFKA_BOOTSTRAP=kafka, PP_INFLUX_URL=f"http://127.0.0.1:{free_port()}",
                PP_STATE_DIR=str(tmp_path / "state"))
     up = _cli(env, "dev", "up")
     try:
         assert up.returncode == 0, up.stderr
         status = _cli(env, "dev", "status").stdout
         assert "kafka" in status and "running" in status
-        admin = KafkaAdminClient(bootstrap_servers="127.0.0.1:39092")
+        admin = KafkaAdminClient(bootstrap_servers=kafka)
         try:
             meta = {t["name"]: t for t in admin.describe_topics([t.name for t in topics.ALL])}
             for t in topics.ALL:
@@ -41,7 +43,7 @@ def test_dev_up_creates_declared_topics_and_down_leaves_nothing(tmp_path: Path) 
         finally:
             admin.close()
         # Auto-create is off: a typo in a topic name fails instead of inventing a topic.
-        p = KafkaProducer(bootstrap_servers="127.0.0.1:39092", max_block_ms=3000)
+        p = KafkaProducer(bootstrap_servers=kafka, max_block_ms=3000)
         try:
             raised = False
             try:
