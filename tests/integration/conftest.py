@@ -5,6 +5,7 @@ state directory, so it never touches a running demo or another test session."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,7 @@ def cfg() -> Iterator[Config]:
         yield config
     finally:
         devservers.down(config, wipe=True)
+        shutil.rmtree(config.state_dir, ignore_errors=True)  # keys and spools of this session too
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
