@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from powerplane import topics as topics_mod
 from powerplane.config import Config, ConfigError, load_config
 
 log = logging.getLogger("powerplane")
@@ -235,6 +236,8 @@ def cmd_record(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
+    if args.engine:
+        return _replay_engine(args, cfg)
     from powerplane.recording import replay
 
     topic_names = [t.strip() for t in args.topics.split(",") if t.strip()] if args.topics else None
@@ -246,6 +249,31 @@ def cmd_replay(args: argparse.Namespace, cfg: Config) -> int:
         print(f"powerplane: error: {e}", file=sys.stderr)
         return 1
     print(f"replayed {stats.records} records in {stats.elapsed_s:.1f} s")
+    return 0
+
+
+def _replay_engine(args: argparse.Namespace, cfg: Config) -> int:
+    """What would the policy have done on this recording? Roll-up and policy in-process, no broker."""
+    import json
+
+    from powerplane.engine import Engine
+    from powerplane.recording import iter_records, load_manifest
+    from powerplane.schemas import as_plain
+
+    manifest = load_manifest(args.dir)
+    engine = Engine.from_config(cfg, _site(cfg), _keyring(cfg))
+    total = int(manifest.get("topics", {}).get(topics_mod.TELEMETRY.name, {}).get("records", 0))
+    for i, (topic, _k, value, _ts, _h) in enumerate(iter_records(args.dir, [topics_mod.TELEMETRY.name]), 1):
+        engine.feed(topic, value)
+        if total and i % 5000 == 0:
+            print(f"\r {i / total:4.0%} {i:,}/{total:,} records", end="", file=sys.stderr, flush=True)
+    res = engine.result
+    print(res.summary())
+    if args.commands_out:
+        with open(args.commands_out, "w") as fh:
+            for c in res.commands:
+                fh.write(json.dumps(as_plain(c)) + "\n")
+        print(f"wrote {len(res.commands)} command(s) to {args.commands_out}")
     return 0
 
 
@@ -336,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--as-fast-as-possible", action="store_true", help="no pacing")
     rp.add_argument("--topics", help="comma-separated subset of the recorded topics (default: all)")
     rp.add_argument("--to-prefix", default="", metavar="PREFIX", help="produce topic T to PREFIX+T instead")
+    rp.add_argument("--engine", action="store_true",
+                    help="no broker: run the recorded telemetry through roll-up and the capping policy in-process "
+                         "and report what the policy would have done")
+    rp.add_argument("--commands-out", metavar="FILE", help="--engine: write the decided commands as JSON lines")
     rp.set_defaults(fn=cmd_replay)
     return p
 
