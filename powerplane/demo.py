@@ -153,11 +153,21 @@ def run_loop(cfg: Config, *, duration_s: float, lose_feed_at_s: float, log_dir: 
             if narrate and time.time() - last_print >= 2.0:
                 last_print = time.time()
                 _narrate(res, time.time() - t_start)
-        time.sleep(2.0)  # let the sink write the tail
+        # Let the sink write the tail: wait until the store has what the streams worker published.
+        deadline = time.time() + 30.0
+        while time.time() < deadline and len(res.aggregates.keys() & _stored(cfg)) < len(res.aggregates):
+            time.sleep(0.5)
     finally:
         obs.close()
         svc.stop()
     return res
+
+
+def _stored(cfg: Config) -> set[tuple[str, int]]:
+    try:
+        return set(export_points(cfg))
+    except (OSError, ValueError):  # the store is unreachable right now: nothing confirmed yet
+        return set()
 
 
 def _on_agg(res: LoopResult, a: LevelAggregate, now: float) -> None:

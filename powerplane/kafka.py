@@ -111,7 +111,10 @@ class Producer:
 def consumer(bootstrap: str, group: str | None, *topic_names: str, from_beginning: bool = False,
              **kw: Any) -> KafkaConsumer:
     opts: dict[str, Any] = {"enable_auto_commit": group is not None,
-                            "auto_offset_reset": "earliest" if from_beginning else "latest"}
+                            "auto_offset_reset": "earliest" if from_beginning else "latest",
+                            # kafka-python's consumer default is 305 s: one lost request would stall a
+                            # stage for five minutes. It must stay above the 10 s session timeout.
+                            "request_timeout_ms": 20_000}
     opts.update(kw)
     return _retry_connect("consumer", bootstrap, lambda: KafkaConsumer(
         *topic_names, bootstrap_servers=bootstrap, group_id=group, **opts))
