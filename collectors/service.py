@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from collectors.base import Source, SourceConfigError, SourceContext, load_sourc
 from collectors.publisher import SpooledPublisher
 from collectors.scheduler import Metrics, Scheduler
 from collectors.spool import Spool
-from powerplane.config import Config
+from powerplane.config import Config, TomlFileError, read_toml
 
 log = logging.getLogger("powerplane.collectors")
 
@@ -22,11 +21,9 @@ log = logging.getLogger("powerplane.collectors")
 def sources_from_file(path: str | Path, ctx: SourceContext) -> list[Source]:
     """Every [sources.NAME] table of a TOML file; all errors reported at once."""
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as e:
-        raise SourceConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SourceConfigError(f"{path}: not valid TOML: {e}") from None
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise SourceConfigError(f"{path}: {e}") from None
     tables = data.get("sources")
     if not isinstance(tables, dict) or not tables:
         raise SourceConfigError(f"{path}: no [sources.NAME] tables")

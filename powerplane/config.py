@@ -17,6 +17,21 @@ class ConfigError(ValueError):
     pass
 
 
+class TomlFileError(ValueError):
+    """A TOML file that cannot be read or parsed; the message is one line without the path."""
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Every TOML file the product reads (config, site, sources, scenario, workload) goes through here,
+    so they all fail the same way: TomlFileError 'cannot read: ...' or 'not valid TOML: ...'."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise TomlFileError(f"cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise TomlFileError(f"not valid TOML: {e}") from None
+
+
 @dataclass(frozen=True)
 class Config:
     kafka_bootstrap: str = "127.0.0.1:19092"
@@ -47,11 +62,9 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     known = {f.name: f for f in fields(Config)}
     if path:
         try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+            data = read_toml(path)
+        except TomlFileError as e:
+            raise ConfigError(f"{path}: config {e}") from None
         for k, v in data.items():
             if k not in known:
                 raise ConfigError(f"{path}: unknown key '{k}' (known: {', '.join(sorted(known))})")

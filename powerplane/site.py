@@ -7,7 +7,6 @@ not Python loops over objects.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,16 +304,13 @@ def _unknown_keys(errs: _Errors, obj: Mapping[str, Any], allowed: set[str], path
 
 def load_site(path: str | Path) -> Site:
     """Load and validate a site file; raise SiteError listing every problem with its path."""
-    p = Path(path)
+    from powerplane.config import TomlFileError, read_toml
+
     try:
-        text = p.read_text()
-    except OSError as e:
-        raise SiteError(str(p), [f"cannot read: {e.strerror}"]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SiteError(str(p), [f"not valid TOML: {e}"]) from None
-    return site_from_dict(data, source=str(p))
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise SiteError(str(path), [str(e)]) from None
+    return site_from_dict(data, source=str(path))
 
 
 def site_from_dict(data: Mapping[str, Any], source: str = "<site>") -> Site:

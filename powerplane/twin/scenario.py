@@ -34,12 +34,12 @@ workload. No I/O beyond reading the file.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from powerplane.config import TomlFileError, read_toml
 from powerplane.site import FEED_KINDS, FEEDS, KIND, KIND_NAMES, PRIORITIES, Site
 
 KINDS: dict[str, tuple[set[str], set[str]]] = {
@@ -228,14 +228,11 @@ def scenario_from_dict(d: Mapping[str, Any], source: str = "<scenario>") -> Scen
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
-    except OSError as e:
-        raise ScenarioError(str(p), [f"cannot read: {e.strerror}"]) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(str(p), [f"not valid TOML: {e}"]) from None
-    return scenario_from_dict(data, source=str(p))
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise ScenarioError(str(path), [str(e)]) from None
+    return scenario_from_dict(data, source=str(path))
 
 
 def feed_levels(site: Site, feed: str) -> list[str]:

@@ -23,7 +23,6 @@ import functools
 import gzip
 import math
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from powerplane.config import TomlFileError, read_toml
 from powerplane.site import PRIORITIES, FloatArray, IntArray, Site
 from powerplane.twin.physics import gpu_spec_for
 from powerplane.twin.serving import MODELS, Arrivals, ServingConfig, estimate_capacity_rps, min_tp
@@ -312,12 +312,11 @@ def workload_from_dict(d: Mapping[str, Any], source: str = "<workload>", trace: 
 
 
 def load_workload(path: str | Path, trace: Trace | None = None) -> WorkloadSpec:
-    p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise WorkloadError(str(p), [f"cannot read: {e}"]) from None
-    return workload_from_dict(data, source=str(p), trace=trace)
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise WorkloadError(str(path), [str(e)]) from None
+    return workload_from_dict(data, source=str(path), trace=trace)
 
 
 def workload_to_dict(spec: WorkloadSpec) -> dict[str, Any]:
