@@ -21,6 +21,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 
 from collectors.spool import Spool
 from powerplane import topics
+from powerplane.kafka import producer_settings
 from powerplane.schemas import TelemetryFrame
 
 log = logging.getLogger("powerplane.collectors.publisher")
@@ -61,13 +62,11 @@ class SpooledPublisher:
 
     def _connect(self) -> KafkaProducer | None:
         try:
-            return KafkaProducer(
-                bootstrap_servers=self.bootstrap, client_id=self.client_id, acks="all", enable_idempotence=True,
-                compression_type="lz4", linger_ms=20, batch_size=256 * 1024, retries=2**31 - 1,
-                max_in_flight_requests_per_connection=5, request_timeout_ms=10_000,
+            return KafkaProducer(**producer_settings(
+                self.bootstrap, self.client_id, request_timeout_ms=10_000,
                 delivery_timeout_ms=2**31 - 1,  # never expire: the spool already bounds what waits
                 bootstrap_timeout_ms=5_000,
-                reconnect_backoff_max_ms=1_000)  # notice a returning broker within a second
+                reconnect_backoff_max_ms=1_000))  # notice a returning broker within a second
         except KafkaError as e:
             self._down(f"cannot connect: {type(e).__name__}")
             return None

@@ -36,6 +36,17 @@ def _retry_connect(what: str, bootstrap: str, fn: Callable[[], Any], timeout_s: 
             time.sleep(0.5)
 
 
+def producer_settings(bootstrap: str, client_id: str, **overrides: Any) -> dict[str, Any]:
+    """The delivery guarantees every producer of the product shares: acks=all, idempotence (no
+    duplicates on retry), retries without limit, lz4 batches. Callers override timings only."""
+    settings: dict[str, Any] = dict(
+        bootstrap_servers=bootstrap, client_id=client_id, acks="all", enable_idempotence=True,
+        compression_type="lz4", linger_ms=20, batch_size=256 * 1024, retries=2**31 - 1,
+        max_in_flight_requests_per_connection=5, request_timeout_ms=15_000)
+    settings.update(overrides)
+    return settings
+
+
 class Producer:
     """acks=all + idempotence, lz4 batches, and a bound on records in flight.
 
@@ -57,9 +68,7 @@ class Producer:
         self.failed = 0
         self.last_error = ""
         self._p: KafkaProducer = _retry_connect("producer", bootstrap, lambda: KafkaProducer(
-            bootstrap_servers=bootstrap, client_id=client_id, acks="all", enable_idempotence=True,
-            compression_type="lz4", linger_ms=linger_ms, batch_size=256 * 1024, retries=2**31 - 1,
-            max_in_flight_requests_per_connection=5, request_timeout_ms=15000))
+            **producer_settings(bootstrap, client_id, linger_ms=linger_ms)))
 
     def _done(self, ok: bool, err: Any = None) -> None:
         with self._cv:
@@ -102,10 +111,6 @@ class Producer:
             self._p.flush(timeout=timeout_s)
         finally:
             self._p.close(timeout=timeout_s)
-
-    def stats(self) -> dict[str, int]:
-        return {"sent": self.sent, "delivered": self.delivered, "in_flight": self.in_flight,
-                "dropped": self.dropped, "failed": self.failed}
 
 
 def consumer(bootstrap: str, group: str | None, *topic_names: str, from_beginning: bool = False,

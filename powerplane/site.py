@@ -163,10 +163,6 @@ class Site:
             node = int(self.level_parent[node])
         return out
 
-    def gpu_level_paths(self) -> IntArray:
-        """(n_gpus, depth, 2) is too big to keep; instead: per GPU the PDU level on each feed."""
-        return self.rack_pdu[self.gpu_rack]
-
     # ---- limits ---------------------------------------------------------------------------
     def feed_share(self, mode: Mode) -> FloatArray:
         """Fraction of every rack's load drawn on feed A and on feed B."""

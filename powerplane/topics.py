@@ -48,9 +48,3 @@ DEADLETTER = Topic("pp.deadletter", 3, "source topic", 14 * DAY_MS,
 
 ALL: tuple[Topic, ...] = (TELEMETRY, AGGREGATES, HEADROOM, EVENTS, COMMANDS, ACKS, AUDIT, DEADLETTER)
 
-
-def by_name(name: str) -> Topic:
-    for t in ALL:
-        if t.name == name:
-            return t
-    raise KeyError(f"unknown topic '{name}' (known: {', '.join(t.name for t in ALL)})")
