@@ -121,8 +121,21 @@ def consumer(bootstrap: str, group: str | None, *topic_names: str, from_beginnin
                             # stage for five minutes. It must stay above the 10 s session timeout.
                             "request_timeout_ms": 20_000}
     opts.update(kw)
-    return _retry_connect("consumer", bootstrap, lambda: KafkaConsumer(
-        *topic_names, bootstrap_servers=bootstrap, group_id=group, **opts))
+    cons: KafkaConsumer = _retry_connect("consumer", bootstrap, lambda: KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, **opts))
+    # Learn the topics' partitions before joining the group: a group leader without that metadata
+    # assigns itself nothing ("No partition metadata for topic ...") and can sit idle, consuming nothing.
+    deadline = time.monotonic() + 30.0
+    for t in topic_names:
+        while not cons.partitions_for_topic(t):
+            if time.monotonic() > deadline:
+                cons.close()
+                raise BrokerUnavailable(f"topic '{t}' has no partitions at {bootstrap}: create the topics with "
+                                        f"`powerplane topics create`")
+            time.sleep(0.2)
+    if topic_names:
+        cons.subscribe(list(topic_names))
+    return cons
 
 
 class DeadLetters:
