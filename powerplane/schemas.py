@@ -261,20 +261,27 @@ class LevelAggregate(Record):
         "site": "str", "level": "str", "kind": "str", "ts_s": "float", "window_s": "float",
         "power_w": "float", "limit_w": "float", "rated_w": "float", "mode": "str",
         "gpus_expected": "int", "gpus_reporting": "int", "inlet_c": "float?", "metered_w": "float?",
+        "gap_w": "float?", "racks_stale": "int?", "age_s": "float?", "gpu_temp_max_c": "float?",
+        "gpus_throttled": "int?",
     }
     site: str
     level: str
     kind: str
-    ts_s: float
+    ts_s: float  # end of the window, event time
     window_s: float
     power_w: float
-    limit_w: float  # derated limit in the current feed mode
+    limit_w: float  # derated limit in the current feed mode (zones: cooling capacity)
     rated_w: float
     mode: str
     gpus_expected: int
     gpus_reporting: int
-    inlet_c: float | None = None  # hottest inlet reading (racks)
+    inlet_c: float | None = None  # hottest inlet reading (racks, rows, halls, zones)
     metered_w: float | None = None  # the level's own meter, where it has one (PDUs)
+    gap_w: float | None = None  # meter minus the sum of its children: a bad meter or unmonitored load
+    racks_stale: int | None = None  # racks below this level whose window had no fresh frame
+    age_s: float | None = None  # age of the oldest reading used (0 when every rack reported in the window)
+    gpu_temp_max_c: float | None = None
+    gpus_throttled: int | None = None  # GPUs reporting a thermal or power slowdown reason
 
     @classmethod
     def key_field(cls) -> str:
@@ -286,23 +293,42 @@ class LevelAggregate(Record):
 
 @dataclass
 class Headroom(Record):
+    """Power headroom of one level (derated limit in the current feed state minus the p99 forecast)
+    and, for racks and zones, thermal headroom (allowable inlet minus the forecast inlet)."""
+
     SCHEMA: ClassVar[str] = "level.headroom"
     KINDS: ClassVar[dict[str, str]] = {
-        "site": "str", "level": "str", "ts_s": "float", "limit_w": "float", "forecast_p99_w": "float",
-        "headroom_w": "float", "horizon_s": "float", "mode": "str",
+        "site": "str", "level": "str", "kind": "str", "ts_s": "float", "mode": "str", "horizon_s": "float",
+        "power_w": "float", "limit_w": "float", "forecast_p50_w": "float", "forecast_p99_w": "float",
+        "headroom_w": "float", "plan_horizon_s": "float?", "plan_p99_w": "float?",
+        "inlet_c": "float?", "inlet_limit_c": "float?", "forecast_inlet_c": "float?",
+        "thermal_headroom_c": "float?", "time_to_limit_s": "float?",
     }
     site: str
     level: str
+    kind: str
     ts_s: float
+    mode: str  # feed state the limit is taken in
+    horizon_s: float  # horizon of the forecast the headroom is computed from
+    power_w: float  # load now
     limit_w: float
+    forecast_p50_w: float
     forecast_p99_w: float
-    headroom_w: float
-    horizon_s: float
-    mode: str
+    headroom_w: float  # limit_w - forecast_p99_w; negative means act now
+    plan_horizon_s: float | None = None  # the longer (planning) horizon
+    plan_p99_w: float | None = None
+    inlet_c: float | None = None
+    inlet_limit_c: float | None = None
+    forecast_inlet_c: float | None = None
+    thermal_headroom_c: float | None = None  # inlet_limit_c - forecast_inlet_c
+    time_to_limit_s: float | None = None  # at the current inlet slope; None when flat or falling
 
     @classmethod
     def key_field(cls) -> str:
         return "level"
+
+    def key(self) -> bytes:
+        return self.level.encode()
 
 
 @dataclass
@@ -310,18 +336,22 @@ class Event(Record):
     SCHEMA: ClassVar[str] = "event"
     KINDS: ClassVar[dict[str, str]] = {
         "id": "str", "site": "str", "kind": "str", "severity": "str", "state": "str", "levels": "strlist",
-        "ts_s": "float", "deadline_s": "float?", "summary": "str",
+        "ts_s": "float", "deadline_s": "float?", "summary": "str", "opened_s": "float?", "details": "map?",
     }
     SEVERITIES: ClassVar[tuple[str, ...]] = ("info", "warning", "critical")
-    id: str
+    id: str  # one occurrence: the same id on its open, its updates and its resolution
     site: str
-    kind: str  # feed_loss, breaker_overload, cooling_failure, thermal_slowdown, telemetry_loss, ...
+    # feed_loss, ups_loss, breaker_overload, cooling_failure, thermal_slowdown, telemetry_loss, meter_gap,
+    # command_refused
+    kind: str
     severity: str
     state: str  # open | resolved
-    levels: list[str]
-    ts_s: float
-    deadline_s: float | None
-    summary: str
+    levels: list[str]  # affected levels, the primary one first
+    ts_s: float  # event time of this record
+    deadline_s: float | None  # event time by which to act (e.g. estimated breaker trip); None: no deadline
+    summary: str  # one line for a human: what happened, where, how bad
+    opened_s: float | None = None  # event time the occurrence was first detected
+    details: dict[str, Any] | None = None  # numbers behind the summary (load_frac, time_to_trip_s, ...)
 
     def validate(self, where: str) -> None:
         if self.severity not in self.SEVERITIES:
