@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from powerplane.schemas import TelemetryFrame
 from powerplane.site import FEEDS, FloatArray, IntArray, Site
 
 # Mean utilization per priority class (inference-critical, inference-batch, training, best-effort).
@@ -120,3 +121,25 @@ class Fleet:
     def _rack_power(self, gpu_power_w: FloatArray) -> FloatArray:
         server_w = self.site.server_input_w(gpu_power_w)
         return np.bincount(self.site.server_rack, weights=server_w, minlength=self.site.n_racks).astype(np.float64)
+
+
+def rack_frames(site: Site, fr: Any, ts_s: float, interval_s: float, seq: int, source: str) -> list[TelemetryFrame]:
+    """Cut a plant's site-wide arrays (a FleetFrame or a twin frame) into one telemetry frame per rack."""
+    server_in_rack = np.arange(len(site.server_ids)) - site.rack_server_start[site.server_rack]
+    gs = server_in_rack[site.gpu_server].astype(np.uint16)
+    slot = site.gpu_slot.astype(np.uint16)
+    f32 = np.float32
+    throttle = getattr(fr, "throttle_reasons", None)
+    out: list[TelemetryFrame] = []
+    for r, rack_id in enumerate(site.rack_ids):
+        a, b = int(site.rack_gpu_start[r]), int(site.rack_gpu_start[r + 1])
+        n_in = int(site.rack_inlet_sensors[r])
+        out.append(TelemetryFrame(
+            site=site.name, rack=rack_id, ts_s=ts_s, interval_s=interval_s, seq=seq,
+            source=source, gpu_server=gs[a:b], gpu_slot=slot[a:b],
+            power_w=fr.power_w[a:b].astype(f32), temp_c=fr.temp_c[a:b].astype(f32),
+            sm_clock_mhz=fr.sm_clock_mhz[a:b].astype(f32), limit_w=fr.limit_w[a:b].astype(f32),
+            util=fr.util[a:b].astype(f32), inlet_c=[float(x) for x in fr.inlet_c[r, :n_in]],
+            pdu_power_w=[float(fr.pdu_power_w[r, 0]), float(fr.pdu_power_w[r, 1])],
+            throttle_reasons=None if throttle is None else np.asarray(throttle[a:b], dtype=np.uint32)))
+    return out

@@ -292,6 +292,41 @@ class LevelAggregate(Record):
 
 
 @dataclass
+class RackSummary(Record):
+    """What one telemetry frame says about its rack, for the site-wide roll-up (pp.racks, keyed by site).
+
+    The per-rack stage reduces a frame of ~72 GPUs to this; the site stage windows these by event time
+    and rolls them up the power and cooling trees."""
+
+    SCHEMA: ClassVar[str] = "rack.summary"
+    KINDS: ClassVar[dict[str, str]] = {
+        "site": "str", "rack": "str", "ts_s": "float", "interval_s": "float", "seq": "int",
+        "power_w": "float", "pdu_power_w": "f64list", "mode": "str", "gpus_expected": "int",
+        "gpus_reporting": "int", "gpus_throttled": "int", "inlet_c": "float?", "gpu_temp_max_c": "float?",
+    }
+    site: str
+    rack: str
+    ts_s: float
+    interval_s: float
+    seq: int
+    power_w: float  # rack wall power computed from its GPUs (missing GPUs at their limit)
+    pdu_power_w: list[float]  # PDU meters, feed A and B; NaN = no meter
+    mode: str  # feed state seen from the meters
+    gpus_expected: int
+    gpus_reporting: int
+    gpus_throttled: int  # GPUs in thermal slowdown
+    inlet_c: float | None = None  # hottest inlet
+    gpu_temp_max_c: float | None = None
+
+    @classmethod
+    def key_field(cls) -> str:
+        return "rack"
+
+    def key(self) -> bytes:
+        return self.site.encode()  # one partition per site: the whole tree is rolled up in one place
+
+
+@dataclass
 class Headroom(Record):
     """Power headroom of one level (derated limit in the current feed state minus the p99 forecast)
     and, for racks and zones, thermal headroom (allowable inlet minus the forecast inlet)."""
@@ -460,7 +495,7 @@ class DeadLetter:
 
 
 RECORDS: dict[str, type[Record]] = {
-    r.SCHEMA: r for r in (TelemetryFrame, LevelAggregate, Headroom, Event, Command, Ack)
+    r.SCHEMA: r for r in (TelemetryFrame, RackSummary, LevelAggregate, Headroom, Event, Command, Ack)
 }
 
 

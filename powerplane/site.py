@@ -180,13 +180,26 @@ class Site:
         halls and the site are bounded by the sum of their racks. Zones are cooling capacity, not
         derated: it is a heat-removal figure, not a breaker.
         """
-        rated = self.level_rated_w.copy()
-        feed = self.level_feed
-        alive = np.ones(2, dtype=bool)
+        dark = np.zeros(len(self.level_ids), dtype=bool)
         if mode != "normal":
-            alive[FEEDS.index(mode[0])] = False
-        lost = (feed >= 0) & ~alive[np.clip(feed, 0, 1)]
-        rated[lost] = 0.0
+            dark = self.level_feed == FEEDS.index(mode[0])
+        return self.limits_dark_w(dark)
+
+    def dark_below(self, dark: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """Feed levels that carry nothing because they or a level above them on their feed are dark."""
+        out = dark.copy()
+        for kind in ("ups", "rpp", "pdu"):  # top-down, so darkness flows from a utility to its PDUs
+            lv = self.levels_of_kind(kind)
+            parents = self.level_parent[lv]
+            ok = parents >= 0
+            out[lv[ok]] |= out[parents[ok]]
+        return out
+
+    def limits_dark_w(self, dark: npt.NDArray[np.bool_]) -> tuple[FloatArray, FloatArray]:
+        """(rated, derated) limits when the given feed levels (and everything below them) are dark:
+        a whole feed, one UPS lineup, one RPP or one PDU lost."""
+        rated = self.level_rated_w.copy()
+        rated[self.dark_below(dark)] = 0.0
         rack_lvls = self.rack_level
         pdu_cap = rated[self.rack_pdu]  # (n_racks, 2)
         rack_rated = np.minimum(self.level_rated_w[rack_lvls], pdu_cap.sum(axis=1))

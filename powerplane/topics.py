@@ -31,6 +31,8 @@ class Topic:
 
 TELEMETRY = Topic("pp.telemetry", 12, "rack id", 3 * DAY_MS,
                   doc="TelemetryFrame per rack per sample interval; one rack stays in one partition")
+RACKS = Topic("pp.racks", 3, "site id", 1 * DAY_MS,
+              doc="RackSummary per rack per frame, repartitioned by site so one worker rolls up a whole site's trees")
 AGGREGATES = Topic("pp.aggregates", 6, "level id", 7 * DAY_MS,
                    doc="LevelAggregate per level per window (rack, PDU, RPP, UPS, row, hall, zone, site)")
 HEADROOM = Topic("pp.headroom", 6, "level id", 7 * DAY_MS, compact=True,
@@ -46,5 +48,12 @@ AUDIT = Topic("pp.audit", 3, "command id", 365 * DAY_MS,
 DEADLETTER = Topic("pp.deadletter", 3, "source topic", 14 * DAY_MS,
                    doc="Records that failed validation: original bytes, reason, where they came from")
 
-ALL: tuple[Topic, ...] = (TELEMETRY, AGGREGATES, HEADROOM, EVENTS, COMMANDS, ACKS, AUDIT, DEADLETTER)
+# The streams worker's state table (faust Table "tree-state"): windows, last readings, forecaster and open
+# emergencies per site, so a restarted worker resumes. faust names it <app id>-<table>-changelog; it must
+# have as many partitions as the topic the table is keyed like (pp.racks).
+STREAMS_APP_ID = "powerplane-streams"
+TREE_STATE = Topic(f"{STREAMS_APP_ID}-tree-state-changelog", RACKS.partitions, "site id", 7 * DAY_MS,
+                   compact=True, doc="Changelog of the streams worker's per-site state (internal)")
+
+ALL: tuple[Topic, ...] = (TELEMETRY, RACKS, TREE_STATE, AGGREGATES, HEADROOM, EVENTS, COMMANDS, ACKS, AUDIT, DEADLETTER)
 

@@ -1,13 +1,22 @@
-"""The faust-streaming worker: telemetry frames in, level aggregates out.
+"""The faust-streaming worker: two agents, thin shells around pure code.
 
-The agent is a thin shell: decode (bad records go to the dead-letter topic with the reason),
-call streams.rollup, send. An exception that escapes a faust agent silently stops it, so every
-record is processed inside a guard that dead-letters what fails and keeps consuming.
+1. `racks` (pp.telemetry, partitioned by rack): decode a frame, reduce it with streams.rollup.frame_outputs,
+   publish the rack's and its PDUs' aggregates at once (the capping controller's fastest signal) and a
+   RackSummary to pp.racks, keyed by site.
+2. `site` (pp.racks, one partition per site): streams.site_stage.SiteStage windows the summaries by event time,
+   rolls them up the power and cooling trees, forecasts every level, and publishes upper-level aggregates,
+   headroom for every level and emergency events. Its state is checkpointed to a faust Table backed by a
+   compacted changelog topic, so a worker that replaces a dead one resumes windows, forecasts, breaker heat
+   and open emergencies instead of re-paging.
+
+Bad records go to the dead-letter topic with the reason. An exception that escapes a faust agent silently
+stops it, so every record is processed inside a guard that dead-letters what fails and keeps consuming.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import faust
@@ -15,9 +24,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.schemas import DeadLetter, SchemaError, TelemetryFrame
+from powerplane.schemas import DeadLetter, RackSummary, Record, SchemaError, TelemetryFrame
 from powerplane.site import Site
-from streams.rollup import Limits, UnknownRack, frame_aggregates
+from streams.rollup import Limits, UnknownRack, frame_outputs
+from streams.site_stage import SiteStage, SiteStageSettings, StageOutput
 
 log = logging.getLogger("powerplane.streams")
 
@@ -34,11 +44,19 @@ faust_aiokafka.Producer._settings_extra = _idempotent_settings  # type: ignore[m
 class Counters:
     def __init__(self) -> None:
         self.frames = 0
+        self.summaries = 0
         self.aggregates = 0
+        self.headroom = 0
+        self.events = 0
+        self.windows = 0
         self.dead_letters = 0
+        self.checkpoints = 0
+        self.resumed = False  # the site stage started from a checkpoint
 
 
-def create_app(cfg: Config, site: Site, app_id: str = "powerplane-streams") -> tuple[faust.App, Counters]:
+def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
+               settings: SiteStageSettings | None = None, checkpoint_s: float = 5.0,
+               idle_close: bool = True) -> tuple[faust.App, Counters]:
     app = faust.App(
         app_id,
         broker=f"kafka://{cfg.kafka_bootstrap}",
@@ -48,13 +66,22 @@ def create_app(cfg: Config, site: Site, app_id: str = "powerplane-streams") -> t
         web_enabled=False,
         topic_allow_declare=False,  # our topics come from `powerplane topics create`, with their configs
         consumer_auto_offset_reset="latest",
-        store="memory://",
+        store="memory://",  # tables rebuild from their changelog topics on start
+        table_standby_replicas=0,
     )
     counters = Counters()
     limits = Limits(site)
+    stage = SiteStage(site, settings or SiteStageSettings())
     telemetry = app.topic(topics.TELEMETRY.name, key_type=bytes, value_type=bytes, internal=False)
+    racks = app.topic(topics.RACKS.name, key_type=bytes, value_type=bytes, internal=False)
     aggregates = app.topic(topics.AGGREGATES.name, key_type=bytes, value_type=bytes, internal=False)
+    headroom = app.topic(topics.HEADROOM.name, key_type=bytes, value_type=bytes, internal=False)
+    events = app.topic(topics.EVENTS.name, key_type=bytes, value_type=bytes, internal=False)
     deadletter = app.topic(topics.DEADLETTER.name, key_type=bytes, value_type=bytes, internal=False)
+    state_table = app.Table("tree-state", default=None, key_type=bytes, value_type=bytes,
+                            partitions=topics.RACKS.partitions)
+    site_key = site.name.encode()
+    live = {"loaded": False, "last_checkpoint_s": 0.0, "last_record_mono": 0.0}
 
     async def dead_letter(event: Any, reason: str) -> None:
         msg = event.message
@@ -66,12 +93,28 @@ def create_app(cfg: Config, site: Site, app_id: str = "powerplane-streams") -> t
                     topics.DEADLETTER.name)
         await deadletter.send(key=msg.topic.encode(), value=dl.value, headers=dl.headers())
 
+    async def send(topic: Any, rec: Record, key: bytes, ts_s: float) -> None:
+        await topic.send(key=key, value=rec.encode(), timestamp=ts_s)
+
+    async def publish(out: StageOutput) -> None:
+        for a in out.aggregates:
+            await send(aggregates, a, a.key(), a.ts_s)
+        for h in out.headroom:
+            await send(headroom, h, h.key(), h.ts_s)
+        for e in out.events:
+            await send(events, e, e.id.encode(), e.ts_s)
+            log.warning("event %s %s %s: %s", e.state, e.severity, e.kind, e.summary)
+        counters.aggregates += len(out.aggregates)
+        counters.headroom += len(out.headroom)
+        counters.events += len(out.events)
+        counters.windows += out.windows
+
     @app.agent(telemetry)
-    async def rollup(stream: Any) -> None:
+    async def rack_agent(stream: Any) -> None:
         async for event in stream.events():
             try:
                 frame = TelemetryFrame.decode(event.value)
-                aggs = frame_aggregates(site, limits, frame)
+                aggs, summary = frame_outputs(site, limits, frame)
             except (SchemaError, UnknownRack) as e:
                 await dead_letter(event, str(e))
                 continue
@@ -82,13 +125,64 @@ def create_app(cfg: Config, site: Site, app_id: str = "powerplane-streams") -> t
             counters.frames += 1
             for a in aggs:
                 await aggregates.send(key=a.key(), value=a.encode(), timestamp=a.ts_s)
-                counters.aggregates += 1
+            counters.aggregates += len(aggs)
+            await racks.send(key=summary.key(), value=summary.encode(), timestamp=summary.ts_s)
+
+    def resume() -> None:
+        """Load the checkpoint once, after faust has rebuilt the table from its changelog."""
+        if live["loaded"]:
+            return
+        live["loaded"] = True
+        raw = state_table.get(site_key)
+        if raw and stage.load_state(raw):
+            counters.resumed = True
+            log.info("site stage resumed from its checkpoint: %d windows closed before", stage.windows_closed)
+
+    @app.agent(racks)
+    async def site_agent(stream: Any) -> None:
+        async for event in stream.events():
+            resume()
+            try:
+                s = RackSummary.decode(event.value)
+                if s.site != site.name:
+                    raise UnknownRack(f"rack.summary {s.rack}: site '{s.site}', this worker rolls up '{site.name}'")
+                out = stage.add(s)
+            except (SchemaError, UnknownRack) as e:
+                await dead_letter(event, str(e))
+                continue
+            except Exception as e:
+                log.exception("site stage failed on %s", event.message.key)
+                await dead_letter(event, f"internal error: {type(e).__name__}: {e}")
+                continue
+            counters.summaries += 1
+            live["last_record_mono"] = time.monotonic()
+            await publish(out)
+            # Checkpoint by event time; inside the agent, so the write lands on this partition's changelog.
+            if out.windows and s.ts_s - live["last_checkpoint_s"] >= checkpoint_s:
+                state_table[site_key] = stage.state()
+                live["last_checkpoint_s"] = s.ts_s
+                counters.checkpoints += 1
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def idle_close_timer() -> None:
+        # When telemetry stops altogether no record advances the watermark: let event time run on with
+        # the clock since the last record, so windows still close (every rack stale) and loss is reported.
+        if not idle_close or not live["last_record_mono"] or stage.tree.max_ts_s == float("-inf"):
+            return
+        idle = time.monotonic() - float(live["last_record_mono"])
+        if idle > stage.settings.tree.window_s + stage.settings.tree.lateness_s:
+            try:
+                await publish(stage.advance(stage.tree.max_ts_s + idle))
+            except Exception:
+                log.exception("closing idle windows failed")
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def report() -> None:
-        log.info("frames=%d aggregates=%d dead_letters=%d", counters.frames, counters.aggregates,
-                 counters.dead_letters)
+        log.info("frames=%d summaries=%d windows=%d aggregates=%d headroom=%d events=%d late=%d dead_letters=%d",
+                 counters.frames, counters.summaries, counters.windows, counters.aggregates, counters.headroom,
+                 counters.events, stage.tree.late_frames, counters.dead_letters)
 
+    app.pp_stage = stage  # type: ignore[attr-defined]  # for tests and the bench
     return app, counters
 
 

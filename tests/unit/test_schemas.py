@@ -17,6 +17,7 @@ from powerplane.schemas import (
     Event,
     Headroom,
     LevelAggregate,
+    RackSummary,
     Record,
     SchemaError,
     TelemetryFrame,
@@ -42,6 +43,9 @@ def samples() -> list[Record]:
                        power_w=np.float32(41_000.5),  # type: ignore[arg-type]  # numpy in, float out
                        limit_w=46_000, rated_w=57_500, mode="A-lost",
                        gpus_expected=64, gpus_reporting=63, inlet_c=None, metered_w=41_000),
+        RackSummary(site="lab", rack="rack-03", ts_s=1_700_000_000, interval_s=1, seq=7, power_w=41_500,
+                    pdu_power_w=[20_000, 21_000], mode="normal", gpus_expected=64, gpus_reporting=63,
+                    gpus_throttled=2, inlet_c=24.5, gpu_temp_max_c=81),
         Headroom(site="lab", level="rack-03", kind="rack", ts_s=1_700_000_000, mode="normal", horizon_s=10,
                  power_w=40_000, limit_w=46_000, forecast_p50_w=41_000, forecast_p99_w=44_500, headroom_w=1_500,
                  plan_horizon_s=900, plan_p99_w=45_000, inlet_c=24.5, inlet_limit_c=32, forecast_inlet_c=25,

@@ -1,0 +1,207 @@
+"""Site stage: rack summaries in; upper-level aggregates, headroom for every level, and emergencies out.
+
+Composes the pure parts (streams.tree windows and roll-up, streams.forecast, thermal slopes, streams.emergencies)
+into one object with no I/O. The faust agent (streams.app) and the in-process engine (powerplane.engine) both
+drive it, so both paths compute the same numbers. Its whole state serializes to bytes for the worker's
+changelog-backed table.
+
+Headroom per level = derated limit in the current feed state - p99 forecast at `headroom_horizon_s`.
+Thermal headroom (racks and zones) = allowable inlet - forecast inlet (current + slope x horizon), with the time
+to reach the limit at the current slope.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from powerplane.schemas import Event, Headroom, LevelAggregate, RackSummary
+from powerplane.site import KIND, KIND_NAMES, FloatArray, Site
+from streams.emergencies import EmergencyDetector, EmergencySettings
+from streams.forecast import Forecaster, ForecastSettings
+from streams.tree import Snapshot, TreeSettings, TreeWindows
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SiteStageSettings:
+    tree: TreeSettings = field(default_factory=TreeSettings)
+    forecast: ForecastSettings = field(default_factory=ForecastSettings)
+    emergencies: EmergencySettings = field(default_factory=EmergencySettings)
+    headroom_horizon_s: float = 10.0  # the forecast horizon power headroom is taken at
+    thermal_fit_s: float = 20.0  # inlet slope: least squares over this much history
+    # Which kinds get aggregates from this stage (racks and PDUs come from the per-rack stage, per frame).
+    aggregate_kinds: tuple[str, ...] = ("utility", "ups", "rpp", "row", "hall", "zone", "site")
+
+
+@dataclass
+class StageOutput:
+    aggregates: list[LevelAggregate] = field(default_factory=list)
+    headroom: list[Headroom] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    windows: int = 0
+
+    def extend(self, other: StageOutput) -> None:
+        self.aggregates += other.aggregates
+        self.headroom += other.headroom
+        self.events += other.events
+        self.windows += other.windows
+
+
+class InletSlopes:
+    """Least-squares slope of the inlet over the last few windows, per level (NaN-aware, vectorized)."""
+
+    def __init__(self, n: int, depth: int) -> None:
+        self.depth = max(3, depth)
+        self.t = np.full(self.depth, np.nan)
+        self.y = np.full((n, self.depth), np.nan)
+        self.i = 0
+
+    def update(self, t_s: float, inlet_c: FloatArray) -> FloatArray:
+        self.t[self.i] = t_s
+        self.y[:, self.i] = inlet_c
+        self.i = (self.i + 1) % self.depth
+        ok = np.isfinite(self.y) & np.isfinite(self.t)[None, :]
+        n = ok.sum(axis=1)
+        t = np.where(ok, self.t[None, :], 0.0)
+        y = np.where(ok, self.y, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tm = t.sum(axis=1) / n
+            ym = y.sum(axis=1) / n
+            dt = np.where(ok, t - tm[:, None], 0.0)
+            cov = (dt * np.where(ok, y - ym[:, None], 0.0)).sum(axis=1)
+            var = (dt * dt).sum(axis=1)
+            slope = np.where((n >= 3) & (var > 0), cov / var, np.nan)
+        return np.asarray(slope, dtype=np.float64)
+
+    def state(self) -> dict[str, Any]:
+        return {"t": self.t.tobytes(), "y": self.y.tobytes(), "i": self.i, "shape": list(self.y.shape)}
+
+    def load_state(self, s: dict[str, Any]) -> None:
+        if list(s["shape"]) == list(self.y.shape):
+            self.t = np.frombuffer(s["t"], dtype=np.float64).copy()
+            self.y = np.frombuffer(s["y"], dtype=np.float64).reshape(self.y.shape).copy()
+            self.i = int(s["i"])
+
+
+class SiteStage:
+    def __init__(self, site: Site, settings: SiteStageSettings = SiteStageSettings()) -> None:
+        self.site = site
+        self.settings = settings
+        self.tree = TreeWindows(site, settings.tree)
+        n = len(site.level_ids)
+        self.forecaster = Forecaster(n, settings.forecast)
+        hz = settings.forecast.horizons_s
+        self.h_idx = int(np.argmin(np.abs(np.asarray(hz) - settings.headroom_horizon_s)))
+        self.horizon_s = float(hz[self.h_idx])
+        kinds = site.level_kind
+        self.thermal_levels = np.flatnonzero(np.isin(kinds, [KIND["rack"], KIND["zone"]]))
+        depth = max(3, round(settings.thermal_fit_s / settings.tree.window_s))
+        self.slopes = InletSlopes(self.thermal_levels.size, depth)
+        self.detector = EmergencyDetector(site, settings.emergencies)
+        self.agg_levels = np.flatnonzero(np.isin(kinds, [KIND[k] for k in settings.aggregate_kinds]))
+        self.kind_names = [KIND_NAMES[k] for k in kinds.tolist()]
+        self.windows_closed = 0
+        self.last: Snapshot | None = None  # the newest closed window, for status and tests
+
+    # ---- input -------------------------------------------------------------------------------------
+    def add(self, summary: RackSummary) -> StageOutput:
+        return self._on_windows(self.tree.add(summary))
+
+    def advance(self, now_s: float) -> StageOutput:
+        """Close windows by the clock (call from a timer): telemetry that stops entirely still shows up."""
+        return self._on_windows(self.tree.advance(now_s))
+
+    def _on_windows(self, snaps: list[Snapshot]) -> StageOutput:
+        out = StageOutput()
+        for snap in snaps:
+            out.extend(self.on_snapshot(snap))
+        return out
+
+    # ---- one closed window -------------------------------------------------------------------------
+    def on_snapshot(self, snap: Snapshot) -> StageOutput:
+        st = self.settings
+        self.windows_closed += 1
+        self.last = snap
+        site, ids = self.site, self.site.level_ids
+        self.forecaster.update(snap.ts_s, snap.load_w)
+        p50, p99 = self.forecaster.predict()
+        _, plan99 = self.forecaster.predict_plan()
+        f50 = p50[:, self.h_idx]
+        # Until a level has history the forecast is its load now: headroom is never invented from nothing.
+        f50 = np.where(np.isfinite(f50), f50, snap.load_w)
+        f99 = np.where(np.isfinite(p99[:, self.h_idx]), p99[:, self.h_idx], snap.load_w)
+        f99 = np.maximum(f99, f50)
+        plan_h = float(st.forecast.plan_horizons_s[0]) if st.forecast.plan_horizons_s else None
+        plan_p99 = plan99[:, 0] if plan99.shape[1] else np.full(len(ids), np.nan)
+
+        # Thermal.
+        tl = self.thermal_levels
+        slope = np.full(len(ids), np.nan)
+        slope[tl] = self.slopes.update(snap.ts_s, snap.inlet_c[tl])
+        inlet_limit = st.emergencies.inlet_limit_c
+        rising = np.isfinite(slope) & (slope > 1e-4)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ttl = np.where(rising, np.maximum(inlet_limit - snap.inlet_c, 0.0) / np.where(rising, slope, 1.0), np.inf)
+        forecast_inlet = snap.inlet_c + np.where(np.isfinite(slope), np.maximum(slope, 0.0), 0.0) * self.horizon_s
+
+        out = StageOutput(windows=1)
+        out.events = self.detector.step(snap, slope, ttl)
+
+        def mode_of(i: int, rack: int | None) -> str:
+            return snap.rack_mode[rack] if rack is not None else snap.site_mode
+
+        rack_of = {int(lv): r for r, lv in enumerate(site.rack_level.tolist())}
+        for i in self.agg_levels.tolist():
+            out.aggregates.append(LevelAggregate(
+                site=site.name, level=ids[i], kind=self.kind_names[i], ts_s=snap.ts_s, window_s=snap.window_s,
+                power_w=float(snap.load_w[i]), limit_w=float(snap.limit_w[i]), rated_w=float(snap.rated_w[i]),
+                mode=snap.site_mode, gpus_expected=int(snap.gpus_expected[i]),
+                gpus_reporting=int(snap.gpus_reporting[i]), inlet_c=_opt(snap.inlet_c[i]),
+                racks_stale=int(snap.racks_stale[i]), age_s=float(snap.age_s[i]),
+                gpu_temp_max_c=_opt(snap.gpu_temp_max_c[i]), gpus_throttled=int(snap.gpus_throttled[i])))
+        thermal = np.zeros(len(ids), dtype=bool)
+        thermal[tl] = True
+        headroom = snap.limit_w - f99
+        for i in range(len(ids)):
+            th = bool(thermal[i]) and math.isfinite(snap.inlet_c[i])
+            out.headroom.append(Headroom(
+                site=site.name, level=ids[i], kind=self.kind_names[i], ts_s=snap.ts_s,
+                mode=mode_of(i, rack_of.get(i)), horizon_s=self.horizon_s, power_w=float(snap.load_w[i]),
+                limit_w=float(snap.limit_w[i]), forecast_p50_w=float(f50[i]), forecast_p99_w=float(f99[i]),
+                headroom_w=float(headroom[i]), plan_horizon_s=plan_h, plan_p99_w=_opt(plan_p99[i]),
+                inlet_c=float(snap.inlet_c[i]) if th else None, inlet_limit_c=inlet_limit if th else None,
+                forecast_inlet_c=float(forecast_inlet[i]) if th else None,
+                thermal_headroom_c=float(inlet_limit - forecast_inlet[i]) if th else None,
+                time_to_limit_s=float(ttl[i]) if th and math.isfinite(ttl[i]) else None))
+        return out
+
+    # ---- state -------------------------------------------------------------------------------------
+    def state(self) -> bytes:
+        return bytes(msgpack.packb({
+            "v": STATE_VERSION, "site": self.site.name, "n_levels": len(self.site.level_ids),
+            "tree": self.tree.state(), "forecaster": self.forecaster.state(), "slopes": self.slopes.state(),
+            "detector": self.detector.state(), "windows_closed": self.windows_closed,
+        }, use_bin_type=True))
+
+    def load_state(self, raw: bytes) -> bool:
+        """Resume from a checkpoint; False (and a fresh start) when it belongs to another site or shape."""
+        s = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        if s.get("v") != STATE_VERSION or s.get("site") != self.site.name or s.get("n_levels") != len(
+                self.site.level_ids):
+            return False
+        self.tree.load_state(s["tree"])
+        self.forecaster = Forecaster.from_state(s["forecaster"])
+        self.slopes.load_state(s["slopes"])
+        self.detector.load_state(s["detector"])
+        self.windows_closed = int(s["windows_closed"])
+        return True
+
+
+def _opt(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None

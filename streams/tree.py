@@ -1,0 +1,381 @@
+"""Site stage, part 1: event-time windows over rack summaries and the roll-up of each closed window up the
+power tree (PDU -> RPP -> UPS lineup -> utility feed -> site) and the cooling tree (rack -> row -> hall, zone).
+
+Pure numpy, no I/O: the faust agent and the in-process engine both call it.
+
+Time: a window k covers event time (k*W, (k+1)*W]; a frame's time is the end of its sample interval.
+The watermark is the newest event time seen minus the lateness bound; a window closes once the watermark
+passes its end (or, when no data arrives at all, once the clock does: `advance`). A frame for a closed
+window is late: it is counted and still refreshes the rack's last known reading (so it is not lost), but
+closed windows are not re-opened.
+
+A rack with no frame in a closed window is carried at its last reading, with that reading's age, for up to
+`rated_after_s`; past that, or if it never reported, it counts at its rated power: conservative, never zero.
+
+Feed state: a feed level (utility, UPS lineup, RPP, PDU) is dark when the PDU meters beneath it read less than
+`dark_fraction` of what its racks' load would put on it. Limits are then those of the site with those levels dark
+(powerplane.site.Site.limits_dark_w): the surviving side's levels keep their rating and carry everything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from powerplane.schemas import RackSummary
+from powerplane.site import FEED_KINDS, FEEDS, KIND, FloatArray, IntArray, Site
+from streams.rollup import LOST_FEED_FRACTION, MIN_METERED_W, UnknownRack
+
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    window_s: float = 1.0
+    lateness_s: float = 2.0  # how long a window waits for stragglers after the newest event time passes it
+    stale_after_s: float = 3.0  # a rack whose newest reading is older than this is reported stale
+    rated_after_s: float = 15.0  # past this a stale rack counts at its rated power
+    dark_fraction: float = 0.05  # meters under a feed level below this share of its expected load: dark
+    min_expected_w: float = 2_000.0  # below this a level is too idle to tell dark from quiet
+    dark_quorum: float = 0.3  # share of a level's metered load that must read dark for the level to be dark
+    max_open_windows: int = 32  # bound on windows held open (a clock jump cannot grow memory)
+
+    def __post_init__(self) -> None:
+        if not (self.window_s > 0 and self.lateness_s >= 0 and 0 <= self.stale_after_s <= self.rated_after_s):
+            raise ValueError("tree settings: need window_s > 0, lateness_s >= 0, 0 <= stale_after_s <= rated_after_s")
+
+
+@dataclass
+class Snapshot:
+    """Every level of the site over one closed window."""
+
+    ts_s: float  # end of the window
+    window_s: float
+    load_w: FloatArray  # per level
+    rated_w: FloatArray  # per level, with the dark levels' ratings at 0
+    limit_w: FloatArray  # derated (zones: cooling capacity)
+    dark: BoolArray  # feed levels that carry nothing (lost or tripped upstream)
+    dark_top: BoolArray  # dark levels whose parent is not dark: where the loss happened
+    dark_share: FloatArray  # per feed level: share of its metered load reading dark (a loss spreading)
+    gap_w: FloatArray  # meter minus the sum of the children, where the level has a meter (PDUs); NaN else
+    racks_stale: IntArray  # per level: racks beneath with no fresh reading
+    racks_rated: IntArray  # per level: racks beneath counted at their rated power (no usable reading)
+    age_s: FloatArray  # per level: oldest reading used
+    inlet_c: FloatArray  # per level: hottest inlet beneath (racks, rows, halls, zones); NaN where none
+    gpu_temp_max_c: FloatArray
+    gpus_throttled: IntArray
+    gpus_expected: IntArray
+    gpus_reporting: IntArray
+    rack_fresh: BoolArray  # per rack: a frame arrived in this window
+    rack_age_s: FloatArray  # per rack
+    rack_mode: list[str]
+    site_mode: str  # normal, A-lost, B-lost, or degraded (part of a feed dark)
+    late_frames: int = 0
+
+
+_MODE_CODE = {"normal": 0, "A-lost": 1, "B-lost": 2}
+_MODE_NAME = ("normal", "A-lost", "B-lost")
+_SHARES = np.array([[0.5, 0.5], [0.0, 1.0], [1.0, 0.0]])
+
+
+@dataclass
+class _Window:
+    power_sum_w: FloatArray
+    count: IntArray
+
+    @classmethod
+    def empty(cls, n: int) -> _Window:
+        return cls(np.zeros(n), np.zeros(n, dtype=np.int64))
+
+
+@dataclass
+class _Topology:
+    """Index arrays derived once from the site model."""
+
+    n_levels: int
+    n_racks: int
+    rack_level: IntArray
+    rack_rated_w: FloatArray
+    rack_pdu: IntArray
+    feed_up: list[tuple[IntArray, IntArray]]  # per kind bottom-up: (levels of that kind with a parent, parents)
+    feed_mask: BoolArray
+    pdu_levels: IntArray
+    member: list[IntArray]  # rack -> row, hall, zone level
+    site_levels: IntArray
+    parent: IntArray
+    racks_under: list[npt.NDArray[np.int64]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, site: Site) -> _Topology:
+        feed_up = []
+        for kind in ("pdu", "rpp", "ups"):
+            lv = site.levels_of_kind(kind)
+            p = site.level_parent[lv]
+            feed_up.append((lv[p >= 0], p[p >= 0]))
+        feed_mask = np.isin(site.level_kind, [KIND[k] for k in FEED_KINDS])
+        members = [m for m in (site.rack_row, site.rack_hall, site.rack_zone)]
+        return cls(n_levels=len(site.level_ids), n_racks=site.n_racks, rack_level=site.rack_level,
+                   rack_rated_w=site.level_rated_w[site.rack_level].astype(np.float64), rack_pdu=site.rack_pdu,
+                   feed_up=feed_up, feed_mask=feed_mask, pdu_levels=site.levels_of_kind("pdu"),
+                   member=members, site_levels=site.levels_of_kind("site"), parent=site.level_parent)
+
+    def up_feed(self, per_pdu: FloatArray) -> FloatArray:
+        """Sum values given at PDU levels up the feed chains (PDU -> RPP -> UPS -> utility)."""
+        out = per_pdu.copy()
+        for lv, p in self.feed_up:
+            out += np.bincount(p, weights=out[lv], minlength=self.n_levels)
+        return out
+
+    def up_racks(self, per_rack: FloatArray, out: FloatArray, how: str = "sum") -> FloatArray:
+        """Rack values onto rack, row, hall, zone and site levels (sum or max)."""
+        out[self.rack_level] = per_rack
+        for m in self.member:
+            ok = m >= 0
+            if how == "sum":
+                out += np.bincount(m[ok], weights=per_rack[ok], minlength=self.n_levels)
+            else:
+                np.fmax.at(out, m[ok], per_rack[ok])
+        if how == "sum":
+            out[self.site_levels] = per_rack.sum()
+        else:
+            out[self.site_levels] = np.nanmax(per_rack) if np.isfinite(per_rack).any() else np.nan
+        return out
+
+    def up_pdu_racks(self, per_rack_feed: FloatArray, how: str = "sum") -> FloatArray:
+        """(n_racks, 2) values onto the racks' PDUs, then up the feed chains."""
+        per_pdu = np.zeros(self.n_levels)
+        for f in range(len(FEEDS)):
+            if how == "sum":
+                per_pdu += np.bincount(self.rack_pdu[:, f], weights=per_rack_feed[:, f], minlength=self.n_levels)
+            else:
+                np.fmax.at(per_pdu, self.rack_pdu[:, f], per_rack_feed[:, f])
+        if how == "sum":
+            return self.up_feed(per_pdu)
+        for lv, p in self.feed_up:
+            np.fmax.at(per_pdu, p, per_pdu[lv])
+        return per_pdu
+
+
+class TreeWindows:
+    """Windows rack summaries by event time and rolls each closed window up the site's trees."""
+
+    def __init__(self, site: Site, settings: TreeSettings = TreeSettings()) -> None:
+        self.site = site
+        self.settings = settings
+        self.topo = _Topology.of(site)
+        n = site.n_racks
+        self.windows: dict[int, _Window] = {}
+        self.closed_through: int | None = None  # highest closed window index
+        self.max_ts_s = -math.inf
+        # Last known reading per rack, whatever window it came in.
+        self.last_ts_s = np.full(n, np.nan)
+        self.last_power_w = np.full(n, np.nan)
+        self.last_meter_w = np.full((n, 2), np.nan)
+        self.last_inlet_c = np.full(n, np.nan)
+        self.last_temp_c = np.full(n, np.nan)
+        self.last_throttled = np.zeros(n, dtype=np.int64)
+        self.last_reporting = np.zeros(n, dtype=np.int64)
+        self.gpus_expected = np.diff(site.rack_gpu_start).astype(np.int64)
+        self.late_frames = 0
+        self.dropped_windows = 0  # windows forced closed by the bound on open windows
+        self._limits_cache: dict[bytes, tuple[FloatArray, FloatArray]] = {}
+
+    # ---- input -----------------------------------------------------------------------------------
+    def add(self, s: RackSummary) -> list[Snapshot]:
+        try:
+            r = self.site.rack_index(s.rack)
+        except KeyError:
+            raise UnknownRack(f"rack.summary {s.rack}: rack not in site '{self.site.name}'") from None
+        k = math.ceil(s.ts_s / self.settings.window_s) - 1  # ts is the end of the sample's interval
+        if not (s.ts_s <= self.last_ts_s[r]):  # newest reading of this rack (NaN compares False: first one)
+            self.last_ts_s[r] = s.ts_s
+            self.last_power_w[r] = s.power_w
+            self.last_meter_w[r] = s.pdu_power_w
+            self.last_inlet_c[r] = np.nan if s.inlet_c is None else s.inlet_c
+            self.last_temp_c[r] = np.nan if s.gpu_temp_max_c is None else s.gpu_temp_max_c
+            self.last_throttled[r] = s.gpus_throttled
+            self.last_reporting[r] = s.gpus_reporting
+        if self.closed_through is not None and k <= self.closed_through:
+            self.late_frames += 1
+            return []
+        w = self.windows.get(k)
+        if w is None:
+            w = self.windows[k] = _Window.empty(self.topo.n_racks)
+        w.power_sum_w[r] += s.power_w
+        w.count[r] += 1
+        self.max_ts_s = max(self.max_ts_s, s.ts_s)
+        out = self.advance(self.max_ts_s)
+        while len(self.windows) > self.settings.max_open_windows:  # a clock far ahead: close the oldest
+            out += [self._close(min(self.windows))]
+            self.dropped_windows += 1
+        return out
+
+    def advance(self, now_s: float) -> list[Snapshot]:
+        """Close every window whose end is at least the lateness bound before `now_s` (event time).
+
+        With data flowing, `add` calls it with the newest event time. A timer calls it with the wall
+        clock so that windows still close, with every rack stale, when telemetry stops altogether."""
+        W, L = self.settings.window_s, self.settings.lateness_s
+        last_closable = math.floor((now_s - L) / W) - 1  # window k ends at (k+1)W <= now - L
+        out: list[Snapshot] = []
+        if self.closed_through is None:
+            if not self.windows:
+                return out
+            start = min(self.windows)
+        else:
+            start = self.closed_through + 1
+        # Close windows in order, including empty ones (every rack stale then), but never more than the
+        # open-window bound in one go: after a long silence the gap is skipped, not replayed second by second.
+        if last_closable - start >= self.settings.max_open_windows:
+            start = last_closable - self.settings.max_open_windows + 1
+            for k in [k for k in self.windows if k < start]:
+                del self.windows[k]
+                self.dropped_windows += 1
+        for k in range(start, last_closable + 1):
+            out.append(self._close(k))
+        return out
+
+    # ---- closing a window ------------------------------------------------------------------------
+    def _limits(self, dark: BoolArray) -> tuple[FloatArray, FloatArray]:
+        key = np.packbits(dark).tobytes()
+        hit = self._limits_cache.get(key)
+        if hit is None:
+            if len(self._limits_cache) > 64:
+                self._limits_cache.clear()
+            hit = self._limits_cache[key] = self.site.limits_dark_w(dark)
+        return hit
+
+    def _close(self, k: int) -> Snapshot:
+        st, topo = self.settings, self.topo
+        w = self.windows.pop(k, None) or _Window.empty(topo.n_racks)
+        self.closed_through = k if self.closed_through is None else max(self.closed_through, k)
+        end = (k + 1) * st.window_s
+        fresh = w.count > 0
+        seen = np.isfinite(self.last_ts_s)
+        age = np.where(fresh, 0.0, np.where(seen, np.maximum(end - self.last_ts_s, 0.0), np.inf))
+        usable = fresh | (age <= st.rated_after_s)
+        rack_w = np.where(fresh, w.power_sum_w / np.maximum(w.count, 1),
+                          np.where(usable, self.last_power_w, topo.rack_rated_w))
+        meters = np.where(usable[:, None], self.last_meter_w, np.nan)
+
+        # Feed state of every rack from its meters, then the share of its load on each feed.
+        a, b = meters[:, 0], meters[:, 1]
+        both = np.isfinite(a) & np.isfinite(b) & (a + b >= MIN_METERED_W)
+        frac = LOST_FEED_FRACTION  # the same rule as the per-rack stage (streams.rollup.feed_mode)
+        code = np.where(both & (a < frac * (a + b)), 1, np.where(both & (b < frac * (a + b)), 2, 0))
+        share = _SHARES[code]
+        est = rack_w[:, None] * share  # what each rack's servers draw on each feed
+        metered = np.isfinite(meters)
+
+        n = topo.n_levels
+        # Loads: PDUs by their meter where they have one, else the estimate; feed levels above sum them.
+        per_pdu = np.zeros(n)
+        pdu_est = np.zeros(n)
+        has_meter = np.zeros(n)
+        for f in range(len(FEEDS)):
+            per_pdu += np.bincount(topo.rack_pdu[:, f], weights=np.where(metered[:, f], meters[:, f], est[:, f]),
+                                   minlength=n)
+            pdu_est += np.bincount(topo.rack_pdu[:, f], weights=est[:, f], minlength=n)
+            has_meter += np.bincount(topo.rack_pdu[:, f], weights=metered[:, f].astype(np.float64), minlength=n)
+        load = topo.up_feed(per_pdu)
+        load = topo.up_racks(rack_w, load)
+        gap = np.full(n, np.nan)
+        pdus = topo.pdu_levels
+        gap[pdus] = np.where(has_meter[pdus] > 0, per_pdu[pdus] - pdu_est[pdus], np.nan)
+
+        # Dark feed levels. A PDU is dark when its meter reads ~nothing of what half its racks' load would
+        # put on it. PDU meters refresh slowly (SNMP, ~10 s) and out of phase, so a lost feed shows up PDU by
+        # PDU: a level above is dark once a quorum of its metered load is dark, and everything below a dark
+        # level is dark with it.
+        normal_share = np.repeat(rack_w[:, None] * 0.5, 2, axis=1)
+        exp_pdu = np.zeros(n)
+        got_pdu = np.zeros(n)
+        for f in range(len(FEEDS)):
+            exp_pdu += np.bincount(topo.rack_pdu[:, f], weights=np.where(metered[:, f], normal_share[:, f], 0.0),
+                                   minlength=n)
+            got_pdu += np.bincount(topo.rack_pdu[:, f], weights=np.where(metered[:, f], meters[:, f], 0.0),
+                                   minlength=n)
+        pdu_dark = np.zeros(n, dtype=bool)
+        pdu_dark[pdus] = (exp_pdu[pdus] > st.min_expected_w) & (got_pdu[pdus] < st.dark_fraction * exp_pdu[pdus])
+        expect = topo.up_feed(exp_pdu)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dark_share = np.where(expect > 0, topo.up_feed(np.where(pdu_dark, exp_pdu, 0.0)) / expect, 0.0)
+        dark = topo.feed_mask & (expect > st.min_expected_w) & (dark_share >= st.dark_quorum)
+        dark[pdus] = pdu_dark[pdus]
+        dark = self.site.dark_below(dark)
+        rated, derated = self._limits(dark)
+        par = topo.parent
+        dark_top = dark & ~np.where(par >= 0, dark[np.maximum(par, 0)], False)
+
+        stale = ~fresh & (age > st.stale_after_s)
+        rated_used = ~usable
+        racks_stale = topo.up_racks(stale.astype(np.float64), np.zeros(n))
+        racks_stale = np.maximum(racks_stale, topo.up_pdu_racks(np.repeat(stale[:, None], 2, 1).astype(np.float64)))
+        racks_rated = topo.up_racks(rated_used.astype(np.float64), np.zeros(n))
+        racks_rated = np.maximum(racks_rated,
+                                 topo.up_pdu_racks(np.repeat(rated_used[:, None], 2, 1).astype(np.float64)))
+        age_f = np.where(np.isfinite(age), age, st.rated_after_s * 10)
+        age_l = topo.up_racks(age_f, np.full(n, -np.inf), how="max")
+        age_l = np.fmax(age_l, topo.up_pdu_racks(np.repeat(age_f[:, None], 2, 1), how="max"))
+        inlet = np.where(usable, self.last_inlet_c, np.nan)
+        inlet_l = topo.up_racks(inlet, np.full(n, np.nan), how="max")
+        temp_l = topo.up_racks(np.where(usable, self.last_temp_c, np.nan), np.full(n, np.nan), how="max")
+        thr = np.where(usable, self.last_throttled, 0).astype(np.float64)
+        thr_l = topo.up_racks(thr, np.zeros(n))
+        exp_g = self.gpus_expected.astype(np.float64)
+        rep_g = np.where(usable, self.last_reporting, 0).astype(np.float64)
+        exp_l = topo.up_racks(exp_g, np.zeros(n))
+        exp_l = np.where(topo.feed_mask, topo.up_pdu_racks(np.repeat(exp_g[:, None], 2, 1)), exp_l)
+        rep_l = topo.up_racks(rep_g, np.zeros(n))
+        rep_l = np.where(topo.feed_mask, topo.up_pdu_racks(np.repeat(rep_g[:, None], 2, 1)), rep_l)
+
+        site_mode = "normal"
+        if dark.any():
+            site_mode = "degraded"
+            utils = self.site.levels_of_kind("utility")
+            for f, name in enumerate(FEEDS):
+                side = utils[self.site.level_feed[utils] == f]
+                if side.size and dark[side].all():
+                    site_mode = f"{name}-lost"
+        return Snapshot(
+            ts_s=end, window_s=st.window_s, load_w=load, rated_w=rated, limit_w=derated, dark=dark,
+            dark_top=dark_top, dark_share=dark_share, gap_w=gap, racks_stale=racks_stale.astype(np.int64),
+            racks_rated=racks_rated.astype(np.int64), age_s=np.where(np.isfinite(age_l), age_l, 0.0),
+            inlet_c=inlet_l, gpu_temp_max_c=temp_l, gpus_throttled=thr_l.astype(np.int64),
+            gpus_expected=exp_l.astype(np.int64), gpus_reporting=rep_l.astype(np.int64), rack_fresh=fresh,
+            rack_age_s=age, rack_mode=[_MODE_NAME[c] for c in code.tolist()], site_mode=site_mode,
+            late_frames=self.late_frames)
+
+    # ---- state -----------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        arrays = {name: getattr(self, name) for name in _STATE_ARRAYS}
+        return {
+            "arrays": {k: (str(v.dtype), list(v.shape), v.tobytes()) for k, v in arrays.items()},
+            "windows": {str(k): (w.power_sum_w.tobytes(), w.count.tobytes()) for k, w in self.windows.items()},
+            "closed_through": self.closed_through, "max_ts_s": self.max_ts_s if math.isfinite(self.max_ts_s) else None,
+            "late_frames": self.late_frames, "dropped_windows": self.dropped_windows,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for k, (dtype, shape, raw) in state["arrays"].items():
+            if k in _STATE_ARRAYS:
+                arr = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
+                if arr.shape == getattr(self, k).shape:  # a site file that changed shape starts afresh
+                    setattr(self, k, arr)
+        self.windows = {}
+        for k, (p, c) in state["windows"].items():
+            w = _Window(np.frombuffer(p, dtype=np.float64).copy(), np.frombuffer(c, dtype=np.int64).copy())
+            if w.power_sum_w.size == self.topo.n_racks:
+                self.windows[int(k)] = w
+        self.closed_through = state["closed_through"]
+        self.max_ts_s = -math.inf if state["max_ts_s"] is None else float(state["max_ts_s"])
+        self.late_frames = int(state["late_frames"])
+        self.dropped_windows = int(state["dropped_windows"])
+
+
+_STATE_ARRAYS = ("last_ts_s", "last_power_w", "last_meter_w", "last_inlet_c", "last_temp_c", "last_throttled",
+                 "last_reporting")
