@@ -34,6 +34,7 @@ from streams.tree import Snapshot
 class EmergencySettings:
     ride_through_s: float = 10.0  # BRIEF.md: plan on ~10 s of ride-through for shedding (NFPA 110 Type 10)
     clear_s: float = 5.0  # a condition must be gone this long before its event resolves
+    thermal_clear_s: float = 60.0  # GPUs hovering at their slowdown temperature flap: resolve only when calm
     # A single RPP or PDU reading dark must stay so this long (PDU meters refresh about every 10 s, out of
     # phase, so a feed loss or restoration looks like PDUs going dark one by one for a few seconds).
     power_loss_confirm_s: float = 12.0
@@ -99,6 +100,11 @@ class EmergencyDetector:
         # rack -> zone level, for grouping thermal slowdown by zone
         self.rack_zone = site.rack_zone
 
+    def _feed_root(self, lv: int) -> int:
+        while self.site.level_parent[lv] >= 0:
+            lv = int(self.site.level_parent[lv])
+        return lv
+
     # ---- conditions --------------------------------------------------------------------------------
     def _sustained(self, key: str, true: bool, now: float, need_s: float) -> bool:
         if not true:
@@ -132,9 +138,12 @@ class EmergencyDetector:
             over = [ids[i] for i in self.breakers[(snap.load_w[self.breakers] > snap.limit_w[self.breakers])
                                                   & ~snap.dark[self.breakers]][:10].tolist()]
             since = float(self.dark_since[lv]) if math.isfinite(self.dark_since[lv]) else now
+            # Below a dark feed, the UPS lineups that went dark with it (PDU meters cannot tell which failed).
+            under = [ids[i] for i in np.flatnonzero(snap.dark & (kinds == KIND["ups"])).tolist()
+                     if i != lv and self._feed_root(i) == lv]
             critical = kind != _LOSS[2]
             out[key] = _Cond(
-                "critical" if critical else "warning", [ids[lv], *over],
+                "critical" if critical else "warning", [ids[lv], *under, *over],
                 since + st.ride_through_s if critical else None,
                 f"{ids[lv]} lost: {snap.dark_share[lv]:.0%} of the metered load beneath reads dark; "
                 f"{len(over)} surviving level(s) above their continuous limit"
@@ -261,7 +270,8 @@ class EmergencyDetector:
                 out.append(self._event(o, now, "open"))
         for key in [k for k in self.open if k not in conds]:
             o = self.open[key]
-            if now - o.last_true_s >= self.settings.clear_s:
+            need = self.settings.thermal_clear_s if o.kind == "thermal_slowdown" else self.settings.clear_s
+            if now - o.last_true_s >= need:
                 del self.open[key]
                 out.append(self._event(o, now, "resolved"))
         return out

@@ -76,7 +76,8 @@ class InletSlopes:
             dt = np.where(ok, t - tm[:, None], 0.0)
             cov = (dt * np.where(ok, y - ym[:, None], 0.0)).sum(axis=1)
             var = (dt * dt).sum(axis=1)
-            slope = np.where((n >= 3) & (var > 0), cov / var, np.nan)
+            # A slope only from a full history: a short one turns start-up transients into "failures".
+            slope = np.where((n >= self.depth - 1) & (var > 0), cov / var, np.nan)
         return np.asarray(slope, dtype=np.float64)
 
     def state(self) -> dict[str, Any]:

@@ -191,6 +191,12 @@ class TreeWindows:
         except KeyError:
             raise UnknownRack(f"rack.summary {s.rack}: rack not in site '{self.site.name}'") from None
         k = math.ceil(s.ts_s / self.settings.window_s) - 1  # ts is the end of the sample's interval
+        blank = s.gpus_reporting == 0 and not any(math.isfinite(x) for x in s.pdu_power_w)
+        if blank:
+            # A frame with no reading at all (a dropout upstream) says nothing about power: the rack stays at
+            # its last reading and ages, instead of jumping to every GPU at its limit.
+            self.max_ts_s = max(self.max_ts_s, s.ts_s)
+            return self.advance(self.max_ts_s)
         if not (s.ts_s <= self.last_ts_s[r]):  # newest reading of this rack (NaN compares False: first one)
             self.last_ts_s[r] = s.ts_s
             self.last_power_w[r] = s.power_w
@@ -262,31 +268,9 @@ class TreeWindows:
                           np.where(usable, self.last_power_w, topo.rack_rated_w))
         meters = np.where(usable[:, None], self.last_meter_w, np.nan)
 
-        # Feed state of every rack from its meters, then the share of its load on each feed.
-        a, b = meters[:, 0], meters[:, 1]
-        both = np.isfinite(a) & np.isfinite(b) & (a + b >= MIN_METERED_W)
-        frac = LOST_FEED_FRACTION  # the same rule as the per-rack stage (streams.rollup.feed_mode)
-        code = np.where(both & (a < frac * (a + b)), 1, np.where(both & (b < frac * (a + b)), 2, 0))
-        share = _SHARES[code]
-        est = rack_w[:, None] * share  # what each rack's servers draw on each feed
-        metered = np.isfinite(meters)
-
         n = topo.n_levels
-        # Loads: PDUs by their meter where they have one, else the estimate; feed levels above sum them.
-        per_pdu = np.zeros(n)
-        pdu_est = np.zeros(n)
-        has_meter = np.zeros(n)
-        for f in range(len(FEEDS)):
-            per_pdu += np.bincount(topo.rack_pdu[:, f], weights=np.where(metered[:, f], meters[:, f], est[:, f]),
-                                   minlength=n)
-            pdu_est += np.bincount(topo.rack_pdu[:, f], weights=est[:, f], minlength=n)
-            has_meter += np.bincount(topo.rack_pdu[:, f], weights=metered[:, f].astype(np.float64), minlength=n)
-        load = topo.up_feed(per_pdu)
-        load = topo.up_racks(rack_w, load)
-        gap = np.full(n, np.nan)
         pdus = topo.pdu_levels
-        gap[pdus] = np.where(has_meter[pdus] > 0, per_pdu[pdus] - pdu_est[pdus], np.nan)
-
+        metered = np.isfinite(meters)
         # Dark feed levels. A PDU is dark when its meter reads ~nothing of what half its racks' load would
         # put on it. PDU meters refresh slowly (SNMP, ~10 s) and out of phase, so a lost feed shows up PDU by
         # PDU: a level above is dark once a quorum of its metered load is dark, and everything below a dark
@@ -310,6 +294,34 @@ class TreeWindows:
         rated, derated = self._limits(dark)
         par = topo.parent
         dark_top = dark & ~np.where(par >= 0, dark[np.maximum(par, 0)], False)
+
+        # Feed state of every rack from its meters, then the share of its load on each feed.
+        a, b = meters[:, 0], meters[:, 1]
+        both = np.isfinite(a) & np.isfinite(b) & (a + b >= MIN_METERED_W)
+        frac = LOST_FEED_FRACTION  # the same rule as the per-rack stage (streams.rollup.feed_mode)
+        code = np.where(both & (a < frac * (a + b)), 1, np.where(both & (b < frac * (a + b)), 2, 0))
+        # A rack whose PDU sits under a dark level draws everything from the other side, meter or not.
+        pdu_off = dark[topo.rack_pdu]
+        final = np.where(pdu_off[:, 0] & ~pdu_off[:, 1], 1, np.where(pdu_off[:, 1] & ~pdu_off[:, 0], 2, code))
+        # Meters that still show the split from before the loss (they refresh every ~10 s) are not used
+        # until they catch up: the rack's servers' estimate on the live side is closer to the truth.
+        metered &= (final == code)[:, None]
+        code = final
+        share = _SHARES[code]
+        est = rack_w[:, None] * share  # what each rack's servers draw on each feed
+        # Loads: PDUs by their meter where they have one, else the estimate; feed levels above sum them.
+        per_pdu = np.zeros(n)
+        pdu_est = np.zeros(n)
+        has_meter = np.zeros(n)
+        for f in range(len(FEEDS)):
+            per_pdu += np.bincount(topo.rack_pdu[:, f], minlength=n,
+                                   weights=np.where(metered[:, f], meters[:, f], est[:, f]))
+            pdu_est += np.bincount(topo.rack_pdu[:, f], weights=est[:, f], minlength=n)
+            has_meter += np.bincount(topo.rack_pdu[:, f], weights=metered[:, f].astype(np.float64), minlength=n)
+        load = topo.up_feed(per_pdu)
+        load = topo.up_racks(rack_w, load)
+        gap = np.full(n, np.nan)
+        gap[pdus] = np.where(has_meter[pdus] > 0, per_pdu[pdus] - pdu_est[pdus], np.nan)
 
         stale = ~fresh & (age > st.stale_after_s)
         rated_used = ~usable
