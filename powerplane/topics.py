@@ -54,6 +54,10 @@ DEADLETTER = Topic("pp.deadletter", 3, "source topic", 14 * DAY_MS,
 STREAMS_APP_ID = "powerplane-streams"
 TREE_STATE = Topic(f"{STREAMS_APP_ID}-tree-state-changelog", RACKS.partitions, "site id", 7 * DAY_MS,
                    compact=True, doc="Changelog of the streams worker's per-site state (internal)")
+# faust's partition assignor elects a leader through this topic; it is created here like every other one.
+STREAMS_LEADER = Topic(f"{STREAMS_APP_ID}-__assignor-__leader", 1, "-", 1 * DAY_MS,
+                       doc="faust's internal leader-election topic (internal)")
 
-ALL: tuple[Topic, ...] = (TELEMETRY, RACKS, TREE_STATE, AGGREGATES, HEADROOM, EVENTS, COMMANDS, ACKS, AUDIT, DEADLETTER)
+ALL: tuple[Topic, ...] = (TELEMETRY, RACKS, TREE_STATE, STREAMS_LEADER, AGGREGATES, HEADROOM, EVENTS, COMMANDS, ACKS,
+                          AUDIT, DEADLETTER)
 

@@ -68,6 +68,10 @@ def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
         consumer_auto_offset_reset="latest",
         store="memory://",  # tables rebuild from their changelog topics on start
         table_standby_replicas=0,
+        # A worker that dies without leaving the group holds its partitions until the session times out:
+        # faust's 60 s default would leave a site unwatched for a minute after a crash.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
     )
     counters = Counters()
     limits = Limits(site)

@@ -117,9 +117,9 @@ def test_rollup_matches_the_twins_ground_truth(run: Run) -> None:
     est = np.array([run.est[t] for t in ts])
     truth = np.array([run.truth[t] for t in ts])
     kinds = run.site.level_kind
-    # Metered levels (PDU and up) follow the meters (+-1%, refreshed every 10 s): within 3% on average. Levels summed from
-    # GPU readings (rack, row, hall, zone, site) carry NVML's sampling error: within 4% on average, and no
-    # window of the site more than 15% off.
+    # Metered levels (PDU and up) follow the meters (+-1%, refreshed every 10 s): within 3% on average.
+    # Levels summed from GPU readings (rack, row, hall, zone, site) carry NVML's sampling error: within 4%
+    # on average, and no window of the site more than 15% off.
     feed = np.isin(kinds, [KIND[k] for k in ("utility", "ups", "rpp", "pdu")])
     live = truth.mean(axis=0) > 1_000
     ratio = est.mean(axis=0)[live] / truth.mean(axis=0)[live]
