@@ -2,9 +2,9 @@
 event-time order, with no broker. `powerplane replay DIR --engine` uses it to answer "what would this
 policy have done" on a recording.
 
-It composes the stages' pure parts (streams.rollup, controllers.service.CapController); the stages
-themselves still never import each other. Time is the records' event time, so a recorded hour runs
-in seconds. The loop is open: a recording's plant does not react to the commands decided here (a
+It composes the stages' pure parts (streams.rollup, streams.site_stage.SiteStage,
+controllers.service.CapController); the stages themselves still never import each other. Time is the
+records' event time, so a recorded hour runs in seconds. The loop is open: a recording's plant does not react to the commands decided here (a
 closed-loop what-if runs the digital twin instead).
 """
 
@@ -18,10 +18,11 @@ from controllers.capping import CapSettings
 from controllers.service import CapController
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.schemas import Command, SchemaError, TelemetryFrame
+from powerplane.schemas import Command, Event, SchemaError, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.site import Site
-from streams.rollup import Limits, UnknownRack, frame_aggregates
+from streams.rollup import Limits, UnknownRack, frame_outputs
+from streams.site_stage import SiteStage
 
 
 @dataclass
@@ -30,6 +31,9 @@ class EngineResult:
     aggregates: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)  # reason -> count
     commands: list[Command] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # emergencies opened, updated and resolved
+    headroom: int = 0  # headroom records the site stage produced
+    windows: int = 0
     first_ts_s: float | None = None
     last_ts_s: float | None = None
 
@@ -43,6 +47,13 @@ class EngineResult:
             racks = Counter(c.target for c in caps)
             lines.append(f"first cap {first - (self.first_ts_s or first):.1f} s into the recording; racks capped: "
                          + ", ".join(f"{r} x{n}" for r, n in sorted(racks.items())))
+        opened = [e for e in self.events if e.state == "open"]
+        if self.windows:
+            lines.append(f"{self.windows} windows rolled up the trees, {self.headroom} headroom records, "
+                         f"{len({e.id for e in opened})} emergencies")
+        for e in opened[:10]:
+            at = e.ts_s - (self.first_ts_s or e.ts_s)
+            lines.append(f"  {e.severity:8s} {e.kind:17s} at +{at:.0f} s: {e.summary}")
         for reason, n in self.dead_letters.most_common(5):
             lines.append(f"dead letter x{n}: {reason}")
         return "\n".join(lines)
@@ -55,6 +66,7 @@ class Engine:
                  tick_s: float = 1.0) -> None:
         self.site = site
         self.limits = Limits(site)
+        self.stage = SiteStage(site)
         self.controller = CapController(site, keyring, settings, lease_s, issuer="in-process-engine")
         self.tick_s = tick_s
         self.next_tick_s: float | None = None
@@ -74,7 +86,12 @@ class Engine:
         while now >= self.next_tick_s:  # decide on what arrived before this frame, as the live loop does
             out += self.controller.decide(self.next_tick_s)
             self.next_tick_s += self.tick_s
-        aggs = frame_aggregates(self.site, self.limits, frame)
+        aggs, summary = frame_outputs(self.site, self.limits, frame)
+        staged = self.stage.add(summary)
+        r.events += staged.events
+        r.headroom += len(staged.headroom)
+        r.windows += staged.windows
+        aggs = aggs + staged.aggregates
         self.controller.on_frame(frame)
         for a in aggs:
             self.controller.on_aggregate(a, now)

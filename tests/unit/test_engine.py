@@ -18,7 +18,7 @@ from powerplane.fleet import Fleet
 from powerplane.recording import Recorded, RecordingWriter, iter_records
 from powerplane.schemas import TelemetryFrame
 from powerplane.signing import Keyring
-from powerplane.site import load_site
+from powerplane.site import KIND, load_site
 from streams.rollup import Limits, frame_aggregates
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,13 @@ def test_feed_loss_in_a_recording_shows_the_caps_the_policy_would_issue(tmp_path
     w.close()
     site = load_site(ROOT / "examples" / "lab.toml")
     res = Engine(site, KEYS, CapSettings(), 30.0).run(iter_records(tmp_path / "rec"))
-    assert res.frames == len(frames) and res.aggregates == 3 * len(frames)
+    # Rack and PDU aggregates per frame, and the upper levels once per closed window (the site stage).
+    upper = sum(int((site.level_kind == KIND[k]).sum()) for k in ("utility", "ups", "rpp", "row", "hall", "zone",
+                                                                   "site"))
+    assert res.frames == len(frames) and res.aggregates == 3 * len(frames) + upper * res.windows
+    assert res.windows >= len(frames) // site.n_racks - 3
+    # The same emergency detection as the streams worker: the lost feed is an event.
+    assert [e for e in res.events if e.kind == "feed_loss" and e.levels[0] == "util-a" and e.state == "open"]
     caps = [c for c in res.commands if c.reason != "lease renewal"]
     loss_ts = frames[5 * site.n_racks].ts_s
     assert caps and min(c.issued_at_s for c in caps) >= loss_ts  # nothing before the feed loss
