@@ -190,7 +190,7 @@ def cmd_collect(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_streams(args: argparse.Namespace, cfg: Config) -> int:
     from streams.app import run_worker
 
-    run_worker(cfg, _site(cfg))
+    run_worker(cfg, _site(cfg), from_beginning=args.from_beginning)
     return 0
 
 
@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("streams", help="run the faust-streaming worker (telemetry -> aggregates)")
     w.add_argument("action", choices=["worker"])
+    w.add_argument("--from-beginning", action="store_true",
+                   help="a new consumer group starts at the oldest telemetry kept, not the newest (reprocessing)")
     w.set_defaults(fn=cmd_streams)
 
     c = sub.add_parser("controller", help="run the capping controller (aggregates -> signed commands)")

@@ -4,8 +4,8 @@ policy have done" on a recording.
 
 It composes the stages' pure parts (streams.rollup, streams.site_stage.SiteStage,
 controllers.service.CapController); the stages themselves still never import each other. Time is the
-records' event time, so a recorded hour runs in seconds. The loop is open: a recording's plant does not react to the commands decided here (a
-closed-loop what-if runs the digital twin instead).
+records' event time, so a recorded hour runs in seconds. The loop is open: a recording's plant does not
+react to the commands decided here (a closed-loop what-if runs the digital twin instead).
 """
 
 from __future__ import annotations

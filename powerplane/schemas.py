@@ -51,18 +51,17 @@ class Record:
     # ---- encoding ---------------------------------------------------------------------
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schema": self.SCHEMA, "v": self.VERSION}
-        for f in fields(self):
-            kind = self.KINDS[f.name]
-            val = getattr(self, f.name)
-            base = kind.rstrip("?")
-            if val is None and kind.endswith("?"):
+        for name, kind, optional, _ in self._plan():  # cached per class: encoding is a hot path too
+            val = getattr(self, name)
+            if val is None and optional:
                 continue  # absent optional field: not on the wire at all (smaller, faster)
+            base = kind.rstrip("?") if optional else kind
             if base in _ARRAY_DTYPES:
-                out[f.name] = None if val is None else np.ascontiguousarray(val, dtype=_ARRAY_DTYPES[base]).tobytes()
-            elif kind in ("float", "float?"):
-                out[f.name] = None if val is None else float(val)
+                out[name] = None if val is None else np.ascontiguousarray(val, dtype=_ARRAY_DTYPES[base]).tobytes()
+            elif base == "float":
+                out[name] = None if val is None else float(val)
             else:
-                out[f.name] = val
+                out[name] = val
         return out
 
     def encode(self) -> bytes:
