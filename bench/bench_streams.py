@@ -1,18 +1,19 @@
 """Streams worker throughput through the real broker, on the 100 MW reference site.
 
-Starts Kafka (KRaft) on free ports, writes `--seconds` of the reference site's telemetry (1,024 racks,
-73,728 GPUs, one frame per rack per second, from the digital twin under the default Azure-trace workload)
-into pp.telemetry, then in one run:
-  1. raw consume: a kafka-python consumer reads the whole topic, no decoding (the ceiling);
-  2. the streams worker (`powerplane streams worker --from-beginning`, one process) processes the same
-     topic: per-rack roll-up, RackSummary repartition, site windows, roll-up up both trees, forecast,
-     headroom for every level, emergencies, checkpoints. Measured: wall time until its consumer groups have
-     no lag, its CPU time (utime+stime from /proc) and peak RSS (VmHWM).
+Starts Kafka (KRaft) on free ports and the streams worker (one process: per-rack roll-up, RackSummary
+repartition, site windows, roll-up up both trees, forecast, headroom for every level, emergencies,
+checkpoints), then publishes the reference site's telemetry (1,024 racks, 73,728 GPUs, one frame per rack
+per second, from the digital twin under the default Azure-trace workload):
 
-CPU seconds per simulated second is the number of cores the worker needs to keep up with the site at 1 Hz
-(target <= 0.5). The ratio compares the worker's GPU samples/s with raw consumption, measured side by side.
+  live (default): at 1 Hz in real time for `--seconds`; measured: the worker's CPU time (utime+stime from
+      /proc) over the run after a warm-up, i.e. the cores it needs to keep up with the site, and its peak
+      RSS (VmHWM). Target: <= 0.5 core, < 1 GB.
+  --catch-up: all of it first, then the worker with --from-beginning: its maximum rate (GPU samples/s).
 
-    .venv/bin/python bench/bench_streams.py [--seconds 120]
+Either way, in the same run, a kafka-python consumer reads the whole topic with no decoding (the ceiling),
+and the ratio of the two rates is printed.
+
+    .venv/bin/python bench/bench_streams.py [--seconds 120] [--catch-up]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +37,7 @@ from kafka.errors import KafkaError  # noqa: E402
 
 from powerplane import devservers, topics  # noqa: E402
 from powerplane.config import Config, load_config  # noqa: E402
+from powerplane.demo import wait_for_groups  # noqa: E402
 from powerplane.fleet import rack_frames  # noqa: E402
 from powerplane.kafka import Producer  # noqa: E402
 from powerplane.refsite import reference_site_dict, to_toml  # noqa: E402
@@ -83,6 +86,8 @@ def lag(admin: KafkaAdminClient, cons: KafkaConsumer, group: str, topic: str) ->
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=120, help="simulated seconds of telemetry")
+    ap.add_argument("--catch-up", action="store_true", help="measure the maximum rate instead of live 1 Hz")
+    ap.add_argument("--warmup", type=int, default=15, help="live: seconds left out of the CPU figure")
     ap.add_argument("--profile", metavar="FILE", help="also sample the worker with py-spy into FILE (speedscope)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
@@ -95,13 +100,33 @@ def main() -> int:
     devservers.up(cfg, vm=False)
     worker: subprocess.Popen[bytes] | None = None
     try:
-        # ---- telemetry in ----------------------------------------------------------------------
-        twin = Twin(site, seed=1, epoch_s=float(int(time.time())) - args.seconds)
+        # ---- telemetry in (live: with the worker already running) -------------------------------------
+        wenv = dict(os.environ, PYTHONUNBUFFERED="1", **{Config.env_name(k): str(v) for k, v in vars(cfg).items()})
+        log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - owned by the child
+
+        def start_worker(*extra: str) -> subprocess.Popen[bytes]:
+            w = subprocess.Popen([sys.executable, "-m", "powerplane", "streams", "worker", *extra],
+                                 stdout=log, stderr=subprocess.STDOUT, env=wenv, start_new_session=True)
+            if args.profile:
+                subprocess.Popen(["py-spy", "record", "-p", str(w.pid), "-o", args.profile, "-f", "raw",
+                                  "-d", "40", "-r", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return w
+
+        if not args.catch_up:
+            worker = start_worker()
+            wait_for_groups(cfg, (topics.STREAMS_APP_ID,))
+        twin = Twin(site, seed=1, epoch_s=float(int(time.time())) - (args.seconds if args.catch_up else 0))
         prod = Producer(cfg.kafka_bootstrap, "bench", linger_ms=50)
         t0 = time.perf_counter()
         n_frames = 0
         size = 0
+        cpu_warm = t_warm = None
         for k in range(args.seconds):
+            if not args.catch_up:
+                time.sleep(max(0.0, t0 + k - time.perf_counter()))  # one site-second per wall second
+                if k == args.warmup:
+                    assert worker is not None
+                    cpu_warm, t_warm = cpu_s(worker.pid), time.perf_counter()
             fr = twin.step(1.0)
             ts = twin.epoch_s + fr.t_s
             for f in rack_frames(site, fr, ts, 1.0, k + 1, "twin"):
@@ -115,6 +140,14 @@ def main() -> int:
         gpus = site.n_gpus * args.seconds
         print(f"telemetry: {n_frames:,} frames ({size / 1e6:.0f} MB, {gpus:,} GPU samples) in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
+        if not args.catch_up:
+            assert worker is not None and cpu_warm is not None and t_warm is not None
+            time.sleep(3.0)  # let the last windows close
+            cpu, wall = cpu_s(worker.pid) - cpu_warm, time.perf_counter() - t_warm
+            n_live = args.seconds - args.warmup
+            print(f"worker, live at 1 Hz: {cpu:.1f} s CPU over {wall:.1f} s wall for {n_live} site-seconds = "
+                  f"{cpu / wall:.3f} cores; peak RSS {vm_hwm_mb(worker.pid):.0f} MB", flush=True)
+            live_rate = gpus / args.seconds
 
         # ---- 1. raw consume ---------------------------------------------------------------------
         c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=None, enable_auto_commit=False,
@@ -133,48 +166,45 @@ def main() -> int:
         print(f"raw consume: {raw_s:.2f} s = {n_frames / raw_s:,.0f} frames/s = {raw_rate:,.0f} GPU samples/s",
               flush=True)
 
-        # ---- 2. the streams worker --------------------------------------------------------------
-        wenv = dict(os.environ, PYTHONUNBUFFERED="1", **{Config.env_name(k): str(v) for k, v in vars(cfg).items()})
-        log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - owned by the child
-        t_start = time.perf_counter()
-        worker = subprocess.Popen([sys.executable, "-m", "powerplane", "streams", "worker", "--from-beginning"],
-                                  stdout=log, stderr=subprocess.STDOUT, env=wenv, start_new_session=True)
-        if args.profile:
-            subprocess.Popen(["py-spy", "record", "-p", str(worker.pid), "-o", args.profile, "-f", "raw",
-                              "-d", "40", "-r", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
-        cons = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap)
-        t_first = cpu_first = None
-        deadline = time.monotonic() + 1800
-        while time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise RuntimeError(f"worker exited: {(tmp / 'worker.log').read_text()[-2000:]}")
-            lt = lag(admin, cons, topics.STREAMS_APP_ID, topics.TELEMETRY.name)
-            lr = lag(admin, cons, topics.STREAMS_APP_ID, topics.RACKS.name)
-            if lt is not None and t_first is None and lt < n_frames:
-                t_first, cpu_first = time.perf_counter(), cpu_s(worker.pid)
-                print(f"  worker consuming after {t_first - t_start:.1f} s of start-up", flush=True)
-            if lt == 0 and lr == 0:
-                break
-            if lt is not None:
-                print(f"  lag: telemetry {lt:,} frames, racks {lr if lr is not None else '-'}", flush=True)
-            time.sleep(1.0)
-        t_end, cpu_end = time.perf_counter(), cpu_s(worker.pid)
-        hwm = vm_hwm_mb(worker.pid)
-        admin.close()
-        cons.close()
-        assert t_first is not None and cpu_first is not None
-        wall = t_end - t_first
-        cpu = cpu_end - cpu_first
-        rate = gpus / wall
-        print(f"worker: {wall:.1f} s wall, {cpu:.1f} s CPU for {args.seconds} simulated s = {rate:,.0f} GPU "
-              f"samples/s; {cpu / args.seconds:.3f} CPU-s per site-second (cores needed at 1 Hz); "
-              f"peak RSS {hwm:.0f} MB")
-        print(f"ratio worker / raw consume (GPU samples/s): {rate / raw_rate:.3f}")
+        if not args.catch_up:
+            print(f"ratio live rate / raw consume (GPU samples/s): {live_rate / raw_rate:.4f} (the worker is "
+                  f"paced by the site at 1 Hz; --catch-up gives its maximum rate)")
+        else:
+            # ---- 2. the streams worker at its maximum rate ----------------------------------------------
+            t_start = time.perf_counter()
+            worker = start_worker("--from-beginning")
+            admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
+            cons = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap)
+            t_first = cpu_first = None
+            deadline = time.monotonic() + 1800
+            while time.monotonic() < deadline:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"worker exited: {(tmp / 'worker.log').read_text()[-2000:]}")
+                lt = lag(admin, cons, topics.STREAMS_APP_ID, topics.TELEMETRY.name)
+                lr = lag(admin, cons, topics.STREAMS_APP_ID, topics.RACKS.name)
+                if lt is not None and t_first is None and lt < n_frames:
+                    t_first, cpu_first = time.perf_counter(), cpu_s(worker.pid)
+                    print(f"  worker consuming after {t_first - t_start:.1f} s of start-up", flush=True)
+                if lt == 0 and lr == 0:
+                    break
+                time.sleep(1.0)
+            t_end, cpu_end = time.perf_counter(), cpu_s(worker.pid)
+            admin.close()
+            cons.close()
+            assert t_first is not None and cpu_first is not None
+            wall = t_end - t_first
+            cpu = cpu_end - cpu_first
+            rate = gpus / wall
+            print(f"worker, catching up: {wall:.1f} s wall, {cpu:.1f} s CPU for {args.seconds} site-seconds = "
+                  f"{rate:,.0f} GPU samples/s; peak RSS {vm_hwm_mb(worker.pid):.0f} MB")
+            print(f"ratio worker / raw consume (GPU samples/s): {rate / raw_rate:.3f}")
         log_text = (tmp / "worker.log").read_text(errors="replace")
         reports = [line for line in log_text.splitlines() if "frames=" in line]
         if reports:
             print("worker's last report:", reports[-1].split("]")[-1].strip())
+        opened = Counter(line.split("event open ")[1].split(":")[0] for line in log_text.splitlines()
+                         if "event open " in line)
+        print("events opened (severity kind: count):", dict(opened) or "none")
     finally:
         if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, 15)

@@ -326,6 +326,59 @@ class RackSummary(Record):
 
 
 @dataclass
+class RackSummaryBatch(Record):
+    """Many RackSummary rows of one site in columns: what the per-rack stage sends to pp.racks, one record per
+    batch of frames instead of one per frame (per-record overhead dominated the worker's CPU)."""
+
+    SCHEMA: ClassVar[str] = "rack.summaries"
+    KINDS: ClassVar[dict[str, str]] = {
+        "site": "str", "racks": "strlist", "ts_s": "f64[]", "power_w": "f64[]", "pdu_a_w": "f64[]",
+        "pdu_b_w": "f64[]", "gpus_expected": "u32[]", "gpus_reporting": "u32[]", "gpus_throttled": "u32[]",
+        "inlet_c": "f64[]", "gpu_temp_max_c": "f64[]",
+    }
+    site: str
+    racks: list[str]
+    ts_s: F64
+    power_w: F64
+    pdu_a_w: F64  # NaN = no meter
+    pdu_b_w: F64
+    gpus_expected: U32
+    gpus_reporting: U32
+    gpus_throttled: U32
+    inlet_c: F64  # NaN = no inlet reading
+    gpu_temp_max_c: F64
+
+    @classmethod
+    def key_field(cls) -> str:
+        return "site"
+
+    def key(self) -> bytes:
+        return self.site.encode()
+
+    def validate(self, where: str) -> None:
+        n = len(self.racks)
+        for name in ("ts_s", "power_w", "pdu_a_w", "pdu_b_w", "gpus_expected", "gpus_reporting", "gpus_throttled",
+                     "inlet_c", "gpu_temp_max_c"):
+            if getattr(self, name).size != n:
+                raise SchemaError(f"{where}: field '{name}' has {getattr(self, name).size} entries, racks has {n}")
+
+    @classmethod
+    def of(cls, rows: list[RackSummary]) -> RackSummaryBatch:
+        def col(f: str, dtype: Any = np.float64) -> Any:
+            return np.array([getattr(r, f) for r in rows], dtype=dtype)
+
+        def opt(f: str) -> F64:
+            return np.array([np.nan if getattr(r, f) is None else getattr(r, f) for r in rows], dtype=np.float64)
+
+        return cls(site=rows[0].site if rows else "", racks=[r.rack for r in rows], ts_s=col("ts_s"),
+                   power_w=col("power_w"), pdu_a_w=np.array([r.pdu_power_w[0] for r in rows], dtype=np.float64),
+                   pdu_b_w=np.array([r.pdu_power_w[1] for r in rows], dtype=np.float64),
+                   gpus_expected=col("gpus_expected", np.uint32), gpus_reporting=col("gpus_reporting", np.uint32),
+                   gpus_throttled=col("gpus_throttled", np.uint32), inlet_c=opt("inlet_c"),
+                   gpu_temp_max_c=opt("gpu_temp_max_c"))
+
+
+@dataclass
 class Headroom(Record):
     """Power headroom of one level (derated limit in the current feed state minus the p99 forecast)
     and, for racks and zones, thermal headroom (allowable inlet minus the forecast inlet)."""
@@ -494,7 +547,7 @@ class DeadLetter:
 
 
 RECORDS: dict[str, type[Record]] = {
-    r.SCHEMA: r for r in (TelemetryFrame, RackSummary, LevelAggregate, Headroom, Event, Command, Ack)
+    r.SCHEMA: r for r in (TelemetryFrame, RackSummary, RackSummaryBatch, LevelAggregate, Headroom, Event, Command, Ack)
 }
 
 

@@ -20,6 +20,10 @@ PRIORITIES: tuple[str, ...] = ("inference-critical", "inference-batch", "trainin
 
 FEEDS: tuple[str, ...] = ("A", "B")
 
+# Share of a server's non-GPU nameplate (CPUs, NICs, fans) drawn while its GPUs idle (assumption, the same
+# figure the digital twin uses); it rises linearly to all of it with GPU utilization.
+OTHER_IDLE_FRAC = 0.5
+
 # Level kinds. Feed-specific kinds carry one side of a 2N pair; the others see the whole load.
 KIND_NAMES: tuple[str, ...] = ("site", "utility", "ups", "rpp", "pdu", "hall", "row", "rack", "zone")
 KIND = {name: i for i, name in enumerate(KIND_NAMES)}
@@ -244,13 +248,22 @@ class Site:
         gsum = np.bincount(self.gpu_server, weights=gpu_power_w, minlength=len(self.server_ids))
         return np.asarray((gsum + self.server_other_w) / self.server_psu_eff, dtype=np.float64)
 
-    def rack_input_w(self, rack: int, gpu_power_w: FloatArray) -> float:
-        """Wall power of one rack from its own GPUs' readings (the slice a telemetry frame carries)."""
+    def rack_input_w(self, rack: int, gpu_power_w: FloatArray, gpu_util: FloatArray | None = None) -> float:
+        """Wall power of one rack from its own GPUs' readings (the slice a telemetry frame carries).
+
+        With utilization, a server's other load (CPUs, NICs, fans) follows its GPUs' activity between
+        OTHER_IDLE_FRAC of its nameplate and all of it; without, it is taken at nameplate (conservative)."""
         s0, s1 = int(self.rack_server_start[rack]), int(self.rack_server_start[rack + 1])
         g0 = int(self.rack_gpu_start[rack])
         local = self.gpu_server[g0:g0 + gpu_power_w.size] - s0
         gsum = np.bincount(local, weights=gpu_power_w, minlength=s1 - s0)
-        return float(((gsum + self.server_other_w[s0:s1]) / self.server_psu_eff[s0:s1]).sum())
+        other = self.server_other_w[s0:s1]
+        if gpu_util is not None:
+            u = np.where(np.isfinite(gpu_util), gpu_util, 1.0)  # unknown activity: nameplate, conservative
+            n = np.bincount(local, minlength=s1 - s0)
+            busy = np.bincount(local, weights=u, minlength=s1 - s0) / np.maximum(n, 1)
+            other = other * (OTHER_IDLE_FRAC + (1.0 - OTHER_IDLE_FRAC) * busy)
+        return float(((gsum + other) / self.server_psu_eff[s0:s1]).sum())
 
 
 # ======================================================================================

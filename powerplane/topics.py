@@ -32,7 +32,7 @@ class Topic:
 TELEMETRY = Topic("pp.telemetry", 12, "rack id", 3 * DAY_MS,
                   doc="TelemetryFrame per rack per sample interval; one rack stays in one partition")
 RACKS = Topic("pp.racks", 3, "site id", 1 * DAY_MS,
-              doc="RackSummary per rack per frame, repartitioned by site so one worker rolls up a whole site's trees")
+              doc="RackSummaryBatch (rack summaries in columns), keyed by site so one worker rolls up a site's trees")
 AGGREGATES = Topic("pp.aggregates", 6, "level id", 7 * DAY_MS,
                    doc="LevelAggregate per level per window (rack, PDU, RPP, UPS, row, hall, zone, site)")
 HEADROOM = Topic("pp.headroom", 6, "level id", 7 * DAY_MS, compact=True,

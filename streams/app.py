@@ -25,7 +25,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.schemas import DeadLetter, RackSummary, SchemaError, TelemetryFrame
+from powerplane.schemas import DeadLetter, RackSummary, RackSummaryBatch, SchemaError, TelemetryFrame
 from powerplane.site import Site
 from streams.rollup import Limits, UnknownRack, frame_outputs
 from streams.site_stage import SiteStage, SiteStageSettings, StageOutput
@@ -149,7 +149,7 @@ def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
         # few produce batches instead of four sends per frame.
         async for batch in stream.take_events(2048, within=0.05):
             aggs_out: list[tuple[bytes, bytes, float]] = []
-            summaries: list[tuple[bytes, bytes, float]] = []
+            summaries: list[RackSummary] = []
             for event in batch:
                 try:
                     frame = TelemetryFrame.decode(event.value)
@@ -163,9 +163,11 @@ def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
                     continue
                 counters.frames += 1
                 aggs_out += items(aggs)
-                summaries.append((summary.key(), summary.encode(), summary.ts_s))
+                summaries.append(summary)
             await batches.send(topics.AGGREGATES.name, aggs_out)
-            await batches.send(topics.RACKS.name, summaries)
+            if summaries:  # one record for the whole batch: the site stage takes it in one vectorized step
+                rb = RackSummaryBatch.of(summaries)
+                await racks.send(key=rb.key(), value=rb.encode(), timestamp=float(rb.ts_s.max()))
             counters.aggregates += len(aggs_out)
 
     def resume() -> None:
@@ -180,15 +182,16 @@ def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
 
     @app.agent(racks)
     async def site_agent(stream: Any) -> None:
-        # One event at a time (not take_events): the checkpoint below must be written while faust knows the
-        # current event, which is how a table write finds its changelog partition.
+        # One record is a batch of rack summaries. Events are taken one at a time (not take_events): the
+        # checkpoint below must be written while faust knows the current event, which is how a table write
+        # finds its changelog partition.
         async for event in stream.events():
             resume()
             try:
-                s = RackSummary.decode(event.value)
-                if s.site != site.name:
-                    raise UnknownRack(f"rack.summary {s.rack}: site '{s.site}', this worker rolls up '{site.name}'")
-                out = stage.add(s)
+                rb = RackSummaryBatch.decode(event.value)
+                if rb.site != site.name:
+                    raise UnknownRack(f"rack.summaries: site '{rb.site}', this worker rolls up '{site.name}'")
+                out = stage.add_batch(rb)
             except (SchemaError, UnknownRack) as e:
                 await dead_letter(event, str(e))
                 continue
@@ -196,19 +199,20 @@ def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
                 log.exception("site stage failed on %s", event.message.key)
                 await dead_letter(event, f"internal error: {type(e).__name__}: {e}")
                 continue
-            counters.summaries += 1
+            counters.summaries += len(rb.racks)
             live["last_record_mono"] = time.monotonic()
             if not out.windows:
                 continue
+            newest = float(rb.ts_s.max())
             try:
                 await publish(out)
                 # Checkpoint by event time; inside the agent, so the write lands on this partition's changelog.
-                if s.ts_s - live["last_checkpoint_s"] >= checkpoint_s:
+                if newest - live["last_checkpoint_s"] >= checkpoint_s:
                     state_table[site_key] = stage.state()
-                    live["last_checkpoint_s"] = s.ts_s
+                    live["last_checkpoint_s"] = newest
                     counters.checkpoints += 1
             except Exception:  # a failed publish or checkpoint must not stop the agent either
-                log.exception("publishing window %.0f failed", s.ts_s)
+                log.exception("publishing windows up to %.0f failed", newest)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def idle_close_timer() -> None:

@@ -10,7 +10,8 @@ Kinds (docs/runbooks.md has what to do for each):
   capacity. Deadline: when the inlet reaches the allowable limit at the current slope.
 - thermal_slowdown: GPUs in a zone reporting thermal slowdown, or at their slowdown temperature.
 - telemetry_loss: a rack with no reading for longer than a bound, or with most of its GPUs silent.
-- meter_gap: a PDU meter disagreeing with the sum of its servers for a sustained time.
+- meter_gap: the gap between a PDU meter and the sum of its servers growing away from its usual level for a
+  sustained time (a meter failing, or load nobody monitors).
 
 Each occurrence is one event id: opened once, re-sent only when its severity or deadline changes materially,
 resolved once its condition has been clear for `clear_s` (so a flapping reading does not page twice).
@@ -48,6 +49,11 @@ class EmergencySettings:
     meter_gap_frac: float = 0.10  # PDU meter vs its servers' sum, as a share of the PDU's load ...
     meter_gap_min_w: float = 1_000.0  # ... and at least this much
     meter_gap_sustain_s: float = 30.0
+    meter_gap_tau_s: float = 10.0  # the gap is smoothed this much first (GPU readings are noisy per second)
+    # ... and compared with its own long-run level: a steady offset is the model's error for that rack (its
+    # servers' idle draw, PSU curve); a gap that grows away from it is a meter failing or load appearing.
+    meter_gap_baseline_tau_s: float = 900.0
+    meter_gap_warmup_s: float = 300.0
     # Breaker curve (the same inverse-time model the twin trips its breakers by; BRIEF.md figures).
     breaker_pickup: float = 1.0
     breaker_exponent: float = 2.76
@@ -94,6 +100,9 @@ class EmergencyDetector:
         self.pdus = site.levels_of_kind("pdu")
         self.heat = np.zeros(len(site.level_ids))  # accumulated trip fraction per level (1.0 = trip)
         self.dark_since = np.full(len(site.level_ids), np.nan)  # first window any meter beneath read dark
+        self.gap_ewma = np.full(len(site.level_ids), np.nan)
+        self.gap_base = np.full(len(site.level_ids), np.nan)
+        self.gap_since: float | None = None
         self.pending: dict[str, float] = {}  # sustained conditions: key -> first seen (event time)
         self.open: dict[str, _Open] = {}
         self.last_ts_s: float | None = None
@@ -230,15 +239,26 @@ class EmergencyDetector:
 
         # Meter gaps.
         p = self.pdus
-        gap = snap.gap_w[p]
+        a = min(1.0, snap.window_s / st.meter_gap_tau_s)
+        g = snap.gap_w[p]
+        prev = self.gap_ewma[p]
+        self.gap_ewma[p] = np.where(np.isnan(g), prev, np.where(np.isnan(prev), g, prev + a * (g - prev)))
+        beta = min(1.0, snap.window_s / st.meter_gap_baseline_tau_s)
+        base = self.gap_base[p]
+        fast = self.gap_ewma[p]
+        self.gap_base[p] = np.where(np.isnan(fast), base, np.where(np.isnan(base), fast, base + beta * (fast - base)))
+        if self.gap_since is None:
+            self.gap_since = now
+        gap = fast - self.gap_base[p]
         bad = np.isfinite(gap) & (np.abs(gap) > np.maximum(st.meter_gap_frac * np.abs(snap.load_w[p]),
                                                            st.meter_gap_min_w))
+        bad &= now - self.gap_since >= st.meter_gap_warmup_s  # the usual level must be learnt first
         for j in range(p.size):
             lv = int(p[j])
             key = f"meter_gap:{ids[lv]}"
             if self._sustained(key, bool(bad[j]), now, st.meter_gap_sustain_s):
                 out[key] = _Cond("warning", [ids[lv]], None,
-                                 f"{ids[lv]}: meter and servers disagree by {gap[j] / 1e3:+.1f} kW for "
+                                 f"{ids[lv]}: meter and servers drifted apart by {gap[j] / 1e3:+.1f} kW for "
                                  f"{now - self.pending[key]:.0f} s (bad meter or unmonitored load)",
                                  {"gap_w": float(gap[j])})
         return out
@@ -284,7 +304,9 @@ class EmergencyDetector:
 
     # ---- state -------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"heat": self.heat.tobytes(), "dark_since": self.dark_since.tobytes(), "pending": dict(self.pending),
+        return {"heat": self.heat.tobytes(), "dark_since": self.dark_since.tobytes(),
+                "gap_ewma": self.gap_ewma.tobytes(), "gap_base": self.gap_base.tobytes(),
+                "gap_since": self.gap_since, "pending": dict(self.pending),
                 "open": {k: asdict(o) for k, o in self.open.items()}, "last_ts_s": self.last_ts_s}
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -292,6 +314,9 @@ class EmergencyDetector:
         if heat.size == self.heat.size:
             self.heat = heat.copy()
             self.dark_since = np.frombuffer(state["dark_since"], dtype=np.float64).copy()
+            self.gap_ewma = np.frombuffer(state["gap_ewma"], dtype=np.float64).copy()
+            self.gap_base = np.frombuffer(state["gap_base"], dtype=np.float64).copy()
+        self.gap_since = state.get("gap_since")
         self.pending = {str(k): float(v) for k, v in state["pending"].items()}
         self.open = {str(k): _Open(**v) for k, v in state["open"].items()}
         self.last_ts_s = state["last_ts_s"]

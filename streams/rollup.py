@@ -69,7 +69,7 @@ def rack_state(site: Site, frame: TelemetryFrame) -> RackState:
     if frame.throttle_reasons is not None:
         tr = frame.throttle_reasons
         throttled = int(((tr & THERMAL_REASONS) != 0)[tr != NO_READING].sum())
-    return RackState(rack=r, power_w=site.rack_input_w(r, p), gpus_expected=expected,
+    return RackState(rack=r, power_w=site.rack_input_w(r, p, frame.util.astype(np.float64)), gpus_expected=expected,
                      gpus_reporting=int(expected - missing.sum()), mode=feed_mode(frame.pdu_power_w),
                      inlet_c=max(inlets) if inlets else None,
                      gpu_temp_max_c=float(temps.max()) if temps.size else None, gpus_throttled=throttled)

@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from powerplane.schemas import Event, Headroom, LevelAggregate, RackSummary
+from powerplane.schemas import Event, Headroom, LevelAggregate, RackSummary, RackSummaryBatch
 from powerplane.site import KIND, KIND_NAMES, FloatArray, Site
 from streams.emergencies import EmergencyDetector, EmergencySettings
 from streams.forecast import Forecaster, ForecastSettings
@@ -113,6 +113,9 @@ class SiteStage:
     # ---- input -------------------------------------------------------------------------------------
     def add(self, summary: RackSummary) -> StageOutput:
         return self._on_windows(self.tree.add(summary))
+
+    def add_batch(self, batch: RackSummaryBatch) -> StageOutput:
+        return self._on_windows(self.tree.add_batch(batch))
 
     def advance(self, now_s: float) -> StageOutput:
         """Close windows by the clock (call from a timer): telemetry that stops entirely still shows up."""

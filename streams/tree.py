@@ -4,10 +4,11 @@ power tree (PDU -> RPP -> UPS lineup -> utility feed -> site) and the cooling tr
 Pure numpy, no I/O: the faust agent and the in-process engine both call it.
 
 Time: a window k covers event time (k*W, (k+1)*W]; a frame's time is the end of its sample interval.
-The watermark is the newest event time seen minus the lateness bound; a window closes once the watermark
-passes its end (or, when no data arrives at all, once the clock does: `advance`). A frame for a closed
-window is late: it is counted and still refreshes the rack's last known reading (so it is not lost), but
-closed windows are not re-opened.
+The watermark is the oldest newest-frame time over the racks that are reporting (every live rack has
+sent everything up to it), but never more than the lateness bound behind the newest event time; a window
+closes once the watermark passes its end (or, when no data arrives at all, once the clock does: `advance`).
+A frame for a closed window is late: it is counted and still refreshes the rack's last known reading
+(so it is not lost), but closed windows are not re-opened.
 
 A rack with no frame in a closed window is carried at its last reading, with that reading's age, for up to
 `rated_after_s`; past that, or if it never reported, it counts at its rated power: conservative, never zero.
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from powerplane.schemas import RackSummary
+from powerplane.schemas import RackSummary, RackSummaryBatch
 from powerplane.site import FEED_KINDS, FEEDS, KIND, FloatArray, IntArray, Site
 from streams.rollup import LOST_FEED_FRACTION, MIN_METERED_W, UnknownRack
 
@@ -36,7 +37,9 @@ BoolArray = npt.NDArray[np.bool_]
 @dataclass(frozen=True)
 class TreeSettings:
     window_s: float = 1.0
-    lateness_s: float = 2.0  # how long a window waits for stragglers after the newest event time passes it
+    # A window closes once every rack that is reporting has sent a frame past its end (completeness), or at
+    # the latest when the newest event time is this far past its end (the lateness bound).
+    lateness_s: float = 5.0
     stale_after_s: float = 3.0  # a rack whose newest reading is older than this is reported stale
     rated_after_s: float = 15.0  # past this a stale rack counts at its rated power
     dark_fraction: float = 0.05  # meters under a feed level below this share of its expected load: dark
@@ -171,8 +174,10 @@ class TreeWindows:
         self.windows: dict[int, _Window] = {}
         self.closed_through: int | None = None  # highest closed window index
         self.max_ts_s = -math.inf
+        self.first_ts_s = math.inf
         # Last known reading per rack, whatever window it came in.
-        self.last_ts_s = np.full(n, np.nan)
+        self.last_ts_s = np.full(n, np.nan)  # newest reading
+        self.last_frame_ts_s = np.full(n, np.nan)  # newest frame, with or without readings (completeness)
         self.last_power_w = np.full(n, np.nan)
         self.last_meter_w = np.full((n, 2), np.nan)
         self.last_inlet_c = np.full(n, np.nan)
@@ -186,47 +191,75 @@ class TreeWindows:
 
     # ---- input -----------------------------------------------------------------------------------
     def add(self, s: RackSummary) -> list[Snapshot]:
-        try:
-            r = self.site.rack_index(s.rack)
-        except KeyError:
-            raise UnknownRack(f"rack.summary {s.rack}: rack not in site '{self.site.name}'") from None
-        k = math.ceil(s.ts_s / self.settings.window_s) - 1  # ts is the end of the sample's interval
-        blank = s.gpus_reporting == 0 and not any(math.isfinite(x) for x in s.pdu_power_w)
-        if blank:
-            # A frame with no reading at all (a dropout upstream) says nothing about power: the rack stays at
-            # its last reading and ages, instead of jumping to every GPU at its limit.
-            self.max_ts_s = max(self.max_ts_s, s.ts_s)
-            return self.advance(self.max_ts_s)
-        if not (s.ts_s <= self.last_ts_s[r]):  # newest reading of this rack (NaN compares False: first one)
-            self.last_ts_s[r] = s.ts_s
-            self.last_power_w[r] = s.power_w
-            self.last_meter_w[r] = s.pdu_power_w
-            self.last_inlet_c[r] = np.nan if s.inlet_c is None else s.inlet_c
-            self.last_temp_c[r] = np.nan if s.gpu_temp_max_c is None else s.gpu_temp_max_c
-            self.last_throttled[r] = s.gpus_throttled
-            self.last_reporting[r] = s.gpus_reporting
-        if self.closed_through is not None and k <= self.closed_through:
-            self.late_frames += 1
+        return self.add_batch(RackSummaryBatch.of([s]))
+
+    def add_batch(self, b: RackSummaryBatch) -> list[Snapshot]:
+        """Take a batch of rack summaries (vectorized); return the windows this completes."""
+        if not b.racks:
             return []
-        w = self.windows.get(k)
-        if w is None:
-            w = self.windows[k] = _Window.empty(self.topo.n_racks)
-        w.power_sum_w[r] += s.power_w
-        w.count[r] += 1
-        self.max_ts_s = max(self.max_ts_s, s.ts_s)
-        out = self.advance(self.max_ts_s)
+        try:
+            r = np.array([self.site.rack_index(x) for x in b.racks], dtype=np.int64)
+        except KeyError as e:
+            raise UnknownRack(f"rack.summaries: {e.args[0]}") from None
+        order = np.argsort(b.ts_s, kind="stable")  # oldest first, so the newest of a rack is assigned last
+        r, ts = r[order], b.ts_s[order]
+        np.fmax.at(self.last_frame_ts_s, r, ts)
+        self.first_ts_s = min(self.first_ts_s, float(ts[0]))
+        a, bb = b.pdu_a_w[order], b.pdu_b_w[order]
+        reporting = b.gpus_reporting[order]
+        # A frame with no reading at all (a dropout upstream) says nothing about power: the rack stays at its
+        # last reading and ages, instead of jumping to every GPU at its limit.
+        reading = ~((reporting == 0) & np.isnan(a) & np.isnan(bb))
+        newer = reading & ~(ts <= self.last_ts_s[r])  # NaN (no reading yet) compares False: newer
+        i = np.flatnonzero(newer)
+        ri = r[i]
+        self.last_ts_s[ri] = ts[i]
+        self.last_power_w[ri] = b.power_w[order][i]
+        self.last_meter_w[ri, 0] = a[i]
+        self.last_meter_w[ri, 1] = bb[i]
+        self.last_inlet_c[ri] = b.inlet_c[order][i]
+        self.last_temp_c[ri] = b.gpu_temp_max_c[order][i]
+        self.last_throttled[ri] = b.gpus_throttled[order][i]
+        self.last_reporting[ri] = reporting[i]
+        k = np.ceil(ts / self.settings.window_s).astype(np.int64) - 1  # ts is the end of the sample's interval
+        late = reading & (k <= (self.closed_through if self.closed_through is not None else -(2 ** 62)))
+        self.late_frames += int(late.sum())
+        use = reading & ~late
+        power = b.power_w[order]
+        for kk in np.unique(k[use]).tolist():
+            sel = use & (k == kk)
+            w = self.windows.get(kk)
+            if w is None:
+                w = self.windows[kk] = _Window.empty(self.topo.n_racks)
+            np.add.at(w.power_sum_w, r[sel], power[sel])
+            np.add.at(w.count, r[sel], 1)
+        if (~late).any():
+            self.max_ts_s = max(self.max_ts_s, float(ts[~late].max()))
+        out = self._close_through(self._watermark())
         while len(self.windows) > self.settings.max_open_windows:  # a clock far ahead: close the oldest
             out += [self._close(min(self.windows))]
             self.dropped_windows += 1
         return out
 
+    def _watermark(self) -> float:
+        """Event time up to which the windows are complete (see the module docstring)."""
+        st = self.settings
+        live = self.last_frame_ts_s >= self.max_ts_s - st.stale_after_s  # NaN (never seen) is not live
+        complete = float(self.last_frame_ts_s[live].min()) if live.any() else -math.inf
+        if np.isnan(self.last_frame_ts_s).any() and self.max_ts_s - self.first_ts_s < st.stale_after_s:
+            complete = -math.inf  # starting up: racks not heard from yet may still be on their way
+        return max(complete, self.max_ts_s - st.lateness_s)
+
     def advance(self, now_s: float) -> list[Snapshot]:
         """Close every window whose end is at least the lateness bound before `now_s` (event time).
 
-        With data flowing, `add` calls it with the newest event time. A timer calls it with the wall
-        clock so that windows still close, with every rack stale, when telemetry stops altogether."""
-        W, L = self.settings.window_s, self.settings.lateness_s
-        last_closable = math.floor((now_s - L) / W) - 1  # window k ends at (k+1)W <= now - L
+        A timer calls it with event time extrapolated by the clock so that windows still close, with every
+        rack stale, when telemetry stops altogether."""
+        return self._close_through(now_s - self.settings.lateness_s)
+
+    def _close_through(self, watermark: float) -> list[Snapshot]:
+        W = self.settings.window_s
+        last_closable = math.floor(watermark / W + 1e-9) - 1  # window k ends at (k+1)W <= watermark
         out: list[Snapshot] = []
         if self.closed_through is None:
             if not self.windows:
@@ -369,6 +402,7 @@ class TreeWindows:
             "arrays": {k: (str(v.dtype), list(v.shape), v.tobytes()) for k, v in arrays.items()},
             "windows": {str(k): (w.power_sum_w.tobytes(), w.count.tobytes()) for k, w in self.windows.items()},
             "closed_through": self.closed_through, "max_ts_s": self.max_ts_s if math.isfinite(self.max_ts_s) else None,
+            "first_ts_s": self.first_ts_s if math.isfinite(self.first_ts_s) else None,
             "late_frames": self.late_frames, "dropped_windows": self.dropped_windows,
         }
 
@@ -385,9 +419,10 @@ class TreeWindows:
                 self.windows[int(k)] = w
         self.closed_through = state["closed_through"]
         self.max_ts_s = -math.inf if state["max_ts_s"] is None else float(state["max_ts_s"])
+        self.first_ts_s = math.inf if state.get("first_ts_s") is None else float(state["first_ts_s"])
         self.late_frames = int(state["late_frames"])
         self.dropped_windows = int(state["dropped_windows"])
 
 
-_STATE_ARRAYS = ("last_ts_s", "last_power_w", "last_meter_w", "last_inlet_c", "last_temp_c", "last_throttled",
-                 "last_reporting")
+_STATE_ARRAYS = ("last_ts_s", "last_frame_ts_s", "last_power_w", "last_meter_w", "last_inlet_c", "last_temp_c",
+                 "last_throttled", "last_reporting")

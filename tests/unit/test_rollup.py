@@ -33,7 +33,7 @@ def frame(site: Site, rack: str = RACK, *, pdu: tuple[float, float] | None = Non
     n = b - a
     power = np.linspace(150.0, 650.0, n).astype(np.float32)
     if pdu is None:
-        wall = site.rack_input_w(r, power.astype(np.float64))
+        wall = site.rack_input_w(r, power.astype(np.float64), np.full(n, 0.7))
         pdu = (wall / 2, wall / 2)
     kw: dict[str, Any] = dict(
         site="lab", rack=rack, ts_s=1_700_000_010.0, interval_s=1.0, seq=1, source="test",
@@ -56,11 +56,11 @@ def test_rack_power_is_wall_power_of_its_gpus(site: Site, limits: Limits) -> Non
     fr = frame(site)
     rack, pa, pb = by_kind(frame_aggregates(site, limits, fr))
     r = site.rack_index(RACK)
-    want = site.rack_input_w(r, fr.power_w.astype(np.float64))
+    want = site.rack_input_w(r, fr.power_w.astype(np.float64), fr.util.astype(np.float64))
     assert rack.level == RACK
     assert rack.power_w == pytest.approx(want)
-    # Sanity: GPUs + 8 x 2 kW other load, over 94 % efficient PSUs.
-    assert want == pytest.approx((float(fr.power_w.sum()) + 8 * 2000.0) / 0.94, rel=1e-5)
+    # Sanity: GPUs + 8 x 2 kW other load at 70% GPU activity (half of it at idle), over 94 % efficient PSUs.
+    assert want == pytest.approx((float(fr.power_w.sum()) + 8 * 2000.0 * (0.5 + 0.5 * 0.7)) / 0.94, rel=1e-5)
     assert rack.gpus_expected == 64 and rack.gpus_reporting == 64
     assert rack.inlet_c == 26.5
     assert rack.mode == "normal"
@@ -116,10 +116,11 @@ def test_gpu_without_reading_is_assumed_at_its_limit(site: Site, limits: Limits)
     r = site.rack_index(RACK)
     at_zero = power.astype(np.float64)
     at_zero[3] = 0.0
-    assert rack.power_w > site.rack_input_w(r, at_zero)
+    util = base.util.astype(np.float64)
+    assert rack.power_w > site.rack_input_w(r, at_zero, util)
     at_limit = at_zero.copy()
     at_limit[3] = 450.0
-    assert rack.power_w == pytest.approx(site.rack_input_w(r, at_limit))
+    assert rack.power_w == pytest.approx(site.rack_input_w(r, at_limit, util))
     assert math.isfinite(rack.power_w)
 
 
@@ -131,7 +132,7 @@ def test_gpu_without_reading_or_limit_is_assumed_at_max(site: Site) -> None:
     st = rack_state(site, frame(site, power_w=power, limit_w=limit))
     at_max = base.power_w.astype(np.float64)
     at_max[0] = 700.0
-    assert st.power_w == pytest.approx(site.rack_input_w(st.rack, at_max))
+    assert st.power_w == pytest.approx(site.rack_input_w(st.rack, at_max, base.util.astype(np.float64)))
 
 
 def test_no_inlet_readings_gives_none(site: Site) -> None:

@@ -1,0 +1,95 @@
+"""Event-time windows of the site stage: completeness, lateness, stale and silent racks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from powerplane.schemas import RackSummary
+from powerplane.site import load_site
+from streams.tree import TreeSettings, TreeWindows
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE = load_site(ROOT / "examples" / "lab.toml")
+
+
+def summary(rack: int, ts: float, power_w: float = 40_000.0, **kw: object) -> RackSummary:
+    base = dict(site="lab", rack=SITE.rack_ids[rack], ts_s=ts, interval_s=1.0, seq=int(ts), power_w=power_w,
+                pdu_power_w=[power_w / 2, power_w / 2], mode="normal", gpus_expected=64, gpus_reporting=64,
+                gpus_throttled=0, inlet_c=24.0, gpu_temp_max_c=70.0)
+    base.update(kw)
+    return RackSummary(**base)  # type: ignore[arg-type]
+
+
+def feed(tw: TreeWindows, ts: float, racks: range | list[int], **kw: object) -> list:  # type: ignore[type-arg]
+    out = []
+    for r in racks:
+        out += tw.add(summary(r, ts, **kw))
+    return out
+
+
+def test_a_window_closes_as_soon_as_every_rack_has_reported_past_it() -> None:
+    tw = TreeWindows(SITE)  # lateness 5 s: completeness, not the bound, must close it
+    n = SITE.n_racks
+    assert feed(tw, 1.0, range(n - 1)) == []  # one rack still to come: window (0, 1] stays open
+    snaps = feed(tw, 1.0, [n - 1])
+    assert [s.ts_s for s in snaps] == [1.0]
+    site_lv = SITE.levels_of_kind("site")[0]
+    assert math.isclose(snaps[0].load_w[site_lv], 40_000.0 * n)
+
+
+def test_late_frames_are_counted_and_still_refresh_the_rack() -> None:
+    tw = TreeWindows(SITE, TreeSettings(lateness_s=2.0))
+    for t in range(1, 6):
+        feed(tw, float(t), range(1, SITE.n_racks))  # rack 0 silent
+    assert tw.closed_through is not None and tw.closed_through >= 1
+    feed(tw, 1.0, [0], power_w=50_000.0)  # arrives long after its window closed
+    assert tw.late_frames == 1
+    assert tw.last_power_w[0] == 50_000.0  # not lost: it is the rack's latest reading
+
+
+def test_a_silent_rack_is_carried_at_its_last_value_then_at_its_rating_never_zero() -> None:
+    st = TreeSettings(lateness_s=1.0, stale_after_s=3.0, rated_after_s=6.0)
+    tw = TreeWindows(SITE, st)
+    snaps = []
+    for t in range(1, 4):
+        snaps += feed(tw, float(t), range(SITE.n_racks), power_w=30_000.0)
+    for t in range(4, 15):
+        snaps += feed(tw, float(t), range(1, SITE.n_racks), power_w=30_000.0)
+    rack0 = SITE.rack_level[0]
+    by_t = {s.ts_s: s for s in snaps}
+    assert by_t[5.0].load_w[rack0] == 30_000.0 and by_t[5.0].rack_age_s[0] == 2.0  # last value, with its age
+    assert by_t[8.0].racks_stale[rack0] == 1  # older than stale_after_s: reported stale
+    rated = SITE.level_rated_w[rack0]
+    assert by_t[12.0].load_w[rack0] == rated and by_t[12.0].racks_rated[rack0] == 1  # past the bound: rated
+    assert all(s.load_w[rack0] > 0 for s in snaps)
+
+
+def test_blank_frames_age_the_rack_instead_of_reading_zero_or_full_power() -> None:
+    tw = TreeWindows(SITE, TreeSettings(lateness_s=1.0))
+    snaps = []
+    for t in range(1, 4):
+        snaps += feed(tw, float(t), range(SITE.n_racks), power_w=30_000.0)
+    nan = float("nan")
+    for t in range(4, 8):
+        snaps += feed(tw, float(t), range(1, SITE.n_racks), power_w=30_000.0)
+        snaps += feed(tw, float(t), [0], power_w=nan, gpus_reporting=0, pdu_power_w=[nan, nan], inlet_c=None)
+    last = snaps[-1]
+    assert last.load_w[SITE.rack_level[0]] == 30_000.0 and last.rack_age_s[0] >= 3.0
+
+
+def test_losing_a_feed_moves_the_load_and_the_limits() -> None:
+    tw = TreeWindows(SITE, TreeSettings(lateness_s=1.0))
+    snaps = []
+    for t in range(1, 6):
+        for r in range(SITE.n_racks):
+            snaps += tw.add(summary(r, float(t), power_w=40_000.0, pdu_power_w=[0.0, 40_000.0]))
+    s = snaps[-1]
+    util_a, util_b = SITE.level("util-a"), SITE.level("util-b")
+    assert s.dark[util_a] and s.dark_top[util_a] and not s.dark[util_b]
+    assert s.site_mode == "A-lost"
+    assert math.isclose(s.load_w[util_b], 40_000.0 * SITE.n_racks) and s.load_w[util_a] == 0.0
+    assert s.limit_w[util_a] == 0.0 and s.limit_w[util_b] > 0
+    assert np.all(s.limit_w[SITE.levels_of_kind("pdu")][::2] == 0.0)  # pdu-aNN carry nothing now
