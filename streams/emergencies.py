@@ -43,6 +43,9 @@ class EmergencySettings:
     inlet_limit_c: float = 32.0  # ASHRAE A1 allowable upper bound (BRIEF.md)
     inlet_rise_c_per_min: float = 3.0  # a zone's hottest inlet rising faster than this: cooling failure
     cooling_sustain_s: float = 4.0  # ... for this long (one noisy reading is not a failure)
+    cooling_over_capacity_sustain_s: float = 60.0  # heat above capacity this long, inlet not climbing: warning
+    cooling_clear_s: float = 30.0  # a cooling event resolves only after this long calm
+    thermal_warmup_s: float = 60.0  # inlet slopes are trusted only after this much history
     gpu_slowdown_c: float = 89.0  # H100 slowdown temperature (BRIEF.md)
     telemetry_loss_s: float = 5.0  # no reading from a rack for this long
     gpus_silent_frac: float = 0.5  # or fewer than this share of its GPUs reporting
@@ -103,6 +106,7 @@ class EmergencyDetector:
         self.gap_ewma = np.full(len(site.level_ids), np.nan)
         self.gap_base = np.full(len(site.level_ids), np.nan)
         self.gap_since: float | None = None
+        self.first_ts_s = math.inf  # first window this detector saw
         self.pending: dict[str, float] = {}  # sustained conditions: key -> first seen (event time)
         self.open: dict[str, _Open] = {}
         self.last_ts_s: float | None = None
@@ -125,6 +129,7 @@ class EmergencyDetector:
     def conditions(self, snap: Snapshot, inlet_slope_c_per_s: FloatArray,
                    time_to_limit_s: FloatArray) -> dict[str, _Cond]:
         st, ids, now = self.settings, self.ids, snap.ts_s
+        self.first_ts_s = min(self.first_ts_s, now)
         out: dict[str, _Cond] = {}
         kinds = self.site.level_kind
 
@@ -192,23 +197,29 @@ class EmergencyDetector:
                                  {"load_frac": float(frac[j]), "load_w": float(snap.load_w[lv]),
                                   "limit_w": float(snap.limit_w[lv])})
 
-        # Cooling: the zone's hottest inlet climbing fast, or heat above capacity.
+        # Cooling: the zone's hottest inlet climbing fast (critical: the plant is not keeping up), or its heat
+        # load above its cooling capacity for a while with the inlet not climbing yet (warning: the load
+        # estimate is a model, so this is the early sign, not the page).
         rise = st.inlet_rise_c_per_min / 60.0
         for z in self.zones.tolist():
             slope = float(inlet_slope_c_per_s[z])
-            hot = math.isfinite(slope) and slope > rise
-            over_cap = snap.limit_w[z] > 0 and snap.load_w[z] > snap.limit_w[z]
+            hot = math.isfinite(slope) and slope > rise and now - self.first_ts_s >= st.thermal_warmup_s
+            over_cap = bool(snap.limit_w[z] > 0 and snap.load_w[z] > snap.limit_w[z])
             key = f"cooling_failure:{ids[z]}"
-            if self._sustained(key, hot or over_cap, now, st.cooling_sustain_s):
+            climbing = self._sustained(key + ":hot", hot, now, st.cooling_sustain_s)
+            loaded = self._sustained(key + ":cap", over_cap, now, st.cooling_over_capacity_sustain_s)
+            if climbing or loaded:
                 ttl = float(time_to_limit_s[z])
                 out[key] = _Cond(
-                    "critical", [ids[z]], now + ttl if math.isfinite(ttl) else None,
+                    "critical" if climbing else "warning", [ids[z]],
+                    now + ttl if climbing and math.isfinite(ttl) else None,
                     f"{ids[z]}: hottest inlet {snap.inlet_c[z]:.1f} C rising {slope * 60:.1f} C/min"
                     + (f", heat {snap.load_w[z] / 1e3:.0f} kW over {snap.limit_w[z] / 1e3:.0f} kW capacity"
                        if over_cap else "")
                     + (f"; {st.inlet_limit_c:.0f} C in about {ttl:.0f} s" if math.isfinite(ttl) else ""),
                     {"inlet_c": float(snap.inlet_c[z]), "inlet_slope_c_per_min": slope * 60,
-                     "time_to_limit_s": ttl if math.isfinite(ttl) else -1.0})
+                     "time_to_limit_s": ttl if math.isfinite(ttl) else -1.0,
+                     "heat_over_capacity": float(snap.load_w[z] / snap.limit_w[z]) if snap.limit_w[z] > 0 else -1.0})
 
         # GPU thermal slowdown, grouped by zone (one page for a hot zone, not one per rack).
         rl = self.site.rack_level
@@ -290,7 +301,8 @@ class EmergencyDetector:
                 out.append(self._event(o, now, "open"))
         for key in [k for k in self.open if k not in conds]:
             o = self.open[key]
-            need = self.settings.thermal_clear_s if o.kind == "thermal_slowdown" else self.settings.clear_s
+            need = {"thermal_slowdown": self.settings.thermal_clear_s,
+                    "cooling_failure": self.settings.cooling_clear_s}.get(o.kind, self.settings.clear_s)
             if now - o.last_true_s >= need:
                 del self.open[key]
                 out.append(self._event(o, now, "resolved"))
@@ -306,7 +318,7 @@ class EmergencyDetector:
     def state(self) -> dict[str, Any]:
         return {"heat": self.heat.tobytes(), "dark_since": self.dark_since.tobytes(),
                 "gap_ewma": self.gap_ewma.tobytes(), "gap_base": self.gap_base.tobytes(),
-                "gap_since": self.gap_since, "pending": dict(self.pending),
+                "gap_since": self.gap_since, "first_ts_s": self.first_ts_s, "pending": dict(self.pending),
                 "open": {k: asdict(o) for k, o in self.open.items()}, "last_ts_s": self.last_ts_s}
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -317,6 +329,7 @@ class EmergencyDetector:
             self.gap_ewma = np.frombuffer(state["gap_ewma"], dtype=np.float64).copy()
             self.gap_base = np.frombuffer(state["gap_base"], dtype=np.float64).copy()
         self.gap_since = state.get("gap_since")
+        self.first_ts_s = float(state.get("first_ts_s", math.inf))
         self.pending = {str(k): float(v) for k, v in state["pending"].items()}
         self.open = {str(k): _Open(**v) for k, v in state["open"].items()}
         self.last_ts_s = state["last_ts_s"]
