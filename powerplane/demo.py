@@ -24,6 +24,7 @@ from pathlib import Path
 from powerplane import devservers, topics
 from powerplane.config import Config
 from powerplane.schemas import Ack, Command, LevelAggregate, SchemaError
+from powerplane.site import load_site
 
 GROUPS = ("powerplane-streams", "powerplane-controller", "powerplane-sink-influxdb", "powerplane-actuator-twin")
 
@@ -196,8 +197,9 @@ def _narrate(res: LoopResult, t: float) -> None:
           f"(cap at {res.threshold:.0%})  cap commands {caps:3d}  acks applied {applied:3d}", flush=True)
 
 
-def export_points(cfg: Config, metric: str = "pp_level_power_w") -> dict[tuple[str, int], float]:
-    """Read every stored point of a field back from VictoriaMetrics' export API."""
+def export_points(cfg: Config, metric: str = "pp_level_power_w", site: str | None = None
+                  ) -> dict[tuple[str, int], float]:
+    """Read every stored point of a field (of one site, or all) back from VictoriaMetrics' export API."""
     q = urllib.parse.urlencode({"match[]": metric})
     with urllib.request.urlopen(f"{cfg.influx_url}/api/v1/export?{q}", timeout=10) as r:
         body = r.read().decode()
@@ -206,6 +208,8 @@ def export_points(cfg: Config, metric: str = "pp_level_power_w") -> dict[tuple[s
         if not line.strip():
             continue
         series = json.loads(line)
+        if site is not None and series["metric"].get("site") != site:
+            continue
         level = series["metric"].get("level", "")
         for v, ts in zip(series["values"], series["timestamps"], strict=True):
             out[(level, int(ts))] = float(v)
@@ -227,7 +231,7 @@ def run_demo(cfg: Config, *, duration_s: float, lose_feed_at_s: float, keep_serv
           f"Feed A will be lost at t={lose_feed_at_s:.0f}s; run time {duration_s:.0f}s. Logs: {log_dir}/", flush=True)
     try:
         res = run_loop(cfg, duration_s=duration_s, lose_feed_at_s=lose_feed_at_s, log_dir=log_dir, narrate=True)
-        stored = export_points(cfg)
+        stored = export_points(cfg, site=load_site(cfg.site_file).name)
     finally:
         if started and not keep_servers:
             devservers.down(cfg)
