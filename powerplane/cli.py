@@ -190,7 +190,7 @@ def cmd_collect(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_streams(args: argparse.Namespace, cfg: Config) -> int:
     from streams.app import run_worker
 
-    run_worker(cfg, _site(cfg), from_beginning=args.from_beginning)
+    run_worker(cfg, _site(cfg), from_beginning=args.from_beginning, metrics_port=args.metrics_port)
     return 0
 
 
@@ -334,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("action", choices=["worker"])
     w.add_argument("--from-beginning", action="store_true",
                    help="a new consumer group starts at the oldest telemetry kept, not the newest (reprocessing)")
+    w.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
     w.set_defaults(fn=cmd_streams)
 
     c = sub.add_parser("controller", help="run the capping controller (aggregates -> signed commands)")

@@ -74,6 +74,8 @@ class KeyedBatches:
 
 
 class Counters:
+    """What the worker did; exported on /metrics at scrape time (no per-record metric cost)."""
+
     def __init__(self) -> None:
         self.frames = 0
         self.summaries = 0
@@ -84,6 +86,39 @@ class Counters:
         self.dead_letters = 0
         self.checkpoints = 0
         self.resumed = False  # the site stage started from a checkpoint
+        self.publish_delay_s = 0.0  # wall clock minus the end of the newest window published (live lag)
+
+
+class WorkerMetrics:
+    """Prometheus collector over the worker's counters and the site stage's state."""
+
+    def __init__(self, counters: Counters, stage: SiteStage) -> None:
+        self.c = counters
+        self.stage = stage
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        c, tree = self.c, self.stage.tree
+        for name, doc, value in (
+                ("frames", "telemetry frames rolled up per rack", c.frames),
+                ("rack_summaries", "rack summaries taken by the site stage", c.summaries),
+                ("windows", "event-time windows closed and rolled up the trees", c.windows),
+                ("aggregates", "level aggregates published", c.aggregates),
+                ("headroom", "headroom records published", c.headroom),
+                ("events", "emergency events published (open, update, resolved)", c.events),
+                ("dead_letters", "records sent to the dead-letter topic", c.dead_letters),
+                ("late_frames", "frames that arrived after their window closed (counted, not lost)",
+                 tree.late_frames),
+                ("dropped_windows", "windows skipped after a clock jump or a long silence", tree.dropped_windows),
+                ("checkpoints", "site-stage checkpoints written to the changelog", c.checkpoints)):
+            yield CounterMetricFamily(f"powerplane_streams_{name}", doc, value=float(value))
+        yield GaugeMetricFamily("powerplane_streams_open_emergencies", "emergencies open now",
+                                value=float(len(self.stage.detector.open)))
+        yield GaugeMetricFamily("powerplane_streams_publish_delay_seconds",
+                                "wall clock minus the end of the newest window published", value=c.publish_delay_s)
+        yield GaugeMetricFamily("powerplane_streams_open_windows", "event-time windows open",
+                                value=float(len(tree.windows)))
 
 
 def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
@@ -140,6 +175,8 @@ def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
             log.warning("event %s %s %s: %s", e.state, e.severity, e.kind, e.summary)
         counters.aggregates += len(out.aggregates)
         counters.headroom += len(out.headroom)
+        if out.aggregates:
+            counters.publish_delay_s = time.time() - max(a.ts_s for a in out.aggregates)
         counters.events += len(out.events)
         counters.windows += out.windows
 
@@ -237,9 +274,16 @@ def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
     return app, counters
 
 
-def run_worker(cfg: Config, site: Site, loglevel: str = "info", from_beginning: bool = False) -> None:
+def run_worker(cfg: Config, site: Site, loglevel: str = "info", from_beginning: bool = False,
+               metrics_port: int = 0) -> None:
     from faust.worker import Worker
 
-    app, _ = create_app(cfg, site, from_beginning=from_beginning)
+    app, counters = create_app(cfg, site, from_beginning=from_beginning)
+    if metrics_port:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        registry.register(WorkerMetrics(counters, app.pp_stage))  # type: ignore[attr-defined]
+        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     worker = Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

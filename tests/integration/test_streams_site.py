@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from powerplane.kafka import Producer
 from powerplane.schemas import Event, Headroom, LevelAggregate, SchemaError
 from powerplane.site import KIND, Site, load_site
 from powerplane.twin import Twin, load_scenario
+from tests.integration.conftest import free_port
 from tests.integration.helpers import read_messages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,18 +97,27 @@ def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_pa
     svc = Services(c, tmp_path / "logs")
     epoch = float(int(time.time()))
     plant = Plant(c, site, epoch)
+    port = free_port()
     try:
-        svc.start("streams", "streams", "worker")
+        svc.start("streams", "streams", "worker", "--metrics-port", str(port))
         wait_for_groups(c, ("powerplane-streams",), check=svc.check)
         plant.run(240)
         wait_for_window(c, site.name, epoch + 236)
         svc.check()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            metrics = {line.split()[0]: float(line.split()[1]) for line in r.read().decode().splitlines()
+                       if line and not line.startswith("#")}
     finally:
         svc.stop()
         plant.producer.close()
 
     events: list[Event] = decoded(c, topics.EVENTS.name, Event, site.name)
     opens = [e for e in events if e.state == "open"]
+    # What the worker says about itself on /metrics matches what it published.
+    assert metrics["powerplane_streams_frames_total"] >= 8 * 240
+    assert metrics["powerplane_streams_windows_total"] >= 230
+    assert metrics["powerplane_streams_events_total"] >= len(events)
+    assert metrics["powerplane_streams_dead_letters_total"] == 0
 
     def first(kind: str, level: str) -> Event:
         hits = [e for e in opens if e.kind == kind and level in e.levels]
