@@ -93,3 +93,21 @@ def test_losing_a_feed_moves_the_load_and_the_limits() -> None:
     assert math.isclose(s.load_w[util_b], 40_000.0 * SITE.n_racks) and s.load_w[util_a] == 0.0
     assert s.limit_w[util_a] == 0.0 and s.limit_w[util_b] > 0
     assert np.all(s.limit_w[SITE.levels_of_kind("pdu")][::2] == 0.0)  # pdu-aNN carry nothing now
+
+
+def test_a_meter_drifting_away_from_its_servers_is_reported_once() -> None:
+    from streams.site_stage import SiteStage
+
+    st = SiteStage(SITE)
+    events = []
+    for t in range(1, 421):
+        for r in range(SITE.n_racks):
+            a = 20_000.0
+            if r == 0 and t > 360:
+                a = 27_000.0  # the meter of pdu-a01 starts reading 7 kW more than its servers draw
+            out = st.add(summary(r, float(t), pdu_power_w=[a, 20_000.0]))
+            events += out.events
+    gaps = [e for e in events if e.kind == "meter_gap"]
+    assert [e.levels[0] for e in gaps] == ["pdu-a01"] and gaps[0].state == "open"
+    assert 360 + 30 <= gaps[0].ts_s <= 360 + 30 + 15  # sustained 30 s after the smoothed gap crossed
+    assert gaps[0].details is not None and gaps[0].details["gap_w"] > 5_000
