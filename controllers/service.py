@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -127,10 +128,45 @@ class CapController:
         return self.keyring.sign(cmd)
 
 
-def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s: float = 1.0) -> CapController:
+class ControllerMetrics:
+    """Prometheus collector over the controller's stats, read at scrape time."""
+
+    def __init__(self, ctl: CapController, producer: Producer, dlq: DeadLetters) -> None:
+        self.ctl, self.producer, self.dlq = ctl, producer, dlq
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        st = self.ctl.stats
+        yield CounterMetricFamily("powerplane_controller_commands", "cap changes issued", value=float(st.commands))
+        yield CounterMetricFamily("powerplane_controller_renewals", "lease renewals issued", value=float(st.renewals))
+        acks = CounterMetricFamily("powerplane_controller_acks", "acknowledgements by status", labels=["status"])
+        for status, n in sorted(st.acks.items()):
+            acks.add_metric([status], float(n))
+        yield acks
+        yield CounterMetricFamily("powerplane_controller_dead_letters", "records sent to the dead-letter topic",
+                                  value=float(self.dlq.count))
+        yield CounterMetricFamily("powerplane_controller_producer_dropped", "records the bounded producer dropped",
+                                  value=float(self.producer.dropped + self.producer.failed))
+        lat = sorted(st.latencies_s)
+        q = GaugeMetricFamily("powerplane_controller_command_ack_seconds",
+                              "command-to-acknowledgement latency over the last 10,000 commands", labels=["quantile"])
+        for p in (0.5, 0.99):
+            q.add_metric([str(p)], lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan"))
+        yield q
+
+
+def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s: float = 1.0,
+        metrics_port: int = 0) -> CapController:
     ctl = CapController(site, keyring, CapSettings(cfg.cap_threshold, cfg.uncap_threshold), cfg.command_lease_s)
     producer = Producer(cfg.kafka_bootstrap, "powerplane-controller")
     dlq = DeadLetters(producer, "controller")
+    if metrics_port:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        registry.register(ControllerMetrics(ctl, producer, dlq))
+        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     cons = consumer(cfg.kafka_bootstrap, "powerplane-controller", topics.AGGREGATES.name, topics.TELEMETRY.name,
                     topics.ACKS.name)
     sent_at: dict[str, float] = {}

@@ -198,7 +198,7 @@ def cmd_controller(args: argparse.Namespace, cfg: Config) -> int:
     from controllers import service
 
     stop = _stop_on_signals()
-    ctl = service.run(cfg, _site(cfg), _keyring(cfg), stop)
+    ctl = service.run(cfg, _site(cfg), _keyring(cfg), stop, metrics_port=args.metrics_port)
     lat = sorted(ctl.stats.latencies_s)
     p50 = f"{lat[len(lat) // 2] * 1e3:.0f} ms" if lat else "n/a"
     log.info("controller: %d commands, %d renewals, acks %s, command->ack p50 %s", ctl.stats.commands,
@@ -338,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_streams)
 
     c = sub.add_parser("controller", help="run the capping controller (aggregates -> signed commands)")
+    c.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
     c.set_defaults(fn=cmd_controller)
 
     k2 = sub.add_parser("sink", help="write aggregates to InfluxDB (v2 write API)")
