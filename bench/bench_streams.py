@@ -205,6 +205,8 @@ def main() -> int:
         opened = Counter(line.split("event open ")[1].split(":")[0] for line in log_text.splitlines()
                          if "event open " in line)
         print("events opened (severity kind: count):", dict(opened) or "none")
+        for line in [x for x in log_text.splitlines() if "bad record" in x or "Traceback" in x][:5]:
+            print("worker:", line.split("]")[-1].strip()[:300])
     finally:
         if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, 15)

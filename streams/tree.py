@@ -258,6 +258,8 @@ class TreeWindows:
         return self._close_through(now_s - self.settings.lateness_s)
 
     def _close_through(self, watermark: float) -> list[Snapshot]:
+        if not math.isfinite(watermark):
+            return []
         W = self.settings.window_s
         last_closable = math.floor(watermark / W + 1e-9) - 1  # window k ends at (k+1)W <= watermark
         out: list[Snapshot] = []
