@@ -48,9 +48,9 @@ class ForecastSettings:
     max_lag_s: float = 120.0  # history kept per series: the longest seasonal lag the product may pick
     season_s: float = 60.0  # SeasonalNaive's season
     ewma_halflife_s: float = 3.0  # Ewma baseline, and the product's level expert
-    score_halflife_s: float = 120.0  # product: memory of the error statistics that pick the expert and scale p99
+    score_halflife_s: float = 60.0  # product: memory of the error statistics that pick the expert and scale p99
     select_every: int = 10  # product: re-pick the expert every this many windows (the scores move slowly)
-    aci_rate: float = 0.05  # step of the quantile trackers (normalized units)
+    aci_rate: float = 0.02  # step of the quantile trackers (normalized units)
     warm_errors: int = 30  # errors at a horizon before the trackers take over from a fixed multiple
     plan_stride_s: float = 60.0  # planning forecasts are remembered (for their errors) every this often
     plan_halflife_s: float = 300.0  # product: the planning level and spread
@@ -438,17 +438,21 @@ class Forecaster(_Online):
             e = np.where(sel == 0, e_lvl[:, i], e_lag[np.maximum(sel, 1) - 1, self._cols])
             z[:, i] = e / np.maximum(self.sig[ep, :, i].astype(np.float64), self._floor())
         # Move the scores (NaN errors leave a score as it was; the first error sets it).
-        self.sq = self._ewm(self.sq, e_lag)
-        self.sq_lvl = self._ewm(self.sq_lvl, e_lvl)
+        self.sq = self._ewm(self.sq, e_lag, 1)
+        self.sq_lvl = self._ewm(self.sq_lvl, e_lvl, 0)
         if self.k % self.settings.select_every == 0:
             self._select()
         return z
 
-    def _ewm(self, acc: npt.NDArray[np.float32], e: FloatArray) -> npt.NDArray[np.float32]:
+    def _ewm(self, acc: npt.NDArray[np.float32], e: FloatArray, series_axis: int) -> npt.NDArray[np.float32]:
         e2 = (e * e).astype(F32)
         fresh = np.isinf(acc)
+        # Plain mean over a series' first windows, then the EWMA: a score from 3 errors is too noisy to
+        # scale a p99 with.
+        w = np.maximum(F32(self.b), (1.0 / (self.nobs + 1.0)).astype(F32))
+        w = w[None, :] if series_axis == 1 else w[:, None]
         with np.errstate(invalid="ignore"):
-            moved = np.where(fresh, e2, acc + F32(self.b) * (e2 - acc))
+            moved = np.where(fresh, e2, acc + w * (e2 - acc))
         return np.where(np.isfinite(e2), moved, acc)
 
     def _floor(self) -> FloatArray:
@@ -457,8 +461,11 @@ class Forecaster(_Online):
 
     def _select(self) -> None:
         ep = self._epoch(self.k)
+        # A lag scored on a few errors only would win by luck: it competes once it has warm_errors.
+        young = self._lags[:, None] > self.nobs[None, :] - self.settings.warm_errors
+        sq = np.where(young, np.inf, self.sq)
         for i, h in enumerate(self.h):
-            cand = self.sq[int(h) - 1:]  # lags d >= h
+            cand = sq[int(h) - 1:]  # lags d >= h
             j = np.argmin(cand, axis=0)
             best = cand[j, self._cols]
             use_lvl = ~(best < self.sq_lvl[:, i])  # ties and no data: the level
@@ -468,6 +475,9 @@ class Forecaster(_Online):
     def _track(self, z: FloatArray) -> None:
         ok = np.isfinite(z)
         self.ne += ok
+        # The first errors are scored against scales estimated from a handful of windows: they would
+        # push c up, and it comes down only at rate x (1 - q) per window. Track once warm.
+        ok &= self.ne > self.settings.warm_errors
         miss = (z > self.off).astype(np.float64)
         self.off = np.where(ok, np.maximum(self.off + self.settings.aci_rate * (miss - (1.0 - self.q)), 0.0),
                             self.off)
