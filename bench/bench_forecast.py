@@ -49,8 +49,8 @@ SCENARIO = {
     "name": "forecast-bench",
     "events": [
         {"at_s": 1200, "kind": "load_surge", "priority": "inference-critical", "factor": 1.5, "duration_s": 120},
-        {"at_s": 2000, "kind": "telemetry_dropout", "racks": ["rack-h1-01-01", "rack-h1-01-02", "rack-h2-03-05", "rack-h4-08-16"],
-         "duration_s": 90},
+        {"at_s": 2000, "kind": "telemetry_dropout", "duration_s": 90,
+         "racks": ["rack-h1-01-01", "rack-h1-01-02", "rack-h2-03-05", "rack-h4-08-16"]},
         {"at_s": 2400, "kind": "job_stop", "job": "train-3"},
         {"at_s": 2700, "kind": "job_start", "job": "train-3"},
     ],
@@ -168,7 +168,7 @@ def evaluate(site: Site, y: np.ndarray, warmup: int, settings: ForecastSettings,
 
 def cost(n: int, steps: int, settings: ForecastSettings, y: np.ndarray) -> dict[str, tuple[float, float]]:
     """Median and min ms of update + predict (+ predict_plan) per window for n series, one core."""
-    reps = int(math.ceil(n / y.shape[1]))
+    reps = math.ceil(n / y.shape[1])
     yy = np.tile(y, (1, reps))[:, :n]
     out = {}
     for m in (Forecaster, Persistence, SeasonalNaive, Ewma):
@@ -205,7 +205,7 @@ def main() -> int:
     settings = ForecastSettings()
     methods = (Forecaster, Persistence, SeasonalNaive, Ewma)
     res, cols, _wall = evaluate(site, meas, a.warmup, settings, methods)
-    rows = tuple(KIND_NAMES.index(k) for k in ORDER) + (-1,)
+    rows = (*[KIND_NAMES.index(k) for k in ORDER], -1)
     labels = [*ORDER, "all"]
     tabs = {}
     for name, r in res.items():

@@ -140,6 +140,12 @@ class _Online:
     def _skip(self, slot_k: int) -> None:
         """A window with no data at all (a gap in time)."""
 
+    def _after_write(self, ok: npt.NDArray[np.bool_]) -> None:
+        """This window's values are in the ring."""
+
+    def _derive(self) -> None:
+        """Recompute what follows from the state (after from_state)."""
+
     def _point(self) -> FloatArray:
         raise NotImplementedError
 
@@ -151,8 +157,10 @@ class _Online:
         """Value observed j windows before window k (per series when j is an array). During an update,
         k is already the new window, which enters the ring last: lags 1..R are the past ones."""
         if isinstance(j, int | np.integer):
-            return self.y[(self.k - int(j)) % self.R].astype(np.float64)
-        return self.y[(self.k - j) % self.R, self._cols].astype(np.float64)
+            row: FloatArray = self.y[(self.k - int(j)) % self.R].astype(np.float64)
+            return row
+        per: FloatArray = self.y[(self.k - j) % self.R, self._cols].astype(np.float64)
+        return per
 
     # ---- baselines' p99: online empirical quantile of their own errors -------------------
     def _track_raw(self, e: FloatArray, off: FloatArray, mae: FloatArray, ne: npt.NDArray[np.int32]) -> None:
@@ -224,6 +232,7 @@ class _Online:
         self._track_plan(self._plan_errors(arr))
         self._observe(arr, ok)
         self.y[k % self.R] = arr.astype(F32)
+        self._after_write(ok)
         self.last = np.where(ok, arr, self.last)
         self.nobs += ok
         if k % self.stride == 0:
@@ -285,11 +294,12 @@ class _Online:
                 raise ValueError(f"{cls.name} forecast state: array {a!r} is {val.dtype}{val.shape}, "
                                  f"expected {cur.dtype}{cur.shape}")
             setattr(obj, a, val)
+        obj._derive()
         return obj
 
     def state_bytes_per_series(self) -> float:
         names = self._base_arrays + self._arrays
-        return sum(getattr(self, a).nbytes for a in names) / max(self.n, 1)
+        return float(sum(getattr(self, a).nbytes for a in names)) / max(self.n, 1)
 
 
 # ======================================================================================
@@ -406,6 +416,13 @@ class Forecaster(_Online):
         self.off[:] = 2.5  # normalized p99 multiple before any error is seen
         self.offp[:] = 2.5
         self._lags = np.arange(1, self.R + 1)
+        self._derive()
+
+    def _derive(self) -> None:
+        """Flags that follow from the state (recomputed after from_state, never stored)."""
+        # Series with a lag score not started yet.
+        self._fresh: npt.NDArray[np.bool_] = np.asarray(np.isinf(self.sq).any(axis=0))
+        self._nan_in_ring = bool(np.isnan(self.y).any())
 
     def _ring_len(self) -> int:
         return max(int(self.h.max()), round(self.settings.max_lag_s / self.settings.step_s))
@@ -419,9 +436,15 @@ class Forecaster(_Online):
         H = self.h.size
         if self.k < 1:
             return np.full((self.n, H), np.nan)
-        # Seasonal experts: this window against each lag (before this window enters the ring).
-        past = self.y[(self.k - self._lags) % self.R].astype(np.float64)  # (R, n), row d - 1 = lag d
-        e_lag = y[None, :] - past
+        # Seasonal experts: this window against each lag (before this window enters the ring), in float32
+        # and without a gather: lags 1..R are the ring's slots k-1 down to 0, then R-1 down to k.
+        k, R = self.k, self.R
+        s0 = k % R
+        y32 = y.astype(F32)
+        e_lag = np.empty((R, self.n), dtype=F32)
+        if s0 > 0:
+            np.subtract(y32, self.y[s0 - 1::-1], out=e_lag[:s0])
+        np.subtract(y32, self.y[:s0 - 1 if s0 > 0 else None:-1][:R - s0], out=e_lag[s0:])
         lvl_past = np.stack([self.lvl_ring[(self.k - int(h)) % self.lvl_ring.shape[0]] for h in self.h],
                             axis=1).astype(np.float64)
         e_lvl = y[:, None] - lvl_past
@@ -435,22 +458,38 @@ class Forecaster(_Online):
                 continue
             ep = self._epoch(self.k - int(h))
             sel = self.sel[ep, :, i]
-            e = np.where(sel == 0, e_lvl[:, i], e_lag[np.maximum(sel, 1) - 1, self._cols])
+            e = np.where(sel == 0, e_lvl[:, i], e_lag[np.maximum(sel, 1) - 1, self._cols].astype(np.float64))
             z[:, i] = e / np.maximum(self.sig[ep, :, i].astype(np.float64), self._floor())
-        # Move the scores (NaN errors leave a score as it was; the first error sets it).
-        self.sq = self._ewm(self.sq, e_lag, 1)
-        self.sq_lvl = self._ewm(self.sq_lvl, e_lvl, 0)
+        # Move the scores (NaN errors leave a score as it was; the first error sets it). Full-array
+        # float32 arithmetic in place for the lag scores; the few series with a missing value in reach or
+        # a score not yet started are redone carefully.
+        w = self._w()
+        careful = np.flatnonzero(~np.isfinite(y32) | self._fresh | (np.isnan(self.y).any(axis=0)
+                                                                    if self._nan_in_ring else False))
+        old = self.sq[:, careful]
+        e_c = e_lag[:, careful]
+        np.multiply(e_lag, e_lag, out=e_lag)
+        np.subtract(e_lag, self.sq, out=e_lag)
+        np.multiply(e_lag, w[None, :], out=e_lag)
+        with np.errstate(invalid="ignore"):
+            np.add(self.sq, e_lag, out=self.sq)
+        if careful.size:
+            self.sq[:, careful] = self._ewm(old, e_c.astype(np.float64), w[careful][None, :])
+            self._fresh[careful] = np.isinf(self.sq[:, careful]).any(axis=0)
+        self.sq_lvl = self._ewm(self.sq_lvl, e_lvl, w[:, None])
         if self.k % self.settings.select_every == 0:
             self._select()
         return z
 
-    def _ewm(self, acc: npt.NDArray[np.float32], e: FloatArray, series_axis: int) -> npt.NDArray[np.float32]:
-        e2 = (e * e).astype(F32)
-        fresh = np.isinf(acc)
+    def _w(self) -> npt.NDArray[np.float32]:
         # Plain mean over a series' first windows, then the EWMA: a score from 3 errors is too noisy to
         # scale a p99 with.
-        w = np.maximum(F32(self.b), (1.0 / (self.nobs + 1.0)).astype(F32))
-        w = w[None, :] if series_axis == 1 else w[:, None]
+        return np.maximum(F32(self.b), (1.0 / (self.nobs + 1.0)).astype(F32))
+
+    def _ewm(self, acc: npt.NDArray[np.float32], e: FloatArray, w: npt.NDArray[np.float32]
+             ) -> npt.NDArray[np.float32]:
+        e2 = (e * e).astype(F32)
+        fresh = np.isinf(acc)
         with np.errstate(invalid="ignore"):
             moved = np.where(fresh, e2, acc + w * (e2 - acc))
         return np.where(np.isfinite(e2), moved, acc)
@@ -497,6 +536,14 @@ class Forecaster(_Online):
 
     def _skip(self, slot_k: int) -> None:
         self.lvl_ring[slot_k % self.lvl_ring.shape[0]] = self.lvl.astype(F32)
+        self._nan_in_ring = True
+
+    def _after_write(self, ok: npt.NDArray[np.bool_]) -> None:
+        # A missing value stays in reach of the lag scores for R windows; check the ring only then.
+        if not ok.all():
+            self._nan_in_ring = True
+        elif self._nan_in_ring and self.k % self.R == 0:
+            self._nan_in_ring = bool(np.isnan(self.y).any())
 
     def _point(self) -> FloatArray:
         out = np.repeat(self.lvl[:, None], self.h.size, axis=1)
@@ -519,7 +566,8 @@ class Forecaster(_Online):
                              self.offp)
 
     def _plan_offset(self) -> FloatArray:
-        return self.offp * np.maximum(np.sqrt(self.var), self._floor())[:, None]
+        out: FloatArray = self.offp * np.maximum(np.sqrt(self.var), self._floor())[:, None]
+        return out
 
 
 METHODS: dict[str, type[_Online]] = {m.name: m for m in (Forecaster, Persistence, SeasonalNaive, Ewma)}

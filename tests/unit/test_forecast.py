@@ -6,7 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from streams.forecast import METHODS, Ewma, ForecastSettings, Forecaster, Persistence, SeasonalNaive
+from streams.forecast import METHODS, Ewma, Forecaster, ForecastSettings, Persistence, SeasonalNaive
 
 ALL = (Forecaster, Persistence, SeasonalNaive, Ewma)
 H = (1.0, 10.0, 30.0, 60.0)
