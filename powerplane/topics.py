@@ -52,8 +52,12 @@ DEADLETTER = Topic("pp.deadletter", 3, "source topic", 14 * DAY_MS,
 # emergencies per site, so a restarted worker resumes. faust names it <app id>-<table>-changelog; it must
 # have as many partitions as the topic the table is keyed like (pp.racks).
 STREAMS_APP_ID = "powerplane-streams"
+# A site's checkpoint is one record of a few MB (6.4 MB for the 100 MW reference site), above Kafka's 1 MB
+# default record size.
+CHECKPOINT_MAX_BYTES = 64 * 1024 * 1024
 TREE_STATE = Topic(f"{STREAMS_APP_ID}-tree-state-changelog", RACKS.partitions, "site id", 7 * DAY_MS,
-                   compact=True, doc="Changelog of the streams worker's per-site state (internal)")
+                   compact=True, doc="Changelog of the streams worker's per-site state (internal)",
+                   extra={"max.message.bytes": str(CHECKPOINT_MAX_BYTES)})
 # faust's partition assignor elects a leader through this topic; it is created here like every other one.
 STREAMS_LEADER = Topic(f"{STREAMS_APP_ID}-__assignor-__leader", 1, "-", 1 * DAY_MS,
                        doc="faust's internal leader-election topic (internal)")

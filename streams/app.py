@@ -138,6 +138,7 @@ def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
         # A worker that dies without leaving the group holds its partitions until the session times out:
         # faust's 60 s default would leave a site unwatched for a minute after a crash.
         broker_session_timeout=10.0,
+        producer_max_request_size=topics.CHECKPOINT_MAX_BYTES,  # the site-stage checkpoint is one big record
         broker_heartbeat_interval=3.0,
     )
     counters = Counters()
