@@ -267,9 +267,10 @@ def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def report() -> None:
-        log.info("frames=%d summaries=%d windows=%d aggregates=%d headroom=%d events=%d late=%d dead_letters=%d",
-                 counters.frames, counters.summaries, counters.windows, counters.aggregates, counters.headroom,
-                 counters.events, stage.tree.late_frames, counters.dead_letters)
+        log.info("frames=%d summaries=%d windows=%d aggregates=%d headroom=%d events=%d late=%d dead_letters=%d "
+                 "checkpoints=%d", counters.frames, counters.summaries, counters.windows, counters.aggregates,
+                 counters.headroom, counters.events, stage.tree.late_frames, counters.dead_letters,
+                 counters.checkpoints)
 
     app.pp_stage = stage  # type: ignore[attr-defined]  # for tests and the bench
     return app, counters
