@@ -63,13 +63,21 @@ class KeyedBatches:
         for it in items:
             by_part.setdefault(self.partitioner(it[0], parts, parts), []).append(it)
         for p, recs in by_part.items():
-            batch = producer.create_batch()
+            batch, n = producer.create_batch(), 0
             for key, value, ts_s in recs:
-                if batch.append(key=key, value=value, timestamp=int(ts_s * 1000)) is None:  # full: ship it
+                ts_ms = int(ts_s * 1000)
+                if batch.append(key=key, value=value, timestamp=ts_ms) is not None:
+                    n += 1
+                    continue
+                if n:  # full: ship it and start another
                     await producer.send_batch(batch, topic, partition=p)
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=int(ts_s * 1000))
-            await producer.send_batch(batch, topic, partition=p)
+                    batch, n = producer.create_batch(), 0
+                if batch.append(key=key, value=value, timestamp=ts_ms) is not None:
+                    n += 1
+                else:  # larger than a whole batch: sent on its own, never dropped
+                    await producer.send(topic, value=value, key=key, partition=p, timestamp_ms=ts_ms)
+            if n:
+                await producer.send_batch(batch, topic, partition=p)
         self.sent += len(items)
 
 
