@@ -267,7 +267,7 @@ def _replay_engine(args: argparse.Namespace, cfg: Config) -> int:
         engine.feed(topic, value)
         if total and i % 5000 == 0:
             print(f"\r {i / total:4.0%} {i:,}/{total:,} records", end="", file=sys.stderr, flush=True)
-    res = engine.result
+    res = engine.finish()
     print(res.summary())
     if args.commands_out:
         with open(args.commands_out, "w") as fh:

@@ -18,7 +18,15 @@ from controllers.capping import CapSettings
 from controllers.service import CapController
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.schemas import Command, Event, SchemaError, TelemetryFrame
+from powerplane.schemas import (
+    Command,
+    Event,
+    LevelAggregate,
+    RackSummary,
+    RackSummaryBatch,
+    SchemaError,
+    TelemetryFrame,
+)
 from powerplane.signing import Keyring
 from powerplane.site import Site
 from streams.rollup import Limits, UnknownRack, frame_outputs
@@ -67,6 +75,7 @@ class Engine:
         self.site = site
         self.limits = Limits(site)
         self.stage = SiteStage(site)
+        self.pending: list[RackSummary] = []  # summaries of the current timestamp, rolled up together
         self.controller = CapController(site, keyring, settings, lease_s, issuer="in-process-engine")
         self.tick_s = tick_s
         self.next_tick_s: float | None = None
@@ -87,11 +96,9 @@ class Engine:
             out += self.controller.decide(self.next_tick_s)
             self.next_tick_s += self.tick_s
         aggs, summary = frame_outputs(self.site, self.limits, frame)
-        staged = self.stage.add(summary)
-        r.events += staged.events
-        r.headroom += len(staged.headroom)
-        r.windows += staged.windows
-        aggs = aggs + staged.aggregates
+        if self.pending and self.pending[-1].ts_s != summary.ts_s:
+            aggs = aggs + self._flush()
+        self.pending.append(summary)  # as the streams worker batches them: one vectorized step per batch
         self.controller.on_frame(frame)
         for a in aggs:
             self.controller.on_aggregate(a, now)
@@ -101,6 +108,23 @@ class Engine:
         r.last_ts_s = now if r.last_ts_s is None else max(r.last_ts_s, now)
         r.commands += out
         return out
+
+    def _flush(self) -> list[LevelAggregate]:
+        if not self.pending:
+            return []
+        r = self.result
+        staged = self.stage.add_batch(RackSummaryBatch.of(self.pending))
+        self.pending = []
+        r.events += staged.events
+        r.headroom += len(staged.headroom)
+        r.windows += staged.windows
+        return staged.aggregates
+
+    def finish(self) -> EngineResult:
+        """Roll up what is still pending (the end of a recording)."""
+        aggs = self._flush()
+        self.result.aggregates += len(aggs)
+        return self.result
 
     def feed(self, topic: str, value: bytes | None) -> list[Command]:
         """A raw record; anything but a decodable telemetry frame of this site is counted, not fatal."""
@@ -116,4 +140,4 @@ class Engine:
     def run(self, records: Iterable[tuple[str, bytes | None, bytes | None, int, object]]) -> EngineResult:
         for topic, _key, value, _ts_ms, _headers in records:
             self.feed(topic, value)
-        return self.result
+        return self.finish()

@@ -111,3 +111,18 @@ def test_a_meter_drifting_away_from_its_servers_is_reported_once() -> None:
     assert [e.levels[0] for e in gaps] == ["pdu-a01"] and gaps[0].state == "open"
     assert 360 + 30 <= gaps[0].ts_s <= 360 + 30 + 15  # sustained 30 s after the smoothed gap crossed
     assert gaps[0].details is not None and gaps[0].details["gap_w"] > 5_000
+
+
+def test_when_all_telemetry_stops_the_clock_still_closes_windows_and_reports_the_loss() -> None:
+    from streams.site_stage import SiteStage
+
+    st = SiteStage(SITE)
+    for t in range(1, 11):
+        for r in range(SITE.n_racks):
+            st.add(summary(r, float(t)))
+    assert st.tree.closed_through == 9
+    out = st.advance(10.0 + 5.0 + 8.0)  # 8 s of silence past the lateness bound, driven by the idle timer
+    assert out.windows == 8
+    lost = {e.levels[0] for e in out.events if e.kind == "telemetry_loss" and e.state == "open"}
+    assert lost == set(SITE.rack_ids)
+    assert st.last is not None and st.last.racks_stale[SITE.levels_of_kind("site")[0]] == SITE.n_racks
