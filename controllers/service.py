@@ -70,6 +70,8 @@ class CapController:
             self.pdu_ts_s[i] = agg.ts_s
 
     def on_frame(self, fr: TelemetryFrame) -> None:
+        if fr.site != self.site.name:
+            raise SchemaError(f"telemetry.frame {fr.rack}: site '{fr.site}', this controller serves '{self.site.name}'")
         r = self.site.rack_index(fr.rack)
         a, b = int(self.site.rack_gpu_start[r]), int(self.site.rack_gpu_start[r + 1])
         if fr.power_w.size != b - a:

@@ -50,6 +50,9 @@ def feed_mode(pdu_power_w: list[float]) -> Mode:
 
 
 def rack_state(site: Site, frame: TelemetryFrame) -> RackState:
+    if frame.site != site.name:
+        # A worker rolls up one site; another site's rack-07 is not ours (and would corrupt our rack-07).
+        raise UnknownRack(f"telemetry.frame {frame.rack}: site '{frame.site}', this worker rolls up '{site.name}'")
     try:
         r = site.rack_index(frame.rack)
     except KeyError:
