@@ -283,7 +283,7 @@ def cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
 
     site = _site(cfg) if Path(cfg.site_file).exists() else None  # without it: levels laid out as they arrive
     try:
-        run(site, port=args.port, stop=_stop_on_signals(), host=args.host, speed=args.speed,
+        run(site, port=args.port, stop=_stop_on_signals(), host=args.host, speed=args.speed, backfill=args.backfill,
             bootstrap=None if args.replay else cfg.kafka_bootstrap, replay_dir=args.replay)
     except OSError as e:
         print(f"powerplane: error: cannot serve on {args.host}:{args.port} ({e.strerror or e}): choose another "
@@ -424,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     db.add_argument("--replay", metavar="DIR", help="show a recording (made by `powerplane record`) with a time slider")
     db.add_argument("--speed", type=float, default=1.0, help="--replay: N x the recorded pace at the start")
+    db.add_argument("--backfill", type=int, metavar="N",
+                    help="records read back per partition at start (default: ~a minute of aggregates; 0: only new)")
     db.set_defaults(fn=cmd_dashboard)
 
     st = sub.add_parser("status", help="print the power tree with load and headroom from the latest aggregates")

@@ -44,7 +44,7 @@ def tail_consumer(bootstrap: str, topic_names: Iterable[str], backfill: dict[str
     broker, or a topic is missing."""
     cons: KafkaConsumer = _retry_connect("consumer", bootstrap, lambda: KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=20_000,
-        api_version_auto_timeout_ms=int(connect_timeout_s * 1000)), connect_timeout_s)
+        bootstrap_timeout_ms=int(connect_timeout_s * 1000)), connect_timeout_s)
     try:
         parts: list[TopicPartition] = []
         for t in topic_names:

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from powerplane.dashboard.feed import LiveFeed
+from powerplane.dashboard.feed import TOPICS, LiveFeed
 from powerplane.dashboard.replay import Replayer
 from powerplane.dashboard.state import DashState
 from powerplane.site import Site
@@ -59,7 +59,7 @@ def _dumps(obj: Any) -> str:
 
 class Dashboard:
     def __init__(self, state: DashState, *, bootstrap: str | None = None, replay_dir: str | None = None,
-                 speed: float = 1.0, tick_s: float = 1.0) -> None:
+                 speed: float = 1.0, tick_s: float = 1.0, backfill: int | None = None) -> None:
         self.state = state
         self.lock = threading.Lock()
         self.metrics = Metrics()
@@ -72,7 +72,8 @@ class Dashboard:
             self.replayer = Replayer(replay_dir, state.apply, state.reset, self.lock, speed=speed,
                                      on_record=self.metrics.on_record)
         elif bootstrap is not None:
-            self.feed = LiveFeed(bootstrap, state.apply, self.lock, on_record=self.metrics.on_record)
+            self.feed = LiveFeed(bootstrap, state.apply, self.lock, on_record=self.metrics.on_record,
+                                 backfill=None if backfill is None else dict.fromkeys(TOPICS, backfill))
         else:
             raise ValueError("the dashboard needs a Kafka bootstrap or a recording to replay")
 
@@ -237,6 +238,8 @@ class Dashboard:
 
 
 def run(site: Site | None, *, port: int, stop: threading.Event, bootstrap: str | None = None,
-        replay_dir: str | None = None, speed: float = 1.0, host: str = "127.0.0.1") -> None:
-    dash = Dashboard(DashState(site=site), bootstrap=bootstrap, replay_dir=replay_dir, speed=speed)
+        replay_dir: str | None = None, speed: float = 1.0, host: str = "127.0.0.1",
+        backfill: int | None = None) -> None:
+    dash = Dashboard(DashState(site=site), bootstrap=bootstrap, replay_dir=replay_dir, speed=speed,
+                     backfill=backfill)
     asyncio.run(dash.serve(host, port, stop))

@@ -130,7 +130,12 @@ class Chromium:
         deadline = time.monotonic() + timeout_s
         last: Any = None
         while time.monotonic() < deadline:
-            last = await self.eval(expression)
+            try:
+                last = await self.eval(expression)
+            except RuntimeError as e:  # the page (and its globals) may not be loaded yet
+                last = str(e)
+                await asyncio.sleep(poll_s)
+                continue
             if last:
                 return last
             await asyncio.sleep(poll_s)
