@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +278,54 @@ def _replay_engine(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
+    from powerplane.dashboard.server import run
+
+    site = _site(cfg) if Path(cfg.site_file).exists() else None  # without it: levels laid out as they arrive
+    try:
+        run(site, port=args.port, stop=_stop_on_signals(), host=args.host, speed=args.speed, backfill=args.backfill,
+            bootstrap=None if args.replay else cfg.kafka_bootstrap, replay_dir=args.replay)
+    except OSError as e:
+        print(f"powerplane: error: cannot serve on {args.host}:{args.port} ({e.strerror or e}): choose another "
+              "--port", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    from powerplane.dashboard.feed import read_tail
+    from powerplane.dashboard.state import DashState, status_rows
+
+    state = DashState(site=_site(cfg) if Path(cfg.site_file).exists() else None)
+    stats = read_tail(cfg.kafka_bootstrap, state.apply, per_partition=args.tail, timeout_s=args.timeout)
+    kinds = set(args.kinds.split(",")) if args.kinds else None
+    rows = status_rows(state, kinds)
+    if not rows:
+        print(f"no level aggregates in the last {args.tail} records of each partition at {cfg.kafka_bootstrap}: "
+              "is the streams worker running (`powerplane streams worker`)?")
+        return 1
+
+    def kw(x: float | None) -> str:
+        return "-" if x is None or x != x else f"{x / 1e3:.1f}"
+
+    age = f", newest window {time.time() - state.clock_s:.0f} s ago" if state.clock_s == state.clock_s else ""
+    print(f"site {state.site.name if state.site else '?'}: {len(state.values)} levels{age}")
+    print(f"{'level':24s} {'kind':8s} {'load kW':>9s} {'limit kW':>9s} {'load %':>7s} {'headroom kW':>11s} "
+          f"{'mode':8s} {'events':>6s}")
+    for r in rows:
+        frac = r["load_frac"]
+        print(f"{'  ' * r['depth'] + r['level']:24s} {r['kind']:8s} {kw(r['power_w']):>9s} {kw(r['limit_w']):>9s} "
+              f"{'-' if frac is None else f'{frac:.1%}':>7s} {kw(r['headroom_w']):>11s} {r['mode'] or '-':8s} "
+              f"{r['open_events'] or '':>6}")
+    opened = state.open_events()
+    for e in opened[:10]:
+        dl = f", deadline in {e['deadline_s'] - state.clock_s:.0f} s" if e["deadline_s"] is not None else ""
+        print(f"OPEN {e['severity']:8s} {e['kind']} {','.join(e['levels'][:3])}{dl}: {e['summary']}")
+    if stats.lag:
+        print(f"(read timed out with {sum(stats.lag.values())} records left; raise --timeout)", file=sys.stderr)
+    return 0
+
+
 # ---- parser ---------------------------------------------------------------------------------------
 
 
@@ -373,6 +422,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "and report what the policy would have done")
     rp.add_argument("--commands-out", metavar="FILE", help="--engine: write the decided commands as JSON lines")
     rp.set_defaults(fn=cmd_replay)
+
+    db = sub.add_parser("dashboard", help="serve the live dashboard on localhost (from Kafka, or --replay a recording)")
+    db.add_argument("--port", type=int, default=8050)
+    db.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    db.add_argument("--replay", metavar="DIR", help="show a recording (made by `powerplane record`) with a time slider")
+    db.add_argument("--speed", type=float, default=1.0, help="--replay: N x the recorded pace at the start")
+    db.add_argument("--backfill", type=int, metavar="N",
+                    help="records read back per partition at start (default: ~a minute of aggregates; 0: only new)")
+    db.set_defaults(fn=cmd_dashboard)
+
+    st = sub.add_parser("status", help="print the power tree with load and headroom from the latest aggregates")
+    st.add_argument("--kinds", default="site,utility,ups,rpp,pdu,hall,row,zone",
+                    help="comma-separated level kinds to list (racks are left out by default)")
+    st.add_argument("--tail", type=int, default=2000, help="records read back from the end of each partition")
+    st.add_argument("--timeout", type=float, default=10.0, help="seconds to spend reading")
+    st.set_defaults(fn=cmd_status)
     return p
 
 
