@@ -23,7 +23,7 @@ from pathlib import Path
 
 from powerplane import devservers, topics
 from powerplane.config import Config
-from powerplane.schemas import Ack, Command, LevelAggregate, SchemaError
+from powerplane.schemas import Ack, Command, Event, LevelAggregate, SchemaError
 from powerplane.site import load_site
 
 GROUPS = ("powerplane-streams", "powerplane-controller", "powerplane-sink-influxdb", "powerplane-actuator-twin")
@@ -37,10 +37,14 @@ class LoopResult:
     under_again_at_s: float | None = None  # every PDU back under the cap threshold after the loss
     commands: list[Command] = field(default_factory=list)
     acks: list[Ack] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # emergencies the streams worker raised
     pdu_series: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)  # level -> (ts, W, limit)
     aggregates: dict[tuple[str, int], float] = field(default_factory=dict)  # (level, ts_ms) -> power_w
     threshold: float = 0.8
     log_dir: str = ""
+    # Windows from before this run (a worker resuming a checkpoint re-closes them, at least once) are not
+    # this run's: only aggregates from here on are checked against the store.
+    start_ts_s: float = 0.0
 
     def worst_pdu_frac(self, since_s: float) -> float:
         worst = 0.0
@@ -118,13 +122,14 @@ def run_loop(cfg: Config, *, duration_s: float, lose_feed_at_s: float, log_dir: 
 
     res = LoopResult(threshold=cfg.cap_threshold, log_dir=str(log_dir))
     svc = Services(cfg, log_dir)
-    obs = KafkaConsumer(topics.AGGREGATES.name, topics.COMMANDS.name, topics.ACKS.name,
+    obs = KafkaConsumer(topics.AGGREGATES.name, topics.COMMANDS.name, topics.ACKS.name, topics.EVENTS.name,
                         bootstrap_servers=cfg.kafka_bootstrap, group_id=None, auto_offset_reset="latest")
     try:
         for name, args in (("streams", ("streams", "worker")), ("controller", ("controller",)), ("sink", ("sink",))):
             svc.start(name, *args)
         obs.poll(timeout_ms=500)  # join before anything is produced so nothing is missed
         wait_for_groups(cfg, GROUPS[:3], check=svc.check)
+        res.start_ts_s = time.time()
         svc.start("fleet", "fleet", "--duration", f"{duration_s:.0f}", "--lose-feed", "A", "--at",
                   f"{lose_feed_at_s:.0f}")
         t_start = time.time()
@@ -139,6 +144,12 @@ def run_loop(cfg: Config, *, duration_s: float, lose_feed_at_s: float, log_dir: 
                     try:
                         if tp.topic == topics.AGGREGATES.name:
                             _on_agg(res, LevelAggregate.decode(m.value), now)
+                        elif tp.topic == topics.EVENTS.name:
+                            ev = Event.decode(m.value)
+                            res.events.append(ev)
+                            if narrate and ev.kind != "command_refused":
+                                print(f"t={now - t_start:5.1f}s  EVENT {ev.state} {ev.severity} {ev.kind}: "
+                                      f"{ev.summary}", flush=True)
                         elif tp.topic == topics.COMMANDS.name:
                             cmd = Command.decode(m.value)
                             res.commands.append(cmd)
@@ -172,6 +183,8 @@ def _stored(cfg: Config) -> set[tuple[str, int]]:
 
 
 def _on_agg(res: LoopResult, a: LevelAggregate, now: float) -> None:
+    if a.ts_s < res.start_ts_s:
+        return
     res.aggregates[(a.level, round(a.ts_s * 1000))] = a.power_w
     if a.kind != "pdu":
         return
@@ -248,6 +261,13 @@ def _summary(res: LoopResult, stored: dict[tuple[str, int], float]) -> bool:
                                f"{len(res.commands) - len(caps)} lease renewal(s)"))
     applied = [a for a in res.acks if a.status in ("applied", "clamped")]
     checks.append((bool(applied), f"the fleet's actuator acknowledged {len(applied)} of them as applied"))
+    loss = [e for e in res.events if e.kind == "feed_loss" and e.state == "open"]
+    if loss:
+        e = loss[0]
+        checks.append((True, f"the streams worker paged a {e.severity} {e.kind} on {e.levels[0]}, deadline "
+                             f"{(e.deadline_s or e.ts_s) - e.ts_s:.0f} s (the ride-through for shedding)"))
+    else:
+        checks.append((False, "no feed_loss emergency on pp.events"))
     if res.feed_lost_at_s and res.under_again_at_s:
         checks.append((True, f"every PDU was back under {res.threshold:.0%} of its derated limit "
                              f"{res.under_again_at_s - res.feed_lost_at_s:.1f} s after the loss"))
