@@ -27,6 +27,14 @@ class RetryableSinkError(RuntimeError):
         self.retry_after_s = retry_after_s  # the server's Retry-After, honoured over the runner's backoff
 
 
+def seconds(retry_after: str | None) -> float | None:
+    """A Retry-After header in its seconds form; None when absent or an HTTP date (the backoff applies)."""
+    try:
+        return max(0.0, float(retry_after)) if retry_after is not None else None
+    except ValueError:
+        return None
+
+
 class Sink(ABC):
     kind: str = ""
     topics: tuple[str, ...] = ()
@@ -59,7 +67,7 @@ register = REGISTRY.register
 
 
 def load_sink(name: str, options: Mapping[str, Any]) -> Sink:
-    import streams.sinks.alertmanager  # noqa: F401 - registration side effect
+    import streams.sinks.alertmanager  # registration side effect
     import streams.sinks.influx  # noqa: F401 - registration side effect
 
     kind = options.get("kind")

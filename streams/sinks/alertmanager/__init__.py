@@ -15,7 +15,7 @@ from typing import Any
 from powerplane import topics
 from powerplane.schemas import Event, Record
 from streams.sinks.alertmanager.alerts import SEVERITY_RANK, Alert, AlertBook
-from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, register
+from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, register, seconds
 
 log = logging.getLogger("powerplane.sink.alertmanager")
 
@@ -66,10 +66,8 @@ class AlertmanagerSink(Sink):
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace").strip()[:200]
             if e.code in RETRYABLE:
-                retry_after = e.headers.get("Retry-After")
                 raise RetryableSinkError(f"{self.url} answered {e.code}: {detail}",
-                                         retry_after_s=float(retry_after) if (retry_after or "").isdigit()
-                                         else None) from None
+                                         retry_after_s=seconds(e.headers.get("Retry-After"))) from None
             raise AlertmanagerRejected(f"{self.url}{path} answered {e.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)

@@ -11,13 +11,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from powerplane import topics
 from powerplane.schemas import Command, Record
-from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, register
+from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, register, seconds
 from streams.sinks.influx.points import LEVEL, aggregate_point, points
 
 __all__ = ["MEASUREMENT", "InfluxSink", "aggregate_point", "points"]
@@ -30,11 +31,8 @@ ISSUED_MAX = 100_000
 
 def retry_after_s(e: ApiException) -> float | None:
     """The server's Retry-After (seconds form) on a 429/503, if it sent one."""
-    v = (e.headers or {}).get("Retry-After") if hasattr(e, "headers") else None
-    try:
-        return max(0.0, float(v)) if v is not None else None
-    except ValueError:
-        return None
+    headers: Any = getattr(e, "headers", None) or {}
+    return seconds(headers.get("Retry-After"))
 
 
 @register("influxdb")
@@ -49,7 +47,10 @@ class InfluxSink(Sink):
         if not str(options["url"]).startswith(("http://", "https://")):
             raise SinkConfigError(f"sink '{self.name}': url must start with http:// or https://")
         self.url, self.org, self.bucket, self.token = (str(options[k]) for k in ("url", "org", "bucket", "token"))
-        self.timeout_ms = int(options.get("timeout_ms", 10_000))
+        timeout_ms = options.get("timeout_ms", 10_000)
+        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
+            raise SinkConfigError(f"sink '{self.name}': 'timeout_ms' must be a positive integer")
+        self.timeout_ms = timeout_ms
         self.client: InfluxDBClient | None = None
         self.issued_at: OrderedDict[str, float] = OrderedDict()
 
@@ -57,13 +58,17 @@ class InfluxSink(Sink):
         self.client = InfluxDBClient(url=self.url, token=self.token, org=self.org, timeout=self.timeout_ms)
         self.api = self.client.write_api(write_options=SYNCHRONOUS)
 
-    def write(self, records: Sequence[Record]) -> int:
+    def to_points(self, records: Sequence[Record]) -> list[Point]:
+        """The points write() sends for these records (no I/O; the dashboards' test writes them too)."""
         for r in records:
             if isinstance(r, Command):
                 self.issued_at[r.id] = r.issued_at_s
                 if len(self.issued_at) > ISSUED_MAX:
                     self.issued_at.popitem(last=False)
-        pts = points(records, self.issued_at)
+        return points(records, self.issued_at)
+
+    def write(self, records: Sequence[Record]) -> int:
+        pts = self.to_points(records)
         if not pts:
             return 0
         try:
