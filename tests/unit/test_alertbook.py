@@ -73,3 +73,17 @@ def test_config_errors_name_the_key() -> None:
         load_sink("am", {"kind": "alertmanager", "url": "http://a:9093", "repost_s": 0})
     with pytest.raises(SinkConfigError, match="'min_severity'"):
         load_sink("am", {"kind": "alertmanager", "url": "http://a:9093", "min_severity": "loud"})
+
+
+def test_sample_toml_configures() -> None:
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for name, opts in tomllib.loads((root / "streams/sinks/alertmanager/sample.toml").read_text())["sinks"].items():
+        sink = load_sink(name, opts)
+        assert sink.kind == "alertmanager" and sink.topics == ("pp.events",)
+    runbooks = (root / "docs" / "runbooks.md").read_text()
+    for kind in ("feed_loss", "ups_loss", "breaker_overload", "cooling_failure", "thermal_slowdown",
+                 "telemetry_loss", "meter_gap", "command_refused"):
+        assert f"\n## {kind}\n" in runbooks, f"no runbook section for {kind} (alerts link to #{kind})"
