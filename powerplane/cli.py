@@ -211,11 +211,15 @@ def cmd_sink(args: argparse.Namespace, cfg: Config) -> int:
     from streams.sinks.base import load_sink
     from streams.sinks.runner import run
 
-    sink = load_sink("influxdb", {"kind": "influxdb", "url": cfg.influx_url, "org": cfg.influx_org,
-                                  "bucket": cfg.influx_bucket, "token": cfg.influx_token})
+    options: dict[str, dict[str, Any]] = {
+        "influxdb": {"kind": "influxdb", "url": cfg.influx_url, "org": cfg.influx_org, "bucket": cfg.influx_bucket,
+                     "token": cfg.influx_token},
+        "alertmanager": {"kind": "alertmanager", "url": cfg.alertmanager_url},
+    }
+    sink = load_sink(args.name, options[args.name])
     stats = run(cfg, sink, _stop_on_signals())
-    log.info("sink: wrote %d points in %d batches (%d retries, %d dead letters)", stats.written, stats.batches,
-             stats.retries, stats.dead_letters)
+    log.info("sink %s: wrote %d points in %d batches (%d retries, %d dead letters, %d dropped)", args.name,
+             stats.written, stats.batches, stats.retries, stats.dead_letters, stats.dropped)
     return 0
 
 
@@ -390,7 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
     c.set_defaults(fn=cmd_controller)
 
-    k2 = sub.add_parser("sink", help="write aggregates to InfluxDB (v2 write API)")
+    k2 = sub.add_parser("sink", help="write aggregates, headroom, events and commands to InfluxDB (v2 write API), "
+                                     "or events to Alertmanager")
+    k2.add_argument("name", nargs="?", default="influxdb", choices=["influxdb", "alertmanager"],
+                    help="which sink (default influxdb; alertmanager posts pp.events to PP_ALERTMANAGER_URL)")
     k2.set_defaults(fn=cmd_sink)
 
     e = sub.add_parser("demo", help="run the closed loop end to end on real servers and show what happens")

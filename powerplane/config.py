@@ -48,6 +48,7 @@ class Config:
     cap_threshold: float = 0.80
     uncap_threshold: float = 0.75
     state_dir: str = ".powerplane"
+    alertmanager_url: str = "http://127.0.0.1:9093"  # the alertmanager sink posts pp.events here
 
     @staticmethod
     def env_name(key: str) -> str:

@@ -22,6 +22,18 @@ class SinkConfigError(ValueError):
 class RetryableSinkError(RuntimeError):
     """The store is unavailable or pushing back (429/503, connection refused): retry later."""
 
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # the server's Retry-After, honoured over the runner's backoff
+
+
+def seconds(retry_after: str | None) -> float | None:
+    """A Retry-After header in its seconds form; None when absent or an HTTP date (the backoff applies)."""
+    try:
+        return max(0.0, float(retry_after)) if retry_after is not None else None
+    except ValueError:
+        return None
+
 
 class Sink(ABC):
     kind: str = ""
@@ -42,6 +54,10 @@ class Sink(ABC):
     def write(self, records: Sequence[Record]) -> int:
         """Write all records or raise; return the number of points written."""
 
+    def tick(self, now_s: float) -> None:
+        """Called by the runner between polls (about every 200 ms), also when no records come:
+        periodic work such as re-posting alerts that would otherwise expire. Raise nothing."""
+
     def close(self) -> None:
         """Flush and release connections."""
 
@@ -51,6 +67,7 @@ register = REGISTRY.register
 
 
 def load_sink(name: str, options: Mapping[str, Any]) -> Sink:
+    import streams.sinks.alertmanager  # registration side effect
     import streams.sinks.influx  # noqa: F401 - registration side effect
 
     kind = options.get("kind")

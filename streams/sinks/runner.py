@@ -2,18 +2,23 @@
 
 Offsets are committed only after the sink has written the batch. While the store is unavailable
 the runner pauses its partitions (it keeps polling so the group does not evict it), retries with
-exponential backoff, and resumes where it stopped: nothing is dropped, and memory stays bounded by
-one batch. Points are idempotent in the store (same series and timestamp), so a replay after a crash
+exponential backoff (or the server's Retry-After), and resumes where it stopped: memory stays bounded
+by one batch. Points are idempotent in the store (same series and timestamp), so a replay after a crash
 rewrites rather than duplicates.
+
+Kafka is the bounded buffer: its retention (7 days for aggregates) is the bound. The only way records
+are lost is an outage longer than that; the runner then counts and logs what retention deleted before
+it was written (`SinkStats.dropped`), instead of letting the consumer skip ahead silently.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
-from kafka import OffsetAndMetadata
+from kafka import KafkaConsumer, OffsetAndMetadata
 
 from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, consumer
@@ -29,7 +34,35 @@ class SinkStats:
     batches: int = 0
     retries: int = 0
     dead_letters: int = 0
+    dropped: int = 0  # records Kafka's retention deleted before the sink wrote them
     last_error: str = ""
+
+
+def lost_to_retention(cons: KafkaConsumer, committed: bool) -> int:
+    """Records between where this group stood (its committed offset, or its position) and the oldest
+    record still retained: they are gone, and the consumer would skip them without a word."""
+    parts = list(cons.assignment())
+    if not parts:
+        return 0
+    begin = cons.beginning_offsets(parts)
+    lost = 0
+    for tp in parts:
+        at = cons.committed(tp) if committed else cons.position(tp)
+        if at is not None and begin.get(tp, 0) > at:
+            lost += begin[tp] - at
+    return lost
+
+
+def _report_lost(stats: SinkStats, sink: Sink, cons: KafkaConsumer, committed: bool) -> None:
+    try:
+        lost = lost_to_retention(cons, committed)
+    except Exception as e:  # a failed check must not stop the sink
+        log.warning("sink %s: cannot check for records lost to retention: %s", sink.name, e)
+        return
+    if lost:
+        stats.dropped += lost
+        log.error("sink %s: %d record(s) expired from Kafka (retention) before they were written; they are "
+                  "lost (total dropped %d)", sink.name, lost, stats.dropped)
 
 
 def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000,
@@ -40,9 +73,14 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
     cons = consumer(cfg.kafka_bootstrap, group or f"powerplane-sink-{sink.name}", *sink.topics,
                     from_beginning=True, enable_auto_commit=False, max_poll_records=batch_max)
     sink.start()
+    checked_start = False
     try:
         while not stop.is_set():
             batch = cons.poll(timeout_ms=200, max_records=batch_max)
+            sink.tick(time.time())
+            if not checked_start and cons.assignment():
+                checked_start = True
+                _report_lost(stats, sink, cons, committed=True)
             if not batch:
                 continue
             records: list[Record] = []
@@ -69,14 +107,16 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
                     stats.last_error = str(e)
                     cons.pause(*cons.assignment())
                     cons.poll(timeout_ms=0)  # keeps group membership alive while paused
-                    if stop.wait(delay):
+                    wait = delay if e.retry_after_s is None else e.retry_after_s
+                    if stop.wait(wait):
                         # Shutting down mid-outage: do not commit; the batch is read again next start.
                         return stats
                     delay = min(delay * 2, backoff_max_s)
-            cons.resume(*cons.paused())
             if stats.last_error:
                 log.info("sink %s: store is back; delivered the held batch", sink.name)
                 stats.last_error = ""
+                _report_lost(stats, sink, cons, committed=False)
+            cons.resume(*cons.paused())
             cons.commit(offsets)
     finally:
         sink.close()

@@ -85,3 +85,45 @@ def _wait_for(cond: object, timeout_s: float) -> None:
             return
         time.sleep(0.3)
     pytest.fail(f"condition not met within {timeout_s} s")
+
+
+def test_records_lost_to_retention_are_counted_not_skipped_silently(cfg: Config) -> None:
+    """Kafka is the sink's bounded buffer: what its retention deletes before the sink wrote it is
+    reported (SinkStats.dropped), the rest still arrives."""
+    from kafka import KafkaAdminClient, KafkaConsumer, OffsetAndMetadata, TopicPartition
+    from kafka.admin import NewTopic
+
+    site = f"droptest-{uuid.uuid4().hex[:8]}"
+    topic, group = f"test.{site}", f"g-{site}"
+    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+        p = Producer(cfg.kafka_bootstrap, "drop-test")
+        t0 = time.time() - 600
+        for i in range(10):
+            a = LevelAggregate(site=site, level="rack-01", kind="rack", ts_s=t0 + i, window_s=1.0, power_w=1000.0 + i,
+                               limit_w=46000.0, rated_w=57500.0, mode="normal", gpus_expected=64, gpus_reporting=64)
+            p.send(topic, a.encode(), key=a.key())
+        p.close()
+        tp = TopicPartition(topic, 0)
+        c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+        c.assign([tp])
+        c.commit({tp: OffsetAndMetadata(2, "", -1)})  # the sink had written 2 records, then went away
+        c.close()
+        admin.delete_records({tp: 6})  # retention deletes 4 it never wrote
+    finally:
+        admin.close()
+    sink = load_sink("influxdb", {"kind": "influxdb", "url": cfg.influx_url, "org": cfg.influx_org,
+                                  "bucket": cfg.influx_bucket, "token": cfg.influx_token})
+    sink.topics = (topic,)
+    stop = threading.Event()
+    result = {}
+    th = threading.Thread(target=lambda: result.setdefault("stats", run(cfg, sink, stop, group=group)))
+    th.start()
+    try:
+        _wait_for(lambda: len(_export(cfg, site)) >= 4, 20)
+    finally:
+        stop.set()
+        th.join(30)
+    assert sorted(ts for _, ts in _export(cfg, site)) == [round((t0 + i) * 1000) for i in range(6, 10)]
+    assert result["stats"].dropped == 4

@@ -1,45 +1,44 @@
 """InfluxDB sink through influxdb-client (v2 write API; see README.md beside this file).
 
-Points: measurement `pp_level`, tags site/level/kind/mode, float fields only, millisecond time.
+Points (built in points.py): `pp_level`, `pp_headroom`, `pp_event`, `pp_command`, `pp_ack`; tags are level
+ids and other low-cardinality names, numbers are float fields, time is the record's event time in ms.
 """
 
 from __future__ import annotations
 
-import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
-from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from powerplane import topics
-from powerplane.schemas import LevelAggregate, Record
-from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, register
+from powerplane.schemas import Command, Record
+from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, register, seconds
+from streams.sinks.influx.points import LEVEL, aggregate_point, points
 
-MEASUREMENT = "pp_level"
+__all__ = ["MEASUREMENT", "InfluxSink", "aggregate_point", "points"]
+
+MEASUREMENT = LEVEL  # kept for callers of the first release
+# Command issue times kept to compute the command->ack latency of acks that follow (bounded: an ack
+# whose command fell out, or came before a restart, is stored without a latency).
+ISSUED_MAX = 100_000
 
 
-def aggregate_point(a: LevelAggregate) -> Point:
-    p = (Point(MEASUREMENT).tag("site", a.site).tag("level", a.level).tag("kind", a.kind).tag("mode", a.mode)
-         .field("power_w", float(a.power_w)).field("limit_w", float(a.limit_w)).field("rated_w", float(a.rated_w))
-         .field("gpus_expected", float(a.gpus_expected)).field("gpus_reporting", float(a.gpus_reporting))
-         .time(round(a.ts_s * 1000), WritePrecision.MS))
-    if a.limit_w > 0:
-        p = p.field("load_frac", float(a.power_w / a.limit_w))
-    for name in ("inlet_c", "metered_w"):
-        v = getattr(a, name)
-        if v is not None and math.isfinite(v):
-            p = p.field(name, float(v))
-    return p
+def retry_after_s(e: ApiException) -> float | None:
+    """The server's Retry-After (seconds form) on a 429/503, if it sent one."""
+    headers: Any = getattr(e, "headers", None) or {}
+    return seconds(headers.get("Retry-After"))
 
 
 @register("influxdb")
 class InfluxSink(Sink):
-    topics = (topics.AGGREGATES.name,)
+    topics = (topics.AGGREGATES.name, topics.HEADROOM.name, topics.EVENTS.name, topics.COMMANDS.name,
+              topics.ACKS.name)
 
     def configure(self, options: Mapping[str, Any]) -> None:
         for key in ("url", "org", "bucket", "token"):
@@ -48,26 +47,40 @@ class InfluxSink(Sink):
         if not str(options["url"]).startswith(("http://", "https://")):
             raise SinkConfigError(f"sink '{self.name}': url must start with http:// or https://")
         self.url, self.org, self.bucket, self.token = (str(options[k]) for k in ("url", "org", "bucket", "token"))
-        self.timeout_ms = int(options.get("timeout_ms", 10_000))
+        timeout_ms = options.get("timeout_ms", 10_000)
+        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
+            raise SinkConfigError(f"sink '{self.name}': 'timeout_ms' must be a positive integer")
+        self.timeout_ms = timeout_ms
         self.client: InfluxDBClient | None = None
+        self.issued_at: OrderedDict[str, float] = OrderedDict()
 
     def start(self) -> None:
         self.client = InfluxDBClient(url=self.url, token=self.token, org=self.org, timeout=self.timeout_ms)
         self.api = self.client.write_api(write_options=SYNCHRONOUS)
 
+    def to_points(self, records: Sequence[Record]) -> list[Point]:
+        """The points write() sends for these records (no I/O; the dashboards' test writes them too)."""
+        for r in records:
+            if isinstance(r, Command):
+                self.issued_at[r.id] = r.issued_at_s
+                if len(self.issued_at) > ISSUED_MAX:
+                    self.issued_at.popitem(last=False)
+        return points(records, self.issued_at)
+
     def write(self, records: Sequence[Record]) -> int:
-        points = [aggregate_point(r) for r in records if isinstance(r, LevelAggregate)]
-        if not points:
+        pts = self.to_points(records)
+        if not pts:
             return 0
         try:
-            self.api.write(bucket=self.bucket, org=self.org, record=points)  # each Point carries its ms precision
+            self.api.write(bucket=self.bucket, org=self.org, record=pts)  # each Point carries its ms precision
         except ApiException as e:
             if e.status in (408, 429, 500, 502, 503, 504):
-                raise RetryableSinkError(f"{self.url} answered {e.status}: {e.reason}") from None
+                raise RetryableSinkError(f"{self.url} answered {e.status}: {e.reason}",
+                                         retry_after_s=retry_after_s(e)) from None
             raise
         except (HTTPError, OSError) as e:
             raise RetryableSinkError(f"{self.url} unreachable: {type(e).__name__}") from None
-        return len(points)
+        return len(pts)
 
     def close(self) -> None:
         if self.client is not None:

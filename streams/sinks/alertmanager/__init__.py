@@ -1,0 +1,128 @@
+"""Alertmanager sink: events from pp.events become alerts through Alertmanager's v2 API (see README.md
+beside this file). What to post and when is decided by alerts.AlertBook (pure); this class only posts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from powerplane import topics
+from powerplane.schemas import Event, Record
+from streams.sinks.alertmanager.alerts import SEVERITY_RANK, Alert, AlertBook
+from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, register, seconds
+
+log = logging.getLogger("powerplane.sink.alertmanager")
+
+RETRYABLE = (408, 429, 500, 502, 503, 504)
+
+
+class AlertmanagerRejected(RuntimeError):
+    """Alertmanager refused the alerts themselves (4xx other than 408/429): retrying cannot help."""
+
+
+@register("alertmanager")
+class AlertmanagerSink(Sink):
+    topics = (topics.EVENTS.name,)
+
+    def configure(self, options: Mapping[str, Any]) -> None:
+        url = options.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise SinkConfigError(f"sink '{self.name}': 'url' must be a string starting with http:// or https://")
+        self.url = url.rstrip("/")
+        repost_s = options.get("repost_s", 60.0)
+        if isinstance(repost_s, bool) or not isinstance(repost_s, int | float) or not repost_s > 0:
+            raise SinkConfigError(f"sink '{self.name}': 'repost_s' must be a positive number of seconds")
+        timeout_ms = options.get("timeout_ms", 5000)
+        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
+            raise SinkConfigError(f"sink '{self.name}': 'timeout_ms' must be a positive integer")
+        min_severity = options.get("min_severity", "warning")
+        if min_severity not in SEVERITY_RANK:
+            raise SinkConfigError(f"sink '{self.name}': 'min_severity' must be one of {', '.join(SEVERITY_RANK)}")
+        runbook_base = options.get("runbook_base", "docs/runbooks.md")
+        if not isinstance(runbook_base, str) or not runbook_base:
+            raise SinkConfigError(f"sink '{self.name}': 'runbook_base' must be a non-empty string")
+        self.timeout_s = timeout_ms / 1000
+        self.book = AlertBook(runbook_base=runbook_base, repost_s=float(repost_s), min_severity=min_severity)
+        self.adopted = False
+        self.next_adopt_s = 0.0
+        self.failing = False
+        self.rejected = 0  # alerts Alertmanager refused (logged, not retried)
+        self.pending: list[Alert] = []
+
+    # ---- HTTP -----------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+                text = r.read().decode() or "null"
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace").strip()[:200]
+            if e.code in RETRYABLE:
+                raise RetryableSinkError(f"{self.url} answered {e.code}: {detail}",
+                                         retry_after_s=seconds(e.headers.get("Retry-After"))) from None
+            raise AlertmanagerRejected(f"{self.url}{path} answered {e.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise RetryableSinkError(f"{self.url} unreachable: {reason}") from None
+        return json.loads(text)
+
+    def post(self, alerts: list[Alert]) -> None:
+        if not alerts:
+            return
+        try:
+            self._request("POST", "/api/v2/alerts", alerts)
+        except AlertmanagerRejected as e:
+            # Bad alerts are not worth stopping the sink for (the next events must still page someone).
+            self.rejected += len(alerts)
+            ids = ", ".join(str(a["labels"].get("event_id")) for a in alerts)
+            log.error("sink %s: %s; dropped alert(s) for event(s) %s", self.name, e, ids)
+
+    def _adopt(self, now_s: float) -> None:
+        q = urllib.parse.urlencode({"active": "true", "silenced": "true", "inhibited": "true",
+                                    "unprocessed": "true", "filter": 'event_id=~".+"'})
+        held = self._request("GET", f"/api/v2/alerts?{q}")
+        n = self.book.adopt(held if isinstance(held, list) else [], now_s)
+        self.adopted = True
+        if n:
+            log.info("sink %s: re-posting %d open alert(s) Alertmanager already held", self.name, n)
+
+    # ---- Sink -----------------------------------------------------------------------------
+    def write(self, records: Sequence[Record]) -> int:
+        now_s = time.time()
+        for r in records:
+            if isinstance(r, Event):
+                self.pending.extend(self.book.update(r, now_s))
+        # On RetryableSinkError the runner calls write() again with the same records: the book has
+        # already taken them in (and returns nothing new), so what is still to post waits in pending.
+        self.post(self.pending)
+        n = len(self.pending)
+        self.pending = []
+        return n
+
+    def tick(self, now_s: float) -> None:
+        try:
+            if not self.adopted and now_s >= self.next_adopt_s:
+                self.next_adopt_s = now_s + self.book.retry_s
+                self._adopt(now_s)
+            due = self.book.due(now_s)
+            try:
+                self.post(due)
+            except RetryableSinkError:
+                self.book.failed(due, now_s)
+                raise
+            if self.failing:
+                log.info("sink %s: Alertmanager is back; open alerts re-posted", self.name)
+                self.failing = False
+        except (RetryableSinkError, AlertmanagerRejected, ValueError) as e:
+            if not self.failing:
+                log.warning("sink %s: cannot re-post open alerts: %s; trying again in %.0f s", self.name, e,
+                            self.book.retry_s)
+            self.failing = True
