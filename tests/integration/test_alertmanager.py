@@ -173,3 +173,43 @@ def test_feed_loss_pages_once_then_resolves_once_and_warnings_go_to_chat(
         th.join(30)
         p.close()
     assert out["stats"].dead_letters == 0
+
+
+def test_a_twin_feed_loss_pages_once_and_resolves_once(cfg: Config, alertmanager: tuple[str, Webhook],
+                                                       tmp_path: Path) -> None:
+    """End to end: the digital twin loses feed A for 15 s; the streams worker detects it from the PDU meters;
+    the Alertmanager sink turns the event into exactly one page, and one resolution when the feed is back."""
+    import dataclasses
+
+    from powerplane.demo import Services, wait_for_groups
+    from tests.integration.test_streams_site import Plant, site_copy
+
+    url, hook = alertmanager
+    path, site = site_copy(tmp_path, f"lab-am-{uuid.uuid4().hex[:6]}")
+    scenario = tmp_path / "feed-loss.toml"
+    scenario.write_text('name = "feed-a-15s"\n[[events]]\nat_s = 5\nkind = "lose_feed"\nfeed = "A"\n'
+                        'duration_s = 15\n')
+    c = dataclasses.replace(cfg, site_file=str(path))
+    svc = Services(c, tmp_path / "logs")
+    sink = load_sink("alertmanager", {"kind": "alertmanager", "url": url, "repost_s": REPOST_S})
+    stop = threading.Event()
+    out: dict[str, SinkStats] = {}
+    th = threading.Thread(target=lambda: out.setdefault("stats", run(c, sink, stop, group=f"g-{site.name}")))
+    plant = Plant(c, site, float(int(time.time())), scenario_file=scenario, speed=1.0)  # real time: wall-clock alerts
+    try:
+        svc.start("streams", "streams", "worker")
+        th.start()
+        wait_for_groups(c, ("powerplane-streams",), check=svc.check)
+        plant.run(50)  # lost at 5 s, back at 20 s; the meters catch up within ~10 s, then 5 s clear
+        _wait(lambda: [s for _, s, _ in hook.notes(site.name, "/pager")] == ["firing", "resolved"], 30,
+              f"no firing-then-resolved page: {hook.notes(site.name, '/pager')}")
+        time.sleep(3.0)  # a few more group intervals: nothing else may arrive
+        svc.check()
+    finally:
+        stop.set()
+        th.join(30)
+        svc.stop()
+        plant.producer.close()
+    pager = hook.notes(site.name, "/pager")
+    assert [(s, a["labels"]["alertname"], a["labels"]["level"]) for _, s, a in pager] == [
+        ("firing", "feed_loss", "util-a"), ("resolved", "feed_loss", "util-a")], pager

@@ -34,9 +34,11 @@ SPEED = 8.0  # simulated seconds per wall second
 class Plant:
     """The twin publishing its telemetry to pp.telemetry, faster than real time."""
 
-    def __init__(self, cfg: Config, site: Site, epoch_s: float) -> None:
+    def __init__(self, cfg: Config, site: Site, epoch_s: float, scenario_file: Path = SCENARIO,
+                 speed: float = SPEED) -> None:
         self.site = site
-        scenario = dataclasses.replace(load_scenario(SCENARIO), site=site.name)  # the lab under another name
+        self.speed = speed
+        scenario = dataclasses.replace(load_scenario(scenario_file), site=site.name)  # the lab, renamed
         self.twin = Twin(site, scenario=scenario, seed=3, epoch_s=epoch_s)
         self.producer = Producer(cfg.kafka_bootstrap, "test-twin")
         self.truth: dict[float, np.ndarray] = {}
@@ -45,7 +47,7 @@ class Plant:
 
     def run(self, seconds: int) -> None:
         t0 = time.monotonic()
-        for _ in range(seconds):
+        for i in range(1, seconds + 1):
             fr = self.twin.step(1.0)
             self.seq += 1
             ts = self.twin.epoch_s + fr.t_s
@@ -54,7 +56,7 @@ class Plant:
             for f in rack_frames(self.site, fr, ts, 1.0, self.seq, "twin"):
                 self.producer.send(topics.TELEMETRY.name, f.encode(), key=f.key(), timestamp_ms=int(ts * 1000))
             self.producer.flush()
-            lag = (self.seq / SPEED) - (time.monotonic() - t0)
+            lag = (i / self.speed) - (time.monotonic() - t0)
             if lag > 0:
                 time.sleep(lag)
 
