@@ -209,7 +209,7 @@ def cmd_controller(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_sink(args: argparse.Namespace, cfg: Config) -> int:
     from streams.sinks.base import load_sink
-    from streams.sinks.runner import run
+    from streams.sinks.runner import SinkMetrics, SinkStats, run
 
     options: dict[str, dict[str, Any]] = {
         "influxdb": {"kind": "influxdb", "url": cfg.influx_url, "org": cfg.influx_org, "bucket": cfg.influx_bucket,
@@ -217,7 +217,14 @@ def cmd_sink(args: argparse.Namespace, cfg: Config) -> int:
         "alertmanager": {"kind": "alertmanager", "url": cfg.alertmanager_url},
     }
     sink = load_sink(args.name, options[args.name])
-    stats = run(cfg, sink, _stop_on_signals())
+    stats = SinkStats()
+    if args.metrics_port:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        registry.register(SinkMetrics(args.name, stats))
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
+    run(cfg, sink, _stop_on_signals(), stats=stats)
     log.info("sink %s: wrote %d points in %d batches (%d retries, %d dead letters, %d dropped)", args.name,
              stats.written, stats.batches, stats.retries, stats.dead_letters, stats.dropped)
     return 0
@@ -398,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "or events to Alertmanager")
     k2.add_argument("name", nargs="?", default="influxdb", choices=["influxdb", "alertmanager"],
                     help="which sink (default influxdb; alertmanager posts pp.events to PP_ALERTMANAGER_URL)")
+    k2.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
     k2.set_defaults(fn=cmd_sink)
 
     e = sub.add_parser("demo", help="run the closed loop end to end on real servers and show what happens")

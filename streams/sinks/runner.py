@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata
 
@@ -65,9 +66,35 @@ def _report_lost(stats: SinkStats, sink: Sink, cons: KafkaConsumer, committed: b
                   "lost (total dropped %d)", sink.name, lost, stats.dropped)
 
 
+class SinkMetrics:
+    """Prometheus collector over a running sink's stats, read at scrape time."""
+
+    def __init__(self, name: str, stats: SinkStats) -> None:
+        self.name, self.stats = name, stats
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        st = self.stats
+        for metric, doc, value in (("written", "points written to the store", st.written),
+                                   ("batches", "write batches", st.batches),
+                                   ("retries", "writes retried (store down or pushing back)", st.retries),
+                                   ("dead_letters", "records sent to the dead-letter topic", st.dead_letters),
+                                   ("dropped", "records Kafka's retention deleted before they were written",
+                                    st.dropped)):
+            c = CounterMetricFamily(f"powerplane_sink_{metric}", doc, labels=["sink"])
+            c.add_metric([self.name], float(value))
+            yield c
+        up = GaugeMetricFamily("powerplane_sink_store_up", "1 when the last write succeeded", labels=["sink"])
+        up.add_metric([self.name], 0.0 if st.last_error else 1.0)
+        yield up
+
+
 def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000,
-        backoff_max_s: float = 30.0, group: str | None = None) -> SinkStats:
-    stats = SinkStats()
+        backoff_max_s: float = 30.0, group: str | None = None, stats: SinkStats | None = None) -> SinkStats:
+    """Consume the sink's topics and write them, committing only what the store took. Pass `stats` to
+    watch it while it runs (the /metrics collector does)."""
+    stats = stats if stats is not None else SinkStats()
     producer = Producer(cfg.kafka_bootstrap, f"powerplane-sink-{sink.name}")
     dlq = DeadLetters(producer, f"sink-{sink.name}")
     cons = consumer(cfg.kafka_bootstrap, group or f"powerplane-sink-{sink.name}", *sink.topics,
