@@ -27,3 +27,18 @@ def read_messages(cfg: Config, topic: str, timeout_s: float = 10.0) -> list:  # 
         return out
     finally:
         c.close()
+
+
+def start_group_at_end(cfg: Config, group: str, topic_names: tuple[str, ...]) -> None:
+    """Commit a consumer group at the current end of its topics, as a sink already deployed would stand,
+    so a test's sink does not first work through what the earlier tests left on the shared broker."""
+    from kafka import OffsetAndMetadata
+
+    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(t, p) for t in topic_names for p in c.partitions_for_topic(t) or []]
+        c.assign(parts)
+        end = c.end_offsets(parts)
+        c.commit({tp: OffsetAndMetadata(end[tp], "", -1) for tp in parts})
+    finally:
+        c.close()

@@ -15,6 +15,7 @@ from powerplane.kafka import Producer
 from powerplane.schemas import LevelAggregate
 from streams.sinks.base import load_sink
 from streams.sinks.runner import run
+from tests.integration.helpers import start_group_at_end
 
 
 def _export(cfg: Config, site: str) -> dict[tuple[str, int], float]:
@@ -54,6 +55,7 @@ def test_no_point_lost_across_a_store_restart(cfg: Config) -> None:
                                   "bucket": cfg.influx_bucket, "token": cfg.influx_token})
     stop = threading.Event()
     result = {}
+    start_group_at_end(cfg, f"g-{site}", sink.topics)  # not the earlier tests' hundreds of thousands of records
     th = threading.Thread(target=lambda: result.setdefault("stats", run(cfg, sink, stop, group=f"g-{site}",
                                                                         backoff_max_s=1.0)))
     th.start()
