@@ -24,7 +24,7 @@ from powerplane.schemas import Event, Headroom, LevelAggregate, SchemaError
 from powerplane.site import KIND, Site, load_site
 from powerplane.twin import Twin, load_scenario
 from tests.integration.conftest import free_port
-from tests.integration.helpers import read_messages
+from tests.integration.helpers import read_messages, start_group_at_end
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "examples" / "scenarios" / "lab-every-emergency.toml"
@@ -100,6 +100,9 @@ def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_pa
     epoch = float(int(time.time()))
     plant = Plant(c, site, epoch)
     port = free_port()
+    # Start where a deployed worker would stand: not behind what the earlier tests' fleets left on the shared
+    # broker (another site's frames, each dead-lettered, would hold back our racks at 8x speed).
+    start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
     try:
         svc.start("streams", "streams", "worker", "--metrics-port", str(port))
         wait_for_groups(c, ("powerplane-streams",), check=svc.check)
@@ -177,6 +180,7 @@ def test_a_killed_worker_is_replaced_without_paging_again(cfg: Config, tmp_path:
     plant = Plant(c, site, epoch)
     first_svc = Services(c, tmp_path / "logs-1")
     second = Services(c, tmp_path / "logs-2")
+    start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
     try:
         first_svc.start("streams", "streams", "worker")
         wait_for_groups(c, ("powerplane-streams",), check=first_svc.check)
