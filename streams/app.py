@@ -51,6 +51,7 @@ class KeyedBatches:
     def __init__(self, app: faust.App) -> None:
         self.app = app
         self.partitioner = DefaultPartitioner()
+        self.sent = 0
 
     async def send(self, topic: str, items: list[tuple[bytes, bytes, float]]) -> None:
         if not items:
@@ -77,6 +78,7 @@ class KeyedBatches:
                     await producer.send(topic, value=value, key=key, partition=p, timestamp_ms=ts_ms)
             if n:
                 await producer.send_batch(batch, topic, partition=p)
+        self.sent += len(items)
 
 
 class Counters:

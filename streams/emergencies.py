@@ -138,10 +138,7 @@ class EmergencyDetector:
         spreading = snap.dark_share > 0
         self.dark_since = np.where(spreading, np.fmin(self.dark_since, now), np.nan)
         self.dark_since[spreading & np.isnan(self.dark_since)] = now
-        # Only levels dark now, or with a power-loss confirmation pending, can change anything: not a Python
-        # loop over every level of the site each window.
-        pending = [self.site.level_index[k.split(":", 1)[1]] for k in self.pending if k.startswith(_LOSS[2] + ":")]
-        for lv in sorted(set(np.flatnonzero(snap.dark_top).tolist()) | set(pending)):
+        for lv in range(len(ids)):
             k = int(kinds[lv])
             if k not in (KIND["utility"], KIND["ups"], KIND["rpp"], KIND["pdu"]):
                 continue

@@ -21,7 +21,7 @@ Feed state: a feed level (utility, UPS lineup, RPP, PDU) is dark when the PDU me
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -110,6 +110,7 @@ class _Topology:
     member: list[IntArray]  # rack -> row, hall, zone level
     site_levels: IntArray
     parent: IntArray
+    racks_under: list[npt.NDArray[np.int64]] = field(default_factory=list)
 
     @classmethod
     def of(cls, site: Site) -> _Topology:
@@ -119,7 +120,7 @@ class _Topology:
             p = site.level_parent[lv]
             feed_up.append((lv[p >= 0], p[p >= 0]))
         feed_mask = np.isin(site.level_kind, [KIND[k] for k in FEED_KINDS])
-        members = [site.rack_row, site.rack_hall, site.rack_zone]
+        members = [m for m in (site.rack_row, site.rack_hall, site.rack_zone)]
         return cls(n_levels=len(site.level_ids), n_racks=site.n_racks, rack_level=site.rack_level,
                    rack_rated_w=site.level_rated_w[site.rack_level].astype(np.float64), rack_pdu=site.rack_pdu,
                    feed_up=feed_up, feed_mask=feed_mask, pdu_levels=site.levels_of_kind("pdu"),
