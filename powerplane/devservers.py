@@ -226,7 +226,9 @@ def start_kafka(cfg: Config, p: Paths, timeout_s: float = 90.0) -> None:
     (p.kafka_dir / "log4j2.yaml").write_text(LOG4J2)
     cp = f"{libs}/*"
     if not (p.kafka_dir / "data" / "meta.properties").exists():
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster = "-"
+        while cluster.startswith("-"):  # an id starting with '-' reads as an option (1 in 64); Kafka redraws too
+            cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         say("formatting KRaft storage")
         res = subprocess.run([java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
                               str(props), "--standalone"], capture_output=True, text=True)

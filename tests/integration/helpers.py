@@ -12,12 +12,28 @@ def read_topic(cfg: Config, topic: str, timeout_s: float = 10.0) -> list[bytes]:
     return [m.value for m in read_messages(cfg, topic, timeout_s)]
 
 
-def read_messages(cfg: Config, topic: str, timeout_s: float = 10.0) -> list:  # type: ignore[type-arg]
+def end_offsets(cfg: Config, topic: str) -> dict[int, int]:
+    """Where each partition of a topic ends now: read_messages(start=...) then reads only what came after."""
+    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or []]
+        return {tp.partition: off for tp, off in c.end_offsets(parts).items()}
+    finally:
+        c.close()
+
+
+def read_messages(cfg: Config, topic: str, timeout_s: float = 10.0,
+                  start: dict[int, int] | None = None) -> list:  # type: ignore[type-arg]
+    """Records of a topic from the beginning, or from `start` (partition -> offset, see end_offsets): on
+    the broker the whole session shares, earlier tests leave hundreds of thousands of records behind."""
     c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=None, enable_auto_commit=False)
     try:
         parts = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or []]
         c.assign(parts)
         c.seek_to_beginning(*parts)
+        for tp in parts:
+            if start and tp.partition in start:
+                c.seek(tp, start[tp.partition])
         end = c.end_offsets(parts)
         out = []
         deadline = time.monotonic() + timeout_s
