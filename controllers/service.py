@@ -1,14 +1,16 @@
-"""The capping controller's Kafka shell.
+"""The controller and its Kafka shell.
 
-Consumes PDU aggregates (loads) and telemetry frames (per-GPU power and enforced limits), runs
-controllers.capping.decide_caps once per tick, and publishes signed, leased power-cap commands,
-one per rack that changes; active caps are renewed before their lease runs out. Acks are read back
-to measure command latency and to log what the actuators really applied.
+Consumes aggregates (the load and limit of every level), headroom (each zone's thermal headroom) and
+telemetry frames (per-GPU power and enforced limits); once per tick runs the hierarchical capping policy
+(controllers.capping) and the thermal policy (controllers.thermal), and publishes signed, leased commands,
+one per rack and knob that changes; what it holds is renewed before its lease runs out. Acks are read
+back to measure command latency and to log what the actuators really applied.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -18,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from controllers.capping import CapSettings, decide_caps
+from controllers.capping import CapSettings, brake_levels, decide_caps, feed_share, tree_of, worst_level
+from controllers.thermal import STAGES, ThermalSettings, decide_thermal
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, consumer
-from powerplane.schemas import Ack, Command, DeadLetter, LevelAggregate, SchemaError, TelemetryFrame
+from powerplane.schemas import Ack, Command, DeadLetter, Headroom, LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.site import Site
 
@@ -38,36 +41,72 @@ class ControllerStats:
 
 
 class CapController:
-    """State and decisions; no I/O (the run loop below feeds it)."""
+    """State and decisions; no I/O (the run loop below, and the in-process engine, feed it).
+
+    It keeps the latest load and limit of every level (from aggregates: racks and PDUs per frame, the
+    levels above per window), each zone's thermal headroom (from headroom records), and each GPU's
+    power and enforced limit (from telemetry), and once a tick runs the capping and thermal policies
+    over them. Commands go out per rack: power caps, SM clock locks, routing weights, each leased and
+    renewed while it holds."""
 
     def __init__(self, site: Site, keyring: Keyring, settings: CapSettings, lease_s: float,
-                 issuer: str = "capping-controller") -> None:
+                 issuer: str = "capping-controller", thermal: ThermalSettings | None = None,
+                 actions: frozenset[str] = frozenset(("power_cap", "sm_clock_lock", "routing_weight"))) -> None:
         self.site = site
         self.keyring = keyring
         self.settings = settings
+        self.thermal = thermal if thermal is not None else ThermalSettings()
         self.lease_s = lease_s
         self.issuer = issuer
+        self.actions = actions  # which knobs this deployment has actuators for
         n_levels = len(site.level_ids)
-        self.pdu_power_w = np.full(n_levels, np.nan)
-        self.pdu_seen_s = np.full(n_levels, -np.inf)  # arrival time (our clock)
-        self.pdu_ts_s = np.full(n_levels, -np.inf)  # event time of the reading (the meter's clock)
+        self.level_power_w = np.full(n_levels, np.nan)
+        self.level_seen_s = np.full(n_levels, -np.inf)  # arrival time (our clock)
+        self.level_ts_s = np.full(n_levels, -np.inf)  # event time of the reading (the meter's clock)
+        _, self.limit_w = site.limits_w("normal")  # replaced by each aggregate's limit in its feed state
+        self.limit_w = self.limit_w.copy()
         self.settle_s = 0.5  # a cap needs this long to show in a reading (NVML applies in < 100 ms)
-        _, self.derated_w = site.limits_w("normal")  # PDUs keep their own limit in every feed state
+        self.zones = site.levels_of_kind("zone")
+        self.zone_headroom_c = np.full(self.zones.size, np.nan)
+        self.zone_ttl_s = np.full(self.zones.size, np.nan)
+        self.zone_seen_s = np.full(self.zones.size, -np.inf)
+        self.zone_stage = np.zeros(self.zones.size, dtype=np.int64)
+        self._zone_pos = {int(z): i for i, z in enumerate(self.zones)}
+        self.over_since_s = np.full(n_levels, np.inf)
         self.gpu_power_w = np.full(site.n_gpus, np.nan)
         self.cap_w = np.full(site.n_gpus, np.nan)  # NaN until the enforced limit has been seen
+        self.clock_mhz = np.full(site.n_gpus, np.nan)  # clock locks this controller holds (NaN: none)
+        self.route_w = np.ones(site.n_gpus)  # routing weights this controller holds
         self.rack_sent_s = np.full(site.n_racks, -np.inf)
         self.rack_changed_s = np.full(site.n_racks, -np.inf)  # when this controller last changed a rack's caps
+        self.rack_knob_sent_s = np.full((2, site.n_racks), -np.inf)  # clocks, routing: last sent
         self.stats = ControllerStats()
         self.stale_after_s = 10.0
+        self.tree = tree_of(site)
 
+    # ---- inputs ------------------------------------------------------------------------------------
     def on_aggregate(self, agg: LevelAggregate, now_s: float) -> None:
-        if agg.kind != "pdu" or agg.site != self.site.name:
+        if agg.site != self.site.name:
             return
         i = self.site.level_index.get(agg.level)
-        if i is not None:
-            self.pdu_power_w[i] = agg.power_w
-            self.pdu_seen_s[i] = now_s
-            self.pdu_ts_s[i] = agg.ts_s
+        if i is None or agg.ts_s < self.level_ts_s[i]:
+            return  # a late window must not overwrite a newer reading
+        self.level_power_w[i] = agg.power_w
+        self.level_seen_s[i] = now_s
+        self.level_ts_s[i] = agg.ts_s
+        if math.isfinite(agg.limit_w) and agg.kind not in ("pdu", "rack", "zone"):
+            # Upper levels carry the limit of the current feed state (0 when dark); a PDU keeps its own.
+            self.limit_w[i] = agg.limit_w
+
+    def on_headroom(self, h: Headroom, now_s: float) -> None:
+        if h.site != self.site.name or h.kind != "zone":
+            return
+        z = self._zone_pos.get(self.site.level_index.get(h.level, -1))
+        if z is None:
+            return
+        self.zone_headroom_c[z] = h.thermal_headroom_c if h.thermal_headroom_c is not None else np.nan
+        self.zone_ttl_s[z] = h.time_to_limit_s if h.time_to_limit_s is not None else np.nan
+        self.zone_seen_s[z] = now_s
 
     def on_frame(self, fr: TelemetryFrame) -> None:
         if fr.site != self.site.name:
@@ -81,38 +120,68 @@ class CapController:
         # Adopt the enforced limit the first time a rack is seen (e.g. after a controller restart).
         self.cap_w[a:b] = np.where(np.isnan(seen), fr.limit_w, seen)
 
+    # ---- decisions -----------------------------------------------------------------------------------
     def decide(self, now_s: float) -> list[Command]:
-        pdu = np.where(now_s - self.pdu_seen_s <= self.stale_after_s, self.pdu_power_w, np.nan)
-        # A PDU load received before our last change to a rack on it cannot show that change yet; acting
-        # on it again would shed (or release) the same watts twice. Hold until a newer load arrives.
+        s = self.settings
+        tree = self.tree
+        load = np.where(now_s - self.level_seen_s <= self.stale_after_s, self.level_power_w, np.nan)
+        # A load received before our last change to a rack under it cannot show that change yet; acting on
+        # it again would shed (or release) the same watts twice. Hold until a newer load arrives. It must
+        # also have been measured after the change had time to settle, or a reading in flight when we
+        # acted would trigger a second cut. (Assumes NTP-synchronised clocks; with skew this only delays
+        # the next decision by the skew.)
         changed_at = np.full(len(self.site.level_ids), -np.inf)
-        np.maximum.at(changed_at, self.site.rack_pdu.ravel(), np.repeat(self.rack_changed_s, 2))
-        # It must also have been measured after the change had time to settle; otherwise a reading that
-        # was in flight when we acted would trigger a second cut. (Assumes NTP-synchronised clocks; with
-        # skew this only delays the next decision by the skew.)
-        fresh = (self.pdu_seen_s > changed_at) & (self.pdu_ts_s >= changed_at + self.settle_s)
-        pdu = np.where(fresh, pdu, np.nan)
+        np.maximum.at(changed_at, tree.level, self.rack_changed_s[tree.rack])
+        fresh = (self.level_seen_s > changed_at) & (self.level_ts_s >= changed_at + self.settle_s)
+        brake, self.over_since_s = brake_levels(load, self.limit_w, self.over_since_s, now_s, s)
+        # Thermal: zones with a fresh headroom reading; a silent zone keeps its stage.
+        zfresh = now_s - self.zone_seen_s <= self.stale_after_s
+        th = decide_thermal(self.site, np.where(zfresh, self.zone_headroom_c, np.nan),
+                            np.where(zfresh, self.zone_ttl_s, np.nan), load[self.zones], self.zone_stage,
+                            self.thermal)
+        self.zone_stage = np.where(zfresh, th.stage, self.zone_stage)
+        budget = np.full(len(self.site.level_ids), np.nan)
+        budget[self.zones] = th.zone_budget_w
         known = ~np.isnan(self.cap_w)
-        new = decide_caps(self.site, self.gpu_power_w, self.cap_w, pdu, self.derated_w, self.settings)
+        new = decide_caps(self.site, self.gpu_power_w, self.cap_w, load, self.limit_w, s, fresh=fresh,
+                          brake=brake, heat_budget_w=budget)
         new = np.where(known, new, self.cap_w)
+        cmds = self._cap_commands(new, known, load, brake, now_s)
+        if "sm_clock_lock" in self.actions:
+            cmds += self._knob_commands(0, "sm_clock_lock", self.clock_mhz, th.clock_mhz, now_s)
+            self.clock_mhz = th.clock_mhz
+        if "routing_weight" in self.actions:
+            cmds += self._knob_commands(1, "routing_weight", self.route_w, th.route_weight, now_s)
+            self.route_w = th.route_weight
+        return cmds
+
+    def _cap_commands(self, new: np.ndarray, known: np.ndarray, load: np.ndarray, brake: np.ndarray,
+                      now_s: float) -> list[Command]:
+        site = self.site
         changed = known & (new != self.cap_w)
-        capped = known & (new < self.site.gpu_max_w)
+        capped = known & (new < site.gpu_max_w)
         cmds: list[Command] = []
-        rack_changed = np.bincount(self.site.gpu_rack[changed], minlength=self.site.n_racks) > 0
-        rack_capped = np.bincount(self.site.gpu_rack[capped], minlength=self.site.n_racks) > 0
+        rack_changed = np.bincount(site.gpu_rack[changed], minlength=site.n_racks) > 0
+        rack_capped = np.bincount(site.gpu_rack[capped], minlength=site.n_racks) > 0
         renew = rack_capped & (now_s - self.rack_sent_s > self.lease_s / 3)
+        worst, ratio = worst_level(site, load, self.limit_w)
+        braked = self.tree.racks_under(brake, self.tree.coef(feed_share(site, load))) if brake.any() else None
         for r in np.flatnonzero(rack_changed | renew):
-            a, b = int(self.site.rack_gpu_start[r]), int(self.site.rack_gpu_start[r + 1])
+            a, b = int(site.rack_gpu_start[r]), int(site.rack_gpu_start[r + 1])
             sel = changed[a:b] | capped[a:b]
             if not sel.any():
                 continue
             idx = np.flatnonzero(sel)
+            where = f"{site.level_ids[worst[r]]} at {100 * ratio[r]:.0f}% of its limit" if worst[r] >= 0 else ""
             if not rack_changed[r]:
                 why = "lease renewal"
+            elif braked is not None and braked[r]:
+                why = f"power brake: {where or 'a level'} over {100 * self.settings.brake_threshold:.0f}% " \
+                      f"for {self.settings.brake_after_s:g} s"
             elif (new[a:b][idx] >= self.cap_w[a:b][idx]).all():
-                why = "PDU back under the uncap threshold: releasing caps"
+                why = f"releasing caps: {where}" if where else "releasing caps"
             else:
-                why = "PDU over the cap threshold"
+                why = f"shedding: {where}" if where else "shedding"
             cmds.append(self.command(int(r), idx, new[a:b][idx], why, now_s))
             self.rack_sent_s[r] = now_s
             if rack_changed[r]:
@@ -123,10 +192,46 @@ class CapController:
         self.cap_w = new
         return cmds
 
-    def command(self, rack: int, gpus: np.ndarray, values: np.ndarray, reason: str, now_s: float) -> Command:
-        cmd = Command(id=str(uuid.uuid4()), site=self.site.name, target=self.site.rack_ids[rack], action="power_cap",
-                      gpus=gpus.astype(np.uint16), values=values.astype(np.float32), params={}, reason=reason,
-                      issuer=self.issuer, issued_at_s=now_s, lease_s=self.lease_s)
+    def _knob_commands(self, k: int, action: str, old: np.ndarray, new: np.ndarray, now_s: float) -> list[Command]:
+        """Clock locks (NaN = unlocked) or routing weights (1 = full share), per rack: what changed, plus
+        a renewal of what is held before its lease ends. Unlocking a clock is a release command."""
+        site = self.site
+        neutral = np.isnan(new) if k == 0 else new >= 1.0
+        same = (np.isnan(old) & np.isnan(new)) | (old == new)
+        changed = ~same
+        held = ~neutral
+        rack_changed = np.bincount(site.gpu_rack[changed], minlength=site.n_racks) > 0
+        rack_held = np.bincount(site.gpu_rack[held], minlength=site.n_racks) > 0
+        renew = rack_held & (now_s - self.rack_knob_sent_s[k] > self.lease_s / 3)
+        cmds: list[Command] = []
+        knob = "clock" if k == 0 else "routing"
+        for r in np.flatnonzero(rack_changed | renew):
+            a, b = int(site.rack_gpu_start[r]), int(site.rack_gpu_start[r + 1])
+            zone = site.level_ids[site.rack_zone[r]] if site.rack_zone[r] >= 0 else "its zone"
+            z = self._zone_pos.get(int(site.rack_zone[r]))
+            stage = STAGES[int(self.zone_stage[z])] if z is not None else "normal"
+            why = "lease renewal" if not rack_changed[r] else f"thermal: {zone} in stage '{stage}'"
+            rel = changed[a:b] & neutral[a:b]
+            hold = (changed[a:b] | held[a:b]) & ~neutral[a:b]
+            if hold.any():
+                idx = np.flatnonzero(hold)
+                cmds.append(self.command(int(r), idx, new[a:b][idx], why, now_s, action=action))
+            if rel.any():
+                idx = np.flatnonzero(rel)
+                vals = np.ones(idx.size) if k == 1 else np.zeros(idx.size)
+                act = "release" if k == 0 else action
+                cmds.append(self.command(int(r), idx, vals, f"thermal: {zone} recovered", now_s, action=act,
+                                         params={"knob": knob}))
+            self.rack_knob_sent_s[k, r] = now_s
+            self.stats.commands += int(rack_changed[r])
+            self.stats.renewals += int(not rack_changed[r])
+        return cmds
+
+    def command(self, rack: int, gpus: np.ndarray, values: np.ndarray, reason: str, now_s: float,
+                action: str = "power_cap", params: dict[str, Any] | None = None) -> Command:
+        cmd = Command(id=str(uuid.uuid4()), site=self.site.name, target=self.site.rack_ids[rack], action=action,
+                      gpus=gpus.astype(np.uint16), values=values.astype(np.float32), params=params or {},
+                      reason=reason, issuer=self.issuer, issued_at_s=now_s, lease_s=self.lease_s)
         return self.keyring.sign(cmd)
 
 
@@ -160,7 +265,9 @@ class ControllerMetrics:
 
 def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s: float = 1.0,
         metrics_port: int = 0) -> CapController:
-    ctl = CapController(site, keyring, CapSettings(cfg.cap_threshold, cfg.uncap_threshold), cfg.command_lease_s)
+    # No request router consumes routing weights in this deployment yet: caps and clock locks only.
+    ctl = CapController(site, keyring, CapSettings(cfg.cap_threshold, cfg.uncap_threshold), cfg.command_lease_s,
+                        actions=frozenset(("power_cap", "sm_clock_lock")))
     producer = Producer(cfg.kafka_bootstrap, "powerplane-controller")
     dlq = DeadLetters(producer, "controller")
     if metrics_port:
@@ -170,7 +277,7 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
         registry.register(ControllerMetrics(ctl, producer, dlq))
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     cons = consumer(cfg.kafka_bootstrap, "powerplane-controller", topics.AGGREGATES.name, topics.TELEMETRY.name,
-                    topics.ACKS.name)
+                    topics.HEADROOM.name, topics.ACKS.name)
     sent_at: dict[str, float] = {}
     next_tick = time.monotonic()
     try:
@@ -184,6 +291,8 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
                             ctl.on_aggregate(LevelAggregate.decode(m.value), now)
                         elif tp.topic == topics.TELEMETRY.name:
                             ctl.on_frame(TelemetryFrame.decode(m.value))
+                        elif tp.topic == topics.HEADROOM.name:
+                            ctl.on_headroom(Headroom.decode(m.value), now)
                         else:
                             ack = Ack.decode(m.value)
                             ctl.stats.acks[ack.status] = ctl.stats.acks.get(ack.status, 0) + 1

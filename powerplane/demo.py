@@ -34,7 +34,7 @@ class LoopResult:
     feed_lost_at_s: float | None = None  # wall time the first aggregate showed a lost feed
     first_cap_at_s: float | None = None
     first_ack_at_s: float | None = None
-    under_again_at_s: float | None = None  # every PDU back under the cap threshold after the loss
+    under_again_at_s: float | None = None  # every PDU back under the high threshold after the loss
     commands: list[Command] = field(default_factory=list)
     acks: list[Ack] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)  # emergencies the streams worker raised
@@ -120,7 +120,12 @@ def run_loop(cfg: Config, *, duration_s: float, lose_feed_at_s: float, log_dir: 
              narrate: bool = False) -> LoopResult:
     from kafka import KafkaConsumer
 
-    res = LoopResult(threshold=cfg.cap_threshold, log_dir=str(log_dir))
+    from controllers.capping import CapSettings
+
+    # The level every PDU must come back under: low priority is shed above cap_threshold, everyone above
+    # the high threshold, so the high threshold is the guarantee.
+    res = LoopResult(threshold=CapSettings(cfg.cap_threshold, cfg.uncap_threshold).high_threshold,
+                     log_dir=str(log_dir))
     svc = Services(cfg, log_dir)
     obs = KafkaConsumer(topics.AGGREGATES.name, topics.COMMANDS.name, topics.ACKS.name, topics.EVENTS.name,
                         bootstrap_servers=cfg.kafka_bootstrap, group_id=None, auto_offset_reset="latest")

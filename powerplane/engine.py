@@ -97,7 +97,7 @@ class Engine:
             self.next_tick_s += self.tick_s
         aggs, summary = frame_outputs(self.site, self.limits, frame)
         if self.pending and self.pending[-1].ts_s != summary.ts_s:
-            aggs = aggs + self._flush()
+            aggs = aggs + self._flush(now)
         self.pending.append(summary)  # as the streams worker batches them: one vectorized step per batch
         self.controller.on_frame(frame)
         for a in aggs:
@@ -109,12 +109,14 @@ class Engine:
         r.commands += out
         return out
 
-    def _flush(self) -> list[LevelAggregate]:
+    def _flush(self, now_s: float | None = None) -> list[LevelAggregate]:
         if not self.pending:
             return []
         r = self.result
         staged = self.stage.add_batch(RackSummaryBatch.of(self.pending))
         self.pending = []
+        for h in staged.headroom:  # thermal headroom reaches the controller as pp.headroom does
+            self.controller.on_headroom(h, h.ts_s if now_s is None else now_s)
         r.events += staged.events
         r.headroom += len(staged.headroom)
         r.windows += staged.windows

@@ -40,10 +40,10 @@ def test_feed_loss_is_capped_acknowledged_and_recorded(cfg: Config, tmp_path: ob
     crit = first.values[server < 4]
     best_effort = first.values[server == 7]
     assert best_effort.size and (crit.size == 0 or best_effort.mean() <= crit.mean())
-    # Every PDU came back under the cap threshold within a few seconds and stayed there.
+    # Every PDU came back under its high threshold (89 %) within a few seconds and stayed there.
     assert res.under_again_at_s is not None, "PDUs never came back under the threshold"
     assert res.under_again_at_s - res.feed_lost_at_s <= 5.0
-    assert res.worst_pdu_frac(res.under_again_at_s + 5.0) <= cfg.cap_threshold + 0.03
+    assert res.worst_pdu_frac(res.under_again_at_s + 5.0) <= res.threshold + 0.02
 
     # Every aggregate the streams worker published is in the time-series store with its value.
     stored = export_points(cfg, site="lab")  # other tests on this store wrote other sites

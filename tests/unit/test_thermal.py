@@ -1,0 +1,61 @@
+"""Thermal policy: as a zone's thermal headroom shrinks, route away first, then slow low priority, then
+shed heat; a climbing inlet acts before it gets there; stages are left with hysteresis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controllers.thermal import STAGES, ThermalSettings, decide_thermal, effective_headroom_c, zone_stage
+from powerplane.site import PRIORITIES, Site, load_site
+
+LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
+T = ThermalSettings()
+NAN = np.array([np.nan])
+
+
+@pytest.fixture(scope="module")
+def site() -> Site:
+    return load_site(LAB)
+
+
+def stage_at(h: float, prev: str = "normal", ttl: float = np.nan) -> str:
+    eff = effective_headroom_c(np.array([h]), np.array([ttl]), T)
+    return STAGES[int(zone_stage(eff, np.array([STAGES.index(prev)]), T)[0])]
+
+
+def test_stages_deepen_as_headroom_shrinks() -> None:
+    assert [stage_at(h) for h in (8.0, 3.5, 2.0, 1.0, 0.2, -1.0)] == \
+        ["normal", "route", "slow", "slow2", "shed", "shed"]
+
+
+def test_stages_are_left_only_past_the_hysteresis() -> None:
+    assert stage_at(2.7, prev="slow") == "slow"  # entered below 2.5: held until 3.5
+    assert stage_at(3.6, prev="slow") == "route"
+    assert stage_at(4.5, prev="route") == "route"
+    assert stage_at(5.1, prev="route") == "normal"
+
+
+def test_a_climbing_inlet_acts_before_the_headroom_is_gone() -> None:
+    # 6 C of headroom but the limit 150 s away at the current slope: 2 minutes ahead only 1.2 C is left.
+    assert stage_at(6.0, ttl=150.0) == "slow2"
+    assert stage_at(6.0, ttl=3_600.0) == "normal"
+    assert stage_at(6.0) == "normal"  # flat or falling
+
+
+def test_decision_routes_away_then_slows_only_low_priority(site: Site) -> None:
+    n_z = site.levels_of_kind("zone").size
+    crit = site.gpu_priority == PRIORITIES.index("inference-critical")
+    load = np.full(n_z, 300_000.0)
+    d = decide_thermal(site, np.full(n_z, 3.0), np.full(n_z, np.nan), load, np.zeros(n_z, np.int64), T)
+    assert np.all(d.route_weight < 1.0) and np.all(d.route_weight >= T.min_weight)
+    assert np.all(np.isnan(d.clock_mhz)) and np.all(np.isnan(d.zone_budget_w))
+    d = decide_thermal(site, np.full(n_z, 1.0), np.full(n_z, np.nan), load, d.stage, T)
+    assert np.all(d.clock_mhz[~crit] == T.clock2_mhz) and np.all(np.isnan(d.clock_mhz[crit]))
+    d = decide_thermal(site, np.full(n_z, 0.2), np.full(n_z, np.nan), load, d.stage, T)
+    assert d.zone_budget_w == pytest.approx(T.shed_frac * load)
+    # Silent sensors (NaN) are not a cooling emergency for this policy.
+    d = decide_thermal(site, np.full(n_z, np.nan), np.full(n_z, np.nan), load, np.zeros(n_z, np.int64), T)
+    assert np.all(d.route_weight == 1.0) and np.all(np.isnan(d.clock_mhz))
