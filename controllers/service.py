@@ -40,6 +40,9 @@ class ControllerStats:
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
 
+DEFAULT_THERMAL = ThermalSettings()
+
+
 class CapController:
     """State and decisions; no I/O (the run loop below, and the in-process engine, feed it).
 
@@ -50,12 +53,12 @@ class CapController:
     renewed while it holds."""
 
     def __init__(self, site: Site, keyring: Keyring, settings: CapSettings, lease_s: float,
-                 issuer: str = "capping-controller", thermal: ThermalSettings | None = None,
+                 issuer: str = "capping-controller", thermal: ThermalSettings | None = DEFAULT_THERMAL,
                  actions: frozenset[str] = frozenset(("power_cap", "sm_clock_lock", "routing_weight"))) -> None:
         self.site = site
         self.keyring = keyring
         self.settings = settings
-        self.thermal = thermal if thermal is not None else ThermalSettings()
+        self.thermal = thermal  # None: thresholds-only capping (no routing, clocks or heat budgets)
         self.lease_s = lease_s
         self.issuer = issuer
         self.actions = actions  # which knobs this deployment has actuators for
@@ -136,17 +139,21 @@ class CapController:
         brake, self.over_since_s = brake_levels(load, self.limit_w, self.over_since_s, now_s, s)
         # Thermal: zones with a fresh headroom reading; a silent zone keeps its stage.
         zfresh = now_s - self.zone_seen_s <= self.stale_after_s
-        th = decide_thermal(self.site, np.where(zfresh, self.zone_headroom_c, np.nan),
-                            np.where(zfresh, self.zone_ttl_s, np.nan), load[self.zones], self.zone_stage,
-                            self.thermal)
-        self.zone_stage = np.where(zfresh, th.stage, self.zone_stage)
         budget = np.full(len(self.site.level_ids), np.nan)
-        budget[self.zones] = th.zone_budget_w
+        th = None
+        if self.thermal is not None:
+            th = decide_thermal(self.site, np.where(zfresh, self.zone_headroom_c, np.nan),
+                                np.where(zfresh, self.zone_ttl_s, np.nan), load[self.zones], self.zone_stage,
+                                self.thermal)
+            self.zone_stage = np.where(zfresh, th.stage, self.zone_stage)
+            budget[self.zones] = th.zone_budget_w
         known = ~np.isnan(self.cap_w)
         new = decide_caps(self.site, self.gpu_power_w, self.cap_w, load, self.limit_w, s, fresh=fresh,
                           brake=brake, heat_budget_w=budget)
         new = np.where(known, new, self.cap_w)
         cmds = self._cap_commands(new, known, load, brake, now_s)
+        if th is None:
+            return cmds
         if "sm_clock_lock" in self.actions:
             cmds += self._knob_commands(0, "sm_clock_lock", self.clock_mhz, th.clock_mhz, now_s)
             self.clock_mhz = th.clock_mhz

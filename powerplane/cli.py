@@ -447,6 +447,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="records read back per partition at start (default: ~a minute of aggregates; 0: only new)")
     db.set_defaults(fn=cmd_dashboard)
 
+    ev = sub.add_parser("evaluate", help="closed loop on the digital twin, faster than real time: compare policies, "
+                                         "write a report and metrics")
+    ev.add_argument("--site", default="ref", help="site file, or 'ref' for the 100 MW reference site (default)")
+    ev.add_argument("--workload", help="workload file (default: the site's default workload on the Azure trace)")
+    ev.add_argument("--scenario", help="scenario file (feed loss, cooling failure, ...); default: none")
+    ev.add_argument("--policy", default="all", help="none, static, polca, full, or 'all' (comma-separated list ok)")
+    ev.add_argument("--duration", type=int, help="simulated seconds per policy (default: the scenario's, or 300)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", default="evaluation", help="output directory for report.md, metrics.json and plots")
+    ev.set_defaults(fn=cmd_evaluate)
+
     st = sub.add_parser("status", help="print the power tree with load and headroom from the latest aggregates")
     st.add_argument("--kinds", default="site,utility,ups,rpp,pdu,hall,row,zone",
                     help="comma-separated level kinds to list (racks are left out by default)")
@@ -454,6 +465,39 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--timeout", type=float, default=10.0, help="seconds to spend reading")
     st.set_defaults(fn=cmd_status)
     return p
+
+
+def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    from powerplane.evaluate import POLICIES, Progress, run_policy, write_report
+    from powerplane.site import load_site
+    from powerplane.twin.scenario import load_scenario
+    from powerplane.twin.workload import load_workload
+
+    if args.site == "ref":
+        from powerplane.refsite import reference_site
+
+        site, site_name = reference_site(), "the 100 MW reference site"
+    else:
+        site, site_name = load_site(args.site), args.site
+    policies = list(POLICIES) if args.policy == "all" else [p.strip() for p in args.policy.split(",") if p.strip()]
+    bad = [p for p in policies if p not in POLICIES]
+    if bad:
+        raise ValueError(f"--policy: unknown {', '.join(bad)} (known: {', '.join(POLICIES)}, all)")
+    scenario = load_scenario(args.scenario) if args.scenario else None
+    workload = load_workload(args.workload) if args.workload else None
+    duration = args.duration or int(getattr(scenario, "duration_s", 0) or 300)
+    t0 = time.monotonic()
+    results = {}
+    for pol in policies:
+        results[pol] = run_policy(site, pol, duration, workload=workload, scenario=scenario, seed=args.seed,
+                                  progress=Progress(f"{pol:>6}"))
+    meta = {"site": site_name, "scenario": args.scenario or "none (steady state)",
+            "workload": args.workload or "default (Azure conversation trace)", "duration_s": duration,
+            "seed": args.seed, "wall_s": time.monotonic() - t0, "policies": policies}
+    path = write_report(Path(args.out), meta, results)
+    print(path.read_text().split("## Policies")[0].rstrip())
+    print(f"\nreport: {path}  metrics: {path.parent / 'metrics.json'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,12 +71,12 @@ class Engine:
     """Feeds telemetry through roll-up and the capping controller, ticking once per `tick_s` of event time."""
 
     def __init__(self, site: Site, keyring: Keyring, settings: CapSettings, lease_s: float,
-                 tick_s: float = 1.0) -> None:
+                 tick_s: float = 1.0, controller: CapController | None = None) -> None:
         self.site = site
         self.limits = Limits(site)
         self.stage = SiteStage(site)
         self.pending: list[RackSummary] = []  # summaries of the current timestamp, rolled up together
-        self.controller = CapController(site, keyring, settings, lease_s, issuer="in-process-engine")
+        self.controller = controller or CapController(site, keyring, settings, lease_s, issuer="in-process-engine")
         self.tick_s = tick_s
         self.next_tick_s: float | None = None
         self.result = EngineResult()

@@ -1,0 +1,442 @@
+"""Closed-loop evaluation: the digital twin, the streams roll-up and the controllers together, faster than
+real time, once per policy; a Markdown report with plots and a JSON of metrics.
+
+`powerplane evaluate --site S --scenario F --policy all` runs, on the same twin (same seed, workload and
+scenario), one after another:
+
+- none: no control (the plant as provisioned);
+- static: every GPU capped once, at the start, so the tree's worst case fits its derated limits;
+- polca: the capping policy's thresholds only (80 % low priority, 89 % everyone, brake), no thermal policy;
+- full: capping plus the thermal policy (routing, low-priority clocks, heat budgets), plus the energy-aware
+  reconfiguration of inference pools where that policy is available.
+
+Each step: twin.step(1 s) -> one telemetry frame per rack -> the in-process engine (the streams roll-up and
+site stage, then the controller: the same code as the Kafka path) -> signed commands -> the safety guard
+-> the twin. Metrics come from the twin's ground truth, not from the telemetry the policies saw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controllers.actuation import Guard
+from controllers.actuators.base import F64, I64, Actuator, ActuatorError
+from controllers.capping import BREAKER_KINDS, CapSettings
+from controllers.service import CapController
+from controllers.thermal import ThermalSettings
+from powerplane.engine import Engine
+from powerplane.fleet import rack_frames
+from powerplane.schemas import Command
+from powerplane.signing import Keyring
+from powerplane.site import KIND, PRIORITIES, FloatArray, Site
+from powerplane.twin import Twin
+from powerplane.twin.physics import (
+    THROTTLE_APP_CLOCKS,
+    THROTTLE_HW_SLOWDOWN,
+    THROTTLE_HW_THERMAL,
+    THROTTLE_SW_POWER_CAP,
+    THROTTLE_SW_THERMAL,
+)
+from powerplane.twin.scenario import Scenario
+from powerplane.twin.workload import WorkloadSpec
+
+POLICIES = ("none", "static", "polca", "full")
+THROTTLED = THROTTLE_SW_POWER_CAP | THROTTLE_HW_SLOWDOWN | THROTTLE_SW_THERMAL | THROTTLE_HW_THERMAL | \
+    THROTTLE_APP_CLOCKS
+EPOCH_S = 1_767_225_600.0  # 2026-01-01: event time of the twin's first second
+
+
+class TwinActuator(Actuator):
+    """The twin's GPUs behind the same guard a real actuator has (signatures, leases, bounds)."""
+
+    kind = "twin-eval"
+
+    def configure(self, options: Any) -> None:
+        if not isinstance(self.context, Twin):
+            raise ValueError("the evaluation actuator needs a Twin")
+        self.twin: Twin = self.context
+        self.site = self.twin.site
+        self._rack = {rid: r for r, rid in enumerate(self.site.rack_ids)}
+
+    def targets(self) -> list[str]:
+        return list(self._rack)
+
+    def _g(self, target: str, gpus: I64) -> I64:
+        r = self._rack.get(target)
+        if r is None:
+            raise ActuatorError(f"rack '{target}' is not in the twin")
+        return np.asarray(gpus + int(self.site.rack_gpu_start[r]), dtype=np.int64)
+
+    def set_power_limit(self, target: str, gpus: I64, limit_w: F64) -> F64:
+        return self.twin.set_limit(self._g(target, gpus), limit_w)
+
+    def limits_w(self, target: str, gpus: I64) -> tuple[F64, F64, F64]:
+        g = self._g(target, gpus)
+        return self.site.gpu_min_w[g], self.site.gpu_max_w[g], self.site.gpu_max_w[g]
+
+    def clock_range_mhz(self, target: str, gpus: I64) -> tuple[F64, F64]:
+        g = self._g(target, gpus)
+        return self.twin.gpu_fmin[g], self.twin.gpu_fmax[g]
+
+    def lock_clocks(self, target: str, gpus: I64, mhz: F64) -> F64:
+        return self.twin.lock_clocks(self._g(target, gpus), mhz)
+
+    def reset_clocks(self, target: str, gpus: I64) -> F64:
+        return self.twin.reset_clocks(self._g(target, gpus))
+
+
+def static_caps_w(site: Site) -> FloatArray:
+    """One cap for every GPU (as a fraction of its max) such that every breaker's worst case, every GPU at
+    its cap and every server's other load at nameplate, fits its derated limit in normal operation."""
+    _, derated = site.limits_w("normal")
+    frac = 1.0
+    for lo_frac in np.linspace(1.0, 0.0, 201):
+        gpu = site.gpu_max_w * lo_frac
+        rack_w = np.bincount(site.server_rack, weights=site.server_input_w(gpu), minlength=site.n_racks)
+        loads = site.rollup_w(rack_w, "normal")
+        brk = np.isin(site.level_kind, [KIND[k] for k in BREAKER_KINDS]) & (derated > 0)
+        if np.all(loads[brk] <= derated[brk]):
+            frac = float(lo_frac)
+            break
+    return np.maximum(site.gpu_max_w * frac, site.gpu_min_w)
+
+
+@dataclass
+class Tally:
+    """Running metrics of one run, from the twin's ground truth."""
+
+    site: Site
+    n_prio: int = len(PRIORITIES)
+    seconds: int = 0
+    energy_j: float = 0.0
+    tokens: float = 0.0
+    first_tokens: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    ttft_ok: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    arrivals: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    lost: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))  # dropped or aborted
+    decode_tokens: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    tbt_ok: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    throttled_requests: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    ttft_samples: list[list[FloatArray]] = field(default_factory=lambda: [[] for _ in PRIORITIES])
+    tbt_samples: list[list[tuple[float, float]]] = field(default_factory=lambda: [[] for _ in PRIORITIES])
+    peak_frac: FloatArray = field(default_factory=lambda: np.zeros(0))
+    over_s: int = 0  # seconds with some breaker above its rating (not the derated limit)
+    over_worst: float = 0.0  # largest load / rating seen above 1
+    over_kws: float = 0.0  # kW-seconds above ratings
+    trips: list[str] = field(default_factory=list)
+    commands: int = 0
+    series: dict[str, list[float]] = field(default_factory=lambda: {"t_s": [], "site_mw": [], "worst_frac": [],
+                                                                   "crit_ttft_ok": []})
+
+    def add(self, fr: Any, t_s: float) -> None:
+        site = self.site
+        rated = site.level_rated_w
+        brk = np.isin(site.level_kind, [KIND[k] for k in BREAKER_KINDS]) & (rated > 0)
+        frac = np.where(brk & fr.level_alive, fr.level_power_w / np.where(rated > 0, rated, 1.0), 0.0)
+        self.peak_frac = frac if self.peak_frac.size == 0 else np.maximum(self.peak_frac, frac)
+        worst = float(frac.max())
+        if worst > 1.0:
+            self.over_s += 1
+            self.over_worst = max(self.over_worst, worst)
+            self.over_kws += float(np.maximum(fr.level_power_w - rated, 0.0)[brk & fr.level_alive].sum()) / 1e3
+        self.trips += [e for e in fr.events if "trip" in e]
+        self.seconds += 1
+        self.energy_j = float(fr.site_energy_j)
+        ps = fr.pools
+        self.tokens += float(ps.tokens.sum())
+        prio = np.asarray(ps.priority, dtype=np.int64)
+        for name, arr in (("first_tokens", ps.first_tokens), ("ttft_ok", ps.ttft_ok), ("arrivals", ps.arrivals),
+                          ("decode_tokens", ps.decode_tokens), ("tbt_ok", ps.tbt_ok_tokens)):
+            getattr(self, name)[:] += np.bincount(prio, weights=arr, minlength=self.n_prio)
+        self.lost += np.bincount(prio, weights=ps.dropped + ps.aborted, minlength=self.n_prio)
+        req = fr.requests
+        if req.ttft_s.size:
+            rp = prio[req.pool]
+            for p in np.unique(rp).tolist():
+                v = req.ttft_s[rp == p]
+                if sum(x.size for x in self.ttft_samples[p]) < 400_000:  # bounded: a sample is enough
+                    self.ttft_samples[p].append(v.astype(np.float32))
+        for i, p in enumerate(prio.tolist()):
+            if ps.decode_tokens[i] > 0 and math.isfinite(float(ps.tbt_mean_s[i])):
+                self.tbt_samples[p].append((float(ps.tbt_mean_s[i]), float(ps.decode_tokens[i])))
+        # A request counts as throttled when the GPUs of its pool ran throttled (power cap, thermal or
+        # locked clocks) that second: the pool's throttled GPU share of its first tokens.
+        throttled_gpu = (np.asarray(fr.throttle_reasons) & THROTTLED) != 0
+        for i in range(len(ps.names)):
+            gpus = self._pool_gpus[i] if i < len(self._pool_gpus) else None
+            if gpus is not None and gpus.size:
+                self.throttled_requests[prio[i]] += float(ps.first_tokens[i]) * float(throttled_gpu[gpus].mean())
+        crit = self.first_tokens[0]
+        self.series["t_s"].append(t_s)
+        self.series["site_mw"].append(float(fr.site_power_w) / 1e6)
+        self.series["worst_frac"].append(worst)
+        self.series["crit_ttft_ok"].append(float(self.ttft_ok[0] / crit) if crit > 0 else 1.0)
+
+    _pool_gpus: list[np.ndarray] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        def q(xs: list[FloatArray], p: float) -> float:
+            return float(np.quantile(np.concatenate(xs), p)) if xs else float("nan")
+
+        def wq(xs: list[tuple[float, float]], p: float) -> float:
+            if not xs:
+                return float("nan")
+            a = np.array(xs)
+            o = np.argsort(a[:, 0])
+            c = np.cumsum(a[o, 1])
+            return float(a[o, 0][min(int(np.searchsorted(c, p * c[-1])), len(c) - 1)])
+
+        slo: dict[str, Any] = {}
+        for p, name in enumerate(PRIORITIES):
+            if self.arrivals[p] <= 0:
+                continue
+            served = self.first_tokens[p]
+            slo[name] = {
+                "requests": float(self.arrivals[p]),
+                # Within SLO: first token within the TTFT SLO; a dropped or aborted request is a miss.
+                "ttft_within_slo": float(self.ttft_ok[p] / max(served + self.lost[p], 1e-9)),
+                "tbt_within_slo": float(self.tbt_ok[p] / max(self.decode_tokens[p], 1e-9)),
+                "ttft_p50_s": q(self.ttft_samples[p], 0.5), "ttft_p99_s": q(self.ttft_samples[p], 0.99),
+                "tbt_p50_s": wq(self.tbt_samples[p], 0.5), "tbt_p99_s": wq(self.tbt_samples[p], 0.99),
+                "throttled_fraction": float(self.throttled_requests[p] / max(served, 1e-9)),
+            }
+        site = self.site
+        peaks: dict[str, float] = {}
+        for kind in BREAKER_KINDS:
+            lv = site.levels_of_kind(kind)
+            if lv.size and self.peak_frac.size:
+                peaks[kind] = float(self.peak_frac[lv].max())
+        return {
+            "seconds": self.seconds, "energy_kwh": self.energy_j / 3.6e6, "tokens": self.tokens,
+            "energy_per_token_j": self.energy_j / self.tokens if self.tokens > 0 else float("nan"),
+            "mean_site_mw": float(np.mean(self.series["site_mw"])) if self.series["site_mw"] else 0.0,
+            "peak_frac_of_rating": peaks, "seconds_over_rating": self.over_s,
+            "worst_over_rating": self.over_worst, "kw_s_over_rating": self.over_kws,
+            "breaker_trips": len(self.trips), "trip_events": self.trips[:20], "commands": self.commands,
+            "slo": slo,
+        }
+
+
+ReconfigHook = Callable[[Twin, float], int]
+
+
+def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSpec | None = None,
+               scenario: Scenario | None = None, seed: int = 0,
+               progress: Callable[[int, int], None] | None = None,
+               reconfig: ReconfigHook | None = None) -> dict[str, Any]:
+    """One closed-loop run; returns its metrics and per-second series."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy '{policy}' (known: {', '.join(POLICIES)})")
+    twin = Twin(site, workload, scenario, seed=seed, epoch_s=EPOCH_S)
+    keyring = Keyring({"eval": os.urandom(32)}, "eval")
+    tally = Tally(site)
+    tally._pool_gpus = [np.asarray(twin.pool_slots(n)).ravel() for n in twin.pool_names()]
+    engine: Engine | None = None
+    guard: Guard | None = None
+    if policy == "static":
+        twin.set_limit(np.arange(site.n_gpus), static_caps_w(site))
+    elif policy in ("polca", "full"):
+        thermal = ThermalSettings() if policy == "full" else None
+        actions = frozenset(("power_cap", "sm_clock_lock", "routing_weight")) if policy == "full" \
+            else frozenset(("power_cap",))
+        ctl = CapController(site, keyring, CapSettings(), lease_s=30.0, issuer=f"evaluate-{policy}",
+                            thermal=thermal, actions=actions)
+        engine = Engine(site, keyring, CapSettings(), 30.0, controller=ctl)
+        guard = Guard(TwinActuator("twin", {}, twin), keyring, site.name, rate_per_s=100.0, burst=100)
+    e0: float | None = None
+    for k in range(duration_s):
+        fr = twin.step(1.0)
+        ts = EPOCH_S + twin.t_s
+        if e0 is None:
+            e0 = float(fr.site_energy_j) - 0.0
+        if engine is not None and guard is not None:
+            cmds: list[Command] = []
+            for f in rack_frames(site, fr, ts, 1.0, k, "twin"):
+                cmds += engine.feed_frame(f)
+            for c in cmds:
+                tally.commands += int(c.reason != "lease renewal")
+                if c.action == "routing_weight":
+                    apply_routing(twin, c)
+                else:
+                    guard.handle(c, ts)
+            guard.expire(ts)
+        if reconfig is not None and policy == "full":
+            tally.commands += reconfig(twin, ts)
+        tally.add(fr, twin.t_s)
+        if progress is not None:
+            progress(k + 1, duration_s)
+    out = tally.summary()
+    out["series"] = tally.series
+    return out
+
+
+def apply_routing(twin: Twin, cmd: Command) -> None:
+    """A rack's per-GPU routing weights -> each pool instance's weight (the mean over its GPUs)."""
+    site = twin.site
+    r = site.rack_index(cmd.target)
+    g = cmd.gpus.astype(np.int64) + int(site.rack_gpu_start[r])
+    w = np.ones(site.n_gpus)
+    if not hasattr(twin, "_pp_route"):
+        twin._pp_route = np.ones(site.n_gpus)  # type: ignore[attr-defined]
+    w = twin._pp_route  # type: ignore[attr-defined]
+    w[g] = cmd.values
+    for name in twin.pool_names():
+        slots = twin.pool_slots(name)
+        twin.set_routing(name, w[slots].mean(axis=1))
+
+
+# ---- report ------------------------------------------------------------------------------------------------
+
+def svg_chart(series: dict[str, dict[str, list[float]]], key: str, title: str, unit: str,
+              hline: float | None = None) -> str:
+    """A small line chart, one line per policy: enough to see the story without a plotting library."""
+    w, h, pad = 640, 220, 40
+    colors = {"none": "#888", "static": "#2a7", "polca": "#d80", "full": "#36c"}
+    xs = [v for s in series.values() for v in s["t_s"]]
+    ys = [v for s in series.values() for v in s[key]] + ([hline] if hline is not None else [])
+    if not xs or not ys:
+        return ""
+    x0, x1 = min(xs), max(xs) or 1.0
+    y0, y1 = min(ys), max(ys)
+    y0, y1 = (y0 - 0.05 * (y1 - y0 or 1), y1 + 0.05 * (y1 - y0 or 1))
+
+    def sx(x: float) -> float:
+        return pad + (x - x0) / max(x1 - x0, 1e-9) * (w - 2 * pad)
+
+    def sy(y: float) -> float:
+        return h - pad + (y - y0) / max(y1 - y0, 1e-9) * (2 * pad - h)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
+             f'<text x="{pad}" y="16" font-size="13">{title}</text>',
+             f'<text x="4" y="{pad - 4}">{y1:.3g} {unit}</text><text x="4" y="{h - pad + 12}">{y0:.3g}</text>',
+             f'<text x="{w - pad - 40}" y="{h - 8}">{x1:.0f} s</text>',
+             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#ccc"/>']
+    if hline is not None:
+        parts.append(f'<line x1="{pad}" y1="{sy(hline):.1f}" x2="{w - pad}" y2="{sy(hline):.1f}" stroke="red" '
+                     f'stroke-dasharray="4 3"/>')
+    for i, (name, s) in enumerate(series.items()):
+        step = max(1, len(s["t_s"]) // 600)
+        pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(s["t_s"][::step], s[key][::step], strict=False))
+        c = colors.get(name, "#000")
+        parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{pts}"/>')
+        parts.append(f'<text x="{w - pad - 60}" y="{30 + 13 * i}" fill="{c}">{name}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def targets(results: dict[str, dict[str, Any]], extra_racks_pct: float | None) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets on the full policy, each met, missed or not measured, with the figure and why."""
+    out: list[tuple[str, bool | None, str]] = []
+    full = results.get("full")
+    none = results.get("none")
+    if full is None:
+        return out
+    out.append(("zero seconds above any breaker rating", full["seconds_over_rating"] == 0,
+                f"{full['seconds_over_rating']} s over, worst {full['worst_over_rating']:.2f}x rating, "
+                f"{full['breaker_trips']} trip(s)"))
+    crit = full["slo"].get(PRIORITIES[0])
+    if crit:
+        ok = crit["ttft_within_slo"] >= 0.99
+        out.append((">= 99% of inference-critical requests within SLO", ok,
+                    f"{100 * crit['ttft_within_slo']:.2f}% within the TTFT SLO, "
+                    f"TBT {100 * crit['tbt_within_slo']:.2f}%"))
+    if extra_racks_pct is None:
+        out.append((">= 30% more racks than without control", None, "not measured in this run (powerplane plan)"))
+    else:
+        out.append((">= 30% more racks than without control", extra_racks_pct >= 30.0,
+                    f"{extra_racks_pct:.0f}% more racks at the same risk"))
+    if none is not None:
+        saving = 1.0 - full["energy_per_token_j"] / none["energy_per_token_j"]
+        out.append((">= 40% less energy per token than no control", saving >= 0.40,
+                    f"{100 * saving:.1f}% less ({full['energy_per_token_j']:.2f} vs {none['energy_per_token_j']:.2f} "
+                    f"J/token)"))
+    return out
+
+
+def write_report(out_dir: Path, meta: dict[str, Any], results: dict[str, dict[str, Any]],
+                 extra_racks_pct: float | None = None) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    series = {k: v.pop("series") for k, v in results.items() if "series" in v}
+    tg = targets(results, extra_racks_pct)
+    (out_dir / "metrics.json").write_text(json.dumps(
+        {"meta": meta, "results": results, "targets": [{"target": t, "met": m, "figure": f} for t, m, f in tg]},
+        indent=2, default=float))
+    charts = {"site_power.svg": svg_chart(series, "site_mw", "Site power (true)", "MW"),
+              "worst_breaker.svg": svg_chart(series, "worst_frac", "Most loaded breaker / its rating", "x",
+                                             hline=1.0),
+              "critical_slo.svg": svg_chart(series, "crit_ttft_ok", "Inference-critical requests within TTFT SLO "
+                                            "(cumulative)", "")}
+    for name, svg in charts.items():
+        if svg:
+            (out_dir / name).write_text(svg)
+    lines = [f"# Closed-loop evaluation: {meta['site']}", "",
+             f"Scenario: {meta['scenario']}. Workload: {meta['workload']}. {meta['duration_s']} s simulated per "
+             f"policy in {meta['wall_s']:.0f} s wall; seed {meta['seed']}. Metrics are the twin's ground truth.", "",
+             "## Targets (full policy)", "", "| target | met | figure |", "|---|---|---|"]
+    for t, m, f in tg:
+        lines.append(f"| {t} | {'yes' if m else 'no' if m is not None else 'not measured'} | {f} |")
+    lines += ["", "## Policies side by side", "",
+              "| metric | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+
+    def row(label: str, fn: Callable[[dict[str, Any]], str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(fn(r) for r in results.values()) + " |")
+
+    row("energy (kWh)", lambda r: f"{r['energy_kwh']:.1f}")
+    row("energy per token (J)", lambda r: f"{r['energy_per_token_j']:.3f}")
+    row("mean site power (MW)", lambda r: f"{r['mean_site_mw']:.2f}")
+    for kind in BREAKER_KINDS:
+        row(f"peak {kind} load / rating", lambda r, k=kind: f"{r['peak_frac_of_rating'].get(k, float('nan')):.2f}")
+    row("seconds over a rating", lambda r: str(r["seconds_over_rating"]))
+    row("kW-s over ratings", lambda r: f"{r['kw_s_over_rating']:.0f}")
+    row("breaker trips", lambda r: str(r["breaker_trips"]))
+    row("commands issued", lambda r: str(r["commands"]))
+    for p in PRIORITIES:
+        if not any(p in r["slo"] for r in results.values()):
+            continue
+        def cell(r: dict[str, Any], fmt: Callable[[dict[str, float]], str], p: str = p) -> str:
+            return fmt(r["slo"][p]) if p in r["slo"] else "-"
+
+        row(f"{p}: TTFT within SLO", lambda r, c=cell: c(r, lambda x: f"{100 * x['ttft_within_slo']:.2f}%"))
+        row(f"{p}: TTFT p50 / p99 (s)",
+            lambda r, c=cell: c(r, lambda x: f"{x['ttft_p50_s']:.3f} / {x['ttft_p99_s']:.3f}"))
+        row(f"{p}: TBT p50 / p99 (s)", lambda r, c=cell: c(r, lambda x: f"{x['tbt_p50_s']:.3f} / {x['tbt_p99_s']:.3f}"))
+        row(f"{p}: throttled requests", lambda r, c=cell: c(r, lambda x: f"{100 * x['throttled_fraction']:.1f}%"))
+    lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n, svg in charts.items() if svg]
+    lines += ["", "Definitions: a request is within SLO when its first token came within its pool's TTFT SLO "
+              "(dropped and aborted requests count as misses); TBT within SLO is the share of decode tokens "
+              "within the TBT SLO; a request is throttled when its pool's GPUs ran power-capped, thermally "
+              "throttled or clock-locked that second (weighted by the pool's throttled share). Ratings are "
+              "nameplate (a breaker carries 100 % indefinitely); the policies aim at the derated limits."]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Progress:
+    """One stderr line per policy with its rate and ETA, rewritten in place."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.t0 = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if done % 10 and done != total:
+            return
+        el = time.monotonic() - self.t0
+        eta = el / done * (total - done) if done else 0.0
+        sys.stderr.write(f"\r{self.label}: {done}/{total} s simulated ({done / max(el, 1e-9):.1f}x real time), "
+                         f"ETA {eta:.0f} s   ")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
