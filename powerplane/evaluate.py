@@ -102,7 +102,8 @@ def static_caps_w(site: Site) -> FloatArray:
     frac = 1.0
     for lo_frac in np.linspace(1.0, 0.0, 201):
         gpu = site.gpu_max_w * lo_frac
-        rack_w = np.bincount(site.server_rack, weights=site.server_input_w(gpu), minlength=site.n_racks)
+        rack_w = np.asarray(np.bincount(site.server_rack, weights=site.server_input_w(gpu), minlength=site.n_racks),
+                            dtype=np.float64)
         loads = site.rollup_w(rack_w, "normal")
         brk = np.isin(site.level_kind, [KIND[k] for k in BREAKER_KINDS]) & (derated > 0)
         if np.all(loads[brk] <= derated[brk]):
@@ -392,26 +393,39 @@ def write_report(out_dir: Path, meta: dict[str, Any], results: dict[str, dict[st
     def row(label: str, fn: Callable[[dict[str, Any]], str]) -> None:
         lines.append(f"| {label} | " + " | ".join(fn(r) for r in results.values()) + " |")
 
-    row("energy (kWh)", lambda r: f"{r['energy_kwh']:.1f}")
-    row("energy per token (J)", lambda r: f"{r['energy_per_token_j']:.3f}")
-    row("mean site power (MW)", lambda r: f"{r['mean_site_mw']:.2f}")
+    def fmt(key: str, spec: str, scale: float = 1.0, suffix: str = "") -> Callable[[dict[str, Any]], str]:
+        return lambda r: format(scale * r[key], spec) + suffix
+
+    def peak(kind: str) -> Callable[[dict[str, Any]], str]:
+        return lambda r: format(r["peak_frac_of_rating"].get(kind, float("nan")), ".2f")
+
+    def slo(p: str, a: str, b: str | None = None, scale: float = 1.0, spec: str = ".3f",
+            suffix: str = "") -> Callable[[dict[str, Any]], str]:
+        def cell(r: dict[str, Any]) -> str:
+            x = r["slo"].get(p)
+            if x is None:
+                return "-"
+            first = format(scale * x[a], spec) + suffix
+            return first if b is None else f"{first} / {format(x[b], spec)}"
+        return cell
+
+    row("energy (kWh)", fmt("energy_kwh", ".1f"))
+    row("energy per token (J)", fmt("energy_per_token_j", ".3f"))
+    row("mean site power (MW)", fmt("mean_site_mw", ".2f"))
     for kind in BREAKER_KINDS:
-        row(f"peak {kind} load / rating", lambda r, k=kind: f"{r['peak_frac_of_rating'].get(k, float('nan')):.2f}")
-    row("seconds over a rating", lambda r: str(r["seconds_over_rating"]))
-    row("kW-s over ratings", lambda r: f"{r['kw_s_over_rating']:.0f}")
-    row("breaker trips", lambda r: str(r["breaker_trips"]))
-    row("commands issued", lambda r: str(r["commands"]))
+        row(f"peak {kind} load / rating", peak(kind))
+    row("seconds over a rating", fmt("seconds_over_rating", ".0f"))
+    row("kW-s over ratings", fmt("kw_s_over_rating", ".0f"))
+    row("breaker trips", fmt("breaker_trips", ".0f"))
+    row("commands issued", fmt("commands", ".0f"))
     for p in PRIORITIES:
         if not any(p in r["slo"] for r in results.values()):
             continue
-        def cell(r: dict[str, Any], fmt: Callable[[dict[str, float]], str], p: str = p) -> str:
-            return fmt(r["slo"][p]) if p in r["slo"] else "-"
-
-        row(f"{p}: TTFT within SLO", lambda r, c=cell: c(r, lambda x: f"{100 * x['ttft_within_slo']:.2f}%"))
-        row(f"{p}: TTFT p50 / p99 (s)",
-            lambda r, c=cell: c(r, lambda x: f"{x['ttft_p50_s']:.3f} / {x['ttft_p99_s']:.3f}"))
-        row(f"{p}: TBT p50 / p99 (s)", lambda r, c=cell: c(r, lambda x: f"{x['tbt_p50_s']:.3f} / {x['tbt_p99_s']:.3f}"))
-        row(f"{p}: throttled requests", lambda r, c=cell: c(r, lambda x: f"{100 * x['throttled_fraction']:.1f}%"))
+        row(f"{p}: TTFT within SLO", slo(p, "ttft_within_slo", scale=100, spec=".2f", suffix="%"))
+        row(f"{p}: TBT within SLO", slo(p, "tbt_within_slo", scale=100, spec=".2f", suffix="%"))
+        row(f"{p}: TTFT p50 / p99 (s)", slo(p, "ttft_p50_s", "ttft_p99_s"))
+        row(f"{p}: TBT p50 / p99 (s)", slo(p, "tbt_p50_s", "tbt_p99_s"))
+        row(f"{p}: throttled requests", slo(p, "throttled_fraction", scale=100, spec=".1f", suffix="%"))
     lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n, svg in charts.items() if svg]
     lines += ["", "Definitions: a request is within SLO when its first token came within its pool's TTFT SLO "
               "(dropped and aborted requests count as misses); TBT within SLO is the share of decode tokens "
