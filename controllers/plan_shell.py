@@ -14,8 +14,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from controllers.planning import Costs, LevelPlan, levels_to_plan, plan, plan_inputs, work_of
-from powerplane.site import FloatArray, Site
+from controllers.planning import ORDER, Costs, LevelPlan, levels_to_plan, plan, plan_inputs, work_of
+from powerplane.site import PRIORITIES, FloatArray, Site
 
 
 class Progress:
@@ -41,6 +41,18 @@ class Progress:
         if self.out is not None:
             self.out.write(f"\r{self.what} done in {time.monotonic() - self.t0:.1f} s" + " " * 12 + "\n")
             self.out.flush()
+
+
+def check_options(kinds: list[str], high_priority: list[str], risk: float) -> None:
+    """Refuse bad options before a long simulation or read, not after."""
+    bad = [k for k in kinds if k not in ORDER]
+    if bad:
+        raise ValueError(f"--kinds: cannot plan level kind {', '.join(bad)} (choose from {', '.join(ORDER)})")
+    bad = [c for c in high_priority if c not in PRIORITIES]
+    if bad:
+        raise ValueError(f"--high-priority: unknown class {', '.join(bad)} (known: {', '.join(PRIORITIES)})")
+    if not 0.0 <= risk < 1.0:
+        raise ValueError(f"--risk {risk:g} is not a fraction of seconds in [0, 1): try 1e-4")
 
 
 def power_from_twin(site: Site, minutes: float, seed: int, progress: TextIO | None) -> FloatArray:
@@ -144,12 +156,13 @@ def table(plans: list[LevelPlan]) -> str:
 
 
 def run(site: Site, power_w: FloatArray, *, risk: float, n_minus_1: bool, seed: int, kinds: list[str],
-        high_priority: list[str], costs: Costs, source: str, progress: TextIO | None = sys.stderr
+        high_priority: list[str], costs: Costs, source: str, cooling: bool = False,
+        max_throttle: float | None = None, progress: TextIO | None = sys.stderr
         ) -> tuple[list[LevelPlan], dict[str, Any]]:
     """Plan the site's levels of `kinds`; returns the plans and the JSON report."""
     t0 = time.monotonic()
-    inp = plan_inputs(site, power_w, high_priority)
-    levels = levels_to_plan(inp, kinds)
+    inp = plan_inputs(site, power_w, high_priority, cooling)
+    levels = levels_to_plan(inp, [*kinds, "zone"] if cooling and "zone" not in kinds else kinds)
     weights = {i: work_of(inp, i) for i in levels}
     bar = Progress(f"planning {len(levels)} levels", sum(weights.values()), progress)
     done = [0.0]
@@ -158,12 +171,13 @@ def run(site: Site, power_w: FloatArray, *, risk: float, n_minus_1: bool, seed: 
         done[0] += weights[i]
         bar.show(done[0])
 
-    plans = plan(inp, levels, risk, n_minus_1, seed, costs, on_level=step)
+    plans = plan(inp, levels, risk, n_minus_1, seed, costs, on_level=step, max_throttle=max_throttle)
     bar.done()
     site_plan = next((p for p in plans if p.kind == "site"), None)
     report: dict[str, Any] = {
         "site": site.name, "source": source, "seconds": inp.seconds, "racks": site.n_racks,
         "risk": risk, "risk_resolution": 1.0 / inp.seconds, "n_minus_1": n_minus_1, "seed": seed,
+        "cooling": cooling, "max_throttle": max_throttle,
         "high_priority": high_priority, "costs": asdict(costs), "planning_s": round(time.monotonic() - t0, 3),
         "site_total": asdict(site_plan) if site_plan else None,
         "levels": [asdict(p) for p in plans],
@@ -174,7 +188,10 @@ def run(site: Site, power_w: FloatArray, *, risk: float, n_minus_1: bool, seed: 
 def summary(report: dict[str, Any]) -> str:
     s = report["site_total"]
     lines = [f"{report['seconds']} s of {report['source']}, risk {report['risk']:g} (resolution "
-             f"{report['risk_resolution']:.2g}), {'N-1 checked' if report['n_minus_1'] else 'nominal feeds only'}"]
+             f"{report['risk_resolution']:.2g}), {'N-1 checked' if report['n_minus_1'] else 'nominal feeds only'}"
+             f"{', cooling zones held' if report['cooling'] else ''}"
+             + (f", low-priority throttling <= {report['max_throttle']:.0%}" if report["max_throttle"] is not None
+                else "")]
     if s:
         pct = "-" if s["pct_more"] is None else f"{s['pct_more']:.0f}% more"
         v = s["value"]

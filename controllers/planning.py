@@ -14,7 +14,8 @@ A level hosts k more racks
   their minimum power limit plus the rest of the server) stays under its limit in every second, in the
   nominal state and, with `n_minus_1`, in both single-feed states; and (b) the fraction of seconds in
   which shedding low-priority work down to its floor is not enough (so high-priority work must be
-  capped) is <= risk.
+  capped) is <= risk. The expected throttled fraction of low-priority work (energy shed / energy
+  demanded) is reported, and can be bounded too (`max_throttle`).
 """
 
 from __future__ import annotations
@@ -102,8 +103,12 @@ class PlanInputs:
         return np.flatnonzero(touched)
 
 
-def plan_inputs(site: Site, power_w: FloatArray, high_priority: Sequence[str] = ("inference-critical",)) -> PlanInputs:
-    """Build the planner's arrays from a site model and a (seconds x racks) matrix in site rack order."""
+def plan_inputs(site: Site, power_w: FloatArray, high_priority: Sequence[str] = ("inference-critical",),
+                cooling: bool = False) -> PlanInputs:
+    """Build the planner's arrays from a site model and a (seconds x racks) matrix in site rack order.
+
+    Cooling zones bind only with `cooling`: a zone's capacity is a heat-removal rate with minutes of thermal
+    inertia, so holding it second by second like a breaker is a conservative extra, not the default."""
     if power_w.ndim != 2 or power_w.shape[1] != site.n_racks:
         raise ValueError(f"rack power matrix has shape {power_w.shape}, expected (seconds, {site.n_racks} racks)")
     bad = [p for p in high_priority if p not in PRIORITIES]
@@ -132,6 +137,8 @@ def plan_inputs(site: Site, power_w: FloatArray, high_priority: Sequence[str] = 
         lim[rows_halls & (site.level_rated_w <= 0)] = np.inf
         utils = site.levels_of_kind("utility")
         lim[site.levels_of_kind("site")] = der[utils].sum() if utils.size else np.inf
+        if not cooling:
+            lim[site.levels_of_kind("zone")] = np.inf
         limits.append(lim)
     own = np.isin(site.level_kind, [KIND["rack"], KIND["pdu"]])
     return PlanInputs(power_w=np.asarray(power_w, dtype=np.float64), floor_w=floor_w, low_frac=low_frac,
@@ -184,7 +191,7 @@ class Sampler:
 
 
 def check(inp: PlanInputs, level: int, loaded: IntArray, counts: FloatArray, risk: float, capped: bool,
-          n_minus_1: bool) -> Check:
+          n_minus_1: bool, max_throttle: float | None = None) -> Check:
     """Whether the site with `counts` copies of each rack stays within the rules at every loaded level."""
     t = inp.seconds
     src = np.flatnonzero(counts)
@@ -218,12 +225,14 @@ def check(inp: PlanInputs, level: int, loaded: IntArray, counts: FloatArray, ris
     demand = stack[4 * t:].sum(axis=0)
     shed = np.clip(excess, 0.0, shed_lo).sum(axis=0)
     throttled = np.divide(shed, demand, out=np.zeros_like(shed), where=demand > 0)
+    if not bad.size and max_throttle is not None:
+        bad = np.flatnonzero(throttled > max_throttle)
     return Check(not bad.size, inp.level_ids[loaded[bad[0]]] if bad.size else None, float(frac.max()),
                  float(throttled.max()))
 
 
-def max_extra(inp: PlanInputs, level: int, risk: float, capped: bool, n_minus_1: bool, seed: int
-              ) -> tuple[int | None, Check, Check | None]:
+def max_extra(inp: PlanInputs, level: int, risk: float, capped: bool, n_minus_1: bool, seed: int,
+              max_throttle: float | None = None) -> tuple[int | None, Check, Check | None]:
     """Largest k that passes (exponential then binary search), the check at k, and the failing one at k+1."""
     loaded = inp.loaded_levels(level)
     if not np.isfinite(inp.limit_w[0][loaded]).any():
@@ -232,7 +241,7 @@ def max_extra(inp: PlanInputs, level: int, risk: float, capped: bool, n_minus_1:
     n_r = inp.power_w.shape[1]
 
     def at(k: int) -> Check:
-        return check(inp, level, loaded, sampler.counts(k, n_r), risk, capped, n_minus_1)
+        return check(inp, level, loaded, sampler.counts(k, n_r), risk, capped, n_minus_1, max_throttle)
 
     first = at(0)
     if not first.ok:
@@ -269,11 +278,11 @@ def value_of(extra_racks: int | None, mean_rack_w: float, costs: Costs) -> dict[
 
 
 def plan_level(inp: PlanInputs, level: int, risk: float, n_minus_1: bool = False, seed: int = 0,
-               costs: Costs | None = None) -> LevelPlan:
+               costs: Costs | None = None, max_throttle: float | None = None) -> LevelPlan:
     costs = costs or Costs()
     members = inp.members(level)
     k_none, c_none, f_none = max_extra(inp, level, risk, False, False, seed)
-    k_cap, c_cap, f_cap = max_extra(inp, level, risk, True, n_minus_1, seed)
+    k_cap, c_cap, f_cap = max_extra(inp, level, risk, True, n_minus_1, seed, max_throttle)
     load = inp._base[:inp.seconds, level]
     mean_rack_w = float(inp.power_w[:, members].mean()) if members.size else 0.0
     pct = None
@@ -308,13 +317,17 @@ def work_of(inp: PlanInputs, level: int) -> float:
 
 
 def plan(inp: PlanInputs, levels: Sequence[int], risk: float, n_minus_1: bool = False, seed: int = 0,
-         costs: Costs | None = None, on_level: Callable[[int, LevelPlan], None] | None = None) -> list[LevelPlan]:
-    """Plan every level in `levels` (seeded per level, so a level's answer does not depend on the others)."""
+         costs: Costs | None = None, on_level: Callable[[int, LevelPlan], None] | None = None,
+         max_throttle: float | None = None) -> list[LevelPlan]:
+    """Plan every level in `levels` (seeded per level, so a level's answer does not depend on the others).
+
+    `max_throttle`, if given, is a further rule for capping: at most this fraction of low-priority energy
+    shed at any loaded level."""
     if not 0.0 <= risk < 1.0:
         raise ValueError(f"risk must be in [0, 1), got {risk:g}")
     out = []
     for i in levels:
-        lp = plan_level(inp, i, risk, n_minus_1, seed * 1_000_003 + i, costs)
+        lp = plan_level(inp, i, risk, n_minus_1, seed * 1_000_003 + i, costs, max_throttle)
         out.append(lp)
         if on_level is not None:
             on_level(i, lp)

@@ -341,6 +341,9 @@ def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
     from controllers import plan_shell
     from controllers.planning import Costs
 
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    high = [c.strip() for c in args.high_priority.split(",") if c.strip()]
+    plan_shell.check_options(kinds, high, args.risk)
     site = _site(cfg, args.site)
     if args.recording:
         power = plan_shell.power_from_recording(site, args.recording, sys.stderr)
@@ -350,9 +353,8 @@ def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
         source = f"twin run of {args.simulate_minutes:g} min"
     costs = Costs(args.power_usd_per_w, args.cooling_usd_per_w, args.usd_per_kwh, args.pue, args.rack_kw)
     plans, report = plan_shell.run(site, power, risk=args.risk, n_minus_1=args.n_minus_1, seed=args.seed,
-                                   kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
-                                   high_priority=[c.strip() for c in args.high_priority.split(",") if c.strip()],
-                                   costs=costs, source=source)
+                                   kinds=kinds, high_priority=high, costs=costs, source=source, cooling=args.cooling,
+                                   max_throttle=args.max_throttle)
     print(plan_shell.table(plans))
     print(plan_shell.summary(report))
     if args.json:
@@ -489,8 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--n-minus-1", action="store_true", help="capped floor must also fit with either feed lost")
     pl.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     pl.add_argument("--seed", type=int, default=0, help="twin and bootstrap seed")
-    pl.add_argument("--kinds", default="rpp,ups,utility,row,zone,hall,site",
-                    help="level kinds to plan (pdu also possible)")
+    pl.add_argument("--kinds", default="rpp,ups,utility,row,hall,site",
+                    help="level kinds to plan (pdu and zone also possible)")
+    pl.add_argument("--cooling", action="store_true",
+                    help="also hold cooling zones under their capacity every second (and plan them)")
+    pl.add_argument("--max-throttle", type=float, metavar="FRAC",
+                    help="capping may shed at most this fraction of low-priority energy (default: no bound)")
     pl.add_argument("--high-priority", default="inference-critical",
                     help="priority classes capped only as a last resort (the rest is shed first)")
     pl.add_argument("--power-usd-per-w", type=float, default=7.0, help="power provisioning cost")
