@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -157,7 +156,7 @@ def table(plans: list[LevelPlan]) -> str:
 
 def run(site: Site, power_w: FloatArray, *, risk: float, n_minus_1: bool, seed: int, kinds: list[str],
         high_priority: list[str], costs: Costs, source: str, cooling: bool = False,
-        max_throttle: float | None = None, progress: TextIO | None = sys.stderr
+        max_throttle: float | None = None, progress: TextIO | None = None
         ) -> tuple[list[LevelPlan], dict[str, Any]]:
     """Plan the site's levels of `kinds`; returns the plans and the JSON report."""
     t0 = time.monotonic()

@@ -354,7 +354,7 @@ def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
     costs = Costs(args.power_usd_per_w, args.cooling_usd_per_w, args.usd_per_kwh, args.pue, args.rack_kw)
     plans, report = plan_shell.run(site, power, risk=args.risk, n_minus_1=args.n_minus_1, seed=args.seed,
                                    kinds=kinds, high_priority=high, costs=costs, source=source, cooling=args.cooling,
-                                   max_throttle=args.max_throttle)
+                                   max_throttle=args.max_throttle, progress=sys.stderr)
     print(plan_shell.table(plans))
     print(plan_shell.summary(report))
     if args.json:

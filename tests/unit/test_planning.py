@@ -110,3 +110,24 @@ def test_plan_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["plan", "--site", str(LAB), "--simulate-minutes", "1", "--kinds", "rack"]) == 2
     err = capsys.readouterr().err
     assert "cannot plan level kind rack" in err and "simulating" not in err  # refused before simulating
+
+
+def test_plan_reads_rack_power_from_a_recording(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from collectors.base import SourceContext
+    from collectors.sim import FleetSource
+    from powerplane import topics
+    from powerplane.fleet import Fleet
+    from powerplane.recording import Recorded, RecordingWriter
+
+    site = load_site(LAB)
+    fleet = Fleet(site, seed=4, epoch_s=1_790_000_000.0)
+    src = FleetSource("sim", {"interval_s": 1.0}, SourceContext(site=site, plant=fleet))
+    w = RecordingWriter(tmp_path / "rec", [topics.TELEMETRY.name])
+    for i, f in enumerate(f for _ in range(20) for f in src.read_batch()):
+        w.add(Recorded(topics.TELEMETRY.name, 0, i, int(f.ts_s * 1000), f.key(), f.encode(), []))
+    w.close()
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--site", str(LAB), "--recording", str(tmp_path / "rec"), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert 19 <= report["seconds"] <= 21
+    assert report["site_total"]["p99_load_w"] > 100e3  # eight racks of H100s, read from their PDU meters
