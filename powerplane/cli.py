@@ -337,6 +337,32 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
+    from controllers import plan_shell
+    from controllers.planning import Costs
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    high = [c.strip() for c in args.high_priority.split(",") if c.strip()]
+    plan_shell.check_options(kinds, high, args.risk)
+    site = _site(cfg, args.site)
+    if args.recording:
+        power = plan_shell.power_from_recording(site, args.recording, sys.stderr)
+        source = f"recording {args.recording}"
+    else:
+        power = plan_shell.power_from_twin(site, args.simulate_minutes, args.seed, sys.stderr)
+        source = f"twin run of {args.simulate_minutes:g} min"
+    costs = Costs(args.power_usd_per_w, args.cooling_usd_per_w, args.usd_per_kwh, args.pue, args.rack_kw)
+    plans, report = plan_shell.run(site, power, risk=args.risk, n_minus_1=args.n_minus_1, seed=args.seed,
+                                   kinds=kinds, high_priority=high, costs=costs, source=source, cooling=args.cooling,
+                                   max_throttle=args.max_throttle, progress=sys.stderr)
+    print(plan_shell.table(plans))
+    print(plan_shell.summary(report))
+    if args.json:
+        plan_shell.write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 # ---- parser ---------------------------------------------------------------------------------------
 
 
@@ -464,6 +490,32 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--tail", type=int, default=2000, help="records read back from the end of each partition")
     st.add_argument("--timeout", type=float, default=10.0, help="seconds to spend reading")
     st.set_defaults(fn=cmd_status)
+
+    pl = sub.add_parser("plan", help="offline oversubscription planning: more racks per level, with and without "
+                                     "capping, at a stated risk, and what they are worth")
+    pl.add_argument("--site", help="site file (default: PP_SITE_FILE)")
+    src = pl.add_mutually_exclusive_group(required=True)
+    src.add_argument("--recording", metavar="DIR", help="recording with pp.telemetry (made by `powerplane record`)")
+    src.add_argument("--simulate-minutes", type=float, metavar="N", help="run the digital twin for N minutes instead")
+    pl.add_argument("--risk", type=float, default=1e-4,
+                    help="allowed fraction of seconds over a limit (no control) or capping high priority (capped)")
+    pl.add_argument("--n-minus-1", action="store_true", help="capped floor must also fit with either feed lost")
+    pl.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
+    pl.add_argument("--seed", type=int, default=0, help="twin and bootstrap seed")
+    pl.add_argument("--kinds", default="rpp,ups,utility,row,hall,site",
+                    help="level kinds to plan (pdu and zone also possible)")
+    pl.add_argument("--cooling", action="store_true",
+                    help="also hold cooling zones under their capacity every second (and plan them)")
+    pl.add_argument("--max-throttle", type=float, metavar="FRAC",
+                    help="capping may shed at most this fraction of low-priority energy (default: no bound)")
+    pl.add_argument("--high-priority", default="inference-critical",
+                    help="priority classes capped only as a last resort (the rest is shed first)")
+    pl.add_argument("--power-usd-per-w", type=float, default=7.0, help="power provisioning cost")
+    pl.add_argument("--cooling-usd-per-w", type=float, default=2.5, help="cooling provisioning cost")
+    pl.add_argument("--usd-per-kwh", type=float, default=0.04, help="energy price")
+    pl.add_argument("--pue", type=float, default=1.2, help="power usage effectiveness")
+    pl.add_argument("--rack-kw", type=float, default=50.0, help="provisioned power per rack, for capital avoided")
+    pl.set_defaults(fn=cmd_plan)
     return p
 
 
