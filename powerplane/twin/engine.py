@@ -509,6 +509,15 @@ class Twin:
         """(n_slots, tp) GPU indices of a pool's instance slots (active ones first)."""
         return self.pools[self.pool_index(pool)].slots
 
+    def pool_gpus(self, pool: str | int) -> IntArray:
+        """Every GPU a pool owns (for per-pool commands such as lock_clocks)."""
+        return self.pools[self.pool_index(pool)].gpus
+
+    def pool_config(self, pool: str | int) -> tuple[int, int]:
+        """(instances wanted, tensor-parallel degree) of a pool now."""
+        p = self.pools[self.pool_index(pool)]
+        return p.n_active, p.tp
+
     def set_instances(self, pool: str | int, n: int) -> int:
         """Run n instances of a pool (clamped to its slots). New ones load weights first (start delay)."""
         p = self.pools[self.pool_index(pool)]
