@@ -97,17 +97,22 @@ class TwinActuator(Actuator):
 
 def static_caps_w(site: Site) -> FloatArray:
     """One cap for every GPU (as a fraction of its max) such that every breaker's worst case, every GPU at
-    its cap and every server's other load at nameplate, fits its derated limit in normal operation."""
-    _, derated = site.limits_w("normal")
-    frac = 1.0
-    for lo_frac in np.linspace(1.0, 0.0, 201):
-        gpu = site.gpu_max_w * lo_frac
+    its cap and every server's other load at nameplate, fits its derated limit with either feed lost:
+    how a 2N site is made safe without software."""
+    brk = np.isin(site.level_kind, [KIND[k] for k in BREAKER_KINDS])
+    frac = 0.0
+    for f in np.linspace(1.0, 0.0, 201):
+        gpu = site.gpu_max_w * f
         rack_w = np.asarray(np.bincount(site.server_rack, weights=site.server_input_w(gpu), minlength=site.n_racks),
                             dtype=np.float64)
-        loads = site.rollup_w(rack_w, "normal")
-        brk = np.isin(site.level_kind, [KIND[k] for k in BREAKER_KINDS]) & (derated > 0)
-        if np.all(loads[brk] <= derated[brk]):
-            frac = float(lo_frac)
+        fits = True
+        for mode in ("A-lost", "B-lost"):
+            _, derated = site.limits_w(mode)  # type: ignore[arg-type]
+            loads = site.rollup_w(rack_w, mode)  # type: ignore[arg-type]
+            m = brk & (derated > 0)
+            fits &= bool(np.all(loads[m] <= derated[m]))
+        if fits:
+            frac = float(f)
             break
     return np.maximum(site.gpu_max_w * frac, site.gpu_min_w)
 
@@ -120,6 +125,7 @@ class Tally:
     n_prio: int = len(PRIORITIES)
     seconds: int = 0
     energy_j: float = 0.0
+    pool_energy_j: float = 0.0  # GPU energy of the inference pools: what a token costs (DynamoLLM's measure)
     tokens: float = 0.0
     first_tokens: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
     ttft_ok: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
@@ -155,6 +161,7 @@ class Tally:
         self.energy_j = float(fr.site_energy_j)
         ps = fr.pools
         self.tokens += float(ps.tokens.sum())
+        self.pool_energy_j += float(ps.energy_j.sum())
         prio = np.asarray(ps.priority, dtype=np.int64)
         for name, arr in (("first_tokens", ps.first_tokens), ("ttft_ok", ps.ttft_ok), ("arrivals", ps.arrivals),
                           ("decode_tokens", ps.decode_tokens), ("tbt_ok", ps.tbt_ok_tokens)):
@@ -170,9 +177,12 @@ class Tally:
         for i, p in enumerate(prio.tolist()):
             if ps.decode_tokens[i] > 0 and math.isfinite(float(ps.tbt_mean_s[i])):
                 self.tbt_samples[p].append((float(ps.tbt_mean_s[i]), float(ps.decode_tokens[i])))
-        # A request counts as throttled when the GPUs of its pool ran throttled (power cap, thermal or
-        # locked clocks) that second: the pool's throttled GPU share of its first tokens.
-        throttled_gpu = (np.asarray(fr.throttle_reasons) & THROTTLED) != 0
+        # A request counts as throttled when the GPUs of its pool ran throttled that second by a power cap
+        # under the GPU's maximum, a locked clock, or heat: the pool's throttled GPU share of its first
+        # tokens. (A GPU at its default limit reporting SW power cap is running as built, not throttled.)
+        reasons = np.asarray(fr.throttle_reasons)
+        capped = ((reasons & THROTTLE_SW_POWER_CAP) != 0) & (fr.limit_w < site.gpu_max_w - 1.0)
+        throttled_gpu = capped | ((reasons & (THROTTLED & ~THROTTLE_SW_POWER_CAP)) != 0)
         for i in range(len(ps.names)):
             gpus = self._pool_gpus[i] if i < len(self._pool_gpus) else None
             if gpus is not None and gpus.size:
@@ -219,7 +229,8 @@ class Tally:
                 peaks[kind] = float(self.peak_frac[lv].max())
         return {
             "seconds": self.seconds, "energy_kwh": self.energy_j / 3.6e6, "tokens": self.tokens,
-            "energy_per_token_j": self.energy_j / self.tokens if self.tokens > 0 else float("nan"),
+            "energy_per_token_j": self.pool_energy_j / self.tokens if self.tokens > 0 else float("nan"),
+            "site_energy_per_token_j": self.energy_j / self.tokens if self.tokens > 0 else float("nan"),
             "mean_site_mw": float(np.mean(self.series["site_mw"])) if self.series["site_mw"] else 0.0,
             "peak_frac_of_rating": peaks, "seconds_over_rating": self.over_s,
             "worst_over_rating": self.over_worst, "kw_s_over_rating": self.over_kws,
@@ -228,13 +239,61 @@ class Tally:
         }
 
 
-ReconfigHook = Callable[[Twin, float], int]
+class Reconfigurer:
+    """The energy-aware reconfiguration policy (controllers.reconfig) in the loop: every `every_s` it plans
+    each profiled pool's instance count, TP and clock for the forecast load and applies the plan's actions
+    to the twin. The forecast is the busiest second of the last `lookback_s` x `headroom`: what a
+    deployment without a trace oracle knows. Pools whose class the profile lacks are left alone."""
+
+    def __init__(self, twin: Twin, every_s: int = 15, lookback_s: int = 120, headroom: float = 1.1) -> None:
+        from controllers.reconfig import ReconfigPolicy
+        from powerplane.serving_profile import ServingProfile, class_key
+
+        prof = ServingProfile.load()
+        self.names: list[str] = []
+        classes: list[int] = []
+        self.index: list[int] = []
+        for i, p in enumerate(twin.pools):
+            key = class_key(p.spec.model, p.gpu.model, p.spec.ttft_slo_s, p.spec.tbt_slo_s, p.spec.max_batch,
+                            p.spec.chunk_tokens)
+            if key in prof.classes:
+                self.names.append(p.spec.name)
+                classes.append(prof.class_index(key))
+                self.index.append(i)
+        self.policy = ReconfigPolicy(prof, self.names, classes)
+        self.freq = np.array([float(twin.gpu_fmax[twin.pool_gpus(n)].max()) for n in self.names])
+        self.gpus = np.array([twin.pool_gpus(n).size for n in self.names], dtype=np.int64)
+        self.every_s, self.headroom = every_s, headroom
+        self.recent: list[FloatArray] = []
+        self.lookback_s = lookback_s
+        self.t = 0
+
+    def __call__(self, twin: Twin, fr: Any) -> int:
+        from controllers.reconfig import PoolConfigs
+
+        self.recent.append(np.asarray(fr.pools.arrivals, dtype=np.float64)[self.index])
+        del self.recent[:-self.lookback_s]
+        self.t += 1
+        if not self.names or self.t % self.every_s:
+            return 0
+        forecast = np.max(self.recent, axis=0) * self.headroom
+        inst, tp = zip(*(twin.pool_config(n) for n in self.names), strict=True)
+        current = PoolConfigs.of(inst, tp, self.freq.tolist())
+        plan, actions = self.policy.decide(float(self.t), forecast, current, self.gpus)
+        for a in actions:
+            if a.knob == "set_tp":
+                twin.set_tp(a.pool, int(a.value))
+            elif a.knob == "set_instances":
+                twin.set_instances(a.pool, int(a.value))
+            else:
+                twin.lock_clocks(twin.pool_gpus(a.pool), a.value)
+        self.freq = plan.config.freq_mhz.copy()
+        return len(actions)
 
 
 def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSpec | None = None,
                scenario: Scenario | None = None, seed: int = 0,
-               progress: Callable[[int, int], None] | None = None,
-               reconfig: ReconfigHook | None = None) -> dict[str, Any]:
+               progress: Callable[[int, int], None] | None = None, reconfigure: bool = True) -> dict[str, Any]:
     """One closed-loop run; returns its metrics and per-second series."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy '{policy}' (known: {', '.join(POLICIES)})")
@@ -254,12 +313,10 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
                             thermal=thermal, actions=actions)
         engine = Engine(site, keyring, CapSettings(), 30.0, controller=ctl)
         guard = Guard(TwinActuator("twin", {}, twin), keyring, site.name, rate_per_s=100.0, burst=100)
-    e0: float | None = None
+    reconfig = Reconfigurer(twin) if policy == "full" and reconfigure else None
     for k in range(duration_s):
         fr = twin.step(1.0)
         ts = EPOCH_S + twin.t_s
-        if e0 is None:
-            e0 = float(fr.site_energy_j) - 0.0
         if engine is not None and guard is not None:
             cmds: list[Command] = []
             for f in rack_frames(site, fr, ts, 1.0, k, "twin"):
@@ -271,8 +328,8 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
                 else:
                     guard.handle(c, ts)
             guard.expire(ts)
-        if reconfig is not None and policy == "full":
-            tally.commands += reconfig(twin, ts)
+        if reconfig is not None:
+            tally.commands += reconfig(twin, fr)
         tally.add(fr, twin.t_s)
         if progress is not None:
             progress(k + 1, duration_s)
@@ -410,7 +467,8 @@ def write_report(out_dir: Path, meta: dict[str, Any], results: dict[str, dict[st
         return cell
 
     row("energy (kWh)", fmt("energy_kwh", ".1f"))
-    row("energy per token (J)", fmt("energy_per_token_j", ".3f"))
+    row("inference GPU energy per token (J)", fmt("energy_per_token_j", ".3f"))
+    row("site energy per token (J)", fmt("site_energy_per_token_j", ".3f"))
     row("mean site power (MW)", fmt("mean_site_mw", ".2f"))
     for kind in BREAKER_KINDS:
         row(f"peak {kind} load / rating", peak(kind))
