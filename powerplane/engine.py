@@ -109,6 +109,18 @@ class Engine:
         r.commands += out
         return out
 
+    def decide_now(self, now_s: float) -> list[Command]:
+        """Roll up what is pending and decide at once: a closed loop calls this after each second's frames,
+        as the live controller decides on its own clock within a tick of the data arriving."""
+        aggs = self._flush(now_s)
+        for a in aggs:
+            self.controller.on_aggregate(a, now_s)
+        self.result.aggregates += len(aggs)
+        out = self.controller.decide(now_s)
+        self.next_tick_s = now_s + self.tick_s
+        self.result.commands += out
+        return out
+
     def _flush(self, now_s: float | None = None) -> list[LevelAggregate]:
         if not self.pending:
             return []

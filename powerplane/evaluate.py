@@ -107,8 +107,8 @@ def static_caps_w(site: Site) -> FloatArray:
                             dtype=np.float64)
         fits = True
         for mode in ("A-lost", "B-lost"):
-            _, derated = site.limits_w(mode)  # type: ignore[arg-type]
-            loads = site.rollup_w(rack_w, mode)  # type: ignore[arg-type]
+            _, derated = site.limits_w(mode)
+            loads = site.rollup_w(rack_w, mode)
             m = brk & (derated > 0)
             fits &= bool(np.all(loads[m] <= derated[m]))
         if fits:
@@ -321,6 +321,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
             cmds: list[Command] = []
             for f in rack_frames(site, fr, ts, 1.0, k, "twin"):
                 cmds += engine.feed_frame(f)
+            cmds += engine.decide_now(ts + 0.5)  # the controller's tick lands within the second
             for c in cmds:
                 tally.commands += int(c.reason != "lease renewal")
                 if c.action == "routing_weight":
