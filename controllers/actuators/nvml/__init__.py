@@ -49,7 +49,7 @@ class NvmlActuator(Actuator):
         def bad(key: str, msg: str) -> ActuatorConfigError:
             return ActuatorConfigError(f"actuator '{self.name}': '{key}' {msg}")
 
-        unknown = sorted(set(options) - OPTIONS - {"lock"})
+        unknown = sorted(set(options) - OPTIONS)
         if unknown:
             raise bad(unknown[0], f"is not an option of kind nvml (options: {', '.join(sorted(OPTIONS))})")
         racks = options.get("racks")
