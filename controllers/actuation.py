@@ -3,8 +3,9 @@
 A command is applied only if it is signed with a key in the site keyring, is for this site, has
 not expired, has not been seen before (idempotent by id), is not older than the last command applied
 to the same target (ordered per target) and is within the per-target rate limit. Values are
-clamped to the hardware's range. Every applied value holds a lease: when it lapses unrenewed, the
-GPU reverts to its safe value, so a dead controller fails safe. Each outcome is an Ack.
+clamped to the hardware's range. Every applied value holds a lease, one per GPU and knob (power limit,
+SM clock lock): when it lapses unrenewed, the GPU reverts to its safe value (clocks: unlocked), so a dead
+controller fails safe. Each outcome is an Ack.
 
 Pure logic over an Actuator: no Kafka here, so the same guard runs behind the Kafka consumer and in
 the in-process engine.
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from controllers.actuators.base import Actuator, ActuatorError
+from controllers.actuators.base import F64, I64, Actuator, ActuatorError
 from powerplane.schemas import Ack, Command
 from powerplane.signing import Keyring
 
@@ -42,12 +43,19 @@ class _Lease:
     command_id: str
 
 
+KNOBS = ("power", "clock")  # each GPU holds one lease per knob: a power limit and a clock lock lapse apart
+
+
 @dataclass
 class _Target:
     last_issued_at_s: float = float("-inf")
     tokens: float = 0.0
     refilled_at_s: float = 0.0
-    leases: dict[int, _Lease] = field(default_factory=dict)
+    leases: dict[int, _Lease] = field(default_factory=dict)  # power-limit leases
+    clock_leases: dict[int, _Lease] = field(default_factory=dict)
+
+    def leases_of(self, knob: str) -> dict[int, _Lease]:
+        return self.leases if knob == "power" else self.clock_leases
 
 
 class Guard:
@@ -63,13 +71,18 @@ class Guard:
         self.targets: dict[str, _Target] = {}
         self.stats = GuardStats()
         self.security_refusals: list[tuple[Command, str]] = []
+        self._revert_errors: dict[tuple[str, str, int], str] = {}  # last failure per GPU: log changes only
+
+    def _note(self, status: str, reason: str) -> str:
+        if self.actuator.dry_run and status in ("applied", "clamped", "reverted"):
+            return f"{reason}; dry run: nothing changed" if reason else "dry run: nothing changed"
+        return reason
 
     def _ack(self, cmd: Command, status: str, applied: np.ndarray, reason: str, now_s: float) -> Ack:
         setattr(self.stats, status, getattr(self.stats, status) + 1)
         return Ack(command_id=cmd.id, site=cmd.site, target=cmd.target, status=status,
-                   gpus=cmd.gpus, applied=np.asarray(applied, dtype=np.float32), reason=reason,
+                   gpus=cmd.gpus, applied=np.asarray(applied, dtype=np.float32), reason=self._note(status, reason),
                    actuator=self.actuator.name, ts_s=now_s)
-
     def _reject(self, cmd: Command, reason: str, now_s: float, *, security: bool = False) -> Ack:
         if security:
             self.stats.security += 1
@@ -102,8 +115,14 @@ class Guard:
         st.tokens -= 1.0
         if cmd.action == "power_cap":
             ack = self._apply_cap(cmd, st, now_s)
+        elif cmd.action == "sm_clock_lock":
+            ack = self._apply_clock_lock(cmd, st, now_s)
         elif cmd.action == "release":
-            ack = self._apply_release(cmd, st, now_s)
+            knob = cmd.params.get("knob", "power")
+            if knob not in KNOBS:
+                ack = self._reject(cmd, f"release: params.knob = {knob!r}, expected one of {KNOBS}", now_s)
+            else:
+                ack = self._apply_release(cmd, st, now_s, str(knob))
         else:
             ack = self._reject(cmd, f"action '{cmd.action}' is not supported by actuator '{self.actuator.name}'",
                                now_s)
@@ -134,39 +153,94 @@ class Guard:
         n = int((np.abs(applied - want) > 0.5).sum())
         return self._ack(cmd, "clamped", applied, f"{n} value(s) clamped to the GPU's power-limit range", now_s)
 
-    def _apply_release(self, cmd: Command, st: _Target, now_s: float) -> Ack:
+    def _apply_clock_lock(self, cmd: Command, st: _Target, now_s: float) -> Ack:
         gpus = cmd.gpus.astype(np.int64)
+        want = cmd.values.astype(np.float64)
+        if not np.all(np.isfinite(want)):
+            return self._reject(cmd, "sm_clock_lock values must be finite MHz", now_s)
         try:
-            _, _, safe = self.actuator.limits_w(cmd.target, gpus)
-            applied = self.actuator.set_power_limit(cmd.target, gpus, safe)
+            lo, hi = self.actuator.clock_range_mhz(cmd.target, gpus)
+            applied = self.actuator.lock_clocks(cmd.target, gpus, np.clip(want, lo, hi))
         except ActuatorError as e:
             return self._reject(cmd, str(e), now_s)
         st.last_issued_at_s = cmd.issued_at_s
         for g in gpus.tolist():
-            st.leases.pop(g, None)
-        return self._ack(cmd, "applied", applied, "released to safe value", now_s)
+            st.clock_leases[g] = _Lease(cmd.expires_at_s(), cmd.id)
+        if np.allclose(applied, want, atol=0.5):
+            return self._ack(cmd, "applied", applied, "", now_s)
+        n = int((np.abs(applied - want) > 0.5).sum())
+        return self._ack(cmd, "clamped", applied,
+                         f"{n} value(s) moved to the GPU's clock range or nearest supported clock", now_s)
+
+    def _safe(self, target: str, knob: str, gpus: I64) -> F64:
+        """Put GPUs in the knob's safe state: the safe power limit, or clocks unlocked."""
+        if knob == "clock":
+            return self.actuator.reset_clocks(target, gpus)
+        _, _, safe = self.actuator.limits_w(target, gpus)
+        return self.actuator.set_power_limit(target, gpus, safe)
+
+    def _apply_release(self, cmd: Command, st: _Target, now_s: float, knob: str) -> Ack:
+        gpus = cmd.gpus.astype(np.int64)
+        try:
+            applied = self._safe(cmd.target, knob, gpus)
+        except ActuatorError as e:
+            return self._reject(cmd, str(e), now_s)
+        st.last_issued_at_s = cmd.issued_at_s
+        leases = st.leases_of(knob)
+        for g in gpus.tolist():
+            leases.pop(g, None)
+        return self._ack(cmd, "applied", applied, "released to safe value" if knob == "power" else "clocks reset",
+                         now_s)
+
+    def _revert(self, target: str, knob: str, gpus: I64) -> tuple[I64, F64]:
+        """Revert GPUs to the safe state; if the whole set fails, GPU by GPU so one lost GPU does not keep
+        the healthy ones capped. Returns the GPUs reverted and their values."""
+        try:
+            return gpus, self._safe(target, knob, gpus)
+        except ActuatorError as e:
+            if gpus.size == 1:
+                self._revert_failed(target, knob, int(gpus[0]), str(e))
+                return gpus[:0], np.zeros(0)
+        done: list[int] = []
+        vals: list[float] = []
+        for g in gpus.tolist():
+            try:
+                vals.append(float(self._safe(target, knob, np.array([g], dtype=np.int64))[0]))
+                done.append(g)
+            except ActuatorError as e:
+                self._revert_failed(target, knob, g, str(e))
+        return np.array(done, dtype=np.int64), np.array(vals, dtype=np.float64)
+
+    def _revert_failed(self, target: str, knob: str, gpu: int, msg: str) -> None:
+        # Retried every expiry pass until it succeeds; log only when the failure changes.
+        if self._revert_errors.get((target, knob, gpu)) != msg:
+            self._revert_errors[(target, knob, gpu)] = msg
+            log.error("reverting %s GPU %d (%s) after lease expiry failed: %s", target, gpu, knob, msg)
 
     def expire(self, now_s: float) -> list[Ack]:
-        """Revert every GPU whose lease lapsed; one 'reverted' ack per target."""
+        """Revert every GPU whose lease lapsed (power limit to its safe value, clock lock reset); one
+        'reverted' ack per target and knob."""
         acks: list[Ack] = []
         for target, st in self.targets.items():
-            lapsed = [g for g, lease in st.leases.items() if lease.expires_at_s < now_s]
-            if not lapsed:
-                continue
-            gpus = np.array(sorted(lapsed), dtype=np.int64)
-            ids = sorted({st.leases[g].command_id for g in lapsed})
-            try:
-                _, _, safe = self.actuator.limits_w(target, gpus)
-                applied = self.actuator.set_power_limit(target, gpus, safe)
-            except ActuatorError as e:
-                log.error("reverting %s after lease expiry failed: %s", target, e)
-                continue
-            for g in lapsed:
-                del st.leases[g]
-            self.stats.reverted += 1
-            log.warning("lease lapsed on %d GPU(s) of %s; reverted to safe value", gpus.size, target)
-            acks.append(Ack(command_id=f"lease-expiry:{ids[-1]}", site=self.site, target=target, status="reverted",
-                            gpus=gpus.astype(np.uint16), applied=applied.astype(np.float32),
-                            reason=f"lease of {', '.join(ids[:3])} lapsed unrenewed", actuator=self.actuator.name,
-                            ts_s=now_s))
+            for knob in KNOBS:
+                leases = st.leases_of(knob)
+                lapsed = sorted(g for g, lease in leases.items() if lease.expires_at_s < now_s)
+                if not lapsed:
+                    continue
+                ids = sorted({leases[g].command_id for g in lapsed})
+                gpus, applied = self._revert(target, knob, np.array(lapsed, dtype=np.int64))
+                if not gpus.size:
+                    continue
+                for g in gpus.tolist():
+                    del leases[g]
+                    self._revert_errors.pop((target, knob, g), None)
+                self.stats.reverted += 1
+                what = "reverted to safe value" if knob == "power" else "clocks reset"
+                log.warning("%s lease lapsed on %d GPU(s) of %s; %s", knob, gpus.size, target, what)
+                lease = "lease" if knob == "power" else "clock lock lease"
+                acks.append(Ack(command_id=f"lease-expiry:{ids[-1]}", site=self.site, target=target,
+                                status="reverted", gpus=gpus.astype(np.uint16), applied=applied.astype(np.float32),
+                                reason=self._note("reverted", f"{lease} of {', '.join(ids[:3])} lapsed unrenewed"
+                                                  + ("" if knob == "power" else "; clocks reset")),
+                                actuator=self.actuator.name, ts_s=now_s))
         return acks

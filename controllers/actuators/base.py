@@ -54,6 +54,27 @@ class Actuator(ABC):
     def limits_w(self, target: str, gpus: I64) -> tuple[F64, F64, F64]:
         """(min, max, safe) power limit of each GPU; safe is what a lapsed lease reverts to."""
 
+    # Optional knob: SM clock locking (action "sm_clock_lock"). The Guard clamps to clock_range_mhz, leases
+    # each locked GPU separately from its power limit, and calls reset_clocks when that lease lapses.
+    def clock_range_mhz(self, target: str, gpus: I64) -> tuple[F64, F64]:
+        """(min, max) SM clock each GPU can be locked to, in MHz."""
+        raise self._no_clocks()
+
+    def lock_clocks(self, target: str, gpus: I64, mhz: F64) -> F64:
+        """Lock SM clocks (a ceiling per GPU); return the clocks actually locked, in MHz."""
+        raise self._no_clocks()
+
+    def reset_clocks(self, target: str, gpus: I64) -> F64:
+        """Undo clock locks (the safe state: the GPU may boost again); return the ceiling now in force, MHz."""
+        raise self._no_clocks()
+
+    def _no_clocks(self) -> ActuatorError:
+        return ActuatorError(f"action 'sm_clock_lock' is not supported: actuator '{self.name}' (kind "
+                             f"'{self.kind}') does not support clock locking")
+
+    # Set by actuators that only report what they would do: the Guard says so in every ack.
+    dry_run: bool = False
+
     def close(self) -> None:
         """Release connections."""
 
@@ -63,7 +84,10 @@ register = REGISTRY.register
 
 
 def load_actuator(name: str, options: Mapping[str, Any], context: Any = None) -> Actuator:
-    import controllers.actuators.twin  # noqa: F401 - registration side effect
+    # Imported for their @register side effect, one line per built-in kind.
+    import controllers.actuators.nvml
+    import controllers.actuators.redfish
+    import controllers.actuators.twin  # noqa: F401
 
     kind = options.get("kind")
     if kind not in REGISTRY:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from controllers.actuators.base import F64, I64, Actuator, ActuatorConfigError, ActuatorError, register
 from powerplane.fleet import Plant
+
+
+@runtime_checkable
+class ClockedPlant(Protocol):
+    """A plant that can lock SM clocks (the digital twin; the simple Fleet cannot)."""
+
+    def lock_clocks(self, gpus: I64, mhz: F64) -> F64: ...
+
+    def reset_clocks(self, gpus: I64) -> F64: ...
 
 
 @register("twin")
@@ -25,6 +34,9 @@ class TwinActuator(Actuator):
         self.safe = safe
         site = self.fleet.site
         self._rack = {rid: r for r, rid in enumerate(site.rack_ids)}
+        types = site.server_types
+        self._fmin = np.array([types[t].gpu_min_sm_mhz for t in site.server_type], dtype=np.float64)[site.gpu_server]
+        self._fmax = np.array([types[t].gpu_max_sm_mhz for t in site.server_type], dtype=np.float64)[site.gpu_server]
 
     def targets(self) -> list[str]:
         return list(self._rack)
@@ -55,3 +67,23 @@ class TwinActuator(Actuator):
         else:
             safe = np.clip(np.full(g.size, float(self.safe)), lo, hi)
         return lo, hi, safe
+
+    def _clocked(self) -> ClockedPlant:
+        if not isinstance(self.fleet, ClockedPlant):
+            raise self._no_clocks()
+        return self.fleet
+
+    def clock_range_mhz(self, target: str, gpus: I64) -> tuple[F64, F64]:
+        self._clocked()
+        g = self._global(target, gpus)
+        return self._fmin[g], self._fmax[g]
+
+    def lock_clocks(self, target: str, gpus: I64, mhz: F64) -> F64:
+        plant, g = self._clocked(), self._global(target, gpus)
+        with self.lock:
+            return np.asarray(plant.lock_clocks(g, mhz), dtype=np.float64)
+
+    def reset_clocks(self, target: str, gpus: I64) -> F64:
+        plant, g = self._clocked(), self._global(target, gpus)
+        with self.lock:
+            return np.asarray(plant.reset_clocks(g), dtype=np.float64)

@@ -72,12 +72,12 @@ typedef struct { unsigned int version; unsigned int sensorType; int temperature;
 enum fn_id {
     FN_HANDLE, FN_NAME, FN_UUID, FN_POWER, FN_ENFORCED_LIMIT, FN_LIMIT, FN_CONSTRAINTS, FN_DEFAULT_LIMIT,
     FN_SET_LIMIT, FN_TEMP, FN_CLOCK_GRAPHICS, FN_CLOCK_SM, FN_CLOCK_MEM, FN_CLOCK_VIDEO, FN_UTIL, FN_REASONS,
-    FN_ENERGY, FN_SET_LOCKED_CLOCKS, FN_RESET_LOCKED_CLOCKS, FN_COUNT
+    FN_ENERGY, FN_SET_LOCKED_CLOCKS, FN_RESET_LOCKED_CLOCKS, FN_MAX_CLOCK, FN_SUPPORTED_CLOCKS, FN_COUNT
 };
 static const char *const FN_NAMES[FN_COUNT] = {
     "handle", "name", "uuid", "power", "enforced_limit", "limit", "constraints", "default_limit",
     "set_limit", "temp", "clock_graphics", "clock_sm", "clock_mem", "clock_video", "util", "reasons",
-    "energy", "set_locked_clocks", "reset_locked_clocks",
+    "energy", "set_locked_clocks", "reset_locked_clocks", "max_clock", "supported_clocks",
 };
 
 struct gpu {
@@ -95,6 +95,7 @@ struct gpu {
     unsigned long long reasons;
     unsigned long long energy_mj;
     unsigned int locked_min_mhz, locked_max_mhz; /* 0 = not locked */
+    unsigned int min_sm_clock_mhz, max_sm_clock_mhz, clock_step_mhz; /* supported graphics clocks */
     int lost;
     int err[FN_COUNT];
     unsigned int delay_ms[FN_COUNT]; /* a slow driver: the call takes this long */
@@ -140,6 +141,9 @@ static void set_defaults(void) {
         g->util_mem = 0;
         g->reasons = 0;
         g->energy_mj = 0;
+        g->min_sm_clock_mhz = 345; /* H100 SXM: 345..1980 MHz in 15 MHz steps (nvidia-smi -q -d SUPPORTED_CLOCKS) */
+        g->max_sm_clock_mhz = 1980;
+        g->clock_step_mhz = 15;
         S.handles[i].index = i;
     }
 }
@@ -247,6 +251,9 @@ static void set_gpu_key(struct gpu *g, const char *key, const char *val, const c
     else if (strcmp(key, "reasons") == 0) g->reasons = n;
     else if (strcmp(key, "energy_mj") == 0) g->energy_mj = n;
     else if (strcmp(key, "lost") == 0) g->lost = n != 0;
+    else if (strcmp(key, "min_sm_clock_mhz") == 0) g->min_sm_clock_mhz = u;
+    else if (strcmp(key, "max_sm_clock_mhz") == 0) g->max_sm_clock_mhz = u;
+    else if (strcmp(key, "clock_step_mhz") == 0) g->clock_step_mhz = u ? u : 1;
     else bad(path, line, "unknown GPU key '%s'", key);
 }
 
@@ -625,7 +632,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t device, 
 
 EXPORT nvmlReturn_t nvmlDeviceSetGpuLockedClocks(nvmlDevice_t device, unsigned int min_mhz, unsigned int max_mhz) {
     DEVICE(device, FN_SET_LOCKED_CLOCKS, g);
-    if (min_mhz > max_mhz || max_mhz == 0) RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    if (min_mhz > max_mhz || max_mhz == 0 || max_mhz > g->max_sm_clock_mhz) RETURN(NVML_ERROR_INVALID_ARGUMENT);
     g->locked_min_mhz = min_mhz;
     g->locked_max_mhz = max_mhz;
     log_call("gpu%u set_locked_clocks %u %u", device->index, min_mhz, max_mhz);
@@ -637,4 +644,41 @@ EXPORT nvmlReturn_t nvmlDeviceResetGpuLockedClocks(nvmlDevice_t device) {
     g->locked_min_mhz = g->locked_max_mhz = 0;
     log_call("gpu%u reset_locked_clocks", device->index);
     RETURN(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t device, unsigned int type, unsigned int *clock) {
+    DEVICE(device, FN_MAX_CLOCK, g);
+    if (!clock || type > NVML_CLOCK_VIDEO) RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    *clock = (type == NVML_CLOCK_SM || type == NVML_CLOCK_GRAPHICS) ? g->max_sm_clock_mhz : g->clock_mhz[type];
+    RETURN(NVML_SUCCESS);
+}
+
+/* NVML's two-call pattern: a short (or NULL) buffer gets INSUFFICIENT_SIZE and the count needed. */
+static nvmlReturn_t fill_clocks(unsigned int *count, unsigned int *clocks, const unsigned int *list, unsigned int n) {
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned int room = *count;
+    *count = n;
+    if (!clocks || room < n) return NVML_ERROR_INSUFFICIENT_SIZE;
+    memcpy(clocks, list, n * sizeof *list);
+    return NVML_SUCCESS;
+}
+
+/* One memory clock: the current one (an H100 has only 2619 MHz). */
+EXPORT nvmlReturn_t nvmlDeviceGetSupportedMemoryClocks(nvmlDevice_t device, unsigned int *count, unsigned int *clocks) {
+    DEVICE(device, FN_SUPPORTED_CLOCKS, g);
+    RETURN(fill_clocks(count, clocks, &g->clock_mhz[NVML_CLOCK_MEM], 1));
+}
+
+/* Supported graphics clocks for a memory clock, highest first as NVML lists them. */
+EXPORT nvmlReturn_t nvmlDeviceGetSupportedGraphicsClocks(nvmlDevice_t device, unsigned int mem_mhz, unsigned int *count,
+                                                         unsigned int *clocks) {
+    static unsigned int list[4096];
+    DEVICE(device, FN_SUPPORTED_CLOCKS, g);
+    if (mem_mhz != g->clock_mhz[NVML_CLOCK_MEM]) RETURN(NVML_ERROR_NOT_FOUND);
+    unsigned int n = 0;
+    for (unsigned int f = g->max_sm_clock_mhz; f >= g->min_sm_clock_mhz && n < 4096; f -= g->clock_step_mhz) {
+        list[n++] = f;
+        if (f < g->clock_step_mhz) break;
+    }
+    RETURN(fill_clocks(count, clocks, list, n));
 }

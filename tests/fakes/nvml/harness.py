@@ -13,6 +13,12 @@ one JSON line each. Ops:
                                                       the scheduler's asyncio.wait_for
   {"op": "pynvml", "fn": "nvmlDeviceGetPowerUsage", "gpu": 0, "args": []}
                                                       call pynvml directly (gpu: pass that GPU's handle)
+  {"op": "actuator", "options": {...}, "name": "gpus"}  build an nvml actuator and a Guard over it (site
+                                                      "lab", keyring KEYRING); the actuator is not started
+  {"op": "actuator_start"} / {"op": "actuator_close"}  the Actuator lifecycle
+  {"op": "command", "target": "r01", "action": "power_cap", "gpus": [0], "values": [300.0],
+   "params": {}, "issued_at_s": T, "lease_s": 30, "now_s": T}  sign a command, Guard.handle it: the ack
+  {"op": "expire", "now_s": T}                        Guard.expire: the reverted acks
 
 Each answer is {"ok": true, "result": ..., "logs": [...]} or {"ok": false, "type": "SourceError",
 "error": "...", "logs": [...]}, where logs are the log lines emitted while serving the request; both
@@ -33,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+KEYRING_KEY = b"\x07" * 32  # the signing key of the child's Guard
 
 
 def fake_env(lib_dir: Path, state_path: Path, log_path: Path | None = None) -> dict[str, str]:
@@ -122,8 +131,16 @@ def _serve() -> None:
     import pynvml
 
     import collectors.nvml  # only this kind: importing every collector (collectors.base.load_source) is slower
+    import controllers.actuators.nvml  # noqa: F401 - registers the kind
     from collectors.base import REGISTRY
-    from powerplane.schemas import TelemetryFrame, as_plain
+    from controllers.actuation import Guard
+    from controllers.actuators.base import REGISTRY as ACTUATORS
+    from powerplane.schemas import Command, TelemetryFrame, as_plain
+    from powerplane.signing import Keyring
+
+    ring = Keyring({"k1": KEYRING_KEY}, "k1")
+    guard: Any = None
+    n_cmds = 0
 
     cap = _Capture()
     logging.getLogger().addHandler(cap)
@@ -149,6 +166,25 @@ def _serve() -> None:
                 result = [as_plain(TelemetryFrame.decode(f.encode())) for f in frames]
             elif op == "close":
                 loop.run_until_complete(source.close())
+            elif op == "actuator":
+                guard = Guard(ACTUATORS["nvml"](req.get("name", "gpus"), {"kind": "nvml", **req["options"]}),
+                              ring, "lab")
+            elif op == "actuator_start":
+                guard.actuator.start()
+            elif op == "actuator_close":
+                guard.actuator.close()
+            elif op == "command":
+                import numpy as np
+
+                n_cmds += 1
+                cmd = ring.sign(Command(
+                    id=req.get("id", f"cmd-{n_cmds}"), site="lab", target=req["target"], action=req["action"],
+                    gpus=np.array(req["gpus"], np.uint16), values=np.array(req["values"], np.float32),
+                    params=req.get("params", {}), reason="test", issuer="pytest", issued_at_s=req["issued_at_s"],
+                    lease_s=req.get("lease_s", 30.0)))
+                result = as_plain(guard.handle(cmd, req["now_s"]))
+            elif op == "expire":
+                result = [as_plain(a) for a in guard.expire(req["now_s"])]
             elif op == "pynvml":
                 args = list(req.get("args", []))
                 if "gpu" in req:
