@@ -27,7 +27,7 @@ from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, consumer
 from powerplane.schemas import Ack, Command, DeadLetter, Headroom, LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.signing import Keyring
-from powerplane.site import Site
+from powerplane.site import KIND, Site
 
 log = logging.getLogger("powerplane.controller")
 
@@ -127,7 +127,7 @@ class CapController:
     def decide(self, now_s: float) -> list[Command]:
         s = self.settings
         tree = self.tree
-        load = np.where(now_s - self.level_seen_s <= self.stale_after_s, self.level_power_w, np.nan)
+        load = self._pdu_loads(np.where(now_s - self.level_seen_s <= self.stale_after_s, self.level_power_w, np.nan))
         # A load received before our last change to a rack under it cannot show that change yet; acting on
         # it again would shed (or release) the same watts twice. Hold until a newer load arrives. It must
         # also have been measured after the change had time to settle, or a reading in flight when we
@@ -161,6 +161,28 @@ class CapController:
             cmds += self._knob_commands(1, "routing_weight", self.route_w, th.route_weight, now_s)
             self.route_w = th.route_weight
         return cmds
+
+    def _pdu_loads(self, load: np.ndarray) -> np.ndarray:
+        """PDU loads that do not wait for the PDU meter: a PDU meter refreshes every few seconds (SNMP), the
+        GPUs every second. Each live PDU is taken at the larger of its meter and its rack's GPU-based power
+        times the rack's share on that feed; a PDU below a dark level (a lost feed or lineup, as the streams
+        stage reports with a zero limit) carries nothing, and its rack's other side carries all of it."""
+        site = self.site
+        feed = np.isin(site.level_kind, [KIND[k] for k in ("utility", "ups", "rpp")])
+        dark = site.dark_below(feed & (self.limit_w <= 0))
+        side_dark = dark[site.rack_pdu]  # (racks, 2)
+        share = feed_share(site, load)
+        share = np.where(side_dark[:, :1] & ~side_dark[:, 1:], [0.0, 1.0],
+                         np.where(side_dark[:, 1:] & ~side_dark[:, :1], [1.0, 0.0], share))
+        rack_w = load[site.rack_level]
+        est = np.zeros(len(site.level_ids))
+        np.add.at(est, site.rack_pdu.ravel(), (rack_w[:, None] * share).ravel())
+        pdus = site.rack_pdu.ravel()
+        out = load.copy()
+        known = np.isfinite(est[pdus])
+        meter = load[pdus]
+        out[pdus] = np.where(dark[pdus], 0.0, np.where(known, np.fmax(meter, est[pdus]), meter))
+        return out
 
     def _cap_commands(self, new: np.ndarray, known: np.ndarray, load: np.ndarray, brake: np.ndarray,
                       now_s: float) -> list[Command]:

@@ -314,6 +314,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         engine = Engine(site, keyring, CapSettings(), 30.0, controller=ctl)
         guard = Guard(TwinActuator("twin", {}, twin), keyring, site.name, rate_per_s=100.0, burst=100)
     reconfig = Reconfigurer(twin) if policy == "full" and reconfigure else None
+    route_w = np.ones(site.n_gpus)
     for k in range(duration_s):
         fr = twin.step(1.0)
         ts = EPOCH_S + twin.t_s
@@ -322,12 +323,13 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
             for f in rack_frames(site, fr, ts, 1.0, k, "twin"):
                 cmds += engine.feed_frame(f)
             cmds += engine.decide_now(ts + 0.5)  # the controller's tick lands within the second
+            routing = [c for c in cmds if c.action == "routing_weight"]
             for c in cmds:
                 tally.commands += int(c.reason != "lease renewal")
-                if c.action == "routing_weight":
-                    apply_routing(twin, c)
-                else:
+                if c.action != "routing_weight":
                     guard.handle(c, ts)
+            if routing:
+                apply_routing(twin, routing, route_w)
             guard.expire(ts)
         if reconfig is not None:
             tally.commands += reconfig(twin, fr)
@@ -339,19 +341,15 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     return out
 
 
-def apply_routing(twin: Twin, cmd: Command) -> None:
-    """A rack's per-GPU routing weights -> each pool instance's weight (the mean over its GPUs)."""
+def apply_routing(twin: Twin, cmds: list[Command], weights: FloatArray) -> None:
+    """Racks' per-GPU routing weights -> each pool instance's weight (the mean over its GPUs), once per step
+    for all the step's routing commands: what a request router fed from pp.commands would do."""
     site = twin.site
-    r = site.rack_index(cmd.target)
-    g = cmd.gpus.astype(np.int64) + int(site.rack_gpu_start[r])
-    w = np.ones(site.n_gpus)
-    if not hasattr(twin, "_pp_route"):
-        twin._pp_route = np.ones(site.n_gpus)  # type: ignore[attr-defined]
-    w = twin._pp_route  # type: ignore[attr-defined]
-    w[g] = cmd.values
+    for cmd in cmds:
+        r = site.rack_index(cmd.target)
+        weights[cmd.gpus.astype(np.int64) + int(site.rack_gpu_start[r])] = cmd.values
     for name in twin.pool_names():
-        slots = twin.pool_slots(name)
-        twin.set_routing(name, w[slots].mean(axis=1))
+        twin.set_routing(name, weights[twin.pool_slots(name)].mean(axis=1))
 
 
 # ---- report ------------------------------------------------------------------------------------------------

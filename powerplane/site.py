@@ -121,7 +121,10 @@ class Site:
 
     @property
     def rack_ids(self) -> list[str]:
-        return [self.level_ids[i] for i in self.rack_level]
+        ids = self.__dict__.get("_rack_ids")
+        if ids is None or len(ids) != self.rack_level.size:  # cached: asked for on every command
+            ids = self.__dict__["_rack_ids"] = [self.level_ids[i] for i in self.rack_level]
+        return list(ids)
 
     def level(self, level_id: str) -> int:
         try:
