@@ -89,10 +89,15 @@ _SHARES = np.array([[0.5, 0.5], [0.0, 1.0], [1.0, 0.0]])
 class _Window:
     power_sum_w: FloatArray
     count: IntArray
+    # The newest frame of each rack within this window: meter A, meter B, inlet, GPU temperature, GPUs
+    # throttled, GPUs reporting, and its time. A window closes on its own readings, not on those of a
+    # later second that happened to arrive in the same batch (the result must not depend on batching).
+    latest: FloatArray
+    latest_ts_s: FloatArray
 
     @classmethod
     def empty(cls, n: int) -> _Window:
-        return cls(np.zeros(n), np.zeros(n, dtype=np.int64))
+        return cls(np.zeros(n), np.zeros(n, dtype=np.int64), np.full((n, 6), np.nan), np.full(n, -np.inf))
 
 
 @dataclass
@@ -226,6 +231,8 @@ class TreeWindows:
         self.late_frames += int(late.sum())
         use = reading & ~late
         power = b.power_w[order]
+        latest = np.column_stack([a, bb, b.inlet_c[order], b.gpu_temp_max_c[order],
+                                  b.gpus_throttled[order].astype(np.float64), reporting.astype(np.float64)])
         for kk in np.unique(k[use]).tolist():
             sel = use & (k == kk)
             w = self.windows.get(kk)
@@ -233,6 +240,14 @@ class TreeWindows:
                 w = self.windows[kk] = _Window.empty(self.topo.n_racks)
             np.add.at(w.power_sum_w, r[sel], power[sel])
             np.add.at(w.count, r[sel], 1)
+            j = np.flatnonzero(sel)
+            j = j[ts[j] >= w.latest_ts_s[r[j]]]
+            if j.size:  # the newest per rack: ts ascending, so the last occurrence of each rack
+                rr = r[j][::-1]
+                _, first = np.unique(rr, return_index=True)
+                pick = j[::-1][first]
+                w.latest[r[pick]] = latest[pick]
+                w.latest_ts_s[r[pick]] = ts[pick]
         if (~late).any():
             self.max_ts_s = max(self.max_ts_s, float(ts[~late].max()))
         out = self._close_through(self._watermark())
@@ -301,7 +316,12 @@ class TreeWindows:
         usable = fresh | (age <= st.rated_after_s)
         rack_w = np.where(fresh, w.power_sum_w / np.maximum(w.count, 1),
                           np.where(usable, self.last_power_w, topo.rack_rated_w))
-        meters = np.where(usable[:, None], self.last_meter_w, np.nan)
+        own = fresh & np.isfinite(w.latest_ts_s)  # racks with a frame in this window: its own readings
+
+        def latest(col: int, last: FloatArray, blank: float) -> FloatArray:
+            return np.where(own, w.latest[:, col], np.where(usable, last, blank))
+
+        meters = np.where(own[:, None], w.latest[:, :2], np.where(usable[:, None], self.last_meter_w, np.nan))
 
         n = topo.n_levels
         pdus = topo.pdu_levels
@@ -368,13 +388,13 @@ class TreeWindows:
         age_f = np.where(np.isfinite(age), age, st.rated_after_s * 10)
         age_l = topo.up_racks(age_f, np.full(n, -np.inf), how="max")
         age_l = np.fmax(age_l, topo.up_pdu_racks(np.repeat(age_f[:, None], 2, 1), how="max"))
-        inlet = np.where(usable, self.last_inlet_c, np.nan)
+        inlet = latest(2, self.last_inlet_c, np.nan)
         inlet_l = topo.up_racks(inlet, np.full(n, np.nan), how="max")
-        temp_l = topo.up_racks(np.where(usable, self.last_temp_c, np.nan), np.full(n, np.nan), how="max")
-        thr = np.where(usable, self.last_throttled, 0).astype(np.float64)
+        temp_l = topo.up_racks(latest(3, self.last_temp_c, np.nan), np.full(n, np.nan), how="max")
+        thr = latest(4, self.last_throttled.astype(np.float64), 0.0)
         thr_l = topo.up_racks(thr, np.zeros(n))
         exp_g = self.gpus_expected.astype(np.float64)
-        rep_g = np.where(usable, self.last_reporting, 0).astype(np.float64)
+        rep_g = latest(5, self.last_reporting.astype(np.float64), 0.0)
         exp_l = topo.up_racks(exp_g, np.zeros(n))
         exp_l = np.where(topo.feed_mask, topo.up_pdu_racks(np.repeat(exp_g[:, None], 2, 1)), exp_l)
         rep_l = topo.up_racks(rep_g, np.zeros(n))
@@ -402,7 +422,8 @@ class TreeWindows:
         arrays = {name: getattr(self, name) for name in _STATE_ARRAYS}
         return {
             "arrays": {k: (str(v.dtype), list(v.shape), v.tobytes()) for k, v in arrays.items()},
-            "windows": {str(k): (w.power_sum_w.tobytes(), w.count.tobytes()) for k, w in self.windows.items()},
+            "windows": {str(k): (w.power_sum_w.tobytes(), w.count.tobytes(), w.latest.tobytes(),
+                                 w.latest_ts_s.tobytes()) for k, w in self.windows.items()},
             "closed_through": self.closed_through, "max_ts_s": self.max_ts_s if math.isfinite(self.max_ts_s) else None,
             "first_ts_s": self.first_ts_s if math.isfinite(self.first_ts_s) else None,
             "late_frames": self.late_frames, "dropped_windows": self.dropped_windows,
@@ -415,10 +436,16 @@ class TreeWindows:
                 if arr.shape == getattr(self, k).shape:  # a site file that changed shape starts afresh
                     setattr(self, k, arr)
         self.windows = {}
-        for k, (p, c) in state["windows"].items():
-            w = _Window(np.frombuffer(p, dtype=np.float64).copy(), np.frombuffer(c, dtype=np.int64).copy())
-            if w.power_sum_w.size == self.topo.n_racks:
-                self.windows[int(k)] = w
+        n = self.topo.n_racks
+        for k, (p, c, *rest) in state["windows"].items():
+            w = _Window.empty(n)
+            if np.frombuffer(p, dtype=np.float64).size != n:
+                continue
+            w.power_sum_w, w.count = np.frombuffer(p, dtype=np.float64).copy(), np.frombuffer(c, dtype=np.int64).copy()
+            if len(rest) == 2:  # checkpoints before the per-window readings have none: the window uses the latest
+                w.latest = np.frombuffer(rest[0], dtype=np.float64).reshape(n, 6).copy()
+                w.latest_ts_s = np.frombuffer(rest[1], dtype=np.float64).copy()
+            self.windows[int(k)] = w
         self.closed_through = state["closed_through"]
         self.max_ts_s = -math.inf if state["max_ts_s"] is None else float(state["max_ts_s"])
         self.first_ts_s = math.inf if state.get("first_ts_s") is None else float(state["first_ts_s"])

@@ -126,3 +126,22 @@ def test_when_all_telemetry_stops_the_clock_still_closes_windows_and_reports_the
     lost = {e.levels[0] for e in out.events if e.kind == "telemetry_loss" and e.state == "open"}
     assert lost == set(SITE.rack_ids)
     assert st.last is not None and st.last.racks_stale[SITE.levels_of_kind("site")[0]] == SITE.n_racks
+
+
+def test_a_window_closes_on_its_own_readings_however_the_frames_are_batched() -> None:
+    """The Kafka path hands the stage batches that can hold the next second too: a window must still use
+    the meters and inlets of its own second, so both paths see the same trees."""
+    from powerplane.schemas import RackSummaryBatch
+
+    n = SITE.n_racks
+    frames = [summary(r, float(t), power_w=30_000.0 + 1_000.0 * t, inlet_c=20.0 + t,
+                      pdu_power_w=[100.0 * t, 15_000.0 + 100.0 * t]) for t in range(1, 7) for r in range(n)]
+    one = TreeWindows(SITE)
+    by_second = [s for t in range(6) for s in one.add_batch(RackSummaryBatch.of(frames[t * n:(t + 1) * n]))]
+    two = TreeWindows(SITE)
+    skewed = frames[:n] + frames[n:2 * n - 1] + frames[2 * n:3 * n] + [frames[2 * n - 1]] + frames[3 * n:]
+    mixed = [s for i in range(0, len(skewed), 5) for s in two.add_batch(RackSummaryBatch.of(skewed[i:i + 5]))]
+    assert [s.ts_s for s in by_second] == [s.ts_s for s in mixed] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    for a, b in zip(by_second, mixed, strict=True):
+        np.testing.assert_allclose(a.load_w, b.load_w)
+        np.testing.assert_allclose(a.inlet_c, b.inlet_c)
