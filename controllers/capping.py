@@ -193,8 +193,9 @@ def decide_caps(site: Site, gpu_power_w: FloatArray, cap_w: FloatArray, level_po
     (NaN: unknown) and its derated limit in the current feed state. `fresh` marks levels whose
     reading can already show the last change (others neither shed nor release); `brake` marks levels
     whose every GPU goes to its minimum now. heat_budget_w (level-indexed, NaN elsewhere) holds a
-    cooling zone to a heat load, as the thermal policy asks when a zone runs out of cooling: the zone
-    is then shed to its budget like a power level over its high threshold. Uncapped GPUs hold gpu_max_w.
+    cooling zone to a heat load, as the thermal policy asks when a zone runs out of cooling: low priority
+    in the zone is shed down to the budget (inference-critical only if the zone is far above it, past the
+    high threshold of the limit the budget implies). Uncapped GPUs hold gpu_max_w.
     """
     tree = tree_of(site)
     lo, hi = site.gpu_min_w, site.gpu_max_w
@@ -213,8 +214,9 @@ def decide_caps(site: Site, gpu_power_w: FloatArray, cap_w: FloatArray, level_po
     if heat_budget_w is not None:
         budget = np.isfinite(heat_budget_w)
         capped_levels = capped_levels | budget
-        # The limit whose high-threshold target is the budget.
-        limit_w = np.where(budget, np.nan_to_num(heat_budget_w) / (s.high_threshold - s.target_margin), limit_w)
+        # The limit whose low-priority target is the budget: above it low priority is shed down to it;
+        # inference-critical only if the zone runs far above it (the high threshold of that limit).
+        limit_w = np.where(budget, np.nan_to_num(heat_budget_w) / (s.cap_threshold - s.target_margin), limit_w)
     ok = np.isfinite(load) & capped_levels & (limit_w > 0)
     if fresh is not None:
         ok &= fresh

@@ -76,6 +76,8 @@ class CapController:
         self.zone_stage = np.zeros(self.zones.size, dtype=np.int64)
         self._zone_pos = {int(z): i for i, z in enumerate(self.zones)}
         self.over_since_s = np.full(n_levels, np.inf)
+        self.rack_complete = np.zeros(site.n_racks, dtype=bool)
+        self.estimate_margin = 0.15  # GPU-based rack power reads up to ~15 % high (PSU and non-GPU model)
         self.gpu_power_w = np.full(site.n_gpus, np.nan)
         self.cap_w = np.full(site.n_gpus, np.nan)  # NaN until the enforced limit has been seen
         self.clock_mhz = np.full(site.n_gpus, np.nan)  # clock locks this controller holds (NaN: none)
@@ -97,6 +99,8 @@ class CapController:
         self.level_power_w[i] = agg.power_w
         self.level_seen_s[i] = now_s
         self.level_ts_s[i] = agg.ts_s
+        if agg.kind == "rack":  # a rack's GPU-based power is only a fair PDU estimate when every GPU reported
+            self.rack_complete[self.site.rack_index(agg.level)] = agg.gpus_reporting >= agg.gpus_expected
         if math.isfinite(agg.limit_w) and agg.kind not in ("pdu", "rack", "zone"):
             # Upper levels carry the limit of the current feed state (0 when dark); a PDU keeps its own.
             self.limit_w[i] = agg.limit_w
@@ -165,8 +169,9 @@ class CapController:
     def _pdu_loads(self, load: np.ndarray) -> np.ndarray:
         """PDU loads that do not wait for the PDU meter: a PDU meter refreshes every few seconds (SNMP), the
         GPUs every second. Each live PDU is taken at the larger of its meter and its rack's GPU-based power
-        times the rack's share on that feed; a PDU below a dark level (a lost feed or lineup, as the streams
-        stage reports with a zero limit) carries nothing, and its rack's other side carries all of it."""
+        (when every GPU reported, less its error margin) times the rack's share on that feed: a surge or a
+        transfer from a lost feed shows within a second. A PDU below a dark level (a lost feed or lineup, as
+        the streams stage reports with a zero limit) carries nothing; its rack's other side carries all."""
         site = self.site
         feed = np.isin(site.level_kind, [KIND[k] for k in ("utility", "ups", "rpp")])
         dark = site.dark_below(feed & (self.limit_w <= 0))
@@ -174,7 +179,7 @@ class CapController:
         share = feed_share(site, load)
         share = np.where(side_dark[:, :1] & ~side_dark[:, 1:], [0.0, 1.0],
                          np.where(side_dark[:, 1:] & ~side_dark[:, :1], [1.0, 0.0], share))
-        rack_w = load[site.rack_level]
+        rack_w = np.where(self.rack_complete, load[site.rack_level] / (1.0 + self.estimate_margin), np.nan)
         est = np.zeros(len(site.level_ids))
         np.add.at(est, site.rack_pdu.ravel(), (rack_w[:, None] * share).ravel())
         pdus = site.rack_pdu.ravel()

@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
-    from powerplane.evaluate import POLICIES, Progress, run_policy, write_report
+    from powerplane.evaluate import POLICIES, Progress, oversubscription, run_policy, write_report
     from powerplane.site import load_site
     from powerplane.twin.scenario import load_scenario
     from powerplane.twin.workload import load_workload
@@ -543,10 +543,15 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     for pol in policies:
         results[pol] = run_policy(site, pol, duration, workload=workload, scenario=scenario, seed=args.seed,
                                   progress=Progress(f"{pol:>6}"))
+    oversub = None
+    if "none" in results:
+        print("planning: how many more racks capping supports (powerplane plan on the uncontrolled run)...",
+              file=sys.stderr)
+        oversub = oversubscription(site, results["none"]["rack_power_w"])
     meta = {"site": site_name, "scenario": args.scenario or "none (steady state)",
             "workload": args.workload or "default (Azure conversation trace)", "duration_s": duration,
             "seed": args.seed, "wall_s": time.monotonic() - t0, "policies": policies}
-    path = write_report(Path(args.out), meta, results)
+    path = write_report(Path(args.out), meta, results, oversub)
     print(path.read_text().split("## Policies")[0].rstrip())
     print(f"\nreport: {path}  metrics: {path.parent / 'metrics.json'}")
     return 0
