@@ -83,6 +83,7 @@ class Guard:
         return Ack(command_id=cmd.id, site=cmd.site, target=cmd.target, status=status,
                    gpus=cmd.gpus, applied=np.asarray(applied, dtype=np.float32), reason=self._note(status, reason),
                    actuator=self.actuator.name, ts_s=now_s)
+
     def _reject(self, cmd: Command, reason: str, now_s: float, *, security: bool = False) -> Ack:
         if security:
             self.stats.security += 1

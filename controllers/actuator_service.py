@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import uuid
+from typing import Any
 
 from controllers.actuation import Guard
 from controllers.actuators.base import Actuator
@@ -22,12 +23,43 @@ from powerplane.signing import Keyring
 log = logging.getLogger("powerplane.actuator")
 
 
+class ActuatorMetrics:
+    """Prometheus collector over the guard's outcomes, read at scrape time."""
+
+    def __init__(self, guard: Guard, producer: Producer, dlq: DeadLetters) -> None:
+        self.guard, self.producer, self.dlq = guard, producer, dlq
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        st = self.guard.stats
+        acks = CounterMetricFamily("powerplane_actuator_acks", "commands by outcome", labels=["actuator", "status"])
+        for status in ("applied", "clamped", "duplicate", "rejected", "expired", "reverted"):
+            acks.add_metric([self.guard.actuator.name, status], float(getattr(st, status)))
+        yield acks
+        yield CounterMetricFamily("powerplane_actuator_security_refusals",
+                                  "commands refused for signature or site reasons", value=float(st.security))
+        yield CounterMetricFamily("powerplane_actuator_dead_letters", "records sent to the dead-letter topic",
+                                  value=float(self.dlq.count))
+        yield CounterMetricFamily("powerplane_actuator_producer_dropped", "acks the bounded producer dropped",
+                                  value=float(self.producer.dropped + self.producer.failed))
+        yield GaugeMetricFamily("powerplane_actuator_leases", "GPU leases held (power and clock)",
+                                value=float(sum(len(t.leases) + len(t.clock_leases)
+                                                for t in self.guard.targets.values())))
+
+
 def run(cfg: Config, site_name: str, actuator: Actuator, keyring: Keyring, stop: threading.Event,
-        ready: threading.Event | None = None) -> Guard:
+        ready: threading.Event | None = None, metrics_port: int = 0) -> Guard:
     guard = Guard(actuator, keyring, site_name)
     served = set(actuator.targets())
     producer = Producer(cfg.kafka_bootstrap, f"powerplane-actuator-{actuator.name}")
     dlq = DeadLetters(producer, f"actuator-{actuator.name}")
+    if metrics_port:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        registry.register(ActuatorMetrics(guard, producer, dlq))
+        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     cons = consumer(cfg.kafka_bootstrap, f"powerplane-actuator-{actuator.name}", topics.COMMANDS.name)
     actuator.start()
     last_expiry = 0.0

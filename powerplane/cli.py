@@ -207,6 +207,31 @@ def cmd_controller(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_actuate(args: argparse.Namespace, cfg: Config) -> int:
+    import tomllib
+
+    from controllers import actuator_service
+    from controllers.actuators.base import ActuatorConfigError, load_actuator
+
+    try:
+        tables = tomllib.loads(Path(args.actuators).read_text()).get("actuators", {})
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{args.actuators}: not valid TOML ({e})") from None
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError(f"{args.actuators}: no [actuators.<name>] table (see controllers/actuators/*/sample.toml)")
+    name = args.name or (next(iter(tables)) if len(tables) == 1 else None)
+    if name is None or name not in tables:
+        raise ValueError(f"{args.actuators}: choose an actuator with --name ({', '.join(tables)})")
+    try:
+        actuator = load_actuator(name, tables[name])
+    except ActuatorConfigError as e:
+        raise ValueError(str(e)) from None
+    guard = actuator_service.run(cfg, _site(cfg).name, actuator, _keyring(cfg), _stop_on_signals(),
+                                 metrics_port=args.metrics_port)
+    log.info("actuator %s: %s", name, guard.stats)
+    return 0
+
+
 def cmd_sink(args: argparse.Namespace, cfg: Config) -> int:
     from streams.sinks.base import load_sink
     from streams.sinks.runner import SinkMetrics, SinkStats, run
@@ -426,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("controller", help="run the capping controller (aggregates -> signed commands)")
     c.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
     c.set_defaults(fn=cmd_controller)
+
+    ac = sub.add_parser("actuate", help="apply signed commands to devices (nvml, redfish): one actuator of a config")
+    ac.add_argument("--actuators", required=True, metavar="FILE",
+                    help="TOML file with [actuators.<name>] tables (see controllers/actuators/*/sample.toml)")
+    ac.add_argument("--name", help="which actuator of the file (needed when it has several)")
+    ac.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port")
+    ac.set_defaults(fn=cmd_actuate)
 
     k2 = sub.add_parser("sink", help="write aggregates, headroom, events and commands to InfluxDB (v2 write API), "
                                      "or events to Alertmanager")
