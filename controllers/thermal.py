@@ -31,6 +31,7 @@ class ThermalSettings:
     route_below_c: float = 4.0
     route_floor_c: float = 1.0
     min_weight: float = 0.1  # never route nothing: the instances stay warm for when the zone recovers
+    weight_step: float = 0.1
     slow_below_c: float = 2.5
     slow2_below_c: float = 1.5
     shed_below_c: float = 0.5
@@ -89,7 +90,8 @@ def decide_thermal(site: Site, headroom_c: FloatArray, time_to_limit_s: FloatArr
     gz = np.where(has_zone, gpu_zone, 0)
     span = max(s.route_below_c - s.route_floor_c, 1e-6)
     w_zone = np.clip((np.where(np.isfinite(h), h, np.inf) - s.route_floor_c) / span, s.min_weight, 1.0)
-    w_zone = np.where(stage >= 1, w_zone, 1.0)
+    # In steps of `weight_step`: a weight that follows every 0.1 C of noise would be a command a second.
+    w_zone = np.where(stage >= 1, np.round(w_zone / s.weight_step) * s.weight_step, 1.0)
     route = np.where(has_zone, w_zone[gz] if zones.size else 1.0, 1.0)
     low = site.gpu_priority >= s.high_classes
     clock_zone = np.select([stage >= 3, stage >= 2], [s.clock2_mhz, s.clock1_mhz], np.nan)

@@ -145,6 +145,7 @@ class Tally:
     inlet_over_s: int = 0  # seconds with some rack's true inlet above the allowable limit
     inlet_limit_c: float = 32.0  # ASHRAE A1 allowable (BRIEF.md), the streams stage's default
     commands: int = 0
+    by_action: dict[str, int] = field(default_factory=dict)  # commands issued (renewals aside) per action
     rack_power: list[FloatArray] = field(default_factory=list)  # true rack wall power per second, for planning
     series: dict[str, list[float]] = field(default_factory=lambda: {"t_s": [], "site_mw": [], "worst_frac": [],
                                                                    "crit_ttft_ok": []})
@@ -244,6 +245,7 @@ class Tally:
             "worst_over_rating": self.over_worst, "kw_s_over_rating": self.over_kws,
             "inlet_max_c": self.inlet_max_c, "seconds_inlet_over_limit": self.inlet_over_s,
             "breaker_trips": len(self.trips), "trip_events": self.trips[:20], "commands": self.commands,
+            "commands_by_action": dict(self.by_action),
             "slo": slo,
         }
 
@@ -334,14 +336,18 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
             cmds += engine.decide_now(ts + 0.5)  # the controller's tick lands within the second
             routing = [c for c in cmds if c.action == "routing_weight"]
             for c in cmds:
-                tally.commands += int(c.reason != "lease renewal")
+                if c.reason != "lease renewal":
+                    tally.commands += 1
+                    tally.by_action[c.action] = tally.by_action.get(c.action, 0) + 1
                 if c.action != "routing_weight":
                     guard.handle(c, ts)
             if routing:
                 apply_routing(twin, routing, route_w)
             guard.expire(ts)
         if reconfig is not None:
-            tally.commands += reconfig(twin, fr)
+            n = reconfig(twin, fr)
+            tally.commands += n
+            tally.by_action["reconfigure"] = tally.by_action.get("reconfigure", 0) + n
         tally.add(fr, twin.t_s)
         if progress is not None:
             progress(k + 1, duration_s)
@@ -510,6 +516,11 @@ def write_report(out_dir: Path, meta: dict[str, Any], results: dict[str, dict[st
     row("hottest rack inlet (C)", fmt("inlet_max_c", ".1f"))
     row("seconds with an inlet over 32 C", fmt("seconds_inlet_over_limit", ".0f"))
     row("commands issued", fmt("commands", ".0f"))
+    def count(action: str) -> Callable[[dict[str, Any]], str]:
+        return lambda r: str(r.get("commands_by_action", {}).get(action, 0))
+
+    for action in sorted({a for r in results.values() for a in r.get("commands_by_action", {})}):
+        row(f"... {action}", count(action))
     for p in PRIORITIES:
         if not any(p in r["slo"] for r in results.values()):
             continue
