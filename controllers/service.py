@@ -74,6 +74,7 @@ class CapController:
         self.zone_ttl_s = np.full(self.zones.size, np.nan)
         self.zone_seen_s = np.full(self.zones.size, -np.inf)
         self.zone_stage = np.zeros(self.zones.size, dtype=np.int64)
+        self.zone_climb_since_s = np.full(self.zones.size, np.inf)  # since when the inlet has been climbing
         self._zone_pos = {int(z): i for i, z in enumerate(self.zones)}
         self.over_since_s = np.full(n_levels, np.inf)
         self.rack_complete = np.zeros(site.n_racks, dtype=bool)
@@ -146,8 +147,11 @@ class CapController:
         budget = np.full(len(self.site.level_ids), np.nan)
         th = None
         if self.thermal is not None:
+            climbing = zfresh & np.isfinite(self.zone_ttl_s)
+            self.zone_climb_since_s = np.where(climbing, np.minimum(self.zone_climb_since_s, now_s), np.inf)
+            sustained = now_s - self.zone_climb_since_s >= self.thermal.climb_sustain_s
             th = decide_thermal(self.site, np.where(zfresh, self.zone_headroom_c, np.nan),
-                                np.where(zfresh, self.zone_ttl_s, np.nan), load[self.zones], self.zone_stage,
+                                np.where(sustained, self.zone_ttl_s, np.nan), load[self.zones], self.zone_stage,
                                 self.thermal)
             self.zone_stage = np.where(zfresh, th.stage, self.zone_stage)
             budget[self.zones] = th.zone_budget_w

@@ -10,8 +10,9 @@ As a cooling zone's thermal headroom (allowable inlet minus forecast inlet) shri
 3. shed heat: below `shed_below_c`, give the zone a power budget of `shed_frac` of its current heat
    load; the capping policy then holds the zone to it like any level of the power tree.
 
-A zone whose inlet climbs toward the limit is treated by the headroom it will have `lookahead_s` from
-now at the current slope, so a cooling failure acts before the inlet gets there. Each stage is left
+A zone whose inlet has climbed toward the limit for `climb_sustain_s` is treated by the headroom it will
+have `lookahead_s` from now at the current slope, so a cooling failure acts before the inlet gets there
+(the caller keeps how long each zone has been climbing; a short rise is sensor noise or a load step). Each stage is left
 only once the headroom is `hysteresis_c` above where it was entered, so it does not flap.
 """
 
@@ -37,6 +38,7 @@ class ThermalSettings:
     shed_below_c: float = 0.5
     hysteresis_c: float = 1.0
     lookahead_s: float = 120.0
+    climb_sustain_s: float = 30.0  # a climb counts once it has lasted this long (inlet slopes are noisy)
     clock1_mhz: float = 1275.0
     clock2_mhz: float = 1110.0
     shed_frac: float = 0.9
