@@ -59,3 +59,25 @@ def test_decision_routes_away_then_slows_only_low_priority(site: Site) -> None:
     # Silent sensors (NaN) are not a cooling emergency for this policy.
     d = decide_thermal(site, np.full(n_z, np.nan), np.full(n_z, np.nan), load, np.zeros(n_z, np.int64), T)
     assert np.all(d.route_weight == 1.0) and np.all(np.isnan(d.clock_mhz))
+
+
+def test_the_controller_acts_on_a_climb_only_once_it_is_sustained(site: Site) -> None:
+    """A noisy inlet slope for a few seconds moves nothing; the same climb held for 30 s routes away."""
+    from controllers.capping import CapSettings
+    from controllers.service import CapController
+    from powerplane.schemas import Headroom
+    from powerplane.signing import Keyring
+
+    ctl = CapController(site, Keyring({"k": b"\x01" * 32}, "k"), CapSettings(), 30.0)
+    ctl.cap_w[:] = site.gpu_max_w
+    zone = site.level_ids[int(site.levels_of_kind("zone")[0])]
+
+    def tick(t: float) -> list[str]:
+        ctl.on_headroom(Headroom(site="lab", level=zone, kind="zone", ts_s=t, mode="normal", horizon_s=10.0,
+                                 power_w=300e3, limit_w=400e3, forecast_p50_w=300e3, forecast_p99_w=310e3,
+                                 headroom_w=90e3, thermal_headroom_c=6.0, time_to_limit_s=100.0), t)
+        return [c.action for c in ctl.decide(t + 0.5)]
+
+    assert all(tick(1000.0 + k) == [] for k in range(20))  # 20 s of climb: not yet
+    acts = [a for k in range(20, 40) for a in tick(1000.0 + k)]
+    assert "routing_weight" in acts and "sm_clock_lock" in acts  # 6 C left, 4.3 C gone in 2 min: act
