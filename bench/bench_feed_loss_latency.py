@@ -5,23 +5,26 @@ Starts Kafka (KRaft, `powerplane dev up`'s machinery) on free ports and the stre
 (`powerplane fleet --lose-feed A --at WARMUP`: the collectors' sim source, spool and publisher, and the
 fleet's actuator thread) as their own processes; the fleet publishes the whole site's telemetry (1,024 racks,
 73,728 GPUs, one frame per rack per second), and after WARMUP s the whole site loses feed A, which puts
-every rack's load on its feed-B PDU, above the cap threshold. The episode ends when every rack that showed
-the loss has an acknowledged cap (or after `--window` s); controller and fleet are stopped, and the next
-episode starts fresh ones (the streams worker and the broker stay).
+every rack's load on its feed-B PDU, above the cap threshold. The episode ends when every rack has an
+acknowledged cap (or `--window` s after the first cap command); controller and fleet are stopped, and the
+next episode starts fresh ones (the broker and the streams worker stay).
 
 Measured per rack, on the broker's clock: the four topics on the path get `message.timestamp.type =
 LogAppendTime` on this bench's private broker, so every record's timestamp is the wall time it landed:
 
   frame   = the rack's first telemetry frame that shows feed A lost (pp.telemetry)
   agg     = the first aggregate of the rack's feed-B PDU in the lost state (pp.aggregates, streams worker)
-  command = the first power-cap command for the rack after it (pp.commands; also its issued_at_s, the
+  command = the first power-cap command for the rack after it (pp.commands; its issued_at_s is the
             controller's decision time)
   ack     = the actuator's acknowledgement of that command (pp.acks)
 
-latency = ack - frame; hops frame->agg, agg->decision (controller: consume + wait for its tick),
-decision->command on the broker, command->ack (actuator). Target: p99 < 1 s.
+latency = ack - frame; hops frame->agg (streams worker), agg->decision (controller: consume, wait for its
+tick), decision->command (sign, send), command->ack (actuator). Target: p99 < 1 s. While an episode runs
+the bench reads only pp.commands and pp.acks; telemetry and aggregates are read back from the broker by
+time afterwards, so the bench takes almost no CPU from the stages it measures.
 
     .venv/bin/python bench/bench_feed_loss_latency.py [--losses 3] [--json FILE]
+        [--controller-args '' --controller-args '--decide-on-crossing']   # compare, interleaved
 
 Every process it starts (broker, worker, controller, fleet) is stopped on exit, also on Ctrl-C or SIGTERM.
 """
@@ -64,6 +67,7 @@ from streams.rollup import feed_mode  # noqa: E402
 
 PATH_TOPICS = (topics.TELEMETRY.name, topics.AGGREGATES.name, topics.COMMANDS.name, topics.ACKS.name)
 LOG_APPEND_TIME = 1  # kafka-python's ConsumerRecord.timestamp_type for LogAppendTime
+EPISODE_GROUPS = ("powerplane-controller", "powerplane-actuator-twin")
 HOPS = ("frame->agg", "agg->decision", "decision->command", "command->ack", "frame->ack")
 
 
@@ -72,6 +76,7 @@ class Episode:
     """Raw observations of one feed loss; times are wall-clock seconds (broker append time unless noted)."""
 
     start_s: float
+    variant: str = ""  # the controller's extra arguments
     frame: dict[int, float] = field(default_factory=dict)  # rack -> first frame showing the loss
     agg: dict[str, float] = field(default_factory=dict)  # PDU level -> first aggregate in a lost state
     cmds: dict[str, list[tuple[float, float, str]]] = field(default_factory=dict)  # rack -> (broker, issued, id)
@@ -107,6 +112,25 @@ def set_log_append_time(bootstrap: str) -> None:
     try:
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, {"message.timestamp.type": "LogAppendTime"})
                              for t in PATH_TOPICS])
+    finally:
+        admin.close()
+
+
+def forget_groups(bootstrap: str, groups: tuple[str, ...], timeout_s: float = 30.0) -> None:
+    """Delete the consumer groups, so the next episode's controller and actuator start at the end of their
+    topics: otherwise an actuator whose last offsets were not committed re-applies the previous
+    episode's commands (still within their lease) to the fresh fleet before its feed loss."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            errors = {g: res for g, res in admin.delete_groups(list(groups)).items()
+                      if res not in ("OK", "GroupIdNotFoundError")}
+            if not errors:
+                return
+            if time.monotonic() > deadline:  # a member that did not leave keeps its group until it times out
+                raise RuntimeError(f"could not delete consumer groups: {errors}")
+            time.sleep(1.0)
     finally:
         admin.close()
 
@@ -203,10 +227,13 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds of telemetry before each loss")
     ap.add_argument("--window", type=float, default=15.0, help="seconds after a loss to wait for the acks")
     ap.add_argument("--halls", type=int, default=4, help="halls of the reference site (fewer: a quick smoke run)")
-    ap.add_argument("--controller-args", default="", help="extra arguments for `powerplane controller`")
+    ap.add_argument("--controller-args", action="append", default=None, metavar="ARGS",
+                    help="extra arguments for `powerplane controller`; given more than once, the episodes take "
+                         "the variants in turn (interleaved, so a change in the shared machine's load hits both)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures here")
     ap.add_argument("--logs", metavar="DIR", help="keep the processes' logs here (they are removed otherwise)")
     args = ap.parse_args()
+    variants: list[str] = args.controller_args or [""]
     args.load_start = os.getloadavg()[0]  # the machine is shared: its load is part of the result
 
     # Ctrl-C raises KeyboardInterrupt; make SIGTERM do the same so the finally below always cleans up.
@@ -240,14 +267,16 @@ def main() -> int:
         obs.poll(timeout_ms=500)  # assigned before anything is produced
         for k in range(args.losses):
             ep = Episode(start_s=time.time())
-            svc.start("controller", "controller", *shlex.split(args.controller_args))
+            ep.variant = variants[k % len(variants)]
+            svc.start("controller", "controller", *shlex.split(ep.variant))
             svc.start("fleet", "fleet", "--lose-feed", "A", "--at", f"{args.warmup:.0f}", "--duration", "3600")
-            wait_for_groups(cfg, ("powerplane-controller", "powerplane-actuator-twin"), check=svc.check)
+            wait_for_groups(cfg, EPISODE_GROUPS, check=svc.check)
             pids = {"kafka": kafka_pid, "streams": svc.procs["streams"].pid, "controller": svc.procs["controller"].pid,
                     "fleet": svc.procs["fleet"].pid, "bench": os.getpid()}
             cpu0 = {p: cpu_s(pid) for p, pid in pids.items() if pid}
             t_cpu0 = time.perf_counter()
-            deadline = time.time() + args.warmup + args.window
+            # The fleet loses the feed WARMUP s after its actuator joined, which can take a while after a restart.
+            deadline = time.time() + args.warmup + 90.0
             while time.time() < deadline:
                 svc.check()
                 for msgs in obs.poll(timeout_ms=200).values():
@@ -270,6 +299,7 @@ def main() -> int:
             for t in (topics.TELEMETRY.name, topics.AGGREGATES.name):
                 for m in read_back(cfg.kafka_bootstrap, t, max(since, ep.start_s)):
                     fold(ep, site, m)
+            forget_groups(cfg.kafka_bootstrap, EPISODE_GROUPS)
             episodes.append(ep)
             _, n = resolve(ep, site)
             print(f"loss {k + 1}/{args.losses}: {n['racks_lost']} racks showed it, {n['racks_capped']} capped and "
@@ -298,37 +328,41 @@ def stop_proc(svc: Services, name: str, timeout_s: float = 20.0) -> None:
 
 
 def report(args: argparse.Namespace, site: Site, episodes: list[Episode]) -> None:
-    hops: dict[str, list[float]] = {h: [] for h in HOPS}
-    counts: dict[str, int] = {}
-    per_loss: list[dict[str, Any]] = []
-    for ep in episodes:
+    variants: dict[str, dict[str, Any]] = {}
+    for i, ep in enumerate(episodes):
         ep_hops, n = resolve(ep, site)
-        for k, v in ep_hops.items():
-            hops[k] += v
-        for k2, c in n.items():
-            counts[k2] = counts.get(k2, 0) + c
-        per_loss.append({**n, "hops": {h: quantiles(v) for h, v in ep_hops.items()},
-                         "cores": {p: round(c / ep.wall_s, 3) for p, c in ep.cpu_s.items()} if ep.wall_s else {}})
-    q = {h: quantiles(v) for h, v in hops.items()}
-    print(f"\nFeed A lost across the whole site, {len(episodes)} time(s): {counts.get('racks_lost', 0)} rack losses, "
-          f"{counts.get('racks_capped', 0)} capped and acknowledged")
-    print(f"{'hop (broker append times)':28s} {'min ms':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
-    for h in HOPS:
-        print(f"{h:28s} " + " ".join(f"{q[h][k] * 1e3:8.0f}" for k in ("min_s", "p50_s", "p99_s", "max_s")))
-    p99 = q["frame->ack"]["p99_s"]
-    print(f"load average (1 min) at start {args.load_start:.2f}, at end {os.getloadavg()[0]:.2f}")
-    print(f"{'TARGET MET' if p99 < 1.0 else 'TARGET MISSED'}: frame->ack p99 {p99 * 1e3:.0f} ms (target < 1000 ms)")
-    for i, pl in enumerate(per_loss):
-        print(f"  loss {i + 1}: p50/p99 ms " + ", ".join(
-            f"{h} {pl['hops'][h]['p50_s'] * 1e3:.0f}/{pl['hops'][h]['p99_s'] * 1e3:.0f}" for h in HOPS))
-        print(f"          cores used over the episode: {pl['cores']}")
+        v = variants.setdefault(ep.variant, {"losses": 0, "counts": {}, "all": {h: [] for h in HOPS}, "per_loss": []})
+        v["losses"] += 1
+        for h, xs in ep_hops.items():
+            v["all"][h] += xs
+        for k, c in n.items():
+            v["counts"][k] = v["counts"].get(k, 0) + c
+        v["per_loss"].append({"loss": i + 1, **n, "hops": {h: quantiles(xs) for h, xs in ep_hops.items()},
+                              "cores": {p: round(c / ep.wall_s, 3) for p, c in ep.cpu_s.items()}})
+    print(f"\nsite: {site.n_racks:,} racks, {site.n_gpus:,} GPUs; feed A lost across the whole site {len(episodes)} "
+          f"time(s); load average (1 min) at start {args.load_start:.2f}, at end {os.getloadavg()[0]:.2f}")
+    for name, v in variants.items():
+        v["hops"] = q = {h: quantiles(xs) for h, xs in v.pop("all").items()}
+        c = v["counts"]
+        print(f"\ncontroller `powerplane controller {name}`: {v['losses']} loss(es), {c['racks_lost']} rack losses, "
+              f"{c['racks_capped']} capped and acknowledged, {c['no_command']} without a command, "
+              f"{c['not_applied']} not applied")
+        print(f"{'hop (broker append times)':28s} {'min ms':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
+        for h in HOPS:
+            print(f"{h:28s} " + " ".join(f"{q[h][k] * 1e3:8.0f}" for k in ("min_s", "p50_s", "p99_s", "max_s")))
+        p99 = q["frame->ack"]["p99_s"]
+        v["target_met"] = bool(p99 < 1.0)
+        print(f"{'TARGET MET' if p99 < 1.0 else 'TARGET MISSED'}: frame->ack p99 {p99 * 1e3:.0f} ms (target < 1000 ms)")
+        for pl in v["per_loss"]:
+            print(f"  loss {pl['loss']}: p50/p99 ms " + ", ".join(
+                f"{h} {pl['hops'][h]['p50_s'] * 1e3:.0f}/{pl['hops'][h]['p99_s'] * 1e3:.0f}" for h in HOPS))
+            print(f"          cores used over the episode: {pl['cores']}")
     if args.json:
         out: dict[str, Any] = {
-            "command": " ".join([".venv/bin/python", "bench/bench_feed_loss_latency.py", *sys.argv[1:]]),
+            "command": " ".join([".venv/bin/python", "bench/bench_feed_loss_latency.py",
+                                 *(shlex.quote(a) for a in sys.argv[1:])]),
             "machine": machine(), "load_avg_1m_start_end": [args.load_start, os.getloadavg()[0]],
-            "racks": site.n_racks, "gpus": site.n_gpus,
-            "losses": len(episodes), "counts": counts, "hops": q, "per_loss": per_loss, "target_p99_s": 1.0,
-            "target_met": bool(p99 < 1.0)}
+            "racks": site.n_racks, "gpus": site.n_gpus, "target_p99_s": 1.0, "variants": variants}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {args.json}")
 
