@@ -42,11 +42,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,11 +236,11 @@ def main() -> int:
     variants: list[str] = args.controller_args or [""]
     args.load_start = os.getloadavg()[0]  # the machine is shared: its load is part of the result
 
-    # Ctrl-C raises KeyboardInterrupt; make SIGTERM do the same so the finally below always cleans up.
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C and SIGTERM only set a flag, checked between Kafka calls: a KeyboardInterrupt raised inside
+    # kafka-python's blocking wait can be swallowed there and leave the poll hanging (seen here).
+    interrupted = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: interrupted.set())
     tmp = Path(tempfile.mkdtemp(prefix="bench-feedloss-"))
     site_file = tmp / "refsite.toml"
     site_file.write_text(to_toml(reference_site_dict(RefSiteParams(halls=args.halls))))
@@ -252,6 +252,12 @@ def main() -> int:
     load_keyring(cfg.signing_key_file, cfg.signing_key_id, create=True)  # before fleet and controller race to
     print(f"site: {site.n_racks:,} racks, {site.n_gpus:,} GPUs; machine: {machine()}", flush=True)
     svc = Services(cfg, tmp / "logs")
+
+    def check() -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        svc.check()
+
     episodes: list[Episode] = []
     obs: KafkaConsumer | None = None
     try:
@@ -259,18 +265,19 @@ def main() -> int:
         set_log_append_time(cfg.kafka_bootstrap)
         kafka_pid = devservers.status(cfg)["kafka"] or 0
         svc.start("streams", "streams", "worker")
-        wait_for_groups(cfg, (topics.STREAMS_APP_ID,), check=svc.check)
+        wait_for_groups(cfg, (topics.STREAMS_APP_ID,), check=check)
         # Live, only the few records that say when an episode is over; telemetry and aggregates (~4,000
         # records/s) are read back afterwards, so the bench does not compete with the stages while they run.
         obs = KafkaConsumer(topics.COMMANDS.name, topics.ACKS.name, bootstrap_servers=cfg.kafka_bootstrap,
                             group_id=None, auto_offset_reset="latest")
         obs.poll(timeout_ms=500)  # assigned before anything is produced
         for k in range(args.losses):
+            check()
             ep = Episode(start_s=time.time())
             ep.variant = variants[k % len(variants)]
             svc.start("controller", "controller", *shlex.split(ep.variant))
             svc.start("fleet", "fleet", "--lose-feed", "A", "--at", f"{args.warmup:.0f}", "--duration", "3600")
-            wait_for_groups(cfg, EPISODE_GROUPS, check=svc.check)
+            wait_for_groups(cfg, EPISODE_GROUPS, check=check)
             pids = {"kafka": kafka_pid, "streams": svc.procs["streams"].pid, "controller": svc.procs["controller"].pid,
                     "fleet": svc.procs["fleet"].pid, "bench": os.getpid()}
             cpu0 = {p: cpu_s(pid) for p, pid in pids.items() if pid}
@@ -278,7 +285,7 @@ def main() -> int:
             # The fleet loses the feed WARMUP s after its actuator joined, which can take a while after a restart.
             deadline = time.time() + args.warmup + 90.0
             while time.time() < deadline:
-                svc.check()
+                check()
                 for msgs in obs.poll(timeout_ms=200).values():
                     for m in msgs:
                         fold(ep, site, m)
@@ -304,6 +311,8 @@ def main() -> int:
             _, n = resolve(ep, site)
             print(f"loss {k + 1}/{args.losses}: {n['racks_lost']} racks showed it, {n['racks_capped']} capped and "
                   f"acknowledged, {n['no_command']} without a command, {n['not_applied']} not applied", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: stopping everything this bench started", flush=True)
     finally:
         if obs is not None:
             obs.close()
@@ -312,6 +321,8 @@ def main() -> int:
         if args.logs:
             shutil.copytree(tmp / "logs", args.logs, dirs_exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
+    if interrupted.is_set():
+        return 130
     report(args, site, episodes)
     return 0
 
