@@ -33,7 +33,7 @@ def test_a_lost_feed_triggers_once_per_pdu_that_goes_over() -> None:
                     crossed.add(agg.level)
                 ctl.on_aggregate(agg, fr.ts_s)
                 i = site.level_index[agg.level]
-                if agg.kind == "pdu" and agg.power_w > CapSettings().cap_threshold * ctl.derated_w[i]:
+                if agg.kind == "pdu" and agg.power_w > CapSettings().cap_threshold * ctl.limit_w[i]:
                     over.add(agg.level)
         return crossed, over
 
