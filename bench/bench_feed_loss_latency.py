@@ -67,6 +67,7 @@ from streams.rollup import feed_mode  # noqa: E402
 
 PATH_TOPICS = (topics.TELEMETRY.name, topics.AGGREGATES.name, topics.COMMANDS.name, topics.ACKS.name)
 LOG_APPEND_TIME = 1  # kafka-python's ConsumerRecord.timestamp_type for LogAppendTime
+SETTLE_S = 8.0  # seconds of a new episode's telemetry before its controller starts
 EPISODE_GROUPS = ("powerplane-controller", "powerplane-actuator-twin")
 HOPS = ("frame->agg", "agg->decision", "decision->command", "command->ack", "frame->ack")
 
@@ -82,6 +83,7 @@ class Episode:
     cmds: dict[str, list[tuple[float, float, str]]] = field(default_factory=dict)  # rack -> (broker, issued, id)
     acks: dict[str, tuple[float, str]] = field(default_factory=dict)  # command id -> (broker, status)
     acked_racks: set[str] = field(default_factory=set)
+    issued: list[float] = field(default_factory=list)  # decision times of every command but renewals
     first_cmd_s: float | None = None
     cpu_s: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds during the episode
     wall_s: float = 0.0
@@ -152,6 +154,8 @@ def fold(ep: Episode, site: Site, m: Any) -> None:
                 ep.agg.setdefault(a.level, t)
         elif m.topic == topics.COMMANDS.name:
             c = Command.decode(m.value)
+            if c.reason != "lease renewal" and c.issued_at_s >= ep.start_s:
+                ep.issued.append(c.issued_at_s)
             if c.action == "power_cap" and c.reason != "lease renewal" and c.issued_at_s >= ep.start_s:
                 ep.cmds.setdefault(c.target, []).append((t, c.issued_at_s, c.id))
                 ep.first_cmd_s = ep.first_cmd_s or t
@@ -188,7 +192,9 @@ def read_back(bootstrap: str, topic: str, since_s: float) -> Iterator[Any]:
 def resolve(ep: Episode, site: Site) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Per rack that showed the loss: its hop times (seconds), and counts of what happened."""
     hops: dict[str, list[float]] = {h: [] for h in HOPS}
-    n = {"racks_lost": len(ep.frame), "racks_capped": 0, "no_command": 0, "not_applied": 0}
+    n = {"racks_lost": len(ep.frame), "racks_capped": 0, "no_command": 0, "not_applied": 0,
+         # The controller acting before the loss (e.g. on state left by the previous episode) muddies the episode.
+         "commands_before_loss": sum(t < min(ep.frame.values(), default=0.0) for t in ep.issued)}
     for r, t0 in ep.frame.items():
         rack = site.rack_ids[r]
         t_agg = ep.agg.get(site.level_ids[int(site.rack_pdu[r, 1])])
@@ -233,6 +239,8 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the figures here")
     ap.add_argument("--logs", metavar="DIR", help="keep the processes' logs here (they are removed otherwise)")
     args = ap.parse_args()
+    if args.warmup < SETTLE_S + 8.0:
+        ap.error(f"--warmup must be at least {SETTLE_S + 8.0:.0f} s: the controller starts {SETTLE_S:.0f} s into it")
     variants: list[str] = args.controller_args or [""]
     args.load_start = os.getloadavg()[0]  # the machine is shared: its load is part of the result
 
@@ -275,8 +283,15 @@ def main() -> int:
             check()
             ep = Episode(start_s=time.time())
             ep.variant = variants[k % len(variants)]
-            svc.start("controller", "controller", *shlex.split(ep.variant))
             svc.start("fleet", "fleet", "--lose-feed", "A", "--at", f"{args.warmup:.0f}", "--duration", "3600")
+            # The controller starts once the streams worker has seen this fleet for a while: after the previous
+            # episode its site state holds the lost feed and stale racks (counted at rated power), and a
+            # controller acting on those would shed before this episode's loss.
+            settle_until = time.time() + SETTLE_S
+            while time.time() < settle_until:
+                check()
+                time.sleep(0.2)
+            svc.start("controller", "controller", *shlex.split(ep.variant))
             wait_for_groups(cfg, EPISODE_GROUPS, check=check)
             pids = {"kafka": kafka_pid, "streams": svc.procs["streams"].pid, "controller": svc.procs["controller"].pid,
                     "fleet": svc.procs["fleet"].pid, "bench": os.getpid()}
@@ -310,7 +325,8 @@ def main() -> int:
             episodes.append(ep)
             _, n = resolve(ep, site)
             print(f"loss {k + 1}/{args.losses}: {n['racks_lost']} racks showed it, {n['racks_capped']} capped and "
-                  f"acknowledged, {n['no_command']} without a command, {n['not_applied']} not applied", flush=True)
+                  f"acknowledged, {n['no_command']} without a command, {n['not_applied']} not applied, "
+                  f"{n['commands_before_loss']} command(s) before the loss", flush=True)
     except KeyboardInterrupt:
         print("interrupted: stopping everything this bench started", flush=True)
     finally:
@@ -357,7 +373,7 @@ def report(args: argparse.Namespace, site: Site, episodes: list[Episode]) -> Non
         c = v["counts"]
         print(f"\ncontroller `powerplane controller {name}`: {v['losses']} loss(es), {c['racks_lost']} rack losses, "
               f"{c['racks_capped']} capped and acknowledged, {c['no_command']} without a command, "
-              f"{c['not_applied']} not applied")
+              f"{c['not_applied']} not applied; {c['commands_before_loss']} command(s) issued before the loss")
         print(f"{'hop (broker append times)':28s} {'min ms':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
         for h in HOPS:
             print(f"{h:28s} " + " ".join(f"{q[h][k] * 1e3:8.0f}" for k in ("min_s", "p50_s", "p99_s", "max_s")))
