@@ -116,6 +116,14 @@ class CapController:
         self.zone_ttl_s[z] = h.time_to_limit_s if h.time_to_limit_s is not None else np.nan
         self.zone_seen_s[z] = now_s
 
+    def crosses_cap(self, agg: LevelAggregate) -> bool:
+        """Whether this PDU load is over the cap threshold and the last one was not (or there was none)."""
+        i = self.site.level_index.get(agg.level)
+        if agg.kind != "pdu" or agg.site != self.site.name or i is None:
+            return False
+        limit_w = self.settings.cap_threshold * self.limit_w[i]
+        return bool(agg.power_w > limit_w and not self.level_power_w[i] > limit_w)
+
     def on_frame(self, fr: TelemetryFrame) -> None:
         if fr.site != self.site.name:
             raise SchemaError(f"telemetry.frame {fr.rack}: site '{fr.site}', this controller serves '{self.site.name}'")
@@ -302,7 +310,9 @@ class ControllerMetrics:
 
 
 def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s: float = 1.0,
-        metrics_port: int = 0) -> CapController:
+        metrics_port: int = 0, decide_on_crossing: bool = False) -> CapController:
+    """decide_on_crossing: also decide as soon as a PDU load crosses the cap threshold, not only every
+    tick_s (a site-wide feed loss is then capped without waiting up to a tick)."""
     # No request router consumes routing weights in this deployment yet: caps and clock locks only.
     ctl = CapController(site, keyring, CapSettings(cfg.cap_threshold, cfg.uncap_threshold), cfg.command_lease_s,
                         actions=frozenset(("power_cap", "sm_clock_lock")))
@@ -322,11 +332,14 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
         while not stop.is_set():
             batch = cons.poll(timeout_ms=100, max_records=5000)
             now = time.time()
+            urgent = False
             for tp, msgs in batch.items():
                 for m in msgs:
                     try:
                         if tp.topic == topics.AGGREGATES.name:
-                            ctl.on_aggregate(LevelAggregate.decode(m.value), now)
+                            agg = LevelAggregate.decode(m.value)
+                            urgent = urgent or (decide_on_crossing and ctl.crosses_cap(agg))
+                            ctl.on_aggregate(agg, now)
                         elif tp.topic == topics.TELEMETRY.name:
                             ctl.on_frame(TelemetryFrame.decode(m.value))
                         elif tp.topic == topics.HEADROOM.name:
@@ -342,8 +355,10 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
                                             ack.reason)
                     except (SchemaError, KeyError) as e:
                         dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, str(e), m.key, m.value or b""))
-            if time.monotonic() >= next_tick:
+            due = time.monotonic() >= next_tick
+            if due:
                 next_tick += tick_s
+            if due or urgent:
                 for cmd in ctl.decide(now):
                     data = cmd.encode()
                     producer.send(topics.COMMANDS.name, data, key=cmd.key())

@@ -199,7 +199,8 @@ def cmd_controller(args: argparse.Namespace, cfg: Config) -> int:
     from controllers import service
 
     stop = _stop_on_signals()
-    ctl = service.run(cfg, _site(cfg), _keyring(cfg), stop, metrics_port=args.metrics_port)
+    ctl = service.run(cfg, _site(cfg), _keyring(cfg), stop, metrics_port=args.metrics_port,
+                      decide_on_crossing=args.decide_on_crossing)
     lat = sorted(ctl.stats.latencies_s)
     p50 = f"{lat[len(lat) // 2] * 1e3:.0f} ms" if lat else "n/a"
     log.info("controller: %d commands, %d renewals, acks %s, command->ack p50 %s", ctl.stats.commands,
@@ -450,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("controller", help="run the capping controller (aggregates -> signed commands)")
     c.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
+    c.add_argument("--decide-on-crossing", action="store_true",
+                   help="decide as soon as a PDU load crosses the cap threshold, not only once a second")
     c.set_defaults(fn=cmd_controller)
 
     ac = sub.add_parser("actuate", help="apply signed commands to devices (nvml, redfish): one actuator of a config")
