@@ -451,8 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("controller", help="run the capping controller (aggregates -> signed commands)")
     c.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
-    c.add_argument("--decide-on-crossing", action="store_true",
-                   help="decide as soon as a PDU load crosses the cap threshold, not only once a second")
+    c.add_argument("--decide-on-crossing", action=argparse.BooleanOptionalAction, default=True,
+                   help="decide as soon as a PDU load crosses the cap threshold, not only once a second "
+                        "(default: on)")
     c.set_defaults(fn=cmd_controller)
 
     ac = sub.add_parser("actuate", help="apply signed commands to devices (nvml, redfish): one actuator of a config")
