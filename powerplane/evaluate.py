@@ -146,6 +146,7 @@ class Tally:
     inlet_limit_c: float = 32.0  # ASHRAE A1 allowable (BRIEF.md), the streams stage's default
     commands: int = 0
     by_action: dict[str, int] = field(default_factory=dict)  # commands issued (renewals aside) per action
+    pool_gpus: list[np.ndarray] = field(default_factory=list)  # every GPU of each pool, in pool order
     rack_power: list[FloatArray] = field(default_factory=list)  # true rack wall power per second, for planning
     series: dict[str, list[float]] = field(default_factory=lambda: {"t_s": [], "site_mw": [], "worst_frac": [],
                                                                    "crit_ttft_ok": []})
@@ -193,7 +194,7 @@ class Tally:
         capped = ((reasons & THROTTLE_SW_POWER_CAP) != 0) & (fr.limit_w < site.gpu_max_w - 1.0)
         throttled_gpu = capped | ((reasons & (THROTTLED & ~THROTTLE_SW_POWER_CAP)) != 0)
         for i in range(len(ps.names)):
-            gpus = self._pool_gpus[i] if i < len(self._pool_gpus) else None
+            gpus = self.pool_gpus[i] if i < len(self.pool_gpus) else None
             if gpus is not None and gpus.size:
                 self.throttled_requests[prio[i]] += float(ps.first_tokens[i]) * float(throttled_gpu[gpus].mean())
         crit = self.first_tokens[0]
@@ -201,8 +202,6 @@ class Tally:
         self.series["site_mw"].append(float(fr.site_power_w) / 1e6)
         self.series["worst_frac"].append(worst)
         self.series["crit_ttft_ok"].append(float(self.ttft_ok[0] / crit) if crit > 0 else 1.0)
-
-    _pool_gpus: list[np.ndarray] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         def q(xs: list[FloatArray], p: float) -> float:
@@ -311,7 +310,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     twin = Twin(site, workload, scenario, seed=seed, epoch_s=EPOCH_S)
     keyring = Keyring({"eval": os.urandom(32)}, "eval")
     tally = Tally(site)
-    tally._pool_gpus = [np.asarray(twin.pool_slots(n)).ravel() for n in twin.pool_names()]
+    tally.pool_gpus = [np.asarray(twin.pool_gpus(n)) for n in twin.pool_names()]
     engine: Engine | None = None
     guard: Guard | None = None
     if policy == "static":
