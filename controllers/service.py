@@ -20,7 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from controllers.capping import CapSettings, brake_levels, decide_caps, feed_share, tree_of, worst_level
+from controllers.capping import (
+    CapSettings,
+    brake_levels,
+    decide_caps,
+    feed_share,
+    gpu_efficiency,
+    tree_of,
+    worst_level,
+)
 from controllers.thermal import STAGES, ThermalSettings, decide_thermal
 from powerplane import topics
 from powerplane.config import Config
@@ -85,6 +93,10 @@ class CapController:
         self.route_w = np.ones(site.n_gpus)  # routing weights this controller holds
         self.rack_sent_s = np.full(site.n_racks, -np.inf)
         self.rack_changed_s = np.full(site.n_racks, -np.inf)  # when this controller last changed a rack's caps
+        # The wall power a rack's cap changes should move (negative: shed) and when they were made, until
+        # readings show them.
+        self.rack_pending_w = np.zeros(site.n_racks)
+        self.rack_pending_s = np.full(site.n_racks, -np.inf)
         self.rack_knob_sent_s = np.full((2, site.n_racks), -np.inf)  # clocks, routing: last sent
         self.stats = ControllerStats()
         self.stale_after_s = 10.0
@@ -141,14 +153,15 @@ class CapController:
         s = self.settings
         tree = self.tree
         load = self._pdu_loads(np.where(now_s - self.level_seen_s <= self.stale_after_s, self.level_power_w, np.nan))
-        # A load received before our last change to a rack under it cannot show that change yet; acting on
-        # it again would shed (or release) the same watts twice. Hold until a newer load arrives. It must
-        # also have been measured after the change had time to settle, or a reading in flight when we
-        # acted would trigger a second cut. (Assumes NTP-synchronised clocks; with skew this only delays
-        # the next decision by the skew.)
-        changed_at = np.full(len(self.site.level_ids), -np.inf)
-        np.maximum.at(changed_at, tree.level, self.rack_changed_s[tree.rack])
-        fresh = (self.level_seen_s > changed_at) & (self.level_ts_s >= changed_at + self.settle_s)
+        # A load measured before our last change to a rack under it cannot show that change yet; acting on it
+        # as it is would shed (or release) the same watts twice. Each such level is taken at its reading plus
+        # the change still to show (a shed is negative), so a level goes on being acted on for racks whose
+        # changes are visible while others are in flight. A change shows in readings measured `settle_s`
+        # after it. (Assumes NTP-synchronised clocks; skew only delays when a change counts as visible.)
+        coef = tree.coef(feed_share(self.site, load))
+        unseen = self.rack_pending_s[tree.rack] + self.settle_s > self.level_ts_s[tree.level]
+        load = load + np.bincount(tree.level, weights=np.where(unseen, coef * self.rack_pending_w[tree.rack], 0.0),
+                                  minlength=len(self.site.level_ids))
         brake, self.over_since_s = brake_levels(load, self.limit_w, self.over_since_s, now_s, s)
         # Thermal: zones with a fresh headroom reading; a silent zone keeps its stage.
         zfresh = now_s - self.zone_seen_s <= self.stale_after_s
@@ -164,7 +177,7 @@ class CapController:
             self.zone_stage = np.where(zfresh, th.stage, self.zone_stage)
             budget[self.zones] = th.zone_budget_w
         known = ~np.isnan(self.cap_w)
-        new = decide_caps(self.site, self.gpu_power_w, self.cap_w, load, self.limit_w, s, fresh=fresh,
+        new = decide_caps(self.site, self.gpu_power_w, self.cap_w, load, self.limit_w, s,
                           brake=brake, heat_budget_w=budget)
         new = np.where(known, new, self.cap_w)
         cmds = self._cap_commands(new, known, load, brake, now_s)
@@ -206,6 +219,18 @@ class CapController:
         site = self.site
         changed = known & (new != self.cap_w)
         capped = known & (new < site.gpu_max_w)
+        if changed.any():
+            # Expected draw before and after: a shed takes a GPU down to its new cap; a release is assumed
+            # to be used in full (conservative: it shows as load until readings say otherwise).
+            old = np.where(known, self.cap_w, site.gpu_max_w)
+            draw = np.minimum(np.where(np.isfinite(self.gpu_power_w), self.gpu_power_w, old), old)
+            after = np.where(new < old, np.minimum(draw, new), np.maximum(draw, new))
+            delta = np.bincount(site.gpu_rack, weights=np.where(changed, after - draw, 0.0) / gpu_efficiency(site),
+                                minlength=site.n_racks)
+            rc = np.bincount(site.gpu_rack[changed], minlength=site.n_racks) > 0
+            shown = self.rack_pending_s + self.settle_s <= self.level_ts_s[site.rack_pdu].max(axis=1)
+            self.rack_pending_w = np.where(rc, np.where(shown, 0.0, self.rack_pending_w) + delta, self.rack_pending_w)
+            self.rack_pending_s = np.where(rc, now_s, self.rack_pending_s)
         cmds: list[Command] = []
         rack_changed = np.bincount(site.gpu_rack[changed], minlength=site.n_racks) > 0
         rack_capped = np.bincount(site.gpu_rack[capped], minlength=site.n_racks) > 0

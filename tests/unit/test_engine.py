@@ -16,10 +16,11 @@ from powerplane.cli import main
 from powerplane.engine import Engine
 from powerplane.fleet import Fleet
 from powerplane.recording import Recorded, RecordingWriter, iter_records
-from powerplane.schemas import TelemetryFrame
+from powerplane.schemas import RackSummary, RackSummaryBatch, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.site import KIND, load_site
-from streams.rollup import Limits, frame_aggregates
+from streams.rollup import Limits, frame_outputs
+from streams.site_stage import SiteStage
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = Keyring({"k1": b"k" * 32}, "k1")
@@ -62,12 +63,16 @@ def test_feed_loss_in_a_recording_shows_the_caps_the_policy_would_issue(tmp_path
 
 
 def test_engine_decides_exactly_what_the_kafka_path_controller_decides() -> None:
-    # The Kafka path's controller gets the same frames and the streams' aggregates at the same times.
+    # The Kafka path: the rack agent's per-frame aggregates, the site agent's windows (one batch per second
+    # of summaries), and the controller ticking on the same clock. (tests/integration/test_two_paths.py
+    # runs the real thing through the broker.)
     frames = _frames()
     site = load_site(ROOT / "examples" / "lab.toml")
     eng = Engine(site, KEYS, CapSettings(), 30.0)
     ctl = CapController(site, KEYS, CapSettings(), 30.0)
     limits = Limits(site)
+    stage = SiteStage(site)
+    pending: list[RackSummary] = []
     live: list[tuple[str, np.ndarray]] = []
     next_tick = frames[0].ts_s + 1.0
     for f in frames:
@@ -75,8 +80,16 @@ def test_engine_decides_exactly_what_the_kafka_path_controller_decides() -> None
         while f.ts_s >= next_tick:
             live += [(c.target, c.values) for c in ctl.decide(next_tick)]
             next_tick += 1.0
+        aggs, summary = frame_outputs(site, limits, f)
+        if pending and pending[-1].ts_s != summary.ts_s:
+            out = stage.add_batch(RackSummaryBatch.of(pending))
+            pending = []
+            for h in out.headroom:
+                ctl.on_headroom(h, f.ts_s)
+            aggs = aggs + out.aggregates
+        pending.append(summary)
         ctl.on_frame(f)
-        for a in frame_aggregates(site, limits, f):
+        for a in aggs:
             ctl.on_aggregate(a, f.ts_s)
     mine = [(c.target, c.values) for c in eng.result.commands]
     assert [t for t, _ in mine] == [t for t, _ in live] and mine
