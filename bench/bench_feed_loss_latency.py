@@ -38,7 +38,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ import numpy as np  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition  # noqa: E402
 from kafka.admin import ConfigResource, ConfigResourceType  # noqa: E402
 
+from bench.common import cpu_s, free_port  # noqa: E402
 from powerplane import devservers, topics  # noqa: E402
 from powerplane.config import Config, load_config  # noqa: E402
 from powerplane.demo import Services, wait_for_groups  # noqa: E402
@@ -91,26 +91,6 @@ class Episode:
     first_cmd_s: float | None = None
     cpu_s: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds during the episode
     wall_s: float = 0.0
-
-
-def free_port() -> int:
-    """A free port whose successor is free too (the broker's controller listener takes port + 1)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair")
-
-
-def cpu_s(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def set_log_append_time(bootstrap: str) -> None:

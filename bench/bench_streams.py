@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition  # noqa: E402
 from kafka.errors import KafkaError  # noqa: E402
 
+from bench.common import cpu_s, free_port  # noqa: E402
 from powerplane import devservers, topics  # noqa: E402
 from powerplane.config import Config, load_config  # noqa: E402
 from powerplane.demo import wait_for_groups  # noqa: E402
@@ -43,25 +43,6 @@ from powerplane.kafka import Producer  # noqa: E402
 from powerplane.refsite import reference_site_dict, to_toml  # noqa: E402
 from powerplane.site import load_site  # noqa: E402
 from powerplane.twin import Twin  # noqa: E402
-
-
-def free_port() -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
-
-
-def cpu_s(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def vm_hwm_mb(pid: int) -> float:

@@ -249,6 +249,17 @@ class Tally:
         }
 
 
+def apply_pool_actions(twin: Twin, actions: Any) -> None:
+    """A reconfiguration plan's (pool, knob, value) actions, in order, on the twin."""
+    for a in actions:
+        if a.knob == "set_tp":
+            twin.set_tp(a.pool, int(a.value))
+        elif a.knob == "set_instances":
+            twin.set_instances(a.pool, int(a.value))
+        else:
+            twin.lock_clocks(twin.pool_gpus(a.pool), a.value)
+
+
 class Reconfigurer:
     """The energy-aware reconfiguration policy (controllers.reconfig) in the loop: every `every_s` it plans
     each profiled pool's instance count, TP and clock for the forecast load and applies the plan's actions
@@ -290,13 +301,7 @@ class Reconfigurer:
         inst, tp = zip(*(twin.pool_config(n) for n in self.names), strict=True)
         current = PoolConfigs.of(inst, tp, self.freq.tolist())
         plan, actions = self.policy.decide(float(self.t), forecast, current, self.gpus)
-        for a in actions:
-            if a.knob == "set_tp":
-                twin.set_tp(a.pool, int(a.value))
-            elif a.knob == "set_instances":
-                twin.set_instances(a.pool, int(a.value))
-            else:
-                twin.lock_clocks(twin.pool_gpus(a.pool), a.value)
+        apply_pool_actions(twin, actions)
         self.freq = plan.config.freq_mhz.copy()
         return len(actions)
 

@@ -61,9 +61,11 @@ class Plant:
                 time.sleep(lag)
 
 
-def decoded(cfg: Config, topic: str, cls: type, site: str) -> list:  # type: ignore[type-arg]
+def decoded(cfg: Config, topic: str, cls: type, site: str,
+            start: dict[int, int] | None = None) -> list:  # type: ignore[type-arg]
+    """A site's records of one type in a topic (from `start`, see helpers.end_offsets, or the beginning)."""
     out = []
-    for m in read_messages(cfg, topic, timeout_s=20):
+    for m in read_messages(cfg, topic, timeout_s=20, start=start):
         try:
             r = cls.decode(m.value)
         except SchemaError:

@@ -18,12 +18,12 @@ from powerplane.demo import Services, wait_for_groups
 from powerplane.engine import Engine
 from powerplane.fleet import rack_frames
 from powerplane.kafka import Producer
-from powerplane.schemas import Command, Headroom, LevelAggregate, SchemaError, TelemetryFrame
+from powerplane.schemas import Command, Headroom, LevelAggregate, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.twin import Twin
 from powerplane.twin.scenario import load_scenario
-from tests.integration.helpers import end_offsets, read_messages, start_group_at_end
-from tests.integration.test_streams_site import site_copy
+from tests.integration.helpers import end_offsets, start_group_at_end
+from tests.integration.test_streams_site import decoded, site_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = 100
@@ -78,12 +78,12 @@ def test_kafka_path_and_engine_issue_the_same_commands(cfg: Config, tmp_path: Pa
         deadline = time.monotonic() + 90
         aggs: list[LevelAggregate] = []
         while time.monotonic() < deadline:
-            aggs = _decoded(c, topics.AGGREGATES.name, LevelAggregate, site.name, since)
+            aggs = decoded(c, topics.AGGREGATES.name, LevelAggregate, site.name, since[topics.AGGREGATES.name])
             if any(a.kind == "site" and a.ts_s >= last_ts for a in aggs):
                 break
             svc.check()
             time.sleep(1.0)
-        heads = _decoded(c, topics.HEADROOM.name, Headroom, site.name, since)
+        heads = decoded(c, topics.HEADROOM.name, Headroom, site.name, since[topics.HEADROOM.name])
     finally:
         svc.stop()
     assert any(a.kind == "site" and a.ts_s >= last_ts for a in aggs), "the worker did not roll up the last second"
@@ -112,14 +112,3 @@ def test_kafka_path_and_engine_issue_the_same_commands(cfg: Config, tmp_path: Pa
     # Same commands in the same order: rack, knob, GPUs, values and reason.
     assert [_key(x) for x in kafka_cmds] == [_key(x) for x in engine_cmds]
 
-
-def _decoded(cfg: Config, topic: str, cls: type, site: str, since: dict[str, dict[int, int]]) -> list:  # type: ignore[type-arg]
-    out = []
-    for m in read_messages(cfg, topic, 10, since[topic]):
-        try:
-            r = cls.decode(m.value)
-        except SchemaError:
-            continue
-        if r.site == site:
-            out.append(r)
-    return out

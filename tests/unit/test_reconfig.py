@@ -16,6 +16,7 @@ from controllers.reconfig import (
     plan_actions,
     plan_pools,
 )
+from powerplane.evaluate import apply_pool_actions
 from powerplane.serving_profile import ProfileError, ServingProfile, class_key
 from powerplane.site import load_site
 from powerplane.twin import Twin
@@ -153,13 +154,7 @@ def test_closed_loop_on_the_lab_twin_saves_energy_within_the_ttft_slo() -> None:
             if reconfigure and t % 60 == 0:
                 inst, tp = zip(*(twin.pool_config(n) for n in names), strict=True)
                 plan, actions = pol.decide(float(t), forecast(t), PoolConfigs.of(inst, tp, freq), gpus)
-                for a in actions:  # the harness's job: apply the plan's data to the twin
-                    if a.knob == "set_tp":
-                        twin.set_tp(a.pool, int(a.value))
-                    elif a.knob == "set_instances":
-                        twin.set_instances(a.pool, int(a.value))
-                    else:
-                        twin.lock_clocks(twin.pool_gpus(a.pool), a.value)
+                apply_pool_actions(twin, actions)  # the harness's job: apply the plan's data to the twin
                 freq = plan.config.freq_mhz.copy()
             fr = twin.step(1.0)
             energy += float(fr.pools.energy_j.sum())
