@@ -129,12 +129,15 @@ class CapController:
         self.zone_seen_s[z] = now_s
 
     def crosses_cap(self, agg: LevelAggregate) -> bool:
-        """Whether this PDU load is over the cap threshold and the last one was not (or there was none)."""
+        """Whether this breaker's load (a PDU per frame; an RPP, UPS lineup or feed per window) is over the
+        cap threshold of its limit and the last reading was not (or there was none): decide now."""
         i = self.site.level_index.get(agg.level)
-        if agg.kind != "pdu" or agg.site != self.site.name or i is None:
+        if agg.kind not in ("pdu", "rpp", "ups", "utility") or agg.site != self.site.name or i is None:
             return False
-        limit_w = self.settings.cap_threshold * self.limit_w[i]
-        return bool(agg.power_w > limit_w and not self.level_power_w[i] > limit_w)
+        # Above the PDU the window carries the limit of the current feed state: a loss halves it at once.
+        limit = agg.limit_w if agg.kind != "pdu" and math.isfinite(agg.limit_w) else self.limit_w[i]
+        over = self.settings.cap_threshold * limit
+        return bool(agg.power_w > over and not self.level_power_w[i] > self.settings.cap_threshold * self.limit_w[i])
 
     def on_frame(self, fr: TelemetryFrame) -> None:
         if fr.site != self.site.name:
