@@ -26,6 +26,7 @@ own meters still govern. A GPU with no reading counts as drawing its cap: never 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,13 +124,18 @@ class Tree:
         return out
 
 
-_TREES: dict[int, Tree] = {}
+_TREES: dict[int, tuple[weakref.ref[Site], Tree]] = {}
 
 
 def tree_of(site: Site) -> Tree:
-    t = _TREES.get(id(site))
-    if t is None or t.n_racks != site.n_racks:
-        t = _TREES[id(site)] = Tree.of(site)
+    """The site's Tree, built once per site object (a weak reference checks that an id was not reused)."""
+    hit = _TREES.get(id(site))
+    if hit is not None and hit[0]() is site:
+        return hit[1]
+    for k in [k for k, (ref, _) in _TREES.items() if ref() is None]:
+        del _TREES[k]
+    t = Tree.of(site)
+    _TREES[id(site)] = (weakref.ref(site), t)
     return t
 
 
