@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from controllers.actuation import Guard
-from controllers.actuators.base import F64, I64, Actuator, ActuatorError
+from controllers.actuators.base import F64, I64, Actuator, ActuatorConfigError, ActuatorError
 from controllers.capping import BREAKER_KINDS, CapSettings
 from controllers.service import CapController
 from controllers.thermal import ThermalSettings
@@ -63,7 +63,7 @@ class TwinActuator(Actuator):
 
     def configure(self, options: Any) -> None:
         if not isinstance(self.context, Twin):
-            raise ValueError("the evaluation actuator needs a Twin")
+            raise ActuatorConfigError(f"actuator '{self.name}': the evaluation actuator needs a Twin")
         self.twin: Twin = self.context
         self.site = self.twin.site
         self._rack = {rid: r for r, rid in enumerate(self.site.rack_ids)}
@@ -337,17 +337,18 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
             cmds: list[Command] = []
             for f in rack_frames(site, fr, ts, 1.0, k, "twin"):
                 cmds += engine.feed_frame(f)
-            cmds += engine.decide_now(ts + 0.5)  # the controller's tick lands within the second
+            now = ts + 0.5  # the controller's tick lands within the second; the actuator acts at once
+            cmds += engine.decide_now(now)
             routing = [c for c in cmds if c.action == "routing_weight"]
             for c in cmds:
                 if c.reason != "lease renewal":
                     tally.commands += 1
                     tally.by_action[c.action] = tally.by_action.get(c.action, 0) + 1
                 if c.action != "routing_weight":
-                    guard.handle(c, ts)
+                    guard.handle(c, now)
             if routing:
                 apply_routing(twin, routing, route_w)
-            guard.expire(ts)
+            guard.expire(now)
         if reconfig is not None:
             n = reconfig(twin, fr)
             tally.commands += n
