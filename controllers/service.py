@@ -165,6 +165,7 @@ class CapController:
         unseen = self.rack_pending_s[tree.rack] + self.settle_s > self.level_ts_s[tree.level]
         load = load + np.bincount(tree.level, weights=np.where(unseen, coef * self.rack_pending_w[tree.rack], 0.0),
                                   minlength=len(self.site.level_ids))
+        load = self._feed_estimates(load)
         brake, self.over_since_s = brake_levels(load, self.limit_w, self.over_since_s, now_s, s)
         # Thermal: zones with a fresh headroom reading; a silent zone keeps its stage.
         zfresh = now_s - self.zone_seen_s <= self.stale_after_s
@@ -216,6 +217,29 @@ class CapController:
         meter = load[pdus]
         out[pdus] = np.where(dark[pdus], 0.0, np.where(known, np.fmax(meter, est[pdus]), meter))
         return out
+
+    def _feed_estimates(self, load: np.ndarray) -> np.ndarray:
+        """RPPs, UPS lineups and feeds that do not wait for the streams stage's window: each is also summed
+        from the PDU loads beneath it (which follow every frame), and taken at that sum where it is clearly
+        above the window's value (`estimate_margin`): a transfer from a lost feed reaches them in the same
+        decision as the PDUs. Summed only where every PDU beneath has a load."""
+        site = self.site
+        n = len(site.level_ids)
+        pdus = site.levels_of_kind("pdu")
+        est = np.zeros(n)
+        unknown = np.zeros(n)
+        est[pdus] = np.nan_to_num(load[pdus])
+        unknown[pdus] = ~np.isfinite(load[pdus])
+        for kind in ("pdu", "rpp", "ups"):  # children into parents, deepest first
+            lv = site.levels_of_kind(kind)
+            lv = lv[site.level_parent[lv] >= 0]
+            np.add.at(est, site.level_parent[lv], est[lv])
+            np.add.at(unknown, site.level_parent[lv], unknown[lv])
+        upper = np.isin(site.level_kind, [KIND[k] for k in ("rpp", "ups", "utility")]) & (unknown == 0)
+        has_kids = np.zeros(n, dtype=bool)
+        has_kids[site.level_parent[site.level_parent >= 0]] = True
+        use = upper & has_kids & (~np.isfinite(load) | (est > (1.0 + self.estimate_margin) * np.nan_to_num(load)))
+        return np.where(use, est, load)
 
     def _cap_commands(self, new: np.ndarray, known: np.ndarray, load: np.ndarray, brake: np.ndarray,
                       now_s: float) -> list[Command]:

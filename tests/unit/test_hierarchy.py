@@ -148,3 +148,37 @@ def test_a_zone_heat_budget_sheds_the_zone_to_it(site: Site) -> None:
     new = decide_caps(site, power, cap, loads, limit, S, heat_budget_w=budget)
     shed = float(((cap - new) / 0.94).sum())
     assert shed >= 0.1 * loads[zone] * 0.99
+
+
+def test_the_controller_sees_an_rpp_over_from_its_pdus_before_the_stage_window(site: Site) -> None:
+    """Feed A lost: every B PDU at 36 kW (under its own threshold) reports per frame; the RPP's window still
+    says the normal 144 kW. The controller sums the PDUs and sheds for the RPP in the same decision."""
+    from controllers.service import CapController
+    from powerplane.schemas import LevelAggregate
+    from powerplane.signing import Keyring
+
+    ctl = CapController(site, Keyring({"k": b"\x02" * 32}, "k"), S, 30.0)
+    ctl.cap_w[:] = site.gpu_max_w
+    ctl.gpu_power_w[:] = site.gpu_max_w
+
+    def agg(level: str, kind: str, power_w: float, ts: float) -> LevelAggregate:
+        return LevelAggregate(site="lab", level=level, kind=kind, ts_s=ts, window_s=1.0, power_w=power_w,
+                              limit_w=float(site.limits_w("A-lost")[1][site.level(level)]), rated_w=1.0,
+                              mode="normal", gpus_expected=64, gpus_reporting=64)
+
+    ctl.on_aggregate(agg("rpp-b1", "rpp", 144_000.0, 99.0), 99.5)  # the last window: before the loss
+    for r in range(site.n_racks):
+        ctl.on_aggregate(agg(site.level_ids[int(site.rack_pdu[r, 0])], "pdu", 0.0, 100.0), 100.1)
+        ctl.on_aggregate(agg(site.level_ids[int(site.rack_pdu[r, 1])], "pdu", 36_000.0, 100.0), 100.1)
+    cmds = ctl.decide(100.5)
+    assert {c.target for c in cmds} == set(site.rack_ids)
+    assert all(c.reason.startswith("shedding: rpp-b1 at 90%") for c in cmds), {c.reason for c in cmds}
+    # In steady state the sum of the PDUs agrees with the window, which stays what the controller uses.
+    ctl2 = CapController(site, Keyring({"k": b"\x02" * 32}, "k"), S, 30.0)
+    ctl2.cap_w[:] = site.gpu_max_w
+    ctl2.on_aggregate(agg("rpp-b1", "rpp", 150_000.0, 100.0), 100.5)
+    for r in range(site.n_racks):
+        ctl2.on_aggregate(agg(site.level_ids[int(site.rack_pdu[r, 1])], "pdu", 18_000.0, 100.0), 100.1)
+        ctl2.on_aggregate(agg(site.level_ids[int(site.rack_pdu[r, 0])], "pdu", 18_000.0, 100.0), 100.1)
+    assert ctl2.decide(100.6) == []
+    assert ctl2._feed_estimates(ctl2.level_power_w)[site.level("rpp-b1")] == 150_000.0
