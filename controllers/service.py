@@ -14,7 +14,7 @@ import math
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -411,13 +411,22 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
             if due:
                 next_tick += tick_s
             if due or urgent:
-                for cmd in ctl.decide(now):
+                cmds = ctl.decide(now)
+                for cmd in cmds:
                     data = cmd.encode()
                     producer.send(topics.COMMANDS.name, data, key=cmd.key())
                     producer.send(topics.AUDIT.name, data, key=cmd.id.encode())
                     sent_at[cmd.id] = time.time()
-                    log.info("command %s %s: %d GPU(s) -> %s W (%s)", cmd.id[:8], cmd.target, cmd.gpus.size,
-                             _summary(cmd.values), cmd.reason)
+                    # Per command at debug: a site-wide loss is 1,024 commands in one decision, and a log line
+                    # each delayed the last of them by a tenth of a second. Every command is on pp.audit.
+                    log.debug("command %s %s: %d GPU(s) -> %s W (%s)", cmd.id[:8], cmd.target, cmd.gpus.size,
+                              _summary(cmd.values), cmd.reason)
+                changes = [c for c in cmds if c.reason != "lease renewal"]
+                if changes:
+                    reasons = Counter(c.reason.split(":")[0] for c in changes)
+                    log.info("decision: %d command(s) for %d rack(s) (%s), %d renewal(s)", len(changes),
+                             len({c.target for c in changes}), ", ".join(f"{k} x{n}" for k, n in reasons.items()),
+                             len(cmds) - len(changes))
                 while len(sent_at) > 100_000:  # bounded: forget the oldest unacknowledged
                     sent_at.pop(next(iter(sent_at)))
     finally:
