@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata
+from kafka.errors import CommitFailedError, RebalanceInProgressError
 
 from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, consumer
@@ -36,6 +37,7 @@ class SinkStats:
     retries: int = 0
     dead_letters: int = 0
     dropped: int = 0  # records Kafka's retention deleted before the sink wrote them
+    uncommitted: int = 0  # batches written whose offsets a group rebalance kept from being committed
     last_error: str = ""
 
 
@@ -81,7 +83,9 @@ class SinkMetrics:
                                    ("retries", "writes retried (store down or pushing back)", st.retries),
                                    ("dead_letters", "records sent to the dead-letter topic", st.dead_letters),
                                    ("dropped", "records Kafka's retention deleted before they were written",
-                                    st.dropped)):
+                                    st.dropped),
+                                   ("uncommitted", "written batches a group rebalance kept from being committed",
+                                    st.uncommitted)):
             c = CounterMetricFamily(f"powerplane_sink_{metric}", doc, labels=["sink"])
             c.add_metric([self.name], float(value))
             yield c
@@ -144,7 +148,15 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
                 stats.last_error = ""
                 _report_lost(stats, sink, cons, committed=False)
             cons.resume(*cons.paused())
-            cons.commit(offsets)
+            try:
+                cons.commit(offsets)
+            except (CommitFailedError, RebalanceInProgressError) as e:
+                # The group is rebalancing (a member joined or left): the batch is in the store but its
+                # offsets are not committed, so whoever gets these partitions writes it again. That is
+                # harmless (a point with the same series and time overwrites itself); dying here is not.
+                stats.uncommitted += 1
+                log.warning("sink %s: offsets of a written batch not committed (%s); it may be written again "
+                            "after the rebalance", sink.name, type(e).__name__)
     finally:
         sink.close()
         cons.close()

@@ -62,8 +62,10 @@ def test_controller_metrics() -> None:
 def test_sink_metrics() -> None:
     from streams.sinks.runner import SinkMetrics, SinkStats
 
-    st = SinkStats(written=120, batches=3, retries=2, dead_letters=1, dropped=4, last_error="503 Service Unavailable")
+    st = SinkStats(written=120, batches=3, retries=2, dead_letters=1, dropped=4, uncommitted=1,
+                   last_error="503 Service Unavailable")
     m = scrape(SinkMetrics("influxdb", st))
+    assert m['powerplane_sink_uncommitted_total{sink="influxdb"}'] == 1
     assert m['powerplane_sink_written_total{sink="influxdb"}'] == 120
     assert m['powerplane_sink_dropped_total{sink="influxdb"}'] == 4
     assert m['powerplane_sink_store_up{sink="influxdb"}'] == 0.0
