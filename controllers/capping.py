@@ -18,7 +18,8 @@ loss, as the rack's own PDU meters say). Each rack then sheds the largest share 
 asked of it, so every level gets at least its excess back even when every child is under its own
 limit. Caps come off highest priority first, only while every level above a rack is under that class's
 uncap threshold (5 % under its cap threshold: the hysteresis that stops flapping), a fraction of the
-room per step, and never on a reading that cannot yet show the last change (`fresh`).
+room per step. (The controller takes each level at its reading plus the changes still to show in it, so
+nothing is shed or released twice.)
 
 Unknown loads (NaN: no meter, stale) neither shed nor release: the level is skipped, its children's
 own meters still govern. A GPU with no reading counts as drawing its cap: never as zero.
@@ -191,14 +192,13 @@ def _take(site: Site, classes: range | list[int], need_dc: FloatArray, draw: Flo
 
 
 def decide_caps(site: Site, gpu_power_w: FloatArray, cap_w: FloatArray, level_power_w: FloatArray,
-                limit_w: FloatArray, s: CapSettings, fresh: BoolArray | None = None,
-                brake: BoolArray | None = None, heat_budget_w: FloatArray | None = None) -> FloatArray:
+                limit_w: FloatArray, s: CapSettings, brake: BoolArray | None = None,
+                heat_budget_w: FloatArray | None = None) -> FloatArray:
     """New per-GPU power limits (W).
 
     level_power_w and limit_w are indexed by level (Site.level_ids): the latest load of every level
-    (NaN: unknown) and its derated limit in the current feed state. `fresh` marks levels whose
-    reading can already show the last change (others neither shed nor release); `brake` marks levels
-    whose every GPU goes to its minimum now. heat_budget_w (level-indexed, NaN elsewhere) holds a
+    (NaN: unknown) and its derated limit in the current feed state. `brake` marks levels whose every GPU
+    goes to its minimum now. heat_budget_w (level-indexed, NaN elsewhere) holds a
     cooling zone to a heat load, as the thermal policy asks when a zone runs out of cooling: low priority
     in the zone is shed down to the budget (inference-critical only if the zone is far above it, past the
     high threshold of the limit the budget implies). Uncapped GPUs hold gpu_max_w.
@@ -224,8 +224,6 @@ def decide_caps(site: Site, gpu_power_w: FloatArray, cap_w: FloatArray, level_po
         # inference-critical only if the zone runs far above it (the high threshold of that limit).
         limit_w = np.where(budget, np.nan_to_num(heat_budget_w) / (s.cap_threshold - s.target_margin), limit_w)
     ok = np.isfinite(load) & capped_levels & (limit_w > 0)
-    if fresh is not None:
-        ok &= fresh
     load0 = np.where(ok, load, 0.0)
 
     def per_rack_share(excess: FloatArray, rack_give_w: FloatArray) -> FloatArray:

@@ -92,7 +92,6 @@ class CapController:
         self.clock_mhz = np.full(site.n_gpus, np.nan)  # clock locks this controller holds (NaN: none)
         self.route_w = np.ones(site.n_gpus)  # routing weights this controller holds
         self.rack_sent_s = np.full(site.n_racks, -np.inf)
-        self.rack_changed_s = np.full(site.n_racks, -np.inf)  # when this controller last changed a rack's caps
         # The wall power a rack's cap changes should move (negative: shed) and when they were made, until
         # readings show them.
         self.rack_pending_w = np.zeros(site.n_racks)
@@ -101,6 +100,12 @@ class CapController:
         self.stats = ControllerStats()
         self.stale_after_s = 10.0
         self.tree = tree_of(site)
+        self.rack_ids = site.rack_ids  # commands name racks: built once, not per command
+        self.pdus = site.levels_of_kind("pdu")
+        self.feed_levels = np.isin(site.level_kind, [KIND[k] for k in ("utility", "ups", "rpp")])
+        has_kids = np.zeros(n_levels, dtype=bool)
+        has_kids[site.level_parent[site.level_parent >= 0]] = True
+        self.summed_levels = self.feed_levels & has_kids  # what _feed_estimates may sum from the PDUs
 
     # ---- inputs ------------------------------------------------------------------------------------
     def on_aggregate(self, agg: LevelAggregate, now_s: float) -> None:
@@ -202,8 +207,7 @@ class CapController:
         transfer from a lost feed shows within a second. A PDU below a dark level (a lost feed or lineup, as
         the streams stage reports with a zero limit) carries nothing; its rack's other side carries all."""
         site = self.site
-        feed = np.isin(site.level_kind, [KIND[k] for k in ("utility", "ups", "rpp")])
-        dark = site.dark_below(feed & (self.limit_w <= 0))
+        dark = site.dark_below(self.feed_levels & (self.limit_w <= 0))
         side_dark = dark[site.rack_pdu]  # (racks, 2)
         share = feed_share(site, load)
         share = np.where(side_dark[:, :1] & ~side_dark[:, 1:], [0.0, 1.0],
@@ -223,22 +227,14 @@ class CapController:
         from the PDU loads beneath it (which follow every frame), and taken at that sum where it is clearly
         above the window's value (`estimate_margin`): a transfer from a lost feed reaches them in the same
         decision as the PDUs. Summed only where every PDU beneath has a load."""
-        site = self.site
-        n = len(site.level_ids)
-        pdus = site.levels_of_kind("pdu")
-        est = np.zeros(n)
-        unknown = np.zeros(n)
+        pdus = self.pdus
+        est = np.zeros(len(load))
+        unknown = np.zeros(len(load))
         est[pdus] = np.nan_to_num(load[pdus])
         unknown[pdus] = ~np.isfinite(load[pdus])
-        for kind in ("pdu", "rpp", "ups"):  # children into parents, deepest first
-            lv = site.levels_of_kind(kind)
-            lv = lv[site.level_parent[lv] >= 0]
-            np.add.at(est, site.level_parent[lv], est[lv])
-            np.add.at(unknown, site.level_parent[lv], unknown[lv])
-        upper = np.isin(site.level_kind, [KIND[k] for k in ("rpp", "ups", "utility")]) & (unknown == 0)
-        has_kids = np.zeros(n, dtype=bool)
-        has_kids[site.level_parent[site.level_parent >= 0]] = True
-        use = upper & has_kids & (~np.isfinite(load) | (est > (1.0 + self.estimate_margin) * np.nan_to_num(load)))
+        est, unknown = self.site.feed_up(est), self.site.feed_up(unknown)
+        use = self.summed_levels & (unknown == 0) & (~np.isfinite(load) |
+                                                     (est > (1.0 + self.estimate_margin) * np.nan_to_num(load)))
         return np.where(use, est, load)
 
     def _cap_commands(self, new: np.ndarray, known: np.ndarray, load: np.ndarray, brake: np.ndarray,
@@ -283,7 +279,6 @@ class CapController:
             cmds.append(self.command(int(r), idx, new[a:b][idx], why, now_s))
             self.rack_sent_s[r] = now_s
             if rack_changed[r]:
-                self.rack_changed_s[r] = now_s
                 self.stats.commands += 1
             else:
                 self.stats.renewals += 1
@@ -327,7 +322,7 @@ class CapController:
 
     def command(self, rack: int, gpus: np.ndarray, values: np.ndarray, reason: str, now_s: float,
                 action: str = "power_cap", params: dict[str, Any] | None = None) -> Command:
-        cmd = Command(id=str(uuid.uuid4()), site=self.site.name, target=self.site.rack_ids[rack], action=action,
+        cmd = Command(id=str(uuid.uuid4()), site=self.site.name, target=self.rack_ids[rack], action=action,
                       gpus=gpus.astype(np.uint16), values=values.astype(np.float32), params=params or {},
                       reason=reason, issuer=self.issuer, issued_at_s=now_s, lease_s=self.lease_s)
         return self.keyring.sign(cmd)

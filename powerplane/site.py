@@ -121,10 +121,7 @@ class Site:
 
     @property
     def rack_ids(self) -> list[str]:
-        ids = self.__dict__.get("_rack_ids")
-        if ids is None or len(ids) != self.rack_level.size:  # cached: asked for on every command
-            ids = self.__dict__["_rack_ids"] = [self.level_ids[i] for i in self.rack_level]
-        return list(ids)
+        return [self.level_ids[i] for i in self.rack_level]
 
     def level(self, level_id: str) -> int:
         try:
@@ -234,16 +231,23 @@ class Site:
         out[self.rack_level] = rack_power_w
         for f in (0, 1):
             out += np.bincount(self.rack_pdu[:, f], weights=rack_power_w * share[f], minlength=n)
-        # Walk feed chains upward, deepest kinds first.
+        out = self.feed_up(out)
+        out += np.bincount(self.rack_row, weights=rack_power_w, minlength=n)
+        out += np.bincount(self.rack_hall, weights=rack_power_w, minlength=n)
+        out += np.bincount(self.rack_zone, weights=rack_power_w, minlength=n)
+        out[self.levels_of_kind("site")] = rack_power_w.sum()
+        return out
+
+    def feed_up(self, values: FloatArray) -> FloatArray:
+        """Add every PDU's, RPP's and UPS lineup's value into its parent on the feed chain, deepest kinds
+        first, so each RPP, lineup and utility ends up with its own value plus everything beneath it."""
+        out = np.array(values, dtype=np.float64)
+        n = len(self.level_ids)
         for kind in ("pdu", "rpp", "ups"):
             lv = self.levels_of_kind(kind)
             parents = self.level_parent[lv]
             ok = parents >= 0
             out += np.bincount(parents[ok], weights=out[lv][ok], minlength=n)
-        out += np.bincount(self.rack_row, weights=rack_power_w, minlength=n)
-        out += np.bincount(self.rack_hall, weights=rack_power_w, minlength=n)
-        out += np.bincount(self.rack_zone, weights=rack_power_w, minlength=n)
-        out[self.levels_of_kind("site")] = rack_power_w.sum()
         return out
 
     def server_input_w(self, gpu_power_w: FloatArray) -> FloatArray:
