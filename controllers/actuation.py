@@ -115,9 +115,9 @@ class Guard:
             return self._reject(cmd, f"rate limit: more than {self.rate_per_s:g} commands/s for {cmd.target}", now_s)
         st.tokens -= 1.0
         if cmd.action == "power_cap":
-            ack = self._apply_cap(cmd, st, now_s)
+            ack = self._apply_set(cmd, st, now_s, "power")
         elif cmd.action == "sm_clock_lock":
-            ack = self._apply_clock_lock(cmd, st, now_s)
+            ack = self._apply_set(cmd, st, now_s, "clock")
         elif cmd.action == "release":
             knob = cmd.params.get("knob", "power")
             if knob not in KNOBS:
@@ -135,43 +135,34 @@ class Guard:
             self.seen.popitem(last=False)
         return ack
 
-    def _apply_cap(self, cmd: Command, st: _Target, now_s: float) -> Ack:
+    def _apply_set(self, cmd: Command, st: _Target, now_s: float, knob: str) -> Ack:
+        """A power limit (W) or a clock lock (MHz) per GPU: finite, clamped to the hardware's range, applied,
+        leased per GPU and knob, acked with what the hardware took."""
         gpus = cmd.gpus.astype(np.int64)
         want = cmd.values.astype(np.float64)
         if not np.all(np.isfinite(want)):
-            return self._reject(cmd, "power_cap values must be finite watts", now_s)
+            unit = "watts" if knob == "power" else "MHz"
+            return self._reject(cmd, f"{cmd.action} values must be finite {unit}", now_s)
         try:
-            lo, hi, _ = self.actuator.limits_w(cmd.target, gpus)
-            bounded = np.clip(want, lo, hi)  # never below the GPU's minimum, never above its maximum
-            applied = self.actuator.set_power_limit(cmd.target, gpus, bounded)
+            if knob == "power":
+                lo, hi, _ = self.actuator.limits_w(cmd.target, gpus)
+                # never below the GPU's minimum, never above its maximum
+                applied = self.actuator.set_power_limit(cmd.target, gpus, np.clip(want, lo, hi))
+            else:
+                lo, hi = self.actuator.clock_range_mhz(cmd.target, gpus)
+                applied = self.actuator.lock_clocks(cmd.target, gpus, np.clip(want, lo, hi))
         except ActuatorError as e:
             return self._reject(cmd, str(e), now_s)
         st.last_issued_at_s = cmd.issued_at_s
+        leases = st.leases_of(knob)
         for g in gpus.tolist():
-            st.leases[g] = _Lease(cmd.expires_at_s(), cmd.id)
+            leases[g] = _Lease(cmd.expires_at_s(), cmd.id)
         if np.allclose(applied, want, atol=0.5):
             return self._ack(cmd, "applied", applied, "", now_s)
         n = int((np.abs(applied - want) > 0.5).sum())
-        return self._ack(cmd, "clamped", applied, f"{n} value(s) clamped to the GPU's power-limit range", now_s)
-
-    def _apply_clock_lock(self, cmd: Command, st: _Target, now_s: float) -> Ack:
-        gpus = cmd.gpus.astype(np.int64)
-        want = cmd.values.astype(np.float64)
-        if not np.all(np.isfinite(want)):
-            return self._reject(cmd, "sm_clock_lock values must be finite MHz", now_s)
-        try:
-            lo, hi = self.actuator.clock_range_mhz(cmd.target, gpus)
-            applied = self.actuator.lock_clocks(cmd.target, gpus, np.clip(want, lo, hi))
-        except ActuatorError as e:
-            return self._reject(cmd, str(e), now_s)
-        st.last_issued_at_s = cmd.issued_at_s
-        for g in gpus.tolist():
-            st.clock_leases[g] = _Lease(cmd.expires_at_s(), cmd.id)
-        if np.allclose(applied, want, atol=0.5):
-            return self._ack(cmd, "applied", applied, "", now_s)
-        n = int((np.abs(applied - want) > 0.5).sum())
-        return self._ack(cmd, "clamped", applied,
-                         f"{n} value(s) moved to the GPU's clock range or nearest supported clock", now_s)
+        what = "clamped to the GPU's power-limit range" if knob == "power" else \
+            "moved to the GPU's clock range or nearest supported clock"
+        return self._ack(cmd, "clamped", applied, f"{n} value(s) {what}", now_s)
 
     def _safe(self, target: str, knob: str, gpus: I64) -> F64:
         """Put GPUs in the knob's safe state: the safe power limit, or clocks unlocked."""

@@ -556,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
-    from powerplane.evaluate import POLICIES, Progress, oversubscription, run_policy, write_report
+    from powerplane.evaluate import POLICIES, oversubscription, run_policy, write_report
+    from powerplane.progress import Progress
     from powerplane.site import load_site
     from powerplane.twin.scenario import load_scenario
     from powerplane.twin.workload import load_workload
@@ -577,8 +578,10 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     t0 = time.monotonic()
     results = {}
     for pol in policies:
+        bar = Progress(f"{pol:>6}: {duration} s simulated", duration, sys.stderr)
         results[pol] = run_policy(site, pol, duration, workload=workload, scenario=scenario, seed=args.seed,
-                                  progress=Progress(f"{pol:>6}"))
+                                  progress=bar)
+        bar.done()
     oversub = None
     if "none" in results:
         print("planning: how many more racks capping supports (powerplane plan on the uncontrolled run)...",

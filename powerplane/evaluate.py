@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +28,13 @@ from typing import Any
 import numpy as np
 
 from controllers.actuation import Guard
-from controllers.actuators.base import F64, I64, Actuator, ActuatorConfigError, ActuatorError
+from controllers.actuators.base import load_actuator
 from controllers.capping import BREAKER_KINDS, CapSettings
 from controllers.service import CapController
 from controllers.thermal import ThermalSettings
 from powerplane.engine import Engine
 from powerplane.fleet import rack_frames
+from powerplane.progress import Progress
 from powerplane.schemas import Command
 from powerplane.signing import Keyring
 from powerplane.site import KIND, PRIORITIES, FloatArray, Site
@@ -54,45 +53,6 @@ POLICIES = ("none", "static", "polca", "full")
 # locked on purpose (application clocks) is a chosen operating point that meets the SLO, not throttling.
 THROTTLED = THROTTLE_SW_POWER_CAP | THROTTLE_HW_SLOWDOWN | THROTTLE_SW_THERMAL | THROTTLE_HW_THERMAL
 EPOCH_S = 1_767_225_600.0  # 2026-01-01: event time of the twin's first second
-
-
-class TwinActuator(Actuator):
-    """The twin's GPUs behind the same guard a real actuator has (signatures, leases, bounds)."""
-
-    kind = "twin-eval"
-
-    def configure(self, options: Any) -> None:
-        if not isinstance(self.context, Twin):
-            raise ActuatorConfigError(f"actuator '{self.name}': the evaluation actuator needs a Twin")
-        self.twin: Twin = self.context
-        self.site = self.twin.site
-        self._rack = {rid: r for r, rid in enumerate(self.site.rack_ids)}
-
-    def targets(self) -> list[str]:
-        return list(self._rack)
-
-    def _g(self, target: str, gpus: I64) -> I64:
-        r = self._rack.get(target)
-        if r is None:
-            raise ActuatorError(f"rack '{target}' is not in the twin")
-        return np.asarray(gpus + int(self.site.rack_gpu_start[r]), dtype=np.int64)
-
-    def set_power_limit(self, target: str, gpus: I64, limit_w: F64) -> F64:
-        return self.twin.set_limit(self._g(target, gpus), limit_w)
-
-    def limits_w(self, target: str, gpus: I64) -> tuple[F64, F64, F64]:
-        g = self._g(target, gpus)
-        return self.site.gpu_min_w[g], self.site.gpu_max_w[g], self.site.gpu_max_w[g]
-
-    def clock_range_mhz(self, target: str, gpus: I64) -> tuple[F64, F64]:
-        g = self._g(target, gpus)
-        return self.twin.gpu_fmin[g], self.twin.gpu_fmax[g]
-
-    def lock_clocks(self, target: str, gpus: I64, mhz: F64) -> F64:
-        return self.twin.lock_clocks(self._g(target, gpus), mhz)
-
-    def reset_clocks(self, target: str, gpus: I64) -> F64:
-        return self.twin.reset_clocks(self._g(target, gpus))
 
 
 def static_caps_w(site: Site) -> FloatArray:
@@ -308,7 +268,7 @@ class Reconfigurer:
 
 def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSpec | None = None,
                scenario: Scenario | None = None, seed: int = 0,
-               progress: Callable[[int, int], None] | None = None, reconfigure: bool = True) -> dict[str, Any]:
+               progress: Progress | None = None, reconfigure: bool = True) -> dict[str, Any]:
     """One closed-loop run; returns its metrics and per-second series."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy '{policy}' (known: {', '.join(POLICIES)})")
@@ -327,7 +287,9 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         ctl = CapController(site, keyring, CapSettings(), lease_s=30.0, issuer=f"evaluate-{policy}",
                             thermal=thermal, actions=actions)
         engine = Engine(site, keyring, CapSettings(), 30.0, controller=ctl)
-        guard = Guard(TwinActuator("twin", {}, twin), keyring, site.name, rate_per_s=100.0, burst=100)
+        # The fleet's own twin actuator (it locks clocks where the plant is the twin), behind the same guard.
+        actuator = load_actuator("twin", {"kind": "twin", "safe_limit": "max"}, context=twin)
+        guard = Guard(actuator, keyring, site.name, rate_per_s=100.0, burst=100)
     reconfig = Reconfigurer(twin) if policy == "full" and reconfigure else None
     route_w = np.ones(site.n_gpus)
     for k in range(duration_s):
@@ -355,7 +317,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
             tally.by_action["reconfigure"] = tally.by_action.get("reconfigure", 0) + n
         tally.add(fr, twin.t_s)
         if progress is not None:
-            progress(k + 1, duration_s)
+            progress.show(k + 1)
     out = tally.summary()
     out["series"] = tally.series
     out["rack_power_w"] = np.asarray(tally.rack_power, dtype=np.float64)
@@ -554,22 +516,3 @@ def write_report(out_dir: Path, meta: dict[str, Any], results: dict[str, dict[st
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-class Progress:
-    """One stderr line per policy with its rate and ETA, rewritten in place."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.t0 = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        if done % 10 and done != total:
-            return
-        el = time.monotonic() - self.t0
-        eta = el / done * (total - done) if done else 0.0
-        sys.stderr.write(f"\r{self.label}: {done}/{total} s simulated ({done / max(el, 1e-9):.1f}x real time), "
-                         f"ETA {eta:.0f} s   ")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
