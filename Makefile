@@ -26,6 +26,7 @@ lint: $(STAMP)
 	@echo "==> ruff and mypy"
 	@$(BIN)/ruff check .
 	@$(BIN)/mypy
+	@$(BIN)/lint-imports --no-cache
 
 clean-dev: $(STAMP)
 	@$(BIN)/powerplane dev down --wipe

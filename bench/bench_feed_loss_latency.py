@@ -56,9 +56,10 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition  # noqa: E402
 from kafka.admin import ConfigResource, ConfigResourceType  # noqa: E402
 
 from bench.common import cpu_s, free_port  # noqa: E402
-from powerplane import devservers, topics  # noqa: E402
+from ops import devservers  # noqa: E402
+from ops.demo import Services, wait_for_groups  # noqa: E402
+from powerplane import topics  # noqa: E402
 from powerplane.config import Config, load_config  # noqa: E402
-from powerplane.demo import Services, wait_for_groups  # noqa: E402
 from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml  # noqa: E402
 from powerplane.schemas import Ack, Command, LevelAggregate, SchemaError, TelemetryFrame  # noqa: E402
 from powerplane.signing import load_keyring  # noqa: E402

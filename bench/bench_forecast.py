@@ -1,6 +1,6 @@
 """Forecast accuracy and cost: streams.forecast's product method against its baselines on twin telemetry.
 
-Data: the digital twin (powerplane/twin) of the 100 MW reference site (1,024 racks, 73,728 GPUs) under
+Data: the digital twin (sim) of the 100 MW reference site (1,024 racks, 73,728 GPUs) under
 `default_workload(site)`, driven by the Azure LLM inference trace 2023 (conversation), CC-BY 4.0,
 Patel et al., "Splitwise: Efficient generative LLM inference using phase splitting", ISCA 2024.
 Events on top of the default workload (which already has 8 training jobs with 4-7 s steps and a 60 s
@@ -41,8 +41,8 @@ import numpy as np  # noqa: E402
 
 from powerplane.refsite import reference_site  # noqa: E402
 from powerplane.site import KIND_NAMES, Site  # noqa: E402
-from powerplane.twin import Twin, default_workload  # noqa: E402
-from powerplane.twin.scenario import scenario_from_dict  # noqa: E402
+from sim import Twin, default_workload  # noqa: E402
+from sim.scenario import scenario_from_dict  # noqa: E402
 from streams.forecast import Ewma, Forecaster, ForecastSettings, Persistence, SeasonalNaive  # noqa: E402
 
 SCENARIO = {

@@ -35,14 +35,15 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition  # noqa: E402
 from kafka.errors import KafkaError  # noqa: E402
 
 from bench.common import cpu_s, free_port  # noqa: E402
-from powerplane import devservers, topics  # noqa: E402
+from ops import devservers  # noqa: E402
+from ops.demo import wait_for_groups  # noqa: E402
+from powerplane import topics  # noqa: E402
 from powerplane.config import Config, load_config  # noqa: E402
-from powerplane.demo import wait_for_groups  # noqa: E402
-from powerplane.fleet import rack_frames  # noqa: E402
 from powerplane.kafka import Producer  # noqa: E402
 from powerplane.refsite import reference_site_dict, to_toml  # noqa: E402
 from powerplane.site import load_site  # noqa: E402
-from powerplane.twin import Twin  # noqa: E402
+from sim import Twin  # noqa: E402
+from sim.fleet import rack_frames  # noqa: E402
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -86,7 +87,7 @@ def main() -> int:
         log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - owned by the child
 
         def start_worker(*extra: str) -> subprocess.Popen[bytes]:
-            w = subprocess.Popen([sys.executable, "-m", "powerplane", "streams", "worker", *extra],
+            w = subprocess.Popen([sys.executable, "-m", "ops", "streams", "worker", *extra],
                                  stdout=log, stderr=subprocess.STDOUT, env=wenv, start_new_session=True)
             if args.profile:
                 subprocess.Popen(["py-spy", "record", "-p", str(w.pid), "-o", args.profile, "-f", "raw",

@@ -1,7 +1,7 @@
 """Digital twin benchmark: simulated seconds of the 100 MW reference site per wall-clock second, one core.
 
 Builds the reference site (powerplane/refsite.py: 1,024 NVL72-class racks, 73,728 GPUs) with the default
-workload (powerplane.twin.default_workload: inference pools replaying the Azure LLM trace 2023, CC-BY 4.0,
+workload (sim.default_workload: inference pools replaying the Azure LLM trace 2023, CC-BY 4.0,
 Patel et al., "Splitwise", ISCA 2024; training and fine-tuning jobs), warms every candidate up, then times
 them in interleaved rounds:
 
@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from powerplane.refsite import reference_site  # noqa: E402
-from powerplane.twin import Twin, default_workload  # noqa: E402
+from sim import Twin, default_workload  # noqa: E402
 
 TARGET_MS = 20.0
 SEED = 20261124
@@ -65,8 +65,8 @@ def build(kind: str) -> Twin:
     site = reference_site()
     wl = default_workload(site)
     if kind == "70b":
-        from powerplane.twin.serving import MODELS, ServingConfig, estimate_capacity_rps
-        from powerplane.twin.workload import PoolSpec
+        from sim.serving import MODELS, ServingConfig, estimate_capacity_rps
+        from sim.workload import PoolSpec
 
         tr = wl.resolved_trace()
         spec = Twin(site, wl, seed=SEED)._specs[0]

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from powerplane.refsite import reference_site  # noqa: E402
 from powerplane.site import PRIORITIES, load_site  # noqa: E402
-from powerplane.twin import (  # noqa: E402
+from sim import (  # noqa: E402
     JobSpec,
     PoolSpec,
     Trace,
@@ -38,8 +38,8 @@ from powerplane.twin import (  # noqa: E402
     default_workload,
     load_azure_conv,
 )
-from powerplane.twin.physics import GPU_SPECS, PowerConfig, busy_power, roofline, solve_phi, static_w  # noqa: E402
-from powerplane.twin.serving import MODELS, ServingConfig, instance_constants  # noqa: E402
+from sim.physics import GPU_SPECS, PowerConfig, busy_power, roofline, solve_phi, static_w  # noqa: E402
+from sim.serving import MODELS, ServingConfig, instance_constants  # noqa: E402
 
 
 def phase_power() -> None:

@@ -1,7 +1,7 @@
 """The collector interface: configure (validate only) / start (connect) / read / close.
 
-A source is one device (a PDU, a BMC, a node's GPUs) or one in-process plant. A module registers
-its kind with @register; `load_source` builds one from a config table. Sources never publish and
+A source is one device (a PDU, a BMC, a node's GPUs) or one in-process plant. A kind is registered
+by an entry point (powerplane/plugins.py); `load_source` builds one from a config table. Sources never publish and
 never schedule themselves: the scheduler (collectors/scheduler.py) polls every source at its own
 interval with a timeout and bounded concurrency, and the publisher owns Kafka, so every source gets
 the same delivery guarantees.
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from powerplane.plugins import Registry
+from powerplane.plugins import PluginError, Registry
 from powerplane.schemas import TelemetryFrame
 from powerplane.site import Site
 
@@ -121,24 +121,12 @@ class Source(ABC):
         return TelemetryFrame(**base)
 
 
-REGISTRY: Registry[type[Source]] = Registry("collector")
-register = REGISTRY.register
-
-
-def _import_all() -> None:
-    import importlib
-    import pkgutil
-
-    import collectors
-
-    for mod in pkgutil.iter_modules(collectors.__path__):
-        if mod.ispkg:  # one package per source kind; each registers itself on import
-            importlib.import_module(f"collectors.{mod.name}")
+REGISTRY: Registry[type[Source]] = Registry("collectors", "collector")
 
 
 def load_source(name: str, options: Mapping[str, Any], ctx: SourceContext | None = None) -> Source:
-    _import_all()
-    kind = options.get("kind")
-    if kind not in REGISTRY:
-        raise SourceConfigError(f"source '{name}': unknown kind {kind!r} (known: {', '.join(sorted(REGISTRY))})")
-    return REGISTRY[str(kind)](name, options, ctx)
+    try:
+        cls = REGISTRY.get(str(options.get("kind")))
+    except PluginError as e:
+        raise SourceConfigError(f"source '{name}': {e}") from None
+    return cls(name, options, ctx)

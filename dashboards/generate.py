@@ -90,7 +90,7 @@ def events_annotation(extra_where: str = "") -> dict[str, Any]:
 
 OPEN_NOW = (f'SELECT sum("active") AS "open" FROM (SELECT last("active") AS "active" FROM "pp_event" '
             f'WHERE {WHERE} GROUP BY "kind", "level")')
-PCT = {"options": {"reduceOptions": {"calcs": ["lastNotNull"]}}}
+PCT: dict[str, Any] = {"options": {"reduceOptions": {"calcs": ["lastNotNull"]}}}
 LOAD_THRESHOLDS = [(0.8, "orange"), (1.0, "red")]
 
 

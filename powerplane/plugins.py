@@ -1,26 +1,59 @@
-"""Plug-in registries: every collector source, sink and actuator kind is added by one @register."""
+"""Plug-in registries, one way for every kind of plug-in: Python entry points.
+
+A collector source, sink or actuator is a class in its own folder (module, README.md, sample.toml) and
+is registered once, by one line in pyproject.toml under `[project.entry-points."powerplane.<group>"]`,
+whose name is the `kind` a config table names. The class states the same `kind`; loading checks both
+agree. Entry points are how Python packages have always discovered plug-ins (pytest, flake8,
+setuptools itself): a third party's package can add a kind without touching ours, and nothing here
+imports the packages that provide the kinds, so no layer imports a higher one to find them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from importlib.metadata import EntryPoint, entry_points
+from typing import Generic, TypeVar
 
 T = TypeVar("T", bound=type)
 
 
-class Registry(dict[str, T]):
-    """kind -> class. Registering a kind twice is an error (two modules claiming one config name)."""
+class PluginError(ValueError):
+    """An unknown kind, or an entry point that does not load the class it names."""
 
-    def __init__(self, what: str) -> None:
-        super().__init__()
+
+class Registry(Generic[T]):
+    """kind -> class, read from the entry-point group `powerplane.<group>` when first asked."""
+
+    def __init__(self, group: str, what: str) -> None:
+        self.group = f"powerplane.{group}"
         self.what = what
+        self._loaded: dict[str, T] = {}
 
-    def register(self, kind: str) -> Callable[[T], T]:
-        def deco(cls: T) -> T:
-            if kind in self:
-                raise ValueError(f"{self.what} kind '{kind}' registered twice")
-            setattr(cls, "kind", kind)  # noqa: B010 - T is any class; mypy cannot see the attribute
-            self[kind] = cls
-            return cls
+    def _points(self) -> dict[str, EntryPoint]:
+        points: dict[str, EntryPoint] = {}
+        for ep in entry_points(group=self.group):
+            if ep.name in points and points[ep.name].value != ep.value:
+                raise PluginError(f"{self.what} kind '{ep.name}' registered twice: {points[ep.name].value} and "
+                                  f"{ep.value}")
+            points[ep.name] = ep
+        return points
 
-        return deco
+    def kinds(self) -> list[str]:
+        return sorted(self._points())
+
+    def __contains__(self, kind: object) -> bool:
+        return isinstance(kind, str) and kind in self._points()
+
+    def get(self, kind: str) -> T:
+        if kind in self._loaded:
+            return self._loaded[kind]
+        points = self._points()
+        if kind not in points:
+            known = ", ".join(sorted(points)) or (f"none: no '{self.group}' entry points; install powerplane "
+                                                  "(pip install -e .) so its plug-ins are registered")
+            raise PluginError(f"unknown {self.what} kind {kind!r} (known: {known})")
+        cls: T = points[kind].load()
+        if getattr(cls, "kind", None) != kind:
+            raise PluginError(f"{self.what} entry point '{kind}' = {points[kind].value} loads a class whose kind "
+                              f"is {getattr(cls, 'kind', None)!r}")
+        self._loaded[kind] = cls
+        return cls

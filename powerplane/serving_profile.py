@@ -4,7 +4,7 @@ A *class* is one (model, GPU type, SLOs, batch and chunk settings) combination: 
 a profile. For every class, tensor-parallel degree and SM clock the profile holds the highest request rate
 one instance sustains within the pool's TTFT and TBT SLOs (``cap_rps``), and the instance's power (all its
 GPUs) at a grid of load fractions of that rate. DynamoLLM builds such profiles by measurement; ours are
-measured on the twin's serving model (``powerplane.twin.profiling``) and shipped as JSON, so the policy
+measured on the twin's serving model (``sim.profiling``) and shipped as JSON, so the policy
 (``controllers/reconfig.py``) needs only this module and numpy. No I/O except ``save``/``load``.
 """
 

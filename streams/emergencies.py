@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from powerplane.physics import ElectricalConfig, trip_time_s
 from powerplane.schemas import Event
 from powerplane.site import KIND, FloatArray, Site
-from powerplane.twin.physics import ElectricalConfig, trip_time_s
 from streams.tree import Snapshot
 
 

@@ -1,7 +1,7 @@
 """Site stage: rack summaries in; upper-level aggregates, headroom for every level, and emergencies out.
 
 Composes the pure parts (streams.tree windows and roll-up, streams.forecast, thermal slopes, streams.emergencies)
-into one object with no I/O. The faust agent (streams.app) and the in-process engine (powerplane.engine) both
+into one object with no I/O. The faust agent (streams.app) and the in-process engine (ops.engine) both
 drive it, so both paths compute the same numbers. Its whole state serializes to bytes for the worker's
 changelog-backed table.
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from powerplane import topics
-from powerplane.fleet import Fleet
 from powerplane.schemas import Ack, Command, Event, Headroom, LevelAggregate
 from powerplane.site import KIND_NAMES, Site
+from sim.fleet import Fleet
 
 Rec = tuple[str, bytes, bytes, int]  # topic, key, value, timestamp_ms
 

@@ -15,7 +15,7 @@ import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.base import Source, SourceError, register
+from collectors.base import Source, SourceError
 from powerplane.schemas import TelemetryFrame
 
 log = logging.getLogger("powerplane.collectors.dcgm")
@@ -132,9 +132,10 @@ def _one_line(s: str, n: int = 120) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
-@register("dcgm")
 class DcgmSource(Source):
     """One dcgm-exporter (one GPU server): scrapes its /metrics page into one frame for the server's rack."""
+
+    kind = "dcgm"
 
     default_interval_s = 10.0
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pynvml
 
-from collectors.base import Source, SourceError, register
+from collectors.base import Source, SourceError
 from powerplane.schemas import TelemetryFrame
 
 log = logging.getLogger("powerplane.collectors.nvml")
@@ -62,10 +62,11 @@ class _Fatal(Exception):
     pass
 
 
-@register("nvml")
 class NvmlSource(Source):
     """Reads power, enforced limit, temperature, clocks, utilisation, throttle reasons and energy of the
     local GPUs through NVML (nvidia-ml-py); one frame per read for this server's rack."""
+
+    kind = "nvml"
 
     default_interval_s = 1.0
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from collectors.base import Source, SourceError, register
+from collectors.base import Source, SourceError
 from collectors.redfish import extract as ex
 from collectors.redfish.client import ROOT, BmcClient, NotFound, acquire_session, one_line, release_session
 from powerplane.schemas import TelemetryFrame
@@ -61,9 +61,10 @@ class ChassisPlan:
     thermal: ThermalPlan | None = None  # None until planned (planning is retried each read until it works)
 
 
-@register("redfish")
 class RedfishSource(Source):
     """One BMC: the chassis input power of one server and its inlet temperatures."""
+
+    kind = "redfish"
 
     default_interval_s = 10.0
 

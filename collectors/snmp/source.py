@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from collectors.base import Source, SourceError, register
+from collectors.base import Source, SourceError
 from collectors.snmp import models
 from collectors.snmp.client import CODECS, SnmpClient
 from collectors.snmp.models import Plan, Reading
@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 VERSIONS = ("1", "2c")
 
 
-@register("snmp")
 class SnmpSource(Source):
     """One SNMP agent = one PDU (one feed of one rack). Discovers its tables once, then one GET per poll."""
+
+    kind = "snmp"
 
     default_interval_s = 10.0
 

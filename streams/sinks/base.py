@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from powerplane.plugins import Registry
+from powerplane.plugins import PluginError, Registry
 from powerplane.schemas import Record
 
 
@@ -62,15 +62,12 @@ class Sink(ABC):
         """Flush and release connections."""
 
 
-REGISTRY: Registry[type[Sink]] = Registry("sink")
-register = REGISTRY.register
+REGISTRY: Registry[type[Sink]] = Registry("sinks", "sink")
 
 
 def load_sink(name: str, options: Mapping[str, Any]) -> Sink:
-    import streams.sinks.alertmanager  # registration side effect
-    import streams.sinks.influx  # noqa: F401 - registration side effect
-
-    kind = options.get("kind")
-    if kind not in REGISTRY:
-        raise SinkConfigError(f"sink '{name}': unknown kind {kind!r} (known: {', '.join(sorted(REGISTRY))})")
-    return REGISTRY[str(kind)](name, options)
+    try:
+        cls = REGISTRY.get(str(options.get("kind")))
+    except PluginError as e:
+        raise SinkConfigError(f"sink '{name}': {e}") from None
+    return cls(name, options)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from powerplane import devservers
+from ops import devservers
 from powerplane.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,15 +9,15 @@ import uuid
 
 import numpy as np
 
+from actuators.base import load_actuator
 from controllers import actuator_service
-from controllers.actuators.base import load_actuator
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.fleet import Fleet
 from powerplane.kafka import Producer
 from powerplane.schemas import Ack, Command, Event
 from powerplane.signing import load_keyring
 from powerplane.site import load_site
+from sim.fleet import Fleet
 from tests.integration.helpers import read_topic
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controllers.actuation import Guard
-from controllers.actuators.base import load_actuator
+from actuators.base import load_actuator
+from actuators.guard import Guard
 from powerplane.schemas import Ack, Command
 from powerplane.signing import Keyring
 from tests.integration.redfish_power_server import PowerRedfishServer

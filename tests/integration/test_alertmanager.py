@@ -181,7 +181,7 @@ def test_a_twin_feed_loss_pages_once_and_resolves_once(cfg: Config, alertmanager
     the Alertmanager sink turns the event into exactly one page, and one resolution when the feed is back."""
     import dataclasses
 
-    from powerplane.demo import Services, wait_for_groups
+    from ops.demo import Services, wait_for_groups
     from tests.integration.test_streams_site import Plant, site_copy
 
     url, hook = alertmanager

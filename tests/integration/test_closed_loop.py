@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ops.demo import export_points, run_loop
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.demo import export_points, run_loop
 from powerplane.schemas import Ack, Command
 from powerplane.signing import load_keyring
 from tests.integration.helpers import read_topic

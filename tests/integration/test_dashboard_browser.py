@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from ops.demo import GROUPS, Services, wait_for_groups
 from powerplane.config import Config
-from powerplane.demo import GROUPS, Services, wait_for_groups
 from powerplane.kafka import Producer, create_topics
 from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml
 from powerplane.signing import load_keyring

@@ -13,13 +13,13 @@ import numpy as np
 from kafka import KafkaProducer
 
 from collectors.base import SourceContext
-from collectors.sim import FleetSource
+from ops.demo import Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.demo import Services, wait_for_groups
-from powerplane.fleet import Fleet
 from powerplane.schemas import LevelAggregate, RackSummary, RackSummaryBatch
 from powerplane.site import load_site
+from sim.fleet import Fleet
+from sim.source import FleetSource
 from tests.integration.helpers import end_offsets, read_messages, start_group_at_end
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from ops.recording import replay
 from powerplane import cli, topics
 from powerplane.config import Config
 from powerplane.kafka import Producer, create_topics
-from powerplane.recording import Recorded, iter_recorded, load_manifest, replay
+from powerplane.recording import Recorded, iter_recorded, load_manifest
 
 Seq = dict[tuple[str, int], list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]], int]]]
 
@@ -98,7 +99,7 @@ def test_paced_replay_into_other_topics(cfg: Config, fresh_topics: tuple[str, st
     a, b = fresh_topics
     _produce(cfg, a, b)
     rec = tmp_path / "rec"
-    from powerplane.recording import record
+    from ops.recording import record
 
     record(cfg.kafka_bootstrap, [a], rec, from_beginning=True, until_end=True, progress=None)
     m = load_manifest(rec)

@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from powerplane import devservers, topics
+from ops import devservers
+from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import Producer
 from powerplane.schemas import LevelAggregate

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from collectors import service as collector_service
 from collectors.base import SourceContext, load_source
-from powerplane import devservers, topics
+from ops import devservers
+from powerplane import topics
 from powerplane.config import Config
-from powerplane.fleet import Fleet
 from powerplane.schemas import SchemaError, TelemetryFrame
 from powerplane.site import load_site
+from sim.fleet import Fleet
 from tests.integration.helpers import read_topic
 
 OUTAGE_S = 60.0

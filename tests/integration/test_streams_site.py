@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ops.demo import Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.demo import Services, wait_for_groups
-from powerplane.fleet import rack_frames
 from powerplane.kafka import Producer
 from powerplane.schemas import Event, Headroom, LevelAggregate, SchemaError
 from powerplane.site import KIND, Site, load_site
-from powerplane.twin import Twin, load_scenario
+from sim import Twin, load_scenario
+from sim.fleet import rack_frames
 from tests.integration.conftest import free_port
 from tests.integration.helpers import read_messages, start_group_at_end
 

@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from ops.demo import Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.demo import Services, wait_for_groups
+from powerplane.physics import ElectricalConfig
 from powerplane.schemas import LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.site import Site, load_site
-from powerplane.twin import Twin, load_scenario
-from powerplane.twin.physics import ElectricalConfig, ThermalConfig
+from sim import Twin, load_scenario
+from sim.physics import ThermalConfig
 from tests.integration.helpers import read_messages
 
 DURATION_S = 30  # fleet run time; with the worker's start and the drain the test takes ~45 s

@@ -12,16 +12,16 @@ import numpy as np
 
 from controllers.capping import CapSettings
 from controllers.service import CapController
+from ops.demo import Services, wait_for_groups
+from ops.engine import Engine
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.demo import Services, wait_for_groups
-from powerplane.engine import Engine
-from powerplane.fleet import rack_frames
 from powerplane.kafka import Producer
 from powerplane.schemas import Command, Headroom, LevelAggregate, TelemetryFrame
 from powerplane.signing import Keyring
-from powerplane.twin import Twin
-from powerplane.twin.scenario import load_scenario
+from sim import Twin
+from sim.fleet import rack_frames
+from sim.scenario import load_scenario
 from tests.integration.helpers import end_offsets, start_group_at_end
 from tests.integration.test_streams_site import decoded, site_copy
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controllers.actuation import Guard
-from controllers.actuator_service import ActuatorMetrics
-from controllers.actuators.base import load_actuator
-from powerplane.cli import main
-from powerplane.fleet import Fleet
+from actuators.base import load_actuator
+from actuators.guard import Guard
+from actuators.service import ActuatorMetrics
+from ops.cli import main
 from powerplane.kafka import DeadLetters
 from powerplane.schemas import Command
 from powerplane.signing import Keyring
 from powerplane.site import load_site
+from sim.fleet import Fleet
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
 

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controllers.actuation import Guard
-from controllers.actuators.base import load_actuator
-from powerplane.fleet import Fleet
+from actuators.base import load_actuator
+from actuators.guard import Guard
 from powerplane.schemas import Command
 from powerplane.signing import Keyring
 from powerplane.site import Site, load_site
+from sim.fleet import Fleet
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
 T0 = 1_000.0

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from controllers.actuation import Guard
-from controllers.actuators.base import load_actuator
-from powerplane.fleet import Fleet
+from actuators.base import load_actuator
+from actuators.guard import Guard
 from powerplane.signing import Keyring
 from powerplane.site import Site, load_site
-from powerplane.twin import Twin
+from sim import Twin
+from sim.fleet import Fleet
 from tests.unit.test_actuation import LAB, RACK, T0, make
 
 

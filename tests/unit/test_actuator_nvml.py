@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from controllers.actuators.base import ActuatorConfigError, load_actuator
+from actuators.base import ActuatorConfigError, load_actuator
 from tests.fakes.nvml.build import build, compiler
 from tests.fakes.nvml.harness import FakeNvmlHost
 
@@ -254,7 +254,7 @@ def test_bad_options_name_the_key(options: dict[str, Any], key: str) -> None:
 
 
 def test_sample_config_loads() -> None:
-    path = Path(__file__).resolve().parents[2] / "controllers" / "actuators" / "nvml" / "sample.toml"
+    path = Path(__file__).resolve().parents[2] / "actuators" / "nvml" / "sample.toml"
     opts = tomllib.loads(path.read_text())["actuators"]["gpus"]
     act = load_actuator("gpus", opts)
     assert act.kind == "nvml" and act.dry_run is True and act.targets() == ["rack-01"]

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controllers.actuators.base import ActuatorConfigError, ActuatorError, load_actuator
-from controllers.actuators.redfish import chassis_limit_w, gpu_shares_w
+from actuators.base import ActuatorConfigError, ActuatorError, load_actuator
+from actuators.redfish import chassis_limit_w, gpu_shares_w
 
-SAMPLE = Path(__file__).resolve().parents[2] / "controllers" / "actuators" / "redfish" / "sample.toml"
+SAMPLE = Path(__file__).resolve().parents[2] / "actuators" / "redfish" / "sample.toml"
 RACK = {"r1": {"url": "https://bmc", "gpus": 4}}
 
 

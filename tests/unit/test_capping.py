@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from actuators.base import load_actuator
+from actuators.guard import Guard
 from collectors.base import SourceContext, load_source
-from controllers.actuation import Guard
-from controllers.actuators.base import load_actuator
 from controllers.capping import CapSettings, decide_caps
 from controllers.service import CapController
-from powerplane.fleet import Fleet
 from powerplane.schemas import Command, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.site import PRIORITIES, FloatArray, Site, load_site
+from sim.fleet import Fleet
 from streams.rollup import Limits, frame_aggregates
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"

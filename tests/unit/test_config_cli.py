@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ops.cli import main
 from powerplane import kafka, topics
-from powerplane.cli import main
 from powerplane.config import Config, ConfigError, load_config
 from powerplane.site import SiteError, load_site
 

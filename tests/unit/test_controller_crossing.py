@@ -8,9 +8,9 @@ from pathlib import Path
 from collectors.base import SourceContext, load_source
 from controllers.capping import CapSettings
 from controllers.service import CapController
-from powerplane.fleet import Fleet
 from powerplane.signing import Keyring
 from powerplane.site import load_site
+from sim.fleet import Fleet
 from streams.rollup import Limits, frame_aggregates
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dashboards.live.replay import Replayer
+from dashboards.live.state import DashState, status_rows
+from ops.cli import main
 from powerplane import topics
-from powerplane.cli import main
-from powerplane.dashboard.replay import Replayer
-from powerplane.dashboard.state import DashState, status_rows
 from powerplane.recording import Recorded, RecordingWriter
 from powerplane.schemas import Ack, Command, Event, Headroom, LevelAggregate, decode_any
 from powerplane.site import load_site

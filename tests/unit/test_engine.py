@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from collectors.base import SourceContext
-from collectors.sim import FleetSource
 from controllers.capping import CapSettings
 from controllers.service import CapController
+from ops.cli import main
+from ops.engine import Engine
 from powerplane import topics
-from powerplane.cli import main
-from powerplane.engine import Engine
-from powerplane.fleet import Fleet
 from powerplane.recording import Recorded, RecordingWriter, iter_records
 from powerplane.schemas import RackSummary, RackSummaryBatch, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.site import KIND, load_site
+from sim.fleet import Fleet
+from sim.source import FleetSource
 from streams.rollup import Limits, frame_outputs
 from streams.site_stage import SiteStage
 

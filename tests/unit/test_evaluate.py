@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from controllers.capping import BREAKER_KINDS
-from powerplane.cli import main
-from powerplane.evaluate import oversubscription, run_policy, static_caps_w, write_report
+from ops.cli import main
+from ops.evaluate import oversubscription, run_policy, static_caps_w, write_report
 from powerplane.site import KIND, Site, load_site
-from powerplane.twin.scenario import load_scenario
+from sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "examples" / "lab.toml"

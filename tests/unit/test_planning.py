@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from controllers.planning import Costs, PlanInputs, plan, plan_inputs, plan_level
-from powerplane.cli import main
+from ops.cli import main
 from powerplane.site import load_site
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,10 +114,10 @@ def test_plan_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_plan_reads_rack_power_from_a_recording(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from collectors.base import SourceContext
-    from collectors.sim import FleetSource
     from powerplane import topics
-    from powerplane.fleet import Fleet
     from powerplane.recording import Recorded, RecordingWriter
+    from sim.fleet import Fleet
+    from sim.source import FleetSource
 
     site = load_site(LAB)
     fleet = Fleet(site, seed=4, epoch_s=1_790_000_000.0)

@@ -16,11 +16,11 @@ from controllers.reconfig import (
     plan_actions,
     plan_pools,
 )
-from powerplane.evaluate import apply_pool_actions
+from ops.evaluate import apply_pool_actions
 from powerplane.serving_profile import ProfileError, ServingProfile, class_key
 from powerplane.site import load_site
-from powerplane.twin import Twin
-from powerplane.twin.workload import default_workload, rate_table
+from sim import Twin
+from sim.workload import default_workload, rate_table
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
 PROFILE = ServingProfile.load()

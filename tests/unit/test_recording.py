@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from powerplane import recording
+from ops import recording as ops_recording
 from powerplane.recording import Recorded, RecordingWriter, iter_recorded, iter_records, load_manifest
 
 
@@ -157,7 +157,7 @@ def test_incomplete_or_foreign_recording_is_refused(tmp_path: Path) -> None:
 
 def test_progress_line() -> None:
     out = io.StringIO()
-    bar = recording.Progress(27_000, out, every_s=0)
+    bar = ops_recording.Progress(27_000, out, every_s=0)
     bar.show(12_345, 12.0)
     assert out.getvalue() == "\r 45% 12,345/27,000 records  ETA 0:12  "
     bar.show(27_000, 3725.0)
@@ -165,7 +165,7 @@ def test_progress_line() -> None:
 
 
 def test_cli_parses_record_and_replay() -> None:
-    from powerplane.cli import build_parser
+    from ops.cli import build_parser
 
     a = build_parser().parse_args(["record", "--topics", "pp.telemetry,pp.aggregates", "--out", "d",
                                    "--from-beginning", "--until-idle", "2"])

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from powerplane.fleet import rack_frames
 from powerplane.schemas import Event, Headroom
 from powerplane.site import KIND, Site, load_site
-from powerplane.twin import Twin, load_scenario
+from sim import Twin, load_scenario
+from sim.fleet import rack_frames
 from streams.rollup import Limits, frame_outputs
 from streams.site_stage import SiteStage
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from powerplane.fleet import FleetFrame
 from powerplane.refsite import reference_site
 from powerplane.site import Site, load_site
-from powerplane.twin import Twin, TwinFrame, load_scenario
+from sim import Twin, TwinFrame, load_scenario
+from sim.fleet import FleetFrame
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "examples" / "lab.toml"

@@ -9,23 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from powerplane.site import FEEDS, KIND, Site, load_site, site_from_dict
-from powerplane.twin import Twin, WorkloadSpec
-from powerplane.twin.physics import (
-    GPU_SPECS,
+from powerplane.physics import (
     THROTTLE_APP_CLOCKS,
     THROTTLE_SW_POWER_CAP,
     ElectricalConfig,
-    PowerConfig,
     breaker_heat_step,
-    busy_power,
-    dyn_rel,
-    roofline,
-    solve_phi,
-    static_w,
     trip_time_s,
 )
-from powerplane.twin.serving import MODELS, ServingConfig, instance_constants
+from powerplane.site import FEEDS, KIND, Site, load_site, site_from_dict
+from sim import Twin, WorkloadSpec
+from sim.physics import GPU_SPECS, PowerConfig, busy_power, dyn_rel, roofline, solve_phi, static_w
+from sim.serving import MODELS, ServingConfig, instance_constants
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
 

@@ -9,7 +9,7 @@ import pytest
 
 from powerplane.refsite import reference_site
 from powerplane.site import Site, load_site
-from powerplane.twin import ScenarioError, Twin, default_workload, load_scenario, scenario_from_dict
+from sim import ScenarioError, Twin, default_workload, load_scenario, scenario_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "examples" / "lab.toml"

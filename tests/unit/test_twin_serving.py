@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from powerplane.site import Site, load_site
-from powerplane.twin import PoolSpec, Trace, Twin, WorkloadSpec, default_workload
-from powerplane.twin.serving import OFF, SERVING, STARTING
-from powerplane.twin.workload import with_pool
+from sim import PoolSpec, Trace, Twin, WorkloadSpec, default_workload
+from sim.serving import OFF, SERVING, STARTING
+from sim.workload import with_pool
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
 

@@ -12,7 +12,7 @@ import pytest
 
 from powerplane.refsite import to_toml
 from powerplane.site import PRIORITIES, Site, load_site
-from powerplane.twin import (
+from sim import (
     TRACE_ATTRIBUTION,
     JobSpec,
     PoolSpec,
@@ -23,8 +23,8 @@ from powerplane.twin import (
     load_azure_conv,
     workload_from_dict,
 )
-from powerplane.twin.engine import JOB_CKPT, JOB_COMM, JOB_COMPUTE, JOB_OFF
-from powerplane.twin.workload import PACKAGED_TRACE, generate_arrivals, place, rate_table, workload_to_dict
+from sim.engine import JOB_CKPT, JOB_COMM, JOB_COMPUTE, JOB_OFF
+from sim.workload import PACKAGED_TRACE, generate_arrivals, place, rate_table, workload_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "examples" / "lab.toml"

@@ -15,7 +15,7 @@ from typing import Any
 from powerplane import topics
 from powerplane.schemas import Event, Record
 from streams.sinks.alertmanager.alerts import SEVERITY_RANK, Alert, AlertBook
-from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, register, seconds
+from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, seconds
 
 log = logging.getLogger("powerplane.sink.alertmanager")
 
@@ -26,8 +26,9 @@ class AlertmanagerRejected(RuntimeError):
     """Alertmanager refused the alerts themselves (4xx other than 408/429): retrying cannot help."""
 
 
-@register("alertmanager")
 class AlertmanagerSink(Sink):
+    kind = "alertmanager"
+
     topics = (topics.EVENTS.name,)
 
     def configure(self, options: Mapping[str, Any]) -> None:

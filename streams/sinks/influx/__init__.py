@@ -18,7 +18,7 @@ from urllib3.exceptions import HTTPError
 
 from powerplane import topics
 from powerplane.schemas import Command, Record
-from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, register, seconds
+from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, seconds
 from streams.sinks.influx.points import LEVEL, aggregate_point, points
 
 __all__ = ["MEASUREMENT", "InfluxSink", "aggregate_point", "points"]
@@ -35,8 +35,9 @@ def retry_after_s(e: ApiException) -> float | None:
     return seconds(headers.get("Retry-After"))
 
 
-@register("influxdb")
 class InfluxSink(Sink):
+    kind = "influxdb"
+
     topics = (topics.AGGREGATES.name, topics.HEADROOM.name, topics.EVENTS.name, topics.COMMANDS.name,
               topics.ACKS.name)
 

@@ -130,11 +130,10 @@ class _Capture(logging.Handler):
 def _serve() -> None:
     import pynvml
 
-    import collectors.nvml  # only this kind: importing every collector (collectors.base.load_source) is slower
-    import controllers.actuators.nvml  # noqa: F401 - registers the kind
+    import actuators.nvml  # noqa: F401 - registers the kind
+    from actuators.base import REGISTRY as ACTUATORS
+    from actuators.guard import Guard
     from collectors.base import REGISTRY
-    from controllers.actuation import Guard
-    from controllers.actuators.base import REGISTRY as ACTUATORS
     from powerplane.schemas import Command, TelemetryFrame, as_plain
     from powerplane.signing import Keyring
 
@@ -157,7 +156,7 @@ def _serve() -> None:
         try:
             result: Any = None
             if op == "new":
-                source = REGISTRY[collectors.nvml.NvmlSource.kind](req.get("name", "gpus"),
+                source = REGISTRY.get("nvml")(req.get("name", "gpus"),
                                                                    {"kind": "nvml", **req["options"]})
             elif op == "start":
                 loop.run_until_complete(asyncio.wait_for(source.start(), req.get("timeout")))
@@ -167,7 +166,7 @@ def _serve() -> None:
             elif op == "close":
                 loop.run_until_complete(source.close())
             elif op == "actuator":
-                guard = Guard(ACTUATORS["nvml"](req.get("name", "gpus"), {"kind": "nvml", **req["options"]}),
+                guard = Guard(ACTUATORS.get("nvml")(req.get("name", "gpus"), {"kind": "nvml", **req["options"]}),
                               ring, "lab")
             elif op == "actuator_start":
                 guard.actuator.start()

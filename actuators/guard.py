@@ -1,0 +1,238 @@
+"""Safe actuation, enforced once for every actuator.
+
+A command is applied only if it is signed with a key in the site keyring, is for this site, has
+not expired, has not been seen before (idempotent by id), is not older than the last command applied
+to the same target (ordered per target) and is within the per-target rate limit. Values are
+clamped to the hardware's range. Every applied value holds a lease, one per GPU and knob (power limit,
+SM clock lock): when it lapses unrenewed, the GPU reverts to its safe value (clocks: unlocked), so a dead
+controller fails safe. Each outcome is an Ack.
+
+Pure logic over an Actuator: no Kafka here, so the same guard runs behind the Kafka consumer and in
+the in-process engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from actuators.base import F64, I64, Actuator, ActuatorError
+from powerplane.schemas import Ack, Command
+from powerplane.signing import Keyring
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GuardStats:
+    applied: int = 0
+    clamped: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    expired: int = 0
+    reverted: int = 0
+    security: int = 0  # refusals for signature reasons, each also a security event
+
+
+@dataclass
+class _Lease:
+    expires_at_s: float
+    command_id: str
+
+
+KNOBS = ("power", "clock")  # each GPU holds one lease per knob: a power limit and a clock lock lapse apart
+
+
+@dataclass
+class _Target:
+    last_issued_at_s: float = float("-inf")
+    tokens: float = 0.0
+    refilled_at_s: float = 0.0
+    leases: dict[int, _Lease] = field(default_factory=dict)  # power-limit leases
+    clock_leases: dict[int, _Lease] = field(default_factory=dict)
+
+    def leases_of(self, knob: str) -> dict[int, _Lease]:
+        return self.leases if knob == "power" else self.clock_leases
+
+
+class Guard:
+    def __init__(self, actuator: Actuator, keyring: Keyring, site: str, *, rate_per_s: float = 5.0,
+                 burst: int = 10, remember: int = 100_000) -> None:
+        self.actuator = actuator
+        self.keyring = keyring
+        self.site = site
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.remember = remember
+        self.seen: OrderedDict[str, Ack] = OrderedDict()  # bounded: oldest ids are forgotten first
+        self.targets: dict[str, _Target] = {}
+        self.stats = GuardStats()
+        self.security_refusals: list[tuple[Command, str]] = []
+        self._revert_errors: dict[tuple[str, str, int], str] = {}  # last failure per GPU: log changes only
+
+    def _note(self, status: str, reason: str) -> str:
+        if self.actuator.dry_run and status in ("applied", "clamped", "reverted"):
+            return f"{reason}; dry run: nothing changed" if reason else "dry run: nothing changed"
+        return reason
+
+    def _ack(self, cmd: Command, status: str, applied: np.ndarray, reason: str, now_s: float) -> Ack:
+        setattr(self.stats, status, getattr(self.stats, status) + 1)
+        return Ack(command_id=cmd.id, site=cmd.site, target=cmd.target, status=status,
+                   gpus=cmd.gpus, applied=np.asarray(applied, dtype=np.float32), reason=self._note(status, reason),
+                   actuator=self.actuator.name, ts_s=now_s)
+
+    def _reject(self, cmd: Command, reason: str, now_s: float, *, security: bool = False) -> Ack:
+        if security:
+            self.stats.security += 1
+            self.security_refusals.append((cmd, reason))
+            del self.security_refusals[:-1000]
+        log.warning("refused command %s for %s: %s", cmd.id, cmd.target, reason)
+        return self._ack(cmd, "rejected", np.full(cmd.gpus.size, np.nan), reason, now_s)
+
+    def handle(self, cmd: Command, now_s: float) -> Ack:
+        bad_sig = self.keyring.verify(cmd)
+        if bad_sig:
+            return self._reject(cmd, bad_sig, now_s, security=True)
+        if cmd.site != self.site:
+            return self._reject(cmd, f"command for site '{cmd.site}', this actuator serves '{self.site}'", now_s,
+                                security=True)
+        prior = self.seen.get(cmd.id)
+        if prior is not None:
+            return self._ack(cmd, "duplicate", prior.applied, f"already handled: {prior.status}", now_s)
+        if now_s > cmd.expires_at_s():
+            return self._remember(self._ack(cmd, "expired", np.full(cmd.gpus.size, np.nan),
+                                            f"lease ended {now_s - cmd.expires_at_s():.1f} s before arrival",
+                                            now_s))
+        st = self.targets.setdefault(cmd.target, _Target(tokens=float(self.burst), refilled_at_s=now_s))
+        if cmd.issued_at_s < st.last_issued_at_s:
+            return self._remember(self._reject(cmd, "older than the last command applied to this target", now_s))
+        st.tokens = min(float(self.burst), st.tokens + (now_s - st.refilled_at_s) * self.rate_per_s)
+        st.refilled_at_s = now_s
+        if st.tokens < 1.0:
+            return self._reject(cmd, f"rate limit: more than {self.rate_per_s:g} commands/s for {cmd.target}", now_s)
+        st.tokens -= 1.0
+        if cmd.action == "power_cap":
+            ack = self._apply_set(cmd, st, now_s, "power")
+        elif cmd.action == "sm_clock_lock":
+            ack = self._apply_set(cmd, st, now_s, "clock")
+        elif cmd.action == "release":
+            knob = cmd.params.get("knob", "power")
+            if knob not in KNOBS:
+                ack = self._reject(cmd, f"release: params.knob = {knob!r}, expected one of {KNOBS}", now_s)
+            else:
+                ack = self._apply_release(cmd, st, now_s, str(knob))
+        else:
+            ack = self._reject(cmd, f"action '{cmd.action}' is not supported by actuator '{self.actuator.name}'",
+                               now_s)
+        return self._remember(ack)
+
+    def _remember(self, ack: Ack) -> Ack:
+        self.seen[ack.command_id] = ack
+        while len(self.seen) > self.remember:
+            self.seen.popitem(last=False)
+        return ack
+
+    def _apply_set(self, cmd: Command, st: _Target, now_s: float, knob: str) -> Ack:
+        """A power limit (W) or a clock lock (MHz) per GPU: finite, clamped to the hardware's range, applied,
+        leased per GPU and knob, acked with what the hardware took."""
+        gpus = cmd.gpus.astype(np.int64)
+        want = cmd.values.astype(np.float64)
+        if not np.all(np.isfinite(want)):
+            unit = "watts" if knob == "power" else "MHz"
+            return self._reject(cmd, f"{cmd.action} values must be finite {unit}", now_s)
+        try:
+            if knob == "power":
+                lo, hi, _ = self.actuator.limits_w(cmd.target, gpus)
+                # never below the GPU's minimum, never above its maximum
+                applied = self.actuator.set_power_limit(cmd.target, gpus, np.clip(want, lo, hi))
+            else:
+                lo, hi = self.actuator.clock_range_mhz(cmd.target, gpus)
+                applied = self.actuator.lock_clocks(cmd.target, gpus, np.clip(want, lo, hi))
+        except ActuatorError as e:
+            return self._reject(cmd, str(e), now_s)
+        st.last_issued_at_s = cmd.issued_at_s
+        leases = st.leases_of(knob)
+        for g in gpus.tolist():
+            leases[g] = _Lease(cmd.expires_at_s(), cmd.id)
+        if np.allclose(applied, want, atol=0.5):
+            return self._ack(cmd, "applied", applied, "", now_s)
+        n = int((np.abs(applied - want) > 0.5).sum())
+        what = "clamped to the GPU's power-limit range" if knob == "power" else \
+            "moved to the GPU's clock range or nearest supported clock"
+        return self._ack(cmd, "clamped", applied, f"{n} value(s) {what}", now_s)
+
+    def _safe(self, target: str, knob: str, gpus: I64) -> F64:
+        """Put GPUs in the knob's safe state: the safe power limit, or clocks unlocked."""
+        if knob == "clock":
+            return self.actuator.reset_clocks(target, gpus)
+        _, _, safe = self.actuator.limits_w(target, gpus)
+        return self.actuator.set_power_limit(target, gpus, safe)
+
+    def _apply_release(self, cmd: Command, st: _Target, now_s: float, knob: str) -> Ack:
+        gpus = cmd.gpus.astype(np.int64)
+        try:
+            applied = self._safe(cmd.target, knob, gpus)
+        except ActuatorError as e:
+            return self._reject(cmd, str(e), now_s)
+        st.last_issued_at_s = cmd.issued_at_s
+        leases = st.leases_of(knob)
+        for g in gpus.tolist():
+            leases.pop(g, None)
+        return self._ack(cmd, "applied", applied, "released to safe value" if knob == "power" else "clocks reset",
+                         now_s)
+
+    def _revert(self, target: str, knob: str, gpus: I64) -> tuple[I64, F64]:
+        """Revert GPUs to the safe state; if the whole set fails, GPU by GPU so one lost GPU does not keep
+        the healthy ones capped. Returns the GPUs reverted and their values."""
+        try:
+            return gpus, self._safe(target, knob, gpus)
+        except ActuatorError as e:
+            if gpus.size == 1:
+                self._revert_failed(target, knob, int(gpus[0]), str(e))
+                return gpus[:0], np.zeros(0)
+        done: list[int] = []
+        vals: list[float] = []
+        for g in gpus.tolist():
+            try:
+                vals.append(float(self._safe(target, knob, np.array([g], dtype=np.int64))[0]))
+                done.append(g)
+            except ActuatorError as e:
+                self._revert_failed(target, knob, g, str(e))
+        return np.array(done, dtype=np.int64), np.array(vals, dtype=np.float64)
+
+    def _revert_failed(self, target: str, knob: str, gpu: int, msg: str) -> None:
+        # Retried every expiry pass until it succeeds; log only when the failure changes.
+        if self._revert_errors.get((target, knob, gpu)) != msg:
+            self._revert_errors[(target, knob, gpu)] = msg
+            log.error("reverting %s GPU %d (%s) after lease expiry failed: %s", target, gpu, knob, msg)
+
+    def expire(self, now_s: float) -> list[Ack]:
+        """Revert every GPU whose lease lapsed (power limit to its safe value, clock lock reset); one
+        'reverted' ack per target and knob."""
+        acks: list[Ack] = []
+        for target, st in self.targets.items():
+            for knob in KNOBS:
+                leases = st.leases_of(knob)
+                lapsed = sorted(g for g, lease in leases.items() if lease.expires_at_s < now_s)
+                if not lapsed:
+                    continue
+                ids = sorted({leases[g].command_id for g in lapsed})
+                gpus, applied = self._revert(target, knob, np.array(lapsed, dtype=np.int64))
+                if not gpus.size:
+                    continue
+                for g in gpus.tolist():
+                    del leases[g]
+                    self._revert_errors.pop((target, knob, g), None)
+                self.stats.reverted += 1
+                what = "reverted to safe value" if knob == "power" else "clocks reset"
+                log.warning("%s lease lapsed on %d GPU(s) of %s; %s", knob, gpus.size, target, what)
+                lease = "lease" if knob == "power" else "clock lock lease"
+                acks.append(Ack(command_id=f"lease-expiry:{ids[-1]}", site=self.site, target=target,
+                                status="reverted", gpus=gpus.astype(np.uint16), applied=applied.astype(np.float32),
+                                reason=self._note("reverted", f"{lease} of {', '.join(ids[:3])} lapsed unrenewed"
+                                                  + ("" if knob == "power" else "; clocks reset")),
+                                actuator=self.actuator.name, ts_s=now_s))
+        return acks

@@ -1,0 +1,259 @@
+"""GPU power limits and SM clock locks through NVML, in band (see README.md beside this file)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+import pynvml
+
+from actuators.base import F64, I64, Actuator, ActuatorConfigError, ActuatorError
+
+log = logging.getLogger("powerplane.actuators.nvml")
+
+T = TypeVar("T")
+
+OPTIONS = frozenset({"kind", "racks", "dry_run", "safe_limit", "min_clock_mhz"})
+ERROR_NAMES = {v: k for k, v in vars(pynvml).items() if k.startswith("NVML_ERROR_") and isinstance(v, int)}
+
+# What an operator should do about each refusal; the text goes into the rejected ack.
+ADVICE = {
+    pynvml.NVML_ERROR_NO_PERMISSION: "run the actuator as root or grant it CAP_SYS_ADMIN",
+    pynvml.NVML_ERROR_NOT_SUPPORTED: "this GPU or driver cannot do this (consumer boards, some VMs and MIG "
+                                     "setups): leave the GPU out of 'racks' or set dry_run = true",
+    pynvml.NVML_ERROR_INVALID_ARGUMENT: "the driver refused the value: check the GPU's range with "
+                                        "`nvidia-smi -q -d POWER,SUPPORTED_CLOCKS`",
+    pynvml.NVML_ERROR_GPU_IS_LOST: "the GPU has fallen off the bus: drain the node, check dmesg for Xid "
+                                   "errors, then reset the GPU (nvidia-smi -r) or reboot",
+    pynvml.NVML_ERROR_UNINITIALIZED: "NVML is not initialised (the actuator was not started or was closed): "
+                                     "restart the actuator",
+    pynvml.NVML_ERROR_DRIVER_NOT_LOADED: "load the NVIDIA driver (check `nvidia-smi`)",
+    pynvml.NVML_ERROR_LIBRARY_NOT_FOUND: "install the NVIDIA driver's libnvidia-ml.so.1",
+}
+
+
+def nvml_error(e: pynvml.NVMLError, what: str) -> ActuatorError:
+    name = ERROR_NAMES.get(e.value, str(e.value)).removeprefix("NVML_ERROR_")
+    advice = ADVICE.get(e.value, "see the driver log (dmesg) and `nvidia-smi`")
+    return ActuatorError(f"{what}: {e} [{name}]: {advice}")
+
+
+class NvmlActuator(Actuator):
+    """Power limits (nvmlDeviceSetPowerManagementLimit) and SM clock locks (nvmlDeviceSetGpuLockedClocks)
+    of the local GPUs, by rack. In dry-run mode it reads the real constraints and changes nothing."""
+
+    kind = "nvml"
+
+    def configure(self, options: Mapping[str, Any]) -> None:
+        def bad(key: str, msg: str) -> ActuatorConfigError:
+            return ActuatorConfigError(f"actuator '{self.name}': '{key}' {msg}")
+
+        unknown = sorted(set(options) - OPTIONS)
+        if unknown:
+            raise bad(unknown[0], f"is not an option of kind nvml (options: {', '.join(sorted(OPTIONS))})")
+        racks = options.get("racks")
+        if not isinstance(racks, Mapping) or not racks:
+            raise bad("racks", "must be a table of rack id -> list of NVML device indexes (or \"all\")")
+        self.racks: dict[str, list[int] | None] = {}  # None: every GPU NVML sees
+        for rack, devs in racks.items():
+            if devs == "all" and len(racks) == 1:
+                self.racks[str(rack)] = None
+            elif (isinstance(devs, list) and devs and len(set(devs)) == len(devs)
+                  and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 64 for d in devs)):
+                self.racks[str(rack)] = list(devs)
+            else:
+                raise bad(f"racks.{rack}", f"must be a list of distinct NVML device indexes 0..63 (or \"all\" "
+                                           f"when it is the only rack), got {devs!r}")
+        dry = options.get("dry_run", True)
+        if not isinstance(dry, bool):
+            raise bad("dry_run", f"must be true or false, got {dry!r}")
+        self.dry_run = dry
+        safe = options.get("safe_limit", "default")
+        if safe not in ("default", "max") and not (isinstance(safe, int | float) and not isinstance(safe, bool)
+                                                   and safe > 0):
+            raise bad("safe_limit", f"must be 'default', 'max' or watts > 0, got {safe!r}")
+        self.safe: str | float = safe if isinstance(safe, str) else float(safe)
+        fmin = options.get("min_clock_mhz", 0.0)
+        if not isinstance(fmin, int | float) or isinstance(fmin, bool) or not 0 <= fmin < 10_000:
+            raise bad("min_clock_mhz", f"must be MHz in [0, 10000), got {fmin!r}")
+        self.min_clock_mhz = float(fmin)
+        self.handles: dict[str, list[Any]] = {}
+        self._clocks: dict[tuple[str, int], tuple[float, float, list[float]]] = {}  # see _clock_info
+        self._locked: dict[tuple[str, int], float] = {}  # clock ceilings this actuator set
+        self._inited = False
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._inited:
+            return
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as e:
+            raise nvml_error(e, f"actuator '{self.name}': nvmlInit") from None
+        self._inited = True
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+            for rack, devs in self.racks.items():
+                idx = list(range(count)) if devs is None else devs
+                missing = [d for d in idx if d >= count]
+                if missing:
+                    raise ActuatorError(f"actuator '{self.name}': rack '{rack}' names NVML device(s) {missing}, "
+                                        f"but this host has {count} GPU(s) (nvidia-smi -L)")
+                self.handles[rack] = [self._nvml(pynvml.nvmlDeviceGetHandleByIndex, f"NVML device {d}", d)
+                                      for d in idx]
+        except BaseException:
+            self.close()
+            raise
+        log.info("actuator '%s': %s on %s", self.name, "dry run" if self.dry_run else "live",
+                 ", ".join(f"{r} ({len(h)} GPUs)" for r, h in self.handles.items()))
+
+    def close(self) -> None:
+        if self._inited:
+            self._inited = False
+            self.handles.clear()
+            self._clocks.clear()
+            try:
+                pynvml.nvmlShutdown()
+            except pynvml.NVMLError as e:
+                log.warning("nvmlShutdown: %s", e)
+
+    def targets(self) -> list[str]:
+        return list(self.racks)
+
+    # ---- helpers ----------------------------------------------------------------------------------
+    def _nvml(self, fn: Callable[..., T], what: str, *args: Any) -> T:
+        try:
+            return fn(*args)
+        except pynvml.NVMLError as e:
+            raise nvml_error(e, what) from None
+
+    def _devices(self, target: str, gpus: I64) -> list[tuple[int, Any, str]]:
+        """(gpu, handle, description for messages) for each GPU index within the rack."""
+        if target not in self.racks:
+            raise ActuatorError(f"rack '{target}' is not served by actuator '{self.name}'")
+        hs = self.handles.get(target)
+        if hs is None:
+            raise ActuatorError(f"actuator '{self.name}' is not started: NVML is not initialised; restart it")
+        if gpus.size and (gpus.min() < 0 or gpus.max() >= len(hs)):
+            raise ActuatorError(f"GPU index out of range for rack '{target}' ({len(hs)} GPUs)")
+        devs = self.racks[target]
+        return [(g, hs[g], f"{target} GPU {g} (NVML device {g if devs is None else devs[g]})") for g in gpus.tolist()]
+
+    # ---- power ------------------------------------------------------------------------------------
+    def limits_w(self, target: str, gpus: I64) -> tuple[F64, F64, F64]:
+        lo, hi, safe = [], [], []
+        for _, h, desc in self._devices(target, gpus):
+            mn, mx = self._nvml(pynvml.nvmlDeviceGetPowerManagementLimitConstraints, f"{desc}: power limit range", h)
+            lo.append(mn / 1000.0)
+            hi.append(mx / 1000.0)
+            if self.safe == "default":
+                safe.append(self._nvml(pynvml.nvmlDeviceGetPowerManagementDefaultLimit,
+                                       f"{desc}: default power limit", h) / 1000.0)
+            elif self.safe == "max":
+                safe.append(hi[-1])
+            else:
+                safe.append(min(max(float(self.safe), lo[-1]), hi[-1]))
+        return np.array(lo), np.array(hi), np.array(safe)
+
+    def set_power_limit(self, target: str, gpus: I64, limit_w: F64) -> F64:
+        devs = self._devices(target, gpus)
+        mw = [round(float(w) * 1000.0) for w in limit_w]
+        if self.dry_run:
+            for (_, _, desc), m in zip(devs, mw, strict=True):
+                log.info("dry run: %s: would set power limit %.3f W", desc, m / 1000.0)
+            return np.array(mw, dtype=np.float64) / 1000.0
+        done: list[tuple[Any, int, str]] = []  # (handle, previous limit mW, desc) to restore on failure
+        out: list[float] = []
+        try:
+            for (_, h, desc), m in zip(devs, mw, strict=True):
+                prev = self._nvml(pynvml.nvmlDeviceGetPowerManagementLimit, f"{desc}: read power limit", h)
+                self._nvml(pynvml.nvmlDeviceSetPowerManagementLimit, f"{desc}: set power limit {m / 1000:g} W", h, m)
+                done.append((h, prev, desc))
+                # What the GPU enforces can be lower than what we asked (another limit in force).
+                out.append(self._nvml(pynvml.nvmlDeviceGetEnforcedPowerLimit, f"{desc}: read enforced limit", h)
+                           / 1000.0)
+        except ActuatorError as e:
+            self._restore_limits(done)
+            raise ActuatorError(f"{e} (the command's other GPUs were left as they were)") from None
+        return np.array(out)
+
+    def _restore_limits(self, done: list[tuple[Any, int, str]]) -> None:
+        # All or nothing: a refused command must not leave some GPUs changed without a lease.
+        for h, prev, desc in done:
+            try:
+                pynvml.nvmlDeviceSetPowerManagementLimit(h, prev)
+            except pynvml.NVMLError as e:
+                log.error("%s: restoring power limit %g W failed: %s", desc, prev / 1000, e)
+
+    # ---- clocks -----------------------------------------------------------------------------------
+    def _clock_info(self, target: str, g: int, h: Any, desc: str) -> tuple[float, float, list[float]]:
+        """(min, max, supported SM clocks highest first) in MHz; the list is empty where the driver gives none."""
+        key = (target, g)
+        if key not in self._clocks:
+            try:
+                mem = max(pynvml.nvmlDeviceGetSupportedMemoryClocks(h))
+                steps = sorted((float(c) for c in pynvml.nvmlDeviceGetSupportedGraphicsClocks(h, mem)), reverse=True)
+            except pynvml.NVMLError as e:
+                if e.value in (pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_UNINITIALIZED):
+                    raise nvml_error(e, f"{desc}: supported clocks") from None
+                steps = []  # not listed (some boards, VMs): any MHz in [min_clock_mhz, max SM clock]
+            if steps:
+                self._clocks[key] = (max(steps[-1], self.min_clock_mhz), steps[0], steps)
+            else:
+                fmax = float(self._nvml(pynvml.nvmlDeviceGetMaxClockInfo, f"{desc}: max SM clock", h,
+                                        pynvml.NVML_CLOCK_SM))
+                self._clocks[key] = (min(self.min_clock_mhz, fmax), fmax, [])
+        return self._clocks[key]
+
+    def clock_range_mhz(self, target: str, gpus: I64) -> tuple[F64, F64]:
+        info = [self._clock_info(target, g, h, desc) for g, h, desc in self._devices(target, gpus)]
+        return np.array([i[0] for i in info]), np.array([i[1] for i in info])
+
+    def _snap(self, target: str, g: int, mhz: float) -> float:
+        """The highest supported clock at or below mhz (the driver rounds the same way)."""
+        lo, _, steps = self._clocks[(target, g)]
+        below = [c for c in steps if lo <= c <= mhz + 1e-6]
+        return below[0] if below else float(round(mhz))
+
+    def lock_clocks(self, target: str, gpus: I64, mhz: F64) -> F64:
+        devs = self._devices(target, gpus)
+        lo, _ = self.clock_range_mhz(target, gpus)
+        want = [self._snap(target, g, float(f)) for (g, _, _), f in zip(devs, mhz, strict=True)]
+        if self.dry_run:
+            for (_, _, desc), f in zip(devs, want, strict=True):
+                log.info("dry run: %s: would lock SM clock to <= %g MHz", desc, f)
+            return np.array(want)
+        done: list[tuple[int, Any, str, float]] = []
+        try:
+            for (g, h, desc), fmin, f in zip(devs, lo, want, strict=True):
+                # A ceiling, not a pin: [lowest, f] lets an idle GPU still clock down.
+                self._nvml(pynvml.nvmlDeviceSetGpuLockedClocks, f"{desc}: lock SM clock to {f:g} MHz", h,
+                           round(min(fmin, f)), round(f))
+                done.append((g, h, desc, float(fmin)))
+        except ActuatorError as e:
+            for g, h, desc, fmin in done:  # back to what this actuator had set before (or unlocked)
+                prev = self._locked.get((target, g))
+                try:
+                    if prev is None:
+                        pynvml.nvmlDeviceResetGpuLockedClocks(h)
+                    else:
+                        pynvml.nvmlDeviceSetGpuLockedClocks(h, round(min(fmin, prev)), round(prev))
+                except pynvml.NVMLError as e2:
+                    log.error("%s: restoring clocks failed: %s", desc, e2)
+            raise ActuatorError(f"{e} (the command's other GPUs were left as they were)") from None
+        for (g, _, _), f in zip(devs, want, strict=True):
+            self._locked[(target, g)] = f
+        return np.array(want)
+
+    def reset_clocks(self, target: str, gpus: I64) -> F64:
+        devs = self._devices(target, gpus)
+        _, hi = self.clock_range_mhz(target, gpus)
+        for g, h, desc in devs:
+            if self.dry_run:
+                log.info("dry run: %s: would reset locked clocks", desc)
+                continue
+            self._nvml(pynvml.nvmlDeviceResetGpuLockedClocks, f"{desc}: reset locked clocks", h)
+            self._locked.pop((target, g), None)
+        return hi

@@ -1,0 +1,513 @@
+"""Closed-loop evaluation: the digital twin, the streams roll-up and the controllers together, faster than
+real time, once per policy; a Markdown report with plots and a JSON of metrics.
+
+`powerplane evaluate --site S --scenario F --policy all` runs, on the same twin (same seed, workload and
+scenario), one after another:
+
+- none: no control (the plant as provisioned);
+- static: every GPU capped once, at the start, so the tree's worst case fits its derated limits;
+- polca: the capping policy's thresholds only (80 % low priority, 89 % everyone, brake), no thermal policy;
+- full: capping plus the thermal policy (routing, low-priority clocks, heat budgets), plus the energy-aware
+  reconfiguration of inference pools where that policy is available.
+
+Each step: twin.step(1 s) -> one telemetry frame per rack -> the in-process engine (the streams roll-up and
+site stage, then the controller: the same code as the Kafka path) -> signed commands -> the safety guard
+-> the twin. Metrics come from the twin's ground truth, not from the telemetry the policies saw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actuators.base import load_actuator
+from actuators.guard import Guard
+from controllers.capping import BREAKER_KINDS, CapSettings
+from controllers.service import CapController
+from controllers.thermal import ThermalSettings
+from ops.engine import Engine
+from ops.progress import Progress
+from powerplane.physics import THROTTLE_HW_SLOWDOWN, THROTTLE_HW_THERMAL, THROTTLE_SW_POWER_CAP, THROTTLE_SW_THERMAL
+from powerplane.schemas import Command
+from powerplane.signing import Keyring
+from powerplane.site import KIND, PRIORITIES, FloatArray, Site
+from sim import Twin
+from sim.fleet import rack_frames
+from sim.scenario import Scenario
+from sim.workload import WorkloadSpec
+
+POLICIES = ("none", "static", "polca", "full")
+# Throttled: power-capped under the GPU's maximum, or slowed by heat. A clock the reconfiguration policy
+# locked on purpose (application clocks) is a chosen operating point that meets the SLO, not throttling.
+THROTTLED = THROTTLE_SW_POWER_CAP | THROTTLE_HW_SLOWDOWN | THROTTLE_SW_THERMAL | THROTTLE_HW_THERMAL
+EPOCH_S = 1_767_225_600.0  # 2026-01-01: event time of the twin's first second
+
+
+def static_caps_w(site: Site) -> FloatArray:
+    """One cap for every GPU (as a fraction of its max) such that every breaker's worst case, every GPU at
+    its cap and every server's other load at nameplate, fits its derated limit with either feed lost:
+    how a 2N site is made safe without software."""
+    brk = np.isin(site.level_kind, [KIND[k] for k in BREAKER_KINDS])
+    frac = 0.0
+    for f in np.linspace(1.0, 0.0, 201):
+        gpu = site.gpu_max_w * f
+        rack_w = np.asarray(np.bincount(site.server_rack, weights=site.server_input_w(gpu), minlength=site.n_racks),
+                            dtype=np.float64)
+        fits = True
+        for mode in ("A-lost", "B-lost"):
+            _, derated = site.limits_w(mode)
+            loads = site.rollup_w(rack_w, mode)
+            m = brk & (derated > 0)
+            fits &= bool(np.all(loads[m] <= derated[m]))
+        if fits:
+            frac = float(f)
+            break
+    return np.maximum(site.gpu_max_w * frac, site.gpu_min_w)
+
+
+@dataclass
+class Tally:
+    """Running metrics of one run, from the twin's ground truth."""
+
+    site: Site
+    n_prio: int = len(PRIORITIES)
+    seconds: int = 0
+    energy_j: float = 0.0
+    pool_energy_j: float = 0.0  # GPU energy of the inference pools: what a token costs (DynamoLLM's measure)
+    tokens: float = 0.0
+    first_tokens: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    ttft_ok: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    arrivals: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    lost: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))  # dropped or aborted
+    decode_tokens: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    tbt_ok: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    throttled_requests: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
+    ttft_samples: list[list[FloatArray]] = field(default_factory=lambda: [[] for _ in PRIORITIES])
+    tbt_samples: list[list[tuple[float, float]]] = field(default_factory=lambda: [[] for _ in PRIORITIES])
+    peak_frac: FloatArray = field(default_factory=lambda: np.zeros(0))
+    over_s: int = 0  # seconds with some breaker above its rating (not the derated limit)
+    over_worst: float = 0.0  # largest load / rating seen above 1
+    over_kws: float = 0.0  # kW-seconds above ratings
+    trips: list[str] = field(default_factory=list)
+    inlet_max_c: float = float("-inf")
+    inlet_over_s: int = 0  # seconds with some rack's true inlet above the allowable limit
+    inlet_limit_c: float = 32.0  # ASHRAE A1 allowable (BRIEF.md), the streams stage's default
+    commands: int = 0
+    by_action: dict[str, int] = field(default_factory=dict)  # commands issued (renewals aside) per action
+    pool_gpus: list[np.ndarray] = field(default_factory=list)  # every GPU of each pool, in pool order
+    rack_power: list[FloatArray] = field(default_factory=list)  # true rack wall power per second, for planning
+    series: dict[str, list[float]] = field(default_factory=lambda: {"t_s": [], "site_mw": [], "worst_frac": [],
+                                                                   "crit_ttft_ok": []})
+
+    def add(self, fr: Any, t_s: float) -> None:
+        site = self.site
+        rated = site.level_rated_w
+        brk = np.isin(site.level_kind, [KIND[k] for k in BREAKER_KINDS]) & (rated > 0)
+        frac = np.where(brk & fr.level_alive, fr.level_power_w / np.where(rated > 0, rated, 1.0), 0.0)
+        self.peak_frac = frac if self.peak_frac.size == 0 else np.maximum(self.peak_frac, frac)
+        worst = float(frac.max())
+        if worst > 1.0:
+            self.over_s += 1
+            self.over_worst = max(self.over_worst, worst)
+            self.over_kws += float(np.maximum(fr.level_power_w - rated, 0.0)[brk & fr.level_alive].sum()) / 1e3
+        self.trips += [e for e in fr.events if "trip" in e]
+        self.rack_power.append(np.asarray(fr.rack_power_w, dtype=np.float32))
+        hottest = float(np.nanmax(fr.rack_inlet_true_c))
+        self.inlet_max_c = max(self.inlet_max_c, hottest)
+        self.inlet_over_s += int(hottest > self.inlet_limit_c)
+        self.seconds += 1
+        self.energy_j = float(fr.site_energy_j)
+        ps = fr.pools
+        self.tokens += float(ps.tokens.sum())
+        self.pool_energy_j += float(ps.energy_j.sum())
+        prio = np.asarray(ps.priority, dtype=np.int64)
+        for name, arr in (("first_tokens", ps.first_tokens), ("ttft_ok", ps.ttft_ok), ("arrivals", ps.arrivals),
+                          ("decode_tokens", ps.decode_tokens), ("tbt_ok", ps.tbt_ok_tokens)):
+            getattr(self, name)[:] += np.bincount(prio, weights=arr, minlength=self.n_prio)
+        self.lost += np.bincount(prio, weights=ps.dropped + ps.aborted, minlength=self.n_prio)
+        req = fr.requests
+        if req.ttft_s.size:
+            rp = prio[req.pool]
+            for p in np.unique(rp).tolist():
+                v = req.ttft_s[rp == p]
+                if sum(x.size for x in self.ttft_samples[p]) < 400_000:  # bounded: a sample is enough
+                    self.ttft_samples[p].append(v.astype(np.float32))
+        for i, p in enumerate(prio.tolist()):
+            if ps.decode_tokens[i] > 0 and math.isfinite(float(ps.tbt_mean_s[i])):
+                self.tbt_samples[p].append((float(ps.tbt_mean_s[i]), float(ps.decode_tokens[i])))
+        # A request counts as throttled when the GPUs of its pool ran throttled that second by a power cap
+        # under the GPU's maximum or by heat: the pool's throttled GPU share of its first tokens. (A GPU at
+        # its default limit reporting SW power cap is running as built, not throttled.)
+        reasons = np.asarray(fr.throttle_reasons)
+        capped = ((reasons & THROTTLE_SW_POWER_CAP) != 0) & (fr.limit_w < site.gpu_max_w - 1.0)
+        throttled_gpu = capped | ((reasons & (THROTTLED & ~THROTTLE_SW_POWER_CAP)) != 0)
+        for i in range(len(ps.names)):
+            gpus = self.pool_gpus[i] if i < len(self.pool_gpus) else None
+            if gpus is not None and gpus.size:
+                self.throttled_requests[prio[i]] += float(ps.first_tokens[i]) * float(throttled_gpu[gpus].mean())
+        crit = self.first_tokens[0]
+        self.series["t_s"].append(t_s)
+        self.series["site_mw"].append(float(fr.site_power_w) / 1e6)
+        self.series["worst_frac"].append(worst)
+        self.series["crit_ttft_ok"].append(float(self.ttft_ok[0] / crit) if crit > 0 else 1.0)
+
+    def summary(self) -> dict[str, Any]:
+        def q(xs: list[FloatArray], p: float) -> float:
+            return float(np.quantile(np.concatenate(xs), p)) if xs else float("nan")
+
+        def wq(xs: list[tuple[float, float]], p: float) -> float:
+            if not xs:
+                return float("nan")
+            a = np.array(xs)
+            o = np.argsort(a[:, 0])
+            c = np.cumsum(a[o, 1])
+            return float(a[o, 0][min(int(np.searchsorted(c, p * c[-1])), len(c) - 1)])
+
+        slo: dict[str, Any] = {}
+        for p, name in enumerate(PRIORITIES):
+            if self.arrivals[p] <= 0:
+                continue
+            served = self.first_tokens[p]
+            slo[name] = {
+                "requests": float(self.arrivals[p]),
+                # Within SLO: first token within the TTFT SLO; a dropped or aborted request is a miss.
+                "ttft_within_slo": float(self.ttft_ok[p] / max(served + self.lost[p], 1e-9)),
+                "tbt_within_slo": float(self.tbt_ok[p] / max(self.decode_tokens[p], 1e-9)),
+                "ttft_p50_s": q(self.ttft_samples[p], 0.5), "ttft_p99_s": q(self.ttft_samples[p], 0.99),
+                "tbt_p50_s": wq(self.tbt_samples[p], 0.5), "tbt_p99_s": wq(self.tbt_samples[p], 0.99),
+                "throttled_fraction": float(self.throttled_requests[p] / max(served, 1e-9)),
+            }
+        site = self.site
+        peaks: dict[str, float] = {}
+        for kind in BREAKER_KINDS:
+            lv = site.levels_of_kind(kind)
+            if lv.size and self.peak_frac.size:
+                peaks[kind] = float(self.peak_frac[lv].max())
+        return {
+            "seconds": self.seconds, "energy_kwh": self.energy_j / 3.6e6, "tokens": self.tokens,
+            "energy_per_token_j": self.pool_energy_j / self.tokens if self.tokens > 0 else float("nan"),
+            "site_energy_per_token_j": self.energy_j / self.tokens if self.tokens > 0 else float("nan"),
+            "mean_site_mw": float(np.mean(self.series["site_mw"])) if self.series["site_mw"] else 0.0,
+            "peak_frac_of_rating": peaks, "seconds_over_rating": self.over_s,
+            "worst_over_rating": self.over_worst, "kw_s_over_rating": self.over_kws,
+            "inlet_max_c": self.inlet_max_c, "seconds_inlet_over_limit": self.inlet_over_s,
+            "breaker_trips": len(self.trips), "trip_events": self.trips[:20], "commands": self.commands,
+            "commands_by_action": dict(self.by_action),
+            "slo": slo,
+        }
+
+
+def apply_pool_actions(twin: Twin, actions: Any) -> None:
+    """A reconfiguration plan's (pool, knob, value) actions, in order, on the twin."""
+    for a in actions:
+        if a.knob == "set_tp":
+            twin.set_tp(a.pool, int(a.value))
+        elif a.knob == "set_instances":
+            twin.set_instances(a.pool, int(a.value))
+        else:
+            twin.lock_clocks(twin.pool_gpus(a.pool), a.value)
+
+
+class Reconfigurer:
+    """The energy-aware reconfiguration policy (controllers.reconfig) in the loop: every `every_s` it plans
+    each profiled pool's instance count, TP and clock for the forecast load and applies the plan's actions
+    to the twin. The forecast is the busiest second of the last `lookback_s` x `headroom`: what a
+    deployment without a trace oracle knows. Pools whose class the profile lacks are left alone."""
+
+    def __init__(self, twin: Twin, every_s: int = 15, lookback_s: int = 120, headroom: float = 1.1) -> None:
+        from controllers.reconfig import ReconfigPolicy
+        from powerplane.serving_profile import ServingProfile, class_key
+
+        prof = ServingProfile.load()
+        self.names: list[str] = []
+        classes: list[int] = []
+        self.index: list[int] = []
+        for i, p in enumerate(twin.pools):
+            key = class_key(p.spec.model, p.gpu.model, p.spec.ttft_slo_s, p.spec.tbt_slo_s, p.spec.max_batch,
+                            p.spec.chunk_tokens)
+            if key in prof.classes:
+                self.names.append(p.spec.name)
+                classes.append(prof.class_index(key))
+                self.index.append(i)
+        self.policy = ReconfigPolicy(prof, self.names, classes)
+        self.freq = np.array([float(twin.gpu_fmax[twin.pool_gpus(n)].max()) for n in self.names])
+        self.gpus = np.array([twin.pool_gpus(n).size for n in self.names], dtype=np.int64)
+        self.every_s, self.headroom = every_s, headroom
+        self.recent: list[FloatArray] = []
+        self.lookback_s = lookback_s
+        self.t = 0
+
+    def __call__(self, twin: Twin, fr: Any) -> int:
+        from controllers.reconfig import PoolConfigs
+
+        self.recent.append(np.asarray(fr.pools.arrivals, dtype=np.float64)[self.index])
+        del self.recent[:-self.lookback_s]
+        self.t += 1
+        if not self.names or self.t % self.every_s:
+            return 0
+        forecast = np.max(self.recent, axis=0) * self.headroom
+        inst, tp = zip(*(twin.pool_config(n) for n in self.names), strict=True)
+        current = PoolConfigs.of(inst, tp, self.freq.tolist())
+        plan, actions = self.policy.decide(float(self.t), forecast, current, self.gpus)
+        apply_pool_actions(twin, actions)
+        self.freq = plan.config.freq_mhz.copy()
+        return len(actions)
+
+
+def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSpec | None = None,
+               scenario: Scenario | None = None, seed: int = 0,
+               progress: Progress | None = None, reconfigure: bool = True) -> dict[str, Any]:
+    """One closed-loop run; returns its metrics and per-second series."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy '{policy}' (known: {', '.join(POLICIES)})")
+    twin = Twin(site, workload, scenario, seed=seed, epoch_s=EPOCH_S)
+    keyring = Keyring({"eval": os.urandom(32)}, "eval")
+    tally = Tally(site)
+    tally.pool_gpus = [np.asarray(twin.pool_gpus(n)) for n in twin.pool_names()]
+    engine: Engine | None = None
+    guard: Guard | None = None
+    if policy == "static":
+        twin.set_limit(np.arange(site.n_gpus), static_caps_w(site))
+    elif policy in ("polca", "full"):
+        thermal = ThermalSettings() if policy == "full" else None
+        actions = frozenset(("power_cap", "sm_clock_lock", "routing_weight")) if policy == "full" \
+            else frozenset(("power_cap",))
+        ctl = CapController(site, keyring, CapSettings(), lease_s=30.0, issuer=f"evaluate-{policy}",
+                            thermal=thermal, actions=actions)
+        engine = Engine(site, keyring, CapSettings(), 30.0, controller=ctl)
+        # The fleet's own twin actuator (it locks clocks where the plant is the twin), behind the same guard.
+        actuator = load_actuator("twin", {"kind": "twin", "safe_limit": "max"}, context=twin)
+        guard = Guard(actuator, keyring, site.name, rate_per_s=100.0, burst=100)
+    reconfig = Reconfigurer(twin) if policy == "full" and reconfigure else None
+    route_w = np.ones(site.n_gpus)
+    for k in range(duration_s):
+        fr = twin.step(1.0)
+        ts = EPOCH_S + twin.t_s
+        if engine is not None and guard is not None:
+            cmds: list[Command] = []
+            for f in rack_frames(site, fr, ts, 1.0, k, "twin"):
+                cmds += engine.feed_frame(f)
+            now = ts + 0.5  # the controller's tick lands within the second; the actuator acts at once
+            cmds += engine.decide_now(now)
+            routing = [c for c in cmds if c.action == "routing_weight"]
+            for c in cmds:
+                if c.reason != "lease renewal":
+                    tally.commands += 1
+                    tally.by_action[c.action] = tally.by_action.get(c.action, 0) + 1
+                if c.action != "routing_weight":
+                    guard.handle(c, now)
+            if routing:
+                apply_routing(twin, routing, route_w)
+            guard.expire(now)
+        if reconfig is not None:
+            n = reconfig(twin, fr)
+            tally.commands += n
+            tally.by_action["reconfigure"] = tally.by_action.get("reconfigure", 0) + n
+        tally.add(fr, twin.t_s)
+        if progress is not None:
+            progress.show(k + 1)
+    out = tally.summary()
+    out["series"] = tally.series
+    out["rack_power_w"] = np.asarray(tally.rack_power, dtype=np.float64)
+    return out
+
+
+def oversubscription(site: Site, rack_power_w: FloatArray, risk: float = 1e-4,
+                     max_throttle: float = 0.05) -> dict[str, Any]:
+    """How many more racks the site could host with capping than without, at the same risk, from the racks'
+    true power in an uncontrolled run (controllers.planning, as `powerplane plan` does). Capping may shed at
+    most `max_throttle` of low-priority energy: hosting racks by throttling them heavily is not a gain."""
+    from controllers.planning import levels_to_plan, plan, plan_inputs
+
+    inp = plan_inputs(site, rack_power_w)
+    (lp,) = plan(inp, levels_to_plan(inp, ["site"]), risk, max_throttle=max_throttle)
+    n = site.n_racks
+    none_k, cap_k = lp.extra_none, lp.extra_capped
+    pct = None
+    if none_k is not None and cap_k is not None:
+        pct = 100.0 * ((n + cap_k) / (n + none_k) - 1.0)
+    return {"racks": n, "extra_racks_no_control": none_k, "extra_racks_capped": cap_k,
+            "more_racks_pct": pct, "risk": risk, "max_throttle": max_throttle,
+            "throttled_low_priority": lp.throttled_low_frac, "binding_no_control": lp.binding_none,
+            "binding_capped": lp.binding_capped, "value_usd": lp.value}
+
+
+def apply_routing(twin: Twin, cmds: list[Command], weights: FloatArray) -> None:
+    """Racks' per-GPU routing weights -> each pool instance's weight (the mean over its GPUs), once per step
+    for all the step's routing commands: what a request router fed from pp.commands would do."""
+    site = twin.site
+    for cmd in cmds:
+        r = site.rack_index(cmd.target)
+        weights[cmd.gpus.astype(np.int64) + int(site.rack_gpu_start[r])] = cmd.values
+    for name in twin.pool_names():
+        twin.set_routing(name, weights[twin.pool_slots(name)].mean(axis=1))
+
+
+# ---- report ------------------------------------------------------------------------------------------------
+
+def svg_chart(series: dict[str, dict[str, list[float]]], key: str, title: str, unit: str,
+              hline: float | None = None) -> str:
+    """A small line chart, one line per policy: enough to see the story without a plotting library."""
+    w, h, pad = 640, 220, 40
+    colors = {"none": "#888", "static": "#2a7", "polca": "#d80", "full": "#36c"}
+    xs = [v for s in series.values() for v in s["t_s"]]
+    ys = [v for s in series.values() for v in s[key]] + ([hline] if hline is not None else [])
+    if not xs or not ys:
+        return ""
+    x0, x1 = min(xs), max(xs) or 1.0
+    y0, y1 = min(ys), max(ys)
+    y0, y1 = (y0 - 0.05 * (y1 - y0 or 1), y1 + 0.05 * (y1 - y0 or 1))
+
+    def sx(x: float) -> float:
+        return pad + (x - x0) / max(x1 - x0, 1e-9) * (w - 2 * pad)
+
+    def sy(y: float) -> float:
+        return h - pad + (y - y0) / max(y1 - y0, 1e-9) * (2 * pad - h)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
+             f'<text x="{pad}" y="16" font-size="13">{title}</text>',
+             f'<text x="4" y="{pad - 4}">{y1:.3g} {unit}</text><text x="4" y="{h - pad + 12}">{y0:.3g}</text>',
+             f'<text x="{w - pad - 40}" y="{h - 8}">{x1:.0f} s</text>',
+             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#ccc"/>']
+    if hline is not None:
+        parts.append(f'<line x1="{pad}" y1="{sy(hline):.1f}" x2="{w - pad}" y2="{sy(hline):.1f}" stroke="red" '
+                     f'stroke-dasharray="4 3"/>')
+    for i, (name, s) in enumerate(series.items()):
+        step = max(1, len(s["t_s"]) // 600)
+        pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(s["t_s"][::step], s[key][::step], strict=False))
+        c = colors.get(name, "#000")
+        parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{pts}"/>')
+        parts.append(f'<text x="{w - pad - 60}" y="{30 + 13 * i}" fill="{c}">{name}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def targets(results: dict[str, dict[str, Any]], extra_racks_pct: float | None) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets on the full policy, each met, missed or not measured, with the figure and why."""
+    out: list[tuple[str, bool | None, str]] = []
+    full = results.get("full")
+    none = results.get("none")
+    if full is None:
+        return out
+    out.append(("zero seconds above any breaker rating", full["seconds_over_rating"] == 0,
+                f"{full['seconds_over_rating']} s over, worst {full['worst_over_rating']:.2f}x rating, "
+                f"{full['breaker_trips']} trip(s)"))
+    crit = full["slo"].get(PRIORITIES[0])
+    if crit:
+        ok = crit["ttft_within_slo"] >= 0.99
+        out.append((">= 99% of inference-critical requests within SLO", ok,
+                    f"{100 * crit['ttft_within_slo']:.2f}% within the TTFT SLO, "
+                    f"TBT {100 * crit['tbt_within_slo']:.2f}%"))
+    if extra_racks_pct is None:
+        out.append((">= 30% more racks than without control", None, "needs the 'none' policy in the run"))
+    else:
+        out.append((">= 30% more racks than without control", extra_racks_pct >= 30.0,
+                    f"{extra_racks_pct:.1f}% more racks hosted with capping at the same risk (see Oversubscription)"))
+    if none is not None:
+        saving = 1.0 - full["energy_per_token_j"] / none["energy_per_token_j"]
+        out.append((">= 40% less energy per token than no control", saving >= 0.40,
+                    f"{100 * saving:.1f}% less ({full['energy_per_token_j']:.2f} vs {none['energy_per_token_j']:.2f} "
+                    f"J/token)"))
+    return out
+
+
+def write_report(out_dir: Path, meta: dict[str, Any], results: dict[str, dict[str, Any]],
+                 oversub: dict[str, Any] | None = None) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    series = {k: v.pop("series") for k, v in results.items() if "series" in v}
+    for v in results.values():
+        v.pop("rack_power_w", None)
+    tg = targets(results, oversub["more_racks_pct"] if oversub else None)
+    (out_dir / "metrics.json").write_text(json.dumps(
+        {"meta": meta, "results": results, "oversubscription": oversub,
+         "targets": [{"target": t, "met": m, "figure": f} for t, m, f in tg]},
+        indent=2, default=float))
+    charts = {"site_power.svg": svg_chart(series, "site_mw", "Site power (true)", "MW"),
+              "worst_breaker.svg": svg_chart(series, "worst_frac", "Most loaded breaker / its rating", "x",
+                                             hline=1.0),
+              "critical_slo.svg": svg_chart(series, "crit_ttft_ok", "Inference-critical requests within TTFT SLO "
+                                            "(cumulative)", "")}
+    for name, svg in charts.items():
+        if svg:
+            (out_dir / name).write_text(svg)
+    lines = [f"# Closed-loop evaluation: {meta['site']}", "",
+             f"Scenario: {meta['scenario']}. Workload: {meta['workload']}. {meta['duration_s']} s simulated per "
+             f"policy in {meta['wall_s']:.0f} s wall; seed {meta['seed']}. Metrics are the twin's ground truth.", "",
+             "## Targets (full policy)", "", "| target | met | figure |", "|---|---|---|"]
+    for t, m, f in tg:
+        lines.append(f"| {t} | {'yes' if m else 'no' if m is not None else 'not measured'} | {f} |")
+    lines += ["", "## Policies side by side", "",
+              "| metric | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+
+    def row(label: str, fn: Callable[[dict[str, Any]], str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(fn(r) for r in results.values()) + " |")
+
+    def fmt(key: str, spec: str, scale: float = 1.0, suffix: str = "") -> Callable[[dict[str, Any]], str]:
+        return lambda r: format(scale * r[key], spec) + suffix
+
+    def peak(kind: str) -> Callable[[dict[str, Any]], str]:
+        return lambda r: format(r["peak_frac_of_rating"].get(kind, float("nan")), ".2f")
+
+    def slo(p: str, a: str, b: str | None = None, scale: float = 1.0, spec: str = ".3f",
+            suffix: str = "") -> Callable[[dict[str, Any]], str]:
+        def cell(r: dict[str, Any]) -> str:
+            x = r["slo"].get(p)
+            if x is None:
+                return "-"
+            first = format(scale * x[a], spec) + suffix
+            return first if b is None else f"{first} / {format(x[b], spec)}"
+        return cell
+
+    row("energy (kWh)", fmt("energy_kwh", ".1f"))
+    row("inference GPU energy per token (J)", fmt("energy_per_token_j", ".3f"))
+    row("site energy per token (J)", fmt("site_energy_per_token_j", ".3f"))
+    row("mean site power (MW)", fmt("mean_site_mw", ".2f"))
+    for kind in BREAKER_KINDS:
+        row(f"peak {kind} load / rating", peak(kind))
+    row("seconds over a rating", fmt("seconds_over_rating", ".0f"))
+    row("kW-s over ratings", fmt("kw_s_over_rating", ".0f"))
+    row("breaker trips", fmt("breaker_trips", ".0f"))
+    row("hottest rack inlet (C)", fmt("inlet_max_c", ".1f"))
+    row("seconds with an inlet over 32 C", fmt("seconds_inlet_over_limit", ".0f"))
+    row("commands issued", fmt("commands", ".0f"))
+    def count(action: str) -> Callable[[dict[str, Any]], str]:
+        return lambda r: str(r.get("commands_by_action", {}).get(action, 0))
+
+    for action in sorted({a for r in results.values() for a in r.get("commands_by_action", {})}):
+        row(f"... {action}", count(action))
+    for p in PRIORITIES:
+        if not any(p in r["slo"] for r in results.values()):
+            continue
+        row(f"{p}: TTFT within SLO", slo(p, "ttft_within_slo", scale=100, spec=".2f", suffix="%"))
+        row(f"{p}: TBT within SLO", slo(p, "tbt_within_slo", scale=100, spec=".2f", suffix="%"))
+        row(f"{p}: TTFT p50 / p99 (s)", slo(p, "ttft_p50_s", "ttft_p99_s"))
+        row(f"{p}: TBT p50 / p99 (s)", slo(p, "tbt_p50_s", "tbt_p99_s"))
+        row(f"{p}: throttled requests", slo(p, "throttled_fraction", scale=100, spec=".1f", suffix="%"))
+    if oversub:
+        lines += ["", "## Oversubscription", "",
+                  f"From the racks' true power in the uncontrolled run ({meta['duration_s']} s), the planner "
+                  f"(`powerplane plan`) finds room for {oversub['extra_racks_no_control']} more racks without "
+                  f"control and {oversub['extra_racks_capped']} with capping, at a risk of {oversub['risk']:g} "
+                  f"(share of seconds over a derated limit, or needing caps on inference-critical work), capping "
+                  f"shedding at most {100 * oversub['max_throttle']:.0f}% of low-priority energy (measured: "
+                  f"{100 * oversub['throttled_low_priority']:.1f}%). On {oversub['racks']} racks that is "
+                  f"{(oversub['more_racks_pct'] or 0.0):.1f}% more racks hosted. Binding levels: "
+                  f"{oversub['binding_no_control']} without control, {oversub['binding_capped']} with capping."]
+    lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n, svg in charts.items() if svg]
+    lines += ["", "Definitions: a request is within SLO when its first token came within its pool's TTFT SLO "
+              "(dropped and aborted requests count as misses); TBT within SLO is the share of decode tokens "
+              "within the TBT SLO; a request is throttled when its pool's GPUs ran power-capped below their maximum "
+              "or thermally throttled that second (weighted by the pool's throttled share; clocks the "
+              "reconfiguration policy locks are its chosen operating point, not throttling). Ratings are "
+              "nameplate (a breaker carries 100 % indefinitely); the policies aim at the derated limits."]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,5 +1,0 @@
-import sys
-
-from powerplane.cli import main
-
-sys.exit(main())

@@ -1,0 +1,68 @@
+"""Electrical physics shared by the digital twin and the streams: the breaker trip curve, breaker heating,
+PSU efficiency, and NVML's throttle-reason bits.
+
+Pure numpy, no I/O. The twin uses these to simulate trips; the streams use the same curve to say how long
+an overloaded breaker has left, so both sides of the loop agree on when a breaker trips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from powerplane.site import FloatArray
+
+# NVML clocks-event (throttle) reason bits, as nvidia-smi/NVML report them (nvml.h).
+THROTTLE_IDLE = 0x1
+THROTTLE_APP_CLOCKS = 0x2  # clocks held by an application-clocks / locked-clocks setting
+THROTTLE_SW_POWER_CAP = 0x4
+THROTTLE_HW_SLOWDOWN = 0x8
+THROTTLE_SW_THERMAL = 0x20
+THROTTLE_HW_THERMAL = 0x40
+
+
+# ======================================================================================
+# Electrical
+# ======================================================================================
+
+
+@dataclass(frozen=True)
+class ElectricalConfig:
+    """Server PSUs, A/B feed split and breakers."""
+
+    # PSU efficiency vs load (fraction of the server's PSU rating carried by one side), as offsets from the
+    # server type's psu_efficiency (its peak). Shape after 80 PLUS Titanium (90/94/96/91% at 10/20/50/100%
+    # load), flattened at the top for server-grade power shelves (assumption).
+    psu_load_points: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)
+    psu_eff_offsets: tuple[float, ...] = (-0.08, -0.04, -0.015, 0.0, -0.015)
+    feed_split_sigma: float = 0.02  # per-server fixed A/B current-sharing imbalance, fraction (assumption)
+    other_idle_frac: float = 0.5  # CPUs/NICs/fans draw this fraction of other_w when the GPUs idle (assumption)
+    # Breaker time-to-trip t = K / (x^p - 1) for load x = I / I_rated > pickup (inverse-time thermal curve).
+    # Fit to BRIEF.md: carries 100% indefinitely, ~100 s at 200%, ~1 s at 10x; gives ~880 s at 120%
+    # ("trips eventually").
+    breaker_pickup: float = 1.0
+    breaker_exponent: float = 2.76
+    breaker_k_s: float = 577.0
+    breaker_cool_tau_s: float = 300.0  # thermal memory of a loaded breaker decays with this constant (assumption)
+    breakers: bool = True  # simulate trips of utility/UPS/RPP/PDU breakers
+
+
+def trip_time_s(load_frac: FloatArray, cfg: ElectricalConfig) -> FloatArray:
+    """Seconds to trip at a constant load (fraction of rating); inf at or below the pickup."""
+    x = np.maximum(load_frac, 0.0)
+    over = x > cfg.breaker_pickup
+    denom = np.where(over, np.power(np.maximum(x, 1.0), cfg.breaker_exponent) - 1.0, 1.0)
+    return np.where(over, cfg.breaker_k_s / np.maximum(denom, 1e-12), np.inf)
+
+
+def breaker_heat_step(heat: FloatArray, load_frac: FloatArray, dt_s: float, cfg: ElectricalConfig) -> FloatArray:
+    """Accumulated trip fraction (trips at 1.0): + dt / t_trip while overloaded, decays otherwise."""
+    t = trip_time_s(load_frac, cfg)
+    decay = np.exp(-dt_s / cfg.breaker_cool_tau_s)
+    return np.asarray(np.where(np.isfinite(t), heat + dt_s / t, heat * decay), dtype=np.float64)
+
+
+def psu_efficiency(load_frac: FloatArray, peak: FloatArray, cfg: ElectricalConfig) -> FloatArray:
+    off = np.interp(load_frac, cfg.psu_load_points, cfg.psu_eff_offsets)
+    return np.asarray(np.minimum(np.maximum(peak + off, 0.5), 1.0), dtype=np.float64)

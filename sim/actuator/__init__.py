@@ -1,0 +1,90 @@
+"""Actuator for the in-process simulated fleet (see README.md beside this file)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from actuators.base import F64, I64, Actuator, ActuatorConfigError, ActuatorError
+from sim.fleet import Plant
+
+
+@runtime_checkable
+class ClockedPlant(Protocol):
+    """A plant that can lock SM clocks (the digital twin; the simple Fleet cannot)."""
+
+    def lock_clocks(self, gpus: I64, mhz: F64) -> F64: ...
+
+    def reset_clocks(self, gpus: I64) -> F64: ...
+
+
+class TwinActuator(Actuator):
+    kind = "twin"
+
+    def configure(self, options: Mapping[str, Any]) -> None:
+        if not isinstance(self.context, Plant):
+            raise ActuatorConfigError(f"actuator '{self.name}': the twin actuator needs the simulated fleet")
+        self.fleet: Plant = self.context
+        self.lock: threading.Lock = options.get("lock") or threading.Lock()
+        safe = options.get("safe_limit", "max")
+        if safe not in ("max", "min") and not isinstance(safe, int | float):
+            raise ActuatorConfigError(f"actuator '{self.name}': safe_limit must be 'max', 'min' or watts, got {safe!r}")
+        self.safe = safe
+        site = self.fleet.site
+        self._rack = {rid: r for r, rid in enumerate(site.rack_ids)}
+        types = site.server_types
+        self._fmin = np.array([types[t].gpu_min_sm_mhz for t in site.server_type], dtype=np.float64)[site.gpu_server]
+        self._fmax = np.array([types[t].gpu_max_sm_mhz for t in site.server_type], dtype=np.float64)[site.gpu_server]
+
+    def targets(self) -> list[str]:
+        return list(self._rack)
+
+    def _global(self, target: str, gpus: I64) -> I64:
+        site = self.fleet.site
+        r = self._rack.get(target)
+        if r is None:
+            raise ActuatorError(f"rack '{target}' is not served by actuator '{self.name}'")
+        a, b = int(site.rack_gpu_start[r]), int(site.rack_gpu_start[r + 1])
+        if gpus.size and (gpus.min() < 0 or gpus.max() >= b - a):
+            raise ActuatorError(f"GPU index out of range for rack '{target}' ({b - a} GPUs)")
+        return np.asarray(gpus + a, dtype=np.int64)
+
+    def set_power_limit(self, target: str, gpus: I64, limit_w: F64) -> F64:
+        g = self._global(target, gpus)
+        with self.lock:
+            return self.fleet.set_limit(g, limit_w)
+
+    def limits_w(self, target: str, gpus: I64) -> tuple[F64, F64, F64]:
+        g = self._global(target, gpus)
+        site = self.fleet.site
+        lo, hi = site.gpu_min_w[g], site.gpu_max_w[g]
+        if self.safe == "max":
+            safe = hi
+        elif self.safe == "min":
+            safe = lo
+        else:
+            safe = np.clip(np.full(g.size, float(self.safe)), lo, hi)
+        return lo, hi, safe
+
+    def _clocked(self) -> ClockedPlant:
+        if not isinstance(self.fleet, ClockedPlant):
+            raise self._no_clocks()
+        return self.fleet
+
+    def clock_range_mhz(self, target: str, gpus: I64) -> tuple[F64, F64]:
+        self._clocked()
+        g = self._global(target, gpus)
+        return self._fmin[g], self._fmax[g]
+
+    def lock_clocks(self, target: str, gpus: I64, mhz: F64) -> F64:
+        plant, g = self._clocked(), self._global(target, gpus)
+        with self.lock:
+            return np.asarray(plant.lock_clocks(g, mhz), dtype=np.float64)
+
+    def reset_clocks(self, target: str, gpus: I64) -> F64:
+        plant, g = self._clocked(), self._global(target, gpus)
+        with self.lock:
+            return np.asarray(plant.reset_clocks(g), dtype=np.float64)
