@@ -19,11 +19,15 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
-    """Every mistake in one document, one `path: message` line each (str() joins them with newlines)."""
+    """Every mistake in one document (a site file, scenario, workload, config, a plug-in's table), one
+    `path: message` line each. With a source (the file) str() reads `FILE: N error(s)` then the lines;
+    without, just the lines. The one error class of every loader, so a caller catches one thing."""
 
-    def __init__(self, errors: Sequence[str] | str) -> None:
+    def __init__(self, errors: Sequence[str] | str, source: str = "") -> None:
+        self.source = source
         self.errors = [errors] if isinstance(errors, str) else list(errors)
-        super().__init__("\n".join(self.errors))
+        body = "\n".join(self.errors)
+        super().__init__(f"{source}: {len(self.errors)} error(s)\n{body}" if source else body)
 
 
 class Model(BaseModel):
@@ -69,12 +73,12 @@ def error_lines(e: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
-def validate(model: type[M], data: Any, prefix: str = "") -> M:
+def validate(model: type[M], data: Any, prefix: str = "", source: str = "") -> M:
     """`model` from plain data (a parsed TOML table), or ConfigError with every mistake at once."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(error_lines(e, prefix)) from None
+        raise ConfigError(error_lines(e, prefix), source) from None
 
 
 class Problems:
@@ -88,6 +92,6 @@ class Problems:
         full = f"{self.prefix}.{path}" if self.prefix and path else (self.prefix or path)
         self.lines.append(f"{full}: {message}")
 
-    def raise_if_any(self, cls: type[ConfigError] = ConfigError) -> None:
+    def raise_if_any(self, source: str = "") -> None:
         if self.lines:
-            raise cls(self.lines)
+            raise ConfigError(self.lines, source)
