@@ -256,6 +256,19 @@ def decide_caps(site: Site, gpu_power_w: FloatArray, cap_w: FloatArray, level_po
         need_any |= braked
 
     # ---- release: highest priority first, only racks nothing above asks to shed ----------------------
+    new = _release(site, tree, coef, s, ok, limit_w, load0, new, eff, need_any)
+    new = np.clip(new, lo, hi)
+    # Ignore dithering: keep the old cap where the change is too small to matter.
+    small = np.abs(new - cap) < s.min_change_w
+    near_max = new > hi - s.min_change_w
+    return np.where(small & ~near_max, cap, np.where(near_max, hi, new))
+
+
+def _release(site: Site, tree: Tree, coef: FloatArray, s: CapSettings, ok: BoolArray, limit_w: FloatArray,
+             load0: FloatArray, new: FloatArray, eff: FloatArray, need_any: BoolArray) -> FloatArray:
+    """Give room back, highest priority first, and only to racks that nothing above asks to shed: each
+    class up to its uncap threshold of every level above it, `release_frac` of the room per decision."""
+    hi, rack, n_r = site.gpu_max_w, site.gpu_rack, site.n_racks
     gap = np.where(new < hi, hi - new, 0.0) / eff  # wall W each GPU would add if fully released
     released_w = np.zeros(n_r)
     for classes, threshold in ((range(s.high_classes), s.high_uncap_threshold),
@@ -276,11 +289,7 @@ def decide_caps(site: Site, gpu_power_w: FloatArray, cap_w: FloatArray, level_po
         frac = np.where(tree.rack_min(coef, np.where(ok, 0.0, np.inf)) == 0.0, frac, 0.0)
         new = np.where(m_cls, new + frac[rack] * gap * eff, new)
         released_w += give * (frac > 0)
-    new = np.clip(new, lo, hi)
-    # Ignore dithering: keep the old cap where the change is too small to matter.
-    small = np.abs(new - cap) < s.min_change_w
-    near_max = new > hi - s.min_change_w
-    return np.where(small & ~near_max, cap, np.where(near_max, hi, new))
+    return new
 
 
 def worst_level(site: Site, level_power_w: FloatArray, limit_w: FloatArray) -> tuple[IntArray, FloatArray]:

@@ -103,15 +103,10 @@ def _check(name: str, x: npt.NDArray[np.generic], n: int) -> None:
         raise ValueError(f"plan_pools: {name} has shape {x.shape}, expected ({n},) (one per pool)")
 
 
-def plan_pools(profile: ServingProfile, pool_class: IntArray, forecast_rps: FloatArray, current: PoolConfigs,
-               gpus_available: IntArray, settings: ReconfigSettings | None = None,
-               held_s: FloatArray | None = None) -> Plan:
-    """The configuration of every pool for the next period; see the module docstring.
-
-    pool_class: each pool's class index in the profile (``profile.class_index(class_key(...))``).
-    held_s: seconds since each pool's last change (None: long enough for any change).
-    """
-    s = settings or ReconfigSettings()
+def _inputs(profile: ServingProfile, pool_class: IntArray, forecast_rps: FloatArray, current: PoolConfigs,
+            gpus_available: IntArray, held_s: FloatArray | None
+            ) -> tuple[IntArray, FloatArray, IntArray, FloatArray]:
+    """plan_pools' inputs as arrays of one entry per pool, checked; a forecast of NaN or < 0 counts as 0."""
     k = np.asarray(pool_class, dtype=np.int64)
     n_p = k.size
     fc = np.maximum(np.nan_to_num(np.asarray(forecast_rps, dtype=np.float64), nan=0.0), 0.0)
@@ -123,6 +118,20 @@ def plan_pools(profile: ServingProfile, pool_class: IntArray, forecast_rps: Floa
         raise ValueError(f"plan_pools: pool_class out of range 0..{len(profile.classes) - 1}")
     held = np.full(n_p, np.inf) if held_s is None else np.asarray(held_s, dtype=np.float64)
     _check("held_s", held, n_p)
+    return k, fc, g_av, held
+
+
+def plan_pools(profile: ServingProfile, pool_class: IntArray, forecast_rps: FloatArray, current: PoolConfigs,
+               gpus_available: IntArray, settings: ReconfigSettings | None = None,
+               held_s: FloatArray | None = None) -> Plan:
+    """The configuration of every pool for the next period; see the module docstring.
+
+    pool_class: each pool's class index in the profile (``profile.class_index(class_key(...))``).
+    held_s: seconds since each pool's last change (None: long enough for any change).
+    """
+    s = settings or ReconfigSettings()
+    k, fc, g_av, held = _inputs(profile, pool_class, forecast_rps, current, gpus_available, held_s)
+    n_p = k.size
 
     tps = profile.tp
     n_t, n_f = tps.size, profile.freq_mhz.shape[1]
