@@ -7,6 +7,9 @@ versions it does not know, with a reason that goes to the dead-letter topic.
 
 Conventions: units in names (power_w, temp_c, limit_w); float fields are always floats on the wire;
 a missing reading is NaN (arrays) or None (scalars), never 0.
+
+This module is long because it is the wire contract: every record type with its encode, decode and checks
+in one file, read next to docs/topics.md, so a change to the contract is one diff in one place.
 """
 
 from __future__ import annotations
