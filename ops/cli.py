@@ -602,13 +602,13 @@ def main(argv: list[str] | None = None) -> int:
     from collectors.base import SourceConfigError
     from ops.devservers import DevError
     from powerplane.kafka import BrokerUnavailable
-    from powerplane.site import SiteError
+    from powerplane.validation import ConfigError as FileConfigError
 
     try:
         cfg = load_config(args.config)
         return int(args.fn(args, cfg))
-    except SiteError as e:
-        print(f"powerplane: invalid site {e.source}:", file=sys.stderr)
+    except FileConfigError as e:
+        print(f"powerplane: invalid {e.source or 'configuration'}:", file=sys.stderr)
         for line in e.errors:
             print(f"  {line}", file=sys.stderr)
         return 2

@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from powerplane.site import PRIORITIES, Site, site_from_dict
+from powerplane.site import PRIORITIES, Site
+from powerplane.site_file import site_from_dict
 
 __all__ = ["RefSiteParams", "reference_site", "reference_site_dict", "to_toml"]
 
@@ -197,105 +198,118 @@ def _kw(x: float) -> float:
     return round(float(x), 3)
 
 
+_FEEDS = ("a", "b")  # the two sides of the 2N power tree, as they appear in ids
+
+
+def _ups_id(s: str, h: int, row: int, p: RefSiteParams) -> str:
+    """The UPS lineup of feed side s serving row `row` (1-based) of hall h."""
+    return f"ups-{s}-h{h}-{(row - 1) // p.rows_per_ups + 1:02d}"
+
+
+def _zone_id(h: int, row: int, p: RefSiteParams) -> str:
+    return f"zone-h{h}-{(row - 1) // p.rows_per_zone + 1:02d}"
+
+
+def _pdu_id(s: str, h: int, row: int, k: int) -> str:
+    return f"pdu-{s}-h{h}-{row:02d}-{k:02d}"
+
+
+def _server_type(p: RefSiteParams) -> dict[str, Any]:
+    return {
+        "gpus": p.gpus_per_tray,
+        "gpu_model": p.gpu_model,
+        "gpu_max_w": float(p.gpu_max_w),
+        "gpu_min_w": float(p.gpu_min_w),
+        "gpu_idle_w": float(p.gpu_idle_w),
+        "gpu_max_sm_mhz": float(p.gpu_max_sm_mhz),
+        "gpu_min_sm_mhz": float(p.gpu_min_sm_mhz),
+        "gpu_slowdown_c": float(p.gpu_slowdown_c),
+        "gpu_shutdown_c": float(p.gpu_shutdown_c),
+        "other_w": float(p.other_w_per_tray),
+        "psu_efficiency": float(p.psu_efficiency),
+        "rating_kw": _kw(p.tray_rating_kw),
+    }
+
+
+def _power_tree(p: RefSiteParams) -> dict[str, list[dict[str, Any]]]:
+    """Utility feeds, UPS lineups (one per rows_per_ups rows), RPPs (one per row) and rack PDUs (one per
+    rack), each once per feed side; every list in hall, row, rack order."""
+    halls, rows, racks = range(1, p.halls + 1), range(1, p.rows_per_hall + 1), range(1, p.racks_per_row + 1)
+    return {
+        "feeds": [{"id": f"util-{s}", "feed": s.upper(), "rating_kw": _kw(p.utility_mw * 1e3)} for s in _FEEDS],
+        "ups": [
+            {"id": _ups_id(s, h, r, p), "parent": f"util-{s}",
+             "rating_kw": _kw(min(p.rows_per_ups, p.rows_per_hall - r + 1) * p.racks_per_row * p.ups_kw_per_rack)}
+            for h in halls for r in range(1, p.rows_per_hall + 1, p.rows_per_ups) for s in _FEEDS
+        ],
+        "rpps": [
+            {"id": f"rpp-{s}-h{h}-{r:02d}", "parent": _ups_id(s, h, r, p),
+             "rating_kw": _kw(p.racks_per_row * p.rpp_kw_per_rack)}
+            for h in halls for r in rows for s in _FEEDS
+        ],
+        "pdus": [
+            {"id": _pdu_id(s, h, r, k), "parent": f"rpp-{s}-h{h}-{r:02d}", "rating_kw": _kw(p.pdu_rating_kw)}
+            for h in halls for r in rows for k in racks for s in _FEEDS
+        ],
+    }
+
+
+def _rack_priorities(p: RefSiteParams) -> list[dict[str, Any]]:
+    """The priority entry of every rack in site order: `priority` when its trays share one class, else
+    `priorities`, one per tray."""
+    per_rack = p.priority_granularity == "rack"
+    names = [name for name, _ in p.priority_mix]
+    count = p.n_racks if per_rack else p.n_racks * p.trays_per_rack
+    assign = [names[k] for k in _spread(count, [frac for _, frac in p.priority_mix])]
+    if per_rack:
+        return [{"priority": c} for c in assign]
+    trays = [assign[i:i + p.trays_per_rack] for i in range(0, len(assign), p.trays_per_rack)]
+    return [{"priority": t[0]} if len(set(t)) == 1 else {"priorities": t} for t in trays]
+
+
+def _rack(p: RefSiteParams, h: int, row: int, k: int, tray_type: str, priority: dict[str, Any]) -> dict[str, Any]:
+    """Rack k of row `row` of hall h (all 1-based), fed by its own PDU on each side."""
+    return {
+        "id": f"rack-h{h}-{row:02d}-{k:02d}",
+        "pdu_a": _pdu_id("a", h, row, k),
+        "pdu_b": _pdu_id("b", h, row, k),
+        "server_type": tray_type,
+        "servers": p.trays_per_rack,
+        "rating_kw": _kw(p.rack_rating_kw),
+        "inlet_sensors": p.inlet_sensors,
+        **priority,
+    }
+
+
+def _hall(p: RefSiteParams, h: int, tray_type: str, priorities: list[dict[str, Any]]) -> dict[str, Any]:
+    """Hall h: its cooling zones (one per rows_per_zone rows) and its rows of racks."""
+    zones = [
+        {"id": _zone_id(h, r, p),
+         "capacity_kw": _kw(min(p.rows_per_zone, p.rows_per_hall - r + 1) * p.racks_per_row * p.zone_kw_per_rack),
+         "supply_c": float(p.supply_c)}
+        for r in range(1, p.rows_per_hall + 1, p.rows_per_zone)
+    ]
+    first_rack = (h - 1) * p.rows_per_hall * p.racks_per_row  # site-wide index of the hall's first rack
+    rows = []
+    for r in range(1, p.rows_per_hall + 1):
+        racks = [_rack(p, h, r, k, tray_type, priorities[first_rack + (r - 1) * p.racks_per_row + k - 1])
+                 for k in range(1, p.racks_per_row + 1)]
+        rows.append({"id": f"row-h{h}-{r:02d}", "zone": _zone_id(h, r, p), "racks": racks})
+    return {"id": f"hall-{h}", "zones": zones, "rows": rows}
+
+
 def reference_site_dict(params: RefSiteParams | None = None) -> dict[str, Any]:
     """The reference site as the dict a site TOML file loads to (input of ``site_from_dict``)."""
     p = params if params is not None else RefSiteParams()
     tray_type = f"{p.gpu_model.lower()}-tray"
-    feeds = ("a", "b")
-    d: dict[str, Any] = {
+    priorities = _rack_priorities(p)
+    return {
         "name": p.name,
         "derating": float(p.derating),
-        "server_types": {
-            tray_type: {
-                "gpus": p.gpus_per_tray,
-                "gpu_model": p.gpu_model,
-                "gpu_max_w": float(p.gpu_max_w),
-                "gpu_min_w": float(p.gpu_min_w),
-                "gpu_idle_w": float(p.gpu_idle_w),
-                "gpu_max_sm_mhz": float(p.gpu_max_sm_mhz),
-                "gpu_min_sm_mhz": float(p.gpu_min_sm_mhz),
-                "gpu_slowdown_c": float(p.gpu_slowdown_c),
-                "gpu_shutdown_c": float(p.gpu_shutdown_c),
-                "other_w": float(p.other_w_per_tray),
-                "psu_efficiency": float(p.psu_efficiency),
-                "rating_kw": _kw(p.tray_rating_kw),
-            }
-        },
-        "feeds": [
-            {"id": f"util-{s}", "feed": s.upper(), "rating_kw": _kw(p.utility_mw * 1e3)} for s in feeds
-        ],
-        "ups": [],
-        "rpps": [],
-        "pdus": [],
-        "halls": [],
+        "server_types": {tray_type: _server_type(p)},
+        **_power_tree(p),
+        "halls": [_hall(p, h, tray_type, priorities) for h in range(1, p.halls + 1)],
     }
-    classes = [PRIORITIES.index(n) for n, _ in p.priority_mix]
-    fracs = [f for _, f in p.priority_mix]
-    per_rack = p.priority_granularity == "rack"
-    assign = _spread(p.n_racks if per_rack else p.n_racks * p.trays_per_rack, fracs)
-
-    rack_no = 0
-    for h in range(1, p.halls + 1):
-        hall: dict[str, Any] = {"id": f"hall-{h}", "zones": [], "rows": []}
-        d["halls"].append(hall)
-        for z0 in range(0, p.rows_per_hall, p.rows_per_zone):
-            n_rows = min(p.rows_per_zone, p.rows_per_hall - z0)
-            hall["zones"].append({
-                "id": f"zone-h{h}-{z0 // p.rows_per_zone + 1:02d}",
-                "capacity_kw": _kw(n_rows * p.racks_per_row * p.zone_kw_per_rack),
-                "supply_c": float(p.supply_c),
-            })
-        for u0 in range(0, p.rows_per_hall, p.rows_per_ups):
-            n_rows = min(p.rows_per_ups, p.rows_per_hall - u0)
-            for s in feeds:
-                d["ups"].append({
-                    "id": f"ups-{s}-h{h}-{u0 // p.rows_per_ups + 1:02d}",
-                    "parent": f"util-{s}",
-                    "rating_kw": _kw(n_rows * p.racks_per_row * p.ups_kw_per_rack),
-                })
-        for r in range(1, p.rows_per_hall + 1):
-            row_id = f"row-h{h}-{r:02d}"
-            row: dict[str, Any] = {
-                "id": row_id,
-                "zone": f"zone-h{h}-{(r - 1) // p.rows_per_zone + 1:02d}",
-                "racks": [],
-            }
-            hall["rows"].append(row)
-            for s in feeds:
-                d["rpps"].append({
-                    "id": f"rpp-{s}-h{h}-{r:02d}",
-                    "parent": f"ups-{s}-h{h}-{(r - 1) // p.rows_per_ups + 1:02d}",
-                    "rating_kw": _kw(p.racks_per_row * p.rpp_kw_per_rack),
-                })
-            for k in range(1, p.racks_per_row + 1):
-                rack_id = f"rack-h{h}-{r:02d}-{k:02d}"
-                for s in feeds:
-                    d["pdus"].append({
-                        "id": f"pdu-{s}-h{h}-{r:02d}-{k:02d}",
-                        "parent": f"rpp-{s}-h{h}-{r:02d}",
-                        "rating_kw": _kw(p.pdu_rating_kw),
-                    })
-                rack: dict[str, Any] = {
-                    "id": rack_id,
-                    "pdu_a": f"pdu-a-h{h}-{r:02d}-{k:02d}",
-                    "pdu_b": f"pdu-b-h{h}-{r:02d}-{k:02d}",
-                    "server_type": tray_type,
-                    "servers": p.trays_per_rack,
-                    "rating_kw": _kw(p.rack_rating_kw),
-                    "inlet_sensors": p.inlet_sensors,
-                }
-                if per_rack:
-                    rack["priority"] = PRIORITIES[classes[assign[rack_no]]]
-                else:
-                    lo = rack_no * p.trays_per_rack
-                    prios = [PRIORITIES[classes[c]] for c in assign[lo:lo + p.trays_per_rack]]
-                    if len(set(prios)) == 1:
-                        rack["priority"] = prios[0]
-                    else:
-                        rack["priorities"] = prios
-                row["racks"].append(rack)
-                rack_no += 1
-    return d
 
 
 def reference_site(params: RefSiteParams | None = None) -> Site:

@@ -1,4 +1,5 @@
-"""Site model: the power tree, the cooling tree and every GPU, loaded from one TOML file.
+"""Site model: the power tree, the cooling tree and every GPU, loaded from one TOML file (its tables and
+checks: powerplane/site_file.py).
 
 The model is flattened into numpy index arrays so that roll-ups and policies over tens of
 thousands of GPUs are a handful of vectorized operations (np.bincount over parent indices),
@@ -7,13 +8,15 @@ not Python loops over objects.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from powerplane.validation import ConfigError
 
 PRIORITIES: tuple[str, ...] = ("inference-critical", "inference-batch", "training", "best-effort")
 """Workload priority classes, most important first; a server's class is its index here."""
@@ -34,15 +37,6 @@ MODES: tuple[Mode, ...] = ("normal", "A-lost", "B-lost")
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-
-
-class SiteError(ValueError):
-    """All problems found in a site file, each a line `path: what is wrong`."""
-
-    def __init__(self, source: str, errors: Sequence[str]) -> None:
-        self.source = source
-        self.errors = list(errors)
-        super().__init__(f"{source}: {len(self.errors)} error(s)\n" + "\n".join(self.errors))
 
 
 @dataclass(frozen=True)
@@ -273,347 +267,24 @@ class Site:
         return float(((gsum + other) / self.server_psu_eff[s0:s1]).sum())
 
 
-# ======================================================================================
-# Loading and validation
-# ======================================================================================
-
-
-class _Errors:
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, path: str, msg: str) -> None:
-        self.items.append(f"{path}: {msg}")
-
-
-def _num(errs: _Errors, obj: Mapping[str, Any], key: str, path: str, *, lo: float = 0.0,
-         hi: float = float("inf"), required: bool = True, default: float | None = None,
-         open_lo: bool = False) -> float:
-    if key not in obj:
-        if required:
-            errs.add(f"{path}.{key}", "missing")
-        return float(default if default is not None else 0.0)
-    v = obj[key]
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        errs.add(f"{path}.{key}", f"expected a number, got {type(v).__name__} {v!r}")
-        return 0.0
-    fv = float(v)
-    if (fv <= lo if open_lo else fv < lo) or fv > hi:
-        bound = f"({lo}, {hi}]" if open_lo else f"[{lo}, {hi}]"
-        errs.add(f"{path}.{key}", f"{fv:g} out of range {bound}")
-    return fv
-
-
-def _str(errs: _Errors, obj: Mapping[str, Any], key: str, path: str, *, required: bool = True,
-         default: str = "") -> str:
-    if key not in obj:
-        if required:
-            errs.add(f"{path}.{key}", "missing")
-        return default
-    v = obj[key]
-    if not isinstance(v, str) or not v:
-        errs.add(f"{path}.{key}", f"expected a non-empty string, got {v!r}")
-        return default
-    return v
-
-
-def _list(errs: _Errors, obj: Mapping[str, Any], key: str, path: str) -> list[Any]:
-    v = obj.get(key, [])
-    if not isinstance(v, list):
-        errs.add(f"{path}.{key}", f"expected a list of tables, got {type(v).__name__}")
-        return []
-    return v
-
-
-def _unknown_keys(errs: _Errors, obj: Mapping[str, Any], allowed: set[str], path: str) -> None:
-    for k in obj:
-        if k not in allowed:
-            errs.add(f"{path}.{k}", "unknown field")
+# ---- loading: the file's models and checks live in powerplane/site_file.py ----------------------------
+# (imported in the functions: site_file builds a Site, so a module-level import would be circular)
 
 
 def load_site(path: str | Path) -> Site:
-    """Load and validate a site file; raise SiteError listing every problem with its path."""
+    """Load and check a site file; ConfigError lists every mistake in it as `path: message`."""
     from powerplane.config import TomlFileError, read_toml
+    from powerplane.site_file import site_from_dict as from_dict
 
     try:
         data = read_toml(path)
     except TomlFileError as e:
-        raise SiteError(str(path), [str(e)]) from None
-    return site_from_dict(data, source=str(path))
+        raise ConfigError(str(e), str(path)) from None
+    return from_dict(data, source=str(path))
 
 
 def site_from_dict(data: Mapping[str, Any], source: str = "<site>") -> Site:
-    errs = _Errors()
-    _unknown_keys(errs, data, {"name", "derating", "server_types", "feeds", "ups", "rpps", "pdus",
-                               "halls", "hall_rating_kw"}, "site")
-    name = _str(errs, data, "name", "site", default="site")
-    derating = _num(errs, data, "derating", "site", lo=0.0, hi=1.0, required=False, default=0.8,
-                    open_lo=True)
+    """A Site from a parsed site file (a dict as tomllib returns it); ConfigError lists every mistake."""
+    from powerplane.site_file import site_from_dict as from_dict
 
-    # Server types.
-    stypes: dict[str, ServerType] = {}
-    raw_types = data.get("server_types", {})
-    if not isinstance(raw_types, dict) or not raw_types:
-        errs.add("server_types", "at least one server type is required")
-        raw_types = {}
-    st_fields = {"gpus", "gpu_model", "gpu_max_w", "gpu_min_w", "gpu_idle_w", "gpu_max_sm_mhz",
-                 "gpu_min_sm_mhz", "gpu_slowdown_c", "gpu_shutdown_c", "other_w", "psu_efficiency",
-                 "rating_kw"}
-    for tid, t in raw_types.items():
-        tp = f"server_types.{tid}"
-        if not isinstance(t, dict):
-            errs.add(tp, "expected a table")
-            continue
-        _unknown_keys(errs, t, st_fields, tp)
-        gpus = _num(errs, t, "gpus", tp, lo=1, hi=256)
-        if gpus != int(gpus):
-            errs.add(f"{tp}.gpus", f"expected a whole number, got {gpus}")
-        st = ServerType(
-            id=tid,
-            gpus=int(gpus),
-            gpu_model=_str(errs, t, "gpu_model", tp, required=False, default="H100-SXM"),
-            gpu_max_w=_num(errs, t, "gpu_max_w", tp, lo=1, hi=5000),
-            gpu_min_w=_num(errs, t, "gpu_min_w", tp, lo=1, hi=5000),
-            gpu_idle_w=_num(errs, t, "gpu_idle_w", tp, lo=0, hi=5000),
-            gpu_max_sm_mhz=_num(errs, t, "gpu_max_sm_mhz", tp, lo=1, hi=10000, required=False, default=1980),
-            gpu_min_sm_mhz=_num(errs, t, "gpu_min_sm_mhz", tp, lo=1, hi=10000, required=False, default=345),
-            gpu_slowdown_c=_num(errs, t, "gpu_slowdown_c", tp, lo=0, hi=150, required=False, default=89),
-            gpu_shutdown_c=_num(errs, t, "gpu_shutdown_c", tp, lo=0, hi=150, required=False, default=92),
-            other_w=_num(errs, t, "other_w", tp, lo=0, hi=1e6),
-            psu_efficiency=_num(errs, t, "psu_efficiency", tp, lo=0.0, hi=1.0, open_lo=True),
-            rating_w=_num(errs, t, "rating_kw", tp, lo=0.0, hi=1e4, open_lo=True) * 1e3,
-        )
-        if st.gpu_min_w > st.gpu_max_w:
-            errs.add(f"{tp}.gpu_min_w", f"{st.gpu_min_w:g} W is above gpu_max_w {st.gpu_max_w:g} W")
-        stypes[tid] = st
-
-    level_ids: list[str] = []
-    kind: list[int] = []
-    parent_ids: list[tuple[str | None, str, str]] = []  # (parent id, expected parent kind, path)
-    feed: list[int] = []
-    rated: list[float] = []
-    seen: dict[str, str] = {}
-
-    def add_level(lid: str, k: str, f: int, r: float, path: str) -> int:
-        if lid in seen:
-            errs.add(f"{path}.id", f"duplicate id '{lid}' (first used at {seen[lid]})")
-        seen.setdefault(lid, path)
-        level_ids.append(lid)
-        kind.append(KIND[k])
-        feed.append(f)
-        rated.append(r)
-        parent_ids.append((None, "", path))
-        return len(level_ids) - 1
-
-    add_level(name, "site", -1, 0.0, "site")
-
-    chain = (("feeds", "utility", None), ("ups", "ups", "utility"), ("rpps", "rpp", "ups"),
-             ("pdus", "pdu", "rpp"))
-    for key, k, pkind in chain:
-        for i, item in enumerate(_list(errs, data, key, "site")):
-            ip = f"{key}[{i}]"
-            if not isinstance(item, dict):
-                errs.add(ip, "expected a table")
-                continue
-            _unknown_keys(errs, item, {"id", "feed", "parent", "rating_kw"}, ip)
-            lid = _str(errs, item, "id", ip, default=f"?{ip}")
-            f = -1
-            if pkind is None:
-                fv = _str(errs, item, "feed", ip, default="A")
-                if fv not in FEEDS:
-                    errs.add(f"{ip}.feed", f"expected one of {', '.join(FEEDS)}, got '{fv}'")
-                f = FEEDS.index(fv) if fv in FEEDS else 0
-            elif "feed" in item:
-                errs.add(f"{ip}.feed", "set on the utility feed only; it is inherited from the parent")
-            r = _num(errs, item, "rating_kw", ip, lo=0.0, hi=1e6, open_lo=True) * 1e3
-            idx = add_level(lid, k, f, r, ip)
-            if pkind is not None:
-                parent_ids[idx] = (_str(errs, item, "parent", ip, default=""), pkind, f"{ip}.parent")
-
-    # Halls, zones, rows, racks.
-    rack_level: list[int] = []
-    rack_pdu: list[tuple[int, int]] = []
-    rack_row: list[int] = []
-    rack_hall: list[int] = []
-    rack_zone: list[int] = []
-    rack_inlets: list[int] = []
-    server_ids: list[str] = []
-    server_rack: list[int] = []
-    server_type: list[str] = []
-    server_prio: list[int] = []
-    pending_pdu: list[tuple[int, str, str, int]] = []  # rack index, pdu id, path, feed
-    pending_zone: list[tuple[int, str, str, dict[str, int]]] = []
-    zone_supply_c: dict[str, float] = {}
-
-    for hi_, hall in enumerate(_list(errs, data, "halls", "site")):
-        hp = f"halls[{hi_}]"
-        if not isinstance(hall, dict):
-            errs.add(hp, "expected a table")
-            continue
-        _unknown_keys(errs, hall, {"id", "zones", "rows", "rating_kw"}, hp)
-        hall_idx = add_level(_str(errs, hall, "id", hp, default=f"?{hp}"), "hall", -1,
-                             _num(errs, hall, "rating_kw", hp, required=False, default=0.0) * 1e3, hp)
-        zones: dict[str, int] = {}
-        for zi, zone in enumerate(_list(errs, hall, "zones", hp)):
-            zp = f"{hp}.zones[{zi}]"
-            if not isinstance(zone, dict):
-                errs.add(zp, "expected a table")
-                continue
-            _unknown_keys(errs, zone, {"id", "capacity_kw", "supply_c"}, zp)
-            zid = _str(errs, zone, "id", zp, default=f"?{zp}")
-            zidx = add_level(zid, "zone", -1, _num(errs, zone, "capacity_kw", zp, lo=0, hi=1e6,
-                                                   open_lo=True) * 1e3, zp)
-            zone_supply_c[zid] = _num(errs, zone, "supply_c", zp, lo=0, hi=60, required=False, default=18.0)
-            parent_ids[zidx] = (None, "", zp)
-            zones[zid] = zidx
-        if not zones:
-            errs.add(f"{hp}.zones", "a hall needs at least one cooling zone")
-        for ri, row in enumerate(_list(errs, hall, "rows", hp)):
-            rp = f"{hp}.rows[{ri}]"
-            if not isinstance(row, dict):
-                errs.add(rp, "expected a table")
-                continue
-            _unknown_keys(errs, row, {"id", "zone", "racks", "rating_kw"}, rp)
-            row_idx = add_level(_str(errs, row, "id", rp, default=f"?{rp}"), "row", -1,
-                                _num(errs, row, "rating_kw", rp, required=False, default=0.0) * 1e3, rp)
-            row_zone = _str(errs, row, "zone", rp, required=False, default="")
-            for ki, rack in enumerate(_list(errs, row, "racks", rp)):
-                kp = f"{rp}.racks[{ki}]"
-                if not isinstance(rack, dict):
-                    errs.add(kp, "expected a table")
-                    continue
-                _unknown_keys(errs, rack, {"id", "pdu_a", "pdu_b", "server_type", "servers", "priority",
-                                           "priorities", "rating_kw", "zone", "inlet_sensors"}, kp)
-                rid = _str(errs, rack, "id", kp, default=f"?{kp}")
-                ridx = add_level(rid, "rack", -1, _num(errs, rack, "rating_kw", kp, lo=0, hi=1e4,
-                                                      open_lo=True) * 1e3, kp)
-                rack_no = len(rack_level)
-                rack_level.append(ridx)
-                rack_row.append(row_idx)
-                rack_hall.append(hall_idx)
-                rack_pdu.append((-1, -1))
-                rack_zone.append(-1)
-                for f, key in enumerate(("pdu_a", "pdu_b")):
-                    pending_pdu.append((rack_no, _str(errs, rack, key, kp, default=""), f"{kp}.{key}", f))
-                pending_zone.append((rack_no, str(rack.get("zone", row_zone)), f"{kp}.zone", zones))
-                rack_inlets.append(int(_num(errs, rack, "inlet_sensors", kp, lo=0, hi=64, required=False,
-                                            default=1)))
-                tid = _str(errs, rack, "server_type", kp, default="")
-                if tid and tid not in stypes:
-                    errs.add(f"{kp}.server_type", f"unknown server type '{tid}'"
-                             f" (known: {', '.join(sorted(stypes)) or 'none'})")
-                n_srv = _num(errs, rack, "servers", kp, lo=1, hi=256)
-                n_srv_i = int(n_srv)
-                prio = _str(errs, rack, "priority", kp, required=False, default="best-effort")
-                prios: list[Any] = rack.get("priorities", [prio] * n_srv_i)
-                if not isinstance(prios, list) or len(prios) != n_srv_i:
-                    errs.add(f"{kp}.priorities", f"expected a list of {n_srv_i} priority classes")
-                    prios = [prio] * n_srv_i
-                for si in range(n_srv_i):
-                    pcls = prios[si]
-                    if pcls not in PRIORITIES:
-                        where = f"{kp}.priorities[{si}]" if "priorities" in rack else f"{kp}.priority"
-                        errs.add(where, f"unknown priority class '{pcls}' (known: {', '.join(PRIORITIES)})")
-                        if "priorities" not in rack:
-                            prios = [PRIORITIES[-1]] * n_srv_i
-                        pcls = PRIORITIES[-1]
-                    server_ids.append(f"{rid}-s{si:02d}")
-                    server_rack.append(rack_no)
-                    server_type.append(tid)
-                    server_prio.append(PRIORITIES.index(pcls))
-
-    # Resolve references now that every id is known.
-    index = {lid: i for i, lid in enumerate(level_ids)}
-    parent = np.full(len(level_ids), -1, dtype=np.int64)
-    for i, (pid, pkind, ppath) in enumerate(parent_ids):
-        if pid is None:
-            continue
-        if pid not in index:
-            errs.add(ppath, f"unknown {pkind} '{pid}'")
-        elif kind[index[pid]] != KIND[pkind]:
-            errs.add(ppath, f"'{pid}' is a {KIND_NAMES[kind[index[pid]]]}, expected a {pkind}")
-        else:
-            parent[i] = index[pid]
-    # Feeds flow down the chain (parents are always declared in an earlier list).
-    for i in range(len(level_ids)):
-        if parent[i] >= 0 and KIND_NAMES[kind[i]] in FEED_KINDS:
-            feed[i] = feed[int(parent[i])]
-    for rack_no, pid, ppath, f in pending_pdu:
-        if not pid:
-            continue
-        if pid not in index or kind[index[pid]] != KIND["pdu"]:
-            errs.add(ppath, f"unknown PDU '{pid}'")
-            continue
-        if feed[index[pid]] < 0:
-            continue  # the PDU's own parent chain is broken (reported there), so its feed is unknown
-        if feed[index[pid]] != f:
-            errs.add(ppath, f"PDU '{pid}' is on feed {FEEDS[feed[index[pid]]]}, expected feed {FEEDS[f]}")
-            continue
-        a, b = rack_pdu[rack_no]
-        rack_pdu[rack_no] = (index[pid], b) if f == 0 else (a, index[pid])
-    for rack_no, zid, zpath, zones in pending_zone:
-        if zid not in zones:
-            errs.add(zpath, f"unknown cooling zone '{zid}' in this hall (known: {', '.join(zones) or 'none'})")
-        else:
-            rack_zone[rack_no] = zones[zid]
-    if not rack_level and not errs.items:
-        errs.add("halls", "the site has no racks")
-    if errs.items:
-        raise SiteError(source, errs.items)
-
-    # Parent links for the cooling/physical hierarchy: rows -> hall, zones -> hall.
-    for r, row_idx in enumerate(rack_row):
-        parent[rack_level[r]] = row_idx
-        parent[row_idx] = rack_hall[r]
-    for zones in {id(z): z for _, _, _, z in pending_zone}.values():
-        for zidx in zones.values():
-            hall_of = [rack_hall[r] for r in range(len(rack_zone)) if rack_zone[r] == zidx]
-            if hall_of:
-                parent[zidx] = hall_of[0]
-
-    s_rack = np.asarray(server_rack, dtype=np.int64)
-    n_gpus_per_server = np.array([stypes[t].gpus for t in server_type], dtype=np.int64)
-    gpu_server = np.repeat(np.arange(len(server_ids)), n_gpus_per_server)
-    gpu_slot = np.arange(gpu_server.size) - np.repeat(np.cumsum(n_gpus_per_server) - n_gpus_per_server,
-                                                      n_gpus_per_server)
-    gpu_rack = s_rack[gpu_server]
-
-    def per_gpu(attr: str) -> FloatArray:
-        vals = np.array([getattr(stypes[t], attr) for t in server_type], dtype=np.float64)
-        return np.repeat(vals, n_gpus_per_server)
-
-    n_racks = len(rack_level)
-    rack_gpu_start = np.zeros(n_racks + 1, dtype=np.int64)
-    rack_gpu_start[1:] = np.cumsum(np.bincount(gpu_rack, minlength=n_racks))
-    rack_server_start = np.zeros(n_racks + 1, dtype=np.int64)
-    rack_server_start[1:] = np.cumsum(np.bincount(s_rack, minlength=n_racks))
-    return Site(
-        name=name,
-        derating=derating,
-        server_types=stypes,
-        level_ids=level_ids,
-        level_kind=np.asarray(kind, dtype=np.int64),
-        level_parent=parent,
-        level_feed=np.asarray(feed, dtype=np.int64),
-        level_rated_w=np.asarray(rated, dtype=np.float64),
-        rack_level=np.asarray(rack_level, dtype=np.int64),
-        rack_pdu=np.asarray(rack_pdu, dtype=np.int64).reshape(-1, 2),
-        rack_row=np.asarray(rack_row, dtype=np.int64),
-        rack_hall=np.asarray(rack_hall, dtype=np.int64),
-        rack_zone=np.asarray(rack_zone, dtype=np.int64),
-        rack_inlet_sensors=np.asarray(rack_inlets, dtype=np.int64),
-        server_ids=server_ids,
-        server_rack=s_rack,
-        server_type=server_type,
-        server_priority=np.asarray(server_prio, dtype=np.int64),
-        gpu_server=gpu_server,
-        gpu_rack=gpu_rack,
-        gpu_slot=gpu_slot.astype(np.int64),
-        gpu_priority=np.asarray(server_prio, dtype=np.int64)[gpu_server],
-        gpu_max_w=per_gpu("gpu_max_w"),
-        gpu_min_w=per_gpu("gpu_min_w"),
-        gpu_idle_w=per_gpu("gpu_idle_w"),
-        rack_gpu_start=rack_gpu_start,
-        rack_server_start=rack_server_start,
-        zone_supply_c=zone_supply_c,
-    )
+    return from_dict(data, source)

@@ -12,7 +12,8 @@ import pytest
 from ops.cli import main
 from powerplane import kafka, topics
 from powerplane.config import Config, ConfigError, load_config
-from powerplane.site import SiteError, load_site
+from powerplane.site import load_site
+from powerplane.validation import ConfigError as FileConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "examples" / "lab.toml"
@@ -113,7 +114,7 @@ def broken_site(tmp_path: Path) -> Path:
 
 def test_site_validate_broken_file_lists_every_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = broken_site(tmp_path)
-    with pytest.raises(SiteError) as ei:
+    with pytest.raises(FileConfigError) as ei:
         load_site(path)
     errors = ei.value.errors
     assert len(errors) == 3
@@ -124,7 +125,7 @@ def test_site_validate_broken_file_lists_every_error(tmp_path: Path, capsys: pyt
     assert str(path) in cap.err
     for e in errors:
         assert e in cap.err
-    for where in ("site.derating", "halls[0].rows[0].racks[2].pdu_a", "halls[0].rows[0].racks[3].server_type"):
+    for where in ("derating", "halls[0].rows[0].racks[2].pdu_a", "halls[0].rows[0].racks[3].server_type"):
         assert re.search(rf"^\s+{re.escape(where)}: ", cap.err, re.M), where
     assert "pdu-zz" in cap.err and "hgx-b300" in cap.err
 

@@ -17,10 +17,10 @@ from powerplane.site import (
     FloatArray,
     IntArray,
     Site,
-    SiteError,
     load_site,
     site_from_dict,
 )
+from powerplane.validation import ConfigError
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
 
@@ -98,7 +98,7 @@ rating_kw = 600.0
 [[feeds]]
 id = "util-b"
 feed = "B"
-rating_kw = 600.0
+rating_kw = "600"           # mistake: a string (its id still counts: ups-b below is fine)
 
 [[ups]]
 id = "ups-a"
@@ -159,6 +159,7 @@ server_type = "hgx"
 servers = 2
 priority = "urgent"         # mistake: unknown priority class
 rating_kw = 66.0
+inlet_sensor = 2            # mistake: unknown key (inlet_sensors)
 
 [[halls.rows.racks]]
 id = "rack-2"
@@ -177,41 +178,76 @@ rating_kw = 66.0
 """
 
 BROKEN_ERRORS = {
-    "rpps[0].rating_kw: -5 out of range (0.0, 1000000.0]",
+    "feeds[1].rating_kw: input should be a valid number, got '600'",
+    "rpps[0].rating_kw: input should be greater than 0, got -5.0",
     "pdus[2].id: duplicate id 'pdu-a1' (first used at pdus[0])",
     "pdus[3].parent: unknown rpp 'rpp-nowhere'",
-    "halls[0].rows[0].racks[0].priority: unknown priority class 'urgent' (known: "
-    + ", ".join(PRIORITIES) + ")",
+    "halls[0].rows[0].racks[0].priority: input should be "
+    + ", ".join(f"'{p}'" for p in PRIORITIES[:-1]) + f" or '{PRIORITIES[-1]}', got 'urgent'",
+    "halls[0].rows[0].racks[0].inlet_sensor: unknown key",
     "halls[0].rows[0].racks[1].pdu_a: unknown PDU 'pdu-x'",
     "halls[0].rows[0].racks[1].pdu_b: PDU 'pdu-a1' is on feed A, expected feed B",
-    "halls[0].rows[0].racks[2].server_type: missing",
+    "halls[0].rows[0].racks[2].server_type: missing (required)",
 }
 
 
-def test_broken_site_lists_every_error_with_its_path(tmp_path: Path) -> None:
+def test_broken_site_lists_every_mistake_at_once_with_its_path(tmp_path: Path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text(BROKEN)
-    with pytest.raises(SiteError) as exc:
+    with pytest.raises(ConfigError) as exc:
         load_site(path)
     err = exc.value
     assert set(err.errors) == BROKEN_ERRORS  # all of them, and nothing spurious
     assert len(err.errors) == len(BROKEN_ERRORS)
     assert err.source == str(path)
     text = str(err)
-    assert text.startswith(f"{path}: 7 error(s)\n")
+    assert text.startswith(f"{path}: 9 error(s)\n")
     assert "halls[0].rows[0].racks[1].pdu_a: unknown PDU 'pdu-x'" in text.splitlines()
 
 
 def test_broken_site_from_dict_reports_the_same(tmp_path: Path) -> None:
-    with pytest.raises(SiteError) as exc:
+    with pytest.raises(ConfigError) as exc:
         site_from_dict(tomllib.loads(BROKEN), source="inline")
     assert set(exc.value.errors) == BROKEN_ERRORS
+
+
+def test_checks_within_and_between_tables_name_the_field_at_fault() -> None:
+    data = tomllib.loads(LAB.read_text())
+    data["server_types"]["hgx-h100"]["gpu_min_w"] = 800.0
+    data["ups"][0]["feed"] = "A"
+    data["pdus"][1]["parent"] = "ups-b"
+    rows = data["halls"][0]["rows"]
+    rows[0]["racks"][0]["priorities"] = ["training"] * 3
+    rows[0]["racks"][1]["zone"] = "zone-9"
+    rows[0]["racks"][2]["server_type"] = "hgx-b300"
+    with pytest.raises(ConfigError) as exc:
+        site_from_dict(data, source="lab-edited")
+    assert exc.value.errors == [
+        "server_types.hgx-h100.gpu_min_w: 800 W is above gpu_max_w 700 W",
+        "ups[0].feed: set on the utility feed only; it is inherited from the parent",
+        "halls[0].rows[0].racks[0].priorities: expected 8 priority classes (one per server), got 3",
+        "pdus[1].parent: 'ups-b' is a ups, expected a rpp",
+        "halls[0].rows[0].racks[1].zone: unknown cooling zone 'zone-9' in this hall (known: zone-1)",
+        "halls[0].rows[0].racks[2].server_type: unknown server type 'hgx-b300' (known: hgx-h100)",
+    ]
+    assert str(exc.value).startswith("lab-edited: 6 error(s)\n")
+
+
+def test_a_site_needs_server_types_and_racks() -> None:
+    with pytest.raises(ConfigError) as exc:
+        site_from_dict({"name": "empty"})
+    assert exc.value.errors == ["server_types: at least one server type is required"]
+    data = tomllib.loads(LAB.read_text())
+    del data["halls"]
+    with pytest.raises(ConfigError) as exc:
+        site_from_dict(data)
+    assert exc.value.errors == ["halls: the site has no racks"]
 
 
 def test_invalid_toml_is_one_error_not_a_traceback(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('name = "lab"\n[[halls]\nid = \n')
-    with pytest.raises(SiteError) as exc:
+    with pytest.raises(ConfigError) as exc:
         load_site(path)
     assert len(exc.value.errors) == 1
     assert exc.value.errors[0].startswith("not valid TOML: ")
@@ -219,7 +255,7 @@ def test_invalid_toml_is_one_error_not_a_traceback(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_one_error(tmp_path: Path) -> None:
-    with pytest.raises(SiteError) as exc:
+    with pytest.raises(ConfigError) as exc:
         load_site(tmp_path / "nope.toml")
     assert len(exc.value.errors) == 1
     assert exc.value.errors[0].startswith("cannot read: ")
