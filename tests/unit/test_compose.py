@@ -20,7 +20,7 @@ COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 ALERTMANAGER_FILE = COMPOSE_DIR / "alertmanager.yml"
 PROVISIONING = ROOT / "dashboards" / "provisioning"
 
-# Mirrors the top-level subcommands of ops/cli.py; keep the two in step.
+# Mirrors the top-level subcommands of ops/cli/; keep the two in step.
 CLI_SUBCOMMANDS = {"topics", "streams", "controller", "sink", "fleet"}
 
 PLACEHOLDER = re.compile(r"changeme|\bTO[D]O\b|FIXME|xxx|<[^<>\n]+>", re.IGNORECASE)
