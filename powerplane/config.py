@@ -1,6 +1,8 @@
 """Runtime configuration: one TOML file, every key overridable by an environment variable.
 
-Validation happens here, once, when a process starts; connections are made later, in start().
+Validation happens here, once, when a process starts; connections are made later, in start(). Every
+mistake of the file and the environment is reported at once, one `path: message` line each, the path
+naming the environment variable when the value came from one.
 """
 
 from __future__ import annotations
@@ -8,13 +10,15 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-class ConfigError(ValueError):
-    pass
+from powerplane.validation import ConfigError, error_lines
+
+__all__ = ["Config", "ConfigError", "TomlFileError", "load_config", "read_toml"]
 
 
 class TomlFileError(ValueError):
@@ -32,8 +36,22 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise TomlFileError(f"not valid TOML: {e}") from None
 
 
-@dataclass(frozen=True)
-class Config:
+def _not_bool(v: Any) -> Any:
+    # pydantic would read `true` as 1.0; in a threshold or an interval that is a mistake, not a number.
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got {v!r}")
+    return v
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
+
+
+class Config(BaseSettings):
+    """The runtime settings. `Config(**values)` is those values over the defaults and nothing else (no
+    hidden read of the environment); `load_config` layers the file and the `PP_<FIELD>` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="PP_", extra="forbid", frozen=True)
+
     kafka_bootstrap: str = "127.0.0.1:19092"
     site_file: str = "examples/lab.toml"
     influx_url: str = "http://127.0.0.1:18428"
@@ -42,52 +60,81 @@ class Config:
     influx_token: str = "dev-token"
     signing_key_file: str = ".powerplane/keys/site.key"
     signing_key_id: str = "k1"
-    sample_interval_s: float = 1.0
-    command_lease_s: float = 30.0
+    sample_interval_s: Number = Field(1.0, gt=0)
+    command_lease_s: Number = Field(30.0, gt=0)
     # Capping thresholds as fractions of a level's derated limit (POLCA-style defaults).
-    cap_threshold: float = 0.80
-    uncap_threshold: float = 0.75
+    cap_threshold: Number = Field(0.80, gt=0, le=1.5)
+    uncap_threshold: Number = Field(0.75, gt=0)
     state_dir: str = ".powerplane"
     alertmanager_url: str = "http://127.0.0.1:9093"  # the alertmanager sink posts pp.events here
+
+    @field_validator("uncap_threshold")
+    @classmethod
+    def _below_cap(cls, v: float, info: ValidationInfo) -> float:
+        cap = info.data.get("cap_threshold")  # absent when cap_threshold itself is wrong (reported there)
+        if cap is not None and v >= cap:
+            raise ValueError(f"must be below cap_threshold ({cap:g}): capping stops only under it (hysteresis)")
+        return v
 
     @staticmethod
     def env_name(key: str) -> str:
         return "PP_" + key.upper()
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # pydantic runs __init__ (and so these sources) from model_validate too: load_config passes the
+        # environment it was given through _EnvSource, never os.environ behind its back.
+        return (init_settings,)
+
+
+class _EnvSource(EnvSettingsSource):
+    """PP_* variables of a given mapping instead of os.environ (tests, and `load_config(env=...)`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._env.items()}  # names match case-insensitively, as pydantic's
+
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Defaults <- file (if given or $PP_CONFIG) <- PP_* environment variables."""
+    """Defaults <- file (if given or $PP_CONFIG) <- PP_* environment variables (`env`, else os.environ).
+    ConfigError lists every mistake of both at once."""
     env = os.environ if env is None else env
-    values: dict[str, Any] = {}
     path = path or env.get("PP_CONFIG")
-    known = {f.name: f for f in fields(Config)}
+    values: dict[str, Any] = {}
     if path:
         try:
-            data = read_toml(path)
+            values = read_toml(path)
         except TomlFileError as e:
             raise ConfigError(f"{path}: config {e}") from None
-        for k, v in data.items():
-            if k not in known:
-                raise ConfigError(f"{path}: unknown key '{k}' (known: {', '.join(sorted(known))})")
-            values[k] = v
-    for name in known:
-        ev = env.get(Config.env_name(name))
-        if ev is not None:
-            values[name] = ev
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        typ = known[k].type
-        if isinstance(v, bool) or (typ in ("float", float) and not isinstance(v, int | float | str)) or (
-                typ in ("str", str) and not isinstance(v, str)):
-            raise ConfigError(f"config key '{k}': expected a {'number' if typ in ('float', float) else 'string'}, "
-                              f"got {v!r}")
-        try:
-            out[k] = float(v) if typ in ("float", float) else str(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key '{k}' (env {Config.env_name(k)}): expected a number, got {v!r}") from None
-    cfg = Config(**out)
-    if not 0 < cfg.uncap_threshold < cfg.cap_threshold <= 1.5:
-        raise ConfigError("uncap_threshold must be below cap_threshold (hysteresis), both positive")
-    if cfg.sample_interval_s <= 0 or cfg.command_lease_s <= 0:
-        raise ConfigError("sample_interval_s and command_lease_s must be positive")
+    from_env = _EnvSource(Config, env)()
+    # BaseSettings.__init__ takes `_env_file=`, `_cli_parse_args=`, ... as its own options: not from a file.
+    hidden = [k for k in values if k.startswith("_")]
+    lines = [f"{k}: unknown key{_KNOWN}" for k in hidden]
+    try:
+        cfg = Config(**{k: v for k, v in {**values, **from_env}.items() if k not in hidden})
+    except ValidationError as e:
+        lines = _lines(e, set(from_env)) + lines
+    if lines:
+        raise ConfigError(lines, str(path or ""))
     return cfg
+
+
+_KNOWN = f" (known: {', '.join(sorted(Config.model_fields))})"
+
+
+def _lines(e: ValidationError, from_env: set[str]) -> list[str]:
+    """error_lines, the path naming the variable for values from the environment; unknown keys list the known."""
+    out = []
+    for err, line in zip(e.errors(include_url=False), error_lines(e), strict=True):
+        key = str(err["loc"][0]) if err["loc"] else ""
+        if key in from_env:
+            line = f"{key} (env {Config.env_name(key)})" + line.removeprefix(key)
+        out.append(line + _KNOWN if err["type"] == "extra_forbidden" else line)
+    return out

@@ -179,7 +179,6 @@ def test_a_twin_feed_loss_pages_once_and_resolves_once(cfg: Config, alertmanager
                                                        tmp_path: Path) -> None:
     """End to end: the digital twin loses feed A for 15 s; the streams worker detects it from the PDU meters;
     the Alertmanager sink turns the event into exactly one page, and one resolution when the feed is back."""
-    import dataclasses
 
     from ops.demo import Services, wait_for_groups
     from tests.integration.test_streams_site import Plant, site_copy
@@ -189,7 +188,7 @@ def test_a_twin_feed_loss_pages_once_and_resolves_once(cfg: Config, alertmanager
     scenario = tmp_path / "feed-loss.toml"
     scenario.write_text('name = "feed-a-15s"\n[[events]]\nat_s = 5\nkind = "lose_feed"\nfeed = "A"\n'
                         'duration_s = 15\n')
-    c = dataclasses.replace(cfg, site_file=str(path))
+    c = cfg.model_copy(update={"site_file": str(path)})
     svc = Services(c, tmp_path / "logs")
     sink = load_sink("alertmanager", {"kind": "alertmanager", "url": url, "repost_s": REPOST_S})
     stop = threading.Event()

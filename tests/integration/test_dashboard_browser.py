@@ -13,7 +13,6 @@ Screenshots go to $PP_ARTIFACTS (default .powerplane/artifacts/).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import re
 import threading
@@ -129,7 +128,7 @@ def test_dashboard_stays_responsive_with_1024_racks(cfg: Config, tmp_path: Path)
     site_file.write_text(to_toml(reference_site_dict(RefSiteParams())))
     site = load_site(site_file)
     assert site.n_racks == 1024
-    ref_cfg = dataclasses.replace(cfg, site_file=str(site_file))
+    ref_cfg = cfg.model_copy(update={"site_file": str(site_file)})
     svc = Services(ref_cfg, tmp_path / "logs")
     port = free_port()
     stop = threading.Event()

@@ -97,7 +97,7 @@ def site_copy(tmp: Path, name: str) -> tuple[Path, Site]:
 @pytest.mark.integration
 def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_path: Path) -> None:
     path, site = site_copy(tmp_path, "lab-emergencies")
-    c = dataclasses.replace(cfg, site_file=str(path))
+    c = cfg.model_copy(update={"site_file": str(path)})
     svc = Services(c, tmp_path / "logs")
     epoch = float(int(time.time()))
     plant = Plant(c, site, epoch)
@@ -177,7 +177,7 @@ def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_pa
 @pytest.mark.integration
 def test_a_killed_worker_is_replaced_without_paging_again(cfg: Config, tmp_path: Path) -> None:
     path, site = site_copy(tmp_path, "lab-restart")
-    c = dataclasses.replace(cfg, site_file=str(path))
+    c = cfg.model_copy(update={"site_file": str(path)})
     epoch = float(int(time.time()))
     plant = Plant(c, site, epoch)
     first_svc = Services(c, tmp_path / "logs-1")

@@ -37,7 +37,7 @@ def _key(c: Command) -> tuple[float, str, str, tuple[int, ...], tuple[float, ...
 
 def test_kafka_path_and_engine_issue_the_same_commands(cfg: Config, tmp_path: Path) -> None:
     path, site = site_copy(tmp_path, f"lab-2p-{int(time.time())}")
-    c = dataclasses.replace(cfg, site_file=str(path))
+    c = cfg.model_copy(update={"site_file": str(path)})
     scenario = dataclasses.replace(load_scenario(ROOT / "examples" / "scenarios" / "lab-feed-loss-and-cooling.toml"),
                                    site=site.name)
     twin = Twin(site, scenario=scenario, seed=5, epoch_s=float(int(time.time())))

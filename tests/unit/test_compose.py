@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +20,7 @@ COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 ALERTMANAGER_FILE = COMPOSE_DIR / "alertmanager.yml"
 PROVISIONING = ROOT / "dashboards" / "provisioning"
 
-# Mirrors the top-level subcommands of ops/cli.py; keep the two in step.
+# Mirrors the top-level subcommands of ops/cli/; keep the two in step.
 CLI_SUBCOMMANDS = {"topics", "streams", "controller", "sink", "fleet"}
 
 PLACEHOLDER = re.compile(r"changeme|\bTO[D]O\b|FIXME|xxx|<[^<>\n]+>", re.IGNORECASE)
@@ -96,7 +95,7 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_pp_env_vars_are_config_fields(services: dict[str, dict[str, Any]]) -> None:
-    known = {Config.env_name(f.name) for f in fields(Config)}
+    known = {Config.env_name(name) for name in Config.model_fields}
     used = {k for svc in services.values() for k in env_of(svc) if k.startswith("PP_")}
     referenced = {m.group(1) for m in INTERPOLATION.finditer(COMPOSE_FILE.read_text())}
     used |= {v for v in referenced if v.startswith("PP_")}

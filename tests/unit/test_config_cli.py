@@ -82,6 +82,39 @@ def test_unknown_key_in_file_rejected(tmp_path: Path) -> None:
     assert "cap_treshold" in str(ei.value) and str(f) in str(ei.value)
 
 
+def test_every_mistake_of_file_and_environment_reported_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "pp.toml"
+    f.write_text('cap_treshold = 0.85\nsample_interval_s = "fast"\ncap_threshold = 0.7\nuncap_threshold = 0.75\n'
+                 "command_lease_s = true\n")
+    env = {"PP_INFLUX_URL": "http://tsdb:8086", "PP_SIGNING_KEY_FILE": "k", "PP_STATE_DIR": "s",
+           "PP_SAMPLE_INTERVAL_S": "often"}
+    with pytest.raises(ConfigError) as ei:
+        load_config(f, env=env)
+    where = sorted(line.split(": ", 1)[0] for line in ei.value.errors)
+    assert where == ["cap_treshold", "command_lease_s", "sample_interval_s (env PP_SAMPLE_INTERVAL_S)",
+                     "uncap_threshold"], ei.value.errors
+    msg = str(ei.value)
+    assert msg.startswith(f"{f}: 4 error(s)\n")
+    assert "'often'" in msg and "below cap_threshold" in msg and "known: alertmanager_url" in msg
+    # The CLI prints them all and exits 2 before doing anything.
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["--config", str(f), "topics", "list"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and "Traceback" not in cap.err
+    for line in ei.value.errors:
+        assert line in cap.err
+
+
+def test_explicit_env_mapping_ignores_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PP_CAP_THRESHOLD", "eighty percent")
+    assert load_config(env={}).cap_threshold == 0.80
+    assert load_config(env={"PP_CAP_THRESHOLD": "0.9"}).cap_threshold == 0.9
+    with pytest.raises(ConfigError, match="PP_CAP_THRESHOLD"):
+        load_config()
+
+
 def test_unreadable_and_invalid_config_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml", env={})

@@ -13,7 +13,8 @@ import pytest
 
 from controllers.capping import BREAKER_KINDS
 from ops.cli import main
-from ops.evaluate import oversubscription, run_policy, static_caps_w, write_report
+from ops.evaluate import oversubscription, run_policy, static_caps_w
+from ops.report import write_report
 from powerplane.site import KIND, Site, load_site
 from sim.scenario import load_scenario
 

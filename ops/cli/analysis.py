@@ -1,0 +1,186 @@
+"""Looking at the plant: live (dashboard, status) and what it would do (evaluate on the twin, plan)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ops.cli.common import _site, _stop_on_signals
+
+if TYPE_CHECKING:
+    from powerplane.config import Config
+
+
+def cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
+    from dashboards.live.server import run
+
+    site = _site(cfg) if Path(cfg.site_file).exists() else None  # without it: levels laid out as they arrive
+    try:
+        run(site, port=args.port, stop=_stop_on_signals(), host=args.host, speed=args.speed, backfill=args.backfill,
+            bootstrap=None if args.replay else cfg.kafka_bootstrap, replay_dir=args.replay)
+    except OSError as e:
+        print(f"powerplane: error: cannot serve on {args.host}:{args.port} ({e.strerror or e}): choose another "
+              "--port", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    from ops.evaluate import POLICIES, oversubscription, run_policy
+    from ops.progress import Progress
+    from ops.report import write_report
+    from powerplane.site import load_site
+    from sim.scenario import load_scenario
+    from sim.workload import load_workload
+
+    if args.site == "ref":
+        from powerplane.refsite import reference_site
+
+        site, site_name = reference_site(), "the 100 MW reference site"
+    else:
+        site, site_name = load_site(args.site), args.site
+    policies = list(POLICIES) if args.policy == "all" else [p.strip() for p in args.policy.split(",") if p.strip()]
+    bad = [p for p in policies if p not in POLICIES]
+    if bad:
+        raise ValueError(f"--policy: unknown {', '.join(bad)} (known: {', '.join(POLICIES)}, all)")
+    scenario = load_scenario(args.scenario) if args.scenario else None
+    workload = load_workload(args.workload) if args.workload else None
+    duration = args.duration or int(getattr(scenario, "duration_s", 0) or 300)
+    t0 = time.monotonic()
+    results = {}
+    for pol in policies:
+        bar = Progress(f"{pol:>6}: {duration} s simulated", duration, sys.stderr)
+        results[pol] = run_policy(site, pol, duration, workload=workload, scenario=scenario, seed=args.seed,
+                                  progress=bar)
+        bar.done()
+    oversub = None
+    if "none" in results:
+        print("planning: how many more racks capping supports (powerplane plan on the uncontrolled run)...",
+              file=sys.stderr)
+        oversub = oversubscription(site, results["none"]["rack_power_w"])
+    meta = {"site": site_name, "scenario": args.scenario or "none (steady state)",
+            "workload": args.workload or "default (Azure conversation trace)", "duration_s": duration,
+            "seed": args.seed, "wall_s": time.monotonic() - t0, "policies": policies}
+    path = write_report(Path(args.out), meta, results, oversub)
+    print(path.read_text().split("## Policies")[0].rstrip())
+    print(f"\nreport: {path}  metrics: {path.parent / 'metrics.json'}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    from dashboards.live.feed import read_tail
+    from dashboards.live.state import DashState, status_rows
+
+    state = DashState(site=_site(cfg) if Path(cfg.site_file).exists() else None)
+    stats = read_tail(cfg.kafka_bootstrap, state.apply, per_partition=args.tail, timeout_s=args.timeout)
+    kinds = set(args.kinds.split(",")) if args.kinds else None
+    rows = status_rows(state, kinds)
+    if not rows:
+        print(f"no level aggregates in the last {args.tail} records of each partition at {cfg.kafka_bootstrap}: "
+              "is the streams worker running (`powerplane streams worker`)?")
+        return 1
+
+    def kw(x: float | None) -> str:
+        return "-" if x is None or x != x else f"{x / 1e3:.1f}"
+
+    age = f", newest window {time.time() - state.clock_s:.0f} s ago" if state.clock_s == state.clock_s else ""
+    print(f"site {state.site.name if state.site else '?'}: {len(state.values)} levels{age}")
+    print(f"{'level':24s} {'kind':8s} {'load kW':>9s} {'limit kW':>9s} {'load %':>7s} {'headroom kW':>11s} "
+          f"{'mode':8s} {'events':>6s}")
+    for r in rows:
+        frac = r["load_frac"]
+        print(f"{'  ' * r['depth'] + r['level']:24s} {r['kind']:8s} {kw(r['power_w']):>9s} {kw(r['limit_w']):>9s} "
+              f"{'-' if frac is None else f'{frac:.1%}':>7s} {kw(r['headroom_w']):>11s} {r['mode'] or '-':8s} "
+              f"{r['open_events'] or '':>6}")
+    opened = state.open_events()
+    for e in opened[:10]:
+        dl = f", deadline in {e['deadline_s'] - state.clock_s:.0f} s" if e["deadline_s"] is not None else ""
+        print(f"OPEN {e['severity']:8s} {e['kind']} {','.join(e['levels'][:3])}{dl}: {e['summary']}")
+    if stats.lag:
+        print(f"(read timed out with {sum(stats.lag.values())} records left; raise --timeout)", file=sys.stderr)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
+    from controllers.planning import Costs
+    from ops import plan as plan_shell
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    high = [c.strip() for c in args.high_priority.split(",") if c.strip()]
+    plan_shell.check_options(kinds, high, args.risk)
+    site = _site(cfg, args.site)
+    if args.recording:
+        power = plan_shell.power_from_recording(site, args.recording, sys.stderr)
+        source = f"recording {args.recording}"
+    else:
+        power = plan_shell.power_from_twin(site, args.simulate_minutes, args.seed, sys.stderr)
+        source = f"twin run of {args.simulate_minutes:g} min"
+    costs = Costs(args.power_usd_per_w, args.cooling_usd_per_w, args.usd_per_kwh, args.pue, args.rack_kw)
+    plans, report = plan_shell.run(site, power, risk=args.risk, n_minus_1=args.n_minus_1, seed=args.seed,
+                                   kinds=kinds, high_priority=high, costs=costs, source=source, cooling=args.cooling,
+                                   max_throttle=args.max_throttle, progress=sys.stderr)
+    print(plan_shell.table(plans))
+    print(plan_shell.summary(report))
+    if args.json:
+        plan_shell.write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds dashboard, evaluate, status, plan."""
+    db = sub.add_parser("dashboard", help="serve the live dashboard on localhost (from Kafka, or --replay a recording)")
+    db.add_argument("--port", type=int, default=8050)
+    db.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    db.add_argument("--replay", metavar="DIR", help="show a recording (made by `powerplane record`) with a time slider")
+    db.add_argument("--speed", type=float, default=1.0, help="--replay: N x the recorded pace at the start")
+    db.add_argument("--backfill", type=int, metavar="N",
+                    help="records read back per partition at start (default: ~a minute of aggregates; 0: only new)")
+    db.set_defaults(fn=cmd_dashboard)
+
+    ev = sub.add_parser("evaluate", help="closed loop on the digital twin, faster than real time: compare policies, "
+                                         "write a report and metrics")
+    ev.add_argument("--site", default="ref", help="site file, or 'ref' for the 100 MW reference site (default)")
+    ev.add_argument("--workload", help="workload file (default: the site's default workload on the Azure trace)")
+    ev.add_argument("--scenario", help="scenario file (feed loss, cooling failure, ...); default: none")
+    ev.add_argument("--policy", default="all", help="none, static, polca, full, or 'all' (comma-separated list ok)")
+    ev.add_argument("--duration", type=int, help="simulated seconds per policy (default: the scenario's, or 300)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", default="evaluation", help="output directory for report.md, metrics.json and plots")
+    ev.set_defaults(fn=cmd_evaluate)
+
+    st = sub.add_parser("status", help="print the power tree with load and headroom from the latest aggregates")
+    st.add_argument("--kinds", default="site,utility,ups,rpp,pdu,hall,row,zone",
+                    help="comma-separated level kinds to list (racks are left out by default)")
+    st.add_argument("--tail", type=int, default=2000, help="records read back from the end of each partition")
+    st.add_argument("--timeout", type=float, default=10.0, help="seconds to spend reading")
+    st.set_defaults(fn=cmd_status)
+
+    pl = sub.add_parser("plan", help="offline oversubscription planning: more racks per level, with and without "
+                                     "capping, at a stated risk, and what they are worth")
+    pl.add_argument("--site", help="site file (default: PP_SITE_FILE)")
+    src = pl.add_mutually_exclusive_group(required=True)
+    src.add_argument("--recording", metavar="DIR", help="recording with pp.telemetry (made by `powerplane record`)")
+    src.add_argument("--simulate-minutes", type=float, metavar="N", help="run the digital twin for N minutes instead")
+    pl.add_argument("--risk", type=float, default=1e-4,
+                    help="allowed fraction of seconds over a limit (no control) or capping high priority (capped)")
+    pl.add_argument("--n-minus-1", action="store_true", help="capped floor must also fit with either feed lost")
+    pl.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
+    pl.add_argument("--seed", type=int, default=0, help="twin and bootstrap seed")
+    pl.add_argument("--kinds", default="rpp,ups,utility,row,hall,site",
+                    help="level kinds to plan (pdu and zone also possible)")
+    pl.add_argument("--cooling", action="store_true",
+                    help="also hold cooling zones under their capacity every second (and plan them)")
+    pl.add_argument("--max-throttle", type=float, metavar="FRAC",
+                    help="capping may shed at most this fraction of low-priority energy (default: no bound)")
+    pl.add_argument("--high-priority", default="inference-critical",
+                    help="priority classes capped only as a last resort (the rest is shed first)")
+    pl.add_argument("--power-usd-per-w", type=float, default=7.0, help="power provisioning cost")
+    pl.add_argument("--cooling-usd-per-w", type=float, default=2.5, help="cooling provisioning cost")
+    pl.add_argument("--usd-per-kwh", type=float, default=0.04, help="energy price")
+    pl.add_argument("--pue", type=float, default=1.2, help="power usage effectiveness")
+    pl.add_argument("--rack-kw", type=float, default=50.0, help="provisioned power per rack, for capital avoided")
+    pl.set_defaults(fn=cmd_plan)

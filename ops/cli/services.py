@@ -1,0 +1,208 @@
+"""The long-running stages, one process each (fleet, collect, streams, controller, actuate, sink),
+and the demo that runs them all together."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ops.cli.common import _keyring, _site, _stop_on_signals, log
+
+if TYPE_CHECKING:
+    from powerplane.config import Config
+
+
+def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
+    import time
+
+    from actuators import service as actuator_service
+    from actuators.base import load_actuator
+    from collectors import service as collector_service
+    from collectors.base import SourceContext, load_source
+    from sim.fleet import Fleet
+
+    site = _site(cfg)
+    stop = _stop_on_signals()
+    fleet: Any
+    if args.twin or args.scenario:
+        from sim import Twin, load_scenario
+
+        # The digital twin: trace-driven pools and training jobs, full physics, optional scenario.
+        scenario = load_scenario(args.scenario) if args.scenario else None
+        fleet = Twin(site, scenario=scenario, seed=args.seed, epoch_s=time.time())
+    else:
+        fleet = Fleet(site, seed=args.seed, load_scale=args.load, epoch_s=time.time())
+    lock = threading.Lock()
+    source = load_source("sim", {"kind": "sim", "interval_s": cfg.sample_interval_s, "lock": lock},
+                         SourceContext(site=site, plant=fleet))
+    actuator = load_actuator("twin", {"kind": "twin", "lock": lock, "safe_limit": "max"}, context=fleet)
+    ready = threading.Event()
+    act = threading.Thread(target=actuator_service.run, args=(cfg, site.name, actuator, _keyring(cfg), stop, ready),
+                           name="actuator", daemon=True)
+    act.start()
+    ready.wait(30)
+    log.info("fleet: %d racks, %d GPUs, publishing every %.1f s%s", site.n_racks, site.n_gpus,
+             cfg.sample_interval_s, f"; feed {args.lose_feed} will be lost at t={args.at:.0f} s"
+             if args.lose_feed else "")
+
+    def schedule() -> None:
+        if args.lose_feed and not stop.wait(args.at):
+            with lock:
+                fleet.lose_feed(args.lose_feed)
+            log.warning("fleet: feed %s LOST (scenario)", args.lose_feed)
+        if args.restore_at and args.lose_feed and not stop.wait(max(0.0, args.restore_at - args.at)):
+            with lock:
+                fleet.lose_feed(None)
+            log.warning("fleet: feed %s restored (scenario)", args.lose_feed)
+
+    threading.Thread(target=schedule, daemon=True).start()
+    try:
+        collector_service.run(cfg, [source], stop, duration_s=args.duration or None, client_id="powerplane-fleet")
+    finally:
+        stop.set()
+        act.join(10)
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace, cfg: Config) -> int:
+    from collectors import service as collector_service
+    from collectors.base import SourceContext
+
+    site = _site(cfg) if Path(cfg.site_file).exists() else None
+    sources = collector_service.sources_from_file(args.sources, SourceContext(site=site))
+    sched = collector_service.run(cfg, sources, _stop_on_signals(), duration_s=args.duration or None,
+                                  metrics_port=args.metrics_port, client_id=args.client_id)
+    print(sched.table())
+    return 0
+
+
+def cmd_streams(args: argparse.Namespace, cfg: Config) -> int:
+    from streams.app import run_worker
+
+    run_worker(cfg, _site(cfg), from_beginning=args.from_beginning, metrics_port=args.metrics_port)
+    return 0
+
+
+def cmd_controller(args: argparse.Namespace, cfg: Config) -> int:
+    from controllers import service
+
+    stop = _stop_on_signals()
+    ctl = service.run(cfg, _site(cfg), _keyring(cfg), stop, metrics_port=args.metrics_port,
+                      decide_on_crossing=args.decide_on_crossing)
+    lat = sorted(ctl.stats.latencies_s)
+    p50 = f"{lat[len(lat) // 2] * 1e3:.0f} ms" if lat else "n/a"
+    log.info("controller: %d commands, %d renewals, acks %s, command->ack p50 %s", ctl.stats.commands,
+             ctl.stats.renewals, ctl.stats.acks, p50)
+    return 0
+
+
+def cmd_actuate(args: argparse.Namespace, cfg: Config) -> int:
+    import tomllib
+
+    from actuators import service as actuator_service
+    from actuators.base import ActuatorConfigError, load_actuator
+
+    try:
+        tables = tomllib.loads(Path(args.actuators).read_text()).get("actuators", {})
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{args.actuators}: not valid TOML ({e})") from None
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError(f"{args.actuators}: no [actuators.<name>] table (see actuators/*/sample.toml)")
+    name = args.name or (next(iter(tables)) if len(tables) == 1 else None)
+    if name is None or name not in tables:
+        raise ValueError(f"{args.actuators}: choose an actuator with --name ({', '.join(tables)})")
+    try:
+        actuator = load_actuator(name, tables[name])
+    except ActuatorConfigError as e:
+        raise ValueError(str(e)) from None
+    guard = actuator_service.run(cfg, _site(cfg).name, actuator, _keyring(cfg), _stop_on_signals(),
+                                 metrics_port=args.metrics_port)
+    log.info("actuator %s: %s", name, guard.stats)
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace, cfg: Config) -> int:
+    from streams.sinks.base import load_sink
+    from streams.sinks.runner import SinkMetrics, SinkStats, run
+
+    options: dict[str, dict[str, Any]] = {
+        "influxdb": {"kind": "influxdb", "url": cfg.influx_url, "org": cfg.influx_org, "bucket": cfg.influx_bucket,
+                     "token": cfg.influx_token},
+        "alertmanager": {"kind": "alertmanager", "url": cfg.alertmanager_url},
+    }
+    sink = load_sink(args.name, options[args.name])
+    stats = SinkStats()
+    if args.metrics_port:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        registry.register(SinkMetrics(args.name, stats))
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
+    run(cfg, sink, _stop_on_signals(), stats=stats)
+    log.info("sink %s: wrote %d points in %d batches (%d retries, %d dead letters, %d dropped)", args.name,
+             stats.written, stats.batches, stats.retries, stats.dead_letters, stats.dropped)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
+    from ops.demo import run_demo
+
+    return run_demo(cfg, duration_s=args.duration, lose_feed_at_s=args.at, keep_servers=args.keep_servers)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds fleet, collect, streams, controller, actuate, sink, demo."""
+    f = sub.add_parser("fleet", help="run the simulated fleet: publishes telemetry, applies commands")
+    f.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until stopped)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--load", type=float, default=1.0, help="utilization scale")
+    f.add_argument("--lose-feed", choices=["A", "B"], help="scenario: lose this feed ...")
+    f.add_argument("--at", type=float, default=15.0, help="... this many seconds after start")
+    f.add_argument("--restore-at", type=float, default=0.0, help="... and restore it at this time")
+    f.add_argument("--twin", action="store_true", help="use the digital twin (trace-driven) instead of the "
+                                                        "simple fleet")
+    f.add_argument("--scenario", help="digital twin scenario file (implies --twin), e.g. examples/scenarios/*.toml")
+    f.set_defaults(fn=cmd_fleet)
+
+    co = sub.add_parser("collect", help="poll devices (SNMP PDUs, Redfish BMCs, NVML, DCGM) and publish telemetry")
+    co.add_argument("sources", help="TOML file of [sources.NAME] tables (see collectors/*/sample.toml)")
+    co.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until stopped)")
+    co.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    co.add_argument("--client-id", default="powerplane-collector", help="names the spool directory too")
+    co.set_defaults(fn=cmd_collect)
+
+    w = sub.add_parser("streams", help="run the faust-streaming worker (telemetry -> aggregates)")
+    w.add_argument("action", choices=["worker"])
+    w.add_argument("--from-beginning", action="store_true",
+                   help="a new consumer group starts at the oldest telemetry kept, not the newest (reprocessing)")
+    w.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
+    w.set_defaults(fn=cmd_streams)
+
+    c = sub.add_parser("controller", help="run the capping controller (aggregates -> signed commands)")
+    c.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
+    c.add_argument("--decide-on-crossing", action=argparse.BooleanOptionalAction, default=True,
+                   help="decide as soon as a PDU load crosses the cap threshold, not only once a second "
+                        "(default: on)")
+    c.set_defaults(fn=cmd_controller)
+
+    ac = sub.add_parser("actuate", help="apply signed commands to devices (nvml, redfish): one actuator of a config")
+    ac.add_argument("--actuators", required=True, metavar="FILE",
+                    help="TOML file with [actuators.<name>] tables (see actuators/*/sample.toml)")
+    ac.add_argument("--name", help="which actuator of the file (needed when it has several)")
+    ac.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port")
+    ac.set_defaults(fn=cmd_actuate)
+
+    k2 = sub.add_parser("sink", help="write aggregates, headroom, events and commands to InfluxDB (v2 write API), "
+                                     "or events to Alertmanager")
+    k2.add_argument("name", nargs="?", default="influxdb", choices=["influxdb", "alertmanager"],
+                    help="which sink (default influxdb; alertmanager posts pp.events to PP_ALERTMANAGER_URL)")
+    k2.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
+    k2.set_defaults(fn=cmd_sink)
+
+    e = sub.add_parser("demo", help="run the closed loop end to end on real servers and show what happens")
+    e.add_argument("--duration", type=float, default=50.0)
+    e.add_argument("--at", type=float, default=15.0, help="seconds until feed A is lost")
+    e.add_argument("--keep-servers", action="store_true", help="leave Kafka and the TSDB running afterwards")
+    e.set_defaults(fn=cmd_demo)

@@ -1,0 +1,109 @@
+"""Getting a place ready: the development servers, the Kafka topics, the site file, the signing keys."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ops.cli.common import _keyring, _site
+
+if TYPE_CHECKING:
+    from powerplane.config import Config
+
+
+def cmd_dev(args: argparse.Namespace, cfg: Config) -> int:
+    from ops import devservers
+
+    if args.action == "up":
+        devservers.up(cfg, kafka=not args.no_kafka, vm=not args.no_tsdb)
+        print(f"Kafka at {cfg.kafka_bootstrap}, InfluxDB v2 write API (VictoriaMetrics) at {cfg.influx_url}")
+    elif args.action == "down":
+        devservers.down(cfg, wipe=args.wipe)
+    else:
+        for name, pid in devservers.status(cfg).items():
+            print(f"{name:18s} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, cfg: Config) -> int:
+    from powerplane import topics
+
+    if args.action == "create":
+        from powerplane.kafka import create_topics
+
+        created = create_topics(cfg.kafka_bootstrap)
+        print(f"created: {', '.join(created)}" if created else "all topics already exist")
+    else:
+        print(f"{'topic':16s} {'parts':>5s} {'key':18s} {'retention':>9s} cleanup")
+        for t in topics.ALL:
+            print(f"{t.name:16s} {t.partitions:5d} {t.key:18s} {t.retention_ms / 86_400_000:8.0f}d "
+                  f"{t.configs()['cleanup.policy']}")
+    return 0
+
+
+def cmd_site(args: argparse.Namespace, cfg: Config) -> int:
+    if args.action == "generate":
+        from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml
+
+        params = RefSiteParams(halls=args.halls, rows_per_hall=args.rows, racks_per_row=args.racks)
+        Path(args.out).write_text(to_toml(reference_site_dict(params)))
+        site = _site(cfg, args.out)
+        print(f"wrote {args.out}: {site.n_racks} racks, {site.n_gpus} GPUs")
+        return 0
+    site = _site(cfg, args.file)
+    if args.action == "validate":
+        print(f"{args.file or cfg.site_file}: ok — {site.n_racks} racks, {len(site.server_ids)} servers, "
+              f"{site.n_gpus} GPUs, {len(site.level_ids)} levels")
+        return 0
+    from powerplane.site import KIND_NAMES
+
+    rated, derated = site.limits_w("normal")
+    _, der_a = site.limits_w("A-lost")
+    _, der_b = site.limits_w("B-lost")
+    print(f"{'level':18s} {'kind':8s} {'rated kW':>9s} {'derated':>9s} {'A lost':>9s} {'B lost':>9s}")
+    kinds = set(args.kinds.split(",")) if args.kinds else {"site", "utility", "ups", "rpp", "hall", "row", "zone"}
+    for i, lid in enumerate(site.level_ids):
+        k = KIND_NAMES[site.level_kind[i]]
+        if k in kinds:
+            print(f"{lid:18s} {k:8s} {rated[i] / 1e3:9.1f} {derated[i] / 1e3:9.1f} {der_a[i] / 1e3:9.1f} "
+                  f"{der_b[i] / 1e3:9.1f}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, cfg: Config) -> int:
+    path = Path(cfg.signing_key_file)
+    if path.exists():
+        print(f"{path} already exists; rotate by adding a new '<id> <hex>' line and setting PP_SIGNING_KEY_ID")
+        return 0
+    _keyring(cfg, create=True)
+    print(f"created signing keyring {path} with key id '{cfg.signing_key_id}'")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds dev, topics, site, keys."""
+    d = sub.add_parser("dev", help="start/stop the real servers used in development and tests")
+    d.add_argument("action", choices=["up", "down", "status"])
+    d.add_argument("--no-kafka", action="store_true", help="up: skip Kafka")
+    d.add_argument("--no-tsdb", action="store_true", help="up: skip the time-series server")
+    d.add_argument("--wipe", action="store_true", help="down: also delete their data")
+    d.set_defaults(fn=cmd_dev)
+
+    t = sub.add_parser("topics", help="create the declared Kafka topics, or list them")
+    t.add_argument("action", choices=["create", "list"])
+    t.set_defaults(fn=cmd_topics)
+
+    s = sub.add_parser("site", help="validate, show or generate a site file")
+    s.add_argument("action", choices=["validate", "show", "generate"])
+    s.add_argument("file", nargs="?", help="site file (default: PP_SITE_FILE)")
+    s.add_argument("--kinds", help="show: comma-separated level kinds to list")
+    s.add_argument("--out", default="refsite.toml", help="generate: output file")
+    s.add_argument("--halls", type=int, default=4)
+    s.add_argument("--rows", type=int, default=16, help="generate: rows per hall")
+    s.add_argument("--racks", type=int, default=16, help="generate: racks per row")
+    s.set_defaults(fn=cmd_site)
+
+    k = sub.add_parser("keys", help="create the command-signing keyring (development)")
+    k.add_argument("action", choices=["init"])
+    k.set_defaults(fn=cmd_keys)

@@ -1,0 +1,190 @@
+"""The evaluation's report: metrics.json (every figure, and which of the issue's targets are met), small SVG
+line charts per policy, and report.md with the policies side by side. Plain formatting of what
+ops.evaluate measured: no simulation here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from controllers.capping import BREAKER_KINDS
+from powerplane.site import PRIORITIES
+
+Cell = Callable[[dict[str, Any]], str]
+
+DEFINITIONS = ("Definitions: a request is within SLO when its first token came within its pool's TTFT SLO "
+               "(dropped and aborted requests count as misses); TBT within SLO is the share of decode tokens "
+               "within the TBT SLO; a request is throttled when its pool's GPUs ran power-capped below their "
+               "maximum or thermally throttled that second (weighted by the pool's throttled share; clocks the "
+               "reconfiguration policy locks are its chosen operating point, not throttling). Ratings are "
+               "nameplate (a breaker carries 100 % indefinitely); the policies aim at the derated limits.")
+
+
+def svg_chart(series: dict[str, dict[str, list[float]]], key: str, title: str, unit: str,
+              hline: float | None = None) -> str:
+    """A small line chart, one line per policy: enough to see the story without a plotting library."""
+    w, h, pad = 640, 220, 40
+    colors = {"none": "#888", "static": "#2a7", "polca": "#d80", "full": "#36c"}
+    xs = [v for s in series.values() for v in s["t_s"]]
+    ys = [v for s in series.values() for v in s[key]] + ([hline] if hline is not None else [])
+    if not xs or not ys:
+        return ""
+    x0, x1 = min(xs), max(xs) or 1.0
+    y0, y1 = min(ys), max(ys)
+    y0, y1 = (y0 - 0.05 * (y1 - y0 or 1), y1 + 0.05 * (y1 - y0 or 1))
+
+    def sx(x: float) -> float:
+        return pad + (x - x0) / max(x1 - x0, 1e-9) * (w - 2 * pad)
+
+    def sy(y: float) -> float:
+        return h - pad + (y - y0) / max(y1 - y0, 1e-9) * (2 * pad - h)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
+             f'<text x="{pad}" y="16" font-size="13">{title}</text>',
+             f'<text x="4" y="{pad - 4}">{y1:.3g} {unit}</text><text x="4" y="{h - pad + 12}">{y0:.3g}</text>',
+             f'<text x="{w - pad - 40}" y="{h - 8}">{x1:.0f} s</text>',
+             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#ccc"/>']
+    if hline is not None:
+        parts.append(f'<line x1="{pad}" y1="{sy(hline):.1f}" x2="{w - pad}" y2="{sy(hline):.1f}" stroke="red" '
+                     f'stroke-dasharray="4 3"/>')
+    for i, (name, s) in enumerate(series.items()):
+        step = max(1, len(s["t_s"]) // 600)
+        pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(s["t_s"][::step], s[key][::step], strict=False))
+        c = colors.get(name, "#000")
+        parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{pts}"/>')
+        parts.append(f'<text x="{w - pad - 60}" y="{30 + 13 * i}" fill="{c}">{name}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def targets(results: dict[str, dict[str, Any]], extra_racks_pct: float | None) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets on the full policy, each met, missed or not measured, with the figure and why."""
+    out: list[tuple[str, bool | None, str]] = []
+    full = results.get("full")
+    none = results.get("none")
+    if full is None:
+        return out
+    out.append(("zero seconds above any breaker rating", full["seconds_over_rating"] == 0,
+                f"{full['seconds_over_rating']} s over, worst {full['worst_over_rating']:.2f}x rating, "
+                f"{full['breaker_trips']} trip(s)"))
+    crit = full["slo"].get(PRIORITIES[0])
+    if crit:
+        ok = crit["ttft_within_slo"] >= 0.99
+        out.append((">= 99% of inference-critical requests within SLO", ok,
+                    f"{100 * crit['ttft_within_slo']:.2f}% within the TTFT SLO, "
+                    f"TBT {100 * crit['tbt_within_slo']:.2f}%"))
+    if extra_racks_pct is None:
+        out.append((">= 30% more racks than without control", None, "needs the 'none' policy in the run"))
+    else:
+        out.append((">= 30% more racks than without control", extra_racks_pct >= 30.0,
+                    f"{extra_racks_pct:.1f}% more racks hosted with capping at the same risk (see Oversubscription)"))
+    if none is not None:
+        saving = 1.0 - full["energy_per_token_j"] / none["energy_per_token_j"]
+        out.append((">= 40% less energy per token than no control", saving >= 0.40,
+                    f"{100 * saving:.1f}% less ({full['energy_per_token_j']:.2f} vs {none['energy_per_token_j']:.2f} "
+                    f"J/token)"))
+    return out
+
+
+def write_report(out_dir: Path, meta: dict[str, Any], results: dict[str, dict[str, Any]],
+                 oversub: dict[str, Any] | None = None) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    series = {k: v.pop("series") for k, v in results.items() if "series" in v}
+    for v in results.values():
+        v.pop("rack_power_w", None)
+    tg = targets(results, oversub["more_racks_pct"] if oversub else None)
+    (out_dir / "metrics.json").write_text(json.dumps(
+        {"meta": meta, "results": results, "oversubscription": oversub,
+         "targets": [{"target": t, "met": m, "figure": f} for t, m, f in tg]},
+        indent=2, default=float))
+    charts = _charts(series)
+    for name, svg in charts.items():
+        if svg:
+            (out_dir / name).write_text(svg)
+    lines = [f"# Closed-loop evaluation: {meta['site']}", "",
+             f"Scenario: {meta['scenario']}. Workload: {meta['workload']}. {meta['duration_s']} s simulated per "
+             f"policy in {meta['wall_s']:.0f} s wall; seed {meta['seed']}. Metrics are the twin's ground truth.", "",
+             "## Targets (full policy)", "", "| target | met | figure |", "|---|---|---|"]
+    for t, m, f in tg:
+        lines.append(f"| {t} | {'yes' if m else 'no' if m is not None else 'not measured'} | {f} |")
+    lines += ["", "## Policies side by side", "", *_policy_table(results)]
+    if oversub:
+        lines += ["", "## Oversubscription", "", _oversubscription(meta, oversub)]
+    lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n, svg in charts.items() if svg]
+    lines += ["", DEFINITIONS]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _charts(series: dict[str, dict[str, list[float]]]) -> dict[str, str]:
+    return {"site_power.svg": svg_chart(series, "site_mw", "Site power (true)", "MW"),
+            "worst_breaker.svg": svg_chart(series, "worst_frac", "Most loaded breaker / its rating", "x",
+                                           hline=1.0),
+            "critical_slo.svg": svg_chart(series, "crit_ttft_ok", "Inference-critical requests within TTFT SLO "
+                                          "(cumulative)", "")}
+
+
+def _fmt(key: str, spec: str, scale: float = 1.0, suffix: str = "") -> Cell:
+    return lambda r: format(scale * r[key], spec) + suffix
+
+
+def _peak(kind: str) -> Cell:
+    return lambda r: format(r["peak_frac_of_rating"].get(kind, float("nan")), ".2f")
+
+
+def _count(action: str) -> Cell:
+    return lambda r: str(r.get("commands_by_action", {}).get(action, 0))
+
+
+def _slo(p: str, a: str, b: str | None = None, scale: float = 1.0, spec: str = ".3f", suffix: str = "") -> Cell:
+    def cell(r: dict[str, Any]) -> str:
+        x = r["slo"].get(p)
+        if x is None:
+            return "-"
+        first = format(scale * x[a], spec) + suffix
+        return first if b is None else f"{first} / {format(x[b], spec)}"
+    return cell
+
+
+def _policy_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """One Markdown row per metric, one column per policy."""
+    rows: list[tuple[str, Cell]] = [
+        ("energy (kWh)", _fmt("energy_kwh", ".1f")),
+        ("inference GPU energy per token (J)", _fmt("energy_per_token_j", ".3f")),
+        ("site energy per token (J)", _fmt("site_energy_per_token_j", ".3f")),
+        ("mean site power (MW)", _fmt("mean_site_mw", ".2f")),
+        *[(f"peak {kind} load / rating", _peak(kind)) for kind in BREAKER_KINDS],
+        ("seconds over a rating", _fmt("seconds_over_rating", ".0f")),
+        ("kW-s over ratings", _fmt("kw_s_over_rating", ".0f")),
+        ("breaker trips", _fmt("breaker_trips", ".0f")),
+        ("hottest rack inlet (C)", _fmt("inlet_max_c", ".1f")),
+        ("seconds with an inlet over 32 C", _fmt("seconds_inlet_over_limit", ".0f")),
+        ("commands issued", _fmt("commands", ".0f")),
+    ]
+    for action in sorted({a for r in results.values() for a in r.get("commands_by_action", {})}):
+        rows.append((f"... {action}", _count(action)))
+    for p in PRIORITIES:
+        if not any(p in r["slo"] for r in results.values()):
+            continue
+        rows += [(f"{p}: TTFT within SLO", _slo(p, "ttft_within_slo", scale=100, spec=".2f", suffix="%")),
+                 (f"{p}: TBT within SLO", _slo(p, "tbt_within_slo", scale=100, spec=".2f", suffix="%")),
+                 (f"{p}: TTFT p50 / p99 (s)", _slo(p, "ttft_p50_s", "ttft_p99_s")),
+                 (f"{p}: TBT p50 / p99 (s)", _slo(p, "tbt_p50_s", "tbt_p99_s")),
+                 (f"{p}: throttled requests", _slo(p, "throttled_fraction", scale=100, spec=".1f", suffix="%"))]
+    head = ["| metric | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    return head + [f"| {label} | " + " | ".join(fn(r) for r in results.values()) + " |" for label, fn in rows]
+
+
+def _oversubscription(meta: dict[str, Any], oversub: dict[str, Any]) -> str:
+    return (f"From the racks' true power in the uncontrolled run ({meta['duration_s']} s), the planner "
+            f"(`powerplane plan`) finds room for {oversub['extra_racks_no_control']} more racks without "
+            f"control and {oversub['extra_racks_capped']} with capping, at a risk of {oversub['risk']:g} "
+            f"(share of seconds over a derated limit, or needing caps on inference-critical work), capping "
+            f"shedding at most {100 * oversub['max_throttle']:.0f}% of low-priority energy (measured: "
+            f"{100 * oversub['throttled_low_priority']:.1f}%). On {oversub['racks']} racks that is "
+            f"{(oversub['more_racks_pct'] or 0.0):.1f}% more racks hosted. Binding levels: "
+            f"{oversub['binding_no_control']} without control, {oversub['binding_capped']} with capping.")
