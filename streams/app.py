@@ -1,10 +1,10 @@
-"""The faust-streaming worker: two agents, thin shells around pure code.
+"""The faust-streaming worker, `StreamsWorker`: two agents, thin shells around pure code.
 
-1. `racks` (pp.telemetry, partitioned by rack): decode a frame, reduce it with streams.rollup.frame_outputs,
+1. `rack_agent` (pp.telemetry, partitioned by rack): decode a frame, reduce it with streams.rollup.frame_outputs,
    publish the rack's and its PDUs' aggregates at once (the capping controller's fastest signal) and a
    RackSummary to pp.racks, keyed by site.
-2. `site` (pp.racks, one partition per site): streams.site_stage.SiteStage windows the summaries by event time,
-   rolls them up the power and cooling trees, forecasts every level, and publishes upper-level aggregates,
+2. `site_agent` (pp.racks, one partition per site): streams.site_stage.SiteStage windows the summaries by event
+   time, rolls them up the power and cooling trees, forecasts every level, and publishes upper-level aggregates,
    headroom for every level and emergency events. Its state is checkpointed to a faust Table backed by a
    compacted changelog topic, so a worker that replaces a dead one resumes windows, forecasts, breaker heat
    and open emergencies instead of re-paging.
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import faust
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
@@ -25,12 +26,13 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.schemas import DeadLetter, RackSummary, RackSummaryBatch, SchemaError, TelemetryFrame
+from powerplane.schemas import DeadLetter, LevelAggregate, RackSummary, RackSummaryBatch, SchemaError, TelemetryFrame
 from powerplane.site import Site
 from streams.rollup import Limits, UnknownRack, frame_outputs
 from streams.site_stage import SiteStage, SiteStageSettings, StageOutput
 
 log = logging.getLogger("powerplane.streams")
+T = TypeVar("T")
 
 
 # faust only turns on producer idempotence inside transactions; we want it on every send
@@ -129,10 +131,8 @@ class WorkerMetrics:
                                 value=float(len(tree.windows)))
 
 
-def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
-               settings: SiteStageSettings | None = None, checkpoint_s: float = 5.0,
-               idle_close: bool = True, from_beginning: bool = False) -> tuple[faust.App, Counters]:
-    app = faust.App(
+def _faust_app(cfg: Config, app_id: str, from_beginning: bool) -> faust.App:
+    return faust.App(
         app_id,
         broker=f"kafka://{cfg.kafka_bootstrap}",
         value_serializer="raw",
@@ -149,151 +149,176 @@ def create_app(cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
         producer_max_request_size=topics.CHECKPOINT_MAX_BYTES,  # the site-stage checkpoint is one big record
         broker_heartbeat_interval=3.0,
     )
-    counters = Counters()
-    limits = Limits(site)
-    stage = SiteStage(site, settings or SiteStageSettings())
-    telemetry = app.topic(topics.TELEMETRY.name, key_type=bytes, value_type=bytes, internal=False)
-    racks = app.topic(topics.RACKS.name, key_type=bytes, value_type=bytes, internal=False)
-    events = app.topic(topics.EVENTS.name, key_type=bytes, value_type=bytes, internal=False)
-    deadletter = app.topic(topics.DEADLETTER.name, key_type=bytes, value_type=bytes, internal=False)
-    state_table = app.Table("tree-state", default=None, key_type=bytes, value_type=bytes,
-                            partitions=topics.RACKS.partitions)
-    site_key = site.name.encode()
-    live = {"loaded": False, "last_checkpoint_s": 0.0, "last_record_mono": 0.0}
 
-    async def dead_letter(event: Any, reason: str) -> None:
-        msg = event.message
-        dl = DeadLetter(msg.topic, msg.partition, msg.offset, reason, msg.key, msg.value or b"",
-                        {"component": app_id})
-        counters.dead_letters += 1
-        key = msg.key.decode(errors="replace") if msg.key else "-"
-        log.warning("bad record %s[%d]@%d key=%s: %s -> %s", msg.topic, msg.partition, msg.offset, key, reason,
-                    topics.DEADLETTER.name)
-        await deadletter.send(key=msg.topic.encode(), value=dl.value, headers=dl.headers())
 
-    batches = KeyedBatches(app)
+def _items(recs: Sequence[Any]) -> list[tuple[bytes, bytes, float]]:
+    """(key, value, event time) of records, for KeyedBatches."""
+    return [(r.key(), r.encode(), r.ts_s) for r in recs]
 
-    def items(recs: list[Any]) -> list[tuple[bytes, bytes, float]]:
-        return [(r.key(), r.encode(), r.ts_s) for r in recs]
 
-    async def publish(out: StageOutput) -> None:
-        await batches.send(topics.AGGREGATES.name, items(out.aggregates))
-        await batches.send(topics.HEADROOM.name, items(out.headroom))
-        for e in out.events:
-            await events.send(key=e.id.encode(), value=e.encode(), timestamp=e.ts_s)
-            log.warning("event %s %s %s: %s", e.state, e.severity, e.kind, e.summary)
-        counters.aggregates += len(out.aggregates)
-        counters.headroom += len(out.headroom)
-        if out.aggregates:
-            counters.publish_delay_s = time.time() - max(a.ts_s for a in out.aggregates)
-        counters.events += len(out.events)
-        counters.windows += out.windows
+class StreamsWorker:
+    """The faust app with its topics, checkpoint table, counters and the site stage. Its agents
+    (`rack_agent`, `site_agent`) and timers (`idle_close_timer`, `report`) are the methods below."""
 
-    @app.agent(telemetry)
-    async def rack_agent(stream: Any) -> None:
-        # In batches of up to 2,048 frames or 50 ms, whichever comes first: the outputs of a batch go out as a
-        # few produce batches instead of four sends per frame.
+    def __init__(self, cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
+                 settings: SiteStageSettings | None = None, checkpoint_s: float = 5.0,
+                 idle_close: bool = True, from_beginning: bool = False) -> None:
+        self.app = app = _faust_app(cfg, app_id, from_beginning)
+        self.app_id = app_id
+        self.site = site
+        self.site_key = site.name.encode()
+        self.checkpoint_s = checkpoint_s
+        self.idle_close = idle_close
+        self.counters = Counters()
+        self.limits = Limits(site)
+        self.stage = SiteStage(site, settings or SiteStageSettings())
+        self.telemetry = app.topic(topics.TELEMETRY.name, key_type=bytes, value_type=bytes, internal=False)
+        self.racks = app.topic(topics.RACKS.name, key_type=bytes, value_type=bytes, internal=False)
+        self.events = app.topic(topics.EVENTS.name, key_type=bytes, value_type=bytes, internal=False)
+        self.deadletter = app.topic(topics.DEADLETTER.name, key_type=bytes, value_type=bytes, internal=False)
+        self.state_table = app.Table("tree-state", default=None, key_type=bytes, value_type=bytes,
+                                     partitions=topics.RACKS.partitions)
+        self.batches = KeyedBatches(app)
+        self.loaded = False  # the checkpoint was looked for
+        self.last_checkpoint_s = 0.0  # event time of the last checkpoint
+        self.last_record_mono = 0.0  # monotonic clock at the last rack-summary record
+        app.agent(self.telemetry)(self.rack_agent)
+        app.agent(self.racks)(self.site_agent)
+        app.timer(interval=1.0)(self.idle_close_timer)
+        app.timer(interval=30.0)(self.report)
+
+    # ---- agents ------------------------------------------------------------------------------------
+    async def rack_agent(self, stream: Any) -> None:
+        """pp.telemetry, in batches of up to 2,048 frames or 50 ms, whichever comes first: the outputs of a
+        batch go out as a few produce batches instead of four sends per frame."""
         async for batch in stream.take_events(2048, within=0.05):
             aggs_out: list[tuple[bytes, bytes, float]] = []
             summaries: list[RackSummary] = []
             for event in batch:
-                try:
-                    frame = TelemetryFrame.decode(event.value)
-                    aggs, summary = frame_outputs(site, limits, frame)
-                except (SchemaError, UnknownRack) as e:
-                    await dead_letter(event, str(e))
-                    continue
-                except Exception as e:  # never let one record stop the agent
-                    log.exception("roll-up failed on %s", event.message.key)
-                    await dead_letter(event, f"internal error: {type(e).__name__}: {e}")
-                    continue
-                counters.frames += 1
-                aggs_out += items(aggs)
-                summaries.append(summary)
-            await batches.send(topics.AGGREGATES.name, aggs_out)
+                done = await self._guarded(event, "roll-up", self._roll_up, event.value)
+                if done is not None:
+                    self.counters.frames += 1
+                    aggs_out += _items(done[0])
+                    summaries.append(done[1])
+            await self.batches.send(topics.AGGREGATES.name, aggs_out)
             if summaries:  # one record for the whole batch: the site stage takes it in one vectorized step
                 rb = RackSummaryBatch.of(summaries)
-                await racks.send(key=rb.key(), value=rb.encode(), timestamp=float(rb.ts_s.max()))
-            counters.aggregates += len(aggs_out)
+                await self.racks.send(key=rb.key(), value=rb.encode(), timestamp=float(rb.ts_s.max()))
+            self.counters.aggregates += len(aggs_out)
 
-    def resume() -> None:
-        """Load the checkpoint once, after faust has rebuilt the table from its changelog."""
-        if live["loaded"]:
-            return
-        live["loaded"] = True
-        raw = state_table.get(site_key)
-        if raw and stage.load_state(raw):
-            counters.resumed = True
-            log.info("site stage resumed from its checkpoint: %d windows closed before", stage.windows_closed)
-
-    @app.agent(racks)
-    async def site_agent(stream: Any) -> None:
-        # One record is a batch of rack summaries. Events are taken one at a time (not take_events): the
-        # checkpoint below must be written while faust knows the current event, which is how a table write
-        # finds its changelog partition.
+    async def site_agent(self, stream: Any) -> None:
+        """pp.racks: one record is a batch of rack summaries. Events are taken one at a time (not take_events):
+        the checkpoint must be written while faust knows the current event, which is how a table write finds
+        its changelog partition."""
         async for event in stream.events():
-            resume()
-            try:
-                rb = RackSummaryBatch.decode(event.value)
-                if rb.site != site.name:
-                    raise UnknownRack(f"rack.summaries: site '{rb.site}', this worker rolls up '{site.name}'")
-                out = stage.add_batch(rb)
-            except (SchemaError, UnknownRack) as e:
-                await dead_letter(event, str(e))
+            self._resume()
+            done = await self._guarded(event, "site stage", self._take_summaries, event.value)
+            if done is None:
                 continue
-            except Exception as e:
-                log.exception("site stage failed on %s", event.message.key)
-                await dead_letter(event, f"internal error: {type(e).__name__}: {e}")
-                continue
-            counters.summaries += len(rb.racks)
-            live["last_record_mono"] = time.monotonic()
-            if not out.windows:
-                continue
-            newest = float(rb.ts_s.max())
-            try:
-                await publish(out)
-                # Checkpoint by event time; inside the agent, so the write lands on this partition's changelog.
-                if newest - live["last_checkpoint_s"] >= checkpoint_s:
-                    state_table[site_key] = stage.state()
-                    live["last_checkpoint_s"] = newest
-                    counters.checkpoints += 1
-            except Exception:  # a failed publish or checkpoint must not stop the agent either
-                log.exception("publishing windows up to %.0f failed", newest)
+            rb, out = done
+            self.counters.summaries += len(rb.racks)
+            self.last_record_mono = time.monotonic()
+            if out.windows:
+                await self._publish_and_checkpoint(out, float(rb.ts_s.max()))
 
-    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
-    async def idle_close_timer() -> None:
-        # When telemetry stops altogether no record advances the watermark: let event time run on with
-        # the clock since the last record, so windows still close (every rack stale) and loss is reported.
-        if not idle_close or not live["last_record_mono"] or stage.tree.max_ts_s == float("-inf"):
+    # ---- timers ------------------------------------------------------------------------------------
+    async def idle_close_timer(self) -> None:
+        """When telemetry stops altogether no record advances the watermark: let event time run on with the
+        clock since the last record, so windows still close (every rack stale) and loss is reported."""
+        tree = self.stage.tree
+        if not self.idle_close or not self.last_record_mono or tree.max_ts_s == float("-inf"):
             return
-        idle = time.monotonic() - float(live["last_record_mono"])
-        if idle > stage.settings.tree.window_s + stage.settings.tree.lateness_s:
+        idle = time.monotonic() - self.last_record_mono
+        if idle > self.stage.settings.tree.window_s + self.stage.settings.tree.lateness_s:
             try:
-                await publish(stage.advance(stage.tree.max_ts_s + idle))
+                await self.publish(self.stage.advance(tree.max_ts_s + idle))
             except Exception:
                 log.exception("closing idle windows failed")
 
-    @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
-    async def report() -> None:
+    async def report(self) -> None:
+        c = self.counters
         log.info("frames=%d summaries=%d windows=%d aggregates=%d headroom=%d events=%d late=%d dead_letters=%d "
-                 "checkpoints=%d", counters.frames, counters.summaries, counters.windows, counters.aggregates,
-                 counters.headroom, counters.events, stage.tree.late_frames, counters.dead_letters,
-                 counters.checkpoints)
+                 "checkpoints=%d", c.frames, c.summaries, c.windows, c.aggregates, c.headroom, c.events,
+                 self.stage.tree.late_frames, c.dead_letters, c.checkpoints)
 
-    app.pp_stage = stage  # type: ignore[attr-defined]  # for tests and the bench
-    return app, counters
+    # ---- one record --------------------------------------------------------------------------------
+    def _roll_up(self, value: bytes) -> tuple[list[LevelAggregate], RackSummary]:
+        return frame_outputs(self.site, self.limits, TelemetryFrame.decode(value))
+
+    def _take_summaries(self, value: bytes) -> tuple[RackSummaryBatch, StageOutput]:
+        rb = RackSummaryBatch.decode(value)
+        if rb.site != self.site.name:
+            raise UnknownRack(f"rack.summaries: site '{rb.site}', this worker rolls up '{self.site.name}'")
+        return rb, self.stage.add_batch(rb)
+
+    async def _guarded(self, event: Any, what: str, fn: Callable[[bytes], T], value: bytes) -> T | None:
+        """fn(value), or None once the record is dead-lettered: an exception that escapes a faust agent
+        silently stops it."""
+        try:
+            return fn(value)
+        except (SchemaError, UnknownRack) as e:
+            await self.dead_letter(event, str(e))
+        except Exception as e:  # never let one record stop the agent
+            log.exception("%s failed on %s", what, event.message.key)
+            await self.dead_letter(event, f"internal error: {type(e).__name__}: {e}")
+        return None
+
+    async def dead_letter(self, event: Any, reason: str) -> None:
+        msg = event.message
+        dl = DeadLetter(msg.topic, msg.partition, msg.offset, reason, msg.key, msg.value or b"",
+                        {"component": self.app_id})
+        self.counters.dead_letters += 1
+        key = msg.key.decode(errors="replace") if msg.key else "-"
+        log.warning("bad record %s[%d]@%d key=%s: %s -> %s", msg.topic, msg.partition, msg.offset, key, reason,
+                    topics.DEADLETTER.name)
+        await self.deadletter.send(key=msg.topic.encode(), value=dl.value, headers=dl.headers())
+
+    # ---- output and checkpoints --------------------------------------------------------------------
+    async def publish(self, out: StageOutput) -> None:
+        c = self.counters
+        await self.batches.send(topics.AGGREGATES.name, _items(out.aggregates))
+        await self.batches.send(topics.HEADROOM.name, _items(out.headroom))
+        for e in out.events:
+            await self.events.send(key=e.id.encode(), value=e.encode(), timestamp=e.ts_s)
+            log.warning("event %s %s %s: %s", e.state, e.severity, e.kind, e.summary)
+        c.aggregates += len(out.aggregates)
+        c.headroom += len(out.headroom)
+        if out.aggregates:
+            c.publish_delay_s = time.time() - max(a.ts_s for a in out.aggregates)
+        c.events += len(out.events)
+        c.windows += out.windows
+
+    async def _publish_and_checkpoint(self, out: StageOutput, newest_s: float) -> None:
+        try:
+            await self.publish(out)
+            # Checkpoint by event time; inside the agent, so the write lands on this partition's changelog.
+            if newest_s - self.last_checkpoint_s >= self.checkpoint_s:
+                self.state_table[self.site_key] = self.stage.state()
+                self.last_checkpoint_s = newest_s
+                self.counters.checkpoints += 1
+        except Exception:  # a failed publish or checkpoint must not stop the agent either
+            log.exception("publishing windows up to %.0f failed", newest_s)
+
+    def _resume(self) -> None:
+        """Load the checkpoint once, after faust has rebuilt the table from its changelog."""
+        if self.loaded:
+            return
+        self.loaded = True
+        raw = self.state_table.get(self.site_key)
+        if raw and self.stage.load_state(raw):
+            self.counters.resumed = True
+            log.info("site stage resumed from its checkpoint: %d windows closed before", self.stage.windows_closed)
 
 
 def run_worker(cfg: Config, site: Site, loglevel: str = "info", from_beginning: bool = False,
                metrics_port: int = 0) -> None:
     from faust.worker import Worker
 
-    app, counters = create_app(cfg, site, from_beginning=from_beginning)
+    worker = StreamsWorker(cfg, site, from_beginning=from_beginning)
     if metrics_port:
         from prometheus_client import CollectorRegistry, start_http_server
 
         registry = CollectorRegistry()
-        registry.register(WorkerMetrics(counters, app.pp_stage))  # type: ignore[attr-defined]
+        registry.register(WorkerMetrics(worker.counters, worker.stage))
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
-    worker = Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -128,13 +128,22 @@ class EmergencyDetector:
 
     def conditions(self, snap: Snapshot, inlet_slope_c_per_s: FloatArray,
                    time_to_limit_s: FloatArray) -> dict[str, _Cond]:
-        st, ids, now = self.settings, self.ids, snap.ts_s
-        self.first_ts_s = min(self.first_ts_s, now)
+        """Every condition true in this window, keyed by `kind:level`, in a fixed order."""
+        self.first_ts_s = min(self.first_ts_s, snap.ts_s)
         out: dict[str, _Cond] = {}
-        kinds = self.site.level_kind
+        out.update(self._power_loss(snap))
+        out.update(self._breaker_overload(snap))
+        out.update(self._cooling_failure(snap, inlet_slope_c_per_s, time_to_limit_s))
+        out.update(self._thermal_slowdown(snap))
+        out.update(self._telemetry_loss(snap))
+        out.update(self._meter_gap(snap))
+        return out
 
-        # Lost power: report the top of each dark subtree only. The ride-through clock starts when the first
-        # meter beneath went dark, not when the quorum was reached.
+    def _power_loss(self, snap: Snapshot) -> dict[str, _Cond]:
+        """Lost power (feed, UPS lineup, RPP/PDU): the top of each dark subtree only. The ride-through clock
+        starts when the first meter beneath went dark, not when the quorum was reached."""
+        st, ids, now, kinds = self.settings, self.ids, snap.ts_s, self.site.level_kind
+        out: dict[str, _Cond] = {}
         spreading = snap.dark_share > 0
         self.dark_since = np.where(spreading, np.fmin(self.dark_since, now), np.nan)
         self.dark_since[spreading & np.isnan(self.dark_since)] = now
@@ -163,8 +172,13 @@ class EmergencyDetector:
                 f"{len(over)} surviving level(s) above their continuous limit"
                 + ("; shed within the ride-through" if critical else ""),
                 {"levels_over_limit": float(len(over)), "dark_since_s": since})
+        return out
 
-        # Breakers: heat accumulates while above rating, time to trip from the curve.
+    def _breaker_overload(self, snap: Snapshot) -> dict[str, _Cond]:
+        """Heat accumulates while a breaker is above its rating (critical, time to trip from the curve);
+        above its continuous limit for a sustained time is a warning."""
+        st, ids, now = self.settings, self.ids, snap.ts_s
+        out: dict[str, _Cond] = {}
         b = self.breakers
         with np.errstate(divide="ignore", invalid="ignore"):
             frac = np.where(snap.rated_w[b] > 0, snap.load_w[b] / snap.rated_w[b], 0.0)
@@ -196,10 +210,15 @@ class EmergencyDetector:
                                  f"{now - self.pending[key]:.0f} s",
                                  {"load_frac": float(frac[j]), "load_w": float(snap.load_w[lv]),
                                   "limit_w": float(snap.limit_w[lv])})
+        return out
 
-        # Cooling: the zone's hottest inlet climbing fast (critical: the plant is not keeping up), or its heat
-        # load above its cooling capacity for a while with the inlet not climbing yet (warning: the load
-        # estimate is a model, so this is the early sign, not the page).
+    def _cooling_failure(self, snap: Snapshot, inlet_slope_c_per_s: FloatArray,
+                         time_to_limit_s: FloatArray) -> dict[str, _Cond]:
+        """A zone's hottest inlet climbing fast (critical: the plant is not keeping up), or its heat load above
+        its cooling capacity for a while with the inlet not climbing yet (warning: the load estimate is a
+        model, so this is the early sign, not the page)."""
+        st, ids, now = self.settings, self.ids, snap.ts_s
+        out: dict[str, _Cond] = {}
         rise = st.inlet_rise_c_per_min / 60.0
         for z in self.zones.tolist():
             slope = float(inlet_slope_c_per_s[z])
@@ -220,8 +239,12 @@ class EmergencyDetector:
                     {"inlet_c": float(snap.inlet_c[z]), "inlet_slope_c_per_min": slope * 60,
                      "time_to_limit_s": ttl if math.isfinite(ttl) else -1.0,
                      "heat_over_capacity": float(snap.load_w[z] / snap.limit_w[z]) if snap.limit_w[z] > 0 else -1.0})
+        return out
 
-        # GPU thermal slowdown, grouped by zone (one page for a hot zone, not one per rack).
+    def _thermal_slowdown(self, snap: Snapshot) -> dict[str, _Cond]:
+        """GPU thermal slowdown, grouped by zone (one page for a hot zone, not one per rack)."""
+        st, ids = self.settings, self.ids
+        out: dict[str, _Cond] = {}
         rl = self.site.rack_level
         hot_rack = (snap.gpus_throttled[rl] > 0) | (np.nan_to_num(snap.gpu_temp_max_c[rl], nan=0.0)
                                                     >= st.gpu_slowdown_c)
@@ -234,8 +257,13 @@ class EmergencyDetector:
                 "warning", [zid, *[ids[rl[r]] for r in racks[:20].tolist()]], None,
                 f"{zid}: {n_gpus} GPU(s) in thermal slowdown across {racks.size} rack(s)",
                 {"racks": float(racks.size), "gpus_throttled": float(n_gpus)})
+        return out
 
-        # Telemetry loss per rack.
+    def _telemetry_loss(self, snap: Snapshot) -> dict[str, _Cond]:
+        """A rack with no reading for too long, or with most of its GPUs silent."""
+        st, ids = self.settings, self.ids
+        out: dict[str, _Cond] = {}
+        rl = self.site.rack_level
         silent = snap.gpus_reporting[rl] < st.gpus_silent_frac * snap.gpus_expected[rl]
         lost = (snap.rack_age_s > st.telemetry_loss_s) | silent
         for r in np.flatnonzero(lost).tolist():
@@ -247,8 +275,12 @@ class EmergencyDetector:
             out[f"telemetry_loss:{lid}"] = _Cond(
                 "warning", [lid], None, f"{lid}: {what}; counted conservatively (last value, then rated power)",
                 {"age_s": age if math.isfinite(age) else -1.0})
+        return out
 
-        # Meter gaps.
+    def _meter_gap(self, snap: Snapshot) -> dict[str, _Cond]:
+        """A PDU meter and the sum of its servers drifting apart from their usual gap for a sustained time."""
+        st, ids, now = self.settings, self.ids, snap.ts_s
+        out: dict[str, _Cond] = {}
         p = self.pdus
         a = min(1.0, snap.window_s / st.meter_gap_tau_s)
         g = snap.gap_w[p]

@@ -101,6 +101,23 @@ class _Window:
 
 
 @dataclass
+class _Readings:
+    """Each rack's readings in one closed window (see TreeWindows._readings)."""
+
+    window: _Window
+    fresh: BoolArray  # a frame arrived in this window
+    age_s: FloatArray  # of the reading used: 0 when fresh, inf when never seen
+    usable: BoolArray  # fresh, or its last reading young enough to carry
+    own: BoolArray  # its newest frame in this window carries readings
+    power_w: FloatArray  # window mean, else the last reading, else rated power
+    meters_w: FloatArray  # (n_racks, 2) meters A and B; NaN where none
+
+    def latest(self, col: int, last: FloatArray, blank: float) -> FloatArray:
+        """Column `col` of the window's newest frame, else the last reading while usable, else `blank`."""
+        return np.where(self.own, self.window.latest[:, col], np.where(self.usable, last, blank))
+
+
+@dataclass
 class _Topology:
     """Index arrays derived once from the site model."""
 
@@ -306,31 +323,48 @@ class TreeWindows:
         return hit
 
     def _close(self, k: int) -> Snapshot:
-        st, topo = self.settings, self.topo
-        w = self.windows.pop(k, None) or _Window.empty(topo.n_racks)
+        """Close window k: each rack's readings, the dark feed levels, the loads up both trees, and the
+        staleness, thermal and GPU figures of every level."""
+        st = self.settings
+        w = self.windows.pop(k, None) or _Window.empty(self.topo.n_racks)
         self.closed_through = k if self.closed_through is None else max(self.closed_through, k)
         end = (k + 1) * st.window_s
+        rd = self._readings(w, end)
+        dark, dark_share = self._dark_levels(rd)
+        rated, derated = self._limits(dark)
+        par = self.topo.parent
+        dark_top = dark & ~np.where(par >= 0, dark[np.maximum(par, 0)], False)
+        code, load, gap = self._loads(rd, dark)
+        return Snapshot(
+            ts_s=end, window_s=st.window_s, load_w=load, rated_w=rated, limit_w=derated, dark=dark,
+            dark_top=dark_top, dark_share=dark_share, gap_w=gap, **self._levels_health(rd), rack_fresh=rd.fresh,
+            rack_age_s=rd.age_s, rack_mode=[_MODE_NAME[c] for c in code.tolist()], site_mode=self._site_mode(dark),
+            late_frames=self.late_frames)
+
+    def _readings(self, w: _Window, end: float) -> _Readings:
+        """What each rack counts with: its own frame in the window, else its last reading while usable, else
+        its rated power."""
+        st = self.settings
         fresh = w.count > 0
         seen = np.isfinite(self.last_ts_s)
         age = np.where(fresh, 0.0, np.where(seen, np.maximum(end - self.last_ts_s, 0.0), np.inf))
         usable = fresh | (age <= st.rated_after_s)
         rack_w = np.where(fresh, w.power_sum_w / np.maximum(w.count, 1),
-                          np.where(usable, self.last_power_w, topo.rack_rated_w))
+                          np.where(usable, self.last_power_w, self.topo.rack_rated_w))
         own = fresh & np.isfinite(w.latest_ts_s)  # racks with a frame in this window: its own readings
-
-        def latest(col: int, last: FloatArray, blank: float) -> FloatArray:
-            return np.where(own, w.latest[:, col], np.where(usable, last, blank))
-
         meters = np.where(own[:, None], w.latest[:, :2], np.where(usable[:, None], self.last_meter_w, np.nan))
+        return _Readings(w, fresh, age, usable, own, rack_w, meters)
 
-        n = topo.n_levels
-        pdus = topo.pdu_levels
+    def _dark_levels(self, rd: _Readings) -> tuple[BoolArray, FloatArray]:
+        """Dark feed levels and the share of each one's metered load reading dark.
+
+        A PDU is dark when its meter reads ~nothing of what half its racks' load would put on it. PDU meters
+        refresh slowly (SNMP, ~10 s) and out of phase, so a lost feed shows up PDU by PDU: a level above is
+        dark once a quorum of its metered load is dark, and everything below a dark level is dark with it."""
+        st, topo = self.settings, self.topo
+        n, pdus, meters = topo.n_levels, topo.pdu_levels, rd.meters_w
         metered = np.isfinite(meters)
-        # Dark feed levels. A PDU is dark when its meter reads ~nothing of what half its racks' load would
-        # put on it. PDU meters refresh slowly (SNMP, ~10 s) and out of phase, so a lost feed shows up PDU by
-        # PDU: a level above is dark once a quorum of its metered load is dark, and everything below a dark
-        # level is dark with it.
-        normal_share = np.repeat(rack_w[:, None] * 0.5, 2, axis=1)
+        normal_share = np.repeat(rd.power_w[:, None] * 0.5, 2, axis=1)
         exp_pdu = np.zeros(n)
         got_pdu = np.zeros(n)
         for f in range(len(FEEDS)):
@@ -345,11 +379,12 @@ class TreeWindows:
             dark_share = np.where(expect > 0, topo.up_feed(np.where(pdu_dark, exp_pdu, 0.0)) / expect, 0.0)
         dark = topo.feed_mask & (expect > st.min_expected_w) & (dark_share >= st.dark_quorum)
         dark[pdus] = pdu_dark[pdus]
-        dark = self.site.dark_below(dark)
-        rated, derated = self._limits(dark)
-        par = topo.parent
-        dark_top = dark & ~np.where(par >= 0, dark[np.maximum(par, 0)], False)
+        return self.site.dark_below(dark), dark_share
 
+    def _loads(self, rd: _Readings, dark: BoolArray) -> tuple[IntArray, FloatArray, FloatArray]:
+        """Each rack's feed mode code, the load of every level, and the PDUs' meter-minus-servers gap."""
+        topo, meters = self.topo, rd.meters_w
+        n = topo.n_levels
         # Feed state of every rack from its meters, then the share of its load on each feed.
         a, b = meters[:, 0], meters[:, 1]
         both = np.isfinite(a) & np.isfinite(b) & (a + b >= MIN_METERED_W)
@@ -360,10 +395,8 @@ class TreeWindows:
         final = np.where(pdu_off[:, 0] & ~pdu_off[:, 1], 1, np.where(pdu_off[:, 1] & ~pdu_off[:, 0], 2, code))
         # Meters that still show the split from before the loss (they refresh every ~10 s) are not used
         # until they catch up: the rack's servers' estimate on the live side is closer to the truth.
-        metered &= (final == code)[:, None]
-        code = final
-        share = _SHARES[code]
-        est = rack_w[:, None] * share  # what each rack's servers draw on each feed
+        metered = np.isfinite(meters) & (final == code)[:, None]
+        est = rd.power_w[:, None] * _SHARES[final]  # what each rack's servers draw on each feed
         # Loads: PDUs by their meter where they have one, else the estimate; feed levels above sum them.
         per_pdu = np.zeros(n)
         pdu_est = np.zeros(n)
@@ -374,48 +407,54 @@ class TreeWindows:
             pdu_est += np.bincount(topo.rack_pdu[:, f], weights=est[:, f], minlength=n)
             has_meter += np.bincount(topo.rack_pdu[:, f], weights=metered[:, f].astype(np.float64), minlength=n)
         load = topo.up_feed(per_pdu)
-        load = topo.up_racks(rack_w, load)
+        load = topo.up_racks(rd.power_w, load)
+        pdus = topo.pdu_levels
         gap = np.full(n, np.nan)
         gap[pdus] = np.where(has_meter[pdus] > 0, per_pdu[pdus] - pdu_est[pdus], np.nan)
+        return final, load, gap
 
-        stale = ~fresh & (age > st.stale_after_s)
-        rated_used = ~usable
+    def _levels_health(self, rd: _Readings) -> dict[str, npt.NDArray[Any]]:
+        """Per level: racks stale or counted at rated power, the oldest reading used, the hottest inlet and
+        GPU, and GPUs throttled, expected and reporting (Snapshot fields by name)."""
+        st, topo = self.settings, self.topo
+        n = topo.n_levels
+        stale = ~rd.fresh & (rd.age_s > st.stale_after_s)
+        rated_used = ~rd.usable
         racks_stale = topo.up_racks(stale.astype(np.float64), np.zeros(n))
         racks_stale = np.maximum(racks_stale, topo.up_pdu_racks(np.repeat(stale[:, None], 2, 1).astype(np.float64)))
         racks_rated = topo.up_racks(rated_used.astype(np.float64), np.zeros(n))
         racks_rated = np.maximum(racks_rated,
                                  topo.up_pdu_racks(np.repeat(rated_used[:, None], 2, 1).astype(np.float64)))
-        age_f = np.where(np.isfinite(age), age, st.rated_after_s * 10)
+        age_f = np.where(np.isfinite(rd.age_s), rd.age_s, st.rated_after_s * 10)
         age_l = topo.up_racks(age_f, np.full(n, -np.inf), how="max")
         age_l = np.fmax(age_l, topo.up_pdu_racks(np.repeat(age_f[:, None], 2, 1), how="max"))
-        inlet = latest(2, self.last_inlet_c, np.nan)
+        inlet = rd.latest(2, self.last_inlet_c, np.nan)
         inlet_l = topo.up_racks(inlet, np.full(n, np.nan), how="max")
-        temp_l = topo.up_racks(latest(3, self.last_temp_c, np.nan), np.full(n, np.nan), how="max")
-        thr = latest(4, self.last_throttled.astype(np.float64), 0.0)
+        temp_l = topo.up_racks(rd.latest(3, self.last_temp_c, np.nan), np.full(n, np.nan), how="max")
+        thr = rd.latest(4, self.last_throttled.astype(np.float64), 0.0)
         thr_l = topo.up_racks(thr, np.zeros(n))
         exp_g = self.gpus_expected.astype(np.float64)
-        rep_g = latest(5, self.last_reporting.astype(np.float64), 0.0)
+        rep_g = rd.latest(5, self.last_reporting.astype(np.float64), 0.0)
         exp_l = topo.up_racks(exp_g, np.zeros(n))
         exp_l = np.where(topo.feed_mask, topo.up_pdu_racks(np.repeat(exp_g[:, None], 2, 1)), exp_l)
         rep_l = topo.up_racks(rep_g, np.zeros(n))
         rep_l = np.where(topo.feed_mask, topo.up_pdu_racks(np.repeat(rep_g[:, None], 2, 1)), rep_l)
+        return {"racks_stale": racks_stale.astype(np.int64), "racks_rated": racks_rated.astype(np.int64),
+                "age_s": np.where(np.isfinite(age_l), age_l, 0.0), "inlet_c": inlet_l, "gpu_temp_max_c": temp_l,
+                "gpus_throttled": thr_l.astype(np.int64), "gpus_expected": exp_l.astype(np.int64),
+                "gpus_reporting": rep_l.astype(np.int64)}
 
-        site_mode = "normal"
-        if dark.any():
-            site_mode = "degraded"
-            utils = self.site.levels_of_kind("utility")
-            for f, name in enumerate(FEEDS):
-                side = utils[self.site.level_feed[utils] == f]
-                if side.size and dark[side].all():
-                    site_mode = f"{name}-lost"
-        return Snapshot(
-            ts_s=end, window_s=st.window_s, load_w=load, rated_w=rated, limit_w=derated, dark=dark,
-            dark_top=dark_top, dark_share=dark_share, gap_w=gap, racks_stale=racks_stale.astype(np.int64),
-            racks_rated=racks_rated.astype(np.int64), age_s=np.where(np.isfinite(age_l), age_l, 0.0),
-            inlet_c=inlet_l, gpu_temp_max_c=temp_l, gpus_throttled=thr_l.astype(np.int64),
-            gpus_expected=exp_l.astype(np.int64), gpus_reporting=rep_l.astype(np.int64), rack_fresh=fresh,
-            rack_age_s=age, rack_mode=[_MODE_NAME[c] for c in code.tolist()], site_mode=site_mode,
-            late_frames=self.late_frames)
+    def _site_mode(self, dark: BoolArray) -> str:
+        """normal, A-lost / B-lost (every utility feed of a side dark), or degraded (part of a feed dark)."""
+        if not dark.any():
+            return "normal"
+        site_mode = "degraded"
+        utils = self.site.levels_of_kind("utility")
+        for f, name in enumerate(FEEDS):
+            side = utils[self.site.level_feed[utils] == f]
+            if side.size and dark[side].all():
+                site_mode = f"{name}-lost"
+        return site_mode
 
     # ---- state -----------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
