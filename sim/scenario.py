@@ -115,7 +115,7 @@ def _check_level(problems: Problems, path: str, lv: Any, site: Site) -> None:
 
 def _check_sensor(problems: Problems, path: str, ev: Mapping[str, Any], site: Site, racks: Collection[str]) -> None:
     r = ev.get("rack")
-    if _str(r) is None:
+    if not isinstance(r, str):
         return
     if r not in racks:
         problems.add(f"{path}.rack", f"unknown rack '{r}'")
