@@ -5,13 +5,12 @@ collectors would read (a superset of ``sim.fleet.FleetFrame``) and the ground tr
 """
 
 from sim.engine import JobStats, PoolStats, Twin, TwinConfig, TwinFrame
-from sim.scenario import Event, Scenario, ScenarioError, load_scenario, scenario_from_dict
+from sim.scenario import Event, Scenario, load_scenario, scenario_from_dict
 from sim.workload import (
     TRACE_ATTRIBUTION,
     JobSpec,
     PoolSpec,
     Trace,
-    WorkloadError,
     WorkloadSpec,
     default_workload,
     load_azure_conv,
@@ -27,12 +26,10 @@ __all__ = [
     "PoolSpec",
     "PoolStats",
     "Scenario",
-    "ScenarioError",
     "Trace",
     "Twin",
     "TwinConfig",
     "TwinFrame",
-    "WorkloadError",
     "WorkloadSpec",
     "default_workload",
     "load_azure_conv",

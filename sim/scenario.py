@@ -27,42 +27,28 @@ Event kinds and their fields (``duration_s`` is optional on every kind except th
 ``job_start`` / ``job_stop``  ``job``: a training job starts or stops now
 ============================  ==========================================================================
 
-Parsing reports every problem at once with its path; ``check`` resolves names against a site and a
-workload. No I/O beyond reading the file.
+The schema (ranges, defaults, one model per kind) is ``sim.scenario_config``. Loading reports every
+mistake at once as ``path: message`` (one ``ConfigError``); given a site (and the workload's pool and job
+names) it also resolves every name in the same pass. ``Scenario.check`` resolves them later, when the
+twin is built. No I/O beyond reading the file.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from powerplane.config import TomlFileError, read_toml
-from powerplane.site import FEED_KINDS, FEEDS, KIND, KIND_NAMES, PRIORITIES, Site
+from powerplane.site import FEED_KINDS, FEEDS, KIND, KIND_NAMES, Site
+from powerplane.validation import ConfigError, Problems, error_lines
+from sim.scenario_config import EVENT_KINDS, SENSORS, ScenarioConfig
 
-KINDS: dict[str, tuple[set[str], set[str]]] = {
-    # kind: (required fields, optional fields) besides at_s, kind, duration_s
-    "lose_feed": ({"feed"}, set()),
-    "lose_level": ({"level"}, set()),
-    "restore_level": ({"level"}, set()),
-    "cooling_failure": ({"zone"}, {"capacity_frac"}),
-    "load_surge": ({"factor"}, {"pools", "priority"}),
-    "telemetry_dropout": ({"racks"}, set()),
-    "stuck_sensor": ({"rack", "sensor"}, {"index"}),
-    "job_start": ({"job"}, set()),
-    "job_stop": ({"job"}, set()),
-}
-NO_DURATION = {"restore_level", "job_start", "job_stop"}
-SENSORS = ("inlet", "pdu", "gpu_power", "gpu_temp")
-
-
-class ScenarioError(ValueError):
-    def __init__(self, source: str, errors: Sequence[str]) -> None:
-        self.source = source
-        self.errors = list(errors)
-        super().__init__(f"{source}: {len(self.errors)} error(s)\n" + "\n".join(self.errors))
+__all__ = ["EVENT_KINDS", "SENSORS", "Action", "Event", "Scenario", "ScenarioConfig", "check_names", "feed_levels",
+           "load_scenario", "scenario_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -105,134 +91,111 @@ class Scenario:
         return out
 
     def check(self, site: Site, pool_names: Sequence[str], job_names: Sequence[str]) -> None:
-        """Resolve every name against the site and the workload; raise ScenarioError listing all misses."""
-        errs: list[str] = []
-        if self.site is not None and self.site != site.name:
-            errs.append(f"site: scenario is for site '{self.site}', not '{site.name}'")
-        zones = {site.level_ids[i] for i in site.levels_of_kind("zone")}
-        racks = set(site.rack_ids)
-        for i, e in enumerate(self.events):
-            p = f"events[{i}]"
-            if e.kind in ("lose_level", "restore_level"):
-                lv = e.get("level")
-                if lv not in site.level_index:
-                    errs.append(f"{p}.level: unknown level '{lv}'")
-                elif KIND_NAMES[site.level_kind[site.level_index[lv]]] not in FEED_KINDS:
-                    errs.append(f"{p}.level: '{lv}' is a {KIND_NAMES[site.level_kind[site.level_index[lv]]]}; "
-                                f"expected a utility feed, UPS lineup, RPP or PDU")
-            elif e.kind == "cooling_failure" and e.get("zone") not in zones:
-                errs.append(f"{p}.zone: unknown cooling zone '{e.get('zone')}'")
-            elif e.kind == "load_surge":
-                for name in e.get("pools", []):
-                    if name not in pool_names:
-                        errs.append(f"{p}.pools: unknown pool '{name}'")
-            elif e.kind == "telemetry_dropout":
-                for r in e.get("racks", []):
-                    if r not in racks:
-                        errs.append(f"{p}.racks: unknown rack '{r}'")
-            elif e.kind == "stuck_sensor":
-                r = e.get("rack")
-                if r not in racks:
-                    errs.append(f"{p}.rack: unknown rack '{r}'")
-                else:
-                    ri = site.rack_index(r)
-                    idx = int(e.get("index", 0))
-                    limit = {"inlet": int(site.rack_inlet_sensors[ri]), "pdu": 2,
-                             "gpu_power": int(site.rack_gpu_start[ri + 1] - site.rack_gpu_start[ri])}
-                    limit["gpu_temp"] = limit["gpu_power"]
-                    if not 0 <= idx < limit[str(e.get("sensor"))]:
-                        errs.append(f"{p}.index: {idx} out of range for {e.get('sensor')} of rack '{r}' "
-                                    f"(0..{limit[str(e.get('sensor'))] - 1})")
-            elif e.kind in ("job_start", "job_stop") and e.get("job") not in job_names:
-                errs.append(f"{p}.job: unknown job '{e.get('job')}'")
-        if errs:
-            raise ScenarioError(self.name, errs)
+        """Resolve every name against the site and the workload; one ConfigError listing all misses."""
+        problems = Problems()
+        check_names(problems, self.site, [{"kind": e.kind, **e.params} for e in self.events], site, pool_names,
+                    job_names)
+        problems.raise_if_any(self.name)
 
 
-def _num(errs: list[str], d: Mapping[str, Any], key: str, path: str, lo: float = -math.inf,
-         hi: float = math.inf) -> float | None:
-    v = d.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= float(v) <= hi:
-        errs.append(f"{path}.{key}: expected a number in [{lo:g}, {hi:g}], got {v!r}")
-        return None
-    return float(v)
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
 
 
-def scenario_from_dict(d: Mapping[str, Any], source: str = "<scenario>") -> Scenario:
-    errs: list[str] = []
-    for k in d:
-        if k not in ("name", "site", "duration_s", "description", "events"):
-            errs.append(f"{k}: unknown field")
-    name = d.get("name", Path(source).stem)
-    if not isinstance(name, str) or not name:
-        errs.append("name: expected a non-empty string")
-        name = "scenario"
-    site = d.get("site")
-    if site is not None and not isinstance(site, str):
-        errs.append("site: expected a string")
-        site = None
-    duration = _num(errs, d, "duration_s", "scenario", lo=0.0)
+def _check_level(problems: Problems, path: str, lv: Any, site: Site) -> None:
+    if _str(lv) is None:
+        return  # not a string: the schema reported it
+    if lv not in site.level_index:
+        problems.add(path, f"unknown level '{lv}'")
+        return
+    kind = KIND_NAMES[site.level_kind[site.level_index[lv]]]
+    if kind not in FEED_KINDS:
+        problems.add(path, f"'{lv}' is a {kind}; expected a utility feed, UPS lineup, RPP or PDU")
+
+
+def _check_sensor(problems: Problems, path: str, ev: Mapping[str, Any], site: Site, racks: Collection[str]) -> None:
+    r = ev.get("rack")
+    if not isinstance(r, str):
+        return
+    if r not in racks:
+        problems.add(f"{path}.rack", f"unknown rack '{r}'")
+        return
+    ri = site.rack_index(r)
+    gpus = int(site.rack_gpu_start[ri + 1] - site.rack_gpu_start[ri])
+    limit = {"inlet": int(site.rack_inlet_sensors[ri]), "pdu": 2, "gpu_power": gpus, "gpu_temp": gpus}
+    idx, sensor = ev.get("index", 0), ev.get("sensor")
+    if sensor in limit and isinstance(idx, int) and not isinstance(idx, bool) and not 0 <= idx < limit[sensor]:
+        problems.add(f"{path}.index", f"{idx} out of range for {sensor} of rack '{r}' (0..{limit[sensor] - 1})")
+
+
+def _check_each(problems: Problems, path: str, names: Any, known: Collection[str], what: str) -> None:
+    for j, name in enumerate(names if isinstance(names, list) else []):
+        if isinstance(name, str) and name not in known:
+            problems.add(f"{path}[{j}]", f"unknown {what} '{name}'")
+
+
+def check_names(problems: Problems, scenario_site: Any, events: Sequence[Any], site: Site,
+                pool_names: Collection[str] | None = None, job_names: Collection[str] | None = None) -> None:
+    """Add a line for every name the site (and the workload, where its names are given) lacks.
+
+    Reads the events as plain tables, so it also runs on a file that failed validation: a wrong value
+    is the schema's to report, a dangling name is reported here, both in the same pass.
+    """
+    if isinstance(scenario_site, str) and scenario_site != site.name:
+        problems.add("site", f"scenario is for site '{scenario_site}', not '{site.name}'")
+    zones = {site.level_ids[i] for i in site.levels_of_kind("zone")}
+    racks = set(site.rack_ids)
+    for i, ev in enumerate(events):
+        if not isinstance(ev, Mapping):
+            continue
+        p, kind = f"events[{i}]", ev.get("kind")
+        if kind in ("lose_level", "restore_level"):
+            _check_level(problems, f"{p}.level", ev.get("level"), site)
+        elif kind == "cooling_failure" and _str(ev.get("zone")) is not None and ev["zone"] not in zones:
+            problems.add(f"{p}.zone", f"unknown cooling zone '{ev['zone']}'")
+        elif kind == "load_surge" and pool_names is not None:
+            _check_each(problems, f"{p}.pools", ev.get("pools"), pool_names, "pool")
+        elif kind == "telemetry_dropout":
+            _check_each(problems, f"{p}.racks", ev.get("racks"), racks, "rack")
+        elif kind == "stuck_sensor":
+            _check_sensor(problems, p, ev, site, racks)
+        elif (kind in ("job_start", "job_stop") and job_names is not None and _str(ev.get("job")) is not None
+              and ev["job"] not in job_names):
+            problems.add(f"{p}.job", f"unknown job '{ev['job']}'")
+
+
+def scenario_from_dict(d: Mapping[str, Any], source: str = "<scenario>", *, site: Site | None = None,
+                       pool_names: Collection[str] | None = None, job_names: Collection[str] | None = None
+                       ) -> Scenario:
+    """The scenario a parsed file describes, or one ConfigError with every mistake. Given a site, names
+    are resolved too (pools and jobs only where their names are given)."""
+    problems = Problems()
+    cfg: ScenarioConfig | None = None
+    try:
+        cfg = ScenarioConfig.model_validate(d)
+    except ValidationError as e:
+        problems.lines.extend(error_lines(e))
+    if site is not None and isinstance(d, Mapping):
+        events = d.get("events")
+        check_names(problems, d.get("site"), events if isinstance(events, list) else [], site, pool_names,
+                    job_names)
+    problems.raise_if_any(source)
+    assert cfg is not None
     raw = d.get("events", [])
-    if not isinstance(raw, list):
-        errs.append("events: expected a list of tables ([[events]])")
-        raw = []
-    events: list[Event] = []
-    for i, ev in enumerate(raw):
-        p = f"events[{i}]"
-        if not isinstance(ev, dict):
-            errs.append(f"{p}: expected a table")
-            continue
-        kind = ev.get("kind")
-        if kind not in KINDS:
-            errs.append(f"{p}.kind: unknown event kind {kind!r} (known: {', '.join(KINDS)})")
-            continue
-        req, opt = KINDS[kind]
-        allowed = req | opt | {"at_s", "kind"} | (set() if kind in NO_DURATION else {"duration_s"})
-        for k in ev:
-            if k not in allowed:
-                errs.append(f"{p}.{k}: unknown field for a '{kind}' event")
-        for k in sorted(req):
-            if k not in ev:
-                errs.append(f"{p}.{k}: missing")
-        at = _num(errs, ev, "at_s", p, lo=0.0)
-        if "at_s" not in ev:
-            errs.append(f"{p}.at_s: missing")
-        dur = _num(errs, ev, "duration_s", p, lo=0.0)
-        params = {k: v for k, v in ev.items() if k not in ("at_s", "kind", "duration_s")}
-        if kind == "lose_feed" and params.get("feed") not in FEEDS:
-            errs.append(f"{p}.feed: expected one of {', '.join(FEEDS)}, got {params.get('feed')!r}")
-        if kind == "cooling_failure":
-            _num(errs, ev, "capacity_frac", p, lo=0.0, hi=1.0)
-        if kind == "load_surge":
-            _num(errs, ev, "factor", p, lo=0.0)
-            if "pools" in params and (not isinstance(params["pools"], list)
-                                      or not all(isinstance(x, str) for x in params["pools"])):
-                errs.append(f"{p}.pools: expected a list of pool names")
-            if "priority" in params and params["priority"] not in PRIORITIES:
-                errs.append(f"{p}.priority: unknown priority class {params['priority']!r}")
-            if "pools" in params and "priority" in params:
-                errs.append(f"{p}: give pools or priority, not both")
-        if kind == "telemetry_dropout" and (not isinstance(params.get("racks"), list) or not params.get("racks")):
-            errs.append(f"{p}.racks: expected a non-empty list of rack ids")
-        if kind == "stuck_sensor":
-            if params.get("sensor") not in SENSORS:
-                errs.append(f"{p}.sensor: expected one of {', '.join(SENSORS)}, got {params.get('sensor')!r}")
-            _num(errs, ev, "index", p, lo=0.0)
-        if at is not None:
-            events.append(Event(at, kind, dur, params))
-    if errs:
-        raise ScenarioError(source, errs)
-    return Scenario(name, tuple(events), site, duration, str(d.get("description", "")))
+    # params keep the values as written (an int stays an int): the twin's event log prints them.
+    events = tuple(Event(ev.at_s, ev.kind, getattr(ev, "duration_s", None),
+                         {k: v for k, v in raw[i].items() if k not in ("at_s", "kind", "duration_s")})
+                   for i, ev in enumerate(cfg.events))
+    return Scenario(cfg.name or Path(source).stem, events, cfg.site, cfg.duration_s, cfg.description)
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def load_scenario(path: str | Path, *, site: Site | None = None, pool_names: Collection[str] | None = None,
+                  job_names: Collection[str] | None = None) -> Scenario:
     try:
         data = read_toml(path)
     except TomlFileError as e:
-        raise ScenarioError(str(path), [str(e)]) from None
-    return scenario_from_dict(data, source=str(path))
+        raise ConfigError([str(e)], str(path)) from None
+    return scenario_from_dict(data, str(path), site=site, pool_names=pool_names, job_names=job_names)
 
 
 def feed_levels(site: Site, feed: str) -> list[str]:

@@ -9,7 +9,8 @@ import pytest
 
 from powerplane.refsite import reference_site
 from powerplane.site import Site, load_site
-from sim import ScenarioError, Twin, default_workload, load_scenario, scenario_from_dict
+from powerplane.validation import ConfigError
+from sim import Twin, default_workload, load_scenario, scenario_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "examples" / "lab.toml"
@@ -35,7 +36,7 @@ def test_shipped_examples_load_and_resolve(lab: Site) -> None:
 
 
 def test_errors_are_all_reported_with_paths(lab: Site) -> None:
-    with pytest.raises(ScenarioError) as e:
+    with pytest.raises(ConfigError) as e:
         scenario_from_dict({"name": "bad", "colour": 1, "events": [
             {"at_s": 1, "kind": "meteor"},
             {"kind": "lose_feed", "feed": "C"},
@@ -44,9 +45,9 @@ def test_errors_are_all_reported_with_paths(lab: Site) -> None:
             {"at_s": -1, "kind": "restore_level", "level": "pdu-a01", "duration_s": 3},
         ]})
     msg = str(e.value)
-    for frag in ("colour: unknown field", "events[0].kind: unknown event kind 'meteor'", "events[1].at_s: missing",
-                 "events[1].feed", "events[2].capacity_frac", "events[2].pools: unknown field",
-                 "events[3].sensor", "events[4].at_s", "events[4].duration_s: unknown field"):
+    for frag in ("colour: unknown key", "events[0].kind: unknown event kind 'meteor'", "events[1].at_s: missing",
+                 "events[1].feed", "events[2].capacity_frac", "events[2].pools: unknown key",
+                 "events[3].sensor", "events[4].at_s", "events[4].duration_s: unknown key"):
         assert frag in msg, frag
     sc = scenario_from_dict({"name": "names", "site": "other", "events": [
         {"at_s": 1, "kind": "lose_level", "level": "rack-01"},
@@ -57,13 +58,59 @@ def test_errors_are_all_reported_with_paths(lab: Site) -> None:
         {"at_s": 1, "kind": "stuck_sensor", "rack": "rack-01", "sensor": "inlet", "index": 7},
         {"at_s": 1, "kind": "job_stop", "job": "nobody"},
     ]})
-    with pytest.raises(ScenarioError) as e:
+    with pytest.raises(ConfigError) as e:
         Twin(lab, scenario=sc)
     msg = str(e.value)
     for frag in ("site: scenario is for site 'other'", "events[0].level: 'rack-01' is a rack", "unknown level 'nope'",
                  "unknown cooling zone 'zone-9'", "unknown pool 'ghost'", "unknown rack 'rack-99'",
                  "events[5].index: 7 out of range", "unknown job 'nobody'"):
         assert frag in msg, frag
+
+
+def test_a_file_with_several_mistakes_reports_them_all_at_once(lab: Site, tmp_path: Path) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text("""name = "bad"
+colour = "red"
+
+[[events]]
+at_s = 10
+kind = "meteor"
+
+[[events]]
+at_s = 20
+kind = "lose_feed"
+feed = "A"
+duration_s = -5
+
+[[events]]
+at_s = 30
+kind = "telemetry_dropout"
+racks = ["rack-01", "rack-99"]
+""")
+    with pytest.raises(ConfigError) as e:
+        load_scenario(f, site=lab)
+    assert e.value.source == str(f)
+    assert str(e.value).startswith(f"{f}: 4 error(s)\n")
+    assert sorted(e.value.errors) == sorted([
+        "colour: unknown key",
+        "events[0].kind: unknown event kind 'meteor' (known: lose_feed, lose_level, restore_level, cooling_failure, "
+        "load_surge, telemetry_dropout, stuck_sensor, job_start, job_stop)",
+        "events[1].duration_s: input should be greater than or equal to 0, got -5",
+        "events[2].racks[1]: unknown rack 'rack-99'",
+    ])
+    # Without a site the file's own mistakes are reported; the names wait for the twin.
+    with pytest.raises(ConfigError) as e:
+        load_scenario(f)
+    assert len(e.value.errors) == 3
+
+
+def test_event_params_keep_the_values_as_written() -> None:
+    sc = scenario_from_dict({"events": [{"at_s": 5, "kind": "load_surge", "factor": 2, "priority": "training"}]},
+                            source="dir/surge.toml")
+    assert sc.name == "surge"  # the file's stem when the file names none
+    assert sc.events[0].at_s == 5.0 and sc.events[0].duration_s is None
+    assert dict(sc.events[0].params) == {"factor": 2, "priority": "training"}
+    assert str(dict(sc.events[0].params)) == "{'factor': 2, 'priority': 'training'}"  # as the twin logs it
 
 
 def test_acceptance_scenario_feed_loss_then_cooling(lab: Site) -> None:

@@ -12,15 +12,16 @@ import pytest
 
 from powerplane.refsite import to_toml
 from powerplane.site import PRIORITIES, Site, load_site
+from powerplane.validation import ConfigError
 from sim import (
     TRACE_ATTRIBUTION,
     JobSpec,
     PoolSpec,
     Twin,
-    WorkloadError,
     WorkloadSpec,
     default_workload,
     load_azure_conv,
+    load_workload,
     workload_from_dict,
 )
 from sim.engine import JOB_CKPT, JOB_COMM, JOB_COMPUTE, JOB_OFF
@@ -121,20 +122,62 @@ def test_default_workload_fills_every_class_with_explicit_figures(lab: Site) -> 
 
 
 def test_workload_errors_are_listed_with_paths() -> None:
-    with pytest.raises(WorkloadError) as e:
+    with pytest.raises(ConfigError) as e:
         workload_from_dict({"pools": [{"name": "a", "model": "gpt-9", "priority": "vip", "tp": 3},
                                       {"name": "a", "mode": "loop"}],
                             "jobs": [{"name": "j", "iter_s": 0, "colour": "red"}], "extra": 1})
     msg = str(e.value)
-    for frag in ("extra: unknown field", "jobs[0].colour: unknown field"):
-        assert frag in msg
-    with pytest.raises(WorkloadError) as e:
-        workload_from_dict({"pools": [{"name": "a", "model": "gpt-9", "priority": "vip", "tp": 3},
-                                      {"name": "a", "mode": "loop"}], "jobs": [{"name": "j", "iter_s": 0}]})
-    msg = str(e.value)
-    for frag in ("pools[0].model", "pools[0].priority", "pools[0].tp", "pools[1].name: 'a' is used twice",
-                 "pools[1].mode", "jobs[0].iter_s"):
-        assert frag in msg
+    # The values, the unknown keys and the name used twice: all in one report.
+    for frag in ("extra: unknown key", "jobs[0].colour: unknown key", "pools[0].model: unknown model 'gpt-9'",
+                 "pools[0].priority: unknown priority class 'vip'", "pools[0].tp: must be a power of two",
+                 "pools[1].name: 'a' is used twice", "pools[1].mode", "jobs[0].iter_s"):
+        assert frag in msg, frag
+
+
+def test_a_workload_file_with_several_mistakes_reports_them_all_at_once(lab: Site, tmp_path: Path) -> None:
+    f = tmp_path / "wl.toml"
+    f.write_text("""rate_window_s = 30
+colour = "red"
+
+[[pools]]
+name = "chat"
+model = "gpt-9"
+racks = ["rack-01", "rack-99"]
+
+[[jobs]]
+name = "train"
+start_s = 100
+stop_s = 50
+""")
+    with pytest.raises(ConfigError) as e:
+        load_workload(f, site=lab)
+    assert e.value.source == str(f)
+    assert sorted(e.value.errors) == sorted([
+        "colour: unknown key",
+        "pools[0].model: unknown model 'gpt-9' (known: llama3-8b, llama2-70b, llama3-70b, llama3-405b)",
+        "pools[0].racks[1]: unknown rack 'rack-99'",
+        "jobs[0].stop_s: must be after start_s",
+    ])
+
+
+def test_a_workload_built_in_code_gets_the_same_checks(lab: Site) -> None:
+    wl = WorkloadSpec(pools=(PoolSpec(name="p", tp=6, racks=("rack-42",)),), jobs=(JobSpec(name="p", share=2.0),),
+                      trace=load_azure_conv())
+    with pytest.raises(ConfigError) as e:
+        Twin(lab, wl)
+    assert sorted(e.value.errors) == ["jobs[0].name: 'p' is used twice",
+                                      "jobs[0].share: input should be less than or equal to 1, got 2.0",
+                                      "pools[0].racks[0]: unknown rack 'rack-42'",
+                                      "pools[0].tp: must be a power of two >= 1, got 6"]
+
+
+def test_placement_reports_what_does_not_fit(lab: Site) -> None:
+    wl = workload_from_dict({"jobs": [{"name": "big", "gpus": 100000},
+                                      {"name": "x", "racks": ["rack-01"]}, {"name": "y", "racks": ["rack-01"]}]})
+    with pytest.raises(ConfigError) as e:
+        place(lab, wl)
+    assert e.value.errors[0] == "jobs[2].racks: 'y' overlaps another pool or job"
+    assert e.value.errors[1].startswith("jobs[0]: 'big' wants 100000 GPUs of class 'training', only ")
 
 
 def test_training_swings_hard_within_two_seconds(lab: Site) -> None:

@@ -1,0 +1,129 @@
+"""The scenario file's schema: one pydantic model per event kind, chosen by the event's ``kind``.
+
+Ranges and defaults live here; ``sim.scenario`` turns a validated file into the ``Scenario`` the twin
+runs and resolves its names (levels, zones, racks, pools, jobs) against a site and a workload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, PlainValidator, ValidationError, model_validator
+
+from powerplane.site import FEEDS, PRIORITIES
+from powerplane.validation import Model
+
+SENSORS = ("inlet", "pdu", "gpu_power", "gpu_temp")
+NonNeg = Annotated[float, Field(strict=True, ge=0)]  # strict: a bool or a string is not a number
+
+
+def one_of(options: Sequence[str]) -> AfterValidator:
+    def check(v: str) -> str:
+        if v not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {v!r}")
+        return v
+
+    return AfterValidator(check)
+
+
+class _Lasting(Model):
+    """An event that may be undone after ``duration_s``."""
+
+    at_s: NonNeg
+    duration_s: NonNeg | None = None
+
+
+class _Instant(Model):
+    """An event that is itself an undo or a one-off: no ``duration_s``."""
+
+    at_s: NonNeg
+
+
+class LoseFeed(_Lasting):
+    kind: Literal["lose_feed"]
+    feed: Annotated[str, one_of(FEEDS)]
+
+
+class LoseLevel(_Lasting):
+    kind: Literal["lose_level"]
+    level: str
+
+
+class RestoreLevel(_Instant):
+    kind: Literal["restore_level"]
+    level: str
+
+
+class CoolingFailure(_Lasting):
+    kind: Literal["cooling_failure"]
+    zone: str
+    capacity_frac: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.0
+
+
+class LoadSurge(_Lasting):
+    kind: Literal["load_surge"]
+    factor: NonNeg
+    pools: list[str] | None = None
+    priority: Annotated[str, one_of(PRIORITIES)] | None = None
+
+    @model_validator(mode="after")
+    def _pools_or_priority(self) -> LoadSurge:
+        if self.pools is not None and self.priority is not None:
+            raise ValueError("give pools or priority, not both")
+        return self
+
+
+class TelemetryDropout(_Lasting):
+    kind: Literal["telemetry_dropout"]
+    racks: Annotated[list[str], Field(min_length=1)]
+
+
+class StuckSensor(_Lasting):
+    kind: Literal["stuck_sensor"]
+    rack: str
+    sensor: Annotated[str, one_of(SENSORS)]
+    index: Annotated[int, Field(strict=True, ge=0)] = 0
+
+
+class JobStart(_Instant):
+    kind: Literal["job_start"]
+    job: str
+
+
+class JobStop(_Instant):
+    kind: Literal["job_stop"]
+    job: str
+
+
+EventConfig = (LoseFeed | LoseLevel | RestoreLevel | CoolingFailure | LoadSurge | TelemetryDropout | StuckSensor
+               | JobStart | JobStop)
+EVENT_KINDS: dict[str, type[EventConfig]] = {
+    "lose_feed": LoseFeed, "lose_level": LoseLevel, "restore_level": RestoreLevel,
+    "cooling_failure": CoolingFailure, "load_surge": LoadSurge, "telemetry_dropout": TelemetryDropout,
+    "stuck_sensor": StuckSensor, "job_start": JobStart, "job_stop": JobStop,
+}
+
+
+def _event(v: Any) -> EventConfig:
+    """The model of the event's kind validates it. Dispatched by hand rather than with pydantic's tagged
+    union so error paths read ``events[2].at_s`` (a tagged union puts the tag into the path)."""
+    if not isinstance(v, dict):
+        raise ValueError("expected a table ([[events]])")
+    model = EVENT_KINDS.get(v["kind"]) if isinstance(v.get("kind"), str) else None
+    if model is None:
+        kind = v.get("kind")
+        err = (ValueError(f"unknown event kind {kind!r} (known: {', '.join(EVENT_KINDS)})") if "kind" in v
+               else ValueError("missing (required)"))
+        raise ValidationError.from_exception_data(
+            "event", [{"type": "value_error", "loc": ("kind",), "input": kind, "ctx": {"error": err}}])
+    return model.model_validate(v)
+
+
+class ScenarioConfig(Model):
+    name: Annotated[str, Field(min_length=1)] | None = None  # None: the file's stem
+    site: str | None = None  # the site it was written for (checked)
+    duration_s: NonNeg | None = None  # how long to run it
+    description: str = ""
+    events: tuple[Annotated[EventConfig, PlainValidator(_event)], ...] = ()
+

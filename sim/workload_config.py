@@ -1,0 +1,282 @@
+"""What a workload is (``PoolSpec``, ``JobSpec``, ``WorkloadSpec``, the dataclasses the twin runs) and
+the workload file that describes one (``PoolConfig``, ``JobConfig``, ``WorkloadConfig``: pydantic
+models whose defaults are the dataclasses' own).
+
+A workload file::
+
+    rate_window_s = 30
+
+    [[pools]]
+    name = "critical-1"
+    priority = "inference-critical"
+    model = "llama3-70b"
+    share = 0.5
+    rate_scale = 2.0
+
+    [[jobs]]
+    name = "train-1"
+    racks = ["rack-07", "rack-08"]
+
+Loading reports every mistake at once as ``path: message`` (one ``ConfigError``): wrong values, a name
+used twice and, given a site, racks it lacks. Specs built in code go through the same checks
+(``validate_workload``), so a file and a script cannot disagree on what is valid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from powerplane.config import TomlFileError, read_toml
+from powerplane.site import PRIORITIES, Site
+from powerplane.validation import ConfigError, Model, Problems, error_lines
+from sim.serving import MODELS
+from sim.trace import Trace, load_azure_conv
+
+
+class WorkloadError(ConfigError):
+    """ConfigError taking the old (source, errors) order; only for sim/engine.py, until it raises
+    ConfigError(errors, source) itself."""
+
+    def __init__(self, source: str, errors: Sequence[str]) -> None:
+        super().__init__(errors, source)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """An inference pool: instances of one model serving one priority class from a shifted, scaled trace."""
+
+    name: str
+    priority: str = "inference-critical"
+    model: str = "llama3-70b"
+    tp: int = 8  # GPUs per instance (tensor parallelism)
+    gpus: int | None = None  # GPUs taken from its priority class, in site order
+    share: float | None = None  # or this fraction of its class's GPUs (None, None: an equal split)
+    racks: tuple[str, ...] = ()  # or exactly these racks
+    instances: int | None = None  # instances active at start (None: all that fit)
+    shift_s: float = 0.0  # replay starts this far into the trace
+    rate_scale: float = 1.0  # arrivals per trace arrival
+    mode: str = "rate"  # "rate" (smoothed-rate Poisson) or "exact" (the trace's own arrivals)
+    copy_spread_s: float = 1.0  # exact mode: copies of one trace request spread over this long
+    max_batch: int = 256  # running sequences per instance (vLLM's max_num_seqs default)
+    chunk_tokens: int = 2048  # prompt tokens per iteration (chunked prefill budget; assumption)
+    ttft_slo_s: float = 0.4  # DynamoLLM's TTFT SLO (BRIEF.md, unconfirmed)
+    tbt_slo_s: float = 0.1  # DynamoLLM's TBT SLO (BRIEF.md, unconfirmed)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A synchronous training job."""
+
+    name: str
+    priority: str = "training"
+    gpus: int | None = None
+    share: float | None = None
+    racks: tuple[str, ...] = ()
+    start_s: float = 0.0
+    stop_s: float = math.inf
+    iter_s: float = 5.0  # one step at max clock (assumption: large-model steps take seconds)
+    compute_frac: float = 0.8  # share of a step in the compute phase at max clock (assumption)
+    phase_s: float = 0.0  # offset into the first step
+    ckpt_every_s: float = 1800.0  # checkpoint period (assumption)
+    ckpt_s: float = 60.0  # checkpoint pause (assumption)
+    ckpt_offset_s: float = 0.0  # first checkpoint this long after the start (0: one period)
+
+
+@dataclass(frozen=True, eq=False)
+class WorkloadSpec:
+    pools: tuple[PoolSpec, ...] = ()
+    jobs: tuple[JobSpec, ...] = ()
+    rate_window_s: float = 30.0  # smoothing window of the trace's rate in "rate" mode (assumption)
+    trace: Trace | None = None  # None: load_azure_conv()
+
+    def resolved_trace(self) -> Trace:
+        return self.trace if self.trace is not None else load_azure_conv()
+
+
+_POOL_FIELDS = {f.name for f in fields(PoolSpec)}
+
+
+# ======================================================================================
+# The file's schema
+# ======================================================================================
+
+
+def _priority(v: str) -> str:
+    if v not in PRIORITIES:
+        raise ValueError(f"unknown priority class '{v}' (known: {', '.join(PRIORITIES)})")
+    return v
+
+
+def _model(v: str) -> str:
+    if v not in MODELS:
+        raise ValueError(f"unknown model '{v}' (known: {', '.join(MODELS)})")
+    return v
+
+
+def _power_of_two(v: int) -> int:
+    if v < 1 or v & (v - 1):
+        raise ValueError(f"must be a power of two >= 1, got {v}")
+    return v
+
+
+# strict: a bool or a string is not a number (an int is a float).
+Num = Annotated[float, Field(strict=True)]
+Pos = Annotated[float, Field(strict=True, gt=0)]
+PosInt = Annotated[int, Field(strict=True, ge=1)]
+Share = Annotated[float, Field(strict=True, gt=0, le=1)]
+Priority = Annotated[str, AfterValidator(_priority)]
+
+
+class PoolConfig(Model):
+    name: str
+    priority: Priority = PoolSpec.priority
+    model: Annotated[str, AfterValidator(_model)] = PoolSpec.model
+    tp: Annotated[int, Field(strict=True), AfterValidator(_power_of_two)] = PoolSpec.tp
+    gpus: PosInt | None = None
+    share: Share | None = None
+    racks: tuple[str, ...] = ()
+    instances: Annotated[int, Field(strict=True)] | None = None
+    shift_s: Num = PoolSpec.shift_s
+    rate_scale: Annotated[float, Field(strict=True, ge=0)] = PoolSpec.rate_scale
+    mode: Literal["rate", "exact"] = "rate"
+    copy_spread_s: Num = PoolSpec.copy_spread_s
+    max_batch: PosInt = PoolSpec.max_batch
+    chunk_tokens: PosInt = PoolSpec.chunk_tokens
+    ttft_slo_s: Pos = PoolSpec.ttft_slo_s
+    tbt_slo_s: Pos = PoolSpec.tbt_slo_s
+
+
+class JobConfig(Model):
+    name: str
+    priority: Priority = JobSpec.priority
+    gpus: PosInt | None = None
+    share: Share | None = None
+    racks: tuple[str, ...] = ()
+    start_s: Num = JobSpec.start_s
+    stop_s: Num = JobSpec.stop_s
+    iter_s: Pos = JobSpec.iter_s
+    compute_frac: Share = JobSpec.compute_frac
+    phase_s: Num = JobSpec.phase_s
+    ckpt_every_s: Num = JobSpec.ckpt_every_s
+    ckpt_s: Annotated[float, Field(strict=True, ge=0)] = JobSpec.ckpt_s
+    ckpt_offset_s: Num = JobSpec.ckpt_offset_s
+
+    @field_validator("stop_s")
+    @classmethod
+    def _after_start(cls, v: float, info: ValidationInfo) -> float:
+        if "start_s" in info.data and not v > info.data["start_s"]:
+            raise ValueError("must be after start_s")
+        return v
+
+    @model_validator(mode="after")
+    def _ckpt_fits(self) -> JobConfig:
+        if not self.ckpt_every_s > self.ckpt_s:
+            raise ValueError("need ckpt_s < ckpt_every_s")
+        return self
+
+
+class WorkloadConfig(Model):
+    pools: tuple[PoolConfig, ...] = ()
+    jobs: tuple[JobConfig, ...] = ()
+    rate_window_s: Pos = WorkloadSpec.rate_window_s
+
+
+# ======================================================================================
+# Loading and checking
+# ======================================================================================
+
+
+def _check_names(problems: Problems, d: Mapping[str, Any], site: Site | None) -> None:
+    """Names used twice, and racks the site lacks; on plain tables, so it runs beside the schema's checks."""
+    seen: set[str] = set()
+    racks = set(site.rack_ids) if site is not None else None
+    for kind in ("pools", "jobs"):
+        items = d.get(kind)
+        for i, item in enumerate(items if isinstance(items, list | tuple) else []):
+            if not isinstance(item, Mapping):
+                continue
+            name = item.get("name")
+            if isinstance(name, str):
+                if name in seen:
+                    problems.add(f"{kind}[{i}].name", f"'{name}' is used twice")
+                seen.add(name)
+            rs = item.get("racks")
+            if racks is None or not isinstance(rs, list | tuple):
+                continue
+            for j, r in enumerate(rs):
+                if isinstance(r, str) and r not in racks:
+                    problems.add(f"{kind}[{i}].racks[{j}]", f"unknown rack '{r}'")
+
+
+def check_workload(d: Mapping[str, Any], site: Site | None = None, source: str = "<workload>") -> WorkloadConfig:
+    """The validated file, or one ConfigError with every mistake (racks resolved only given a site)."""
+    problems = Problems()
+    cfg: WorkloadConfig | None = None
+    try:
+        cfg = WorkloadConfig.model_validate(d)
+    except ValidationError as e:
+        problems.lines.extend(error_lines(e))
+    if isinstance(d, Mapping):
+        _check_names(problems, d, site)
+    problems.raise_if_any(source)
+    assert cfg is not None
+    return cfg
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v  # a numpy scalar from a script is a number too
+
+
+def validate_workload(spec: WorkloadSpec, site: Site | None = None, source: str = "<workload>") -> None:
+    """The same checks as a file gets, on a spec built in code."""
+    def table(s: PoolSpec | JobSpec) -> dict[str, Any]:
+        return {f.name: _plain(getattr(s, f.name)) for f in fields(s)}
+
+    check_workload({"pools": [table(p) for p in spec.pools], "jobs": [table(j) for j in spec.jobs],
+                    "rate_window_s": _plain(spec.rate_window_s)}, site, source)
+
+
+def workload_from_dict(d: Mapping[str, Any], source: str = "<workload>", trace: Trace | None = None, *,
+                       site: Site | None = None) -> WorkloadSpec:
+    """Build a workload from the dict a workload TOML file loads to; every error is reported at once."""
+    cfg = check_workload(d, site, source)
+    return WorkloadSpec(tuple(PoolSpec(**p.model_dump()) for p in cfg.pools),
+                        tuple(JobSpec(**j.model_dump()) for j in cfg.jobs), cfg.rate_window_s, trace)
+
+
+def load_workload(path: str | Path, trace: Trace | None = None, *, site: Site | None = None) -> WorkloadSpec:
+    try:
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise ConfigError([str(e)], str(path)) from None
+    return workload_from_dict(data, str(path), trace, site=site)
+
+
+def workload_to_dict(spec: WorkloadSpec) -> dict[str, Any]:
+    """The TOML-ready dict of a workload (fields at their defaults are left out)."""
+    def one(s: PoolSpec | JobSpec) -> dict[str, Any]:
+        default = type(s)(name=s.name)
+        out: dict[str, Any] = {}
+        for f in fields(s):
+            v = getattr(s, f.name)
+            if f.name == "name" or v != getattr(default, f.name):
+                if isinstance(v, float) and math.isinf(v):
+                    continue
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    return {"rate_window_s": spec.rate_window_s, "pools": [one(p) for p in spec.pools],
+            "jobs": [one(j) for j in spec.jobs]}
+
+
+def with_pool(spec: WorkloadSpec, name: str, **changes: Any) -> WorkloadSpec:
+    """A copy of the workload with one pool's fields changed (tests, what-ifs)."""
+    pools = tuple(replace(p, **changes) if p.name == name else p for p in spec.pools)
+    return replace(spec, pools=pools)
