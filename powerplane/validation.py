@@ -66,7 +66,8 @@ def error_lines(e: ValidationError, prefix: str = "") -> list[str]:
     """`path: message` for every error pydantic found, in document order."""
     lines = []
     for err in e.errors(include_url=False):
-        # Tagged unions add the tag as a location part; the user never wrote it.
+        # Union members built from validator functions add their name (`function-after[...]`) to the path;
+        # the user never wrote it.
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         path = join_path(prefix, loc) or "(top level)"
         lines.append(f"{path}: {_message(err)}")
