@@ -1,26 +1,44 @@
-"""The actuator interface: configure (validate) / start (connect) / apply / close.
+"""The actuator interface: configure (take validated options) / start (connect) / apply / close.
 
 An actuator only touches hardware. Signatures, leases, ordering, idempotence and rate limits are
 enforced once for all actuators by actuators.guard.Guard.
+
+A kind's options are a pydantic model (`Options` beside the class, named by `options_model`), validated
+once by the base class before `configure`: every mistake of the table at once, one
+`actuators.<name>.<key>: message` line each.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ConfigDict, Field
 
 from powerplane.plugins import PluginError, Registry
+from powerplane.validation import ConfigError, Model, Problems, validate
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
-class ActuatorConfigError(ValueError):
-    pass
+class ActuatorConfigError(ConfigError):
+    """Bad options: one `actuators.<name>.<key>: message` line per mistake, all of a table at once."""
+
+
+class ActuatorOptions(Model):
+    """The keys every actuator kind takes; a kind's `Options` adds its own. Strict: TOML gives real types."""
+
+    model_config = ConfigDict(strict=True)
+
+    kind: str = ""  # the registry picks the class by it (load_actuator)
+
+    def check(self, p: Problems) -> None:
+        """Rules across several keys, one `p.add(key, message)` per broken rule (runs once the keys are valid)."""
 
 
 class ActuatorError(RuntimeError):
@@ -29,15 +47,25 @@ class ActuatorError(RuntimeError):
 
 class Actuator(ABC):
     kind: str = ""
+    options_model: ClassVar[type[ActuatorOptions]] = ActuatorOptions
 
     def __init__(self, name: str, options: Mapping[str, Any], context: Any = None) -> None:
         self.name = name
         self.context = context
-        self.configure(options)
+        self.path = f"actuators.{name}"  # where the table is in an actuators file: the start of every error path
+        try:
+            self.opts = validate(self.options_model, dict(options), prefix=self.path)
+        except ConfigError as e:
+            raise ActuatorConfigError(e.errors) from None
+        p = Problems(self.path)
+        self.opts.check(p)
+        if p.lines:
+            raise ActuatorConfigError(p.lines)
+        self.configure(self.opts)
 
     @abstractmethod
-    def configure(self, options: Mapping[str, Any]) -> None:
-        """Validate options; raise ActuatorConfigError naming the bad key. No I/O here."""
+    def configure(self, opts: Any) -> None:
+        """Take the kind's validated options (an instance of its `options_model`). No I/O here."""
 
     def start(self) -> None:
         """Open connections."""
@@ -83,8 +111,12 @@ REGISTRY: Registry[type[Actuator]] = Registry("actuators", "actuator")
 
 
 def load_actuator(name: str, options: Mapping[str, Any], context: Any = None) -> Actuator:
+    """The actuator an [actuators.NAME] table describes; ActuatorConfigError listing every mistake in it."""
+    kind = options.get("kind")
+    if kind is None:
+        raise ActuatorConfigError(f"actuators.{name}.kind: missing (required; one of {', '.join(REGISTRY.kinds())})")
     try:
-        cls = REGISTRY.get(str(options.get("kind")))
+        cls = REGISTRY.get(str(kind))
     except PluginError as e:
-        raise ActuatorConfigError(f"actuator '{name}': {e}") from None
+        raise ActuatorConfigError(f"actuators.{name}.kind: {e}") from None
     return cls(name, options, context)

@@ -1,4 +1,4 @@
-"""The collector interface: configure (validate only) / start (connect) / read / close.
+"""The collector interface: configure (take validated options, no I/O) / start (connect) / read / close.
 
 A source is one device (a PDU, a BMC, a node's GPUs) or one in-process plant. A kind is registered
 by an entry point (powerplane/plugins.py); `load_source` builds one from a config table. Sources never publish and
@@ -8,6 +8,10 @@ the same delivery guarantees.
 
 `read` is a coroutine so that thousands of network devices share one event loop; a source whose
 library is blocking (NVML) runs it with asyncio.to_thread.
+
+A kind's options are a pydantic model (`Options` beside the class, named by `options_model`). The base
+class validates the table once, before `configure`, and reports every mistake of the table at once, one
+`sources.<name>.<key>: message` line each (unknown keys included).
 """
 
 from __future__ import annotations
@@ -17,21 +21,56 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
+from pydantic import AfterValidator, ConfigDict, Field
 
 from powerplane.plugins import PluginError, Registry
 from powerplane.schemas import TelemetryFrame
 from powerplane.site import Site
+from powerplane.validation import ConfigError, Model, Problems, validate
 
 
-class SourceConfigError(ValueError):
-    """A bad option; the message names the source and the key."""
+class SourceConfigError(ConfigError):
+    """Bad options: one `sources.<name>.<key>: message` line per mistake, all of a table at once."""
 
 
 class SourceError(RuntimeError):
     """The device answered wrongly (garbage, partial walk, HTTP error): one line, per device."""
+
+
+def _distinct(v: list[int]) -> list[int]:
+    if len(set(v)) != len(v):
+        raise ValueError(f"must list each index once, got {v!r}")
+    return v
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+# A non-empty list of distinct indices (which GPUs of a server).
+Indices = Annotated[list[Annotated[int, Field(ge=0, le=65535)]], Field(min_length=1), AfterValidator(_distinct)]
+
+
+class SourceOptions(Model):
+    """The keys every source kind takes; a kind's `Options` adds its own. Strict: TOML gives real types,
+    so "161" for a port or true for a number is a mistake to report, not a value to convert."""
+
+    model_config = ConfigDict(strict=True)
+
+    kind: str = ""  # the registry picks the class by it (load_source)
+    interval_s: float | None = Field(None, ge=0.01)  # default: the kind's default_interval_s
+    # A read that takes longer than this is abandoned; the next tick tries again. Default min(5, 0.8 x interval_s).
+    timeout_s: float | None = Field(None, ge=0.001)
+
+    def check(self, p: Problems) -> None:
+        """Rules across several keys, one `p.add(key, message)` per broken rule (runs once the keys are valid)."""
+
+
+class DeviceOptions(SourceOptions):
+    """A source for one device of one rack."""
+
+    site: NonEmpty  # load_source fills it from the site model when the table leaves it out
+    rack: NonEmpty
 
 
 @dataclass
@@ -42,60 +81,41 @@ class SourceContext:
 
 class Source(ABC):
     kind: str = ""
+    options_model: ClassVar[type[SourceOptions]] = SourceOptions
     default_interval_s: float = 10.0
 
     def __init__(self, name: str, options: Mapping[str, Any], ctx: SourceContext | None = None) -> None:
         self.name = name
         self.ctx = ctx or SourceContext()
-        self.options = options
-        self.interval_s = self.opt_float("interval_s", self.default_interval_s, lo=0.01)
-        # A read that takes longer than this is abandoned; the next tick tries again.
-        self.timeout_s = self.opt_float("timeout_s", min(5.0, 0.8 * self.interval_s), lo=0.001)
+        self.path = f"sources.{name}"  # where the table is in a sources file: the start of every error path
+        self.opts = self._validate(options)
+        self.interval_s = self.opts.interval_s if self.opts.interval_s is not None else self.default_interval_s
+        self.timeout_s = self.opts.timeout_s if self.opts.timeout_s is not None else min(5.0, 0.8 * self.interval_s)
         self.seq = 0
-        self.configure(options)
+        self.configure(self.opts)
 
-    # ---- option helpers (raise SourceConfigError naming source and key) ----------------------
-    def _bad(self, key: str, msg: str) -> SourceConfigError:
-        return SourceConfigError(f"source '{self.name}' ({self.kind}): option '{key}' {msg}")
+    def _validate(self, options: Mapping[str, Any]) -> SourceOptions:
+        data = dict(options)
+        if "site" in self.options_model.model_fields and "site" not in data and self.ctx.site is not None:
+            data["site"] = self.ctx.site.name
+        try:
+            opts = validate(self.options_model, data, prefix=self.path)
+        except ConfigError as e:
+            raise SourceConfigError(e.errors) from None
+        p = Problems(self.path)
+        opts.check(p)
+        if p.lines:
+            raise SourceConfigError(p.lines)
+        return opts
 
-    def opt_str(self, key: str, default: str | None = None) -> str:
-        v = self.options.get(key, default)
-        if not isinstance(v, str) or not v:
-            raise self._bad(key, f"must be a non-empty string, got {v!r}")
-        return v
-
-    def opt_float(self, key: str, default: float | None = None, *, lo: float = -math.inf,
-                  hi: float = math.inf) -> float:
-        v = self.options.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= float(v) <= hi:
-            raise self._bad(key, f"must be a number in [{lo:g}, {hi:g}], got {v!r}")
-        return float(v)
-
-    def opt_int(self, key: str, default: int | None = None, *, lo: int = 0, hi: int = 2**31) -> int:
-        v = self.options.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise self._bad(key, f"must be an integer in [{lo}, {hi}], got {v!r}")
-        return v
-
-    def site_name(self) -> str:
-        """The `site` option, else the site model's name from the context."""
-        default = self.ctx.site.name if self.ctx.site is not None else None
-        return self.opt_str("site", default)
-
-    def opt_index_list(self, key: str) -> list[int] | None:
-        """An optional non-empty list of distinct indices (e.g. which GPUs of a server); None if absent."""
-        v = self.options.get(key)
-        if v is None:
-            return None
-        if not isinstance(v, list) or not v or len(set(v)) != len(v) or any(
-                isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < 65536 for g in v):
-            raise self._bad(key, f"must be a non-empty list of distinct indices (integers >= 0), got {v!r}")
-        return list(v)
+    def config_error(self, key: str, message: str) -> SourceConfigError:
+        """A mistake found later than validation (a CA file that cannot be loaded at start)."""
+        return SourceConfigError(f"{self.path}.{key}: {message}")
 
     # ---- the interface ------------------------------------------------------------------------
     @abstractmethod
-    def configure(self, options: Mapping[str, Any]) -> None:
-        """Validate options; raise SourceConfigError naming the bad key. No I/O here."""
+    def configure(self, opts: Any) -> None:
+        """Take the kind's validated options (an instance of its `options_model`). No I/O here."""
 
     async def start(self) -> None:
         """Open connections."""
@@ -125,8 +145,12 @@ REGISTRY: Registry[type[Source]] = Registry("collectors", "collector")
 
 
 def load_source(name: str, options: Mapping[str, Any], ctx: SourceContext | None = None) -> Source:
+    """The source a [sources.NAME] table describes; SourceConfigError listing every mistake in it."""
+    kind = options.get("kind")
+    if kind is None:
+        raise SourceConfigError(f"sources.{name}.kind: missing (required; one of {', '.join(REGISTRY.kinds())})")
     try:
-        cls = REGISTRY.get(str(options.get("kind")))
+        cls = REGISTRY.get(str(kind))
     except PluginError as e:
-        raise SourceConfigError(f"source '{name}': {e}") from None
+        raise SourceConfigError(f"sources.{name}.kind: {e}") from None
     return cls(name, options, ctx)

@@ -19,30 +19,31 @@ log = logging.getLogger("powerplane.collectors")
 
 
 def sources_from_file(path: str | Path, ctx: SourceContext) -> list[Source]:
-    """Every [sources.NAME] table of a TOML file; all errors reported at once."""
+    """Every [sources.NAME] table of a TOML file; SourceConfigError with every mistake of every table."""
     try:
         data = read_toml(path)
     except TomlFileError as e:
         raise SourceConfigError(f"{path}: {e}") from None
     tables = data.get("sources")
     if not isinstance(tables, dict) or not tables:
-        raise SourceConfigError(f"{path}: no [sources.NAME] tables")
-    return build_sources(tables, ctx, where=str(path))
+        raise SourceConfigError(f"{path}: no [sources.NAME] tables (see collectors/*/sample.toml)")
+    return build_sources(tables, ctx, source=str(path))
 
 
-def build_sources(tables: Mapping[str, Any], ctx: SourceContext, where: str = "sources") -> list[Source]:
+def build_sources(tables: Mapping[str, Any], ctx: SourceContext, source: str = "") -> list[Source]:
+    """One source per table; the mistakes of all tables are reported together (`source` names the file)."""
     out: list[Source] = []
     errors: list[str] = []
     for name, opts in tables.items():
         if not isinstance(opts, dict):
-            errors.append(f"{where}: sources.{name}: expected a table")
+            errors.append(f"sources.{name}: expected a table, got {opts!r}")
             continue
         try:
             out.append(load_source(name, opts, ctx))
         except SourceConfigError as e:
-            errors.append(f"{where}: {e}")
+            errors.extend(e.errors)
     if errors:
-        raise SourceConfigError("\n".join(errors))
+        raise SourceConfigError(errors, source=source)
     return out
 
 

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import pynvml
+from pydantic import Field, PlainValidator
 
-from actuators.base import F64, I64, Actuator, ActuatorConfigError, ActuatorError
+from actuators.base import F64, I64, Actuator, ActuatorError, ActuatorOptions
+from powerplane.validation import Problems
 
 log = logging.getLogger("powerplane.actuators.nvml")
 
 T = TypeVar("T")
 
-OPTIONS = frozenset({"kind", "racks", "dry_run", "safe_limit", "min_clock_mhz"})
 ERROR_NAMES = {v: k for k, v in vars(pynvml).items() if k.startswith("NVML_ERROR_") and isinstance(v, int)}
 
 # What an operator should do about each refusal; the text goes into the rejected ack.
@@ -40,45 +41,51 @@ def nvml_error(e: pynvml.NVMLError, what: str) -> ActuatorError:
     return ActuatorError(f"{what}: {e} [{name}]: {advice}")
 
 
+def _devices(v: Any) -> list[int] | str:
+    if v == "all" or (isinstance(v, list) and v and len(set(v)) == len(v) and all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 64 for d in v)):
+        return v if isinstance(v, str) else list(v)
+    raise ValueError(f"must be a list of distinct NVML device indexes 0..63 (or \"all\" when it is the only rack), "
+                     f"got {v!r}")
+
+
+def _safe_limit(v: Any) -> str | float:
+    if v in ("default", "max"):
+        return str(v)
+    if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
+        return float(v)
+    raise ValueError(f"must be 'default', 'max' or watts > 0, got {v!r}")
+
+
+class Options(ActuatorOptions):
+    """An [actuators.NAME] table of kind "nvml" (README.md beside this file)."""
+
+    # rack id -> NVML device indexes in the site model's GPU order, or "all" (only rack: every GPU NVML sees)
+    racks: Annotated[dict[str, Annotated[list[int] | str, PlainValidator(_devices)]], Field(min_length=1)]
+    dry_run: bool = True
+    safe_limit: Annotated[str | float, PlainValidator(_safe_limit)] = "default"
+    min_clock_mhz: float = Field(0.0, ge=0.0, lt=10_000.0)
+
+    def check(self, p: Problems) -> None:
+        if len(self.racks) > 1:
+            for rack, devs in self.racks.items():
+                if devs == "all":
+                    p.add(f"racks.{rack}", "\"all\" is only for a single rack: list the NVML device indexes")
+
+
 class NvmlActuator(Actuator):
     """Power limits (nvmlDeviceSetPowerManagementLimit) and SM clock locks (nvmlDeviceSetGpuLockedClocks)
     of the local GPUs, by rack. In dry-run mode it reads the real constraints and changes nothing."""
 
     kind = "nvml"
+    options_model = Options
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        def bad(key: str, msg: str) -> ActuatorConfigError:
-            return ActuatorConfigError(f"actuator '{self.name}': '{key}' {msg}")
-
-        unknown = sorted(set(options) - OPTIONS)
-        if unknown:
-            raise bad(unknown[0], f"is not an option of kind nvml (options: {', '.join(sorted(OPTIONS))})")
-        racks = options.get("racks")
-        if not isinstance(racks, Mapping) or not racks:
-            raise bad("racks", "must be a table of rack id -> list of NVML device indexes (or \"all\")")
-        self.racks: dict[str, list[int] | None] = {}  # None: every GPU NVML sees
-        for rack, devs in racks.items():
-            if devs == "all" and len(racks) == 1:
-                self.racks[str(rack)] = None
-            elif (isinstance(devs, list) and devs and len(set(devs)) == len(devs)
-                  and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 64 for d in devs)):
-                self.racks[str(rack)] = list(devs)
-            else:
-                raise bad(f"racks.{rack}", f"must be a list of distinct NVML device indexes 0..63 (or \"all\" "
-                                           f"when it is the only rack), got {devs!r}")
-        dry = options.get("dry_run", True)
-        if not isinstance(dry, bool):
-            raise bad("dry_run", f"must be true or false, got {dry!r}")
-        self.dry_run = dry
-        safe = options.get("safe_limit", "default")
-        if safe not in ("default", "max") and not (isinstance(safe, int | float) and not isinstance(safe, bool)
-                                                   and safe > 0):
-            raise bad("safe_limit", f"must be 'default', 'max' or watts > 0, got {safe!r}")
-        self.safe: str | float = safe if isinstance(safe, str) else float(safe)
-        fmin = options.get("min_clock_mhz", 0.0)
-        if not isinstance(fmin, int | float) or isinstance(fmin, bool) or not 0 <= fmin < 10_000:
-            raise bad("min_clock_mhz", f"must be MHz in [0, 10000), got {fmin!r}")
-        self.min_clock_mhz = float(fmin)
+    def configure(self, opts: Options) -> None:
+        # None: every GPU NVML sees
+        self.racks: dict[str, list[int] | None] = {r: d if isinstance(d, list) else None for r, d in opts.racks.items()}
+        self.dry_run = opts.dry_run
+        self.safe: str | float = opts.safe_limit
+        self.min_clock_mhz = opts.min_clock_mhz
         self.handles: dict[str, list[Any]] = {}
         self._clocks: dict[tuple[str, int], tuple[float, float, list[float]]] = {}  # see _clock_info
         self._locked: dict[tuple[str, int], float] = {}  # clock ceilings this actuator set

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import requests
+from pydantic import AfterValidator, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator
 from sushy import exceptions as sx
 from sushy.connector import Connector
 
-from actuators.base import F64, I64, Actuator, ActuatorConfigError, ActuatorError
+from actuators.base import F64, I64, Actuator, ActuatorError, ActuatorOptions, NonEmpty
+from powerplane.validation import Model, Problems
 
 log = logging.getLogger("powerplane.actuators.redfish")
 
-OPTIONS = frozenset({"kind", "racks", "username_env", "password_env", "verify_tls", "timeout_s", "gpu_min_w",
-                     "gpu_max_w", "safe_limit", "non_gpu_w"})
-RACK_OPTIONS = frozenset({"url", "chassis", "gpus", "non_gpu_w"})
+WATTS_MAX = 1e7  # above any chassis: a bigger number is a typo (kW for W), not a limit
 
 
 def chassis_limit_w(gpu_limits_w: F64, non_gpu_w: float) -> float:
@@ -53,73 +52,92 @@ class _Rack:
     last: requests.Response | None = None  # the last response (for Retry-After)
 
 
+def _bmc_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"must be the BMC's base URL (https://host[:port]), got {url!r}")
+    return url
+
+
+def _chassis(v: str) -> str:
+    if not v or "/" in v:
+        raise ValueError(f"must be a Chassis id (as in /redfish/v1/Chassis/<id>), got {v!r}")
+    return v
+
+
+def _verify_tls(v: Any) -> bool | str:
+    if isinstance(v, bool | str):
+        return v
+    raise ValueError(f"must be true, false or the path of a CA bundle, got {v!r}")
+
+
+def _safe_limit(v: Any) -> str | float:
+    if v in ("max", "min"):
+        return str(v)
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    raise ValueError(f"must be 'max', 'min' or watts per GPU, got {v!r}")
+
+
+Watts = Annotated[float, Field(ge=0.0, lt=WATTS_MAX)]
+
+
+class RackOptions(Model):
+    """One [actuators.NAME.racks.RACK] table: the chassis that holds the rack's GPUs."""
+
+    model_config = ConfigDict(strict=True)
+
+    url: Annotated[str, AfterValidator(_bmc_url)]
+    chassis: Annotated[str, AfterValidator(_chassis)] | None = None  # default: the first with PowerControl
+    gpus: int = Field(ge=1, le=1024)
+    non_gpu_w: Watts | None = None  # default: the actuator's non_gpu_w
+
+
+class Options(ActuatorOptions):
+    """An [actuators.NAME] table of kind "redfish" (README.md beside this file)."""
+
+    racks: Annotated[dict[str, RackOptions], Field(min_length=1)]
+    # The BMC account comes from these environment variables; the secrets themselves never sit in a file.
+    username_env: NonEmpty | None = None
+    password_env: NonEmpty | None = None
+    username: None = None  # only to refuse them with advice (below)
+    password: None = None
+    verify_tls: Annotated[bool | str, PlainValidator(_verify_tls)] = True
+    timeout_s: float = Field(10.0, ge=0.1, lt=1e7)
+    gpu_min_w: Watts = 200.0
+    gpu_max_w: Watts = 700.0
+    safe_limit: Annotated[str | float, PlainValidator(_safe_limit)] = "max"
+    non_gpu_w: Watts = 0.0
+
+    @field_validator("username", "password", mode="plain")
+    @classmethod
+    def _no_secrets(cls, v: Any, info: ValidationInfo) -> None:
+        raise ValueError(f"must not be in the config: put it in an environment variable and name that variable "
+                         f"in '{info.field_name}_env'")
+
+    def check(self, p: Problems) -> None:
+        if self.gpu_max_w < self.gpu_min_w:
+            p.add("gpu_max_w", f"must be at least gpu_min_w ({self.gpu_min_w:g}), got {self.gpu_max_w:g}")
+        if (self.username_env is None) != (self.password_env is None):
+            p.add("username_env" if self.username_env is None else "password_env",
+                  "required with the other one (both name environment variables)")
+        for key, var in (("username_env", self.username_env), ("password_env", self.password_env)):
+            if var is not None and var not in os.environ:
+                p.add(key, f"names environment variable {var}, which is not set")
+
+
 class RedfishActuator(Actuator):
     kind = "redfish"
+    options_model = Options
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        def bad(key: str, msg: str) -> ActuatorConfigError:
-            return ActuatorConfigError(f"actuator '{self.name}': '{key}' {msg}")
-
-        def num(opts: Mapping[str, Any], key: str, default: float | None, lo: float, where: str = "") -> float:
-            v = opts.get(key, default)
-            if not isinstance(v, int | float) or isinstance(v, bool) or not lo <= v < 1e7:
-                raise bad(where + key, f"must be a number >= {lo:g}, got {v!r}")
-            return float(v)
-
-        if "password" in options or "username" in options:
-            raise bad("password" if "password" in options else "username",
-                      "must not be in the config: put it in an environment variable and name that variable in "
-                      "'password_env' / 'username_env'")
-        unknown = sorted(set(options) - OPTIONS)
-        if unknown:
-            raise bad(unknown[0], f"is not an option of kind redfish (options: {', '.join(sorted(OPTIONS))})")
-        self.timeout_s = num(options, "timeout_s", 10.0, 0.1)
-        verify = options.get("verify_tls", True)
-        if not isinstance(verify, bool | str):
-            raise bad("verify_tls", f"must be true, false or the path of a CA bundle, got {verify!r}")
-        self.verify: bool | str = verify
-        self.gpu_min_w = num(options, "gpu_min_w", 200.0, 0.0)
-        self.gpu_max_w = num(options, "gpu_max_w", 700.0, self.gpu_min_w)
-        safe = options.get("safe_limit", "max")
-        if safe not in ("max", "min") and not (isinstance(safe, int | float) and not isinstance(safe, bool)):
-            raise bad("safe_limit", f"must be 'max', 'min' or watts per GPU, got {safe!r}")
-        self.safe: str | float = safe if isinstance(safe, str) else float(safe)
-        non_gpu_w = num(options, "non_gpu_w", 0.0, 0.0)
+    def configure(self, opts: Options) -> None:
+        self.timeout_s, self.verify, self.safe = opts.timeout_s, opts.verify_tls, opts.safe_limit
+        self.gpu_min_w, self.gpu_max_w = opts.gpu_min_w, opts.gpu_max_w
         self.creds: tuple[str, str] | None = None
-        user_env, pass_env = options.get("username_env"), options.get("password_env")
-        if (user_env is None) != (pass_env is None):
-            raise bad("username_env" if user_env is None else "password_env",
-                      "is required with the other one (both name environment variables)")
-        if user_env is not None:
-            vals = []
-            for key, var in (("username_env", user_env), ("password_env", pass_env)):
-                if not isinstance(var, str) or not var:
-                    raise bad(key, f"must name an environment variable, got {var!r}")
-                if var not in os.environ:
-                    raise bad(key, f"names environment variable {var}, which is not set")
-                vals.append(os.environ[var])
-            self.creds = (vals[0], vals[1])
-        racks = options.get("racks")
-        if not isinstance(racks, Mapping) or not racks:
-            raise bad("racks", "must be a table of rack id -> {url, gpus, chassis, non_gpu_w}")
-        self.racks: dict[str, _Rack] = {}
-        for rid, r in racks.items():
-            where = f"racks.{rid}."
-            if not isinstance(r, Mapping):
-                raise bad(f"racks.{rid}", "must be a table with 'url' and 'gpus'")
-            extra = sorted(set(r) - RACK_OPTIONS)
-            if extra:
-                raise bad(where + extra[0], f"is not a rack option (options: {', '.join(sorted(RACK_OPTIONS))})")
-            url = r.get("url")
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise bad(where + "url", f"must be the BMC's base URL (https://host[:port]), got {url!r}")
-            gpus = r.get("gpus")
-            if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= 1024:
-                raise bad(where + "gpus", f"must be the number of GPUs in the chassis (1..1024), got {gpus!r}")
-            chassis = r.get("chassis")
-            if chassis is not None and (not isinstance(chassis, str) or not chassis or "/" in chassis):
-                raise bad(where + "chassis", f"must be a Chassis id (as in /redfish/v1/Chassis/<id>), got {chassis!r}")
-            self.racks[str(rid)] = _Rack(url.rstrip("/"), chassis, gpus, num(r, "non_gpu_w", non_gpu_w, 0.0, where))
+        if opts.username_env is not None and opts.password_env is not None:  # both or neither (Options.check)
+            self.creds = (os.environ[opts.username_env], os.environ[opts.password_env])
+        self.racks: dict[str, _Rack] = {
+            rid: _Rack(r.url.rstrip("/"), r.chassis, r.gpus, opts.non_gpu_w if r.non_gpu_w is None else r.non_gpu_w)
+            for rid, r in opts.racks.items()}
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:

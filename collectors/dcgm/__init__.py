@@ -8,19 +8,19 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import AfterValidator, Field
 
-from collectors.base import Source, SourceError
+from collectors.base import DeviceOptions, Indices, Source, SourceError
 from powerplane.schemas import TelemetryFrame
 
 log = logging.getLogger("powerplane.collectors.dcgm")
 
-OPTIONS = frozenset({"kind", "url", "site", "rack", "server", "gpus", "interval_s", "timeout_s"})
 MAX_PAGE_BYTES = 16 << 20
 
 
@@ -132,25 +132,32 @@ def _one_line(s: str, n: int = 120) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
+def _http_url(url: str) -> str:
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError(f"must be an http(s) URL such as http://192.0.2.10:9400/metrics, got {url!r}")
+    return url
+
+
+class Options(DeviceOptions):
+    """A [sources.NAME] table of kind "dcgm" (README.md beside this file lists every key)."""
+
+    url: Annotated[str, AfterValidator(_http_url)]
+    server: int = Field(ge=0, le=65535)
+    gpus: Indices | None = None  # the `gpu` label values to report; default: every GPU on the page
+
+
 class DcgmSource(Source):
     """One dcgm-exporter (one GPU server): scrapes its /metrics page into one frame for the server's rack."""
 
     kind = "dcgm"
+    options_model = Options
 
     default_interval_s = 10.0
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        unknown = sorted(set(options) - OPTIONS)
-        if unknown:
-            raise self._bad(unknown[0], f"is not an option of this kind (options: {', '.join(sorted(OPTIONS))})")
-        self.url = self.opt_str("url")
-        u = urlsplit(self.url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise self._bad("url", f"must be an http(s) URL such as http://192.0.2.10:9400/metrics, got {self.url!r}")
-        self.site = self.site_name()
-        self.rack = self.opt_str("rack")
-        self.server = self.opt_int("server", lo=0, hi=65535)
-        self.want: list[int] | None = self.opt_index_list("gpus")
+    def configure(self, opts: Options) -> None:
+        self.url, self.site, self.rack, self.server = opts.url, opts.site, opts.rack, opts.server
+        self.want: list[int] | None = opts.gpus
         self._session: aiohttp.ClientSession | None = None
         self._warned: set[tuple[int, str]] = set()
 

@@ -7,21 +7,20 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import pynvml
+from pydantic import Field
 
-from collectors.base import Source, SourceError
+from collectors.base import DeviceOptions, Indices, Source, SourceError
 from powerplane.schemas import TelemetryFrame
 
 log = logging.getLogger("powerplane.collectors.nvml")
 
 T = TypeVar("T")
-
-OPTIONS = frozenset({"kind", "site", "rack", "server", "gpus", "interval_s", "timeout_s"})
 
 # NVML answers meaning "this GPU (driver, permissions) cannot give this field": the field is NaN for that
 # GPU and the rest of the sample stands. Any other error (GPU lost, reset required, driver not loaded,
@@ -62,22 +61,25 @@ class _Fatal(Exception):
     pass
 
 
+class Options(DeviceOptions):
+    """A [sources.NAME] table of kind "nvml" (README.md beside this file lists every key)."""
+
+    server: int = Field(ge=0, le=65535)
+    gpus: Indices | None = None  # NVML indices to read; default: every GPU NVML sees
+
+
 class NvmlSource(Source):
     """Reads power, enforced limit, temperature, clocks, utilisation, throttle reasons and energy of the
     local GPUs through NVML (nvidia-ml-py); one frame per read for this server's rack."""
 
     kind = "nvml"
+    options_model = Options
 
     default_interval_s = 1.0
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        unknown = sorted(set(options) - OPTIONS)
-        if unknown:
-            raise self._bad(unknown[0], f"is not an option of this kind (options: {', '.join(sorted(OPTIONS))})")
-        self.site = self.site_name()
-        self.rack = self.opt_str("rack")
-        self.server = self.opt_int("server", lo=0, hi=65535)
-        self.want: list[int] | None = self.opt_index_list("gpus")
+    def configure(self, opts: Options) -> None:
+        self.site, self.rack, self.server = opts.site, opts.rack, opts.server
+        self.want: list[int] | None = opts.gpus
         self.indices: list[int] = []
         self.uuids: list[str] = []
         self.handles: list[Any] = []

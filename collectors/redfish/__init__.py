@@ -11,17 +11,19 @@ import asyncio
 import logging
 import math
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
+from pydantic import AfterValidator, Field
 
-from collectors.base import Source, SourceError
+from collectors.base import DeviceOptions, NonEmpty, Source, SourceError
 from collectors.redfish import extract as ex
 from collectors.redfish.client import ROOT, BmcClient, NotFound, acquire_session, one_line, release_session
 from powerplane.schemas import TelemetryFrame
+from powerplane.validation import Problems
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,42 +63,50 @@ class ChassisPlan:
     thermal: ThermalPlan | None = None  # None until planned (planning is retried each read until it works)
 
 
+def _base_url(raw: str) -> str:
+    """scheme://host[:port][/prefix], without a trailing /redfish/v1 (the client appends it)."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"must be an http:// or https:// base URL such as https://10.0.0.5, got {raw!r}")
+    path = parts.path.rstrip("/")
+    if path.endswith(ROOT):
+        path = path[: -len(ROOT)]
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+class Options(DeviceOptions):
+    """A [sources.NAME] table of kind "redfish" (README.md beside this file lists every key)."""
+
+    url: Annotated[str, AfterValidator(_base_url)]
+    username: NonEmpty | None = None
+    password: NonEmpty | None = None
+    auth: Literal["basic", "session"] = "basic"
+    verify_tls: bool = True
+    ca_file: NonEmpty | None = None
+    server: int = Field(ge=0, le=65535)
+    chassis: NonEmpty | None = None
+
+    def check(self, p: Problems) -> None:
+        if self.password is not None and self.username is None:
+            p.add("username", "required when 'password' is set")
+        if self.username is not None and self.password is None:
+            p.add("password", "required when 'username' is set")
+        if self.ca_file is not None and not self.verify_tls:
+            p.add("ca_file", "makes no sense with verify_tls = false")
+
+
 class RedfishSource(Source):
     """One BMC: the chassis input power of one server and its inlet temperatures."""
 
     kind = "redfish"
+    options_model = Options
 
     default_interval_s = 10.0
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        raw = self.opt_str("url")
-        parts = urlsplit(raw)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-            raise self._bad("url", f"must be an http:// or https:// base URL such as https://10.0.0.5, got {raw!r}")
-        path = parts.path.rstrip("/")
-        if path.endswith(ROOT):
-            path = path[: -len(ROOT)]
-        self.url = f"{parts.scheme}://{parts.netloc}{path}"
-        self.username = self._opt_optional_str("username")
-        self.password = self._opt_optional_str("password")
-        if self.password is not None and self.username is None:
-            raise self._bad("username", "is required when 'password' is set")
-        if self.username is not None and self.password is None:
-            raise self._bad("password", "is required when 'username' is set")
-        self.auth = self.opt_str("auth", "basic")
-        if self.auth not in ("basic", "session"):
-            raise self._bad("auth", f"must be \"basic\" or \"session\", got {self.auth!r}")
-        verify = self.options.get("verify_tls", True)
-        if not isinstance(verify, bool):
-            raise self._bad("verify_tls", f"must be true or false, got {verify!r}")
-        self.verify_tls = verify
-        self.ca_file = self._opt_optional_str("ca_file")
-        if self.ca_file is not None and not self.verify_tls:
-            raise self._bad("ca_file", "makes no sense with verify_tls = false")
-        self.site = self.site_name()
-        self.rack = self.opt_str("rack")
-        self.server = self.opt_int("server", None, lo=0, hi=65535)
-        self.chassis_id = self._opt_optional_str("chassis")
+    def configure(self, opts: Options) -> None:
+        self.url, self.username, self.password, self.auth = opts.url, opts.username, opts.password, opts.auth
+        self.verify_tls, self.ca_file = opts.verify_tls, opts.ca_file
+        self.site, self.rack, self.server, self.chassis_id = opts.site, opts.rack, opts.server, opts.chassis
         # A read gives up a little before timeout_s, so that its error (naming the resource that did not
         # answer) reaches the scheduler before the scheduler's own timeout abandons the read anonymously.
         self.budget_s = 0.95 * self.timeout_s
@@ -105,9 +115,6 @@ class RedfishSource(Source):
         self._memo: dict[str, dict[str, Any]] = {}  # documents fetched during discovery (kept across timeouts)
         self._stale = False
         self._thermal_note: str | None = None
-
-    def _opt_optional_str(self, key: str) -> str | None:
-        return None if self.options.get(key) is None else self.opt_str(key)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -118,7 +125,7 @@ class RedfishSource(Source):
             try:
                 tls = ssl.create_default_context(cafile=self.ca_file)
             except (OSError, ssl.SSLError) as e:
-                raise self._bad("ca_file", f"cannot be loaded: {e}") from None
+                raise self.config_error("ca_file", f"cannot be loaded: {e}") from None
         session = await acquire_session()
         self._client = BmcClient(session, self.url, timeout_s=self.budget_s, tls=tls, username=self.username,
                                  password=self.password, auth=self.auth)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import AfterValidator, Field
 
-from collectors.base import Source, SourceError
+from collectors.base import DeviceOptions, NonEmpty, Source, SourceError
 from collectors.snmp import models
 from collectors.snmp.client import CODECS, SnmpClient
 from collectors.snmp.models import Plan, Reading
@@ -18,56 +19,63 @@ from powerplane.schemas import TelemetryFrame
 
 log = logging.getLogger(__name__)
 
-VERSIONS = ("1", "2c")
+def _one_of(choices: tuple[str, ...]) -> AfterValidator:
+    def check(v: str) -> str:
+        if v not in choices:
+            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, got {v!r}")
+        return v
+    return AfterValidator(check)
+
+
+def _latin1(v: str) -> str:
+    try:
+        v.encode("latin-1")  # what goes on the wire (pysnmp encodes it so too)
+    except UnicodeEncodeError:
+        raise ValueError(f"must be Latin-1 text, got {v!r}") from None
+    return v
+
+
+def _points(v: list[str]) -> list[str]:
+    bad = [p for p in v if p not in models.VERTIV_POINTS]
+    if bad:
+        raise ValueError(f"must list only {', '.join(models.VERTIV_POINTS)}, got {bad!r}")
+    return v
+
+
+class Options(DeviceOptions):
+    """A [sources.NAME] table of kind "snmp" (README.md beside this file lists every key)."""
+
+    host: NonEmpty
+    port: int = Field(161, ge=1, le=65535)
+    community: Annotated[NonEmpty, AfterValidator(_latin1)] = "public"
+    version: Literal["1", "2c"] = "2c"
+    feed: Literal["A", "B"]
+    model: Annotated[str, _one_of(("auto", *models.MODELS))] = "auto"
+    module: int = Field(1, ge=1, le=64)
+    outlets: bool = True
+    temp_points: Annotated[list[str], Field(min_length=1), AfterValidator(_points)] = Field(
+        default_factory=lambda: list(models.VERTIV_DEFAULT_POINTS))
+    retries: int = Field(1, ge=0, le=10)
+    max_varbinds: int = Field(40, ge=1, le=1000)
+    rediscover_s: float = Field(3600.0, ge=0.0)
+    codec: Annotated[str, _one_of(CODECS)] = "fast"
 
 
 class SnmpSource(Source):
     """One SNMP agent = one PDU (one feed of one rack). Discovers its tables once, then one GET per poll."""
 
     kind = "snmp"
+    options_model = Options
 
     default_interval_s = 10.0
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        self.host = self.opt_str("host")
-        self.port = self.opt_int("port", 161, lo=1, hi=65535)
-        self.community = self.opt_str("community", "public")
-        try:
-            self.community.encode("latin-1")  # what goes on the wire (pysnmp encodes it so too)
-        except UnicodeEncodeError:
-            raise self._bad("community", f"must be Latin-1 text, got {self.community!r}") from None
-        version = options.get("version", "2c")
-        if version not in VERSIONS:
-            raise self._bad("version", f"must be one of {', '.join(repr(v) for v in VERSIONS)}, got {version!r}")
-        self.version = str(version)
-        self.site = self.site_name()
-        self.rack = self.opt_str("rack")
-        feed = self.opt_str("feed")
-        if feed not in ("A", "B"):
-            raise self._bad("feed", f"must be 'A' or 'B', got {feed!r}")
-        self.feed = feed
-        model = self.opt_str("model", "auto")
-        if model != "auto" and model not in models.MODELS:
-            raise self._bad("model", f"must be 'auto' or one of {', '.join(models.MODELS)}, got {model!r}")
-        self.model = model
-        self.module = self.opt_int("module", 1, lo=1, hi=64)
-        outlets = options.get("outlets", True)
-        if not isinstance(outlets, bool):
-            raise self._bad("outlets", f"must be true or false, got {outlets!r}")
-        self.outlets = outlets
-        points = options.get("temp_points", list(models.VERTIV_DEFAULT_POINTS))
-        if (not isinstance(points, list | tuple) or not points
-                or not all(isinstance(p, str) and p in models.VERTIV_POINTS for p in points)):
-            raise self._bad("temp_points", f"must be a non-empty list of {', '.join(models.VERTIV_POINTS)}, "
-                                           f"got {points!r}")
-        self.temp_points: tuple[str, ...] = tuple(points)
-        self.retries = self.opt_int("retries", 1, lo=0, hi=10)
-        self.max_varbinds = self.opt_int("max_varbinds", 40, lo=1, hi=1000)
-        self.rediscover_s = self.opt_float("rediscover_s", 3600.0, lo=0.0)
-        codec = options.get("codec", "fast")
-        if codec not in CODECS:
-            raise self._bad("codec", f"must be one of {', '.join(repr(c) for c in CODECS)}, got {codec!r}")
-        self.codec = str(codec)
+    def configure(self, opts: Options) -> None:
+        self.host, self.port, self.community, self.version = opts.host, opts.port, opts.community, opts.version
+        self.site, self.rack, self.feed, self.model = opts.site, opts.rack, opts.feed, opts.model
+        self.module, self.outlets = opts.module, opts.outlets
+        self.temp_points: tuple[str, ...] = tuple(opts.temp_points)
+        self.retries, self.max_varbinds, self.rediscover_s = opts.retries, opts.max_varbinds, opts.rediscover_s
+        self.codec = opts.codec
         # timeout_s (base class) bounds a whole read (the scheduler abandons it then). The 1 + retries tries
         # of a request share 80% of it, so that a dead device ends in this source's own "no response"
         # error, which says more than the scheduler's timeout.

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import field_validator
 
-from actuators.base import F64, I64, Actuator, ActuatorConfigError, ActuatorError
+from actuators.base import F64, I64, Actuator, ActuatorConfigError, ActuatorError, ActuatorOptions
 from sim.fleet import Plant
 
 
@@ -21,18 +21,40 @@ class ClockedPlant(Protocol):
     def reset_clocks(self, gpus: I64) -> F64: ...
 
 
+class Options(ActuatorOptions):
+    """An [actuators.NAME] table of kind "twin" (README.md beside this file)."""
+
+    safe_limit: str | float = "max"  # what a lapsed lease reverts to: "max", "min" or watts
+    # A lock shared with code that also changes the fleet (ops' fleet command); never from a file.
+    lock: Any = None
+
+    @field_validator("safe_limit", mode="plain")
+    @classmethod
+    def _safe_limit(cls, v: Any) -> str | float:
+        if v in ("max", "min"):
+            return str(v)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return float(v)
+        raise ValueError(f"must be 'max', 'min' or watts, got {v!r}")
+
+    @field_validator("lock", mode="plain")
+    @classmethod
+    def _in_process_lock(cls, v: Any) -> Any:
+        if v is not None and not (hasattr(v, "acquire") and hasattr(v, "release")):
+            raise ValueError(f"must be a lock given by the program that runs the fleet, got {v!r}")
+        return v
+
+
 class TwinActuator(Actuator):
     kind = "twin"
+    options_model = Options
 
-    def configure(self, options: Mapping[str, Any]) -> None:
+    def configure(self, opts: Options) -> None:
         if not isinstance(self.context, Plant):
-            raise ActuatorConfigError(f"actuator '{self.name}': the twin actuator needs the simulated fleet")
+            raise ActuatorConfigError(f"{self.path}: the twin actuator needs the simulated fleet in its context")
         self.fleet: Plant = self.context
-        self.lock: threading.Lock = options.get("lock") or threading.Lock()
-        safe = options.get("safe_limit", "max")
-        if safe not in ("max", "min") and not isinstance(safe, int | float):
-            raise ActuatorConfigError(f"actuator '{self.name}': safe_limit must be 'max', 'min' or watts, got {safe!r}")
-        self.safe = safe
+        self.lock: threading.Lock = opts.lock or threading.Lock()
+        self.safe = opts.safe_limit
         site = self.fleet.site
         self._rack = {rid: r for r, rid in enumerate(site.rack_ids)}
         types = site.server_types

@@ -3,30 +3,46 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from typing import Any
 
-from collectors.base import Source, SourceConfigError
+from pydantic import field_validator
+
+from collectors.base import Source, SourceConfigError, SourceOptions
 from powerplane.schemas import TelemetryFrame
 from sim.fleet import Plant, rack_frames
+
+
+class Options(SourceOptions):
+    """A [sources.NAME] table of kind "sim": only the common keys (README.md beside this file)."""
+
+    # A lock shared with code that also changes the fleet (ops' fleet command); never from a file.
+    lock: Any = None
+
+    @field_validator("lock", mode="plain")
+    @classmethod
+    def _in_process_lock(cls, v: Any) -> Any:
+        if v is not None and not (hasattr(v, "acquire") and hasattr(v, "release")):
+            raise ValueError(f"must be a lock given by the program that runs the fleet, got {v!r}")
+        return v
 
 
 class FleetSource(Source):
     """Reads the in-process simulated fleet and cuts its site-wide arrays into one frame per rack."""
 
     kind = "sim"
+    options_model = Options
 
     default_interval_s = 1.0
 
-    def configure(self, options: Mapping[str, Any]) -> None:
+    def configure(self, opts: Options) -> None:
         if not isinstance(self.ctx.plant, Plant):
-            raise SourceConfigError(f"source '{self.name}': the sim source needs the simulated fleet in its context")
+            raise SourceConfigError(f"{self.path}: the sim source needs the simulated fleet in its context")
         self.fleet: Plant = self.ctx.plant
-        self.lock: threading.Lock = options.get("lock") or threading.Lock()
+        self.lock: threading.Lock = opts.lock or threading.Lock()
         self.seq = 0
         site = self.ctx.site
         if site is None:
-            raise SourceConfigError(f"source '{self.name}': the sim source needs the site model in its context")
+            raise SourceConfigError(f"{self.path}: the sim source needs the site model in its context")
         self.site = site
 
     async def read(self) -> list[TelemetryFrame]:

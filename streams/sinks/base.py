@@ -1,22 +1,47 @@
-"""The sink interface: configure (validate only) / start (connect) / write / close.
+"""The sink interface: configure (take validated options, no I/O) / start (connect) / write / close.
 
 The Kafka side (consume, decode, dead-letter, commit only after a successful write) lives once in
 streams.sinks.runner, so Kafka is the durable buffer for every sink: when the store is down the
 runner stops fetching (backpressure) instead of piling records up in memory.
+
+A kind's options are a pydantic model (`Options` beside the class, named by `options_model`), validated
+once by the base class before `configure`: every mistake of the table at once, one
+`sinks.<name>.<key>: message` line each.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, ConfigDict, Field
 
 from powerplane.plugins import PluginError, Registry
 from powerplane.schemas import Record
+from powerplane.validation import ConfigError, Model, validate
 
 
-class SinkConfigError(ValueError):
-    pass
+class SinkConfigError(ConfigError):
+    """Bad options: one `sinks.<name>.<key>: message` line per mistake, all of a table at once."""
+
+
+def _http_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"must start with http:// or https://, got {url!r}")
+    return url
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class SinkOptions(Model):
+    """The keys every sink kind takes; a kind's `Options` adds its own. Strict: TOML gives real types."""
+
+    model_config = ConfigDict(strict=True)
+
+    kind: str = ""  # the registry picks the class by it (load_sink)
 
 
 class RetryableSinkError(RuntimeError):
@@ -37,15 +62,20 @@ def seconds(retry_after: str | None) -> float | None:
 
 class Sink(ABC):
     kind: str = ""
+    options_model: ClassVar[type[SinkOptions]] = SinkOptions
     topics: tuple[str, ...] = ()
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.name = name
-        self.configure(options)
+        try:
+            self.opts = validate(self.options_model, dict(options), prefix=f"sinks.{name}")
+        except ConfigError as e:
+            raise SinkConfigError(e.errors) from None
+        self.configure(self.opts)
 
     @abstractmethod
-    def configure(self, options: Mapping[str, Any]) -> None:
-        """Validate options; raise SinkConfigError naming the bad key. No I/O here."""
+    def configure(self, opts: Any) -> None:
+        """Take the kind's validated options (an instance of its `options_model`). No I/O here."""
 
     def start(self) -> None:
         """Open connections."""
@@ -66,8 +96,12 @@ REGISTRY: Registry[type[Sink]] = Registry("sinks", "sink")
 
 
 def load_sink(name: str, options: Mapping[str, Any]) -> Sink:
+    """The sink a [sinks.NAME] table describes; SinkConfigError listing every mistake in it."""
+    kind = options.get("kind")
+    if kind is None:
+        raise SinkConfigError(f"sinks.{name}.kind: missing (required; one of {', '.join(REGISTRY.kinds())})")
     try:
-        cls = REGISTRY.get(str(options.get("kind")))
+        cls = REGISTRY.get(str(kind))
     except PluginError as e:
-        raise SinkConfigError(f"sink '{name}': {e}") from None
+        raise SinkConfigError(f"sinks.{name}.kind: {e}") from None
     return cls(name, options)

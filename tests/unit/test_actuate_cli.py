@@ -23,7 +23,7 @@ LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
 
 
 @pytest.mark.parametrize(("text", "says"), [
-    ('[actuators.gpus]\nkind = "nvml"\ndry_run = true\n', "'racks'"),
+    ('[actuators.gpus]\nkind = "nvml"\ndry_run = true\n', "actuators.gpus.racks: missing (required)"),
     ('[actuators.a]\nkind = "nvml"\n[actuators.b]\nkind = "redfish"\n', "choose an actuator with --name (a, b)"),
     ("[collectors]\n", "no [actuators.<name>] table"),
     ("[actuators\n", "not valid TOML"),

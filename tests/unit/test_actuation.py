@@ -14,6 +14,7 @@ from actuators.guard import Guard
 from powerplane.schemas import Command
 from powerplane.signing import Keyring
 from powerplane.site import Site, load_site
+from powerplane.validation import ConfigError
 from sim.fleet import Fleet
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
@@ -191,3 +192,18 @@ def test_unsupported_action_is_rejected_with_reason(guard: Guard, fleet: Fleet, 
     assert ack.status == "rejected"
     assert "sm_clock_lock" in ack.reason and "not supported" in ack.reason
     assert gpu_limits(fleet, RACK, [0]).tolist() == [700]
+
+
+def test_twin_sample_config_loads_and_bad_options_are_refused_with_their_paths(fleet: Fleet) -> None:
+    import tomllib
+
+    sample = Path(__file__).resolve().parents[2] / "sim" / "actuator" / "sample.toml"
+    for name, opts in tomllib.loads(sample.read_text())["actuators"].items():
+        act = load_actuator(name, opts, context=fleet)
+        assert act.kind == "twin" and RACK in act.targets()
+    with pytest.raises(ConfigError) as e:
+        load_actuator("twin", {"kind": "twin", "safe_limit": "lowest", "lock": "mine"}, context=fleet)
+    assert e.value.errors == [
+        "actuators.twin.safe_limit: must be 'max', 'min' or watts, got 'lowest'",
+        "actuators.twin.lock: must be a lock given by the program that runs the fleet, got 'mine'",
+    ]

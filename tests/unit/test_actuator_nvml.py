@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from actuators.base import ActuatorConfigError, load_actuator
+from powerplane.validation import ConfigError
 from tests.fakes.nvml.build import build, compiler
 from tests.fakes.nvml.harness import FakeNvmlHost
 
@@ -239,18 +240,36 @@ def test_start_errors_say_what_to_do(host: FakeNvmlHost) -> None:
 
 
 @pytest.mark.parametrize(("options", "key"), [
-    ({}, "'racks'"),
+    ({}, "racks"),
     ({"racks": {"r01": []}}, "racks.r01"),
     ({"racks": {"r01": [0, 0]}}, "racks.r01"),
     ({"racks": {"r01": "all", "r02": [1]}}, "racks.r01"),
     ({"racks": {"r01": [0]}, "dry_run": "no"}, "dry_run"),
     ({"racks": {"r01": [0]}, "safe_limit": "min"}, "safe_limit"),
     ({"racks": {"r01": [0]}, "safe_limit": -5}, "safe_limit"),
-    ({"racks": {"r01": [0]}, "rack": "r01"}, "'rack'"),
+    ({"racks": {"r01": [0]}, "rack": "r01"}, "rack"),
 ])
 def test_bad_options_name_the_key(options: dict[str, Any], key: str) -> None:
-    with pytest.raises(ActuatorConfigError, match=key):
+    with pytest.raises(ActuatorConfigError) as e:
         load_actuator("gpus", {"kind": "nvml", **options})
+    [line] = e.value.errors
+    assert line.startswith(f"actuators.gpus.{key}: ")
+
+
+def test_every_mistake_of_an_actuator_table_is_reported_at_once_with_its_path() -> None:
+    with pytest.raises(ConfigError) as e:  # the one error class of every config mistake
+        load_actuator("gpus", {"kind": "nvml", "racks": {"r01": [0, 99]}, "dry_run": "no", "min_clock_mhz": 10_000,
+                               "safe_limits": "max"})
+    assert isinstance(e.value, ActuatorConfigError)
+    assert e.value.errors == [
+        "actuators.gpus.racks.r01: must be a list of distinct NVML device indexes 0..63 (or \"all\" when it is the "
+        "only rack), got [0, 99]",
+        "actuators.gpus.dry_run: input should be a valid boolean, got 'no'",
+        "actuators.gpus.min_clock_mhz: input should be less than 10000, got 10000",
+        "actuators.gpus.safe_limits: unknown key",
+    ]
+    with pytest.raises(ConfigError, match=r"^actuators\.gpus\.racks: missing \(required\)$"):
+        load_actuator("gpus", {"kind": "nvml"})
 
 
 def test_sample_config_loads() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from powerplane.schemas import Event
+from powerplane.validation import ConfigError
 from streams.sinks.alertmanager.alerts import AlertBook, parse_rfc3339, rfc3339
 from streams.sinks.base import SinkConfigError, load_sink
 
@@ -67,12 +68,28 @@ def test_failed_repost_is_retried_soon_and_held_alerts_are_adopted() -> None:
 
 
 def test_config_errors_name_the_key() -> None:
-    with pytest.raises(SinkConfigError, match="'url'"):
+    with pytest.raises(SinkConfigError, match=r"^sinks\.am\.url: must start with http:// or https://"):
         load_sink("am", {"kind": "alertmanager", "url": "localhost:9093"})
-    with pytest.raises(SinkConfigError, match="'repost_s'"):
+    with pytest.raises(SinkConfigError, match=r"^sinks\.am\.repost_s: input should be greater than 0"):
         load_sink("am", {"kind": "alertmanager", "url": "http://a:9093", "repost_s": 0})
-    with pytest.raises(SinkConfigError, match="'min_severity'"):
+    with pytest.raises(SinkConfigError, match=r"^sinks\.am\.min_severity: must be one of "):
         load_sink("am", {"kind": "alertmanager", "url": "http://a:9093", "min_severity": "loud"})
+    with pytest.raises(SinkConfigError, match=r"^sinks\.am\.kind: unknown sink kind 'alertmanger'"):
+        load_sink("am", {"kind": "alertmanger", "url": "http://a:9093"})
+
+
+def test_every_mistake_of_a_sink_table_is_reported_at_once_with_its_path() -> None:
+    with pytest.raises(ConfigError) as e:  # the one error class of every config mistake
+        load_sink("am", {"kind": "alertmanager", "repost_s": "60", "timeout_ms": -1, "min_severity": "loud",
+                         "runbook": "docs/runbooks.md"})
+    assert isinstance(e.value, SinkConfigError)
+    assert e.value.errors == [
+        "sinks.am.url: missing (required)",
+        "sinks.am.repost_s: input should be a valid number, got '60'",
+        "sinks.am.timeout_ms: input should be greater than 0, got -1",
+        "sinks.am.min_severity: must be one of info, warning, critical, got 'loud'",
+        "sinks.am.runbook: unknown key",
+    ]
 
 
 def test_sample_toml_configures() -> None:

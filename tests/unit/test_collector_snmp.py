@@ -23,6 +23,7 @@ from collectors.snmp.client import to_raw
 from collectors.snmp.models import Absent, Junk, Problem, Reading, oid
 from collectors.snmp.source import SnmpSource
 from powerplane.schemas import TelemetryFrame
+from powerplane.validation import ConfigError
 
 NAN = math.nan
 
@@ -292,8 +293,24 @@ def test_configure_names_the_bad_key(bad: dict[str, object], key: str) -> None:
     opts = options(**bad)
     if bad.get("site", "") is None:
         del opts["site"]  # and no site model in the context either
-    with pytest.raises(SourceConfigError, match=f"option '{key}'"):
+    with pytest.raises(SourceConfigError) as e:
         load_source("pdu-a01", opts)
+    [line] = e.value.errors
+    assert line.startswith(f"sources.pdu-a01.{key}: ")
+
+
+def test_every_mistake_of_a_table_is_reported_at_once_with_its_path() -> None:
+    opts = options(port=70000, retries="1", colour="red")
+    del opts["feed"]
+    with pytest.raises(ConfigError) as e:  # the one error class of every config mistake
+        load_source("pdu-a01", opts)
+    assert isinstance(e.value, SourceConfigError)
+    assert sorted(e.value.errors) == [
+        "sources.pdu-a01.colour: unknown key",
+        "sources.pdu-a01.feed: missing (required)",
+        "sources.pdu-a01.port: input should be less than or equal to 65535, got 70000",
+        "sources.pdu-a01.retries: input should be a valid integer, got '1'",
+    ]
 
 
 # ---- frames and the failure policy ------------------------------------------------------------------------

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+import tomllib
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from powerplane.schemas import Ack, Command, Event, Headroom, LevelAggregate
+from powerplane.validation import ConfigError
 from streams.sinks.base import load_sink
 from streams.sinks.influx import InfluxSink
 from streams.sinks.influx.points import ack_point, aggregate_point, event_point, headroom_point
@@ -85,3 +89,18 @@ def test_command_and_ack_with_latency() -> None:
                          gpus=np.zeros(0, np.uint16), applied=np.zeros(0, np.float32), reason="bad signature",
                          actuator="twin", ts_s=11)).to_line_protocol()
     assert "latency_s" not in bare and "applied_mean" not in bare and "gpus=0" in bare
+
+
+def test_influx_sample_config_loads_and_bad_options_are_refused_with_their_paths() -> None:
+    sample = Path(__file__).resolve().parents[2] / "streams" / "sinks" / "influx" / "sample.toml"
+    for name, opts in tomllib.loads(sample.read_text())["sinks"].items():
+        assert load_sink(name, opts).kind == "influxdb"
+    with pytest.raises(ConfigError) as e:
+        load_sink("influxdb", {"kind": "influxdb", "url": "127.0.0.1:8086", "org": "", "bucket": "b",
+                               "timeout_ms": 1.5})
+    assert e.value.errors == [
+        "sinks.influxdb.url: must start with http:// or https://, got '127.0.0.1:8086'",
+        "sinks.influxdb.org: string should have at least 1 character, got ''",
+        "sinks.influxdb.token: missing (required)",
+        "sinks.influxdb.timeout_ms: input should be a valid integer, got 1.5",
+    ]

@@ -9,13 +9,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
 
 from powerplane import topics
 from powerplane.schemas import Event, Record
 from streams.sinks.alertmanager.alerts import SEVERITY_RANK, Alert, AlertBook
-from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, seconds
+from streams.sinks.base import HttpUrl, NonEmpty, RetryableSinkError, Sink, SinkOptions, seconds
 
 log = logging.getLogger("powerplane.sink.alertmanager")
 
@@ -26,30 +28,32 @@ class AlertmanagerRejected(RuntimeError):
     """Alertmanager refused the alerts themselves (4xx other than 408/429): retrying cannot help."""
 
 
+def _severity(v: str) -> str:
+    if v not in SEVERITY_RANK:
+        raise ValueError(f"must be one of {', '.join(SEVERITY_RANK)}, got {v!r}")
+    return v
+
+
+class Options(SinkOptions):
+    """A [sinks.NAME] table of kind "alertmanager" (README.md beside this file)."""
+
+    url: HttpUrl
+    repost_s: float = Field(60.0, gt=0)  # re-post open alerts this often
+    timeout_ms: int = Field(5000, gt=0)  # HTTP timeout per request
+    min_severity: Annotated[str, AfterValidator(_severity)] = "warning"
+    runbook_base: NonEmpty = "docs/runbooks.md"
+
+
 class AlertmanagerSink(Sink):
     kind = "alertmanager"
+    options_model = Options
 
     topics = (topics.EVENTS.name,)
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        url = options.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise SinkConfigError(f"sink '{self.name}': 'url' must be a string starting with http:// or https://")
-        self.url = url.rstrip("/")
-        repost_s = options.get("repost_s", 60.0)
-        if isinstance(repost_s, bool) or not isinstance(repost_s, int | float) or not repost_s > 0:
-            raise SinkConfigError(f"sink '{self.name}': 'repost_s' must be a positive number of seconds")
-        timeout_ms = options.get("timeout_ms", 5000)
-        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
-            raise SinkConfigError(f"sink '{self.name}': 'timeout_ms' must be a positive integer")
-        min_severity = options.get("min_severity", "warning")
-        if min_severity not in SEVERITY_RANK:
-            raise SinkConfigError(f"sink '{self.name}': 'min_severity' must be one of {', '.join(SEVERITY_RANK)}")
-        runbook_base = options.get("runbook_base", "docs/runbooks.md")
-        if not isinstance(runbook_base, str) or not runbook_base:
-            raise SinkConfigError(f"sink '{self.name}': 'runbook_base' must be a non-empty string")
-        self.timeout_s = timeout_ms / 1000
-        self.book = AlertBook(runbook_base=runbook_base, repost_s=float(repost_s), min_severity=min_severity)
+    def configure(self, opts: Options) -> None:
+        self.url = opts.url.rstrip("/")
+        self.timeout_s = opts.timeout_ms / 1000
+        self.book = AlertBook(runbook_base=opts.runbook_base, repost_s=opts.repost_s, min_severity=opts.min_severity)
         self.adopted = False
         self.next_adopt_s = 0.0
         self.failing = False

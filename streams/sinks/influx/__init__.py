@@ -7,18 +7,19 @@ ids and other low-cardinality names, numbers are float fields, time is the recor
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
+from pydantic import Field
 from urllib3.exceptions import HTTPError
 
 from powerplane import topics
 from powerplane.schemas import Command, Record
-from streams.sinks.base import RetryableSinkError, Sink, SinkConfigError, seconds
+from streams.sinks.base import HttpUrl, NonEmpty, RetryableSinkError, Sink, SinkOptions, seconds
 from streams.sinks.influx.points import LEVEL, aggregate_point, points
 
 __all__ = ["MEASUREMENT", "InfluxSink", "aggregate_point", "points"]
@@ -35,23 +36,26 @@ def retry_after_s(e: ApiException) -> float | None:
     return seconds(headers.get("Retry-After"))
 
 
+class Options(SinkOptions):
+    """A [sinks.NAME] table of kind "influxdb" (README.md beside this file)."""
+
+    url: HttpUrl
+    org: NonEmpty
+    bucket: NonEmpty
+    token: NonEmpty
+    timeout_ms: int = Field(10_000, gt=0)  # HTTP timeout per write
+
+
 class InfluxSink(Sink):
     kind = "influxdb"
+    options_model = Options
 
     topics = (topics.AGGREGATES.name, topics.HEADROOM.name, topics.EVENTS.name, topics.COMMANDS.name,
               topics.ACKS.name)
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        for key in ("url", "org", "bucket", "token"):
-            if not isinstance(options.get(key), str) or not options[key]:
-                raise SinkConfigError(f"sink '{self.name}': '{key}' must be a non-empty string")
-        if not str(options["url"]).startswith(("http://", "https://")):
-            raise SinkConfigError(f"sink '{self.name}': url must start with http:// or https://")
-        self.url, self.org, self.bucket, self.token = (str(options[k]) for k in ("url", "org", "bucket", "token"))
-        timeout_ms = options.get("timeout_ms", 10_000)
-        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
-            raise SinkConfigError(f"sink '{self.name}': 'timeout_ms' must be a positive integer")
-        self.timeout_ms = timeout_ms
+    def configure(self, opts: Options) -> None:
+        self.url, self.org, self.bucket, self.token = opts.url, opts.org, opts.bucket, opts.token
+        self.timeout_ms = opts.timeout_ms
         self.client: InfluxDBClient | None = None
         self.issued_at: OrderedDict[str, float] = OrderedDict()
 
