@@ -37,7 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from collectors.base import SourceConfigError
     from ops.devservers import DevError
     from powerplane.config import load_config
     from powerplane.kafka import BrokerUnavailable
@@ -46,9 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         return int(args.fn(args, cfg))
-    except SourceConfigError as e:
-        print("powerplane: invalid collector config:\n  " + str(e).replace("\n", "\n  "), file=sys.stderr)
-        return 2
     except ConfigError as e:  # every mistake of a file (site, scenario, config, ...), one indented line each
         print(f"powerplane: invalid {e.source or 'configuration'}: {len(e.errors)} error(s)", file=sys.stderr)
         for line in e.errors:
