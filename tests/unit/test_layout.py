@@ -71,5 +71,5 @@ def test_unknown_plugin_kind_names_the_known_ones() -> None:
     from actuators.base import load_actuator
 
     known = r"\(known: nvml, redfish, twin\)"
-    with pytest.raises(ValueError, match=rf"actuator 'gpus': unknown actuator kind 'nvmll' {known}"):
+    with pytest.raises(ValueError, match=rf"actuators.gpus.kind: unknown actuator kind 'nvmll' {known}"):
         load_actuator("gpus", {"kind": "nvmll"})
