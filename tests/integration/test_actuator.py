@@ -9,8 +9,8 @@ import uuid
 
 import numpy as np
 
+from actuators import service as actuator_service
 from actuators.base import load_actuator
-from controllers import actuator_service
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import Producer

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from ops import cli
 from ops.recording import replay
-from powerplane import cli, topics
+from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import Producer, create_topics
 from powerplane.recording import Recorded, iter_recorded, load_manifest
