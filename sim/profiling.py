@@ -73,7 +73,7 @@ def classes_of(twin: Twin, max_tp: int = 16) -> list[ProfileClass]:
     """The distinct classes of a twin's pools, each with the TP degrees its pools allow (up to max_tp)."""
     out: dict[str, ProfileClass] = {}
     for i, p in enumerate(twin.pools):
-        st = twin.site.server_types[twin._type_ids[int(twin.gpu_type[p.gpus[0]])]]
+        st = twin.site.server_types[twin.hw.type_ids[int(twin.gpu_type[p.gpus[0]])]]
         s = p.spec
         key = class_key(s.model, p.gpu.model, s.ttft_slo_s, s.tbt_slo_s, s.max_batch, s.chunk_tokens)
         tps = tuple(t for t in twin.allowed_tp(i) if t <= max_tp)
