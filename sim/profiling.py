@@ -29,6 +29,7 @@ import numpy as np
 from powerplane.refsite import reference_site
 from powerplane.serving_profile import PACKAGED_PROFILE, ServingProfile, class_key
 from powerplane.site import FloatArray, Site, load_site
+from sim.batching import PhasePower, representative_phases, step_serving
 from sim.engine import Twin, TwinConfig
 from sim.physics import GpuSpec, quantize_phi, solve_phi
 from sim.serving import (
@@ -37,11 +38,8 @@ from sim.serving import (
     InstanceTable,
     ModelSpec,
     Pending,
-    PhasePower,
     estimate_capacity_rps,
     instance_constants,
-    representative_phases,
-    step_serving,
 )
 from sim.workload import Trace, default_workload, load_azure_conv
 

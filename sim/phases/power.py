@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from powerplane.site import FloatArray, Site
+from sim.batching import ServeResult, representative_phases
 from sim.frames import BoolArray
 from sim.physics import PowerConfig, ThermalConfig, quantize_phi, solve_phi, thermal_ceiling
-from sim.serving import ServeResult, representative_phases
 from sim.state import Hardware, TwinState, Units
 
 

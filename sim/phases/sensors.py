@@ -17,11 +17,11 @@ from powerplane.physics import (
     THROTTLE_SW_THERMAL,
 )
 from powerplane.site import FloatArray, Site
+from sim.batching import ServeResult
 from sim.frames import JOB_CKPT, JOB_COMM, JOB_COMPUTE, JOB_OFF, U32, BoolArray
 from sim.phases.power import Clocks, GpuPower
 from sim.phases.workload import JobStep
 from sim.physics import MeasurementConfig, ThermalConfig
-from sim.serving import ServeResult
 from sim.state import Hardware, SensorModel, TwinState, Units
 
 

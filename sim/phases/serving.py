@@ -7,11 +7,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from powerplane.site import FloatArray, IntArray
+from sim.batching import PhasePower, ServeResult, step_serving
 from sim.frames import PoolStats
 from sim.phases.power import Clocks
 from sim.physics import PowerConfig
 from sim.pools import Pool, wsum
-from sim.serving import OFF, SERVING, STARTING, Arrivals, PhasePower, ServeResult, ServingConfig, step_serving
+from sim.serving import OFF, SERVING, STARTING, Arrivals, ServingConfig
 from sim.state import Hardware, TwinState, Units
 
 
