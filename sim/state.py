@@ -233,8 +233,8 @@ def build_units(site: Site, hw: Hardware, slots: Sequence[tuple[int, IntArray]],
 
 @dataclass(eq=False)
 class TwinState:
-    """Everything that changes as the twin runs. Per-GPU arrays that frames hand out (limit_w, lock_phi,
-    temp_c, gpu_energy_j, energy_meas_j) are replaced, never written in place: frames keep theirs."""
+    """Everything that changes as the twin runs. The arrays frames hand out without a copy (limit_w, temp_c,
+    gpu_energy_j, energy_meas_j) are replaced, never written in place: frames keep theirs."""
 
     # ---- time and the workload ----
     t_s: float
