@@ -29,7 +29,9 @@ import numpy as np
 from powerplane.refsite import reference_site
 from powerplane.serving_profile import PACKAGED_PROFILE, ServingProfile, class_key
 from powerplane.site import FloatArray, Site, load_site
+from sim.batching import PhasePower, representative_phases, step_serving
 from sim.engine import Twin, TwinConfig
+from sim.frames import BoolArray
 from sim.physics import GpuSpec, quantize_phi, solve_phi
 from sim.serving import (
     SERVING,
@@ -37,11 +39,8 @@ from sim.serving import (
     InstanceTable,
     ModelSpec,
     Pending,
-    PhasePower,
     estimate_capacity_rps,
     instance_constants,
-    representative_phases,
-    step_serving,
 )
 from sim.workload import Trace, default_workload, load_azure_conv
 
@@ -73,7 +72,7 @@ def classes_of(twin: Twin, max_tp: int = 16) -> list[ProfileClass]:
     """The distinct classes of a twin's pools, each with the TP degrees its pools allow (up to max_tp)."""
     out: dict[str, ProfileClass] = {}
     for i, p in enumerate(twin.pools):
-        st = twin.site.server_types[twin._type_ids[int(twin.gpu_type[p.gpus[0]])]]
+        st = twin.site.server_types[twin.hw.type_ids[int(twin.gpu_type[p.gpus[0]])]]
         s = p.spec
         key = class_key(s.model, p.gpu.model, s.ttft_slo_s, s.tbt_slo_s, s.max_batch, s.chunk_tokens)
         tps = tuple(t for t in twin.allowed_tp(i) if t <= max_tp)
@@ -108,11 +107,46 @@ def measure_profile(classes: Sequence[ProfileClass], *, cfg: TwinConfig | None =
     """Run every (class, TP, clock, rate) point as one instance for `seconds`; see the module docstring."""
     cfg = cfg or TwinConfig()
     tr = trace if trace is not None else load_azure_conv()
-    sc, pc = cfg.serving, cfg.power
     tps = sorted({t for c in classes for t in c.tps})
     n_k, n_t, n_f, n_r = len(classes), len(tps), len(freq_rel), len(rate_rel) + 1  # rate 0: idle
     mean_p, mean_o = float(tr.prompt.mean()), float(tr.output.mean())
-    # One row per grid point, in (k, t, f, r) order; invalid (k, t) rows are simulated at rate 0 and ignored.
+    rows, valid, freq = _grid(classes, tps, freq_rel, rate_rel, cfg, mean_p, mean_o)
+    a = {name: np.repeat(np.asarray(v, dtype=np.float64), replicas) for name, v in rows.items()}
+    t = _simulate(a, tr, cfg, seconds, warmup_s, seed)
+    span = seconds - warmup_s
+
+    def pooled(x: FloatArray) -> FloatArray:  # sum over a grid point's replicas
+        return np.asarray(x.reshape(-1, replicas).sum(axis=1), dtype=np.float64)
+
+    arrived, ttft_ok, tbt_ok, dec, tokens, firsts = (pooled(t[k]) for k in ("arrived", "ttft_ok", "tbt_ok", "dec",
+                                                                          "tokens", "firsts"))
+    energy = pooled(t["energy"]) / replicas
+    a = {k: v[::replicas] for k, v in a.items()}
+    att_ttft = np.where(arrived > 0, ttft_ok / np.maximum(arrived, 1.0), 1.0)
+    att_tbt = np.where(dec > 0, tbt_ok / np.maximum(dec, 1e-9), 1.0)
+    if debug is not None:
+        debug.update(att_ttft=att_ttft, att_tbt=att_tbt, rate=a["rate"], power=energy / span)
+    att = np.minimum(att_ttft, att_tbt)
+    shape = (n_k, n_t, n_f, n_r)
+    lf = np.asarray(load_frac, dtype=np.float64)
+    cap, power = _capacity(att.reshape(shape), a["rate"].reshape(shape), (energy / span).reshape(shape), valid,
+                           target, lf)
+    tpr = np.array([float(tokens.reshape(shape)[k].sum() / max(firsts.reshape(shape)[k].sum(), 1.0))
+                    for k in range(n_k)])
+    meta = {"source": "sim.profiling.measure_profile", "seconds": seconds, "warmup_s": warmup_s,
+            "target": target, "seed": seed, "trace": tr.source.rsplit("/", 1)[-1],
+            "mix": f"Azure conversation trace, mean prompt {mean_p:.0f}, mean output {mean_o:.0f} tokens"}
+    return ServingProfile(classes=tuple(c.key for c in classes), tp=np.asarray(tps, dtype=np.int64),
+                          freq_mhz=freq, load_frac=lf, valid=valid, cap_rps=cap, power_w=power,
+                          tokens_per_req=tpr, bare_w=np.array([c.bare_w for c in classes]), meta=meta)
+
+
+def _grid(classes: Sequence[ProfileClass], tps: list[int], freq_rel: Sequence[float], rate_rel: Sequence[float],
+          cfg: TwinConfig, mean_p: float, mean_o: float) -> tuple[dict[str, list[float]], BoolArray, FloatArray]:
+    """One row per grid point, in (class, TP, clock, rate) order: the instance's figures, its clock and
+    request rate. Invalid (class, TP) rows are simulated at rate 0 and ignored. Returns (rows, valid, MHz)."""
+    sc, pc = cfg.serving, cfg.power
+    n_k, n_t, n_f, n_r = len(classes), len(tps), len(freq_rel), len(rate_rel) + 1
     rows: dict[str, list[float]] = {name: [] for name in ("c_tok", "mem_w", "mem_kv", "over", "kv", "chunk", "batch",
                                                    "ttft", "tbt", "rate", "phi", "fmax", "fmin", "bare", "ctx",
                                                    "kd", "km", "lim", "tp")}
@@ -137,24 +171,27 @@ def measure_profile(classes: Sequence[ProfileClass], *, cfg: TwinConfig | None =
                                  ("fmin", c.fmin_mhz), ("bare", c.bare_w), ("ctx", c.ctx_w), ("kd", c.gpu.dyn_w),
                                  ("km", c.gpu.mem_w), ("lim", c.limit_w), ("tp", tp)):
                         rows[name].append(float(v))
-    a = {name: np.repeat(np.asarray(v, dtype=np.float64), replicas) for name, v in rows.items()}
+    return rows, valid, freq
+
+
+def _simulate(a: dict[str, FloatArray], tr: Trace, cfg: TwinConfig, seconds: float, warmup_s: float, seed: int
+              ) -> dict[str, FloatArray]:
+    """Run one instance per row of `a` for `seconds` in 1 s steps, each fed its own Poisson stream of trace
+    requests; tally (per instance, after the warm-up) arrivals, first tokens within the TTFT SLO, decode
+    tokens within the TBT SLO, decode tokens, GPU energy (all GPUs of the instance), tokens, first tokens."""
+    sc, pc = cfg.serving, cfg.power
     n = a["rate"].size
     idx = np.arange(n, dtype=np.int64)
     tab = InstanceTable(pool=idx, state=np.full(n, SERVING, dtype=np.int64), ready_at=np.zeros(n),
                         weight=np.ones(n), c_tok=a["c_tok"], mem_w=a["mem_w"], mem_kv=a["mem_kv"],
                         overhead=a["over"], kv_cap=a["kv"], chunk=a["chunk"], max_batch=a["batch"],
-                        seq_tokens=np.full(n, mean_p + mean_o), ttft_slo=a["ttft"], tbt_slo=a["tbt"])
+                        seq_tokens=np.full(n, float(tr.prompt.mean()) + float(tr.output.mean())),
+                        ttft_slo=a["ttft"], tbt_slo=a["tbt"])
     pending = Pending.empty(n)
     rng = np.random.default_rng(seed)
     n_sub = max(1, math.ceil(1.0 / sc.substep_s - 1e-9))
     phimin = a["fmin"] / a["fmax"]
-    arrived = np.zeros(n)
-    ttft_ok = np.zeros(n)
-    tbt_ok = np.zeros(n)
-    dec = np.zeros(n)
-    energy = np.zeros(n)
-    tokens = np.zeros(n)
-    firsts = np.zeros(n)
+    t = {k: np.zeros(n) for k in ("arrived", "ttft_ok", "tbt_ok", "dec", "energy", "tokens", "firsts")}
     last_arrival_s = seconds - 15.0  # later arrivals may still be waiting when the run ends: not counted
     for step in range(int(seconds)):
         t0 = float(step)
@@ -176,34 +213,25 @@ def measure_profile(classes: Sequence[ProfileClass], *, cfg: TwinConfig | None =
         if t0 < warmup_s:
             continue
         if t0 < last_arrival_s:
-            arrived += counts
+            t["arrived"] += counts
         rq = res.requests
         sel = (rq.t_arrival_s >= warmup_s) & (rq.t_arrival_s < last_arrival_s)
-        ttft_ok += np.bincount(rq.pool[sel & (rq.ttft_s <= a["ttft"][rq.pool])], minlength=n)
-        tbt_ok += res.tokens_tbt_ok
-        dec += res.decode_tokens
-        energy += res.avg_power_w * a["tp"]
-        tokens += res.tokens
-        firsts += np.bincount(rq.pool, minlength=n)
-    span = seconds - warmup_s
+        t["ttft_ok"] += np.bincount(rq.pool[sel & (rq.ttft_s <= a["ttft"][rq.pool])], minlength=n)
+        t["tbt_ok"] += res.tokens_tbt_ok
+        t["dec"] += res.decode_tokens
+        t["energy"] += res.avg_power_w * a["tp"]
+        t["tokens"] += res.tokens
+        t["firsts"] += np.bincount(rq.pool, minlength=n)
+    return t
 
-    def pooled(x: FloatArray) -> FloatArray:  # sum over a grid point's replicas
-        return np.asarray(x.reshape(-1, replicas).sum(axis=1), dtype=np.float64)
 
-    arrived, ttft_ok, tbt_ok, dec, tokens, firsts = (pooled(x) for x in (arrived, ttft_ok, tbt_ok, dec, tokens,
-                                                                        firsts))
-    energy = pooled(energy) / replicas
-    a = {k: v[::replicas] for k, v in a.items()}
-    att_ttft = np.where(arrived > 0, ttft_ok / np.maximum(arrived, 1.0), 1.0)
-    att_tbt = np.where(dec > 0, tbt_ok / np.maximum(dec, 1e-9), 1.0)
-    if debug is not None:
-        debug.update(att_ttft=att_ttft, att_tbt=att_tbt, rate=a["rate"], power=energy / span)
-    att = np.minimum(att_ttft, att_tbt)
-    shape = (n_k, n_t, n_f, n_r)
-    att4, rate4, pow4 = att.reshape(shape), a["rate"].reshape(shape), (energy / span).reshape(shape)
+def _capacity(att4: FloatArray, rate4: FloatArray, pow4: FloatArray, valid: BoolArray, target: float,
+              lf: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Per (class, TP, clock): the rate where attainment (made non-increasing in the rate) crosses target,
+    and the mean power at each load fraction of that rate (idle power where there is no capacity)."""
+    n_k, n_t, n_f, _ = att4.shape
     cap = np.zeros((n_k, n_t, n_f))
-    power = np.zeros((n_k, n_t, n_f, len(load_frac)))
-    lf = np.asarray(load_frac, dtype=np.float64)
+    power = np.zeros((n_k, n_t, n_f, lf.size))
     for k in range(n_k):
         for t in range(n_t):
             for f in range(n_f):
@@ -221,14 +249,7 @@ def measure_profile(classes: Sequence[ProfileClass], *, cfg: TwinConfig | None =
                     w = (at[j - 1] - target) / max(at[j - 1] - at[j], 1e-12)
                     cap[k, t, f] = rt[j - 1] + w * (rt[j] - rt[j - 1])
                 power[k, t, f] = np.interp(lf * cap[k, t, f], rate4[k, t, f], pow4[k, t, f])
-    tpr = np.array([float(tokens.reshape(shape)[k].sum() / max(firsts.reshape(shape)[k].sum(), 1.0))
-                    for k in range(n_k)])
-    meta = {"source": "sim.profiling.measure_profile", "seconds": seconds, "warmup_s": warmup_s,
-            "target": target, "seed": seed, "trace": tr.source.rsplit("/", 1)[-1],
-            "mix": f"Azure conversation trace, mean prompt {mean_p:.0f}, mean output {mean_o:.0f} tokens"}
-    return ServingProfile(classes=tuple(c.key for c in classes), tp=np.asarray(tps, dtype=np.int64),
-                          freq_mhz=freq, load_frac=lf, valid=valid, cap_rps=cap, power_w=power,
-                          tokens_per_req=tpr, bare_w=np.array([c.bare_w for c in classes]), meta=meta)
+    return cap, power
 
 
 def _non_increasing(y: FloatArray) -> FloatArray:
