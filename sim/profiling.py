@@ -89,7 +89,7 @@ def default_classes(sites: Sequence[Site] | None = None, cfg: TwinConfig | None 
     from pathlib import Path
 
     if sites is None:
-        lab = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
+        lab = Path(__file__).resolve().parents[1] / "examples" / "lab.toml"
         sites = [load_site(lab), reference_site()] if lab.is_file() else [reference_site()]
     seen: dict[str, ProfileClass] = {}
     for site in sites:
