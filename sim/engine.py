@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from powerplane.site import FEEDS, PRIORITIES, FloatArray, IntArray, Site
+from powerplane.validation import ConfigError
 from sim.frames import JOB_CKPT, JOB_COMM, JOB_COMPUTE, JOB_OFF, JobStats, PoolStats, TwinFrame
 from sim.phases.electrical import Supply, supply, update_feeds
 from sim.phases.power import GpuPower, gpu_power, solve_clocks
@@ -46,7 +47,6 @@ from sim.state import (
 )
 from sim.workload import (
     TrainingState,
-    WorkloadError,
     WorkloadSpec,
     carve,
     default_workload,
@@ -80,7 +80,7 @@ class Twin:
         self.pools, errs = build_pools(site, wl, pl, self.hw, self.cfg.serving)
         errs += [f"{job.name}: got no GPUs" for job, gpus in zip(wl.jobs, pl.job_gpus, strict=True) if gpus.size == 0]
         if errs:
-            raise WorkloadError("<workload>", errs)
+            raise ConfigError(errs, "<workload>")
         self.job_gpus = pl.job_gpus
         self.job_priority = np.array([PRIORITIES.index(j.priority) for j in wl.jobs], dtype=np.int64)
         self.pool_priority = np.array([PRIORITIES.index(p.spec.priority) for p in self.pools], dtype=np.int64)

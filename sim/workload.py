@@ -39,7 +39,6 @@ from sim.workload_config import (
     PoolConfig,
     PoolSpec,
     WorkloadConfig,
-    WorkloadError,
     WorkloadSpec,
     check_workload,
     load_workload,
@@ -51,7 +50,7 @@ from sim.workload_config import (
 
 __all__ = [
     "PACKAGED_TRACE", "SHARED_TRACE", "TRACE_ATTRIBUTION", "JobConfig", "JobSpec", "Placement", "PoolConfig",
-    "PoolSpec", "RateTable", "Trace", "TrainingState", "WorkloadConfig", "WorkloadError", "WorkloadSpec", "carve",
+    "PoolSpec", "RateTable", "Trace", "TrainingState", "WorkloadConfig", "WorkloadSpec", "carve",
     "check_workload", "default_workload", "generate_arrivals", "load_azure_conv", "load_workload",
     "parse_trace_csv", "place", "rate_table", "validate_workload", "with_pool", "workload_from_dict",
     "workload_to_dict",

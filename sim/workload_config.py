@@ -25,7 +25,7 @@ used twice and, given a site, racks it lacks. Specs built in code go through the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,14 +38,6 @@ from powerplane.site import PRIORITIES, Site
 from powerplane.validation import ConfigError, Model, Problems, error_lines
 from sim.serving import MODELS
 from sim.trace import Trace, load_azure_conv
-
-
-class WorkloadError(ConfigError):
-    """ConfigError taking the old (source, errors) order; only for sim/engine.py, until it raises
-    ConfigError(errors, source) itself."""
-
-    def __init__(self, source: str, errors: Sequence[str]) -> None:
-        super().__init__(errors, source)
 
 
 @dataclass(frozen=True)
