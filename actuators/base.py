@@ -16,10 +16,10 @@ from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
-from powerplane.plugins import PluginError, Registry
-from powerplane.validation import ConfigError, Model, Problems, validate
+from powerplane.plugins import Registry
+from powerplane.validation import ConfigError, Table, validate_table
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -30,15 +30,10 @@ class ActuatorConfigError(ConfigError):
     """Bad options: one `actuators.<name>.<key>: message` line per mistake, all of a table at once."""
 
 
-class ActuatorOptions(Model):
-    """The keys every actuator kind takes; a kind's `Options` adds its own. Strict: TOML gives real types."""
-
-    model_config = ConfigDict(strict=True)
+class ActuatorOptions(Table):
+    """The keys every actuator kind takes; a kind's `Options` adds its own."""
 
     kind: str = ""  # the registry picks the class by it (load_actuator)
-
-    def check(self, p: Problems) -> None:
-        """Rules across several keys, one `p.add(key, message)` per broken rule (runs once the keys are valid)."""
 
 
 class ActuatorError(RuntimeError):
@@ -53,14 +48,7 @@ class Actuator(ABC):
         self.name = name
         self.context = context
         self.path = f"actuators.{name}"  # where the table is in an actuators file: the start of every error path
-        try:
-            self.opts = validate(self.options_model, dict(options), prefix=self.path)
-        except ConfigError as e:
-            raise ActuatorConfigError(e.errors) from None
-        p = Problems(self.path)
-        self.opts.check(p)
-        if p.lines:
-            raise ActuatorConfigError(p.lines)
+        self.opts = validate_table(self.options_model, options, self.path, ActuatorConfigError)
         self.configure(self.opts)
 
     @abstractmethod
@@ -107,16 +95,9 @@ class Actuator(ABC):
         """Release connections."""
 
 
-REGISTRY: Registry[type[Actuator]] = Registry("actuators", "actuator")
+REGISTRY: Registry[type[Actuator]] = Registry("actuators", "actuator", ActuatorConfigError)
 
 
 def load_actuator(name: str, options: Mapping[str, Any], context: Any = None) -> Actuator:
     """The actuator an [actuators.NAME] table describes; ActuatorConfigError listing every mistake in it."""
-    kind = options.get("kind")
-    if kind is None:
-        raise ActuatorConfigError(f"actuators.{name}.kind: missing (required; one of {', '.join(REGISTRY.kinds())})")
-    try:
-        cls = REGISTRY.get(str(kind))
-    except PluginError as e:
-        raise ActuatorConfigError(f"actuators.{name}.kind: {e}") from None
-    return cls(name, options, context)
+    return REGISTRY.for_table(options, f"actuators.{name}")(name, options, context)

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
-from powerplane.plugins import PluginError, Registry
+from powerplane.plugins import Registry
 from powerplane.schemas import TelemetryFrame
 from powerplane.site import Site
-from powerplane.validation import ConfigError, Model, Problems, validate
+from powerplane.validation import ConfigError, Table, validate_table
 
 
 class SourceConfigError(ConfigError):
@@ -51,19 +51,13 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 Indices = Annotated[list[Annotated[int, Field(ge=0, le=65535)]], Field(min_length=1), AfterValidator(_distinct)]
 
 
-class SourceOptions(Model):
-    """The keys every source kind takes; a kind's `Options` adds its own. Strict: TOML gives real types,
-    so "161" for a port or true for a number is a mistake to report, not a value to convert."""
-
-    model_config = ConfigDict(strict=True)
+class SourceOptions(Table):
+    """The keys every source kind takes; a kind's `Options` adds its own."""
 
     kind: str = ""  # the registry picks the class by it (load_source)
     interval_s: float | None = Field(None, ge=0.01)  # default: the kind's default_interval_s
     # A read that takes longer than this is abandoned; the next tick tries again. Default min(5, 0.8 x interval_s).
     timeout_s: float | None = Field(None, ge=0.001)
-
-    def check(self, p: Problems) -> None:
-        """Rules across several keys, one `p.add(key, message)` per broken rule (runs once the keys are valid)."""
 
 
 class DeviceOptions(SourceOptions):
@@ -98,15 +92,7 @@ class Source(ABC):
         data = dict(options)
         if "site" in self.options_model.model_fields and "site" not in data and self.ctx.site is not None:
             data["site"] = self.ctx.site.name
-        try:
-            opts = validate(self.options_model, data, prefix=self.path)
-        except ConfigError as e:
-            raise SourceConfigError(e.errors) from None
-        p = Problems(self.path)
-        opts.check(p)
-        if p.lines:
-            raise SourceConfigError(p.lines)
-        return opts
+        return validate_table(self.options_model, data, self.path, SourceConfigError)
 
     def config_error(self, key: str, message: str) -> SourceConfigError:
         """A mistake found later than validation (a CA file that cannot be loaded at start)."""
@@ -141,16 +127,9 @@ class Source(ABC):
         return TelemetryFrame(**base)
 
 
-REGISTRY: Registry[type[Source]] = Registry("collectors", "collector")
+REGISTRY: Registry[type[Source]] = Registry("collectors", "collector", SourceConfigError)
 
 
 def load_source(name: str, options: Mapping[str, Any], ctx: SourceContext | None = None) -> Source:
     """The source a [sources.NAME] table describes; SourceConfigError listing every mistake in it."""
-    kind = options.get("kind")
-    if kind is None:
-        raise SourceConfigError(f"sources.{name}.kind: missing (required; one of {', '.join(REGISTRY.kinds())})")
-    try:
-        cls = REGISTRY.get(str(kind))
-    except PluginError as e:
-        raise SourceConfigError(f"sources.{name}.kind: {e}") from None
-    return cls(name, options, ctx)
+    return REGISTRY.for_table(options, f"sources.{name}")(name, options, ctx)

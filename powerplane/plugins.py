@@ -10,8 +10,9 @@ imports the packages that provide the kinds, so no layer imports a higher one to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T", bound=type)
 
@@ -23,9 +24,10 @@ class PluginError(ValueError):
 class Registry(Generic[T]):
     """kind -> class, read from the entry-point group `powerplane.<group>` when first asked."""
 
-    def __init__(self, group: str, what: str) -> None:
+    def __init__(self, group: str, what: str, error: type[ValueError] = PluginError) -> None:
         self.group = f"powerplane.{group}"
         self.what = what
+        self.error = error  # what for_table raises: the family's config error
         self._loaded: dict[str, T] = {}
 
     def _points(self) -> dict[str, EntryPoint]:
@@ -57,3 +59,14 @@ class Registry(Generic[T]):
                               f"is {getattr(cls, 'kind', None)!r}")
         self._loaded[kind] = cls
         return cls
+
+    def for_table(self, options: Mapping[str, Any], path: str) -> T:
+        """The class a config table's `kind` names; the family's error (`<path>.kind: ...`) when the kind
+        is missing or unknown."""
+        kind = options.get("kind")
+        if kind is None:
+            raise self.error(f"{path}.kind: missing (required; one of {', '.join(self.kinds())})")
+        try:
+            return self.get(str(kind))
+        except PluginError as e:
+            raise self.error(f"{path}.kind: {e}") from None

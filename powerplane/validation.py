@@ -36,6 +36,17 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 
 
+class Table(Model):
+    """A table of a TOML file with rules across its keys (a plug-in's options). Strict: TOML has real types,
+    so "161" for a port or true for a number is a mistake to report, not a value to convert."""
+
+    model_config = ConfigDict(strict=True)
+
+    def check(self, p: Problems) -> None:
+        """Rules across several keys, one `p.add(key, message)` per broken rule (runs once every key is
+        valid on its own)."""
+
+
 def join_path(prefix: str, loc: Iterable[int | str]) -> str:
     out = prefix
     for part in loc:
@@ -82,6 +93,16 @@ def validate(model: type[M], data: Any, prefix: str = "", source: str = "") -> M
         raise ConfigError(error_lines(e, prefix), source) from None
 
 
+def parse_into(model: type[M], data: Any, problems: Problems) -> M | None:
+    """`model` from `data`, or None with every mistake added to `problems`, so that checks run after it
+    (names against a site, say) still report theirs in the same run."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems.lines.extend(error_lines(e, problems.prefix))
+        return None
+
+
 class Problems:
     """Collects `path: message` lines from checks pydantic cannot express, then raises them all at once."""
 
@@ -93,6 +114,21 @@ class Problems:
         full = f"{self.prefix}.{path}" if self.prefix and path else (self.prefix or path)
         self.lines.append(f"{full}: {message}")
 
-    def raise_if_any(self, source: str = "") -> None:
+    def raise_if_any(self, source: str = "", error: type[ConfigError] | None = None) -> None:
         if self.lines:
-            raise ConfigError(self.lines, source)
+            raise (error or ConfigError)(self.lines, source)
+
+
+T = TypeVar("T", bound=Table)
+
+
+def validate_table(model: type[T], data: Mapping[str, Any], prefix: str, error: type[ConfigError] = ConfigError) -> T:
+    """`model` from one table at `prefix` (`sources.pdu-a01`), its cross-key `check` included, or `error`
+    with every mistake at once."""
+    p = Problems(prefix)
+    table = parse_into(model, dict(data), p)
+    if table is not None:
+        table.check(p)
+    p.raise_if_any(error=error)
+    assert table is not None  # raise_if_any raised otherwise
+    return table

@@ -10,12 +10,24 @@ load onto the other feed's PDU. Pure numpy, deterministic for a seed, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import PlainValidator
 
 from powerplane.schemas import TelemetryFrame
 from powerplane.site import FEEDS, FloatArray, IntArray, Site
+
+
+def _in_process_lock(v: Any) -> Any:
+    if v is not None and not (hasattr(v, "acquire") and hasattr(v, "release")):
+        raise ValueError(f"must be a lock given by the program that runs the fleet, got {v!r}")
+    return v
+
+
+# The `lock` option of the sim source and the twin actuator: shared with the code that also changes the
+# plant (ops' fleet command), so it comes from the program, never from a file.
+InProcessLock = Annotated[Any, PlainValidator(_in_process_lock)]
 
 # Mean utilization per priority class (inference-critical, inference-batch, training, best-effort).
 # Assumption: inference near POLCA's 79%-of-provisioned peak; training runs hot and steady.

@@ -40,11 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from powerplane.config import TomlFileError, read_toml
 from powerplane.site import FEED_KINDS, FEEDS, KIND, KIND_NAMES, Site
-from powerplane.validation import ConfigError, Problems, error_lines
+from powerplane.validation import ConfigError, Problems, parse_into
 from sim.scenario_config import EVENT_KINDS, SENSORS, ScenarioConfig
 
 __all__ = ["EVENT_KINDS", "SENSORS", "Action", "Event", "Scenario", "ScenarioConfig", "check_names", "feed_levels",
@@ -170,11 +168,7 @@ def scenario_from_dict(d: Mapping[str, Any], source: str = "<scenario>", *, site
     """The scenario a parsed file describes, or one ConfigError with every mistake. Given a site, names
     are resolved too (pools and jobs only where their names are given)."""
     problems = Problems()
-    cfg: ScenarioConfig | None = None
-    try:
-        cfg = ScenarioConfig.model_validate(d)
-    except ValidationError as e:
-        problems.lines.extend(error_lines(e))
+    cfg = parse_into(ScenarioConfig, d, problems)
     if site is not None and isinstance(d, Mapping):
         events = d.get("events")
         check_names(problems, d.get("site"), events if isinstance(events, list) else [], site, pool_names,

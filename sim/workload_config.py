@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from powerplane.config import TomlFileError, read_toml
 from powerplane.site import PRIORITIES, Site
-from powerplane.validation import ConfigError, Model, Problems, error_lines
+from powerplane.validation import ConfigError, Model, Problems, parse_into
 from sim.serving import MODELS
 from sim.trace import Trace, load_azure_conv
 
@@ -210,11 +210,7 @@ def _check_names(problems: Problems, d: Mapping[str, Any], site: Site | None) ->
 def check_workload(d: Mapping[str, Any], site: Site | None = None, source: str = "<workload>") -> WorkloadConfig:
     """The validated file, or one ConfigError with every mistake (racks resolved only given a site)."""
     problems = Problems()
-    cfg: WorkloadConfig | None = None
-    try:
-        cfg = WorkloadConfig.model_validate(d)
-    except ValidationError as e:
-        problems.lines.extend(error_lines(e))
+    cfg = parse_into(WorkloadConfig, d, problems)
     if isinstance(d, Mapping):
         _check_names(problems, d, site)
     problems.raise_if_any(source)

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import field_validator
 
 from actuators.base import F64, I64, Actuator, ActuatorConfigError, ActuatorError, ActuatorOptions
-from sim.fleet import Plant
+from sim.fleet import InProcessLock, Plant
 
 
 @runtime_checkable
@@ -26,7 +26,7 @@ class Options(ActuatorOptions):
 
     safe_limit: str | float = "max"  # what a lapsed lease reverts to: "max", "min" or watts
     # A lock shared with code that also changes the fleet (ops' fleet command); never from a file.
-    lock: Any = None
+    lock: InProcessLock = None
 
     @field_validator("safe_limit", mode="plain")
     @classmethod
@@ -36,13 +36,6 @@ class Options(ActuatorOptions):
         if isinstance(v, int | float) and not isinstance(v, bool):
             return float(v)
         raise ValueError(f"must be 'max', 'min' or watts, got {v!r}")
-
-    @field_validator("lock", mode="plain")
-    @classmethod
-    def _in_process_lock(cls, v: Any) -> Any:
-        if v is not None and not (hasattr(v, "acquire") and hasattr(v, "release")):
-            raise ValueError(f"must be a lock given by the program that runs the fleet, got {v!r}")
-        return v
 
 
 class TwinActuator(Actuator):

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
-
-from pydantic import field_validator
 
 from collectors.base import Source, SourceConfigError, SourceOptions
 from powerplane.schemas import TelemetryFrame
-from sim.fleet import Plant, rack_frames
+from sim.fleet import InProcessLock, Plant, rack_frames
 
 
 class Options(SourceOptions):
     """A [sources.NAME] table of kind "sim": only the common keys (README.md beside this file)."""
 
     # A lock shared with code that also changes the fleet (ops' fleet command); never from a file.
-    lock: Any = None
-
-    @field_validator("lock", mode="plain")
-    @classmethod
-    def _in_process_lock(cls, v: Any) -> Any:
-        if v is not None and not (hasattr(v, "acquire") and hasattr(v, "release")):
-            raise ValueError(f"must be a lock given by the program that runs the fleet, got {v!r}")
-        return v
+    lock: InProcessLock = None
 
 
 class FleetSource(Source):

@@ -15,11 +15,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
-from powerplane.plugins import PluginError, Registry
+from powerplane.plugins import Registry
 from powerplane.schemas import Record
-from powerplane.validation import ConfigError, Model, validate
+from powerplane.validation import ConfigError, Table, validate_table
 
 
 class SinkConfigError(ConfigError):
@@ -36,10 +36,8 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
-class SinkOptions(Model):
-    """The keys every sink kind takes; a kind's `Options` adds its own. Strict: TOML gives real types."""
-
-    model_config = ConfigDict(strict=True)
+class SinkOptions(Table):
+    """The keys every sink kind takes; a kind's `Options` adds its own."""
 
     kind: str = ""  # the registry picks the class by it (load_sink)
 
@@ -67,10 +65,7 @@ class Sink(ABC):
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.name = name
-        try:
-            self.opts = validate(self.options_model, dict(options), prefix=f"sinks.{name}")
-        except ConfigError as e:
-            raise SinkConfigError(e.errors) from None
+        self.opts = validate_table(self.options_model, options, f"sinks.{name}", SinkConfigError)
         self.configure(self.opts)
 
     @abstractmethod
@@ -92,16 +87,9 @@ class Sink(ABC):
         """Flush and release connections."""
 
 
-REGISTRY: Registry[type[Sink]] = Registry("sinks", "sink")
+REGISTRY: Registry[type[Sink]] = Registry("sinks", "sink", SinkConfigError)
 
 
 def load_sink(name: str, options: Mapping[str, Any]) -> Sink:
     """The sink a [sinks.NAME] table describes; SinkConfigError listing every mistake in it."""
-    kind = options.get("kind")
-    if kind is None:
-        raise SinkConfigError(f"sinks.{name}.kind: missing (required; one of {', '.join(REGISTRY.kinds())})")
-    try:
-        cls = REGISTRY.get(str(kind))
-    except PluginError as e:
-        raise SinkConfigError(f"sinks.{name}.kind: {e}") from None
-    return cls(name, options)
+    return REGISTRY.for_table(options, f"sinks.{name}")(name, options)
