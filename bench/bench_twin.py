@@ -69,7 +69,7 @@ def build(kind: str) -> Twin:
         from sim.workload import PoolSpec
 
         tr = wl.resolved_trace()
-        spec = Twin(site, wl, seed=SEED)._specs[0]
+        spec = Twin(site, wl, seed=SEED).hw.specs[0]
         m = MODELS["llama3-70b"]
         pools: list[PoolSpec] = []
         for p in wl.pools:
@@ -125,7 +125,7 @@ def main() -> int:
 
     site = twins["step1"].site
     print(f"Digital twin, 100 MW reference site: {site.n_racks} racks, {site.n_gpus:,} GPUs; "
-          f"{int(info['step1']['instances']):,} inference instances, {twins['step1'].n_jobs} training jobs.")
+          f"{int(info['step1']['instances']):,} inference instances, {len(twins['step1'].workload.jobs)} training jobs.")
     print(f"Machine: {os.cpu_count()} cores ({_cpu_model()}), pinned to CPU {cpu}; Python "
           f"{platform.python_version()}, numpy {np.__version__}. Build of 3 twins: {t_build:.2f} s.")
     print(f"{args.repeat} interleaved rounds x {args.seconds} simulated s per candidate, after {args.warmup} s "
