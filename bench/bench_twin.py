@@ -125,7 +125,8 @@ def main() -> int:
 
     site = twins["step1"].site
     print(f"Digital twin, 100 MW reference site: {site.n_racks} racks, {site.n_gpus:,} GPUs; "
-          f"{int(info['step1']['instances']):,} inference instances, {len(twins['step1'].workload.jobs)} training jobs.")
+          f"{int(info['step1']['instances']):,} inference instances, "
+          f"{len(twins['step1'].workload.jobs)} training jobs.")
     print(f"Machine: {os.cpu_count()} cores ({_cpu_model()}), pinned to CPU {cpu}; Python "
           f"{platform.python_version()}, numpy {np.__version__}. Build of 3 twins: {t_build:.2f} s.")
     print(f"{args.repeat} interleaved rounds x {args.seconds} simulated s per candidate, after {args.warmup} s "
