@@ -63,7 +63,8 @@ from powerplane.config import Config, load_config  # noqa: E402
 from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml  # noqa: E402
 from powerplane.schemas import Ack, Command, LevelAggregate, SchemaError, TelemetryFrame  # noqa: E402
 from powerplane.signing import load_keyring  # noqa: E402
-from powerplane.site import Site, load_site  # noqa: E402
+from powerplane.site import Site  # noqa: E402
+from powerplane.site_file import load_site  # noqa: E402
 from streams.rollup import feed_mode  # noqa: E402
 
 PATH_TOPICS = (topics.TELEMETRY.name, topics.AGGREGATES.name, topics.COMMANDS.name, topics.ACKS.name)

@@ -41,7 +41,7 @@ from powerplane import topics  # noqa: E402
 from powerplane.config import Config, load_config  # noqa: E402
 from powerplane.kafka import Producer  # noqa: E402
 from powerplane.refsite import reference_site_dict, to_toml  # noqa: E402
-from powerplane.site import load_site  # noqa: E402
+from powerplane.site_file import load_site  # noqa: E402
 from sim import Twin  # noqa: E402
 from sim.fleet import rack_frames  # noqa: E402
 

@@ -28,7 +28,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from powerplane.refsite import reference_site  # noqa: E402
-from powerplane.site import PRIORITIES, load_site  # noqa: E402
+from powerplane.site import PRIORITIES  # noqa: E402
+from powerplane.site_file import load_site  # noqa: E402
 from sim import (  # noqa: E402
     JobSpec,
     PoolSpec,

@@ -25,7 +25,7 @@ from ops import devservers
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.schemas import Ack, Command, Event, LevelAggregate, SchemaError
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 
 GROUPS = ("powerplane-streams", "powerplane-controller", "powerplane-sink-influxdb", "powerplane-actuator-twin")
 

@@ -8,15 +8,11 @@ not Python loops over objects.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-
-from powerplane.validation import ConfigError
 
 PRIORITIES: tuple[str, ...] = ("inference-critical", "inference-batch", "training", "best-effort")
 """Workload priority classes, most important first; a server's class is its index here."""
@@ -265,26 +261,3 @@ class Site:
             busy = np.bincount(local, weights=u, minlength=s1 - s0) / np.maximum(n, 1)
             other = other * (OTHER_IDLE_FRAC + (1.0 - OTHER_IDLE_FRAC) * busy)
         return float(((gsum + other) / self.server_psu_eff[s0:s1]).sum())
-
-
-# ---- loading: the file's models and checks live in powerplane/site_file.py ----------------------------
-# (imported in the functions: site_file builds a Site, so a module-level import would be circular)
-
-
-def load_site(path: str | Path) -> Site:
-    """Load and check a site file; ConfigError lists every mistake in it as `path: message`."""
-    from powerplane.config import TomlFileError, read_toml
-    from powerplane.site_file import site_from_dict as from_dict
-
-    try:
-        data = read_toml(path)
-    except TomlFileError as e:
-        raise ConfigError(str(e), str(path)) from None
-    return from_dict(data, source=str(path))
-
-
-def site_from_dict(data: Mapping[str, Any], source: str = "<site>") -> Site:
-    """A Site from a parsed site file (a dict as tomllib returns it); ConfigError lists every mistake."""
-    from powerplane.site_file import site_from_dict as from_dict
-
-    return from_dict(data, source)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from powerplane.config import TomlFileError, read_toml
 from powerplane.site import FEEDS, KIND, PRIORITIES, FloatArray, ServerType, Site
 from powerplane.validation import ConfigError, Model, Problems, validate
 
@@ -460,3 +462,12 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<site>") -> Site:
     if lines or spec is None:
         raise ConfigError(lines, source)
     return compile_site(spec)
+
+
+def load_site(path: str | Path) -> Site:
+    """Load and check a site file; ConfigError lists every mistake in it as `path: message`."""
+    try:
+        data = read_toml(path)
+    except TomlFileError as e:
+        raise ConfigError(str(e), str(path)) from None
+    return site_from_dict(data, source=str(path))

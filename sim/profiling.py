@@ -28,7 +28,8 @@ import numpy as np
 
 from powerplane.refsite import reference_site
 from powerplane.serving_profile import PACKAGED_PROFILE, ServingProfile, class_key
-from powerplane.site import FloatArray, Site, load_site
+from powerplane.site import FloatArray, Site
+from powerplane.site_file import load_site
 from sim.batching import PhasePower, representative_phases, step_serving
 from sim.engine import Twin, TwinConfig
 from sim.frames import BoolArray

@@ -32,7 +32,7 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from ops.evaluate import POLICIES, oversubscription, run_policy
     from ops.progress import Progress
     from ops.report import write_report
-    from powerplane.site import load_site
+    from powerplane.site_file import load_site
     from sim.scenario import load_scenario
     from sim.workload import load_workload
 

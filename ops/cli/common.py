@@ -27,7 +27,7 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _site(cfg: Config, path: str | None = None) -> Any:
-    from powerplane.site import load_site
+    from powerplane.site_file import load_site
 
     return load_site(path or cfg.site_file)
 

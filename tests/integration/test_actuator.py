@@ -16,7 +16,7 @@ from powerplane.config import Config
 from powerplane.kafka import Producer
 from powerplane.schemas import Ack, Command, Event
 from powerplane.signing import load_keyring
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from sim.fleet import Fleet
 from tests.integration.helpers import read_topic
 

@@ -27,7 +27,7 @@ from powerplane.config import Config
 from powerplane.kafka import Producer, create_topics
 from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml
 from powerplane.signing import load_keyring
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from tests.dashboard_synth import emergency, frames
 from tests.integration.cdp import Chromium, chromium_path
 from tests.integration.conftest import ROOT, free_port

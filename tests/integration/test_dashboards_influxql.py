@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from powerplane.schemas import Ack, Command, Event, Headroom, LevelAggregate, Record
-from powerplane.site import KIND_NAMES, load_site
+from powerplane.site import KIND_NAMES
+from powerplane.site_file import load_site
 from streams.sinks.base import load_sink
 from streams.sinks.influx import InfluxSink
 from tests.integration.conftest import ROOT, free_port

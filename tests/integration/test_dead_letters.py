@@ -17,7 +17,7 @@ from ops.demo import Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.schemas import LevelAggregate, RackSummary, RackSummaryBatch
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from sim.fleet import Fleet
 from sim.source import FleetSource
 from tests.integration.helpers import end_offsets, read_messages, start_group_at_end

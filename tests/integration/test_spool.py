@@ -14,7 +14,7 @@ from ops import devservers
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.schemas import SchemaError, TelemetryFrame
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from sim.fleet import Fleet
 from tests.integration.helpers import read_topic
 

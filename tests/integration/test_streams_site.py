@@ -20,7 +20,8 @@ from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import Producer
 from powerplane.schemas import Event, Headroom, LevelAggregate, SchemaError
-from powerplane.site import KIND, Site, load_site
+from powerplane.site import KIND, Site
+from powerplane.site_file import load_site
 from sim import Twin, load_scenario
 from sim.fleet import rack_frames
 from tests.integration.conftest import free_port

@@ -28,7 +28,8 @@ from powerplane import topics
 from powerplane.config import Config
 from powerplane.physics import ElectricalConfig
 from powerplane.schemas import LevelAggregate, SchemaError, TelemetryFrame
-from powerplane.site import Site, load_site
+from powerplane.site import Site
+from powerplane.site_file import load_site
 from sim import Twin, load_scenario
 from sim.physics import ThermalConfig
 from tests.integration.helpers import read_messages

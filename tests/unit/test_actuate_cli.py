@@ -16,7 +16,7 @@ from ops.cli import main
 from powerplane.kafka import DeadLetters
 from powerplane.schemas import Command
 from powerplane.signing import Keyring
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from sim.fleet import Fleet
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"

@@ -13,7 +13,8 @@ from actuators.base import load_actuator
 from actuators.guard import Guard
 from powerplane.schemas import Command
 from powerplane.signing import Keyring
-from powerplane.site import Site, load_site
+from powerplane.site import Site
+from powerplane.site_file import load_site
 from powerplane.validation import ConfigError
 from sim.fleet import Fleet
 

@@ -8,7 +8,8 @@ import pytest
 from actuators.base import load_actuator
 from actuators.guard import Guard
 from powerplane.signing import Keyring
-from powerplane.site import Site, load_site
+from powerplane.site import Site
+from powerplane.site_file import load_site
 from sim import Twin
 from sim.fleet import Fleet
 from tests.unit.test_actuation import LAB, RACK, T0, make

@@ -16,7 +16,8 @@ from controllers.capping import CapSettings, decide_caps
 from controllers.service import CapController
 from powerplane.schemas import Command, TelemetryFrame
 from powerplane.signing import Keyring
-from powerplane.site import PRIORITIES, FloatArray, Site, load_site
+from powerplane.site import PRIORITIES, FloatArray, Site
+from powerplane.site_file import load_site
 from sim.fleet import Fleet
 from streams.rollup import Limits, frame_aggregates
 

@@ -10,7 +10,7 @@ import pytest
 from collectors.base import SourceConfigError, SourceContext, load_source
 from collectors.dcgm import DcgmSource
 from collectors.service import sources_from_file
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from powerplane.validation import ConfigError
 from sim.fleet import Fleet
 

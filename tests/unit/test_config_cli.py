@@ -12,7 +12,7 @@ import pytest
 from ops.cli import main
 from powerplane import kafka, topics
 from powerplane.config import Config, ConfigError, load_config
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from powerplane.validation import ConfigError as FileConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

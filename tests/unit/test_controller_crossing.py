@@ -9,7 +9,7 @@ from collectors.base import SourceContext, load_source
 from controllers.capping import CapSettings
 from controllers.service import CapController
 from powerplane.signing import Keyring
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from sim.fleet import Fleet
 from streams.rollup import Limits, frame_aggregates
 

@@ -18,7 +18,7 @@ from ops.cli import main
 from powerplane import topics
 from powerplane.recording import Recorded, RecordingWriter
 from powerplane.schemas import Ack, Command, Event, Headroom, LevelAggregate, decode_any
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from tests.dashboard_synth import cap_and_ack, emergency, frames
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,8 @@ from powerplane import topics
 from powerplane.recording import Recorded, RecordingWriter, iter_records
 from powerplane.schemas import RackSummary, RackSummaryBatch, TelemetryFrame
 from powerplane.signing import Keyring
-from powerplane.site import KIND, load_site
+from powerplane.site import KIND
+from powerplane.site_file import load_site
 from sim.fleet import Fleet
 from sim.source import FleetSource
 from streams.rollup import Limits, frame_outputs

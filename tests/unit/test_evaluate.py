@@ -15,7 +15,8 @@ from controllers.capping import BREAKER_KINDS
 from ops.cli import main
 from ops.evaluate import oversubscription, run_policy, static_caps_w
 from ops.report import write_report
-from powerplane.site import KIND, Site, load_site
+from powerplane.site import KIND, Site
+from powerplane.site_file import load_site
 from sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from controllers.capping import CapSettings, brake_levels, decide_caps, worst_level
-from powerplane.site import PRIORITIES, FloatArray, Site, load_site
+from powerplane.site import PRIORITIES, FloatArray, Site
+from powerplane.site_file import load_site
 from sim.fleet import Fleet
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"

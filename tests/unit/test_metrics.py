@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from controllers.capping import CapSettings
 from controllers.service import CapController, ControllerMetrics
 from powerplane.signing import Keyring
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from streams.app import Counters, WorkerMetrics
 from streams.site_stage import SiteStage
 

@@ -12,7 +12,7 @@ import pytest
 
 from controllers.planning import Costs, PlanInputs, plan, plan_inputs, plan_level
 from ops.cli import main
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "examples" / "lab.toml"

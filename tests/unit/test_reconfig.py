@@ -18,7 +18,7 @@ from controllers.reconfig import (
 )
 from ops.evaluate import apply_pool_actions
 from powerplane.serving_profile import ProfileError, ServingProfile, class_key
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from sim import Twin
 from sim.workload import default_workload, rate_table
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from powerplane.schemas import LevelAggregate, TelemetryFrame
-from powerplane.site import Site, load_site
+from powerplane.site import Site
+from powerplane.site_file import load_site
 from streams.rollup import Limits, UnknownRack, feed_mode, frame_aggregates, rack_state
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"

@@ -10,16 +10,8 @@ import numpy as np
 import pytest
 
 from powerplane.refsite import RefSiteParams, reference_site, reference_site_dict, to_toml
-from powerplane.site import (
-    FEEDS,
-    KIND,
-    PRIORITIES,
-    FloatArray,
-    IntArray,
-    Site,
-    load_site,
-    site_from_dict,
-)
+from powerplane.site import FEEDS, KIND, PRIORITIES, FloatArray, IntArray, Site
+from powerplane.site_file import load_site, site_from_dict
 from powerplane.validation import ConfigError
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"

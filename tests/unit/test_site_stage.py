@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from powerplane.schemas import Event, Headroom
-from powerplane.site import KIND, Site, load_site
+from powerplane.site import KIND, Site
+from powerplane.site_file import load_site
 from sim import Twin, load_scenario
 from sim.fleet import rack_frames
 from streams.rollup import Limits, frame_outputs

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from controllers.thermal import STAGES, ThermalSettings, decide_thermal, effective_headroom_c, zone_stage
-from powerplane.site import PRIORITIES, Site, load_site
+from powerplane.site import PRIORITIES, Site
+from powerplane.site_file import load_site
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
 T = ThermalSettings()

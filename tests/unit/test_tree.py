@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from powerplane.schemas import RackSummary
-from powerplane.site import load_site
+from powerplane.site_file import load_site
 from streams.tree import TreeSettings, TreeWindows
 
 ROOT = Path(__file__).resolve().parents[2]

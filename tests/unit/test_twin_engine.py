@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from powerplane.refsite import reference_site
-from powerplane.site import Site, load_site
+from powerplane.site import Site
+from powerplane.site_file import load_site
 from sim import Twin, TwinFrame, load_scenario
 from sim.fleet import FleetFrame
 

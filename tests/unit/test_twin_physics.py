@@ -16,7 +16,8 @@ from powerplane.physics import (
     breaker_heat_step,
     trip_time_s,
 )
-from powerplane.site import FEEDS, KIND, Site, load_site, site_from_dict
+from powerplane.site import FEEDS, KIND, Site
+from powerplane.site_file import load_site, site_from_dict
 from sim import Twin, WorkloadSpec
 from sim.physics import GPU_SPECS, PowerConfig, busy_power, dyn_rel, roofline, solve_phi, static_w
 from sim.serving import MODELS, ServingConfig, instance_constants

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from powerplane.refsite import reference_site
-from powerplane.site import Site, load_site
+from powerplane.site import Site
+from powerplane.site_file import load_site
 from powerplane.validation import ConfigError
 from sim import Twin, default_workload, load_scenario, scenario_from_dict
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from powerplane.site import Site, load_site
+from powerplane.site import Site
+from powerplane.site_file import load_site
 from sim import PoolSpec, Trace, Twin, WorkloadSpec, default_workload
 from sim.serving import OFF, SERVING, STARTING
 from sim.workload import with_pool

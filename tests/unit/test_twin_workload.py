@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from powerplane.refsite import to_toml
-from powerplane.site import PRIORITIES, Site, load_site
+from powerplane.site import PRIORITIES, Site
+from powerplane.site_file import load_site
 from powerplane.validation import ConfigError
 from sim import (
     TRACE_ATTRIBUTION,
