@@ -9,7 +9,8 @@ of their own) is held under its derated limit in the current feed state, with PO
   `high_threshold - target_margin`;
 - above `brake_threshold` (100 %) for `brake_after_s`, the power brake: every GPU under the level goes
   to its minimum limit at once (the targeted caps did not hold it: wrong readings, a stuck GPU), well
-  inside the ~10 s a UPS rides through.
+  inside the ~10 s a UPS rides through. The controller brakes only on two fresh, independent sources that
+  agree (controllers.degraded): one reading over 100 % sheds by the thresholds above, never brakes.
 
 Budgets flow down the tree: a level's excess is split among the racks under it in proportion to what
 each can still give up in the tier being shed (their "demand" above the floor), weighted by how much
@@ -163,13 +164,21 @@ def power_levels(site: Site) -> BoolArray:
 
 
 def brake_levels(level_power_w: FloatArray, limit_w: FloatArray, over_since_s: FloatArray, now_s: float,
-                 s: CapSettings) -> tuple[BoolArray, FloatArray]:
-    """(levels to brake now, updated over-since times). A level over brake_threshold of its limit
-    since over_since for brake_after_s is braked; an unknown load keeps its clock running."""
-    over = np.isfinite(level_power_w) & (level_power_w > s.brake_threshold * limit_w) & (limit_w > 0)
+                 s: CapSettings, confirm_w: FloatArray | None = None) -> tuple[BoolArray, FloatArray]:
+    """(levels to brake now, updated over-since times). A level is braked when it is over brake_threshold of
+    its limit now and has been since over_since for brake_after_s. With confirm_w (a second, independent
+    source for the same levels: controllers.degraded.evidence_w) both must read over: one source alone never
+    brakes. An unknown load keeps its clock running but brakes nothing until it is known and over again."""
+    def over_of(w: FloatArray) -> BoolArray:
+        return np.asarray(np.isfinite(w) & (w > s.brake_threshold * limit_w) & (limit_w > 0))
+
+    over = over_of(level_power_w)
     unknown = ~np.isfinite(level_power_w)
+    if confirm_w is not None:
+        over = over & over_of(confirm_w)
+        unknown = unknown | ~np.isfinite(confirm_w)
     since = np.where(over, np.minimum(over_since_s, now_s), np.where(unknown, over_since_s, np.inf))
-    return np.isfinite(since) & (now_s - since >= s.brake_after_s), since
+    return over & np.isfinite(since) & (now_s - since >= s.brake_after_s), since
 
 
 def _take(site: Site, classes: range | list[int], need_dc: FloatArray, draw: FloatArray, avail: FloatArray,

@@ -26,9 +26,11 @@ from controllers.capping import (
     decide_caps,
     feed_share,
     gpu_efficiency,
+    power_levels,
     tree_of,
     worst_level,
 )
+from controllers.degraded import Freshness, behind, evidence_w, fresh, racks_under, stale_inputs, unsure_racks
 from controllers.thermal import STAGES, ThermalSettings, decide_thermal
 from powerplane import topics
 from powerplane.config import Config
@@ -44,6 +46,8 @@ log = logging.getLogger("powerplane.controller")
 class ControllerStats:
     commands: int = 0
     renewals: int = 0
+    held_decisions: int = 0  # decisions that held every cap because the inputs were stale (fail-static)
+    brakes_unconfirmed: int = 0  # decisions where one source alone put a level over the brake threshold
     acks: dict[str, int] = field(default_factory=dict)
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
@@ -80,7 +84,7 @@ class CapController:
         self.zones = site.levels_of_kind("zone")
         self.zone_headroom_c = np.full(self.zones.size, np.nan)
         self.zone_ttl_s = np.full(self.zones.size, np.nan)
-        self.zone_seen_s = np.full(self.zones.size, -np.inf)
+        self.zone_seen_s, self.zone_ts_s = np.full((2, self.zones.size), -np.inf)  # arrival, event time
         self.zone_stage = np.zeros(self.zones.size, dtype=np.int64)
         self.zone_climb_since_s = np.full(self.zones.size, np.inf)  # since when the inlet has been climbing
         self._zone_pos = {int(z): i for i, z in enumerate(self.zones)}
@@ -98,7 +102,14 @@ class CapController:
         self.rack_pending_s = np.full(site.n_racks, -np.inf)
         self.rack_knob_sent_s = np.full((2, site.n_racks), -np.inf)  # clocks, routing: last sent
         self.stats = ControllerStats()
-        self.stale_after_s = 10.0
+        self.freshness = Freshness()
+        self.level_meter_w = np.full(n_levels, np.nan)  # a PDU's own meter (NaN: none in its last reading)
+        self.level_estimated = np.zeros(n_levels, dtype=bool)  # window counting too many racks as stale
+        self.level_behind = np.zeros(n_levels, dtype=bool)  # the streams stage said it is behind
+        # Per-GPU telemetry per rack, and the newest per-frame aggregate (rack or PDU): arrival, event time.
+        self.rack_frame_seen_s, self.rack_frame_ts_s = np.full((2, site.n_racks), -np.inf)
+        self.inputs_seen_s = self.inputs_ts_s = -np.inf
+        self.holding: str | None = None  # why the last decision held every cap (None: it decided)
         self.tree = tree_of(site)
         self.rack_ids = site.rack_ids  # commands name racks: built once, not per command
         self.pdus = site.levels_of_kind("pdu")
@@ -106,6 +117,7 @@ class CapController:
         has_kids = np.zeros(n_levels, dtype=bool)
         has_kids[site.level_parent[site.level_parent >= 0]] = True
         self.summed_levels = self.feed_levels & has_kids  # what _feed_estimates may sum from the PDUs
+        self.racks_under = racks_under(self.tree)
 
     # ---- inputs ------------------------------------------------------------------------------------
     def on_aggregate(self, agg: LevelAggregate, now_s: float) -> None:
@@ -117,6 +129,15 @@ class CapController:
         self.level_power_w[i] = agg.power_w
         self.level_seen_s[i] = now_s
         self.level_ts_s[i] = agg.ts_s
+        self.level_behind[i] = behind(agg, self.freshness.max_event_age_s)
+        if agg.kind in ("rack", "pdu"):  # per frame: what says whether the pipeline keeps up
+            self.inputs_seen_s = max(self.inputs_seen_s, now_s)
+            self.inputs_ts_s = max(self.inputs_ts_s, agg.ts_s)
+        else:  # a window that counts many racks from old readings or at rated power is an estimate
+            stale = agg.racks_stale or 0
+            self.level_estimated[i] = stale > self.freshness.max_estimated_share * max(int(self.racks_under[i]), 1)
+        if agg.kind == "pdu":
+            self.level_meter_w[i] = agg.metered_w if agg.metered_w is not None else np.nan
         if agg.kind == "rack":  # a rack's GPU-based power is only a fair PDU estimate when every GPU reported
             self.rack_complete[self.site.rack_index(agg.level)] = agg.gpus_reporting >= agg.gpus_expected
         if math.isfinite(agg.limit_w) and agg.kind not in ("pdu", "rack", "zone"):
@@ -132,6 +153,7 @@ class CapController:
         self.zone_headroom_c[z] = h.thermal_headroom_c if h.thermal_headroom_c is not None else np.nan
         self.zone_ttl_s[z] = h.time_to_limit_s if h.time_to_limit_s is not None else np.nan
         self.zone_seen_s[z] = now_s
+        self.zone_ts_s[z] = h.ts_s
 
     def crosses_cap(self, agg: LevelAggregate) -> bool:
         """Whether this breaker's load (a PDU per frame; an RPP, UPS lineup or feed per window) is over the
@@ -144,36 +166,62 @@ class CapController:
         over = self.settings.cap_threshold * limit
         return bool(agg.power_w > over and not self.level_power_w[i] > self.settings.cap_threshold * self.limit_w[i])
 
-    def on_frame(self, fr: TelemetryFrame) -> None:
+    def on_frame(self, fr: TelemetryFrame, now_s: float | None = None) -> None:
+        """now_s: when it arrived (our clock); None takes its event time (the in-process engine)."""
         if fr.site != self.site.name:
             raise SchemaError(f"telemetry.frame {fr.rack}: site '{fr.site}', this controller serves '{self.site.name}'")
         r = self.site.rack_index(fr.rack)
         a, b = int(self.site.rack_gpu_start[r]), int(self.site.rack_gpu_start[r + 1])
         if fr.power_w.size != b - a:
             raise SchemaError(f"telemetry.frame {fr.rack}: {fr.power_w.size} GPUs, site has {b - a}")
+        if fr.ts_s < self.rack_frame_ts_s[r]:
+            return  # an older frame must not overwrite a newer reading
         self.gpu_power_w[a:b] = fr.power_w
+        self.rack_frame_seen_s[r] = fr.ts_s if now_s is None else now_s
+        self.rack_frame_ts_s[r] = fr.ts_s
         seen = self.cap_w[a:b]
         # Adopt the enforced limit the first time a rack is seen (e.g. after a controller restart).
         self.cap_w[a:b] = np.where(np.isnan(seen), fr.limit_w, seen)
 
     # ---- decisions -----------------------------------------------------------------------------------
     def decide(self, now_s: float) -> list[Command]:
-        s = self.settings
-        tree = self.tree
-        load = self._pdu_loads(np.where(now_s - self.level_seen_s <= self.stale_after_s, self.level_power_w, np.nan))
+        s, tree, f = self.settings, self.tree, self.freshness
+        stage_behind = bool(self.level_behind[self.level_seen_s >= now_s - f.max_arrival_age_s].any())
+        why = stale_inputs(now_s, self.inputs_seen_s, self.inputs_ts_s, stage_behind, f)
+        if why is not None:  # fail-static: hold every cap and renew its lease; never escalate on stale data
+            if self.holding is None:
+                log.warning("inputs stale (%s): holding every cap, renewing leases", why)
+            self.holding = why
+            self.stats.held_decisions += 1
+            return self._hold(now_s)
+        if self.holding is not None:
+            log.info("inputs fresh again: deciding (held while %s)", self.holding)
+            self.holding = None
+        ok = fresh(now_s, self.level_seen_s, self.level_ts_s, f) & ~self.level_behind
+        use = ok & ~self.level_estimated
+        load = self._pdu_loads(np.where(use, self.level_power_w, np.nan))
         # A load measured before our last change to a rack under it cannot show that change yet; acting on it
         # as it is would shed (or release) the same watts twice. Each such level is taken at its reading plus
         # the change still to show (a shed is negative), so a level goes on being acted on for racks whose
         # changes are visible while others are in flight. A change shows in readings measured `settle_s`
         # after it. (Assumes NTP-synchronised clocks; skew only delays when a change counts as visible.)
-        coef = tree.coef(feed_share(self.site, load))
+        share = feed_share(self.site, load)
+        coef = tree.coef(share)
         unseen = self.rack_pending_s[tree.rack] + self.settle_s > self.level_ts_s[tree.level]
-        load = load + np.bincount(tree.level, weights=np.where(unseen, coef * self.rack_pending_w[tree.rack], 0.0),
-                                  minlength=len(self.site.level_ids))
-        load = self._feed_estimates(load)
-        brake, self.over_since_s = brake_levels(load, self.limit_w, self.over_since_s, now_s, s)
+        pending = np.bincount(tree.level, weights=np.where(unseen, coef * self.rack_pending_w[tree.rack], 0.0),
+                              minlength=len(self.site.level_ids))
+        load = self._feed_estimates(load + pending)
+        # The brake: the PDU meters and the racks' GPU-based power beneath a level, both fresh, both over.
+        rack_silent = ~fresh(now_s, self.rack_frame_seen_s, self.rack_frame_ts_s, f)
+        rl = self.site.rack_level
+        rack_gpu = np.where(ok[rl] & self.rack_complete & ~rack_silent, self.level_power_w[rl], np.nan)
+        meter_w, gpu_w = evidence_w(self.site, tree, np.where(ok, self.level_meter_w, np.nan), rack_gpu, share)
+        brake, self.over_since_s = brake_levels(meter_w + pending, self.limit_w, self.over_since_s, now_s, s,
+                                                confirm_w=gpu_w + pending)
+        self.stats.brakes_unconfirmed += int((power_levels(self.site) & ~brake & (self.limit_w > 0) &
+                                              (load > s.brake_threshold * self.limit_w)).any())
         # Thermal: zones with a fresh headroom reading; a silent zone keeps its stage.
-        zfresh = now_s - self.zone_seen_s <= self.stale_after_s
+        zfresh = fresh(now_s, self.zone_seen_s, self.zone_ts_s, f)
         budget = np.full(len(self.site.level_ids), np.nan)
         th = None
         if self.thermal is not None:
@@ -186,9 +234,15 @@ class CapController:
             self.zone_stage = np.where(zfresh, th.stage, self.zone_stage)
             budget[self.zones] = th.zone_budget_w
         known = ~np.isnan(self.cap_w)
-        new = decide_caps(self.site, self.gpu_power_w, self.cap_w, load, self.limit_w, s,
+        # A GPU of a silent rack counts as drawing its cap (decide_caps), never as its last reading.
+        gpu_w_now = np.where(rack_silent[self.site.gpu_rack], np.nan, self.gpu_power_w)
+        new = decide_caps(self.site, gpu_w_now, self.cap_w, load, self.limit_w, s,
                           brake=brake, heat_budget_w=budget)
-        new = np.where(known, new, self.cap_w)
+        # Release only where every input above the rack is fresh: a silent rack or a level that has gone
+        # stale keeps its caps (it may still be shed on fresh evidence from a level above it).
+        had = np.isfinite(self.level_seen_s) & power_levels(self.site)
+        hold = unsure_racks(tree, coef, had & ~use & ~np.isfinite(load), rack_silent)
+        new = np.where(known, np.where(hold[self.site.gpu_rack], np.fmin(new, self.cap_w), new), self.cap_w)
         cmds = self._cap_commands(new, known, load, brake, now_s)
         if th is None:
             return cmds
@@ -198,6 +252,16 @@ class CapController:
         if "routing_weight" in self.actions:
             cmds += self._knob_commands(1, "routing_weight", self.route_w, th.route_weight, now_s)
             self.route_w = th.route_weight
+        return cmds
+
+    def _hold(self, now_s: float) -> list[Command]:
+        """Every cap, clock lock and routing weight as it is: only renewals of what is held."""
+        n = len(self.site.level_ids)
+        cmds = self._cap_commands(self.cap_w.copy(), ~np.isnan(self.cap_w), np.full(n, np.nan),
+                                  np.zeros(n, dtype=bool), now_s)
+        for k, action, held in ((0, "sm_clock_lock", self.clock_mhz), (1, "routing_weight", self.route_w)):
+            if self.thermal is not None and action in self.actions:
+                cmds += self._knob_commands(k, action, held, held, now_s)
         return cmds
 
     def _pdu_loads(self, load: np.ndarray) -> np.ndarray:
@@ -388,7 +452,7 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
                             urgent = urgent or (decide_on_crossing and ctl.crosses_cap(agg))
                             ctl.on_aggregate(agg, now)
                         elif tp.topic == topics.TELEMETRY.name:
-                            ctl.on_frame(TelemetryFrame.decode(m.value))
+                            ctl.on_frame(TelemetryFrame.decode(m.value), now)
                         elif tp.topic == topics.HEADROOM.name:
                             ctl.on_headroom(Headroom.decode(m.value), now)
                         else:
@@ -432,3 +496,4 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
 
 def _summary(v: np.ndarray) -> str:
     return f"{float(v.min()):.0f}" if float(v.min()) == float(v.max()) else f"{float(v.min()):.0f}-{float(v.max()):.0f}"
+
