@@ -102,6 +102,21 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now: one bound without listening counts as taken too."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free for Kafka too
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+JAVA_MISSING = ("java not found on PATH: Kafka needs it; install Java 17 "
+                "(e.g. apt-get install openjdk-17-jre-headless)")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -214,12 +229,17 @@ def start_kafka(cfg: Config, p: Paths, timeout_s: float = 90.0) -> None:
     if _read_pid(pidfile) is not None:
         say(f"Kafka already running at {cfg.kafka_bootstrap}")
         return
-    if _port_open(host, port):
-        raise DevError(f"port {port} is taken by a process `dev up` did not start: stop it, or set "
-                       f"PP_KAFKA_BOOTSTRAP to another address")
+    # Kafka listens on the broker port and on port + 1 for its KRaft controller: both must be free before Java
+    # starts, or it dies with a stack trace that never names the port.
+    for what, at in (("broker", port), ("KRaft controller (the broker port + 1)", port + 1)):
+        if _port_open(host, at) or not _port_free(host, at):
+            raise DevError(f"port {at} on {host}, Kafka's {what} port, is taken by a process `dev up` did not "
+                           f"start: stop it, or set PP_KAFKA_BOOTSTRAP to an address whose port and port + 1 "
+                           f"are free")
     libs = ensure_kafka_jars(p)
     java = shutil.which("java")
-    assert java is not None
+    if java is None:  # the jars are cached but Java went away (or was never on this PATH)
+        raise DevError(JAVA_MISSING)
     p.kafka_dir.mkdir(parents=True, exist_ok=True)
     props = p.kafka_dir / "server.properties"
     props.write_text(_kafka_props(cfg, p))
@@ -340,8 +360,9 @@ def up(cfg: Config, *, kafka: bool = True, vm: bool = True) -> None:
         if vm:
             start_vm(cfg, p)
     except BaseException:
-        say("start-up failed; stopping what was started")
-        down(cfg)
+        if any(status(cfg).values()):  # nothing started (a check failed first): the error is the one line
+            say("start-up failed; stopping what was started")
+            down(cfg)
         raise
 
 
