@@ -164,7 +164,7 @@ def test_broker_outage_60_s_holds_then_resumes() -> None:
     # The broker is back: the stage's idle windows (rated racks), then the spooled frames, in one burst.
     ts, frames = loop.step()
     loop.windows(_rated_windows(loop, ts), ts + 0.2)
-    for old_ts, old in spool:
+    for _, old in spool:
         for f in old:
             loop.ctl.on_frame(f, ts + 0.3)
         loop.worker(old, ts + 0.3)
