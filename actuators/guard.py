@@ -8,7 +8,8 @@ SM clock lock): when it lapses unrenewed, the GPU reverts to its safe value (clo
 controller fails safe. Each outcome is an Ack.
 
 Pure logic over an Actuator: no Kafka here, so the same guard runs behind the Kafka consumer and in
-the in-process engine.
+the in-process engine. Given a Journal (actuators.journal), what it remembers (handled ids, each
+target's order, leases) survives a restart: the Kafka shell calls `sync` before it sends a batch's acks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from actuators.base import F64, I64, Actuator, ActuatorError
+from actuators.journal import Journal
 from powerplane.schemas import Ack, Command
 from powerplane.signing import Keyring
 
@@ -60,7 +62,7 @@ class _Target:
 
 class Guard:
     def __init__(self, actuator: Actuator, keyring: Keyring, site: str, *, rate_per_s: float = 5.0,
-                 burst: int = 10, remember: int = 100_000) -> None:
+                 burst: int = 10, remember: int = 100_000, journal: Journal | None = None) -> None:
         self.actuator = actuator
         self.keyring = keyring
         self.site = site
@@ -72,6 +74,39 @@ class Guard:
         self.stats = GuardStats()
         self.security_refusals: list[tuple[Command, str]] = []
         self._revert_errors: dict[tuple[str, str, int], str] = {}  # last failure per GPU: log changes only
+        self.journal = journal
+        self.restored = 0  # outcomes read back from the journal at start
+        if journal is not None:
+            self._restore(journal)
+
+    def _restore(self, journal: Journal) -> None:
+        """Take back what a previous run remembered: handled ids (replays stay duplicates), each target's
+        last applied issue time (order), and the leases still held (they lapse to safe as if never stopped)."""
+        handled, order = journal.load()
+        for h in handled:
+            if h.status != "reverted":  # a lapsed lease, not a command
+                self.seen[h.command_id] = Ack(command_id=h.command_id, site=self.site, target=h.target, status=h.status,
+                                              gpus=h.gpus, applied=h.applied, reason=h.reason,
+                                              actuator=self.actuator.name, ts_s=h.ts_s)
+            if h.lease:
+                leases = self.targets.setdefault(h.target, _Target(tokens=float(self.burst))).leases_of(h.knob)
+                for g in h.gpus.astype(np.int64).tolist():
+                    if h.lease > 0:
+                        leases[g] = _Lease(h.expires_at_s, h.command_id)
+                    else:
+                        leases.pop(g, None)
+        for target, issued_at_s in order.items():
+            self.targets.setdefault(target, _Target(tokens=float(self.burst))).last_issued_at_s = issued_at_s
+        self.restored = len(handled)
+        if handled or order:
+            log.info("actuator %s: restored %d handled command id(s), the order of %d target(s) and %d lease(s) "
+                     "from %s", self.actuator.name, len(handled), len(order),
+                     sum(len(t.leases) + len(t.clock_leases) for t in self.targets.values()), journal.path)
+
+    def sync(self) -> None:
+        """Make every outcome so far durable (before their acks are sent)."""
+        if self.journal is not None:
+            self.journal.commit()
 
     def _note(self, status: str, reason: str) -> str:
         if self.actuator.dry_run and status in ("applied", "clamped", "reverted"):
@@ -105,10 +140,11 @@ class Guard:
         if now_s > cmd.expires_at_s():
             return self._remember(self._ack(cmd, "expired", np.full(cmd.gpus.size, np.nan),
                                             f"lease ended {now_s - cmd.expires_at_s():.1f} s before arrival",
-                                            now_s))
+                                            now_s), cmd)
         st = self.targets.setdefault(cmd.target, _Target(tokens=float(self.burst), refilled_at_s=now_s))
         if cmd.issued_at_s < st.last_issued_at_s:
-            return self._remember(self._reject(cmd, "older than the last command applied to this target", now_s))
+            return self._remember(self._reject(cmd, "older than the last command applied to this target", now_s),
+                                  cmd)
         st.tokens = min(float(self.burst), st.tokens + (now_s - st.refilled_at_s) * self.rate_per_s)
         st.refilled_at_s = now_s
         if st.tokens < 1.0:
@@ -127,10 +163,12 @@ class Guard:
         else:
             ack = self._reject(cmd, f"action '{cmd.action}' is not supported by actuator '{self.actuator.name}'",
                                now_s)
-        return self._remember(ack)
+        return self._remember(ack, cmd)
 
-    def _remember(self, ack: Ack) -> Ack:
+    def _remember(self, ack: Ack, cmd: Command) -> Ack:
         self.seen[ack.command_id] = ack
+        if self.journal is not None:
+            self.journal.record(ack, cmd)
         while len(self.seen) > self.remember:
             self.seen.popitem(last=False)
         return ack
@@ -226,6 +264,8 @@ class Guard:
                 for g in gpus.tolist():
                     del leases[g]
                     self._revert_errors.pop((target, knob, g), None)
+                if self.journal is not None:
+                    self.journal.record_revert(target, knob, gpus, now_s)
                 self.stats.reverted += 1
                 what = "reverted to safe value" if knob == "power" else "clocks reset"
                 log.warning("%s lease lapsed on %d GPU(s) of %s; %s", knob, gpus.size, target, what)

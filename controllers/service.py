@@ -14,7 +14,7 @@ import math
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, consumer
 from powerplane.schemas import Ack, Command, DeadLetter, Headroom, LevelAggregate, SchemaError, TelemetryFrame
-from powerplane.signing import Keyring
+from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
 from powerplane.site import KIND, Site
 
 log = logging.getLogger("powerplane.controller")
@@ -50,6 +50,8 @@ class ControllerStats:
     brakes_unconfirmed: int = 0  # decisions where one source alone put a level over the brake threshold
     acks: dict[str, int] = field(default_factory=dict)
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    acks_refused: int = 0  # unsigned, tampered or unknown-key acks: dead-lettered, never believed
+    acks_unknown: int = 0  # validly signed acks for a command this controller did not issue: logged, not counted
 
 
 DEFAULT_THERMAL = ThermalSettings()
@@ -408,6 +410,10 @@ class ControllerMetrics:
         for status, n in sorted(st.acks.items()):
             acks.add_metric([status], float(n))
         yield acks
+        yield CounterMetricFamily("powerplane_controller_acks_refused", "acks not signed by an actuator key",
+                                  value=float(st.acks_refused))
+        yield CounterMetricFamily("powerplane_controller_acks_unknown", "signed acks for commands not issued here",
+                                  value=float(st.acks_unknown))
         yield CounterMetricFamily("powerplane_controller_dead_letters", "records sent to the dead-letter topic",
                                   value=float(self.dlq.count))
         yield CounterMetricFamily("powerplane_controller_producer_dropped", "records the bounded producer dropped",
@@ -420,10 +426,38 @@ class ControllerMetrics:
         yield q
 
 
+def take_ack(stats: ControllerStats, ack_keyring: Keyring, issued: OrderedDict[str, None],
+             sent_at: dict[str, float], ack: Ack, now_s: float) -> str | None:
+    """Count an ack an actuator signed for a command this controller issued (latency, outcome); return
+    the reason an ack is refused (not signed by an actuator key: dead letter and security event). A signed
+    ack for a command id not issued here (another controller, or one from before a restart) is logged and
+    counted apart, never taken as an outcome."""
+    bad = ack_keyring.verify(ack)
+    if bad:
+        stats.acks_refused += 1
+        return bad
+    if ack.command_id not in issued and not ack.command_id.startswith("lease-expiry:"):
+        stats.acks_unknown += 1
+        if stats.acks_unknown in (1, 10, 100) or stats.acks_unknown % 1000 == 0:
+            log.warning("ack '%s' for %s from %s names a command this controller did not issue (%d so far); "
+                        "not counted", ack.status, ack.command_id[:40], ack.actuator, stats.acks_unknown)
+        return None
+    stats.acks[ack.status] = stats.acks.get(ack.status, 0) + 1
+    t0 = sent_at.pop(ack.command_id, None)
+    if t0 is not None:
+        stats.latencies_s.append(now_s - t0)
+    if ack.status not in ("applied", "duplicate"):
+        log.warning("ack %s for %s: %s %s", ack.command_id[:8], ack.target, ack.status, ack.reason)
+    return None
+
+
 def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s: float = 1.0,
-        metrics_port: int = 0, decide_on_crossing: bool = False) -> CapController:
+        metrics_port: int = 0, decide_on_crossing: bool = False, ack_keyring: Keyring | None = None) -> CapController:
     """decide_on_crossing: also decide as soon as a PDU load crosses the cap threshold, not only every
-    tick_s (a site-wide feed loss is then capped without waiting up to a tick)."""
+    tick_s (a site-wide feed loss is then capped without waiting up to a tick). ack_keyring: the keys acks
+    must be signed with (default: the config's ack keyring, created if missing)."""
+    if ack_keyring is None:
+        ack_keyring = load_keyring(ack_key_path(cfg.signing_key_file, cfg.ack_key_file), cfg.ack_key_id, create=True)
     # No request router consumes routing weights in this deployment yet: caps and clock locks only.
     ctl = CapController(site, keyring, CapSettings(cfg.cap_threshold, cfg.uncap_threshold), cfg.command_lease_s,
                         actions=frozenset(("power_cap", "sm_clock_lock")))
@@ -438,6 +472,7 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
     cons = consumer(cfg.kafka_bootstrap, "powerplane-controller", topics.AGGREGATES.name, topics.TELEMETRY.name,
                     topics.HEADROOM.name, topics.ACKS.name)
     sent_at: dict[str, float] = {}
+    issued: OrderedDict[str, None] = OrderedDict()  # ids this controller sent: an ack for another is not believed
     next_tick = time.monotonic()
     try:
         while not stop.is_set():
@@ -457,13 +492,12 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
                             ctl.on_headroom(Headroom.decode(m.value), now)
                         else:
                             ack = Ack.decode(m.value)
-                            ctl.stats.acks[ack.status] = ctl.stats.acks.get(ack.status, 0) + 1
-                            t0 = sent_at.pop(ack.command_id, None)
-                            if t0 is not None:
-                                ctl.stats.latencies_s.append(now - t0)
-                            if ack.status not in ("applied", "duplicate"):
-                                log.warning("ack %s for %s: %s %s", ack.command_id[:8], ack.target, ack.status,
-                                            ack.reason)
+                            refused = take_ack(ctl.stats, ack_keyring, issued, sent_at, ack, now)
+                            if refused:
+                                dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, refused, m.key,
+                                                       m.value or b""))
+                                ev = ack_refused_event(ack, refused, "controller")
+                                producer.send(topics.EVENTS.name, ev.encode(), key=ev.id.encode())
                     except (SchemaError, KeyError) as e:
                         dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, str(e), m.key, m.value or b""))
             due = time.monotonic() >= next_tick
@@ -476,6 +510,7 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
                     producer.send(topics.COMMANDS.name, data, key=cmd.key())
                     producer.send(topics.AUDIT.name, data, key=cmd.id.encode())
                     sent_at[cmd.id] = time.time()
+                    issued[cmd.id] = None
                     # Per command at debug: a site-wide loss is 1,024 commands in one decision, and a log line
                     # each delayed the last of them by a tenth of a second. Every command is on pp.audit.
                     log.debug("command %s %s: %d GPU(s) -> %s W (%s)", cmd.id[:8], cmd.target, cmd.gpus.size,
@@ -488,6 +523,8 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
                              len(cmds) - len(changes))
                 while len(sent_at) > 100_000:  # bounded: forget the oldest unacknowledged
                     sent_at.pop(next(iter(sent_at)))
+                while len(issued) > 100_000:
+                    issued.popitem(last=False)
     finally:
         cons.close()
         producer.close()

@@ -60,6 +60,9 @@ class Config(BaseSettings):
     influx_token: str = "dev-token"
     signing_key_file: str = ".powerplane/keys/site.key"
     signing_key_id: str = "k1"
+    # Actuators sign acks with their own keyring ("" = acks.key beside signing_key_file): powerplane.signing.
+    ack_key_file: str = ""
+    ack_key_id: str = "a1"
     sample_interval_s: Number = Field(1.0, gt=0)
     command_lease_s: Number = Field(30.0, gt=0)
     # Capping thresholds as fractions of a level's derated limit (POLCA-style defaults).

@@ -504,7 +504,7 @@ class Ack(Record):
     SCHEMA: ClassVar[str] = "ack"
     KINDS: ClassVar[dict[str, str]] = {
         "command_id": "str", "site": "str", "target": "str", "status": "str", "gpus": "u16[]",
-        "applied": "f32[]", "reason": "str", "actuator": "str", "ts_s": "float",
+        "applied": "f32[]", "reason": "str", "actuator": "str", "ts_s": "float", "key_id": "str?", "sig": "str?",
     }
     command_id: str
     site: str
@@ -515,6 +515,10 @@ class Ack(Record):
     reason: str
     actuator: str
     ts_s: float
+    # Signed by the actuator with its ack key (powerplane.signing), so a reader can tell an actuator's word
+    # from anyone's. Optional on the wire so an unsigned ack still decodes and is refused as unsigned.
+    key_id: str = ""
+    sig: str = ""
 
     @classmethod
     def key_field(cls) -> str:
@@ -526,6 +530,14 @@ class Ack(Record):
     def validate(self, where: str) -> None:
         if self.status not in ACK_STATUSES:
             raise SchemaError(f"{where}: field 'status' = {self.status!r}, expected one of {ACK_STATUSES}")
+        self.key_id = self.key_id or ""  # absent on the wire: unsigned, refused by the verifier
+        self.sig = self.sig or ""
+
+    def signing_bytes(self) -> bytes:
+        d = self.to_wire()
+        d.pop("sig", None)
+        d["key_id"] = self.key_id
+        return bytes(msgpack.packb(d, use_bin_type=True))
 
 
 @dataclass

@@ -1,5 +1,11 @@
-"""Command signatures: HMAC-SHA256 with a per-site key, named by key id so keys can be rotated
-(actuators accept every key in their keyring; controllers sign with the newest)."""
+"""Signatures: HMAC-SHA256 with a per-site key, named by key id so keys can be rotated (verifiers accept
+every key in their keyring; signers sign with the current one).
+
+Two keyrings, one per direction: controllers sign commands with the command keyring (`signing_key_file`),
+actuators sign acknowledgements with the ack keyring (`ack_key_file`). With HMAC whoever verifies can also
+sign, so the split is what limits a leak: the sink, which verifies acks and talks to an outside store,
+holds only the ack key and so cannot forge a command; a leaked ack key can fake an actuator's word, never
+move a GPU."""
 
 from __future__ import annotations
 
@@ -7,9 +13,22 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from pathlib import Path
+from typing import ClassVar, Protocol, TypeVar
 
-from powerplane.schemas import Command
+from powerplane.schemas import Ack, Event
+
+
+class Signable(Protocol):
+    SCHEMA: ClassVar[str]
+    key_id: str
+    sig: str
+
+    def signing_bytes(self) -> bytes: ...
+
+
+S = TypeVar("S", bound=Signable)
 
 
 class Keyring:
@@ -19,22 +38,28 @@ class Keyring:
         self.keys = dict(keys)
         self.current = current
 
-    def sign(self, cmd: Command) -> Command:
-        cmd.key_id = self.current
-        cmd.sig = hmac.new(self.keys[self.current], cmd.signing_bytes(), hashlib.sha256).hexdigest()
-        return cmd
+    def sign(self, rec: S) -> S:
+        rec.key_id = self.current
+        rec.sig = hmac.new(self.keys[self.current], rec.signing_bytes(), hashlib.sha256).hexdigest()
+        return rec
 
-    def verify(self, cmd: Command) -> str | None:
+    def verify(self, rec: Signable) -> str | None:
         """None when the signature is good, else the reason it is refused."""
-        if not cmd.sig:
-            return "unsigned command"
-        key = self.keys.get(cmd.key_id)
+        if not rec.sig:
+            return f"unsigned {rec.SCHEMA}"
+        key = self.keys.get(rec.key_id)
         if key is None:
-            return f"unknown signing key id '{cmd.key_id}'"
-        want = hmac.new(key, cmd.signing_bytes(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(want, cmd.sig):
+            return f"unknown signing key id '{rec.key_id}'"
+        want = hmac.new(key, rec.signing_bytes(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(want, rec.sig):
             return "bad signature (tampered, or signed with another key)"
         return None
+
+
+def ack_key_path(signing_key_file: str | Path, ack_key_file: str = "") -> Path:
+    """The ack keyring's file: `ack_key_file`, or by default `acks.key` beside the command keyring (so a
+    development setup, and each test session's state directory, gets both without configuring anything)."""
+    return Path(ack_key_file) if ack_key_file else Path(signing_key_file).with_name("acks.key")
 
 
 def load_keyring(path: str | Path, current: str, *, create: bool = False) -> Keyring:
@@ -45,10 +70,7 @@ def load_keyring(path: str | Path, current: str, *, create: bool = False) -> Key
         if not create:
             raise FileNotFoundError(
                 f"signing keyring {p} not found: run `powerplane keys init` or set PP_SIGNING_KEY_FILE")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{current} {secrets.token_hex(32)}\n")
+        _create(p, current)
     keys: dict[str, bytes] = {}
     for n, line in enumerate(p.read_text().splitlines(), 1):
         line = line.strip()
@@ -60,3 +82,30 @@ def load_keyring(path: str | Path, current: str, *, create: bool = False) -> Key
         except (IndexError, ValueError):
             raise ValueError(f"{p}:{n}: expected '<key id> <hex key>'") from None
     return Keyring(keys, current)
+
+
+def _create(p: Path, current: str) -> None:
+    """Write a fresh key to a temporary file and link it into place: processes starting together (fleet,
+    controller, sink) all end up with the one key, and none reads a half-written file."""
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{current} {secrets.token_hex(32)}\n")
+        try:
+            os.link(tmp, p)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ack_refused_event(ack: Ack, reason: str, component: str, now_s: float | None = None) -> Event:
+    """The security event for an acknowledgement that is not believed (unsigned, tampered, unknown key):
+    someone other than an actuator may be writing to pp.acks."""
+    return Event(id=f"security-ack-{secrets.token_hex(8)}", site=ack.site, kind="ack_refused", severity="warning",
+                 state="open", levels=[ack.target] if ack.target else [], ts_s=time.time() if now_s is None else now_s,
+                 deadline_s=None, summary=f"{component} refused ack '{ack.status}' for command {ack.command_id} "
+                                         f"claiming actuator '{ack.actuator}': {reason}",
+                 details={"command_id": ack.command_id, "reason": reason, "component": component})

@@ -37,3 +37,10 @@ def _keyring(cfg: Config, create: bool = True) -> Any:
 
     return load_keyring(cfg.signing_key_file, cfg.signing_key_id, create=create)
 
+
+def _ack_keyring(cfg: Config, create: bool = True) -> Any:
+    """The keyring actuators sign acks with, and the controller and sink verify them with."""
+    from powerplane.signing import ack_key_path, load_keyring
+
+    return load_keyring(ack_key_path(cfg.signing_key_file, cfg.ack_key_file), cfg.ack_key_id, create=create)
+

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ops.cli.common import _keyring, _site, _stop_on_signals, log
+from ops.cli.common import _ack_keyring, _keyring, _site, _stop_on_signals, log
 
 if TYPE_CHECKING:
     from powerplane.config import Config
@@ -38,11 +38,11 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
     source = load_source("sim", {"kind": "sim", "interval_s": cfg.sample_interval_s, "lock": lock},
                          SourceContext(site=site, plant=fleet))
     actuator = load_actuator("twin", {"kind": "twin", "lock": lock, "safe_limit": "max"}, context=fleet)
-    ready = threading.Event()
-    act = threading.Thread(target=actuator_service.run, args=(cfg, site.name, actuator, _keyring(cfg), stop, ready),
-                           name="actuator", daemon=True)
+    # Telemetry does not wait for the actuator to join its group (that can take a session timeout after a
+    # crash): commands sent meanwhile stay in Kafka and are answered from the group's committed offsets.
+    act = threading.Thread(target=actuator_service.run, args=(cfg, site.name, actuator, _keyring(cfg), stop),
+                           kwargs={"ack_keyring": _ack_keyring(cfg)}, name="actuator", daemon=True)
     act.start()
-    ready.wait(30)
     log.info("fleet: %d racks, %d GPUs, publishing every %.1f s%s", site.n_racks, site.n_gpus,
              cfg.sample_interval_s, f"; feed {args.lose_feed} will be lost at t={args.at:.0f} s"
              if args.lose_feed else "")
@@ -118,7 +118,7 @@ def cmd_actuate(args: argparse.Namespace, cfg: Config) -> int:
     except ActuatorConfigError as e:
         raise ValueError(str(e)) from None
     guard = actuator_service.run(cfg, _site(cfg).name, actuator, _keyring(cfg), _stop_on_signals(),
-                                 metrics_port=args.metrics_port)
+                                 metrics_port=args.metrics_port, ack_keyring=_ack_keyring(cfg))
     log.info("actuator %s: %s", name, guard.stats)
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ops.cli.common import _keyring, _site
+from ops.cli.common import _ack_keyring, _keyring, _site
 
 if TYPE_CHECKING:
     from powerplane.config import Config
@@ -72,12 +72,17 @@ def cmd_site(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_keys(args: argparse.Namespace, cfg: Config) -> int:
-    path = Path(cfg.signing_key_file)
-    if path.exists():
-        print(f"{path} already exists; rotate by adding a new '<id> <hex>' line and setting PP_SIGNING_KEY_ID")
-        return 0
-    _keyring(cfg, create=True)
-    print(f"created signing keyring {path} with key id '{cfg.signing_key_id}'")
+    from powerplane.signing import ack_key_path
+
+    for path, what, key_id, var, make in (
+            (Path(cfg.signing_key_file), "command", cfg.signing_key_id, "PP_SIGNING_KEY_ID", _keyring),
+            (ack_key_path(cfg.signing_key_file, cfg.ack_key_file), "ack", cfg.ack_key_id, "PP_ACK_KEY_ID",
+             _ack_keyring)):
+        if path.exists():
+            print(f"{path} already exists; rotate by adding a new '<id> <hex>' line and setting {var}")
+            continue
+        make(cfg, create=True)
+        print(f"created {what} signing keyring {path} with key id '{key_id}'")
     return 0
 
 

@@ -22,9 +22,11 @@ from typing import Any
 from kafka import KafkaConsumer, OffsetAndMetadata
 from kafka.errors import CommitFailedError, RebalanceInProgressError
 
+from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, consumer
-from powerplane.schemas import DeadLetter, Record, SchemaError, decode_any
+from powerplane.schemas import Ack, DeadLetter, Record, SchemaError, decode_any
+from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
 from streams.sinks.base import RetryableSinkError, Sink
 
 log = logging.getLogger("powerplane.sink")
@@ -38,6 +40,7 @@ class SinkStats:
     dead_letters: int = 0
     dropped: int = 0  # records Kafka's retention deleted before the sink wrote them
     uncommitted: int = 0  # batches written whose offsets a group rebalance kept from being committed
+    acks_refused: int = 0  # acks not signed by an actuator key: dead-lettered (counted there too), not stored
     last_error: str = ""
 
 
@@ -68,6 +71,13 @@ def _report_lost(stats: SinkStats, sink: Sink, cons: KafkaConsumer, committed: b
                   "lost (total dropped %d)", sink.name, lost, stats.dropped)
 
 
+def _refuse_ack(stats: SinkStats, producer: Producer, ack: Ack, reason: str) -> None:
+    """An ack no actuator signed is not stored as what happened: it raises a security event."""
+    stats.acks_refused += 1
+    ev = ack_refused_event(ack, reason, "sink")
+    producer.send(topics.EVENTS.name, ev.encode(), key=ev.id.encode())
+
+
 class SinkMetrics:
     """Prometheus collector over a running sink's stats, read at scrape time."""
 
@@ -85,7 +95,8 @@ class SinkMetrics:
                                    ("dropped", "records Kafka's retention deleted before they were written",
                                     st.dropped),
                                    ("uncommitted", "written batches a group rebalance kept from being committed",
-                                    st.uncommitted)):
+                                    st.uncommitted),
+                                   ("acks_refused", "acks not signed by an actuator key", st.acks_refused)):
             c = CounterMetricFamily(f"powerplane_sink_{metric}", doc, labels=["sink"])
             c.add_metric([self.name], float(value))
             yield c
@@ -95,10 +106,14 @@ class SinkMetrics:
 
 
 def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000,
-        backoff_max_s: float = 30.0, group: str | None = None, stats: SinkStats | None = None) -> SinkStats:
+        backoff_max_s: float = 30.0, group: str | None = None, stats: SinkStats | None = None,
+        ack_keyring: Keyring | None = None) -> SinkStats:
     """Consume the sink's topics and write them, committing only what the store took. Pass `stats` to
-    watch it while it runs (the /metrics collector does)."""
+    watch it while it runs (the /metrics collector does). Acks are stored only when an actuator signed
+    them (`ack_keyring`, default the config's, created if missing)."""
     stats = stats if stats is not None else SinkStats()
+    if ack_keyring is None and topics.ACKS.name in sink.topics:
+        ack_keyring = load_keyring(ack_key_path(cfg.signing_key_file, cfg.ack_key_file), cfg.ack_key_id, create=True)
     producer = Producer(cfg.kafka_bootstrap, f"powerplane-sink-{sink.name}")
     dlq = DeadLetters(producer, f"sink-{sink.name}")
     cons = consumer(cfg.kafka_bootstrap, group or f"powerplane-sink-{sink.name}", *sink.topics,
@@ -119,7 +134,13 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
             for tp, msgs in batch.items():
                 for m in msgs:
                     try:
-                        records.append(decode_any(m.value))
+                        rec = decode_any(m.value)
+                        if ack_keyring is not None and isinstance(rec, Ack):
+                            refused = ack_keyring.verify(rec)
+                            if refused is not None:
+                                _refuse_ack(stats, producer, rec, refused)
+                                raise SchemaError(refused)
+                        records.append(rec)
                     except SchemaError as e:
                         stats.dead_letters += 1
                         dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, str(e), m.key, m.value or b""))

@@ -96,7 +96,8 @@ def test_every_mistake_of_file_and_environment_reported_at_once(
                      "uncap_threshold"], ei.value.errors
     msg = str(ei.value)
     assert msg.startswith(f"{f}: 4 error(s)\n")
-    assert "'often'" in msg and "below cap_threshold" in msg and "known: alertmanager_url" in msg
+    assert "'often'" in msg and "below cap_threshold" in msg
+    assert "known: ack_key_file, ack_key_id, alertmanager_url" in msg
     # The CLI prints them all and exits 2 before doing anything.
     for k, v in env.items():
         monkeypatch.setenv(k, v)
