@@ -3,7 +3,7 @@ event-time order, with no broker. `powerplane replay DIR --engine` uses it to an
 policy have done" on a recording.
 
 It composes the stages' pure parts (streams.rollup, streams.site_stage.SiteStage,
-controllers.service.CapController); the stages themselves still never import each other. Time is the
+controllers.controller.CapController); the stages themselves still never import each other. Time is the
 records' event time, so a recorded hour runs in seconds. The loop is open: a recording's plant does not
 react to the commands decided here (a closed-loop what-if runs the digital twin instead).
 """
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from controllers.capping import CapSettings
-from controllers.service import CapController
+from controllers.controller import CapController
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.schemas import (

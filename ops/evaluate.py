@@ -27,7 +27,7 @@ import numpy as np
 from actuators.base import load_actuator
 from actuators.guard import Guard
 from controllers.capping import BREAKER_KINDS, CapSettings
-from controllers.service import CapController
+from controllers.controller import CapController
 from controllers.thermal import ThermalSettings
 from ops.engine import Engine
 from ops.progress import Progress

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from controllers.capping import CapSettings
-from controllers.service import CapController
+from controllers.controller import CapController
 from ops.demo import Services, wait_for_groups
 from ops.engine import Engine
 from powerplane import topics

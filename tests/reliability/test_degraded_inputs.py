@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from controllers.capping import CapSettings
-from controllers.service import CapController
+from controllers.controller import CapController
 from powerplane.refsite import reference_site
 from powerplane.schemas import Command, LevelAggregate, RackSummaryBatch, TelemetryFrame
 from powerplane.signing import Keyring

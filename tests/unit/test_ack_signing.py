@@ -11,7 +11,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from controllers.service import ControllerStats, take_ack
+from controllers.controller import ControllerStats
+from controllers.service import take_ack
 from powerplane.schemas import Ack, Event
 from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
 

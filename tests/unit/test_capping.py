@@ -13,7 +13,7 @@ from actuators.base import load_actuator
 from actuators.guard import Guard
 from collectors.base import SourceContext, load_source
 from controllers.capping import CapSettings, decide_caps
-from controllers.service import CapController
+from controllers.controller import CapController
 from powerplane.schemas import Command, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.site import PRIORITIES, FloatArray, Site

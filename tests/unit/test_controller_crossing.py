@@ -7,7 +7,7 @@ from pathlib import Path
 
 from collectors.base import SourceContext, load_source
 from controllers.capping import CapSettings
-from controllers.service import CapController
+from controllers.controller import CapController
 from powerplane.signing import Keyring
 from powerplane.site_file import load_site
 from sim.fleet import Fleet

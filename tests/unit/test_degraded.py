@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from controllers.capping import CapSettings, brake_levels, tree_of
+from controllers.controller import CapController
 from controllers.degraded import Freshness, behind, evidence_w, fresh, stale_inputs
-from controllers.service import CapController
 from powerplane.schemas import LevelAggregate
 from powerplane.signing import Keyring
 from powerplane.site import Site

@@ -9,7 +9,7 @@ import numpy as np
 
 from collectors.base import SourceContext
 from controllers.capping import CapSettings
-from controllers.service import CapController
+from controllers.controller import CapController
 from ops.cli import main
 from ops.engine import Engine
 from powerplane import topics

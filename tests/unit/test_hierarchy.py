@@ -154,7 +154,7 @@ def test_a_zone_heat_budget_sheds_the_zone_to_it(site: Site) -> None:
 def test_the_controller_sees_an_rpp_over_from_its_pdus_before_the_stage_window(site: Site) -> None:
     """Feed A lost: every B PDU at 36 kW (under its own threshold) reports per frame; the RPP's window still
     says the normal 144 kW. The controller sums the PDUs and sheds for the RPP in the same decision."""
-    from controllers.service import CapController
+    from controllers.controller import CapController
     from powerplane.schemas import LevelAggregate
     from powerplane.signing import Keyring
 

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry, generate_latest
 
 from controllers.capping import CapSettings
-from controllers.service import CapController, ControllerMetrics
+from controllers.controller import CapController
+from controllers.service import ControllerMetrics
 from powerplane.signing import Keyring
 from powerplane.site_file import load_site
 from streams.app import Counters, WorkerMetrics

@@ -65,7 +65,7 @@ def test_decision_routes_away_then_slows_only_low_priority(site: Site) -> None:
 def test_the_controller_acts_on_a_climb_only_once_it_is_sustained(site: Site) -> None:
     """A noisy inlet slope for a few seconds moves nothing; the same climb held for 30 s routes away."""
     from controllers.capping import CapSettings
-    from controllers.service import CapController
+    from controllers.controller import CapController
     from powerplane.schemas import Headroom
     from powerplane.signing import Keyring
 
