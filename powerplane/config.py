@@ -65,6 +65,10 @@ class Config(BaseSettings):
     ack_key_id: str = "a1"
     sample_interval_s: Number = Field(1.0, gt=0)
     command_lease_s: Number = Field(30.0, gt=0)
+    # Telemetry event time against the receiver's clock: a frame further ahead is refused (one future-dated
+    # frame must not move event time), one older than the age bound is a replay or a broken clock.
+    telemetry_max_ahead_s: Number = Field(5.0, gt=0)
+    telemetry_max_age_s: Number = Field(86_400.0, gt=0)
     # Capping thresholds as fractions of a level's derated limit (POLCA-style defaults).
     cap_threshold: Number = Field(0.80, gt=0, le=1.5)
     uncap_threshold: Number = Field(0.75, gt=0)

@@ -28,6 +28,8 @@ U16 = npt.NDArray[np.uint16]
 U32 = npt.NDArray[np.uint32]
 
 T = TypeVar("T", bound="Record")
+TS_RANGE = (0.0, 1e11)  # event times: seconds since the epoch, finite, not before 1970 nor after year 5138
+SEQ_RANGE = (0.0, float(2**63 - 1))
 
 
 class SchemaError(ValueError):
@@ -45,8 +47,11 @@ class Record:
     SCHEMA: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
     KINDS: ClassVar[dict[str, str]] = {}
-    # Inclusive ranges for float arrays and scalars; NaN is allowed (it means "missing").
+    # Inclusive ranges for float arrays, float and int scalars. NaN is allowed in arrays and lists (it means
+    # "missing"); a float scalar must be finite (a missing scalar is None, never NaN).
     RANGES: ClassVar[dict[str, tuple[float, float]]] = {}
+    # Float arrays where NaN is not "missing" but wrong (timestamps, computed loads).
+    FINITE: ClassVar[frozenset[str]] = frozenset()
 
     def ident(self) -> str:
         return self.SCHEMA
@@ -79,7 +84,7 @@ class Record:
         name = d.get("schema")
         if name != cls.SCHEMA:
             raise SchemaError(f"{where}: field 'schema' = {name!r}, expected '{cls.SCHEMA}'")
-        if d.get("v") != cls.VERSION:
+        if type(d.get("v")) is not int or d.get("v") != cls.VERSION:  # True == 1 in Python: a bool is no version
             raise SchemaError(f"{where}: field 'v' = {d.get('v')!r}: unsupported version (this build reads "
                               f"v{cls.VERSION})")
         kw: dict[str, Any] = {}
@@ -91,6 +96,9 @@ class Record:
                     continue
                 raise SchemaError(f"{where}: field '{fname}' missing")
             kw[fname] = _check(where, fname, kind, v, rng)
+            if fname in cls.FINITE and not np.isfinite(kw[fname]).all():
+                i = int(np.flatnonzero(~np.isfinite(kw[fname]))[0])
+                raise SchemaError(f"{where}: field '{fname}'[{i}] = {kw[fname][i]:g} is not a finite number")
         rec = cls(**kw)
         rec.validate(where)
         return rec
@@ -146,12 +154,16 @@ def _check(where: str, name: str, kind: str, v: Any, rng: tuple[float, float] | 
         if isinstance(v, bool) or not isinstance(v, float | int):
             raise SchemaError(f"{where}: field '{name}' must be a float, got {type(v).__name__}")
         fv = float(v)
-        if math.isinf(fv) or (rng is not None and not (rng[0] <= fv <= rng[1])):
-            raise SchemaError(f"{where}: field '{name}' = {fv:g} out of range")
+        if not math.isfinite(fv):  # every consumer would crash or be fooled: a NaN time, an inf load
+            raise SchemaError(f"{where}: field '{name}' = {fv:g} is not a finite number")
+        if rng is not None and not (rng[0] <= fv <= rng[1]):
+            raise SchemaError(f"{where}: field '{name}' = {fv:g} out of range [{rng[0]:g}, {rng[1]:g}]")
         return fv
     if base == "int":
         if isinstance(v, bool) or not isinstance(v, int):
             raise SchemaError(f"{where}: field '{name}' must be an integer, got {type(v).__name__}")
+        if rng is not None and not (rng[0] <= v <= rng[1]):
+            raise SchemaError(f"{where}: field '{name}' = {v} out of range [{rng[0]:g}, {rng[1]:g}]")
         return v
     if base == "str":
         if not isinstance(v, str):
@@ -161,7 +173,10 @@ def _check(where: str, name: str, kind: str, v: Any, rng: tuple[float, float] | 
         if not isinstance(v, list) or not all((isinstance(x, float | int) and not isinstance(x, bool))
                                               or x is None for x in v):
             raise SchemaError(f"{where}: field '{name}' must be a list of floats")
-        return [math.nan if x is None else float(x) for x in v]
+        out = [math.nan if x is None else float(x) for x in v]
+        if any(math.isinf(x) for x in out):  # NaN is a missing reading; inf is no reading at all
+            raise SchemaError(f"{where}: field '{name}' = {out} holds an infinite value")
+        return out
     if base == "strlist":
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise SchemaError(f"{where}: field '{name}' must be a list of strings")
@@ -195,7 +210,7 @@ class TelemetryFrame(Record):
     }
     RANGES: ClassVar[dict[str, tuple[float, float]]] = {
         "power_w": (0.0, 5000.0), "temp_c": (-40.0, 150.0), "sm_clock_mhz": (0.0, 10000.0),
-        "limit_w": (0.0, 5000.0), "util": (0.0, 1.0), "ts_s": (0.0, 1e11), "interval_s": (1e-3, 3600.0),
+        "limit_w": (0.0, 5000.0), "util": (0.0, 1.0), "ts_s": TS_RANGE, "interval_s": (1e-3, 3600.0), "seq": SEQ_RANGE,
         "mem_clock_mhz": (0.0, 20000.0), "energy_j": (0.0, 1e15), "server_power_w": (0.0, 100000.0),
         "pdu_phase_current_a": (0.0, 10000.0), "pdu_bank_current_a": (0.0, 10000.0),
         "pdu_outlet_power_w": (0.0, 100000.0),
@@ -266,6 +281,7 @@ class LevelAggregate(Record):
         "gap_w": "float?", "racks_stale": "int?", "age_s": "float?", "gpu_temp_max_c": "float?",
         "gpus_throttled": "int?",
     }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"ts_s": TS_RANGE, "window_s": (0.0, 1e6)}
     site: str
     level: str
     kind: str
@@ -306,6 +322,7 @@ class RackSummary(Record):
         "power_w": "float", "pdu_power_w": "f64list", "mode": "str", "gpus_expected": "int",
         "gpus_reporting": "int", "gpus_throttled": "int", "inlet_c": "float?", "gpu_temp_max_c": "float?",
     }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"ts_s": TS_RANGE, "seq": SEQ_RANGE}
     site: str
     rack: str
     ts_s: float
@@ -339,6 +356,8 @@ class RackSummaryBatch(Record):
         "pdu_b_w": "f64[]", "gpus_expected": "u32[]", "gpus_reporting": "u32[]", "gpus_throttled": "u32[]",
         "inlet_c": "f64[]", "gpu_temp_max_c": "f64[]",
     }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"ts_s": TS_RANGE}
+    FINITE: ClassVar[frozenset[str]] = frozenset({"ts_s", "power_w"})
     site: str
     racks: list[str]
     ts_s: F64
@@ -394,6 +413,7 @@ class Headroom(Record):
         "inlet_c": "float?", "inlet_limit_c": "float?", "forecast_inlet_c": "float?",
         "thermal_headroom_c": "float?", "time_to_limit_s": "float?",
     }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"ts_s": TS_RANGE}
     site: str
     level: str
     kind: str
@@ -428,6 +448,7 @@ class Event(Record):
         "id": "str", "site": "str", "kind": "str", "severity": "str", "state": "str", "levels": "strlist",
         "ts_s": "float", "deadline_s": "float?", "summary": "str", "opened_s": "float?", "details": "map?",
     }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"ts_s": TS_RANGE, "opened_s": TS_RANGE}
     SEVERITIES: ClassVar[tuple[str, ...]] = ("info", "warning", "critical")
     id: str  # one occurrence: the same id on its open, its updates and its resolution
     site: str
@@ -463,7 +484,8 @@ class Command(Record):
         "params": "map", "reason": "str", "issuer": "str", "issued_at_s": "float", "lease_s": "float",
         "key_id": "str", "sig": "str",
     }
-    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"values": (0.0, 1e5), "lease_s": (0.1, 86400.0)}
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"values": (0.0, 1e5), "lease_s": (0.1, 86400.0),
+                                                        "issued_at_s": TS_RANGE}
     id: str
     site: str
     target: str  # rack id
@@ -506,6 +528,7 @@ class Ack(Record):
         "command_id": "str", "site": "str", "target": "str", "status": "str", "gpus": "u16[]",
         "applied": "f32[]", "reason": "str", "actuator": "str", "ts_s": "float", "key_id": "str?", "sig": "str?",
     }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"ts_s": TS_RANGE}
     command_id: str
     site: str
     target: str

@@ -26,6 +26,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from powerplane import topics
 from powerplane.config import Config
+from powerplane.plausibility import FrameChecker, Implausible, PlausibilityCounts, PlausibilitySettings
 from powerplane.schemas import DeadLetter, LevelAggregate, RackSummary, RackSummaryBatch, SchemaError, TelemetryFrame
 from powerplane.site import Site
 from streams.rollup import Limits, UnknownRack, frame_outputs
@@ -97,6 +98,7 @@ class Counters:
         self.checkpoints = 0
         self.resumed = False  # the site stage started from a checkpoint
         self.publish_delay_s = 0.0  # wall clock minus the end of the newest window published (live lag)
+        self.plausibility = PlausibilityCounts()  # frames refused, duplicates, seq gaps, readings marked
 
 
 class WorkerMetrics:
@@ -121,7 +123,13 @@ class WorkerMetrics:
                 ("late_frames", "frames that arrived after their window closed (counted, not lost)",
                  tree.late_frames),
                 ("dropped_windows", "windows skipped after a clock jump or a long silence", tree.dropped_windows),
-                ("checkpoints", "site-stage checkpoints written to the changelog", c.checkpoints)):
+                ("checkpoints", "site-stage checkpoints written to the changelog", c.checkpoints),
+                ("refused_frames", "frames refused as implausible (dead-lettered)",
+                 sum(c.plausibility.refused.values())),
+                ("duplicate_frames", "frames dropped: their source had sent that seq", c.plausibility.duplicates),
+                ("seq_gaps", "frames missing between consecutive seqs of a source", c.plausibility.seq_gaps),
+                ("marked_readings", "readings marked invalid (a jump no breaker allows, a stuck meter)",
+                 sum(c.plausibility.marked.values()))):
             yield CounterMetricFamily(f"powerplane_streams_{name}", doc, value=float(value))
         yield GaugeMetricFamily("powerplane_streams_open_emergencies", "emergencies open now",
                                 value=float(len(self.stage.detector.open)))
@@ -162,7 +170,8 @@ class StreamsWorker:
 
     def __init__(self, cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
                  settings: SiteStageSettings | None = None, checkpoint_s: float = 5.0,
-                 idle_close: bool = True, from_beginning: bool = False) -> None:
+                 idle_close: bool = True, from_beginning: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         self.app = app = _faust_app(cfg, app_id, from_beginning)
         self.app_id = app_id
         self.site = site
@@ -171,6 +180,11 @@ class StreamsWorker:
         self.idle_close = idle_close
         self.counters = Counters()
         self.limits = Limits(site)
+        self.clock = clock  # the receiver's clock a frame's event time is checked against
+        self.checker = FrameChecker(site, PlausibilitySettings(max_ahead_s=cfg.telemetry_max_ahead_s,
+                                                               max_age_s=cfg.telemetry_max_age_s))
+        self.counters.plausibility = self.checker.counts
+        self.last_mark_log_s = 0.0
         self.stage = SiteStage(site, settings or SiteStageSettings())
         self.telemetry = app.topic(topics.TELEMETRY.name, key_type=bytes, value_type=bytes, internal=False)
         self.racks = app.topic(topics.RACKS.name, key_type=bytes, value_type=bytes, internal=False)
@@ -237,13 +251,25 @@ class StreamsWorker:
 
     async def report(self) -> None:
         c = self.counters
+        p = c.plausibility
         log.info("frames=%d summaries=%d windows=%d aggregates=%d headroom=%d events=%d late=%d dead_letters=%d "
-                 "checkpoints=%d", c.frames, c.summaries, c.windows, c.aggregates, c.headroom, c.events,
-                 self.stage.tree.late_frames, c.dead_letters, c.checkpoints)
+                 "checkpoints=%d refused=%d duplicates=%d seq_gaps=%d marked=%d", c.frames, c.summaries, c.windows,
+                 c.aggregates, c.headroom, c.events, self.stage.tree.late_frames, c.dead_letters, c.checkpoints,
+                 sum(p.refused.values()), p.duplicates, p.seq_gaps, sum(p.marked.values()))
 
     # ---- one record --------------------------------------------------------------------------------
-    def _roll_up(self, value: bytes) -> tuple[list[LevelAggregate], RackSummary]:
-        return frame_outputs(self.site, self.limits, TelemetryFrame.decode(value))
+    def _roll_up(self, value: bytes) -> tuple[list[LevelAggregate], RackSummary] | None:
+        """Decode, check against the site and the clock, roll up; None for a duplicate (counted)."""
+        now = self.clock()
+        v = self.checker.check(TelemetryFrame.decode(value), now)
+        if v.frame is None:
+            if v.dropped:
+                return None
+            raise Implausible(v.reason)
+        if v.marks and now - self.last_mark_log_s >= 1.0:  # at most a line a second: counted on /metrics
+            self.last_mark_log_s = now
+            log.warning("%s (%d reading(s) marked so far)", v.marks[0], sum(self.checker.counts.marked.values()))
+        return frame_outputs(self.site, self.limits, v.frame)
 
     def _take_summaries(self, value: bytes) -> tuple[RackSummaryBatch, StageOutput]:
         rb = RackSummaryBatch.decode(value)

@@ -105,6 +105,32 @@ class SinkMetrics:
         yield up
 
 
+def _dead_letter(stats: SinkStats, dlq: DeadLetters, tp: Any, m: Any, reason: str) -> None:
+    stats.dead_letters += 1
+    dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, reason, m.key, m.value or b""))
+
+
+def write_batch(sink: Sink, items: list[tuple[Record, Any, Any]], stats: SinkStats, dlq: DeadLetters) -> None:
+    """Write (record, partition, message) items. A record the sink cannot write for a reason other than the
+    store being away (RetryableSinkError, raised to the caller) is dead-lettered on its own and the rest are
+    written: one bad record must not stop the sink, nor stop it again on every restart."""
+    try:
+        stats.written += sink.write([r for r, _, _ in items])
+        return
+    except RetryableSinkError:
+        raise
+    except Exception as e:
+        log.warning("sink %s: a batch of %d record(s) failed (%s: %s); writing them one by one", sink.name,
+                    len(items), type(e).__name__, e)
+    for rec, tp, m in items:
+        try:
+            stats.written += sink.write([rec])
+        except RetryableSinkError:
+            raise
+        except Exception as e:
+            _dead_letter(stats, dlq, tp, m, f"sink {sink.name} cannot write {rec.SCHEMA}: {type(e).__name__}: {e}")
+
+
 def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000,
         backoff_max_s: float = 30.0, group: str | None = None, stats: SinkStats | None = None,
         ack_keyring: Keyring | None = None) -> SinkStats:
@@ -129,26 +155,25 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
                 _report_lost(stats, sink, cons, committed=True)
             if not batch:
                 continue
-            records: list[Record] = []
+            records: list[tuple[Record, Any, Any]] = []
             offsets: dict[object, OffsetAndMetadata] = {}
             for tp, msgs in batch.items():
                 for m in msgs:
-                    try:
+                    try:  # decode refuses what no consumer can take (a NaN time, an inf load): dead-lettered
                         rec = decode_any(m.value)
                         if ack_keyring is not None and isinstance(rec, Ack):
                             refused = ack_keyring.verify(rec)
                             if refused is not None:
                                 _refuse_ack(stats, producer, rec, refused)
                                 raise SchemaError(refused)
-                        records.append(rec)
+                        records.append((rec, tp, m))
                     except SchemaError as e:
-                        stats.dead_letters += 1
-                        dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, str(e), m.key, m.value or b""))
+                        _dead_letter(stats, dlq, tp, m, str(e))
                 offsets[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
             delay = 0.5
             while True:
                 try:
-                    stats.written += sink.write(records)
+                    write_batch(sink, records, stats, dlq)
                     stats.batches += 1
                     break
                 except RetryableSinkError as e:

@@ -100,7 +100,7 @@ def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_pa
     path, site = site_copy(tmp_path, "lab-emergencies")
     c = cfg.model_copy(update={"site_file": str(path)})
     svc = Services(c, tmp_path / "logs")
-    epoch = float(int(time.time()))
+    epoch = float(int(time.time())) - 300  # 8x real time from the past: never ahead of the worker's clock
     plant = Plant(c, site, epoch)
     port = free_port()
     # Start where a deployed worker would stand: not behind what the earlier tests' fleets left on the shared
@@ -179,7 +179,7 @@ def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_pa
 def test_a_killed_worker_is_replaced_without_paging_again(cfg: Config, tmp_path: Path) -> None:
     path, site = site_copy(tmp_path, "lab-restart")
     c = cfg.model_copy(update={"site_file": str(path)})
-    epoch = float(int(time.time()))
+    epoch = float(int(time.time())) - 300  # 8x real time from the past: never ahead of the worker's clock
     plant = Plant(c, site, epoch)
     first_svc = Services(c, tmp_path / "logs-1")
     second = Services(c, tmp_path / "logs-2")
