@@ -10,8 +10,8 @@ per source (pp.telemetry partition), so a partition the worker has not caught up
 never more than the lateness bound behind the head (the k-th newest rack time: one future-dated frame moves
 nothing), and the backlog bound while the worker says it has a backlog. A window closes once the watermark
 passes its end (or, when no data arrives at all and the input has no backlog, once the clock does: `advance`).
-A frame further ahead than `max_skew_s` of the receiver's clock (or `max_future_s` of the head, without a
-clock) is refused and counted (`future_frames`). A frame for a closed window is late when it is newer than its
+A frame further ahead than `max_future_s` of the head (or, when set, `max_skew_s` of the receiver's clock) is
+refused and counted (`future_frames`). A frame for a closed window is late when it is newer than its
 rack's newest frame (a redelivery, e.g. after a restart, is counted in `repeated_frames` instead): it is counted
 and still refreshes the rack's last known reading (so it is not lost), but closed windows are not re-opened.
 
@@ -58,7 +58,10 @@ class TreeSettings:
     # While the worker has a backlog (catch-up, after a restart or a broker outage) a lagging partition is
     # waited for up to this far behind the head: it is behind, not silent.
     backlog_lateness_s: float = 60.0
-    max_skew_s: float = 5.0  # a frame further ahead of the receiver's clock is refused (future_frames)
+    # A frame further ahead of the receiver's clock than this is refused (future_frames). None: no clock check
+    # here (the default: the decode-time checks own the clock skew, and the twin runs faster than real time in
+    # tests); the head check below always applies.
+    max_skew_s: float | None = None
     max_future_s: float = 300.0  # without a clock: a frame further ahead of the head is refused
     estimate_margin: float = 0.1  # a stale rack's margin: at least this share of its last reading
     estimate_ramp_s: float = 60.0  # the margin grows over this much age past stale_after_s
@@ -248,6 +251,8 @@ class TreeWindows:
         self.dropped_windows = 0  # windows forced closed by the bound on open windows
         self.wall_s: float | None = None  # the receiver's clock at the latest call, when the caller has one
         self.backlog = False  # the caller's word at the latest call: its input has records not yet read
+        self.resumed = False  # state loaded from a checkpoint, no frame taken since
+        self.resume_skipped = 0  # windows the predecessor had published after its last checkpoint
         self._limits_cache: dict[bytes, tuple[FloatArray, FloatArray]] = {}
 
     @property
@@ -299,6 +304,8 @@ class TreeWindows:
         use = reading & ~closed
         latest = np.column_stack([a, bb, b.inlet_c[order], b.gpu_temp_max_c[order],
                                   b.gpus_throttled[order].astype(np.float64), reporting.astype(np.float64)])
+        if self.resumed and use.any():
+            self._skip_published(int(k[use].min()))
         self._into_windows(k, use, r, ts, power, latest)
         if (~closed).any():
             self.max_ts_s = max(self.max_ts_s, float(ts[~closed].max()))
@@ -315,8 +322,8 @@ class TreeWindows:
         newest = self.last_frame_ts_s.copy()
         np.fmax.at(newest, r, ts)
         limit = head_s(newest) + st.max_future_s
-        if wall_s is not None:
-            limit = min(limit, wall_s + st.max_skew_s) if math.isfinite(limit) else wall_s + st.max_skew_s
+        if wall_s is not None and st.max_skew_s is not None:
+            limit = min(limit, wall_s + st.max_skew_s)
         ok: BoolArray = ~(ts > limit)
         self.future_frames += int((~ok).sum())
         return ok
@@ -359,6 +366,18 @@ class TreeWindows:
                 pick = j[::-1][first]
                 w.latest[r[pick]] = latest[pick]
                 w.latest_ts_s[r[pick]] = ts[pick]
+
+    def _skip_published(self, first_k: int) -> None:
+        """After a resume: the windows between the checkpoint and the first frame read now were closed and
+        published by the worker before (it commits its input offsets only after publishing). Re-closing them
+        from the checkpoint would publish every rack stale, and page telemetry loss, for data that was fine."""
+        self.resumed = False
+        if self.closed_through is None or first_k <= self.closed_through + 1:
+            return
+        for kk in [kk for kk in self.windows if kk < first_k]:
+            del self.windows[kk]
+        self.resume_skipped += first_k - 1 - self.closed_through
+        self.closed_through = first_k - 1
 
     def _watermark(self) -> float:
         """Event time up to which the windows are complete (see the module docstring)."""
@@ -593,6 +612,7 @@ class TreeWindows:
         self.dropped_windows = int(state["dropped_windows"])
         self.repeated_frames = int(state.get("repeated_frames", 0))
         self.future_frames = int(state.get("future_frames", 0))
+        self.resumed = True
 
 
 _STATE_ARRAYS = ("last_ts_s", "last_frame_ts_s", "last_power_w", "peak_w", "last_meter_w", "last_inlet_c",

@@ -38,7 +38,7 @@ def test_the_head_ignores_the_newest_rack() -> None:
 
 def test_one_future_dated_frame_moves_no_watermark_and_makes_nothing_late() -> None:
     for clock in (True, False):  # the worker has the wall clock; the in-process engine has none
-        tw = TreeWindows(SITE)
+        tw = TreeWindows(SITE, TreeSettings(max_skew_s=5.0))
         closed: list[Snapshot] = []
         for k in range(1, 11):
             closed += second(tw, T0 + k, range(N), T0 + k + 0.5 if clock else None)
@@ -50,8 +50,9 @@ def test_one_future_dated_frame_moves_no_watermark_and_makes_nothing_late() -> N
         assert ends == [T0 + k for k in range(1, 46)], "every second closes once, in order, on time"
         assert tw.late_frames == 0
         assert all(s.rack_age_s.max() == 0.0 for s in closed), "no rack looks silent"
+        assert tw.future_frames == 1  # refused (against the clock, else against the head), and counted
+        assert tw.last_frame_ts_s[3] == T0 + 45  # rack 3 is not stuck an hour ahead
         if clock:
-            assert tw.future_frames == 1  # refused against the receiver's clock, and counted
             assert closed[-1].lag_s == 0.5
 
 
@@ -132,3 +133,19 @@ def test_a_rack_never_heard_from_counts_like_the_busiest_others_not_at_its_ratin
     lv0 = SITE.rack_level[0]
     per_rated = 40_000.0 / SITE.level_rated_w[SITE.rack_level[1]]
     assert math.isclose(closed[-1].load_w[lv0], per_rated * SITE.level_rated_w[lv0])
+
+
+def test_a_resumed_worker_does_not_republish_what_its_predecessor_published_as_stale() -> None:
+    first = TreeWindows(SITE)
+    for t in range(1, 6):
+        second(first, T0 + t, range(N))
+    saved = first.state()  # the last checkpoint: windows through T0 + 5 closed
+    for t in range(6, 12):
+        second(first, T0 + t, range(N))  # published, offsets committed, then the worker dies
+    heir = TreeWindows(SITE)
+    heir.load_state(saved)
+    closed: list[Snapshot] = []
+    for t in range(12, 20):
+        closed += second(heir, T0 + t, range(N))
+    assert closed[0].ts_s == T0 + 12 and all(s.rack_age_s.max() == 0.0 for s in closed)
+    assert heir.resume_skipped == 6 and heir.late_frames == 0  # T0 + 6 .. T0 + 11
