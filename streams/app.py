@@ -103,6 +103,7 @@ class BrokerOutage:
     client's loggers; `over()` is called by a timer once fetches are answered again."""
 
     since_mono: float | None = None
+    since_wall_s: float = 0.0
     held: int = 0
     outages: int = 0
 
@@ -111,12 +112,14 @@ class BrokerOutage:
             return True
         if self.since_mono is None:
             self.since_mono = time.monotonic()  # the first error of an outage goes through: it names the broker
+            self.since_wall_s = time.time()
             return True
         self.held += 1
         return False
 
-    def over(self) -> None:
-        if self.since_mono is None:
+    def over(self, fetched_s: float) -> None:
+        """The broker answered a fetch at `fetched_s` (wall clock): the outage is over if that came after it began."""
+        if self.since_mono is None or fetched_s <= self.since_wall_s:
             return
         self.outages += 1
         log.warning("Kafka broker reachable again after %.0f s: %d client warnings and errors held back "
@@ -223,6 +226,7 @@ class StreamsWorker:
         self.stage = SiteStage(site, settings or SiteStageSettings(), rack_source=telemetry_partitions(site))
         self.read_to: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset of the last record taken
         self.outage = BrokerOutage()
+        self.last_fetch_s = 0.0  # wall clock of the newest fetch answered on an input partition
         for name in _CLIENT_LOGGERS:
             logging.getLogger(name).addFilter(self.outage)
         self.telemetry = app.topic(topics.TELEMETRY.name, key_type=bytes, value_type=bytes, internal=False)
@@ -286,7 +290,7 @@ class StreamsWorker:
         tree = self.stage.tree
         backlog = self.input_backlog()
         if not backlog:
-            self.outage.over()
+            self.outage.over(self.last_fetch_s)
         if not self.idle_close or not self.last_record_mono or tree.max_ts_s == float("-inf") or backlog:
             return
         idle = time.monotonic() - self.last_record_mono
@@ -309,6 +313,7 @@ class StreamsWorker:
             now_ms = time.time() * 1000.0
             for tp in parts:
                 st = assignment.state_value(tp)
+                self.last_fetch_s = max(self.last_fetch_s, (st.timestamp or 0) / 1000.0)
                 if st.timestamp is None or st.highwater is None or now_ms - st.timestamp > FRESH_FETCH_S * 1000:
                     return True
                 taken = self.read_to.get((tp.topic, tp.partition))

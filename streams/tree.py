@@ -8,7 +8,8 @@ Time: a window k covers event time (k*W, (k+1)*W]; a frame's time is the end of 
 The watermark (streams.watermark) is the oldest newest-frame time over the racks that are reporting, judged
 per source (pp.telemetry partition), so a partition the worker has not caught up on is "behind", not "silent";
 never more than the lateness bound behind the head (the k-th newest rack time: one future-dated frame moves
-nothing), and the backlog bound while the worker says it has a backlog. A window closes once the watermark
+nothing), and the backlog bound while the worker is behind: it says it has a backlog, or the head lags its
+clock by more than `behind_after_s`. A window closes once the watermark
 passes its end (or, when no data arrives at all and the input has no backlog, once the clock does: `advance`).
 A frame further ahead than `max_future_s` of the head (or, when set, `max_skew_s` of the receiver's clock) is
 refused and counted (`future_frames`). A frame for a closed window is late when it is newer than its
@@ -58,6 +59,9 @@ class TreeSettings:
     # While the worker has a backlog (catch-up, after a restart or a broker outage) a lagging partition is
     # waited for up to this far behind the head: it is behind, not silent.
     backlog_lateness_s: float = 60.0
+    # Behind also when the head lags the receiver's clock by more than this: the input is old news (a fleet
+    # replaying its spool after a broker outage), so a source lagging the head is in transit, not silent.
+    behind_after_s: float = 10.0
     # A frame further ahead of the receiver's clock than this is refused (future_frames). None: no clock check
     # here (the default: the decode-time checks own the clock skew, and the twin runs faster than real time in
     # tests); the head check below always applies.
@@ -369,9 +373,12 @@ class TreeWindows:
 
     def _skip_published(self, first_k: int) -> None:
         """After a resume: the windows between the checkpoint and the first frame read now were closed and
-        published by the worker before (it commits its input offsets only after publishing). Re-closing them
-        from the checkpoint would publish every rack stale, and page telemetry loss, for data that was fine."""
+        published by the worker before (it commits its input offsets only after taking them), all but the one
+        just before that frame, which it may have held open when it stopped: that one is closed again. Re-closing
+        the others from the checkpoint would publish every rack stale, and page telemetry loss, for data that
+        was fine."""
         self.resumed = False
+        first_k -= 1  # the predecessor's possibly open window
         if self.closed_through is None or first_k <= self.closed_through + 1:
             return
         for kk in [kk for kk in self.windows if kk < first_k]:
@@ -383,6 +390,8 @@ class TreeWindows:
         """Event time up to which the windows are complete (see the module docstring)."""
         st = self.settings
         head = self.head_s
+        if self.wall_s is not None and self.wall_s - head > st.behind_after_s:
+            self.backlog = True
         starting = head - self.first_ts_s < st.stale_after_s
         complete = completeness_s(self.last_frame_ts_s, self.rack_source, self.n_sources, head, st.stale_after_s,
                                   self.backlog, starting)
