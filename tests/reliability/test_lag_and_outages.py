@@ -36,6 +36,17 @@ def _site_windows(c: Config, site: str, start: dict[int, int]) -> list[float]:
     return sorted({a.ts_s for a in decoded(c, topics.AGGREGATES.name, LevelAggregate, site, start) if a.kind == "site"})
 
 
+def _assert_lag_is_carried(c: Config, site: str, start: dict[int, int], t_from: float, t_to: float) -> None:
+    """The windows closed from the backlog say how old they were when published (the controller holds on
+    them); those published live say they are fresh."""
+    aggs = [a for a in decoded(c, topics.AGGREGATES.name, LevelAggregate, site, start) if a.kind == "site"]
+    backlog = [a for a in aggs if t_from + 2 <= a.ts_s <= t_to - 5]
+    assert backlog and all(a.lag_s is not None and a.lag_s >= 4.0 for a in backlog), \
+        [(a.ts_s, a.lag_s) for a in backlog][:5]
+    live = [a for a in aggs if a.ts_s < t_from - 2]
+    assert live and all(a.lag_s is not None and a.lag_s < 4.0 for a in live), [(a.ts_s, a.lag_s) for a in live][:5]
+
+
 def _run_fleet(c: Config, tmp: Path, name: str, stop: threading.Event) -> threading.Thread:
     """The simulated fleet through the real collector service (spooling to disk while Kafka is away)."""
     from powerplane.site_file import load_site
@@ -96,6 +107,7 @@ def test_a_worker_down_20s_while_telemetry_flows_loses_no_window_and_pages_no_lo
     fleet.join(30)
     assert ts and ts[-1] >= t_end, f"the restarted worker did not catch up: last window {ts[-1:]}, want {t_end:.0f}"
     _assert_no_gap(ts, t_down - 5.0, t_end)
+    _assert_lag_is_carried(c, site.name, start[topics.AGGREGATES.name], t_down, t_down + DOWN_S)
     loss = [e for e in decoded(c, topics.EVENTS.name, Event, site.name, start[topics.EVENTS.name])
             if e.kind == "telemetry_loss" and e.state == "open"]
     assert not loss, [e.summary for e in loss][:5]
@@ -129,6 +141,7 @@ def test_a_broker_outage_while_the_fleet_spools_loses_no_window(cfg: Config, tmp
     fleet.join(30)
     assert ts and ts[-1] >= t_end, f"no windows after the outage: last {ts[-1:]}, want {t_end:.0f}"
     _assert_no_gap(ts, t_out - 3.0, t_end)  # finding 7: 22 windows dropped (a 23 s gap in the site series)
+    _assert_lag_is_carried(c, site.name, start, t_out, t_out + DOWN_S)
     loss = [e for e in decoded(c, topics.EVENTS.name, Event, site.name, ev_start)
             if e.kind == "telemetry_loss" and e.state == "open"]
     assert not loss, [e.summary for e in loss][:5]
