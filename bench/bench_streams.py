@@ -154,7 +154,8 @@ def main() -> int:
         else:
             # ---- 2. the streams worker at its maximum rate ----------------------------------------------
             t_start = time.perf_counter()
-            worker = start_worker("--from-beginning")
+            mport = free_port()
+            worker = start_worker("--from-beginning", "--metrics-port", str(mport))
             admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
             cons = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap)
             t_first = cpu_first = None
@@ -171,6 +172,14 @@ def main() -> int:
                     break
                 time.sleep(1.0)
             t_end, cpu_end = time.perf_counter(), cpu_s(worker.pid)
+            time.sleep(3.0)  # the last windows close
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as resp:
+                m = {ln.split()[0]: ln.split()[1] for ln in resp.read().decode().splitlines()
+                     if ln.startswith("powerplane_streams_") and "_created" not in ln}
+            print("worker counters: " + ", ".join(f"{k.removeprefix('powerplane_streams_')}={v}" for k, v in
+                                                  m.items() if any(x in k for x in ("late", "windows", "frames"))))
             admin.close()
             cons.close()
             assert t_first is not None and cpu_first is not None

@@ -279,7 +279,7 @@ class LevelAggregate(Record):
         "power_w": "float", "limit_w": "float", "rated_w": "float", "mode": "str",
         "gpus_expected": "int", "gpus_reporting": "int", "inlet_c": "float?", "metered_w": "float?",
         "gap_w": "float?", "racks_stale": "int?", "age_s": "float?", "gpu_temp_max_c": "float?",
-        "gpus_throttled": "int?",
+        "gpus_throttled": "int?", "lag_s": "float?",
     }
     RANGES: ClassVar[dict[str, tuple[float, float]]] = {"ts_s": TS_RANGE, "window_s": (0.0, 1e6)}
     site: str
@@ -300,6 +300,9 @@ class LevelAggregate(Record):
     age_s: float | None = None  # age of the oldest reading used (0 when every rack reported in the window)
     gpu_temp_max_c: float | None = None
     gpus_throttled: int | None = None  # GPUs reporting a thermal or power slowdown reason
+    # Upper levels: wall clock minus the window's end when the worker closed it. Large: the worker is behind
+    # (backlog, outage) and this record is old news; a silent rack shows in racks_stale / age_s instead.
+    lag_s: float | None = None
 
     @classmethod
     def key_field(cls) -> str:
@@ -411,7 +414,7 @@ class Headroom(Record):
         "power_w": "float", "limit_w": "float", "forecast_p50_w": "float", "forecast_p99_w": "float",
         "headroom_w": "float", "plan_horizon_s": "float?", "plan_p99_w": "float?",
         "inlet_c": "float?", "inlet_limit_c": "float?", "forecast_inlet_c": "float?",
-        "thermal_headroom_c": "float?", "time_to_limit_s": "float?",
+        "thermal_headroom_c": "float?", "time_to_limit_s": "float?", "lag_s": "float?",
     }
     RANGES: ClassVar[dict[str, tuple[float, float]]] = {"ts_s": TS_RANGE}
     site: str
@@ -432,6 +435,7 @@ class Headroom(Record):
     forecast_inlet_c: float | None = None
     thermal_headroom_c: float | None = None  # inlet_limit_c - forecast_inlet_c
     time_to_limit_s: float | None = None  # at the current inlet slope; None when flat or falling
+    lag_s: float | None = None  # wall clock minus ts_s when the worker closed the window (see LevelAggregate)
 
     @classmethod
     def key_field(cls) -> str:

@@ -9,6 +9,13 @@
    compacted changelog topic, so a worker that replaces a dead one resumes windows, forecasts, breaker heat
    and open emergencies instead of re-paging.
 
+Lag: the site stage is told the wall clock and whether the worker has a backlog (records on its input partitions
+not read yet, or no fetch answered lately: a broker it cannot reach, so it cannot tell). During a backlog a lagging
+partition is behind, not silent, and the idle-close timer closes nothing: frames that arrive late in wall time
+but in event-time order (a restart, a broker outage) still find their windows open. Every output carries its
+`lag_s`. A broker outage is logged once when it starts (the client's first error) and once when it ends, with
+how many client errors were held back, instead of thousands of "Unable connect" lines.
+
 Bad records go to the dead-letter topic with the reason. An exception that escapes a faust agent silently
 stops it, so every record is processed inside a guard that dead-letters what fails and keeps consuming.
 """
@@ -18,9 +25,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import faust
+import numpy as np
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -28,12 +38,15 @@ from powerplane import topics
 from powerplane.config import Config
 from powerplane.plausibility import FrameChecker, Implausible, PlausibilityCounts, PlausibilitySettings
 from powerplane.schemas import DeadLetter, LevelAggregate, RackSummary, RackSummaryBatch, SchemaError, TelemetryFrame
-from powerplane.site import Site
+from powerplane.site import IntArray, Site
 from streams.rollup import Limits, UnknownRack, frame_outputs
 from streams.site_stage import SiteStage, SiteStageSettings, StageOutput
 
 log = logging.getLogger("powerplane.streams")
 T = TypeVar("T")
+FRESH_FETCH_S = 5.0  # an input partition with no fetch answered for this long: the broker may be gone
+_CLIENT_LOGGERS = ("aiokafka", "aiokafka.client", "aiokafka.conn", "aiokafka.consumer.fetcher",
+                   "aiokafka.consumer.group_coordinator", "aiokafka.producer.sender", "aiokafka.producer.producer")
 
 
 # faust only turns on producer idempotence inside transactions; we want it on every send
@@ -82,6 +95,45 @@ class KeyedBatches:
             if n:
                 await producer.send_batch(batch, topic, partition=p)
         self.sent += len(items)
+
+
+@dataclass
+class BrokerOutage:
+    """Holds back the Kafka client's warnings while the broker cannot be reached (the client repeats them
+    several times a second per connection) and says it once at the end, with counts. A logging filter on the
+    client's loggers; `over()` is called by a timer once fetches are answered again."""
+
+    since_mono: float | None = None
+    since_wall_s: float = 0.0
+    held: int = 0
+    outages: int = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        if self.since_mono is None:
+            self.since_mono = time.monotonic()  # the first error of an outage goes through: it names the broker
+            self.since_wall_s = time.time()
+            return True
+        self.held += 1
+        return False
+
+    def over(self, fetched_s: float) -> None:
+        """The broker answered a fetch at `fetched_s` (wall clock): the outage is over if that came after it began."""
+        if self.since_mono is None or fetched_s <= self.since_wall_s:
+            return
+        self.outages += 1
+        log.warning("Kafka broker reachable again after %.0f s: %d client warnings and errors held back "
+                    "(outage %d)", time.monotonic() - self.since_mono, self.held, self.outages)
+        self.since_mono, self.held = None, 0
+
+
+def telemetry_partitions(site: Site) -> IntArray:
+    """Each rack's pp.telemetry partition (frames are keyed by rack id; the Java client's murmur2 hash, which
+    every producer here uses): the sources of the site stage's watermark."""
+    parts = list(range(topics.TELEMETRY.partitions))
+    hash_ = DefaultPartitioner()
+    return np.array([hash_(r.encode(), parts, parts) for r in site.rack_ids], dtype=np.int64)
 
 
 class Counters:
@@ -185,7 +237,12 @@ class StreamsWorker:
                                                                max_age_s=cfg.telemetry_max_age_s))
         self.counters.plausibility = self.checker.counts
         self.last_mark_log_s = 0.0
-        self.stage = SiteStage(site, settings or SiteStageSettings())
+        self.stage = SiteStage(site, settings or SiteStageSettings(), rack_source=telemetry_partitions(site))
+        self.read_to: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset of the last record taken
+        self.outage = BrokerOutage()
+        self.last_fetch_s = 0.0  # wall clock of the newest fetch answered on an input partition
+        for name in _CLIENT_LOGGERS:
+            logging.getLogger(name).addFilter(self.outage)
         self.telemetry = app.topic(topics.TELEMETRY.name, key_type=bytes, value_type=bytes, internal=False)
         self.racks = app.topic(topics.RACKS.name, key_type=bytes, value_type=bytes, internal=False)
         self.events = app.topic(topics.EVENTS.name, key_type=bytes, value_type=bytes, internal=False)
@@ -209,6 +266,7 @@ class StreamsWorker:
             aggs_out: list[tuple[bytes, bytes, float]] = []
             summaries: list[RackSummary] = []
             for event in batch:
+                self._read(event)
                 done = await self._guarded(event, "roll-up", self._roll_up, event.value)
                 if done is not None:
                     self.counters.frames += 1
@@ -226,7 +284,9 @@ class StreamsWorker:
         its changelog partition."""
         async for event in stream.events():
             self._resume()
-            done = await self._guarded(event, "site stage", self._take_summaries, event.value)
+            self._read(event)
+            take = partial(self._take_summaries, backlog=self.input_backlog())
+            done = await self._guarded(event, "site stage", take, event.value)
             if done is None:
                 continue
             rb, out = done
@@ -238,24 +298,57 @@ class StreamsWorker:
     # ---- timers ------------------------------------------------------------------------------------
     async def idle_close_timer(self) -> None:
         """When telemetry stops altogether no record advances the watermark: let event time run on with the
-        clock since the last record, so windows still close (every rack stale) and loss is reported."""
+        clock since the last record, so windows still close (every rack stale) and loss is reported. Not while
+        the input has a backlog or the broker cannot be reached: the frames are then late in wall time only,
+        and closing their windows by the clock would lose them (finding 7 of issue 12)."""
         tree = self.stage.tree
-        if not self.idle_close or not self.last_record_mono or tree.max_ts_s == float("-inf"):
+        backlog = self.input_backlog()
+        if not backlog:
+            self.outage.over(self.last_fetch_s)
+        if not self.idle_close or not self.last_record_mono or tree.max_ts_s == float("-inf") or backlog:
             return
         idle = time.monotonic() - self.last_record_mono
         if idle > self.stage.settings.tree.window_s + self.stage.settings.tree.lateness_s:
             try:
-                await self.publish(self.stage.advance(tree.max_ts_s + idle))
+                await self.publish(self.stage.advance(tree.head_s + idle, wall_s=time.time()))
             except Exception:
                 log.exception("closing idle windows failed")
 
+    def input_backlog(self) -> bool:
+        """Whether this worker's input partitions (pp.telemetry, pp.racks) hold records it has not taken yet, or
+        one has had no fetch answered for FRESH_FETCH_S (the broker is out of reach: it cannot tell, and says
+        so). Read from the Kafka client's fetch state, no request."""
+        try:
+            c = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+            assignment = c._subscription.subscription.assignment
+            parts = [tp for tp in assignment.tps if tp.topic in (topics.TELEMETRY.name, topics.RACKS.name)]
+            if not parts:
+                return True  # between assignments: nothing says the input is caught up
+            now_ms = time.time() * 1000.0
+            for tp in parts:
+                st = assignment.state_value(tp)
+                self.last_fetch_s = max(self.last_fetch_s, (st.timestamp or 0) / 1000.0)
+                if st.timestamp is None or st.highwater is None or now_ms - st.timestamp > FRESH_FETCH_S * 1000:
+                    return True
+                taken = self.read_to.get((tp.topic, tp.partition))
+                if st.highwater > (taken + 1 if taken is not None else st.position):
+                    return True
+            return False
+        except Exception:  # a client not started (yet), or its internals changed: cannot tell
+            return True
+
+    def _read(self, event: Any) -> None:
+        msg = event.message
+        self.read_to[(msg.topic, msg.partition)] = msg.offset
+
     async def report(self) -> None:
         c = self.counters
-        p = c.plausibility
-        log.info("frames=%d summaries=%d windows=%d aggregates=%d headroom=%d events=%d late=%d dead_letters=%d "
-                 "checkpoints=%d refused=%d duplicates=%d seq_gaps=%d marked=%d", c.frames, c.summaries, c.windows,
-                 c.aggregates, c.headroom, c.events, self.stage.tree.late_frames, c.dead_letters, c.checkpoints,
-                 sum(p.refused.values()), p.duplicates, p.seq_gaps, sum(p.marked.values()))
+        t, p = self.stage.tree, c.plausibility
+        log.info("frames=%d summaries=%d windows=%d aggregates=%d headroom=%d events=%d late=%d repeated=%d "
+                 "future=%d dead_letters=%d checkpoints=%d refused=%d duplicates=%d seq_gaps=%d marked=%d", c.frames,
+                 c.summaries, c.windows, c.aggregates, c.headroom, c.events, t.late_frames, t.repeated_frames,
+                 t.future_frames, c.dead_letters, c.checkpoints, sum(p.refused.values()), p.duplicates, p.seq_gaps,
+                 sum(p.marked.values()))
 
     # ---- one record --------------------------------------------------------------------------------
     def _roll_up(self, value: bytes) -> tuple[list[LevelAggregate], RackSummary] | None:
@@ -271,11 +364,11 @@ class StreamsWorker:
             log.warning("%s (%d reading(s) marked so far)", v.marks[0], sum(self.checker.counts.marked.values()))
         return frame_outputs(self.site, self.limits, v.frame)
 
-    def _take_summaries(self, value: bytes) -> tuple[RackSummaryBatch, StageOutput]:
+    def _take_summaries(self, value: bytes, backlog: bool) -> tuple[RackSummaryBatch, StageOutput]:
         rb = RackSummaryBatch.decode(value)
         if rb.site != self.site.name:
             raise UnknownRack(f"rack.summaries: site '{rb.site}', this worker rolls up '{self.site.name}'")
-        return rb, self.stage.add_batch(rb)
+        return rb, self.stage.add_batch(rb, wall_s=time.time(), backlog=backlog)
 
     async def _guarded(self, event: Any, what: str, fn: Callable[[bytes], T], value: bytes) -> T | None:
         """fn(value), or None once the record is dead-lettered: an exception that escapes a faust agent

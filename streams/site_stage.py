@@ -20,7 +20,7 @@ import msgpack
 import numpy as np
 
 from powerplane.schemas import Event, Headroom, LevelAggregate, RackSummary, RackSummaryBatch
-from powerplane.site import KIND, KIND_NAMES, FloatArray, Site
+from powerplane.site import KIND, KIND_NAMES, FloatArray, IntArray, Site
 from streams.emergencies import EmergencyDetector, EmergencySettings
 from streams.forecast import Forecaster, ForecastSettings
 from streams.tree import Snapshot, TreeSettings, TreeWindows
@@ -91,10 +91,12 @@ class InletSlopes:
 
 
 class SiteStage:
-    def __init__(self, site: Site, settings: SiteStageSettings = SiteStageSettings()) -> None:
+    def __init__(self, site: Site, settings: SiteStageSettings = SiteStageSettings(),
+                 rack_source: IntArray | None = None) -> None:
+        """`rack_source`: the pp.telemetry partition of each rack (streams.watermark); None: one source."""
         self.site = site
         self.settings = settings
-        self.tree = TreeWindows(site, settings.tree)
+        self.tree = TreeWindows(site, settings.tree, rack_source)
         n = len(site.level_ids)
         self.forecaster = Forecaster(n, settings.forecast)
         hz = settings.forecast.horizons_s
@@ -111,15 +113,17 @@ class SiteStage:
         self.last: Snapshot | None = None  # the newest closed window, for status and tests
 
     # ---- input -------------------------------------------------------------------------------------
-    def add(self, summary: RackSummary) -> StageOutput:
-        return self._on_windows(self.tree.add(summary))
+    def add(self, summary: RackSummary, wall_s: float | None = None, backlog: bool = False) -> StageOutput:
+        return self._on_windows(self.tree.add(summary, wall_s, backlog))
 
-    def add_batch(self, batch: RackSummaryBatch) -> StageOutput:
-        return self._on_windows(self.tree.add_batch(batch))
+    def add_batch(self, batch: RackSummaryBatch, wall_s: float | None = None, backlog: bool = False) -> StageOutput:
+        """`wall_s`: the receiver's clock; `backlog`: input not read yet (streams.tree.TreeWindows.add_batch)."""
+        return self._on_windows(self.tree.add_batch(batch, wall_s, backlog))
 
-    def advance(self, now_s: float) -> StageOutput:
-        """Close windows by the clock (call from a timer): telemetry that stops entirely still shows up."""
-        return self._on_windows(self.tree.advance(now_s))
+    def advance(self, now_s: float, wall_s: float | None = None) -> StageOutput:
+        """Close windows by the clock (call from a timer, only while the input has no backlog): telemetry that
+        stops entirely still shows up."""
+        return self._on_windows(self.tree.advance(now_s, wall_s))
 
     def _on_windows(self, snaps: list[Snapshot]) -> StageOutput:
         out = StageOutput()
@@ -168,7 +172,8 @@ class SiteStage:
                 mode=snap.site_mode, gpus_expected=int(snap.gpus_expected[i]),
                 gpus_reporting=int(snap.gpus_reporting[i]), inlet_c=_opt(snap.inlet_c[i]),
                 racks_stale=int(snap.racks_stale[i]), age_s=float(snap.age_s[i]),
-                gpu_temp_max_c=_opt(snap.gpu_temp_max_c[i]), gpus_throttled=int(snap.gpus_throttled[i])))
+                gpu_temp_max_c=_opt(snap.gpu_temp_max_c[i]), gpus_throttled=int(snap.gpus_throttled[i]),
+                lag_s=snap.lag_s))
         thermal = np.zeros(len(ids), dtype=bool)
         thermal[tl] = True
         headroom = snap.limit_w - f99
@@ -182,7 +187,7 @@ class SiteStage:
                 inlet_c=float(snap.inlet_c[i]) if th else None, inlet_limit_c=inlet_limit if th else None,
                 forecast_inlet_c=float(forecast_inlet[i]) if th else None,
                 thermal_headroom_c=float(inlet_limit - forecast_inlet[i]) if th else None,
-                time_to_limit_s=float(ttl[i]) if th and math.isfinite(ttl[i]) else None))
+                time_to_limit_s=float(ttl[i]) if th and math.isfinite(ttl[i]) else None, lag_s=snap.lag_s))
         return out
 
     # ---- state -------------------------------------------------------------------------------------

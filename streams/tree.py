@@ -1,17 +1,30 @@
 """Site stage, part 1: event-time windows over rack summaries and the roll-up of each closed window up the
 power tree (PDU -> RPP -> UPS lineup -> utility feed -> site) and the cooling tree (rack -> row -> hall, zone).
 
-Pure numpy, no I/O: the faust agent and the in-process engine both call it.
+Pure numpy, no I/O: the faust agent and the in-process engine both call it. Long because the windows, the
+roll-up of a closed window and its checkpoint share one state; the watermark rule is in streams.watermark.
 
 Time: a window k covers event time (k*W, (k+1)*W]; a frame's time is the end of its sample interval.
-The watermark is the oldest newest-frame time over the racks that are reporting (every live rack has
-sent everything up to it), but never more than the lateness bound behind the newest event time; a window
-closes once the watermark passes its end (or, when no data arrives at all, once the clock does: `advance`).
-A frame for a closed window is late: it is counted and still refreshes the rack's last known reading
-(so it is not lost), but closed windows are not re-opened.
+The watermark (streams.watermark) is the oldest newest-frame time over the racks that are reporting, judged
+per source (pp.telemetry partition), so a partition the worker has not caught up on is "behind", not "silent";
+never more than the lateness bound behind the head (the k-th newest rack time: one future-dated frame moves
+nothing), and the backlog bound while the worker is behind: it says it has a backlog, or the head lags its
+clock by more than `behind_after_s`. A window closes once the watermark
+passes its end (or, when no data arrives at all and the input has no backlog, once the clock does: `advance`).
+A frame further ahead than `max_future_s` of the head (or, when set, `max_skew_s` of the receiver's clock) is
+refused and counted (`future_frames`). A frame for a closed window is late when it is newer than its
+rack's newest frame (a redelivery, e.g. after a restart, is counted in `repeated_frames` instead): it is counted
+and still refreshes the rack's last known reading (so it is not lost), but closed windows are not re-opened.
 
-A rack with no frame in a closed window is carried at its last reading, with that reading's age, for up to
-`rated_after_s`; past that, or if it never reported, it counts at its rated power: conservative, never zero.
+A rack with no frame in a closed window is estimated, never zero and never simply rated:
+  estimate = min(rated, last + margin * ramp),  margin = max(recent peak - last, estimate_margin * last),
+  ramp = clip((age - stale_after_s) / estimate_ramp_s, 0, 1)
+(the recent peak decays towards the readings with `peak_tau_s`): its last reading while fresh-ish, then a
+margin that grows slowly with age, bounded by what the rack itself drew lately. A frame whose GPUs are all
+silent but whose PDU meters read is taken at the meters' sum (the meters are live evidence, rated power is
+not). A rack never heard from counts at the 90th percentile of the other racks' load per rated watt times its
+rating (rated only when nothing at all has reported). Meters, inlets and GPU counts are carried for
+`rated_after_s`; `racks_rated` counts the racks past it (no usable reading: estimated).
 
 Feed state: a feed level (utility, UPS lineup, RPP, PDU) is dark when the PDU meters beneath it read less than
 `dark_fraction` of what its racks' load would put on it. Limits are then those of the site with those levels dark
@@ -30,6 +43,7 @@ import numpy.typing as npt
 from powerplane.schemas import RackSummary, RackSummaryBatch
 from powerplane.site import FEED_KINDS, FEEDS, KIND, FloatArray, IntArray, Site
 from streams.rollup import LOST_FEED_FRACTION, MIN_METERED_W, UnknownRack
+from streams.watermark import completeness_s, head_s
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -41,15 +55,31 @@ class TreeSettings:
     # the latest when the newest event time is this far past its end (the lateness bound).
     lateness_s: float = 5.0
     stale_after_s: float = 3.0  # a rack whose newest reading is older than this is reported stale
-    rated_after_s: float = 15.0  # past this a stale rack counts at its rated power
+    rated_after_s: float = 15.0  # past this a stale rack's meters and inlet are no longer carried
+    # While the worker has a backlog (catch-up, after a restart or a broker outage) a lagging partition is
+    # waited for up to this far behind the head: it is behind, not silent.
+    backlog_lateness_s: float = 60.0
+    # Behind also when the head lags the receiver's clock by more than this: the input is old news (a fleet
+    # replaying its spool after a broker outage), so a source lagging the head is in transit, not silent.
+    behind_after_s: float = 10.0
+    # A frame further ahead of the receiver's clock than this is refused (future_frames). None: no clock check
+    # here (the default: the decode-time checks own the clock skew, and the twin runs faster than real time in
+    # tests); the head check below always applies.
+    max_skew_s: float | None = None
+    max_future_s: float = 300.0  # without a clock: a frame further ahead of the head is refused
+    estimate_margin: float = 0.1  # a stale rack's margin: at least this share of its last reading
+    estimate_ramp_s: float = 60.0  # the margin grows over this much age past stale_after_s
+    peak_tau_s: float = 300.0  # a rack's recent peak decays towards its readings with this time constant
     dark_fraction: float = 0.05  # meters under a feed level below this share of its expected load: dark
     min_expected_w: float = 2_000.0  # below this a level is too idle to tell dark from quiet
     dark_quorum: float = 0.3  # share of a level's metered load that must read dark for the level to be dark
-    max_open_windows: int = 32  # bound on windows held open (a clock jump cannot grow memory)
+    max_open_windows: int = 96  # bound on windows held open (a clock jump cannot grow memory)
 
     def __post_init__(self) -> None:
-        if not (self.window_s > 0 and self.lateness_s >= 0 and 0 <= self.stale_after_s <= self.rated_after_s):
-            raise ValueError("tree settings: need window_s > 0, lateness_s >= 0, 0 <= stale_after_s <= rated_after_s")
+        if not (self.window_s > 0 and 0 <= self.lateness_s <= self.backlog_lateness_s
+                and 0 <= self.stale_after_s <= self.rated_after_s and self.estimate_ramp_s > 0):
+            raise ValueError("tree settings: need window_s > 0, 0 <= lateness_s <= backlog_lateness_s, "
+                             "0 <= stale_after_s <= rated_after_s, estimate_ramp_s > 0")
 
 
 @dataclass
@@ -66,7 +96,7 @@ class Snapshot:
     dark_share: FloatArray  # per feed level: share of its metered load reading dark (a loss spreading)
     gap_w: FloatArray  # meter minus the sum of the children, where the level has a meter (PDUs); NaN else
     racks_stale: IntArray  # per level: racks beneath with no fresh reading
-    racks_rated: IntArray  # per level: racks beneath counted at their rated power (no usable reading)
+    racks_rated: IntArray  # per level: racks beneath with no usable reading (past rated_after_s: estimated)
     age_s: FloatArray  # per level: oldest reading used
     inlet_c: FloatArray  # per level: hottest inlet beneath (racks, rows, halls, zones); NaN where none
     gpu_temp_max_c: FloatArray
@@ -78,6 +108,10 @@ class Snapshot:
     rack_mode: list[str]
     site_mode: str  # normal, A-lost, B-lost, or degraded (part of a feed dark)
     late_frames: int = 0
+    # Wall clock at close minus the window's end: how far the worker is behind (None without a clock). A rack
+    # that is silent shows in racks_stale / rack_age_s instead.
+    lag_s: float | None = None
+    backlog: bool = False  # closed while the worker had a backlog (its inputs may be behind the wall clock)
 
 
 _MODE_CODE = {"normal": 0, "A-lost": 1, "B-lost": 2}
@@ -109,7 +143,7 @@ class _Readings:
     age_s: FloatArray  # of the reading used: 0 when fresh, inf when never seen
     usable: BoolArray  # fresh, or its last reading young enough to carry
     own: BoolArray  # its newest frame in this window carries readings
-    power_w: FloatArray  # window mean, else the last reading, else rated power
+    power_w: FloatArray  # window mean, else the bounded estimate (module docstring)
     meters_w: FloatArray  # (n_racks, 2) meters A and B; NaN where none
 
     def latest(self, col: int, last: FloatArray, blank: float) -> FloatArray:
@@ -188,19 +222,27 @@ class _Topology:
 class TreeWindows:
     """Windows rack summaries by event time and rolls each closed window up the site's trees."""
 
-    def __init__(self, site: Site, settings: TreeSettings = TreeSettings()) -> None:
+    def __init__(self, site: Site, settings: TreeSettings = TreeSettings(),
+                 rack_source: IntArray | None = None) -> None:
+        """`rack_source`: the source (pp.telemetry partition) each rack's frames come through; None: one source."""
         self.site = site
         self.settings = settings
         self.topo = _Topology.of(site)
         n = site.n_racks
+        src = np.zeros(n, dtype=np.int64) if rack_source is None else np.asarray(rack_source, dtype=np.int64)
+        if src.shape != (n,) or (src < 0).any():
+            raise ValueError(f"tree: rack_source needs one source index >= 0 per rack ({n}), got {src.shape}")
+        self.rack_source = src
+        self.n_sources = int(src.max()) + 1 if n else 1
         self.windows: dict[int, _Window] = {}
         self.closed_through: int | None = None  # highest closed window index
-        self.max_ts_s = -math.inf
+        self.max_ts_s = -math.inf  # newest frame taken (not the head: one rack can set it)
         self.first_ts_s = math.inf
         # Last known reading per rack, whatever window it came in.
         self.last_ts_s = np.full(n, np.nan)  # newest reading
         self.last_frame_ts_s = np.full(n, np.nan)  # newest frame, with or without readings (completeness)
         self.last_power_w = np.full(n, np.nan)
+        self.peak_w = np.full(n, np.nan)  # recent peak (decays towards the readings): a stale rack's margin
         self.last_meter_w = np.full((n, 2), np.nan)
         self.last_inlet_c = np.full(n, np.nan)
         self.last_temp_c = np.full(n, np.nan)
@@ -208,15 +250,30 @@ class TreeWindows:
         self.last_reporting = np.zeros(n, dtype=np.int64)
         self.gpus_expected = np.diff(site.rack_gpu_start).astype(np.int64)
         self.late_frames = 0
+        self.repeated_frames = 0  # frames not newer than their rack's newest, for a closed window: redelivered
+        self.future_frames = 0  # frames refused for being ahead of the clock (or of the head)
         self.dropped_windows = 0  # windows forced closed by the bound on open windows
+        self.wall_s: float | None = None  # the receiver's clock at the latest call, when the caller has one
+        self.backlog = False  # the caller's word at the latest call: its input has records not yet read
+        self.resumed = False  # state loaded from a checkpoint, no frame taken since
+        self.resume_skipped = 0  # windows the predecessor had published after its last checkpoint
         self._limits_cache: dict[bytes, tuple[FloatArray, FloatArray]] = {}
 
-    # ---- input -----------------------------------------------------------------------------------
-    def add(self, s: RackSummary) -> list[Snapshot]:
-        return self.add_batch(RackSummaryBatch.of([s]))
+    @property
+    def head_s(self) -> float:
+        """Event time most racks have reached (streams.watermark.head_s)."""
+        return head_s(self.last_frame_ts_s)
 
-    def add_batch(self, b: RackSummaryBatch) -> list[Snapshot]:
-        """Take a batch of rack summaries (vectorized); return the windows this completes."""
+    # ---- input -----------------------------------------------------------------------------------
+    def add(self, s: RackSummary, wall_s: float | None = None, backlog: bool = False) -> list[Snapshot]:
+        return self.add_batch(RackSummaryBatch.of([s]), wall_s, backlog)
+
+    def add_batch(self, b: RackSummaryBatch, wall_s: float | None = None, backlog: bool = False) -> list[Snapshot]:
+        """Take a batch of rack summaries (vectorized); return the windows this completes.
+
+        `wall_s`: the receiver's clock (refuses frames from the future, gives each closed window its lag);
+        `backlog`: the caller has input not read yet (see streams.watermark)."""
+        self.wall_s, self.backlog = wall_s, backlog
         if not b.racks:
             return []
         try:
@@ -225,31 +282,79 @@ class TreeWindows:
             raise UnknownRack(f"rack.summaries: {e.args[0]}") from None
         order = np.argsort(b.ts_s, kind="stable")  # oldest first, so the newest of a rack is assigned last
         r, ts = r[order], b.ts_s[order]
+        ok = self._not_future(r, ts, wall_s)
+        if not ok.all():
+            order, r, ts = order[ok], r[ok], ts[ok]
+            if not r.size:
+                return []
+        prev_newest = self.last_frame_ts_s[r]
         np.fmax.at(self.last_frame_ts_s, r, ts)
         self.first_ts_s = min(self.first_ts_s, float(ts[0]))
         a, bb = b.pdu_a_w[order], b.pdu_b_w[order]
         reporting = b.gpus_reporting[order]
         # A frame with no reading at all (a dropout upstream) says nothing about power: the rack stays at its
-        # last reading and ages, instead of jumping to every GPU at its limit.
-        reading = ~((reporting == 0) & np.isnan(a) & np.isnan(bb))
+        # last reading and ages, instead of jumping to every GPU at its limit. One whose GPUs are silent but
+        # whose PDU meters read is taken at the meters (live evidence), not at every GPU at its limit.
+        metered = np.isfinite(a) | np.isfinite(bb)
+        reading = ~((reporting == 0) & ~metered)
+        power = np.where((reporting == 0) & metered, np.nansum(np.column_stack([a, bb]), axis=1), b.power_w[order])
+        self._remember(r, ts, reading, power, a, bb, reporting, b, order)
+        k = np.ceil(ts / self.settings.window_s).astype(np.int64) - 1  # ts is the end of the sample's interval
+        closed = reading & (k <= (self.closed_through if self.closed_through is not None else -(2 ** 62)))
+        repeated = closed & (ts <= prev_newest)  # not newer than what the rack had sent: a redelivery
+        late = closed & ~repeated
+        self.late_frames += int(late.sum())
+        self.repeated_frames += int(repeated.sum())
+        use = reading & ~closed
+        latest = np.column_stack([a, bb, b.inlet_c[order], b.gpu_temp_max_c[order],
+                                  b.gpus_throttled[order].astype(np.float64), reporting.astype(np.float64)])
+        if self.resumed and use.any():
+            self._skip_published(int(k[use].min()))
+        self._into_windows(k, use, r, ts, power, latest)
+        if (~closed).any():
+            self.max_ts_s = max(self.max_ts_s, float(ts[~closed].max()))
+        out = self._close_through(self._watermark())
+        while len(self.windows) > self.settings.max_open_windows:  # a clock far ahead: close the oldest
+            out += [self._close(min(self.windows))]
+            self.dropped_windows += 1
+        return out
+
+    def _not_future(self, r: IntArray, ts: FloatArray, wall_s: float | None) -> BoolArray:
+        """Frames not too far ahead: of the receiver's clock (plus the skew allowed) when there is one, and of
+        the head as this batch would move it (so a rack cannot pull it; the whole site moving on can)."""
+        st = self.settings
+        newest = self.last_frame_ts_s.copy()
+        np.fmax.at(newest, r, ts)
+        limit = head_s(newest) + st.max_future_s
+        if wall_s is not None and st.max_skew_s is not None:
+            limit = min(limit, wall_s + st.max_skew_s)
+        ok: BoolArray = ~(ts > limit)
+        self.future_frames += int((~ok).sum())
+        return ok
+
+    def _remember(self, r: IntArray, ts: FloatArray, reading: BoolArray, power: FloatArray, a: FloatArray,
+                  bb: FloatArray, reporting: npt.NDArray[Any], b: RackSummaryBatch, order: IntArray) -> None:
+        """Each rack's newest reading, and its recent peak."""
         newer = reading & ~(ts <= self.last_ts_s[r])  # NaN (no reading yet) compares False: newer
         i = np.flatnonzero(newer)
         ri = r[i]
+        if ri.size:  # the recent peak decays towards the last reading over the time since it, then takes the new
+            dt = np.maximum(ts[i] - np.nan_to_num(self.last_ts_s[ri], nan=-np.inf), 0.0)
+            decay = np.exp(-dt / self.settings.peak_tau_s)
+            last = self.last_power_w[ri]
+            self.peak_w[ri] = np.where(np.isfinite(self.peak_w[ri]), last + (self.peak_w[ri] - last) * decay, np.nan)
+            np.fmax.at(self.peak_w, ri, power[i])
         self.last_ts_s[ri] = ts[i]
-        self.last_power_w[ri] = b.power_w[order][i]
+        self.last_power_w[ri] = power[i]
         self.last_meter_w[ri, 0] = a[i]
         self.last_meter_w[ri, 1] = bb[i]
         self.last_inlet_c[ri] = b.inlet_c[order][i]
         self.last_temp_c[ri] = b.gpu_temp_max_c[order][i]
         self.last_throttled[ri] = b.gpus_throttled[order][i]
         self.last_reporting[ri] = reporting[i]
-        k = np.ceil(ts / self.settings.window_s).astype(np.int64) - 1  # ts is the end of the sample's interval
-        late = reading & (k <= (self.closed_through if self.closed_through is not None else -(2 ** 62)))
-        self.late_frames += int(late.sum())
-        use = reading & ~late
-        power = b.power_w[order]
-        latest = np.column_stack([a, bb, b.inlet_c[order], b.gpu_temp_max_c[order],
-                                  b.gpus_throttled[order].astype(np.float64), reporting.astype(np.float64)])
+
+    def _into_windows(self, k: IntArray, use: BoolArray, r: IntArray, ts: FloatArray, power: FloatArray,
+                      latest: FloatArray) -> None:
         for kk in np.unique(k[use]).tolist():
             sel = use & (k == kk)
             w = self.windows.get(kk)
@@ -265,28 +370,39 @@ class TreeWindows:
                 pick = j[::-1][first]
                 w.latest[r[pick]] = latest[pick]
                 w.latest_ts_s[r[pick]] = ts[pick]
-        if (~late).any():
-            self.max_ts_s = max(self.max_ts_s, float(ts[~late].max()))
-        out = self._close_through(self._watermark())
-        while len(self.windows) > self.settings.max_open_windows:  # a clock far ahead: close the oldest
-            out += [self._close(min(self.windows))]
-            self.dropped_windows += 1
-        return out
+
+    def _skip_published(self, first_k: int) -> None:
+        """After a resume: the windows between the checkpoint and the first frame read now were closed and
+        published by the worker before (it commits its input offsets only after taking them), all but the one
+        just before that frame, which it may have held open when it stopped: that one is closed again. Re-closing
+        the others from the checkpoint would publish every rack stale, and page telemetry loss, for data that
+        was fine."""
+        self.resumed = False
+        first_k -= 1  # the predecessor's possibly open window
+        if self.closed_through is None or first_k <= self.closed_through + 1:
+            return
+        for kk in [kk for kk in self.windows if kk < first_k]:
+            del self.windows[kk]
+        self.resume_skipped += first_k - 1 - self.closed_through
+        self.closed_through = first_k - 1
 
     def _watermark(self) -> float:
         """Event time up to which the windows are complete (see the module docstring)."""
         st = self.settings
-        live = self.last_frame_ts_s >= self.max_ts_s - st.stale_after_s  # NaN (never seen) is not live
-        complete = float(self.last_frame_ts_s[live].min()) if live.any() else -math.inf
-        if np.isnan(self.last_frame_ts_s).any() and self.max_ts_s - self.first_ts_s < st.stale_after_s:
-            complete = -math.inf  # starting up: racks not heard from yet may still be on their way
-        return max(complete, self.max_ts_s - st.lateness_s)
+        head = self.head_s
+        if self.wall_s is not None and self.wall_s - head > st.behind_after_s:
+            self.backlog = True
+        starting = head - self.first_ts_s < st.stale_after_s
+        complete = completeness_s(self.last_frame_ts_s, self.rack_source, self.n_sources, head, st.stale_after_s,
+                                  self.backlog, starting)
+        return max(complete, head - (st.backlog_lateness_s if self.backlog else st.lateness_s))
 
-    def advance(self, now_s: float) -> list[Snapshot]:
+    def advance(self, now_s: float, wall_s: float | None = None) -> list[Snapshot]:
         """Close every window whose end is at least the lateness bound before `now_s` (event time).
 
         A timer calls it with event time extrapolated by the clock so that windows still close, with every
-        rack stale, when telemetry stops altogether."""
+        rack stale, when telemetry stops altogether (and only then: not while its input has a backlog)."""
+        self.wall_s, self.backlog = wall_s, False
         return self._close_through(now_s - self.settings.lateness_s)
 
     def _close_through(self, watermark: float) -> list[Snapshot]:
@@ -339,18 +455,30 @@ class TreeWindows:
             ts_s=end, window_s=st.window_s, load_w=load, rated_w=rated, limit_w=derated, dark=dark,
             dark_top=dark_top, dark_share=dark_share, gap_w=gap, **self._levels_health(rd), rack_fresh=rd.fresh,
             rack_age_s=rd.age_s, rack_mode=[_MODE_NAME[c] for c in code.tolist()], site_mode=self._site_mode(dark),
-            late_frames=self.late_frames)
+            late_frames=self.late_frames, lag_s=None if self.wall_s is None else self.wall_s - end,
+            backlog=self.backlog)
 
     def _readings(self, w: _Window, end: float) -> _Readings:
-        """What each rack counts with: its own frame in the window, else its last reading while usable, else
-        its rated power."""
+        """What each rack counts with: its own frames in the window, else the bounded estimate of the module
+        docstring (last reading plus a margin growing with age; never heard from: the fleet's load per rated
+        watt); meters and inlets carried while usable."""
         st = self.settings
         fresh = w.count > 0
         seen = np.isfinite(self.last_ts_s)
         age = np.where(fresh, 0.0, np.where(seen, np.maximum(end - self.last_ts_s, 0.0), np.inf))
         usable = fresh | (age <= st.rated_after_s)
-        rack_w = np.where(fresh, w.power_sum_w / np.maximum(w.count, 1),
-                          np.where(usable, self.last_power_w, self.topo.rack_rated_w))
+        rated = self.topo.rack_rated_w
+        last = self.last_power_w
+        margin = np.fmax(np.fmax(self.peak_w - last, 0.0), st.estimate_margin * last)
+        ramp = np.clip((age - st.stale_after_s) / st.estimate_ramp_s, 0.0, 1.0)
+        with np.errstate(invalid="ignore"):
+            estimate = np.minimum(last + np.nan_to_num(margin) * ramp, rated)
+        known = fresh | (seen & np.isfinite(last))
+        rack_w = np.where(fresh, w.power_sum_w / np.maximum(w.count, 1), estimate)
+        if not known.all():  # never heard from: as loaded as the busiest tenth of the others, else rated
+            share = rack_w[known] / np.maximum(rated[known], 1.0)
+            per_rated = min(1.0, float(np.percentile(share, 90))) if share.size else 1.0
+            rack_w = np.where(known, rack_w, rated * per_rated)
         own = fresh & np.isfinite(w.latest_ts_s)  # racks with a frame in this window: its own readings
         meters = np.where(own[:, None], w.latest[:, :2], np.where(usable[:, None], self.last_meter_w, np.nan))
         return _Readings(w, fresh, age, usable, own, rack_w, meters)
@@ -466,6 +594,7 @@ class TreeWindows:
             "closed_through": self.closed_through, "max_ts_s": self.max_ts_s if math.isfinite(self.max_ts_s) else None,
             "first_ts_s": self.first_ts_s if math.isfinite(self.first_ts_s) else None,
             "late_frames": self.late_frames, "dropped_windows": self.dropped_windows,
+            "repeated_frames": self.repeated_frames, "future_frames": self.future_frames,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -490,7 +619,10 @@ class TreeWindows:
         self.first_ts_s = math.inf if state.get("first_ts_s") is None else float(state["first_ts_s"])
         self.late_frames = int(state["late_frames"])
         self.dropped_windows = int(state["dropped_windows"])
+        self.repeated_frames = int(state.get("repeated_frames", 0))
+        self.future_frames = int(state.get("future_frames", 0))
+        self.resumed = True
 
 
-_STATE_ARRAYS = ("last_ts_s", "last_frame_ts_s", "last_power_w", "last_meter_w", "last_inlet_c", "last_temp_c",
-                 "last_throttled", "last_reporting")
+_STATE_ARRAYS = ("last_ts_s", "last_frame_ts_s", "last_power_w", "peak_w", "last_meter_w", "last_inlet_c",
+                 "last_temp_c", "last_throttled", "last_reporting")

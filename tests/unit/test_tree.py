@@ -50,21 +50,45 @@ def test_late_frames_are_counted_and_still_refresh_the_rack() -> None:
     assert tw.last_power_w[0] == 50_000.0  # not lost: it is the rack's latest reading
 
 
-def test_a_silent_rack_is_carried_at_its_last_value_then_at_its_rating_never_zero() -> None:
-    st = TreeSettings(lateness_s=1.0, stale_after_s=3.0, rated_after_s=6.0)
+def test_a_silent_rack_is_carried_at_its_last_value_then_at_a_bounded_estimate_never_zero_never_rated() -> None:
+    st = TreeSettings(lateness_s=1.0, stale_after_s=3.0, rated_after_s=6.0, estimate_ramp_s=5.0)
     tw = TreeWindows(SITE, st)
     snaps = []
     for t in range(1, 4):
         snaps += feed(tw, float(t), range(SITE.n_racks), power_w=30_000.0)
-    for t in range(4, 15):
+    for t in range(4, 25):
         snaps += feed(tw, float(t), range(1, SITE.n_racks), power_w=30_000.0)
     rack0 = SITE.rack_level[0]
     by_t = {s.ts_s: s for s in snaps}
     assert by_t[5.0].load_w[rack0] == 30_000.0 and by_t[5.0].rack_age_s[0] == 2.0  # last value, with its age
     assert by_t[8.0].racks_stale[rack0] == 1  # older than stale_after_s: reported stale
+    assert 30_000.0 < by_t[8.0].load_w[rack0] < by_t[10.0].load_w[rack0]  # a margin that grows with age
     rated = SITE.level_rated_w[rack0]
-    assert by_t[12.0].load_w[rack0] == rated and by_t[12.0].racks_rated[rack0] == 1  # past the bound: rated
+    # Past the ramp: last value plus 10 % (its peak never exceeded its last value), not its rating.
+    assert math.isclose(by_t[20.0].load_w[rack0], 33_000.0) and by_t[20.0].load_w[rack0] < rated
+    assert by_t[12.0].racks_rated[rack0] == 1  # past rated_after_s: flagged as an estimate
     assert all(s.load_w[rack0] > 0 for s in snaps)
+
+
+def test_a_stale_racks_margin_comes_from_its_recent_peak() -> None:
+    tw = TreeWindows(SITE, TreeSettings(lateness_s=1.0, estimate_ramp_s=1.0))
+    snaps = []
+    for t in range(1, 6):  # rack 0 peaked at 50 kW two seconds before it went silent at 30 kW
+        snaps += feed(tw, float(t), range(1, SITE.n_racks), power_w=30_000.0)
+        snaps += feed(tw, float(t), [0], power_w=50_000.0 if t == 3 else 30_000.0)
+    for t in range(6, 20):
+        snaps += feed(tw, float(t), range(1, SITE.n_racks), power_w=30_000.0)
+    est = snaps[-1].load_w[SITE.rack_level[0]]
+    assert 45_000.0 < est <= 50_000.0  # about its recent peak, never its 66 kW rating
+
+
+def test_a_rack_whose_gpus_are_silent_is_taken_at_its_live_pdu_meters() -> None:
+    tw = TreeWindows(SITE, TreeSettings(lateness_s=1.0))
+    snaps = []
+    for t in range(1, 6):  # the rack-level roll-up counts silent GPUs at their limit (66 kW); meters say 31 kW
+        snaps += feed(tw, float(t), range(1, SITE.n_racks), power_w=30_000.0)
+        snaps += feed(tw, float(t), [0], power_w=66_000.0, gpus_reporting=0, pdu_power_w=[15_000.0, 16_000.0])
+    assert snaps[-1].load_w[SITE.rack_level[0]] == 31_000.0 and snaps[-1].rack_age_s[0] == 0.0
 
 
 def test_blank_frames_age_the_rack_instead_of_reading_zero_or_full_power() -> None:
@@ -77,7 +101,7 @@ def test_blank_frames_age_the_rack_instead_of_reading_zero_or_full_power() -> No
         snaps += feed(tw, float(t), range(1, SITE.n_racks), power_w=30_000.0)
         snaps += feed(tw, float(t), [0], power_w=nan, gpus_reporting=0, pdu_power_w=[nan, nan], inlet_c=None)
     last = snaps[-1]
-    assert last.load_w[SITE.rack_level[0]] == 30_000.0 and last.rack_age_s[0] >= 3.0
+    assert 30_000.0 <= last.load_w[SITE.rack_level[0]] < 31_000.0 and last.rack_age_s[0] >= 3.0
 
 
 def test_losing_a_feed_moves_the_load_and_the_limits() -> None:
