@@ -273,7 +273,9 @@ class EmergencyDetector:
             if not (snap.rack_age_s[r] > st.telemetry_loss_s):
                 what = f"{snap.gpus_reporting[rl[r]]} of {snap.gpus_expected[rl[r]]} GPUs reporting"
             out[f"telemetry_loss:{lid}"] = _Cond(
-                "warning", [lid], None, f"{lid}: {what}; counted conservatively (last value, then rated power)",
+                "warning", [lid], None,
+                f"{lid}: {what}; counted conservatively (last value plus a margin from its recent peak, or its "
+                "PDU meters)",
                 {"age_s": age if math.isfinite(age) else -1.0})
         return out
 
