@@ -156,7 +156,10 @@ def test_forged_unsigned_and_tampered_acks_are_dead_lettered_and_raise_security_
     assert {e.details["command_id"] for e in refused if e.details} == forged
     # Nothing forged was taken as truth: the controller counted no outcome, the sink stored only the real ack.
     ctl = out["ctl"]
-    assert ctl.stats.acks == {} and ctl.stats.acks_refused == 3 and ctl.stats.acks_unknown == 1
+    # (Other tests' actuators share the broker: their lease-expiry acks may be counted as `reverted`, and
+    # their acks for commands not issued here as unknown; nothing of theirs can be an outcome of this test.)
+    assert "applied" not in ctl.stats.acks and set(ctl.stats.acks) <= {"reverted"}, ctl.stats.acks
+    assert ctl.stats.acks_refused == 3 and ctl.stats.acks_unknown >= 1
     assert [r.command_id for r in sink.written if isinstance(r, Ack)] == [genuine.command_id]
 
 
@@ -178,12 +181,23 @@ def test_replay_after_kill_is_refused_and_commands_sent_while_down_are_all_answe
         time.sleep(2.0)
         services.start("fleet", "fleet")
         ids = {captured.id, renewal.id, short.id}
-        acks = acks_for(cfg, start, ids, 4, 45, services.check)
+        deadline = time.monotonic() + 45
+        while True:  # every command answered after the restart, the replayed one at least once more
+            acks = acks_for(cfg, start, ids, 4, 5, services.check)
+            by_id: dict[str, list[str]] = {}
+            for a in acks:
+                by_id.setdefault(a.command_id, []).append(a.status)
+            if (len(by_id) == 3 and len(by_id[captured.id]) >= 2) or time.monotonic() > deadline:
+                break
     finally:
         services.stop()
-    got = sorted((a.command_id, a.status) for a in acks)
-    assert sorted([(captured.id, "applied"), (captured.id, "duplicate"), (renewal.id, "applied"),
-                   (short.id, "expired")]) == got, got
+    # Delivery is at least once: a command read again after the kill is answered again, as a duplicate.
+    # What must hold: the captured command was applied once and every copy after is refused as a duplicate;
+    # the renewal sent while the actuator was down is applied; the short lease that ended meanwhile expires.
+    assert by_id.get(captured.id, [None])[0] == "applied" and by_id[captured.id].count("applied") == 1, by_id
+    assert set(by_id[captured.id][1:]) == {"duplicate"}, by_id
+    assert by_id.get(renewal.id, [None])[0] == "applied" and set(by_id[renewal.id][1:]) <= {"duplicate"}, by_id
+    assert by_id.get(short.id, [None])[0] == "expired" and set(by_id[short.id][1:]) <= {"expired", "duplicate"}, by_id
     assert all(ack_ring.verify(a) is None for a in acks)  # and every one of them signed by the actuator
 
 
