@@ -121,6 +121,24 @@ def _inputs(profile: ServingProfile, pool_class: IntArray, forecast_rps: FloatAr
     return k, fc, g_av, held
 
 
+def _current(profile: ServingProfile, k: IntArray, fc: FloatArray, current: PoolConfigs, g_av: IntArray,
+             bare: FloatArray) -> tuple[IntArray, BoolArray, FloatArray, FloatArray]:
+    """The current configuration in the profile's grid (clock: the nearest profiled one): its TP index (-1:
+    not profiled), whether it is known and fits, its capacity (requests/s) and power (W; NaN if unknown)."""
+    tps = profile.tp
+    t_cur = np.array([int(np.flatnonzero(tps == x)[0]) if np.any(tps == x) else -1 for x in current.tp],
+                     dtype=np.int64)
+    f_cur = np.argmin(np.abs(profile.freq_mhz[k] - current.freq_mhz[:, None]), axis=1)
+    known = (t_cur >= 0) & (current.instances * current.tp <= g_av)
+    tc = np.maximum(t_cur, 0)
+    cur_cap1 = np.where(known & profile.valid[k, tc], profile.cap_rps[k, tc, f_cur], 0.0)
+    cur_cap = np.asarray(current.instances * cur_cap1, dtype=np.float64)
+    cur_frac = np.where(cur_cap > 0, fc / np.maximum(cur_cap, 1e-12), 0.0)
+    cur_power = np.where(known, current.instances * profile.power_at(k, tc, f_cur, np.minimum(cur_frac, 1.0)) +
+                         (g_av - current.instances * current.tp) * bare, np.nan)
+    return t_cur, known, cur_cap, cur_power
+
+
 def plan_pools(profile: ServingProfile, pool_class: IntArray, forecast_rps: FloatArray, current: PoolConfigs,
                gpus_available: IntArray, settings: ReconfigSettings | None = None,
                held_s: FloatArray | None = None) -> Plan:
@@ -149,18 +167,8 @@ def plan_pools(profile: ServingProfile, pool_class: IntArray, forecast_rps: Floa
     power = nn * p_inst + (g_av[P] - nn * tps[T]) * bare[P]
     idle_inst = profile.power_w[k][:, :, :, :1]  # (P, T, F, 1): instance power at zero load
 
-    # The current configuration in the profile's grid (clock: the nearest profiled one).
-    t_cur = np.array([int(np.flatnonzero(tps == x)[0]) if np.any(tps == x) else -1 for x in current.tp],
-                     dtype=np.int64)
-    f_cur = np.argmin(np.abs(profile.freq_mhz[k] - current.freq_mhz[:, None]), axis=1)
-    known = (t_cur >= 0) & (current.instances * current.tp <= g_av)
-    tc = np.maximum(t_cur, 0)
+    t_cur, known, cur_cap, cur_power = _current(profile, k, fc, current, g_av, bare)
     rows = np.arange(n_p)
-    cur_cap1 = np.where(known & profile.valid[k, tc], profile.cap_rps[k, tc, f_cur], 0.0)
-    cur_cap = current.instances * cur_cap1
-    cur_frac = np.where(cur_cap > 0, fc / np.maximum(cur_cap, 1e-12), 0.0)
-    cur_power = np.where(known, current.instances * profile.power_at(k, tc, f_cur, np.minimum(cur_frac, 1.0)) +
-                         (g_av - current.instances * current.tp) * bare, np.nan)
     need = fc * (1.0 + s.margin)
     cur_ok = known & (current.instances >= s.min_instances) & ((cur_cap >= need) & (cur_cap > 0) | (fc <= 0))
 
