@@ -29,14 +29,20 @@ class Registry(Generic[T]):
         self.what = what
         self.error = error  # what for_table raises: the family's config error
         self._loaded: dict[str, T] = {}
+        self._scanned: dict[str, EntryPoint] | None = None
 
     def _points(self) -> dict[str, EntryPoint]:
+        # Scanning the installed distributions' metadata is file I/O: once per registry and process (a kind
+        # registered later needs a reinstall and a restart anyway).
+        if self._scanned is not None:
+            return self._scanned
         points: dict[str, EntryPoint] = {}
         for ep in entry_points(group=self.group):
             if ep.name in points and points[ep.name].value != ep.value:
                 raise PluginError(f"{self.what} kind '{ep.name}' registered twice: {points[ep.name].value} and "
                                   f"{ep.value}")
             points[ep.name] = ep
+        self._scanned = points
         return points
 
     def kinds(self) -> list[str]:
