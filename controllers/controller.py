@@ -28,7 +28,16 @@ from controllers.capping import (
     tree_of,
     worst_level,
 )
-from controllers.degraded import Freshness, behind, evidence_w, fresh, racks_under, stale_inputs, unsure_racks
+from controllers.degraded import (
+    Freshness,
+    behind,
+    bounded_estimate_w,
+    evidence_w,
+    fresh,
+    racks_under,
+    stale_inputs,
+    unsure_racks,
+)
 from controllers.thermal import STAGES, ThermalSettings, decide_thermal
 from powerplane.schemas import Command, Headroom, LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.signing import Keyring
@@ -103,6 +112,12 @@ class CapController:
         self.level_meter_w = np.full(n_levels, np.nan)  # a PDU's own meter (NaN: none in its last reading)
         self.level_estimated = np.zeros(n_levels, dtype=bool)  # window counting too many racks as stale
         self.level_behind = np.zeros(n_levels, dtype=bool)  # the streams stage said it is behind
+        # The last load of each level taken as evidence, and the streams' forecast for it (pp.headroom): what a
+        # level that falls silent is estimated from (controllers.degraded.bounded_estimate_w).
+        self.level_last_w = np.full(n_levels, np.nan)
+        self.level_last_ts_s = np.full(n_levels, -np.inf)
+        self.level_p50_w, self.level_p99_w = np.full((2, n_levels), np.nan)
+        self.level_forecast_ts_s = np.full(n_levels, -np.inf)
         # Per-GPU telemetry per rack, and the newest per-frame aggregate (rack or PDU): arrival, event time.
         self.rack_frame_seen_s, self.rack_frame_ts_s = np.full((2, site.n_racks), -np.inf)
         self.inputs_seen_s = self.inputs_ts_s = -np.inf
@@ -142,7 +157,13 @@ class CapController:
             self.limit_w[i] = agg.limit_w
 
     def on_headroom(self, h: Headroom, now_s: float) -> None:
-        if h.site != self.site.name or h.kind != "zone":
+        if h.site != self.site.name:
+            return
+        if h.kind != "zone":  # a power level's forecast: the bound on its load should it fall silent
+            i = self.site.level_index.get(h.level)
+            if i is not None and h.ts_s >= self.level_forecast_ts_s[i]:
+                self.level_p50_w[i], self.level_p99_w[i] = h.forecast_p50_w, h.forecast_p99_w
+                self.level_forecast_ts_s[i] = h.ts_s
             return
         z = self._zone_pos.get(self.site.level_index.get(h.level, -1))
         if z is None:
@@ -196,6 +217,9 @@ class CapController:
             self.holding = None
         ok = fresh(now_s, self.level_seen_s, self.level_ts_s, f) & ~self.level_behind
         use = ok & ~self.level_estimated
+        took = use & np.isfinite(self.level_power_w)
+        self.level_last_w = np.where(took, self.level_power_w, self.level_last_w)
+        self.level_last_ts_s = np.where(took, self.level_ts_s, self.level_last_ts_s)
         load = self._pdu_loads(np.where(use, self.level_power_w, np.nan))
         # A load measured before our last change to a rack under it cannot show that change yet; acting on it
         # as it is would shed (or release) the same watts twice. Each such level is taken at its reading plus
@@ -208,6 +232,12 @@ class CapController:
         pending = np.bincount(tree.level, weights=np.where(unseen, coef * self.rack_pending_w[tree.rack], 0.0),
                               minlength=len(self.site.level_ids))
         load = self._feed_estimates(load + pending)
+        # A level with nothing fresh: a bounded estimate from its last fresh load (sheds by the thresholds,
+        # never brakes: the brake takes its own evidence below; never releases: `hold` below).
+        silent_level = power_levels(self.site) & ~np.isfinite(load)
+        load = np.where(silent_level, bounded_estimate_w(now_s, self.level_last_w, self.level_last_ts_s,
+                                                         self.level_p50_w, self.level_p99_w,
+                                                         self.level_forecast_ts_s, f), load)
         # The brake: the PDU meters and the racks' GPU-based power beneath a level, both fresh, both over.
         rack_silent = ~fresh(now_s, self.rack_frame_seen_s, self.rack_frame_ts_s, f)
         rl = self.site.rack_level
@@ -238,7 +268,7 @@ class CapController:
         # Release only where every input above the rack is fresh: a silent rack or a level that has gone
         # stale keeps its caps (it may still be shed on fresh evidence from a level above it).
         had = np.isfinite(self.level_seen_s) & power_levels(self.site)
-        hold = unsure_racks(tree, coef, had & ~use & ~np.isfinite(load), rack_silent)
+        hold = unsure_racks(tree, coef, had & ~use & (silent_level | ~np.isfinite(load)), rack_silent)
         new = np.where(known, np.where(hold[self.site.gpu_rack], np.fmin(new, self.cap_w), new), self.cap_w)
         cmds = self._cap_commands(new, known, load, brake, now_s)
         if th is None:

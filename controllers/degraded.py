@@ -7,6 +7,10 @@
   escalates nor reverts.
 - A window aggregate that counts many racks from old readings or at their rated power is an estimate, not
   evidence: the controller sums the level from its PDUs instead, or holds it.
+- A level with nothing fresh is taken at a bounded estimate for a while: its last fresh load plus the
+  forecast's p99 spread (never its rated power). It may shed by the normal thresholds on that estimate (as
+  Thunderbolt caps predictively on missing telemetry); it never releases and never brakes on it. Past
+  `estimate_max_age_s` the estimate says too little and the level is held.
 - The power brake needs two independent sources over the brake threshold: the PDU meters beneath a level and
   the GPU-based power of the racks beneath it, each fresh and complete. One source over 100 % may still shed
   by the normal thresholds; it never brakes.
@@ -31,6 +35,8 @@ class Freshness:
     max_arrival_age_s: float = 10.0  # since it arrived (our clock)
     max_event_age_s: float = 10.0  # since it was measured (its event time; assumes NTP-synchronised clocks)
     max_estimated_share: float = 0.25  # a window counting more of its racks than this as stale is an estimate
+    estimate_max_age_s: float = 60.0  # a silent level is estimated from its last fresh load this long, then held
+    estimate_margin: float = 0.10  # without a forecast: the last load plus this share of it
 
 
 def fresh(now_s: float, seen_s: FloatArray, ts_s: FloatArray, f: Freshness) -> BoolArray:
@@ -65,6 +71,21 @@ def evidence_w(site: Site, tree: Tree, pdu_meter_w: FloatArray, rack_gpu_w: Floa
     meter = np.where(tree.side < 0, rack_meter[tree.rack], side_meter[tree.rack, side])
     gpu = rack_gpu_w[tree.rack] * tree.coef(share)
     return strict_level_sum(tree, meter), strict_level_sum(tree, gpu)
+
+
+def bounded_estimate_w(now_s: float, last_w: FloatArray, last_ts_s: FloatArray, p50_w: FloatArray,
+                       p99_w: FloatArray, forecast_ts_s: FloatArray, f: Freshness) -> FloatArray:
+    """Per level, a conservative load for a level with nothing fresh: its last fresh load plus the spread of the
+    forecast made around then (p99 - p50: what the load reaches at the 99th percentile from where it was), and
+    at least that forecast's p99; without such a forecast, the last load plus `estimate_margin`. NaN where the
+    last fresh load is older than `estimate_max_age_s` or there was none (the level is then held)."""
+    both = np.isfinite(forecast_ts_s) & np.isfinite(last_ts_s)
+    gap_s = np.abs(np.where(both, forecast_ts_s, 0.0) - np.where(both, last_ts_s, 0.0))
+    near = both & np.isfinite(p50_w) & np.isfinite(p99_w) & (gap_s <= f.max_event_age_s)
+    spread = np.where(near, np.maximum(np.nan_to_num(p99_w - p50_w), 0.0), f.estimate_margin * last_w)
+    est = np.where(near, np.fmax(last_w + spread, p99_w), last_w + spread)
+    recent = np.isfinite(last_w) & (now_s - last_ts_s <= f.estimate_max_age_s)
+    return np.where(recent, est, np.nan)
 
 
 def unsure_racks(tree: Tree, coef: FloatArray, stale_level: BoolArray, rack_silent: BoolArray) -> BoolArray:

@@ -45,6 +45,11 @@ class ControllerMetrics:
         for status, n in sorted(st.acks.items()):
             acks.add_metric([status], float(n))
         yield acks
+        yield CounterMetricFamily("powerplane_controller_held_decisions",
+                                  "decisions that held every cap because the inputs were stale (docs/safety.md)",
+                                  value=float(st.held_decisions))
+        yield GaugeMetricFamily("powerplane_controller_holding", "1 while the inputs are stale and every cap is held",
+                                value=float(self.ctl.holding is not None))
         yield CounterMetricFamily("powerplane_controller_acks_refused", "acks not signed by an actuator key",
                                   value=float(st.acks_refused))
         yield CounterMetricFamily("powerplane_controller_acks_unknown", "signed acks for commands not issued here",

@@ -73,6 +73,11 @@ class EngineResult:
         return "\n".join(lines)
 
 
+def received_s(ts_ms: object) -> float | None:
+    """A recorded record's Kafka timestamp (ms) in seconds; None where the record has none."""
+    return float(ts_ms) / 1e3 if isinstance(ts_ms, int | float) and ts_ms >= 0 else None
+
+
 class Engine:
     """Feeds telemetry through roll-up and the capping controller, ticking once per `tick_s` of event time."""
 
@@ -80,8 +85,9 @@ class Engine:
                  tick_s: float = 1.0, controller: CapController | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self.site = site
-        # Plausibility against the site and time; `clock` is the receiver's clock, None: event time (replay and
-        # evaluation run recorded or simulated time, which is not refused for being old).
+        # Plausibility against the site and time; `clock` is the receiver's clock. Replay passes each record's
+        # broker timestamp instead (`feed(..., received_s=)`), evaluation the twin's time: without either (event
+        # time) the first frame sets the clock, so a future-dated first frame would (docs/safety.md).
         self.checker = FrameChecker(site)
         self.clock = clock
         self.limits = Limits(site)
@@ -96,10 +102,13 @@ class Engine:
     def from_config(cls, cfg: Config, site: Site, keyring: Keyring) -> Engine:
         return cls(site, keyring, CapSettings(cfg.cap_threshold, cfg.uncap_threshold), cfg.command_lease_s)
 
-    def feed_frame(self, frame: TelemetryFrame) -> list[Command]:
-        """One frame in: its aggregates update the controller; every elapsed tick may decide commands."""
+    def feed_frame(self, frame: TelemetryFrame, received_s: float | None = None) -> list[Command]:
+        """One frame in: its aggregates update the controller; every elapsed tick may decide commands.
+        `received_s`: when the frame reached the receiver (a recorded record's timestamp); else `clock`."""
         r = self.result
-        v = self.checker.check(frame, None if self.clock is None else self.clock())
+        if received_s is None and self.clock is not None:
+            received_s = self.clock()
+        v = self.checker.check(frame, received_s)
         if v.frame is None:  # refused (the Kafka path dead-letters it) or a duplicate (dropped)
             if v.dropped:
                 r.duplicates += 1
@@ -160,18 +169,19 @@ class Engine:
         self.result.aggregates += len(aggs)
         return self.result
 
-    def feed(self, topic: str, value: bytes | None) -> list[Command]:
+    def feed(self, topic: str, value: bytes | None, received_s: float | None = None) -> list[Command]:
         """A raw record; anything but a decodable telemetry frame of this site is counted, not fatal."""
         if topic != topics.TELEMETRY.name:
             return []
         try:
             frame = TelemetryFrame.decode(value or b"")
-            return self.feed_frame(frame)
+            return self.feed_frame(frame, received_s)
         except (SchemaError, UnknownRack) as e:
             self.result.dead_letters[str(e)] += 1
             return []
 
     def run(self, records: Iterable[tuple[str, bytes | None, bytes | None, int, object]]) -> EngineResult:
-        for topic, _key, value, _ts_ms, _headers in records:
-            self.feed(topic, value)
+        for topic, _key, value, ts_ms, _headers in records:
+            # The record's broker timestamp is when it was received: the live worker's wall clock, replayed.
+            self.feed(topic, value, received_s(ts_ms))
         return self.finish()

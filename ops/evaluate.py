@@ -290,7 +290,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         if engine is not None and guard is not None:
             cmds: list[Command] = []
             for f in rack_frames(site, fr, ts, 1.0, k, "twin"):
-                cmds += engine.feed_frame(f)
+                cmds += engine.feed_frame(f, received_s=ts + 0.2)  # the twin's clock is the receiver's
             now = ts + 0.5  # the controller's tick lands within the second; the actuator acts at once
             cmds += engine.decide_now(now)
             routing = [c for c in cmds if c.action == "routing_weight"]

@@ -45,15 +45,15 @@ def _replay_engine(args: argparse.Namespace, cfg: Config) -> int:
     """What would the policy have done on this recording? Roll-up and policy in-process, no broker."""
     import json
 
-    from ops.engine import Engine
+    from ops.engine import Engine, received_s
     from powerplane.recording import iter_records, load_manifest
     from powerplane.schemas import as_plain
 
     manifest = load_manifest(args.dir)
     engine = Engine.from_config(cfg, _site(cfg), _keyring(cfg))
     total = int(manifest.get("topics", {}).get(topics_mod.TELEMETRY.name, {}).get("records", 0))
-    for i, (topic, _k, value, _ts, _h) in enumerate(iter_records(args.dir, [topics_mod.TELEMETRY.name]), 1):
-        engine.feed(topic, value)
+    for i, (topic, _k, value, ts_ms, _h) in enumerate(iter_records(args.dir, [topics_mod.TELEMETRY.name]), 1):
+        engine.feed(topic, value, received_s(ts_ms))  # checked against when it was received, as live
         if total and i % 5000 == 0:
             print(f"\r {i / total:4.0%} {i:,}/{total:,} records", end="", file=sys.stderr, flush=True)
     res = engine.finish()

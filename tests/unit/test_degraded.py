@@ -10,8 +10,8 @@ import pytest
 
 from controllers.capping import CapSettings, brake_levels, tree_of
 from controllers.controller import CapController
-from controllers.degraded import Freshness, behind, evidence_w, fresh, stale_inputs
-from powerplane.schemas import LevelAggregate
+from controllers.degraded import Freshness, behind, bounded_estimate_w, evidence_w, fresh, stale_inputs
+from powerplane.schemas import Headroom, LevelAggregate
 from powerplane.signing import Keyring
 from powerplane.site import Site
 from powerplane.site_file import load_site
@@ -117,3 +117,58 @@ def test_stale_inputs_hold_caps_and_renew_their_leases(site: Site) -> None:
     for r in range(site.n_racks):
         ctl.on_aggregate(_pdu(site, r, 1, 1.5 * lim, 100.5), 120.2)
     assert all(c.reason == "lease renewal" for c in ctl.decide(130.0))
+
+
+def test_a_silent_level_is_bounded_by_its_last_load_and_forecast_never_rated_power() -> None:
+    now = 100.0
+    last = np.array([50.0, 50.0, 50.0, np.nan])
+    last_ts = np.array([95.0, 95.0, 30.0, -np.inf])
+    p50, p99 = np.array([50.0, np.nan, 50.0, 50.0]), np.array([58.0, np.nan, 58.0, 58.0])
+    fc_ts = np.array([95.0, -np.inf, 30.0, 95.0])
+    est = bounded_estimate_w(now, last, last_ts, p50, p99, fc_ts, F)
+    # last + the forecast's p99 spread; without a forecast last + 10 %; a minute old or never seen: unknown.
+    assert est[0] == pytest.approx(58.0) and est[1] == pytest.approx(55.0)
+    assert np.isnan(est[2]) and np.isnan(est[3])
+
+
+def _silent_pdu_run(site: Site, last_frac: float) -> tuple[list[set[str]], CapController]:
+    """Every PDU meter reads 30 % of its limit and stays fresh, except rack 0's B side, which read `last_frac`
+    of its limit with a forecast spread of 6 % and then fell silent with its rack (no meter, no GPUs)."""
+    ctl = CapController(site, Keyring({"k": b"\x02" * 32}, "k"), S, 30.0)
+    ctl.cap_w[:] = site.gpu_max_w
+    lim = float(site.limits_w()[1][site.rack_pdu[0, 1]])
+    silent = site.level_ids[int(site.rack_pdu[0, 1])]
+    out = []
+    for k in range(80):
+        t = 100.0 + k
+        for r in range(site.n_racks):
+            for f in (0, 1):
+                if r == 0 and f == 1:
+                    if k == 0:
+                        ctl.on_aggregate(_pdu(site, 0, 1, last_frac * lim, t), t + 0.1)
+                        ctl.on_headroom(Headroom(site=site.name, level=silent, kind="pdu", ts_s=t, mode="normal",
+                                                 horizon_s=10.0, power_w=last_frac * lim, limit_w=lim,
+                                                 forecast_p50_w=last_frac * lim,
+                                                 forecast_p99_w=(last_frac + 0.06) * lim,
+                                                 headroom_w=(0.94 - last_frac) * lim), t + 0.1)
+                    continue
+                ctl.on_aggregate(_pdu(site, r, f, 0.3 * lim, t), t + 0.1)
+        out.append({c.reason.split(":")[0] for c in ctl.decide(t + 0.5)})
+    return out, ctl
+
+
+def test_a_silent_pdu_near_its_threshold_sheds_on_its_bounded_estimate_then_holds(site: Site) -> None:
+    """Thunderbolt keeps capping predictively on missing telemetry; so does this controller, within bounds:
+    78 % last seen + a 6 % forecast spread is over the 80 % threshold, so rack 0 is shed while the estimate
+    holds (a minute), never braked, and never released afterwards. Before, the level was held and shed nothing."""
+    decisions, ctl = _silent_pdu_run(site, 0.78)
+    assert "shedding" in set().union(*decisions[:60]), decisions[:5]
+    assert all("power brake" not in d for d in decisions)
+    capped = ctl.cap_w[site.rack_gpu_start[0]:site.rack_gpu_start[1]]
+    assert (capped < site.gpu_max_w[:capped.size]).any()  # still capped at the end: not released on silence
+    assert all(d <= {"lease renewal"} for d in decisions[62:]), decisions[62:]
+
+
+def test_a_silent_pdu_far_from_its_threshold_is_not_taken_at_rated_power(site: Site) -> None:
+    decisions, _ = _silent_pdu_run(site, 0.50)
+    assert all(d <= {"lease renewal"} for d in decisions), [d for d in decisions if d - {"lease renewal"}][:3]
