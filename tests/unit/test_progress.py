@@ -18,6 +18,7 @@ def test_log_file_gets_one_line_per_ten_percent_and_no_carriage_return() -> None
     bar = Progress("simulating", 1000, out, every_s=0)
     for done in range(0, 1001, 7):  # many updates, as a simulation loop makes them
         bar.show(done)
+    bar.show(1000)
     bar.done()
     text = out.getvalue()
     assert "\r" not in text
