@@ -38,10 +38,14 @@ class Latest:
     bad: int = 0  # records that did not decode (the dead-letter topic has the detail)
     left: int = 0  # records not read before the timeout: the answer is incomplete
     clock_s: float = math.nan  # newest event time seen
+    site: str | None = None  # only this site's records are kept (None: every site's)
 
 
 def fold(latest: Latest, rec: Any) -> None:
-    """Fold one decoded record. An older window than the one kept is ignored (partitions interleave)."""
+    """Fold one decoded record. An older window than the one kept is ignored (partitions interleave), and
+    so is another site's record when the site is known (one broker may carry several sites)."""
+    if latest.site is not None and getattr(rec, "site", latest.site) != latest.site:
+        return
     if isinstance(rec, LevelAggregate | Headroom):
         if not latest.clock_s >= rec.ts_s:
             latest.clock_s = rec.ts_s
@@ -80,7 +84,7 @@ def read_latest(bootstrap: str, site: Site | None, *, default_tail: int = 2000, 
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=20_000,
         bootstrap_timeout_ms=int(connect_timeout_s * 1000), fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024), connect_timeout_s)
-    latest = Latest()
+    latest = Latest(site=site.name if site is not None else None)
     try:
         parts: list[TopicPartition] = []
         counts: dict[str, int] = {}

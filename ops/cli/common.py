@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("powerplane")
 
-# Exit codes (the epilog of `powerplane --help` and docs/operations.md list them).
+# Exit codes (the epilog of `powerplane --help` and the README list them).
 OK, FAILURE, USAGE = 0, 1, 2
 
 
