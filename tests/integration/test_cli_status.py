@@ -103,4 +103,6 @@ def test_status_json_on_the_100mw_site(cfg: Config, tmp_path: Path, monkeypatch:
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") < 40 and "feed_loss" in out and f"{N_TELEMETRY_LOSS} telemetry_loss" in out
-    print(f"status -o json on the 100 MW site: {elapsed_s:.2f} s in-process, {process_s:.2f} s as a process, {sum(s['records_read'].values())} records read")
+    n = sum(s["records_read"].values())
+    print(f"status -o json on the 100 MW site: {elapsed_s:.2f} s in-process, {process_s:.2f} s as a process, "
+          f"{n} records read")
