@@ -35,7 +35,7 @@ class Line:
             self._last_s = now
             self.out.write(f"\r{text}   ")
         else:
-            if milestone == self._milestone:
+            if milestone == self._milestone and not force:  # force: the final figures, e.g. ETA 0:00
                 return
             self.out.write(text + "\n")
         self._milestone = milestone
