@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ops.progress import Line
 from powerplane.recording import (
     ROW_GROUP_SIZE,
     Recorded,
@@ -65,6 +66,7 @@ def record(bootstrap: str, topic_names: Iterable[str], out_dir: str | Path, *, f
         if ready is not None:
             ready.set()
         t0 = last_rec = last_note = time.monotonic()
+        line = Line(progress, every_s=1.0)
         while not stop.is_set():
             now = time.monotonic()
             if duration_s is not None and now - t0 >= duration_s:
@@ -82,17 +84,15 @@ def record(bootstrap: str, topic_names: Iterable[str], out_dir: str | Path, *, f
                                         [(k, v) for k, v in (m.headers or [])]))
                 if msgs:
                     last_rec = time.monotonic()
-            if progress is not None and time.monotonic() - last_note >= 1.0:
+            if time.monotonic() - last_note >= 1.0:
                 last_note = time.monotonic()
                 per = ", ".join(f"{t} {w.records:,}" for t, w in writer.writers.items())
-                progress.write(f"\r recorded {writer.records:,} records ({per})  "
-                               f"{_fmt_duration(last_note - t0)}  ")
-                progress.flush()
+                # A log file gets a line every 10 s; a terminal the same line rewritten every second.
+                line.update(f" recorded {writer.records:,} records ({per})  {_fmt_duration(last_note - t0)}",
+                            int(last_note - t0) // 10)
         manifest = writer.close()
         writer = None
-        if progress is not None:
-            progress.write(f"\r recorded {manifest['records']:,} records to {out_dir}" + " " * 20 + "\n")
-            progress.flush()
+        line.finish(f" recorded {manifest['records']:,} records to {out_dir}")
         return manifest
     finally:
         if writer is not None:  # interrupted by an error: keep what was written, but no manifest
@@ -109,28 +109,20 @@ def record(bootstrap: str, topic_names: Iterable[str], out_dir: str | Path, *, f
 
 
 class Progress:
-    """`\\r 45% 12,345/27,000 records  ETA 0:12` on a text stream, at most every `every_s`."""
+    """` 45% 12,345/27,000 records  ETA 0:12`: rewritten in place on a terminal (at most every `every_s`),
+    one line per 10% elsewhere (ops.progress.Line)."""
 
     def __init__(self, total: int, out: TextIO | None, every_s: float = 0.2) -> None:
         self.total = total
-        self.out = out
-        self.every_s = every_s
-        self._last = 0.0
+        self.line = Line(out, every_s)
 
     def show(self, done: int, eta_s: float | None, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.out is None or (not force and now - self._last < self.every_s):
-            return
-        self._last = now
         pct = 100 * done // self.total if self.total else 100
         eta = _fmt_duration(eta_s) if eta_s is not None else "-:--"
-        self.out.write(f"\r{pct:3d}% {done:,}/{self.total:,} records  ETA {eta}  ")
-        self.out.flush()
+        self.line.update(f"{pct:3d}% {done:,}/{self.total:,} records  ETA {eta}", pct // 10, force)
 
     def finish(self, text: str) -> None:
-        if self.out is not None:
-            self.out.write(f"\r{text}" + " " * 20 + "\n")
-            self.out.flush()
+        self.line.finish(text)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 
 from powerplane.validation import ConfigError, error_lines
 
-__all__ = ["Config", "ConfigError", "TomlFileError", "load_config", "read_toml"]
+__all__ = ["Config", "ConfigError", "TomlFileError", "ignored_env", "load_config", "read_toml"]
 
 
 class TomlFileError(ValueError):
@@ -123,7 +123,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     from_env = _EnvSource(Config, env)()
     # BaseSettings.__init__ takes `_env_file=`, `_cli_parse_args=`, ... as its own options: not from a file.
     hidden = [k for k in values if k.startswith("_")]
-    lines = [f"{k}: unknown key{_KNOWN}" for k in hidden]
+    lines = [f"{k}: unknown key{_KNOWN}" for k in hidden] + _misspelt_env(env)
     try:
         cfg = Config(**{k: v for k, v in {**values, **from_env}.items() if k not in hidden})
     except ValidationError as e:
@@ -145,3 +145,34 @@ def _lines(e: ValidationError, from_env: set[str]) -> list[str]:
             line = f"{key} (env {Config.env_name(key)})" + line.removeprefix(key)
         out.append(line + _KNOWN if err["type"] == "extra_forbidden" else line)
     return out
+
+
+# PP_* variables read by name where they are used: not settings, not mistakes either.
+OTHER_ENV = frozenset({"PP_CONFIG", "PP_TRACE", "PP_CACHE_DIR", "PP_KAFKA_HEAP", "PP_ARTIFACTS"})
+
+
+def _unknown_env(env: Mapping[str, str]) -> list[str]:
+    known = {Config.env_name(k) for k in Config.model_fields} | OTHER_ENV
+    return sorted(k for k in env if k.upper().startswith("PP_") and k.upper() not in known)
+
+
+def _misspelt_env(env: Mapping[str, str]) -> list[str]:
+    """A PP_* variable one typo away from a setting is a mistake: the setting it meant is not applied."""
+    import difflib
+
+    names = [Config.env_name(k) for k in Config.model_fields]
+    out = []
+    for k in _unknown_env(env):
+        close = difflib.get_close_matches(k.upper(), names, n=1, cutoff=0.85)
+        if close:
+            out.append(f"{k} (env): not a setting; did you mean {close[0]}?")
+    return out
+
+
+def ignored_env(env: Mapping[str, str] | None = None) -> list[str]:
+    """The other unknown PP_* variables: not applied to the configuration (credentials named by a file
+    are read where they are named). One line each for the CLI to print, so none is ignored silently."""
+    env = os.environ if env is None else env
+    misspelt = {line.split(" ", 1)[0] for line in _misspelt_env(env)}
+    return [f"{k} is not a powerplane setting: not applied (fine if a sources or actuators file names it)"
+            for k in _unknown_env(env) if k not in misspelt]

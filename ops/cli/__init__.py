@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-from ops.cli import analysis, recordings, services, setup
+from ops.cli import analysis, recordings, services, setup, status
+from ops.cli.common import FAILURE, USAGE, CliError
+
+if TYPE_CHECKING:
+    from powerplane.validation import ConfigError
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -24,35 +29,70 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
+EPILOG = """exit codes:
+  0  ok
+  1  failure: the command could not do its work (no data, a server unreachable, records not delivered)
+  2  usage or configuration error: a wrong option, setting (PP_*), config, site or recording file
+
+Errors are one line on stderr. With -o json, stdout holds one JSON document and nothing else."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("powerplane")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="powerplane", description=__doc__)
+    p = argparse.ArgumentParser(prog="powerplane", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"powerplane {_version()}")
     p.add_argument("--config", help="TOML config file (default: $PP_CONFIG; every key also as PP_<KEY>)")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    for group in (setup, services, recordings, analysis):  # in this order in --help
+    for group in (setup, services, recordings, analysis, status):  # in this order in --help
         group.register(sub)
     return p
 
 
+def _config_error(e: ConfigError) -> None:
+    """One line for one mistake; a list under a heading when a file has several (all at once)."""
+    what = f"invalid {e.source or 'configuration'}"
+    if len(e.errors) == 1:
+        print(f"powerplane: {what}: {e.errors[0]}", file=sys.stderr)
+        return
+    print(f"powerplane: {what}: {len(e.errors)} error(s)", file=sys.stderr)
+    for line in e.errors:
+        print(f"  {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # exits 2 on a usage error
     _setup_logging(args.verbose)
     from ops.devservers import DevError
-    from powerplane.config import load_config
+    from powerplane.config import ignored_env, load_config
     from powerplane.kafka import BrokerUnavailable
     from powerplane.validation import ConfigError
 
     try:
         cfg = load_config(args.config)
+        for line in ignored_env():
+            print(f"powerplane: note: {line}", file=sys.stderr)
         return int(args.fn(args, cfg))
-    except ConfigError as e:  # every mistake of a file (site, scenario, config, ...), one indented line each
-        print(f"powerplane: invalid {e.source or 'configuration'}: {len(e.errors)} error(s)", file=sys.stderr)
-        for line in e.errors:
-            print(f"  {line}", file=sys.stderr)
-        return 2
-    except (DevError, BrokerUnavailable, FileNotFoundError, ValueError) as e:
+    except ConfigError as e:  # every mistake of a file (site, scenario, config, ...), one line each
+        _config_error(e)
+        return USAGE
+    except CliError as e:
         print(f"powerplane: error: {e}", file=sys.stderr)
-        return 2
+        return e.code
+    except BrokerUnavailable as e:  # a server unreachable: the command could not work, the call was right
+        print(f"powerplane: error: {e}", file=sys.stderr)
+        return FAILURE
+    except (DevError, FileNotFoundError, ValueError) as e:
+        print(f"powerplane: error: {e}", file=sys.stderr)
+        return USAGE
     except KeyboardInterrupt:
         return 130
-

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ops.cli.common import _site, _stop_on_signals
+from ops.cli.common import UsageError, _add_output, _emit_json, _site, _site_optional, _stop_on_signals
 
 if TYPE_CHECKING:
     from powerplane.config import Config
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
 def cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
     from dashboards.live.server import run
 
-    site = _site(cfg) if Path(cfg.site_file).exists() else None  # without it: levels laid out as they arrive
+    if args.replay and not Path(args.replay).is_dir():
+        raise UsageError(f"--replay {args.replay}: no such recording (make one with `powerplane record`)")
+    site = _site_optional(cfg)  # without it: levels laid out as they arrive
     try:
         run(site, port=args.port, stop=_stop_on_signals(), host=args.host, speed=args.speed, backfill=args.backfill,
             bootstrap=None if args.replay else cfg.kafka_bootstrap, replay_dir=args.replay)
@@ -65,42 +68,12 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
             "workload": args.workload or "default (Azure conversation trace)", "duration_s": duration,
             "seed": args.seed, "wall_s": time.monotonic() - t0, "policies": policies}
     path = write_report(Path(args.out), meta, results, oversub)
+    if args.output == "json":
+        _emit_json({**json.loads((path.parent / "metrics.json").read_text()), "report_path": str(path),
+                    "metrics_path": str(path.parent / "metrics.json")})
+        return 0
     print(path.read_text().split("## Policies")[0].rstrip())
     print(f"\nreport: {path}  metrics: {path.parent / 'metrics.json'}")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
-    from dashboards.live.feed import read_tail
-    from dashboards.live.state import DashState, status_rows
-
-    state = DashState(site=_site(cfg) if Path(cfg.site_file).exists() else None)
-    stats = read_tail(cfg.kafka_bootstrap, state.apply, per_partition=args.tail, timeout_s=args.timeout)
-    kinds = set(args.kinds.split(",")) if args.kinds else None
-    rows = status_rows(state, kinds)
-    if not rows:
-        print(f"no level aggregates in the last {args.tail} records of each partition at {cfg.kafka_bootstrap}: "
-              "is the streams worker running (`powerplane streams worker`)?")
-        return 1
-
-    def kw(x: float | None) -> str:
-        return "-" if x is None or x != x else f"{x / 1e3:.1f}"
-
-    age = f", newest window {time.time() - state.clock_s:.0f} s ago" if state.clock_s == state.clock_s else ""
-    print(f"site {state.site.name if state.site else '?'}: {len(state.values)} levels{age}")
-    print(f"{'level':24s} {'kind':8s} {'load kW':>9s} {'limit kW':>9s} {'load %':>7s} {'headroom kW':>11s} "
-          f"{'mode':8s} {'events':>6s}")
-    for r in rows:
-        frac = r["load_frac"]
-        print(f"{'  ' * r['depth'] + r['level']:24s} {r['kind']:8s} {kw(r['power_w']):>9s} {kw(r['limit_w']):>9s} "
-              f"{'-' if frac is None else f'{frac:.1%}':>7s} {kw(r['headroom_w']):>11s} {r['mode'] or '-':8s} "
-              f"{r['open_events'] or '':>6}")
-    opened = state.open_events()
-    for e in opened[:10]:
-        dl = f", deadline in {e['deadline_s'] - state.clock_s:.0f} s" if e["deadline_s"] is not None else ""
-        print(f"OPEN {e['severity']:8s} {e['kind']} {','.join(e['levels'][:3])}{dl}: {e['summary']}")
-    if stats.lag:
-        print(f"(read timed out with {sum(stats.lag.values())} records left; raise --timeout)", file=sys.stderr)
     return 0
 
 
@@ -122,16 +95,19 @@ def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
     plans, report = plan_shell.run(site, power, risk=args.risk, n_minus_1=args.n_minus_1, seed=args.seed,
                                    kinds=kinds, high_priority=high, costs=costs, source=source, cooling=args.cooling,
                                    max_throttle=args.max_throttle, progress=sys.stderr)
-    print(plan_shell.table(plans))
-    print(plan_shell.summary(report))
     if args.json:
         plan_shell.write_json(report, args.json)
-        print(f"wrote {args.json}")
+        print(f"wrote {args.json}", file=sys.stderr if args.output == "json" else sys.stdout)
+    if args.output == "json":
+        _emit_json(report)
+        return 0
+    print(plan_shell.table(plans))
+    print(plan_shell.summary(report))
     return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds dashboard, evaluate, status, plan."""
+    """Adds dashboard, evaluate, plan."""
     db = sub.add_parser("dashboard", help="serve the live dashboard on localhost (from Kafka, or --replay a recording)")
     db.add_argument("--port", type=int, default=8050)
     db.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -150,14 +126,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev.add_argument("--duration", type=int, help="simulated seconds per policy (default: the scenario's, or 300)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default="evaluation", help="output directory for report.md, metrics.json and plots")
+    _add_output(ev)
     ev.set_defaults(fn=cmd_evaluate)
-
-    st = sub.add_parser("status", help="print the power tree with load and headroom from the latest aggregates")
-    st.add_argument("--kinds", default="site,utility,ups,rpp,pdu,hall,row,zone",
-                    help="comma-separated level kinds to list (racks are left out by default)")
-    st.add_argument("--tail", type=int, default=2000, help="records read back from the end of each partition")
-    st.add_argument("--timeout", type=float, default=10.0, help="seconds to spend reading")
-    st.set_defaults(fn=cmd_status)
 
     pl = sub.add_parser("plan", help="offline oversubscription planning: more racks per level, with and without "
                                      "capping, at a stated risk, and what they are worth")
@@ -183,4 +153,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pl.add_argument("--usd-per-kwh", type=float, default=0.04, help="energy price")
     pl.add_argument("--pue", type=float, default=1.2, help="power usage effectiveness")
     pl.add_argument("--rack-kw", type=float, default=50.0, help="provisioned power per rack, for capital avoided")
+    _add_output(pl)
     pl.set_defaults(fn=cmd_plan)

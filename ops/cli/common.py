@@ -1,17 +1,79 @@
 """What the command modules share: the logger, stopping on SIGTERM/SIGINT, the site and the keyring of a
-config. Underscored as in the handlers they serve: not for use outside ops.cli."""
+config, the exit codes and `--output json`. Underscored as in the handlers they serve: not for use outside
+ops.cli."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import math
+import os
 import signal
+import socket
+import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from powerplane.config import Config
 
 log = logging.getLogger("powerplane")
+
+# Exit codes (the epilog of `powerplane --help` and the README list them).
+OK, FAILURE, USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A mistake or a failure the CLI reports in one line and exits with `code`."""
+
+    code = FAILURE
+
+
+class UsageError(CliError):
+    """A wrong option, setting or file: exit 2."""
+
+    code = USAGE
+
+
+class Failure(CliError):
+    """The command could not do its work (no data, a server unreachable): exit 1."""
+
+    code = FAILURE
+
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table",
+                   help="table (default) or json: one JSON document on stdout, nothing else there")
+
+
+def _json_safe(x: Any) -> Any:
+    """JSON has no NaN or Infinity: a missing or unbounded number is null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _emit_json(doc: Any) -> None:
+    json.dump(_json_safe(doc), sys.stdout, indent=1, allow_nan=False)
+    sys.stdout.write("\n")
+
+
+def _check_port_free(port: int, option: str = "--metrics-port", host: str = "127.0.0.1") -> None:
+    """Refuse a taken port before anything starts, in one line (not a traceback from the HTTP server)."""
+    if not port:
+        return
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UsageError(f"{option} {port}: cannot listen on {host}:{port} ({e.strerror or e}): "
+                             "the port is in use; choose another") from None
 
 
 def _stop_on_signals() -> threading.Event:
@@ -26,10 +88,30 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _site_setting(cfg: Config) -> str:
+    if "PP_SITE_FILE" in os.environ:
+        return "PP_SITE_FILE"
+    return "site_file (config file)" if "site_file" in cfg.model_fields_set else "the default PP_SITE_FILE"
+
+
 def _site(cfg: Config, path: str | None = None) -> Any:
+    """The site of `path`, else of the configured site file; a configured file that is not there is one
+    line naming the setting and the path (exit 2)."""
     from powerplane.site_file import load_site
 
+    if path is None and not Path(cfg.site_file).exists():
+        raise UsageError(f"{_site_setting(cfg)}={cfg.site_file}: no such site file (fix the path, or generate "
+                         "one with `powerplane site generate`)")
     return load_site(path or cfg.site_file)
+
+
+def _site_optional(cfg: Config) -> Any:
+    """Commands that can work without the site (status, dashboard): None only when nobody set one and the
+    default is absent (running outside a checkout); a site file that was set must exist."""
+    if "site_file" not in cfg.model_fields_set and not Path(cfg.site_file).exists():
+        log.warning("no site file (%s absent): levels shown without the tree", cfg.site_file)
+        return None
+    return _site(cfg)
 
 
 def _keyring(cfg: Config, create: bool = True) -> Any:
@@ -44,3 +126,15 @@ def _ack_keyring(cfg: Config, create: bool = True) -> Any:
 
     return load_keyring(ack_key_path(cfg.signing_key_file, cfg.ack_key_file), cfg.ack_key_id, create=create)
 
+
+
+def _require_broker(bootstrap: str, what: str, timeout_s: float) -> None:
+    """A broker must answer before a long-running stage starts: one line (exit 1) instead of the stage's
+    own traceback when there is none."""
+    from kafka import KafkaConsumer
+
+    from powerplane.kafka import _retry_connect
+
+    _retry_connect(what, bootstrap, lambda: KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                                          bootstrap_timeout_ms=int(timeout_s * 1000)),
+                   timeout_s).close()

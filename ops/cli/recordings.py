@@ -46,16 +46,19 @@ def _replay_engine(args: argparse.Namespace, cfg: Config) -> int:
     import json
 
     from ops.engine import Engine, received_s
+    from ops.progress import Progress
     from powerplane.recording import iter_records, load_manifest
     from powerplane.schemas import as_plain
 
     manifest = load_manifest(args.dir)
     engine = Engine.from_config(cfg, _site(cfg), _keyring(cfg))
     total = int(manifest.get("topics", {}).get(topics_mod.TELEMETRY.name, {}).get("records", 0))
+    bar = Progress(f"replaying {total:,} records through the policy", total, sys.stderr if total else None)
     for i, (topic, _k, value, ts_ms, _h) in enumerate(iter_records(args.dir, [topics_mod.TELEMETRY.name]), 1):
         engine.feed(topic, value, received_s(ts_ms))  # checked against when it was received, as live
-        if total and i % 5000 == 0:
-            print(f"\r {i / total:4.0%} {i:,}/{total:,} records", end="", file=sys.stderr, flush=True)
+        if i % 5000 == 0:
+            bar.show(i)
+    bar.done()
     res = engine.finish()
     print(res.summary())
     if args.commands_out:

@@ -8,7 +8,16 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ops.cli.common import _ack_keyring, _keyring, _site, _stop_on_signals, log
+from ops.cli.common import (
+    _ack_keyring,
+    _check_port_free,
+    _keyring,
+    _require_broker,
+    _site,
+    _site_optional,
+    _stop_on_signals,
+    log,
+)
 
 if TYPE_CHECKING:
     from powerplane.config import Config
@@ -70,7 +79,8 @@ def cmd_collect(args: argparse.Namespace, cfg: Config) -> int:
     from collectors import service as collector_service
     from collectors.base import SourceContext
 
-    site = _site(cfg) if Path(cfg.site_file).exists() else None
+    _check_port_free(args.metrics_port)
+    site = _site_optional(cfg)
     sources = collector_service.sources_from_file(args.sources, SourceContext(site=site))
     sched = collector_service.run(cfg, sources, _stop_on_signals(), duration_s=args.duration or None,
                                   metrics_port=args.metrics_port, client_id=args.client_id)
@@ -81,13 +91,17 @@ def cmd_collect(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_streams(args: argparse.Namespace, cfg: Config) -> int:
     from streams.app import run_worker
 
-    run_worker(cfg, _site(cfg), from_beginning=args.from_beginning, metrics_port=args.metrics_port)
+    site = _site(cfg)  # a wrong setting first (exit 2), then a missing broker (exit 1)
+    _check_port_free(args.metrics_port)
+    _require_broker(cfg.kafka_bootstrap, "streams worker", args.connect_timeout)
+    run_worker(cfg, site, from_beginning=args.from_beginning, metrics_port=args.metrics_port)
     return 0
 
 
 def cmd_controller(args: argparse.Namespace, cfg: Config) -> int:
     from controllers import service
 
+    _check_port_free(args.metrics_port)
     stop = _stop_on_signals()
     ctl = service.run(cfg, _site(cfg), _keyring(cfg), stop, metrics_port=args.metrics_port,
                       decide_on_crossing=args.decide_on_crossing)
@@ -117,6 +131,7 @@ def cmd_actuate(args: argparse.Namespace, cfg: Config) -> int:
         actuator = load_actuator(name, tables[name])
     except ActuatorConfigError as e:
         raise ValueError(str(e)) from None
+    _check_port_free(args.metrics_port)
     guard = actuator_service.run(cfg, _site(cfg).name, actuator, _keyring(cfg), _stop_on_signals(),
                                  metrics_port=args.metrics_port, ack_keyring=_ack_keyring(cfg))
     log.info("actuator %s: %s", name, guard.stats)
@@ -132,6 +147,7 @@ def cmd_sink(args: argparse.Namespace, cfg: Config) -> int:
                      "token": cfg.influx_token},
         "alertmanager": {"kind": "alertmanager", "url": cfg.alertmanager_url},
     }
+    _check_port_free(args.metrics_port)
     sink = load_sink(args.name, options[args.name])
     stats = SinkStats()
     if args.metrics_port:
@@ -178,6 +194,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w.add_argument("--from-beginning", action="store_true",
                    help="a new consumer group starts at the oldest telemetry kept, not the newest (reprocessing)")
     w.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
+    w.add_argument("--connect-timeout", type=float, default=15.0, metavar="S",
+                   help="seconds to wait for the broker at start before giving up (exit 1)")
     w.set_defaults(fn=cmd_streams)
 
     c = sub.add_parser("controller", help="run the capping controller (aggregates -> signed commands)")

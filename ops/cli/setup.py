@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ops.cli.common import _ack_keyring, _keyring, _site
+from ops.cli.common import _ack_keyring, _add_output, _emit_json, _keyring, _site
 
 if TYPE_CHECKING:
     from powerplane.config import Config
@@ -26,19 +27,60 @@ def cmd_dev(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def cmd_topics(args: argparse.Namespace, cfg: Config) -> int:
+def _declared_rows() -> list[dict[str, Any]]:
     from powerplane import topics
 
+    return [{"topic": t.name, "partitions": t.partitions, "key": t.key, "retention_ms": t.retention_ms,
+             "cleanup_policy": t.configs()["cleanup.policy"]} for t in topics.ALL]
+
+
+def _on_broker(bootstrap: str, rows: list[dict[str, Any]], timeout_s: float) -> list[dict[str, Any]]:
+    """Each declared topic as the broker has it: its partitions there (None: missing) and records kept."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from powerplane.kafka import _retry_connect
+
+    cons = _retry_connect("topics list", bootstrap, lambda: KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, bootstrap_timeout_ms=int(timeout_s * 1000)), timeout_s)
+    try:
+        out = []
+        for r in rows:
+            ids = cons.partitions_for_topic(r["topic"]) or set()
+            parts = [TopicPartition(r["topic"], i) for i in ids]
+            kept = None
+            if parts:
+                begin, end = cons.beginning_offsets(parts), cons.end_offsets(parts)
+                kept = sum(end[tp] - begin[tp] for tp in parts)
+            out.append({**r, "exists": bool(ids), "partitions_on_broker": len(ids) or None, "records_kept": kept})
+        return out
+    finally:
+        cons.close()
+
+
+def cmd_topics(args: argparse.Namespace, cfg: Config) -> int:
     if args.action == "create":
         from powerplane.kafka import create_topics
 
         created = create_topics(cfg.kafka_bootstrap)
         print(f"created: {', '.join(created)}" if created else "all topics already exist")
-    else:
-        print(f"{'topic':16s} {'parts':>5s} {'key':18s} {'retention':>9s} cleanup")
-        for t in topics.ALL:
-            print(f"{t.name:16s} {t.partitions:5d} {t.key:18s} {t.retention_ms / 86_400_000:8.0f}d "
-                  f"{t.configs()['cleanup.policy']}")
+        return 0
+    rows = _declared_rows() if args.declared else _on_broker(cfg.kafka_bootstrap, _declared_rows(), args.timeout)
+    if args.output == "json":
+        _emit_json(rows)
+        return 0
+    head = f"{'topic':40s} {'parts':>5s} {'key':18s} {'retention':>9s} {'cleanup':13s}"
+    print(head if args.declared else head + f" {'on broker':>9s} {'records':>12s}")
+    for r in rows:
+        line = (f"{r['topic']:40s} {r['partitions']:5d} {r['key']:18s} {r['retention_ms'] / 86_400_000:8.0f}d "
+                f"{r['cleanup_policy']:13s}")
+        if not args.declared:
+            line += f" {r['partitions_on_broker'] or 'MISSING':>9} {r['records_kept'] or 0:>12,}"
+        print(line)
+    missing = [r["topic"] for r in rows if not args.declared and not r["exists"]]
+    if missing:
+        print(f"{len(missing)} declared topic(s) missing at {cfg.kafka_bootstrap}: run `powerplane topics create`",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -95,8 +137,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--wipe", action="store_true", help="down: also delete their data")
     d.set_defaults(fn=cmd_dev)
 
-    t = sub.add_parser("topics", help="create the declared Kafka topics, or list them")
+    t = sub.add_parser("topics", help="create the declared Kafka topics, or list them as the broker has them")
     t.add_argument("action", choices=["create", "list"])
+    t.add_argument("--declared", action="store_true",
+                   help="list: the topics as declared, without asking the broker (works offline)")
+    t.add_argument("--timeout", type=float, default=5.0, help="list: seconds to wait for the broker")
+    _add_output(t)
     t.set_defaults(fn=cmd_topics)
 
     s = sub.add_parser("site", help="validate, show or generate a site file")

@@ -155,13 +155,18 @@ def test_incomplete_or_foreign_recording_is_refused(tmp_path: Path) -> None:
         list(iter_records(tmp_path))
 
 
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def test_progress_line() -> None:
-    out = io.StringIO()
+    out = _Tty()
     bar = ops_recording.Progress(27_000, out, every_s=0)
     bar.show(12_345, 12.0)
-    assert out.getvalue() == "\r 45% 12,345/27,000 records  ETA 0:12  "
+    assert out.getvalue() == "\r 45% 12,345/27,000 records  ETA 0:12   "
     bar.show(27_000, 3725.0)
-    assert out.getvalue().endswith("100% 27,000/27,000 records  ETA 1:02:05  ")
+    assert out.getvalue().endswith("100% 27,000/27,000 records  ETA 1:02:05   ")
 
 
 def test_cli_parses_record_and_replay() -> None:
