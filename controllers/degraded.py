@@ -77,12 +77,14 @@ def bounded_estimate_w(now_s: float, last_w: FloatArray, last_ts_s: FloatArray, 
                        p99_w: FloatArray, forecast_ts_s: FloatArray, f: Freshness) -> FloatArray:
     """Per level, a conservative load for a level with nothing fresh: its last fresh load plus the spread of the
     forecast made around then (p99 - p50: what the load reaches at the 99th percentile from where it was), and
-    at least that forecast's p99; without such a forecast, the last load plus `estimate_margin`. NaN where the
+    at least that forecast's p99; the spread is at least `estimate_margin` of the last load (the only margin
+    where there is no such forecast). NaN where the
     last fresh load is older than `estimate_max_age_s` or there was none (the level is then held)."""
     both = np.isfinite(forecast_ts_s) & np.isfinite(last_ts_s)
     gap_s = np.abs(np.where(both, forecast_ts_s, 0.0) - np.where(both, last_ts_s, 0.0))
     near = both & np.isfinite(p50_w) & np.isfinite(p99_w) & (gap_s <= f.max_event_age_s)
-    spread = np.where(near, np.maximum(np.nan_to_num(p99_w - p50_w), 0.0), f.estimate_margin * last_w)
+    # At least the margin: a forecast just restarted (after a feed change) has no spread yet.
+    spread = np.fmax(np.where(near, np.nan_to_num(p99_w - p50_w), 0.0), f.estimate_margin * last_w)
     est = np.where(near, np.fmax(last_w + spread, p99_w), last_w + spread)
     recent = np.isfinite(last_w) & (now_s - last_ts_s <= f.estimate_max_age_s)
     return np.where(recent, est, np.nan)

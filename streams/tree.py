@@ -62,6 +62,10 @@ class TreeSettings:
     # Behind also when the head lags the receiver's clock by more than this: the input is old news (a fleet
     # replaying its spool after a broker outage), so a source lagging the head is in transit, not silent.
     behind_after_s: float = 10.0
+    # ... and for this long after a backlog clears (receiver's clock): producers that spooled through an
+    # outage deliver their partitions unevenly for a while, so a source lagging the head is still presumed in
+    # transit. Windows then wait up to backlog_lateness_s for a lagging source, which costs time only then.
+    backlog_grace_s: float = 15.0
     # A frame further ahead of the receiver's clock than this is refused (future_frames). None: no clock check
     # here (the default: the decode-time checks own the clock skew, and the twin runs faster than real time in
     # tests); the head check below always applies.
@@ -255,6 +259,7 @@ class TreeWindows:
         self.dropped_windows = 0  # windows forced closed by the bound on open windows
         self.wall_s: float | None = None  # the receiver's clock at the latest call, when the caller has one
         self.backlog = False  # the caller's word at the latest call: its input has records not yet read
+        self.backlog_wall_s = -math.inf  # receiver's clock when a backlog was last known (backlog_grace_s)
         self.resumed = False  # state loaded from a checkpoint, no frame taken since
         self.resume_skipped = 0  # windows the predecessor had published after its last checkpoint
         self._limits_cache: dict[bytes, tuple[FloatArray, FloatArray]] = {}
@@ -392,6 +397,11 @@ class TreeWindows:
         head = self.head_s
         if self.wall_s is not None and self.wall_s - head > st.behind_after_s:
             self.backlog = True
+        if self.wall_s is not None:
+            if self.backlog:
+                self.backlog_wall_s = self.wall_s
+            elif self.wall_s - self.backlog_wall_s < st.backlog_grace_s:
+                self.backlog = True  # just out of a backlog: sources still arrive unevenly
         starting = head - self.first_ts_s < st.stale_after_s
         complete = completeness_s(self.last_frame_ts_s, self.rack_source, self.n_sources, head, st.stale_after_s,
                                   self.backlog, starting)

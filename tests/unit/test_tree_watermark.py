@@ -150,3 +150,34 @@ def test_a_resumed_worker_does_not_republish_what_its_predecessor_published_as_s
     assert closed[0].ts_s == T0 + 11  # the window it may have held open is closed again
     assert all(s.rack_age_s.max() == 0.0 for s in closed[1:])
     assert heir.resume_skipped == 5 and heir.late_frames == 0  # T0 + 6 .. T0 + 10
+
+
+def test_just_after_a_backlog_a_partition_arriving_late_is_in_transit_not_silent() -> None:
+    """After a broker outage the producers drain their spools unevenly: one partition can land seconds after
+    the others though the worker's input is already caught up. For `backlog_grace_s` after the backlog such a
+    partition is waited for, not paged (seen in the lab broker-outage test: 2 false `telemetry_loss`); later,
+    the normal lateness bound applies again."""
+    source = np.arange(N) % 4
+    stage = SiteStage(SITE, rack_source=source)
+    outs = []
+    for t in range(1, 11):  # a backlog, then caught up at t = 10 (wall clock 0.5 s after each second)
+        outs.append(stage.add_batch(RackSummaryBatch.of([summary(r, T0 + t) for r in range(N)]),
+                                    wall_s=T0 + t + 0.5, backlog=t < 10))
+    lag = np.flatnonzero(source == 1)  # partition 1 then arrives 8 s late, for 8 s
+    for t in range(11, 31):
+        racks = [r for r in range(N) if r not in lag or t > 18]
+        if t > 18:  # its backlog lands at once
+            outs.append(stage.add_batch(RackSummaryBatch.of([summary(r, T0 + k) for r in lag for k in range(11, 19)]),
+                                        wall_s=T0 + t + 0.4, backlog=False))
+        outs.append(stage.add_batch(RackSummaryBatch.of([summary(r, T0 + t) for r in racks]), wall_s=T0 + t + 0.5,
+                                    backlog=False))
+    events = [e for o in outs for e in o.events]
+    assert not [e for e in events if e.kind == "telemetry_loss"], [e.summary for e in events][:3]
+    assert stage.tree.late_frames == 0
+    # Long after the backlog, the same partition silent for 8 s is paged as it should be.
+    for t in range(31, 45):
+        racks = [r for r in range(N) if r not in lag]
+        outs.append(stage.add_batch(RackSummaryBatch.of([summary(r, T0 + t) for r in racks]), wall_s=T0 + t + 0.5,
+                                    backlog=False))
+    events = [e for o in outs for e in o.events]
+    assert {e.levels[0] for e in events if e.kind == "telemetry_loss"} == {SITE.rack_ids[int(r)] for r in lag}
