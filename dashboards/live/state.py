@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from dashboards.live.views import Decisions, cause_of, group_events
+from dashboards.live.views import KIND_RANK, NOISE_RANK, Decisions, cause_of, group_events
 from powerplane.schemas import Ack, Command, Event, Headroom, LevelAggregate, Record
 from powerplane.site import KIND_NAMES, Site
 
@@ -104,7 +104,7 @@ class DashState:
     history_len: int = 300  # points per level: 5 minutes at 1 Hz; ~12 KB per level
     log_len: int = 500
     max_commands: int = 2000
-    max_events: int = 1000
+    max_events: int = 20_000  # the 100 MW site opened 5,340 in a feed loss; pages get them grouped
     clock_s: float = math.nan  # event time: the newest ts_s of any record folded
     levels: dict[str, LevelInfo] = field(default_factory=dict)
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -130,6 +130,7 @@ class DashState:
     _cause: dict[tuple[str, str], str] = field(default_factory=dict)  # (rack, action) -> last non-renewal reason
     _dirty_decisions: set[str] = field(default_factory=set)
     _decision_seq: dict[str, int] = field(default_factory=dict)  # decision -> seq of its log line
+    _noise: dict[str, tuple[int, list[str], float]] = field(default_factory=dict)  # noisy events per second
 
     def __post_init__(self) -> None:
         if self.site is not None:
@@ -268,13 +269,23 @@ class DashState:
             self._drop_oldest_event()
         if prev is None or prev["state"] != ev.state or prev["severity"] != ev.severity:
             verb = "RESOLVED" if ev.state == "resolved" else ("OPEN" if prev is None else ev.severity.upper())
+            if KIND_RANK.get(ev.kind, 5) >= NOISE_RANK:  # a thousand racks silent: one line per second
+                key = f"{verb} {ev.kind}@{int(ev.ts_s)}"
+                n, levels, _ = self._noise.get(key, (0, [], ev.ts_s))
+                self._noise[key] = (n + 1, levels + ev.levels[:1] if len(levels) < 3 else levels, ev.ts_s)
+                self._dirty_decisions.add(key)
+                return
             self._log(ev.ts_s, "event", "info" if ev.state == "resolved" else ev.severity,
                       f"{verb} {ev.kind} {','.join(ev.levels[:3])}: {ev.summary}", ev.id)
 
     def _drop_oldest_event(self) -> None:
-        # Resolved events go first; an open emergency is the last thing to forget.
+        # Resolved events go first, then the oldest of the noisiest kind: a thousand telemetry losses must
+        # never push a feed loss out of the table.
         victim = next((k for k, v in self.events.items() if v["state"] == "resolved"), None)
-        self.events.pop(victim if victim is not None else next(iter(self.events)))
+        if victim is None:
+            noisiest = max(KIND_RANK.get(v["kind"], 5) for v in self.events.values())
+            victim = next(k for k, v in self.events.items() if KIND_RANK.get(v["kind"], 5) == noisiest)
+        self.events.pop(victim)
 
     def _on_command(self, c: Command) -> None:
         self._tick(c.issued_at_s)
@@ -315,9 +326,10 @@ class DashState:
     def _flush_decisions(self) -> None:
         """Each decision changed since the last flush: its log line, replacing the one it had."""
         for key in sorted(self._dirty_decisions, key=lambda k: self.decisions.by_key[k].ts_s
-                          if k in self.decisions.by_key else 0.0):
+                          if k in self.decisions.by_key else self._noise[k][2] if k in self._noise else 0.0):
             d = self.decisions.by_key.get(key)
-            if d is None:
+            noise = self._noise.get(key)
+            if d is None and noise is None:
                 continue
             old = self._decision_seq.get(key)
             if old is not None:
@@ -325,13 +337,21 @@ class DashState:
                     if e["seq"] == old:
                         del self.log[i]
                         break
-            hms = _hms(d.ts_s)
-            self._log(d.ts_s, "command" if d.commands else "renewal", "warning" if d.refused else "info",
-                      d.text(hms), key)
+            if d is not None:
+                self._log(d.ts_s, "command" if d.commands else "renewal", "warning" if d.refused else "info",
+                          d.text(_hms(d.ts_s)), key)
+            elif noise is not None:
+                n, levels, ts = noise
+                verb_kind = key.split("@")[0]
+                self._log(ts, "event", "info" if verb_kind.startswith("RESOLVED") else "warning",
+                          f"{verb_kind} x{n}: {', '.join(levels)}{' ...' if n > len(levels) else ''}", key)
             self._decision_seq[key] = self._log_seq
         self._dirty_decisions.clear()
+        if len(self._noise) > 120:  # a line per kind and second is kept open for updates two minutes
+            self._noise = dict(list(self._noise.items())[-60:])
         if len(self._decision_seq) > 2 * self.decisions.max_decisions:
-            self._decision_seq = {k: v for k, v in self._decision_seq.items() if k in self.decisions.by_key}
+            self._decision_seq = {k: v for k, v in self._decision_seq.items()
+                                  if k in self.decisions.by_key or k in self._noise}
 
     # ---- views --------------------------------------------------------------------------------
     def mode_of(self, level: str) -> str | None:
@@ -403,7 +423,9 @@ class DashState:
     def _common(self) -> dict[str, Any]:
         self._flush_decisions()
         ev = self.open_events()
-        return {"clock_s": num(self.clock_s, 3), "open_events": ev, "groups": group_events(ev),
+        # Open events go to the page grouped, with a count per level (for the tree): not one by one.
+        return {"clock_s": num(self.clock_s, 3), "groups": group_events(ev), "n_open": len(ev),
+                "open_counts": self.open_event_counts(),
                 "feed_mode": self.site_mode, "pending": self.pending(),
                 "caps": self.active_caps(), "counts": dict(self.counts), "epoch": self.epoch}
 

@@ -20,6 +20,7 @@ APPLIED = frozenset({"applied", "clamped"})
 KIND_RANK: dict[str, int] = {"feed_loss": 0, "ups_loss": 1, "power_loss": 2, "breaker_overload": 3,
                              "cooling_failure": 4, "thermal_slowdown": 6, "command_refused": 7, "meter_gap": 8,
                              "telemetry_loss": 9}
+NOISE_RANK = 8  # kinds from here on are logged collapsed per second (meter gaps, telemetry losses)
 CRITICAL_KINDS = frozenset(k for k, r in KIND_RANK.items() if r <= 4)
 SEV_RANK = {"critical": 0, "warning": 1, "info": 2}
 

@@ -364,3 +364,24 @@ def test_acks_collapse_into_one_log_line_per_decision() -> None:
     assert len(log) == 1 and log[0]["ref"] == first[0]["ref"] and log[0]["severity"] == "warning"
     assert "1024 power_cap (shedding x1024): 1023 applied, 1 refused" in log[0]["text"], log[0]["text"]
     assert [e["ref"] for e in s.log].count(first[0]["ref"]) == 1, "the updated line replaces the first"
+
+
+def test_a_full_event_table_forgets_telemetry_noise_before_a_feed_loss() -> None:
+    s = DashState(site=LAB, max_events=100)
+    s.apply(feed_event("f1", T0, deadline=T0 + 10))
+    for i in range(1000):
+        s.apply(feed_event(f"t{i}", T0 + 1, kind="telemetry_loss", level=f"rack-{i:04d}"))
+    d = s.take_delta()
+    assert d["groups"][0]["kind"] == "feed_loss" and d["n_open"] == 100
+    assert "open_events" not in d, "the page gets events grouped, not 1,000 one by one every second"
+
+
+def test_telemetry_noise_is_one_log_line_per_second_and_the_feed_loss_stays_in_view() -> None:
+    s = DashState(site=LAB, log_len=20)
+    s.take_delta()
+    s.apply(feed_event("f1", T0, deadline=T0 + 10))
+    for i in range(1000):
+        s.apply(feed_event(f"t{i}", T0 + 0.5, kind="telemetry_loss", level=f"rack-{i:04d}"))
+    texts = [e["text"] for e in s.take_delta()["log"]]
+    assert texts[0].startswith("OPEN feed_loss util-a") and len(texts) == 2, texts
+    assert texts[1] == "OPEN telemetry_loss x1000: rack-0000, rack-0001, rack-0002 ..."

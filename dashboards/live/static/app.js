@@ -5,13 +5,13 @@
 const KIND_ORDER = ["site", "utility", "ups", "rpp", "pdu", "hall", "row", "zone", "rack"];
 const S = {
   cols: {}, tree: new Map(), vals: new Map(), racks: [], rackIdx: new Map(), rows: [],
-  open: [], caps: [], pending: [], clock: null, recvWall: 0, mode: "live", replay: null, site: null,
+  openCounts: {}, nOpen: 0, caps: [], pending: [], clock: null, recvWall: 0, mode: "live", replay: null, site: null,
   expanded: new Set(), collapsed: new Set(), selected: null, hist: [], histLevel: null, metric: "load",
   counts: {}, lastCounts: null, lastCountsWall: 0, rate: 0, logSeq: 0, epoch: -1,
   groups: [], feedMode: null, hiddenKinds: new Set(), openGroups: new Set(), logRefs: new Map(),
 };
 // ?static=1: one snapshot, no event stream (headless `chromium --screenshot` waits for the network to go
-// quiet, which a stream never does). See docs/runbooks.md, "The live dashboard".
+// quiet, which a stream never does). See docs/dashboard.md.
 const STATIC = new URLSearchParams(location.search).get("static") === "1";
 // Exposed for the browser test: draw timings and message counts.
 window.__pp = { messages: 0, lastDrawMs: 0, maxDrawMs: 0, draws: 0 };
@@ -101,7 +101,7 @@ function onMessage(msg) {
     for (const r of msg.levels) S.vals.set(r[0], r);
     appendHistory(msg.levels);
   }
-  S.clock = msg.clock_s; S.open = msg.open_events; S.caps = msg.caps; S.pending = msg.pending;
+  S.clock = msg.clock_s; S.openCounts = msg.open_counts || {}; S.nOpen = msg.n_open || 0; S.caps = msg.caps; S.pending = msg.pending;
   S.groups = msg.groups || []; S.feedMode = msg.feed_mode === undefined ? null : msg.feed_mode;
   S.mode = msg.mode; S.replay = msg.replay || null;
   updateRate(msg.counts || {});
@@ -135,7 +135,7 @@ function drawHeader() {
   $("nlevels").textContent = S.vals.size;
   $("nracks").textContent = S.racks.length;
   $("rate").textContent = Math.round(S.rate);
-  $("nopen").textContent = S.open.length;
+  $("nopen").textContent = S.nOpen;
   $("ncaps").textContent = S.caps.length;
   // Feed state: the site level's newest mode; without a site level, any level not in normal mode.
   const modes = new Set();
@@ -173,8 +173,7 @@ function kidCounts(kids) {
   return [...by].sort((a, b) => kindRank(a[0]) - kindRank(b[0])).map(([k, c]) => `${c} ${k}`).join(" · ");
 }
 function drawTree() {
-  const rows = visibleTree(), counts = {};
-  for (const e of S.open) for (const l of e.levels) counts[l] = (counts[l] || 0) + 1;
+  const rows = visibleTree(), counts = S.openCounts;
   const html = [];
   for (const [n, depth] of rows) {
     const p = v(n.id, "power_w"), lim = v(n.id, "limit_w"), hr = v(n.id, "headroom_w"), md = v(n.id, "mode");
@@ -283,7 +282,8 @@ function drawEmergencies() {
   if (!S.groups.length) { em.innerHTML = '<div class="empty">none open</div>'; return; }
   if (!shown.length) { em.innerHTML = '<div class="empty">every open kind is filtered out</div>'; return; }
   em.innerHTML = shown.map((g) => {
-    const key = g.kind + "|" + g.cause, open = S.openGroups.has(key) || g.count === 1, e0 = g.events[0];
+    // Small groups show their events; a click on "show/hide events" flips the default.
+    const key = g.kind + "|" + g.cause, open = (g.count <= 3) !== S.openGroups.has(key), e0 = g.events[0];
     const members = open && g.count > 1 ? '<div class="members">' + g.events.map((e) => `<div><span class="lv">${esc(e.levels[0] || "")}</span> ${esc(e.summary)}` +
       (isNum(e.deadline_s) ? " " + deadlineSpan(e.deadline_s, e.shed_acked_s) : "") + "</div>").join("") +
       (g.count > g.events.length ? `<div class="dim">… and ${g.count - g.events.length} more</div>` : "") + "</div>" : "";
@@ -302,8 +302,10 @@ function drawSide() {
   const caps = $("caps").tBodies[0];
   caps.innerHTML = S.caps.length ? S.caps.map((c) => `<tr><td class="lvl">${esc(c.target)}</td><td class="k">${esc(c.action.replace("_", " "))}</td>` +
     `<td class="n">${c.n_gpus}</td><td class="n">${rangeTxt(c.applied_min, c.applied_max, c.action)}</td>` +
-    `<td class="n">${dur(c.expires_at_s - S.clock)}</td><td class="dim reason" title="${esc(c.reason)}">${esc(c.reason)}</td></tr>`).join("")
-    : '<tr><td colspan="6" class="empty">no cap in force</td></tr>';
+    `<td class="n">${dur(c.expires_at_s - S.clock)}</td></tr>` +
+    // The reason on a line of its own, full width: "shedding: ups-b-h1-01 at 104% of its limit" is read whole.
+    `<tr class="why"><td colspan="5" class="dim reason">${esc(c.reason)}</td></tr>`).join("")
+    : '<tr><td colspan="5" class="empty">no cap in force</td></tr>';
   const pd = $("pending").tBodies[0];
   pd.innerHTML = S.pending.length ? S.pending.slice().reverse().map((c) => `<tr><td class="lvl">${esc(c.target)}</td><td class="k">${esc(c.action.replace("_", " "))}</td>` +
     `<td class="n">${c.n_gpus}</td><td class="n">${rangeTxt(c.value_min, c.value_max, c.action)}</td>` +
@@ -437,7 +439,7 @@ function addLog(entries) {
     S.logSeq = e.seq;
     const d = document.createElement("div");
     // A decision's line is sent again as its acks arrive: the newer replaces the older.
-    if (e.ref && (e.kind === "command" || e.kind === "renewal")) {
+    if (e.ref && (e.kind === "command" || e.kind === "renewal" || e.ref.includes("@"))) {
       const old = S.logRefs.get(e.ref);
       if (old) old.remove();
       S.logRefs.set(e.ref, d);
