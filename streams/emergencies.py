@@ -253,9 +253,15 @@ class EmergencyDetector:
             racks = np.flatnonzero(hot_rack & (self.rack_zone == z))
             n_gpus = int(snap.gpus_throttled[rl[racks]].sum())
             zid = ids[z] if z >= 0 else "no-zone"
+            # A rack is hot by its GPUs' slowdown flags or by its hottest GPU's temperature: say which, never
+            # "0 GPU(s) in thermal slowdown" for racks that are only at the temperature.
+            n_hot = int(np.count_nonzero(np.nan_to_num(snap.gpu_temp_max_c[rl[racks]], nan=0.0) >= st.gpu_slowdown_c))
+            what = [f"{n_gpus} GPU(s) reporting thermal slowdown"] if n_gpus else []
+            if n_hot:
+                what.append(f"{n_hot} rack(s) with a GPU at or above {st.gpu_slowdown_c:.0f} C")
             out[f"thermal_slowdown:{zid}"] = _Cond(
                 "warning", [zid, *[ids[rl[r]] for r in racks[:20].tolist()]], None,
-                f"{zid}: {n_gpus} GPU(s) in thermal slowdown across {racks.size} rack(s)",
+                f"{zid}: {' and '.join(what)} ({racks.size} rack(s) hot)",
                 {"racks": float(racks.size), "gpus_throttled": float(n_gpus)})
         return out
 

@@ -135,8 +135,11 @@ class SiteStage:
     def on_snapshot(self, snap: Snapshot) -> StageOutput:
         st = self.settings
         self.windows_closed += 1
-        self.last = snap
+        prev, self.last = self.last, snap
         site, ids = self.site, self.site.level_ids
+        if prev is not None:  # a feed or topology change: history from before it would mislead every level
+            changed = ~np.isclose(snap.limit_w, prev.limit_w, equal_nan=True)
+            self.forecaster.forget(np.ones(len(ids), dtype=bool) if snap.site_mode != prev.site_mode else changed)
         self.forecaster.update(snap.ts_s, snap.load_w)
         p50, p99 = self.forecaster.predict()
         _, plan99 = self.forecaster.predict_plan()

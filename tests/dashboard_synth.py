@@ -21,8 +21,10 @@ Rec = tuple[str, bytes, bytes, int]  # topic, key, value, timestamp_ms
 
 
 def tree_records(site: Site, fleet: Fleet, t_s: float, *, headroom: bool = True,
-                 mode: str = "normal") -> list[Rec]:
-    """One window of aggregates (every level) and headroom (every level but racks) at event time t_s."""
+                 mode: str = "normal", frame_offset_s: float = 0.0) -> list[Rec]:
+    """One window of aggregates (every level) and headroom (every level but racks) at event time t_s.
+    `frame_offset_s`: rack and PDU aggregates stamped that much later, as the per-rack stage stamps them
+    with their telemetry frame (N.415 s) while headroom carries its window (N.0 s)."""
     fr = fleet.step(1.0)
     load = site.rollup_w(fr.rack_power_w, mode)  # type: ignore[arg-type]
     rated, derated = site.limits_w(mode)  # type: ignore[arg-type]
@@ -33,10 +35,11 @@ def tree_records(site: Site, fleet: Fleet, t_s: float, *, headroom: bool = True,
     for i, lid in enumerate(site.level_ids):
         kind = KIND_NAMES[int(site.level_kind[i])]
         p = float(load[i])
-        agg = LevelAggregate(site=site.name, level=lid, kind=kind, ts_s=t_s, window_s=1.0, power_w=p,
+        ts_agg = t_s + frame_offset_s if kind in ("rack", "pdu") else t_s
+        agg = LevelAggregate(site=site.name, level=lid, kind=kind, ts_s=ts_agg, window_s=1.0, power_w=p,
                              limit_w=float(derated[i]), rated_w=float(rated[i]), mode=mode, gpus_expected=0,
                              gpus_reporting=0, inlet_c=None if np.isnan(inlet[i]) else float(inlet[i]))
-        out.append((topics.AGGREGATES.name, agg.key(), agg.encode(), ts_ms))
+        out.append((topics.AGGREGATES.name, agg.key(), agg.encode(), int(ts_agg * 1000)))
         if headroom and kind != "rack":
             p99 = p * 1.05
             h = Headroom(site=site.name, level=lid, kind=kind, ts_s=t_s, mode=mode, horizon_s=10.0, power_w=p,

@@ -6,19 +6,31 @@ open events, the commands with their acknowledgements, and a bounded log. `snaps
 page needs to draw; `take_delta()` is what changed since the previous delta, coalesced: a level that
 got ten records in a second is sent once. Everything is JSON-ready (NaN and None become null).
 
+Order is per kind of record, by each record's own event time: a level's aggregates are compared with its
+aggregates, its headroom with its headroom, an event with the records of the same event id. (PDU
+aggregates are stamped with their telemetry frame, N.415 s, headroom with its window, N.0 s: against one
+clock per level every headroom record looked late and was dropped.) Values both carry (load, limit,
+mode) come from the newer of the two.
+
 The clock is event time: the newest `ts_s` seen in any record. Deadlines, lease expiries and "pending"
 are judged against it, so a replayed recording looks the way it looked when it happened.
+
+Commands and acknowledgements are summarised per controller decision (views.Decisions): one log line per
+decision, updated as its acks arrive; an emergency whose shedding since it opened is fully applied is not
+overdue. Open emergencies are also sent grouped by kind and cause (views.group_events).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from dashboards.live.views import KIND_RANK, NOISE_RANK, Decisions, cause_of, group_events
 from powerplane.schemas import Ack, Command, Event, Headroom, LevelAggregate, Record
 from powerplane.site import KIND_NAMES, Site
 
@@ -32,6 +44,12 @@ LEVEL_COLS: tuple[str, ...] = (
 HIST_COLS: tuple[str, ...] = ("ts_s", "power_w", "forecast_p50_w", "forecast_p99_w", "limit_w")
 CAP_ACTIONS = frozenset({"power_cap", "sm_clock_lock"})
 APPLIED = frozenset({"applied", "clamped"})
+# Fields both an aggregate and a headroom record carry: taken from whichever of the two is newer.
+SHARED = frozenset({"power_w", "limit_w", "mode", "ts_s", "inlet_c"})
+
+
+def _hms(ts_s: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ts_s)) if math.isfinite(ts_s) else "--:--:--"
 
 
 def num(x: Any, digits: int = 1) -> float | None:
@@ -86,7 +104,7 @@ class DashState:
     history_len: int = 300  # points per level: 5 minutes at 1 Hz; ~12 KB per level
     log_len: int = 500
     max_commands: int = 2000
-    max_events: int = 1000
+    max_events: int = 20_000  # the 100 MW site opened 5,340 in a feed loss; pages get them grouped
     clock_s: float = math.nan  # event time: the newest ts_s of any record folded
     levels: dict[str, LevelInfo] = field(default_factory=dict)
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -105,6 +123,14 @@ class DashState:
     _new_racks: list[str] = field(default_factory=list)
     _log_seq: int = 0
     _log_sent: int = 0
+    site_mode: str | None = None  # the feed state from the newest site-level record
+    site_mode_ts_s: float = -math.inf
+    decisions: Decisions = field(default_factory=Decisions)
+    _src_ts: dict[tuple[str, str], float] = field(default_factory=dict)  # (level, record kind) -> newest ts
+    _cause: dict[tuple[str, str], str] = field(default_factory=dict)  # (rack, action) -> last non-renewal reason
+    _dirty_decisions: set[str] = field(default_factory=set)
+    _decision_seq: dict[str, int] = field(default_factory=dict)  # decision -> seq of its log line
+    _noise: dict[str, tuple[int, list[str], float]] = field(default_factory=dict)  # noisy events per second
 
     def __post_init__(self) -> None:
         if self.site is not None:
@@ -144,13 +170,13 @@ class DashState:
     def apply(self, rec: Record) -> None:
         """Fold one decoded record. Records of other schemas (telemetry) are ignored."""
         if isinstance(rec, LevelAggregate):
-            self._on_level(rec.level, rec.kind, rec.ts_s, {
+            self._on_level(rec.level, rec.kind, rec.ts_s, "aggregate", {
                 "power_w": rec.power_w, "limit_w": rec.limit_w, "mode": rec.mode, "inlet_c": rec.inlet_c,
                 "gpu_temp_max_c": rec.gpu_temp_max_c, "racks_stale": rec.racks_stale,
                 "gpus_reporting": rec.gpus_reporting, "gpus_expected": rec.gpus_expected, "ts_s": rec.ts_s})
             self._hist_point(rec.level, rec.ts_s, power_w=rec.power_w, limit_w=rec.limit_w)
         elif isinstance(rec, Headroom):
-            self._on_level(rec.level, rec.kind, rec.ts_s, {
+            self._on_level(rec.level, rec.kind, rec.ts_s, "headroom", {
                 "power_w": rec.power_w, "limit_w": rec.limit_w, "mode": rec.mode, "headroom_w": rec.headroom_w,
                 "forecast_p50_w": rec.forecast_p50_w, "forecast_p99_w": rec.forecast_p99_w,
                 "horizon_s": rec.horizon_s, "thermal_headroom_c": rec.thermal_headroom_c,
@@ -172,7 +198,7 @@ class DashState:
         if not (self.clock_s >= ts_s):  # also true while the clock is NaN
             self.clock_s = ts_s
 
-    def _on_level(self, level: str, kind: str, ts_s: float, vals: dict[str, Any]) -> None:
+    def _on_level(self, level: str, kind: str, ts_s: float, source: str, vals: dict[str, Any]) -> None:
         self._tick(ts_s)
         if level not in self.levels:
             self.levels[level] = LevelInfo(level, kind, None, None)
@@ -181,10 +207,16 @@ class DashState:
             self._rack_index[level] = len(self.racks)
             self.racks.append(level)
             self._new_racks.append(level)
+        if ts_s < self._src_ts.get((level, source), -math.inf) - 1e-6:
+            return  # older than the newest record of this kind for this level (a late partition)
+        self._src_ts[(level, source)] = ts_s
+        if kind == "site" and ts_s >= self.site_mode_ts_s - 1e-6:
+            self.site_mode, self.site_mode_ts_s = str(vals["mode"]), ts_s
         cur = self.values.setdefault(level, {})
-        if ts_s < cur.get("ts_s", -math.inf) - 1e-6:
-            return  # an older window than the one shown (a late partition): keep the newer one
-        cur.update(vals)
+        if ts_s >= cur.get("ts_s", -math.inf) - 1e-6:
+            cur.update(vals)
+        else:  # the other kind of record is newer: keep its load, limit and mode
+            cur.update({k: x for k, x in vals.items() if k not in SHARED})
         self._dirty.add(level)
 
     def _hist_point(self, level: str, ts_s: float, **vals: float) -> None:
@@ -224,24 +256,36 @@ class DashState:
     def _on_event(self, ev: Event) -> None:
         self._tick(ev.ts_s)
         prev = self.events.get(ev.id)
+        if prev is not None and ev.ts_s < (prev["ts_s"] or -math.inf) - 1e-6:
+            return  # an older record of this event than the one shown (e.g. its "open" after its "resolved")
         row = {"id": ev.id, "kind": ev.kind, "severity": ev.severity, "state": ev.state, "levels": ev.levels,
                "ts_s": num(ev.ts_s, 3), "deadline_s": num(ev.deadline_s, 3),
                "opened_s": num(ev.opened_s if ev.opened_s is not None else
                                (prev["opened_s"] if prev else ev.ts_s), 3),
-               "summary": ev.summary}
+               "summary": ev.summary, "cause": cause_of(ev.kind, ev.summary, ev.details)}
         self.events[ev.id] = row
         self.events.move_to_end(ev.id)
         while len(self.events) > self.max_events:
             self._drop_oldest_event()
         if prev is None or prev["state"] != ev.state or prev["severity"] != ev.severity:
             verb = "RESOLVED" if ev.state == "resolved" else ("OPEN" if prev is None else ev.severity.upper())
+            if KIND_RANK.get(ev.kind, 5) >= NOISE_RANK:  # a thousand racks silent: one line per second
+                key = f"{verb} {ev.kind}@{int(ev.ts_s)}"
+                n, levels, _ = self._noise.get(key, (0, [], ev.ts_s))
+                self._noise[key] = (n + 1, levels + ev.levels[:1] if len(levels) < 3 else levels, ev.ts_s)
+                self._dirty_decisions.add(key)
+                return
             self._log(ev.ts_s, "event", "info" if ev.state == "resolved" else ev.severity,
                       f"{verb} {ev.kind} {','.join(ev.levels[:3])}: {ev.summary}", ev.id)
 
     def _drop_oldest_event(self) -> None:
-        # Resolved events go first; an open emergency is the last thing to forget.
+        # Resolved events go first, then the oldest of the noisiest kind: a thousand telemetry losses must
+        # never push a feed loss out of the table.
         victim = next((k for k, v in self.events.items() if v["state"] == "resolved"), None)
-        self.events.pop(victim if victim is not None else next(iter(self.events)))
+        if victim is None:
+            noisiest = max(KIND_RANK.get(v["kind"], 5) for v in self.events.values())
+            victim = next(k for k, v in self.events.items() if KIND_RANK.get(v["kind"], 5) == noisiest)
+        self.events.pop(victim)
 
     def _on_command(self, c: Command) -> None:
         self._tick(c.issued_at_s)
@@ -255,12 +299,11 @@ class DashState:
         self.commands[c.id] = cv
         while len(self.commands) > self.max_commands:
             self.commands.popitem(last=False)
-        rng = "" if cv.value_min is None else (
-            f" {cv.value_min:.0f}" if cv.value_min == cv.value_max else f" {cv.value_min:.0f}-{cv.value_max:.0f}")
-        unit = " W" if c.action == "power_cap" else (" MHz" if c.action == "sm_clock_lock" else "")
-        self._log(c.issued_at_s, "renewal" if c.reason == "lease renewal" else "command", "info",
-                  f"{c.action} {c.target} {cv.n_gpus} GPU{rng}{unit if rng else ''} lease {c.lease_s:.0f} s "
-                  f"({c.reason})", c.id)
+        if c.reason != "lease renewal":
+            self._cause[(c.target, c.action)] = c.reason
+        # One log line per decision (flushed with the next delta), not one per rack.
+        d = self.decisions.on_command(c.id, c.issuer, c.issued_at_s, c.action, c.reason, c.target)
+        self._dirty_decisions.add(d.key)
 
     def _on_ack(self, a: Ack) -> None:
         self._tick(a.ts_s)
@@ -273,14 +316,58 @@ class DashState:
         cv.ack_status, cv.ack_ts_s, cv.ack_reason = a.status, a.ts_s, a.reason
         cv.applied_min = float(ok.min()) if ok.size else None
         cv.applied_max = float(ok.max()) if ok.size else None
-        if cv.reason != "lease renewal" or a.status not in APPLIED:
-            sev = "info" if a.status in APPLIED or a.status == "duplicate" else "warning"
-            self._log(a.ts_s, "ack", sev, f"{a.status} {a.target} {int(a.gpus.size)} GPU"
+        d = self.decisions.on_ack(a.command_id, a.status, a.ts_s)
+        if d is not None:
+            self._dirty_decisions.add(d.key)
+        elif a.status not in APPLIED and a.status != "duplicate":  # a refusal of a command not seen: say so now
+            self._log(a.ts_s, "ack", "warning", f"{a.status} {a.target} {int(a.gpus.size)} GPU"
                       f"{' ' + a.reason if a.reason else ''}", a.command_id)
 
+    def _flush_decisions(self) -> None:
+        """Each decision changed since the last flush: its log line, replacing the one it had."""
+        for key in sorted(self._dirty_decisions, key=lambda k: self.decisions.by_key[k].ts_s
+                          if k in self.decisions.by_key else self._noise[k][2] if k in self._noise else 0.0):
+            d = self.decisions.by_key.get(key)
+            noise = self._noise.get(key)
+            if d is None and noise is None:
+                continue
+            old = self._decision_seq.get(key)
+            if old is not None:
+                for i, e in enumerate(self.log):
+                    if e["seq"] == old:
+                        del self.log[i]
+                        break
+            if d is not None:
+                self._log(d.ts_s, "command" if d.commands else "renewal", "warning" if d.refused else "info",
+                          d.text(_hms(d.ts_s)), key)
+            elif noise is not None:
+                n, levels, ts = noise
+                verb_kind = key.split("@")[0]
+                self._log(ts, "event", "info" if verb_kind.startswith("RESOLVED") else "warning",
+                          f"{verb_kind} x{n}: {', '.join(levels)}{' ...' if n > len(levels) else ''}", key)
+            self._decision_seq[key] = self._log_seq
+        self._dirty_decisions.clear()
+        if len(self._noise) > 120:  # a line per kind and second is kept open for updates two minutes
+            self._noise = dict(list(self._noise.items())[-60:])
+        if len(self._decision_seq) > 2 * self.decisions.max_decisions:
+            self._decision_seq = {k: v for k, v in self._decision_seq.items()
+                                  if k in self.decisions.by_key or k in self._noise}
+
     # ---- views --------------------------------------------------------------------------------
-    def level_row(self, level: str) -> list[Any]:
+    def mode_of(self, level: str) -> str | None:
+        """The level's mode; a level on a lost feed reads that feed lost even when its own newest record
+        (older than the site's) said normal: a PDU whose rack went silent must not read normal on a dead feed."""
         v = self.values.get(level, {})
+        mode = v.get("mode")
+        info = self.levels.get(level)
+        sm = self.site_mode
+        if (info is not None and info.feed and sm == f"{info.feed}-lost" and mode != sm
+                and self.site_mode_ts_s >= v.get("ts_s", -math.inf) - 1e-6):
+            return sm
+        return None if mode is None else str(mode)
+
+    def level_row(self, level: str) -> list[Any]:
+        v = {**self.values.get(level, {}), "mode": self.mode_of(level)}
         out: list[Any] = [level]
         for c in LEVEL_COLS:
             x = v.get(c)
@@ -291,6 +378,9 @@ class DashState:
         """Open events, the nearest deadline first, then critical before warning."""
         sev = {"critical": 0, "warning": 1, "info": 2}
         ev = [e for e in self.events.values() if e["state"] == "open"]
+        for e in ev:  # is the shedding it needs done? (the page shows no OVERDUE for it then)
+            if e["deadline_s"] is not None:
+                e["shed_acked_s"] = num(self.decisions.shed_acked_s(e["opened_s"]), 3)
         return sorted(ev, key=lambda e: (e["deadline_s"] if e["deadline_s"] is not None else math.inf,
                                          sev.get(e["severity"], 3)))
 
@@ -319,7 +409,8 @@ class DashState:
             elif c.action in CAP_ACTIONS and c.ack_status in APPLIED:
                 latest.setdefault(c.target, {})[c.action] = c
         caps = [c for t in sorted(latest) for c in latest[t].values() if not (c.expires_at_s < now)]
-        return [c.row() for c in caps[:limit]]
+        # A renewal says "lease renewal": the cap's reason is the change that set it.
+        return [{**c.row(), "reason": self._cause.get((c.target, c.action), c.reason)} for c in caps[:limit]]
 
     def history(self, level: str) -> list[list[float | None]]:
         buf = self._hist.get(level)
@@ -330,27 +421,34 @@ class DashState:
         return [[num(x, 3) for x in buf[i]] for i in idx.tolist()]
 
     def _common(self) -> dict[str, Any]:
-        return {"clock_s": num(self.clock_s, 3), "open_events": self.open_events(), "pending": self.pending(),
+        self._flush_decisions()
+        ev = self.open_events()
+        # Open events go to the page grouped, with a count per level (for the tree): not one by one.
+        return {"clock_s": num(self.clock_s, 3), "groups": group_events(ev), "n_open": len(ev),
+                "open_counts": self.open_event_counts(),
+                "feed_mode": self.site_mode, "pending": self.pending(),
                 "caps": self.active_caps(), "counts": dict(self.counts), "epoch": self.epoch}
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a page needs to draw from nothing."""
         self._new_levels.clear()
         self._new_racks.clear()
+        common = self._common()
         return {"type": "snapshot", "site": self.site.name if self.site is not None else None,
                 "cols": list(LEVEL_COLS), "hist_cols": list(HIST_COLS), "kinds": list(KIND_NAMES),
                 "tree": [[x.id, x.kind, x.parent, x.feed] for x in self.levels.values()],
                 "racks": list(self.racks), "rows": [list(r) for r in self.rows],
                 "levels": [self.level_row(lid) for lid in self.values],
-                "log": list(self.log), **self._common()}
+                "log": list(self.log), **common}
 
     def take_delta(self) -> dict[str, Any]:
         """What changed since the last delta (levels coalesced), and the small lists in full."""
+        common = self._common()
         out = {"type": "delta",
                "tree": [[x.id, x.kind, x.parent, x.feed] for x in map(self.levels.__getitem__, self._new_levels)],
                "racks": list(self._new_racks),
                "levels": [self.level_row(lid) for lid in self._dirty],
-               "log": [e for e in self.log if e["seq"] > self._log_sent], **self._common()}
+               "log": [e for e in self.log if e["seq"] > self._log_sent], **common}
         self._dirty.clear()
         self._new_levels.clear()
         self._new_racks.clear()
@@ -373,7 +471,7 @@ def status_rows(state: DashState, kinds: set[str] | None = None) -> list[dict[st
             power, limit = v.get("power_w"), v.get("limit_w")
             out.append({"level": lid, "kind": info.kind, "depth": depth, "power_w": power, "limit_w": limit,
                         "load_frac": power / limit if power is not None and limit else None,
-                        "headroom_w": v.get("headroom_w"), "mode": v.get("mode"),
+                        "headroom_w": v.get("headroom_w"), "mode": state.mode_of(lid),
                         "open_events": counts.get(lid, 0)})
             depth += 1
         for c in children.get(lid, []):

@@ -125,7 +125,7 @@ class OnlineForecast:
         """This window's values are in the ring."""
 
     def _derive(self) -> None:
-        """Recompute what follows from the state (after from_state)."""
+        """Recompute what follows from the state (after from_state and forget)."""
 
     def _point(self) -> FloatArray:
         raise NotImplementedError
@@ -218,6 +218,25 @@ class OnlineForecast:
         self.nobs += ok
         if k % self.stride == 0:
             self.plan[(k // self.stride) % self.P] = self._plan_point().astype(F32)
+
+    def forget(self, series: npt.NDArray[np.bool_]) -> None:
+        """Start the chosen series afresh, as if never seen (history, error scores, p99 trackers): after a
+        feed or topology change their history describes a tree that is gone, and a step in it would widen
+        their p99 for minutes (the error scores have a half-life of `score_halflife_s`). Their forecasts are
+        NaN again until `min_obs` new windows. Rare (on a change), so built from a fresh object."""
+        mask = np.asarray(series, dtype=bool)
+        if not mask.any():
+            return
+        fresh = type(self)(self.n + 1, self.settings)  # its series axis is the one one longer than ours
+        for a in self._base_arrays + self._arrays:
+            cur, new = getattr(self, a), getattr(fresh, a)
+            ax = next(i for i, (x, y) in enumerate(zip(cur.shape, new.shape, strict=True)) if x != y)
+            idx: list[Any] = [slice(None)] * cur.ndim
+            idx[ax] = mask
+            src: list[Any] = [slice(None)] * cur.ndim
+            src[ax] = slice(0, 1)
+            cur[tuple(idx)] = new[tuple(src)]
+        self._derive()
 
     def _ready(self) -> npt.NDArray[np.bool_]:
         return self.nobs >= self.settings.min_obs

@@ -145,11 +145,15 @@ def test_an_ack_before_its_command_is_kept_and_renewals_stay_out_of_the_log() ->
     s.apply(ack("c9", "rack-02", T0 + 0.1))
     s.apply(command("c9", "rack-02", T0))
     assert s.pending() == [] and s.active_caps()[0]["id"] == "c9"
+    s.take_delta()
+    assert list(s.log)[-1]["text"].endswith("power_cap rack-02 (pdu over 80%): 1 applied, 0 refused")
     n = len(s.log)
     s.apply(command("r1", "rack-02", T0 + 5, reason="lease renewal"))
     s.apply(ack("r1", "rack-02", T0 + 5.1))
+    s.take_delta()
     kinds = [e["kind"] for e in list(s.log)[n:]]
     assert kinds == ["renewal"], "an applied renewal's ack is noise; the renewal is logged, muted"
+    assert s.active_caps()[0]["reason"] == "pdu over 80%", "a renewed cap keeps the reason that set it"
     s.apply(ack("r2", "rack-02", T0 + 6, status="rejected"))
     assert list(s.log)[-1]["severity"] == "warning"
 
@@ -270,3 +274,114 @@ def test_status_without_a_broker_is_one_line_saying_what_to_do(capsys: pytest.Ca
     assert rc == 1 and len(err) == 1, err  # exit 1: a server unreachable
     assert "no Kafka broker answers" in err[0] and "powerplane dev up" in err[0]
     assert time.monotonic() - t0 < 15, "a status command must not hang for half a minute"
+
+
+# ---- issue 15: a dashboard that stays true ---------------------------------------------------------------
+def feed_event(eid: str, ts: float, state: str = "open", kind: str = "feed_loss", level: str = "util-a",
+               deadline: float | None = None, summary: str = "feed A lost") -> Event:
+    return Event(id=eid, site="lab", kind=kind, severity="critical" if kind != "telemetry_loss" else "warning",
+                 state=state, levels=[level], ts_s=ts, deadline_s=deadline, summary=summary, opened_s=ts)
+
+
+def test_pdu_headroom_follows_its_own_records_when_aggregates_carry_frame_times() -> None:
+    # PDU aggregates are stamped with their frame (N.415 s), headroom with its window (N.0 s), and the
+    # headroom of a window arrives after the next frame's aggregate: each must still be shown.
+    s = DashState(site=LAB)
+    for k in range(5):
+        s.apply(agg("pdu-b01", "pdu", T0 + k + 0.415, 20_000.0 + k))
+        s.apply(head("pdu-b01", T0 + k, 20_000.0 + k, 30_000.0 + 1_000.0 * k))
+        r = row(s, "pdu-b01")
+        assert r["headroom_w"] == 46_000.0 - 30_000.0 - 1_000.0 * k, f"headroom froze at window {k}"
+        assert r["power_w"] == 20_000.0 + k and r["ts_s"] == T0 + k + 0.415
+    s.apply(head("pdu-b01", T0 + 2, 1.0, 1.0))  # a late headroom window: older than its kind's newest
+    assert row(s, "pdu-b01")["headroom_w"] == 12_000.0
+
+
+def test_a_level_on_a_lost_feed_never_reads_normal() -> None:
+    s = DashState(site=LAB)
+    s.apply(agg("pdu-a03", "pdu", T0 + 0.415, 21_000.0))  # its rack then goes silent: no newer PDU record
+    s.apply(agg("lab", "site", T0 + 2, 200_000.0, limit=400_000.0, mode="A-lost"))
+    assert s.mode_of("pdu-a03") == "A-lost" and row(s, "pdu-a03")["mode"] == "A-lost"
+    assert [r["mode"] for r in status_rows(s, {"pdu"}) if r["level"] == "pdu-a03"] == ["A-lost"]
+    assert s.mode_of("pdu-b03") is None and s.snapshot()["feed_mode"] == "A-lost"
+    s.apply(agg("lab", "site", T0 + 30, 300_000.0, limit=400_000.0))  # restored: the badge goes
+    assert s.mode_of("pdu-a03") == "normal" and s.take_delta()["feed_mode"] == "normal"
+
+
+def test_acknowledged_shedding_is_not_overdue_and_a_resolved_event_closes() -> None:
+    s = DashState(site=LAB)
+    s.apply(feed_event("f1", T0, deadline=T0 + 10))
+    racks = [f"rack-0{i}" for i in range(1, 4)]
+    for i, r in enumerate(racks):
+        s.apply(command(f"c{i}", r, T0 + 0.5, reason="shedding: pdu-b01 at 104% of its limit"))
+    for i, r in enumerate(racks[:2]):
+        s.apply(ack(f"c{i}", r, T0 + 0.8))
+    assert s.open_events()[0]["shed_acked_s"] is None, "one rack still has not acknowledged"
+    s.apply(ack("c2", "rack-03", T0 + 1.1))
+    s.apply(ack("c2", "rack-03", T0 + 1.5, status="duplicate"))  # at-least-once: counted once
+    assert s.open_events()[0]["shed_acked_s"] == T0 + 1.1
+    assert s.take_delta()["groups"][0]["shed_acked_s"] == T0 + 1.1
+    # A decision from before the event opened is not its shedding.
+    s2 = DashState(site=LAB)
+    s2.apply(command("old", "rack-01", T0 - 30))
+    s2.apply(ack("old", "rack-01", T0 - 29.9))
+    s2.apply(feed_event("f1", T0, deadline=T0 + 10))
+    assert s2.open_events()[0]["shed_acked_s"] is None
+    # Cleared: the card (and its deadline) is gone; a late "open" of the same event does not reopen it.
+    s.apply(feed_event("f1", T0 + 60, state="resolved"))
+    s.apply(feed_event("f1", T0 + 5))
+    assert s.open_events() == [] and s.take_delta()["groups"] == []
+
+
+def test_emergencies_are_grouped_by_kind_and_cause_with_critical_kinds_above_telemetry_noise() -> None:
+    s = DashState(site=LAB, max_events=5000)
+    for i in range(1000):
+        s.apply(feed_event(f"t{i}", T0 + i * 0.001, kind="telemetry_loss", level=f"rack-{i:04d}",
+                           summary=f"rack-{i:04d}: no reading for 6 s; counted conservatively"))
+    for i in range(24):
+        s.apply(feed_event(f"g{i}", T0 + 1, kind="telemetry_loss", level=f"rack-g{i}",
+                           summary=f"rack-g{i}: 3 of 64 GPUs reporting; counted conservatively"))
+    s.apply(feed_event("f1", T0 + 2, deadline=T0 + 12))
+    s.apply(feed_event("c1", T0 + 3, kind="cooling_failure", level="zone-1", summary="zone-1 inlet rising"))
+    groups = s.snapshot()["groups"]
+    assert [(g["kind"], g["cause"], g["count"]) for g in groups] == [
+        ("feed_loss", "", 1), ("cooling_failure", "", 1), ("telemetry_loss", "no reading", 1000),
+        ("telemetry_loss", "GPUs silent", 24)]
+    assert groups[0]["critical_kind"] and groups[0]["deadline_s"] == T0 + 12
+    assert len(groups[2]["events"]) == 6 and groups[2]["opened_s"] == T0, "a group shows a few members"
+
+
+def test_acks_collapse_into_one_log_line_per_decision() -> None:
+    s = DashState(site=LAB, log_len=50)
+    s.take_delta()
+    for i in range(1024):
+        s.apply(command(f"c{i}", f"rack-{i:04d}", T0, reason="shedding: ups-b at 96% of its limit"))
+    first = s.take_delta()["log"]
+    assert len(first) == 1 and first[0]["text"].endswith("0 applied, 0 refused, 1024 pending")
+    for i in range(1024):
+        s.apply(ack(f"c{i}", f"rack-{i:04d}", T0 + 0.5, status="applied" if i else "rejected"))
+    log = s.take_delta()["log"]
+    assert len(log) == 1 and log[0]["ref"] == first[0]["ref"] and log[0]["severity"] == "warning"
+    assert "1024 power_cap (shedding x1024): 1023 applied, 1 refused" in log[0]["text"], log[0]["text"]
+    assert [e["ref"] for e in s.log].count(first[0]["ref"]) == 1, "the updated line replaces the first"
+
+
+def test_a_full_event_table_forgets_telemetry_noise_before_a_feed_loss() -> None:
+    s = DashState(site=LAB, max_events=100)
+    s.apply(feed_event("f1", T0, deadline=T0 + 10))
+    for i in range(1000):
+        s.apply(feed_event(f"t{i}", T0 + 1, kind="telemetry_loss", level=f"rack-{i:04d}"))
+    d = s.take_delta()
+    assert d["groups"][0]["kind"] == "feed_loss" and d["n_open"] == 100
+    assert "open_events" not in d, "the page gets events grouped, not 1,000 one by one every second"
+
+
+def test_telemetry_noise_is_one_log_line_per_second_and_the_feed_loss_stays_in_view() -> None:
+    s = DashState(site=LAB, log_len=20)
+    s.take_delta()
+    s.apply(feed_event("f1", T0, deadline=T0 + 10))
+    for i in range(1000):
+        s.apply(feed_event(f"t{i}", T0 + 0.5, kind="telemetry_loss", level=f"rack-{i:04d}"))
+    texts = [e["text"] for e in s.take_delta()["log"]]
+    assert texts[0].startswith("OPEN feed_loss util-a") and len(texts) == 2, texts
+    assert texts[1] == "OPEN telemetry_loss x1000: rack-0000, rack-0001, rack-0002 ..."

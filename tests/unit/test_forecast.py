@@ -189,3 +189,20 @@ def test_settings_are_checked() -> None:
         Forecaster(3, ForecastSettings(quantile=1.5))
     with pytest.raises(ValueError, match="max_lag_s"):
         Forecaster(3, ForecastSettings(horizons_s=(1.0, 300.0)))
+
+
+@pytest.mark.parametrize("method", (Forecaster, Persistence, Ewma))  # seasonal-naive needs a season of errors
+def test_forget_starts_chosen_series_afresh_after_a_step(method: type) -> None:
+    # A step from 490 to 270 (a feed lost): a forgotten series forecasts from its new level only, and its
+    # p99 is narrow again 10 windows later; the series left alone keeps its old state.
+    rng = np.random.default_rng(1)
+    f = method(2)
+    for k in range(400):
+        y = (490.0 if k < 300 else 270.0) + rng.normal(0.0, 2.0)
+        if k == 300:
+            f.forget(np.array([True, False]))
+            assert np.isnan(f.predict()[0][0]).all() and np.isfinite(f.predict()[0][1]).all()
+        f.update(float(k), np.array([y, y]))
+        if k == 300 + 12:
+            p50, p99 = f.predict()
+            assert abs(p50[0, 1] - 270.0) < 10 and p99[0, 1] - p50[0, 1] < 30, (p50[0], p99[0])

@@ -5,10 +5,14 @@
 const KIND_ORDER = ["site", "utility", "ups", "rpp", "pdu", "hall", "row", "zone", "rack"];
 const S = {
   cols: {}, tree: new Map(), vals: new Map(), racks: [], rackIdx: new Map(), rows: [],
-  open: [], caps: [], pending: [], clock: null, recvWall: 0, mode: "live", replay: null, site: null,
+  openCounts: {}, nOpen: 0, caps: [], pending: [], clock: null, recvWall: 0, mode: "live", replay: null, site: null,
   expanded: new Set(), collapsed: new Set(), selected: null, hist: [], histLevel: null, metric: "load",
   counts: {}, lastCounts: null, lastCountsWall: 0, rate: 0, logSeq: 0, epoch: -1,
+  groups: [], feedMode: null, hiddenKinds: new Set(), openGroups: new Set(), logRefs: new Map(),
 };
+// ?static=1: one snapshot, no event stream (headless `chromium --screenshot` waits for the network to go
+// quiet, which a stream never does). See docs/dashboard.md.
+const STATIC = new URLSearchParams(location.search).get("static") === "1";
 // Exposed for the browser test: draw timings and message counts.
 window.__pp = { messages: 0, lastDrawMs: 0, maxDrawMs: 0, draws: 0 };
 
@@ -39,7 +43,13 @@ function headFrac(level) {
   if (isNum(hr)) return hr / lim;
   return isNum(p) ? (lim - p) / lim : null;
 }
-function headClass(f) { return f === null ? "none" : f < 0 ? "bad" : f < 0.1 ? "hot" : f < 0.2 ? "warn" : "ok"; }
+// Colour is the load as a share of the derated limit (the same scale for every level, so 81% is never
+// greener than 73%); the headroom is shown as a number beside it.
+function loadFrac(level) {
+  const p = v(level, "power_w"), lim = v(level, "limit_w");
+  return isNum(p) && isNum(lim) && lim > 0 ? p / lim : null;
+}
+function loadClass(f) { return f === null ? "none" : f >= 1 ? "bad" : f >= 0.9 ? "hot" : f >= 0.8 ? "warn" : "ok"; }
 const CLS_COLOR = { ok: "#3dd68c", warn: "#ffc53d", hot: "#f76b15", bad: "#e5484d", none: "#4a5361" };
 // Heat-map ramp: cool blue-green through amber to red; t in [0, 1].
 const RAMP = [[0, [20, 60, 90]], [0.35, [24, 120, 110]], [0.6, [61, 214, 140]], [0.78, [255, 197, 61]], [0.9, [247, 107, 21]], [1, [229, 72, 77]]];
@@ -82,7 +92,7 @@ function onMessage(msg) {
     S.cols = {}; msg.cols.forEach((c, i) => { S.cols[c] = i + 1; });
     S.tree = new Map(); S.vals = new Map(); S.racks = []; S.rackIdx = new Map();
     S.rows = msg.rows || []; S.site = msg.site; S.epoch = msg.epoch;
-    $("log").textContent = ""; S.logSeq = 0;
+    $("log").textContent = ""; S.logSeq = 0; S.logRefs = new Map();
     addTree(msg.tree); addRacks(msg.racks);
     for (const r of msg.levels) S.vals.set(r[0], r);
     S.hist = []; S.histLevel = null;
@@ -91,7 +101,8 @@ function onMessage(msg) {
     for (const r of msg.levels) S.vals.set(r[0], r);
     appendHistory(msg.levels);
   }
-  S.clock = msg.clock_s; S.open = msg.open_events; S.caps = msg.caps; S.pending = msg.pending;
+  S.clock = msg.clock_s; S.openCounts = msg.open_counts || {}; S.nOpen = msg.n_open || 0; S.caps = msg.caps; S.pending = msg.pending;
+  S.groups = msg.groups || []; S.feedMode = msg.feed_mode === undefined ? null : msg.feed_mode;
   S.mode = msg.mode; S.replay = msg.replay || null;
   updateRate(msg.counts || {});
   addLog(msg.log);
@@ -124,11 +135,12 @@ function drawHeader() {
   $("nlevels").textContent = S.vals.size;
   $("nracks").textContent = S.racks.length;
   $("rate").textContent = Math.round(S.rate);
-  $("nopen").textContent = S.open.length;
+  $("nopen").textContent = S.nOpen;
   $("ncaps").textContent = S.caps.length;
-  // Feed state: any level not in normal mode means a lost feed somewhere.
+  // Feed state: the site level's newest mode; without a site level, any level not in normal mode.
   const modes = new Set();
-  for (const r of S.vals.values()) { const md = r[S.cols.mode]; if (md && md !== "normal") modes.add(md); }
+  if (S.feedMode) { if (S.feedMode !== "normal") modes.add(S.feedMode); }
+  else for (const r of S.vals.values()) { const md = r[S.cols.mode]; if (md && md !== "normal") modes.add(md); }
   const fs = $("feedstate");
   fs.textContent = modes.size ? [...modes].join(" ") : S.vals.size ? "feeds normal" : "feeds ?";
   fs.className = "chip " + (modes.size ? "alarm" : S.vals.size ? "ok" : "");
@@ -151,23 +163,28 @@ function treeKids(n) { return n.kids.filter((k) => S.tree.get(k).kind !== "rack"
 function isOpen(n) { return S.expanded.has(n.id) || (!S.collapsed.has(n.id) && treeKids(n).length <= 12); }
 function worstKid(n) {
   let worst = null, id = null;
-  for (const k of treeKids(n)) { const f = headFrac(k); if (f !== null && (worst === null || f < worst)) { worst = f; id = k; } }
+  for (const k of treeKids(n)) { const f = loadFrac(k); if (f !== null && (worst === null || f > worst)) { worst = f; id = k; } }
   return [id, worst];
 }
+// "16 row · 8 zone": children counted per kind, never all under the first one's kind.
+function kidCounts(kids) {
+  const by = new Map();
+  for (const k of kids) { const kind = S.tree.get(k).kind; by.set(kind, (by.get(kind) || 0) + 1); }
+  return [...by].sort((a, b) => kindRank(a[0]) - kindRank(b[0])).map(([k, c]) => `${c} ${k}`).join(" · ");
+}
 function drawTree() {
-  const rows = visibleTree(), counts = {};
-  for (const e of S.open) for (const l of e.levels) counts[l] = (counts[l] || 0) + 1;
+  const rows = visibleTree(), counts = S.openCounts;
   const html = [];
   for (const [n, depth] of rows) {
     const p = v(n.id, "power_w"), lim = v(n.id, "limit_w"), hr = v(n.id, "headroom_w"), md = v(n.id, "mode");
     const th = v(n.id, "thermal_headroom_c"), p99 = v(n.id, "forecast_p99_w");
-    const f = headFrac(n.id), cls = headClass(f), load = isNum(p) && isNum(lim) && lim > 0 ? p / lim : null;
+    const load = loadFrac(n.id), cls = loadClass(load), dead = md && md !== "normal" && isNum(lim) && lim <= 0;
     const kids = treeKids(n), open = isOpen(n);
     let tog = kids.length ? (open ? "▾" : "▸") : "";
     let extra = "";
     if (kids.length && !open) {
       const [wid, wf] = worstKid(n);
-      extra = ` <span class="dim">${kids.length} ${esc(S.tree.get(kids[0]).kind)}${wid ? ` · worst <span class="c-${headClass(wf)}">${esc(wid)}</span>` : ""}</span>`;
+      extra = ` <span class="dim kc">${esc(kidCounts(kids))}${wid ? ` · worst <span class="c-${loadClass(wf)}">${esc(wid)}</span> ${pct(wf)}` : ""}</span>`;
     }
     const barW = load === null ? 0 : Math.min(100, load * 100);
     const p99mark = isNum(p99) && isNum(lim) && lim > 0 ? `<u style="left:${Math.min(100, (p99 / lim) * 100).toFixed(1)}%"></u>` : "";
@@ -175,9 +192,9 @@ function drawTree() {
       `<td><span style="padding-left:${depth * 14}px"></span><span class="tog">${tog}</span><span class="lvl c-${cls}">${esc(n.id)}</span>${extra}</td>` +
       `<td class="k">${esc(n.kind)}${n.feed ? " " + esc(n.feed) : ""}</td>` +
       `<td class="${md && md !== "normal" ? "mode-bad" : "k"}">${esc(md || "–")}</td>` +
-      `<td class="n">${kw(p)}</td><td class="n">${kw(lim)}</td>` +
-      `<td class="bar"><div class="bar"><i style="width:${barW.toFixed(1)}%;background:${CLS_COLOR[cls]}"></i>${p99mark}</div></td>` +
-      `<td class="n c-${cls}">${isNum(hr) ? kw(hr) : isNum(lim) && isNum(p) ? '<span class="dim">' + kw(lim - p) + "</span>" : "–"}</td>` +
+      `<td class="n${dead ? " dim" : ""}">${kw(p)}</td><td class="n">${kw(lim)}</td>` +
+      `<td class="bar" title="${pct(load)} of the derated limit"><div class="bar"><i style="width:${barW.toFixed(1)}%;background:${CLS_COLOR[cls]}"></i>${p99mark}</div></td>` +
+      `<td class="n hr ${isNum(hr) && hr < 0 ? "c-bad" : ""}">${isNum(hr) ? kw(hr) : isNum(lim) && isNum(p) ? '<span class="dim">' + kw(lim - p) + "</span>" : "–"}</td>` +
       `<td class="n">${isNum(th) ? th.toFixed(1) : "–"}</td>` +
       `<td class="n">${counts[n.id] ? '<span class="c-bad">' + counts[n.id] + "</span>" : ""}</td></tr>`);
   }
@@ -251,22 +268,44 @@ function drawLegend() {
   lg.append(n);
 }
 
+// Emergencies, grouped by kind and cause (the server sorts the groups: feed/UPS/power loss, breaker
+// overload and cooling failure always above telemetry noise); a chip per kind hides or shows it.
+function deadlineSpan(deadline, shed) {
+  return `<span class="dl" data-deadline="${isNum(deadline) ? deadline : ""}" data-shed="${isNum(shed) ? shed : ""}"></span>`;
+}
+function drawEmergencies() {
+  const byKind = new Map();
+  for (const g of S.groups) byKind.set(g.kind, (byKind.get(g.kind) || 0) + g.count);
+  $("evfilter").innerHTML = [...byKind].map(([k, n]) => `<button type="button" data-kind="${esc(k)}" class="${S.hiddenKinds.has(k) ? "off" : "on"}">` +
+    `${esc(k.replace(/_/g, " "))} <b>${n}</b></button>`).join("");
+  const em = $("emerg"), shown = S.groups.filter((g) => !S.hiddenKinds.has(g.kind));
+  if (!S.groups.length) { em.innerHTML = '<div class="empty">none open</div>'; return; }
+  if (!shown.length) { em.innerHTML = '<div class="empty">every open kind is filtered out</div>'; return; }
+  em.innerHTML = shown.map((g) => {
+    // Small groups show their events; a click on "show/hide events" flips the default.
+    const key = g.kind + "|" + g.cause, open = (g.count <= 3) !== S.openGroups.has(key), e0 = g.events[0];
+    const members = open && g.count > 1 ? '<div class="members">' + g.events.map((e) => `<div><span class="lv">${esc(e.levels[0] || "")}</span> ${esc(e.summary)}` +
+      (isNum(e.deadline_s) ? " " + deadlineSpan(e.deadline_s, e.shed_acked_s) : "") + "</div>").join("") +
+      (g.count > g.events.length ? `<div class="dim">… and ${g.count - g.events.length} more</div>` : "") + "</div>" : "";
+    return `<div class="ev ${esc(g.severity)}" data-kind="${esc(g.kind)}" data-group="${esc(key)}"><div class="top">` +
+      `<span class="kind ${g.severity === "critical" ? "c-bad" : "c-warn"}">${esc(g.kind.replace(/_/g, " "))}</span>` +
+      (g.count > 1 ? `<span class="count">×${g.count}</span>` : "") +
+      `<span class="lv">${esc(g.levels.slice(0, 4).join(", "))}${g.count > 4 ? " …" : ""}</span>` +
+      deadlineSpan(g.deadline_s, g.shed_acked_s) + "</div>" +
+      `<div>${g.count === 1 ? esc(e0.summary) : esc(g.cause || e0.summary)}</div>` +
+      `<div class="dim">opened ${hms(g.opened_s)} · ${esc(g.severity)}${g.count > 1 ? ` · <a href="#" class="more">${open ? "hide" : "show"} events</a>` : ""}</div>${members}</div>`;
+  }).join("");
+}
 function drawSide() {
-  const em = $("emerg");
-  if (!S.open.length) em.innerHTML = '<div class="empty">none open</div>';
-  else {
-    em.innerHTML = S.open.map((e) => `<div class="ev ${esc(e.severity)}" data-id="${esc(e.id)}"><div class="top">` +
-      `<span class="kind ${e.severity === "critical" ? "c-bad" : "c-warn"}">${esc(e.kind.replace(/_/g, " "))}</span>` +
-      `<span class="lv">${esc(e.levels.slice(0, 4).join(", "))}${e.levels.length > 4 ? " +" + (e.levels.length - 4) : ""}</span>` +
-      `<span class="dl" data-deadline="${isNum(e.deadline_s) ? e.deadline_s : ""}"></span></div>` +
-      `<div>${esc(e.summary)}</div><div class="dim">opened ${hms(e.opened_s)} · ${esc(e.severity)}</div></div>`).join("");
-  }
+  drawEmergencies();
   tickDeadlines();
   const caps = $("caps").tBodies[0];
   caps.innerHTML = S.caps.length ? S.caps.map((c) => `<tr><td class="lvl">${esc(c.target)}</td><td class="k">${esc(c.action.replace("_", " "))}</td>` +
     `<td class="n">${c.n_gpus}</td><td class="n">${rangeTxt(c.applied_min, c.applied_max, c.action)}</td>` +
-    `<td class="n">${dur(c.expires_at_s - S.clock)}</td><td class="dim">${esc(c.reason)}</td></tr>`).join("")
-    : '<tr><td colspan="6" class="empty">no cap in force</td></tr>';
+    `<td class="n">${dur(c.expires_at_s - S.clock)}</td></tr>` +
+    // The reason on a line of its own, full width: "shedding: ups-b-h1-01 at 104% of its limit" is read whole.
+    `<tr class="why"><td colspan="5" class="dim reason">${esc(c.reason)}</td></tr>`).join("")
+    : '<tr><td colspan="5" class="empty">no cap in force</td></tr>';
   const pd = $("pending").tBodies[0];
   pd.innerHTML = S.pending.length ? S.pending.slice().reverse().map((c) => `<tr><td class="lvl">${esc(c.target)}</td><td class="k">${esc(c.action.replace("_", " "))}</td>` +
     `<td class="n">${c.n_gpus}</td><td class="n">${rangeTxt(c.value_min, c.value_max, c.action)}</td>` +
@@ -288,7 +327,9 @@ function nowEvent() {
 function tickDeadlines() {
   const now = nowEvent();
   for (const el of document.querySelectorAll("#emerg .dl")) {
-    const d = parseFloat(el.dataset.deadline);
+    const d = parseFloat(el.dataset.deadline), shed = parseFloat(el.dataset.shed);
+    // Its shedding is acknowledged: the deadline was met, whatever the clock says now.
+    if (isFinite(shed)) { el.textContent = "shed acked " + hms(shed); el.className = "dl c-ok"; continue; }
     if (!isFinite(d) || now === null) { el.textContent = "no deadline"; el.className = "dl dim"; continue; }
     const left = d - now;
     el.textContent = left >= 0 ? "T-" + dur(left) : "OVERDUE " + dur(-left);
@@ -397,6 +438,13 @@ function addLog(entries) {
     if (e.seq <= S.logSeq) continue;  // a snapshot and a delta can overlap by a few lines
     S.logSeq = e.seq;
     const d = document.createElement("div");
+    // A decision's line is sent again as its acks arrive: the newer replaces the older.
+    if (e.ref && (e.kind === "command" || e.kind === "renewal" || e.ref.includes("@"))) {
+      const old = S.logRefs.get(e.ref);
+      if (old) old.remove();
+      S.logRefs.set(e.ref, d);
+      if (S.logRefs.size > 800) S.logRefs.delete(S.logRefs.keys().next().value);
+    }
     d.className = `${e.severity} ${e.kind}`;
     d.hidden = e.kind === "renewal" && !showRenew;
     d.innerHTML = `<span class="t">${hms(e.ts_s)}</span><span class="b">${esc(e.kind)}</span>${esc(e.text)}`;
@@ -427,8 +475,16 @@ function control(body) {
 }
 
 // ---- wiring --------------------------------------------------------------------------------------
+let es = null;
 function connect() {
-  const es = new EventSource("/events");
+  if (STATIC) {  // one snapshot, then nothing on the network: a screenshot can be taken
+    fetch("/api/snapshot").then((r) => r.json()).then((msg) => {
+      onMessage(msg); const c = $("conn"); c.textContent = "snapshot"; c.className = "chip";
+      window.__pp.static = true;
+    }).catch(() => { const c = $("conn"); c.textContent = "no snapshot"; c.className = "chip bad"; });
+    return;
+  }
+  es = new EventSource("/events");
   es.onopen = () => { const c = $("conn"); c.textContent = "connected"; c.className = "chip ok"; };
   es.onerror = () => { const c = $("conn"); c.textContent = "reconnecting"; c.className = "chip bad"; };
   es.onmessage = (ev) => {
@@ -437,6 +493,12 @@ function connect() {
     onMessage(msg);
   };
 }
+// A hidden page holds no stream (and a shown one takes a fresh snapshot on reconnecting).
+document.addEventListener("visibilitychange", () => {
+  if (STATIC) return;
+  if (document.hidden && es) { es.close(); es = null; const c = $("conn"); c.textContent = "paused (hidden)"; c.className = "chip"; }
+  else if (!document.hidden && !es) connect();
+});
 function select(level) { if (level && level !== S.selected) { S.selected = level; loadHistory(level); schedule(); } }
 function init() {
   $("tree").tBodies[0].addEventListener("click", (ev) => {
@@ -467,6 +529,21 @@ function init() {
     });
   }
   $("fclevel").addEventListener("change", (ev) => select(ev.target.value));
+  $("evfilter").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-kind]");
+    if (!b) return;
+    const k = b.dataset.kind;
+    if (S.hiddenKinds.has(k)) S.hiddenKinds.delete(k); else S.hiddenKinds.add(k);
+    schedule();
+  });
+  $("emerg").addEventListener("click", (ev) => {
+    const a = ev.target.closest("a.more"), card = ev.target.closest("[data-group]");
+    if (!a || !card) return;
+    ev.preventDefault();
+    const key = card.dataset.group;
+    if (S.openGroups.has(key)) S.openGroups.delete(key); else S.openGroups.add(key);
+    schedule();
+  });
   $("showrenew").addEventListener("change", () => {
     const on = $("showrenew").checked;
     for (const d of document.querySelectorAll("#log .renewal")) d.hidden = !on;
