@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint clean-dev
+.PHONY: demo test debian-packages lint clean-dev
 
 $(STAMP): pyproject.toml
 	@echo "==> installing powerplane and its dependencies into $(VENV) (first run only)"
@@ -17,10 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@$(BIN)/powerplane demo
 
-# Lint, type-check, then every test: unit tests and integration tests on real servers.
-test: lint
-	@echo "==> tests (unit + integration; integration tests start Kafka and VictoriaMetrics themselves)"
+# Lint, type-check, then every test: unit tests and integration tests on real servers. The Debian packages
+# those servers come from are installed first when missing (scripts/ensure-debian-packages: a few
+# `command -v` when nothing is).
+test: debian-packages lint
+	@echo "==> tests (unit + integration; integration tests start their own Kafka, VictoriaMetrics, InfluxDB, Alertmanager)"
 	@$(BIN)/pytest -q
+
+debian-packages:
+	@scripts/ensure-debian-packages
 
 lint: $(STAMP)
 	@echo "==> ruff and mypy"

@@ -12,13 +12,17 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from powerplane.validation import ConfigError, error_lines
 
-__all__ = ["Config", "ConfigError", "TomlFileError", "ignored_env", "load_config", "read_toml"]
+__all__ = ["RUNBOOK_BASE_URL", "Config", "ConfigError", "TomlFileError", "ignored_env", "load_config", "read_toml"]
+
+# Where alerts link their runbook (docs/runbooks.md, one section per alert name): the repository's copy.
+RUNBOOK_BASE_URL = "https://github.com/powerplane/powerplane/blob/main/docs/runbooks.md"
 
 
 class TomlFileError(ValueError):
@@ -34,6 +38,14 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise TomlFileError(f"cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise TomlFileError(f"not valid TOML: {e}") from None
+
+
+def absolute_url(v: str) -> str:
+    """An absolute http(s) URL without a fragment (a pager opens it from anywhere; '#...' is appended)."""
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment or v.endswith("#"):
+        raise ValueError(f"must be an absolute http:// or https:// URL without a '#' fragment, got {v!r}")
+    return v
 
 
 def _not_bool(v: Any) -> Any:
@@ -74,6 +86,12 @@ class Config(BaseSettings):
     uncap_threshold: Number = Field(0.75, gt=0)
     state_dir: str = ".powerplane"
     alertmanager_url: str = "http://127.0.0.1:9093"  # the alertmanager sink posts pp.events here
+    runbook_base_url: str = RUNBOOK_BASE_URL  # alerts' runbook_url = this + "#" + alert name, lowercased
+
+    @field_validator("runbook_base_url")
+    @classmethod
+    def _absolute_url(cls, v: str) -> str:
+        return absolute_url(v)
 
     @field_validator("uncap_threshold")
     @classmethod

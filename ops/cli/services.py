@@ -145,7 +145,8 @@ def cmd_sink(args: argparse.Namespace, cfg: Config) -> int:
     options: dict[str, dict[str, Any]] = {
         "influxdb": {"kind": "influxdb", "url": cfg.influx_url, "org": cfg.influx_org, "bucket": cfg.influx_bucket,
                      "token": cfg.influx_token},
-        "alertmanager": {"kind": "alertmanager", "url": cfg.alertmanager_url},
+        "alertmanager": {"kind": "alertmanager", "url": cfg.alertmanager_url, "runbook_base_url": cfg.runbook_base_url,
+                         "site_file": cfg.site_file if Path(cfg.site_file).exists() else ""},
     }
     _check_port_free(args.metrics_port)
     sink = load_sink(args.name, options[args.name])

@@ -31,7 +31,8 @@ class Chromium:
     def __init__(self, port: int, width: int = 1600, height: int = 1000) -> None:
         exe = chromium_path()
         if exe is None:
-            raise RuntimeError("chromium not found: apt-get install -y chromium")
+            raise RuntimeError("chromium not found: apt-get install chromium "
+                               "(`make test` does: scripts/ensure-debian-packages)")
         self.port = port
         self.profile = tempfile.mkdtemp(prefix="pp-chromium-")
         self.proc = subprocess.Popen(

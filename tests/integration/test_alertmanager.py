@@ -1,16 +1,20 @@
 """The Alertmanager sink on a real Alertmanager (Debian's prometheus-alertmanager) running the shipped
 compose/alertmanager.yml, its webhooks pointed at a local receiver: a feed loss on pp.events pages once
-when it opens and once when it resolves; a warning goes to chat instead."""
+when it opens and once when it resolves; a warning goes to chat instead; and on the 100 MW reference site
+a feed loss pages once for itself and never for the thousand alerts it causes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,9 +24,13 @@ import pytest
 import yaml
 
 from powerplane import topics
-from powerplane.config import Config
-from powerplane.kafka import Producer
+from powerplane.config import RUNBOOK_BASE_URL, Config
+from powerplane.kafka import Producer, create_topics
+from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml
 from powerplane.schemas import Event
+from powerplane.site import Site
+from powerplane.site_file import load_site
+from streams.sinks.alertmanager.alerts import parse_rfc3339
 from streams.sinks.base import load_sink
 from streams.sinks.runner import SinkStats, run
 from tests.integration.conftest import ROOT, free_port
@@ -59,16 +67,16 @@ class Webhook:
                 if a["labels"].get("site") == site and (path is None or p == path)]
 
 
-def _config(hook_port: int) -> dict[str, Any]:
+def _config(hook_port: int, group_wait: str = "1s", resolve_timeout_s: float = RESOLVE_TIMEOUT_S) -> dict[str, Any]:
     """The shipped example config, with its webhooks pointed here and its waits shortened."""
     config = yaml.safe_load((ROOT / "compose" / "alertmanager.yml").read_text())
-    config.setdefault("global", {})["resolve_timeout"] = f"{RESOLVE_TIMEOUT_S:.0f}s"
+    config.setdefault("global", {})["resolve_timeout"] = f"{resolve_timeout_s:.0f}s"
     stack = [config["route"]]
     while stack:
         r = stack.pop()
-        for k in ("group_wait", "group_interval"):
+        for k, v in (("group_wait", group_wait), ("group_interval", "1s")):
             if k in r or r is config["route"]:  # child routes inherit what they do not set
-                r[k] = "1s"
+                r[k] = v
         stack.extend(r.get("routes") or [])
     for rc in config["receivers"]:
         for w in rc.get("webhook_configs") or []:
@@ -77,12 +85,14 @@ def _config(hook_port: int) -> dict[str, Any]:
 
 
 @pytest.fixture()
-def alertmanager(tmp_path: Path) -> Iterator[tuple[str, Webhook]]:
+def alertmanager(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, Webhook]]:
+    """A real Alertmanager on the shipped config; indirect parametrization passes _config's arguments."""
     if not Path(BINARY).exists():
-        pytest.fail(f"{BINARY} missing: apt-get install prometheus-alertmanager (.ci/run does)")
+        pytest.fail(f"{BINARY} missing: apt-get install prometheus-alertmanager (`make test` does: "
+                    "scripts/ensure-debian-packages)")
     hook = Webhook()
     cfg_file = tmp_path / "alertmanager.yml"
-    cfg_file.write_text(yaml.safe_dump(_config(hook.port)))
+    cfg_file.write_text(yaml.safe_dump(_config(hook.port, **getattr(request, "param", {}))))
     port = free_port()
     log = (tmp_path / "alertmanager.log").open("wb")
     proc = subprocess.Popen([BINARY, f"--config.file={cfg_file}", f"--storage.path={tmp_path / 'data'}",
@@ -128,11 +138,16 @@ def test_feed_loss_pages_once_then_resolves_once_and_warnings_go_to_chat(
         cfg: Config, alertmanager: tuple[str, Webhook]) -> None:
     url, hook = alertmanager
     site = f"amtest-{uuid.uuid4().hex[:8]}"
+    from ops.demo import wait_for_groups
+
+    create_topics(cfg.kafka_bootstrap)  # a consumer sees a topic created after it subscribed only minutes later
     sink = load_sink("alertmanager", {"kind": "alertmanager", "url": url, "repost_s": REPOST_S})
     stop = threading.Event()
     out: dict[str, SinkStats] = {}
     th = threading.Thread(target=lambda: out.setdefault("stats", run(cfg, sink, stop, group=f"g-{site}")))
     th.start()
+    # Publish once the sink consumes: on a fresh broker (this file run alone) the group coordinator takes a while.
+    wait_for_groups(cfg, (f"g-{site}",))
     p = Producer(cfg.kafka_bootstrap, "alertmanager-test")
 
     def publish(*events: Event) -> None:
@@ -147,20 +162,22 @@ def test_feed_loss_pages_once_then_resolves_once_and_warnings_go_to_chat(
                 # The detector re-publishes an open event while it lasts: still one alert.
                 _event(site, feed, "feed_loss", "critical", "open", "utility-A", t + 1),
                 _event(site, f"gap-{site}", "meter_gap", "warning", "open", "pdu-a01", t))
-        _wait(lambda: len(hook.notes(site, "/pager")) >= 1 and len(hook.notes(site, "/chat")) >= 1, 20,
+        _wait(lambda: len(hook.notes(site, "/pager")) >= 1 and len(hook.notes(site, "/chat")) >= 1, 30,
               "no firing notifications")
         # Longer than resolve_timeout: only the sink's re-posts keep the alert firing.
         time.sleep(RESOLVE_TIMEOUT_S + 3 * REPOST_S)
         pager = hook.notes(site, "/pager")
-        assert [(s, a["labels"]["alertname"]) for _, s, a in pager] == [("firing", "feed_loss")], pager
-        labels = pager[0][2]["labels"]
-        assert {k: labels[k] for k in ("site", "level", "kind", "severity")} == {
-            "site": site, "level": "utility-A", "kind": "feed_loss", "severity": "critical"}
+        assert [(s, a["labels"]["alertname"]) for _, s, a in pager] == [("firing", "FeedLoss")], pager
+        # No per-event label: what the alert is about; the event behind it in the annotations.
+        assert pager[0][2]["labels"] == {"alertname": "FeedLoss", "site": site, "level": "utility-A",
+                                         "severity": "critical"}
         ann = pager[0][2]["annotations"]
-        assert ann["summary"] == "feed_loss on utility-A" and ann["runbook_url"].endswith("runbooks.md#feed_loss")
-        assert "deadline" in ann
+        assert ann["summary"] == "feed_loss on utility-A" and ann["event_id"] == feed and ann["kind"] == "feed_loss"
+        assert ann["runbook_url"] == f"{RUNBOOK_BASE_URL}#feedloss" and ann["runbook_url"].startswith("https://")
+        deadline_s = parse_rfc3339(ann["deadline"])  # absolute: the first record's or the update's
+        assert deadline_s is not None and t + 9.99 <= deadline_s <= t + 11.01, (ann["deadline"], t)
         chat = hook.notes(site, "/chat")
-        assert [(s, a["labels"]["alertname"]) for _, s, a in chat] == [("firing", "meter_gap")], chat
+        assert [(s, a["labels"]["alertname"]) for _, s, a in chat] == [("firing", "MeterGap")], chat
 
         publish(_event(site, feed, "feed_loss", "critical", "resolved", "utility-A", time.time()))
         _wait(lambda: len(hook.notes(site, "/pager")) >= 2, 20, "no resolved notification")
@@ -190,7 +207,7 @@ def test_a_twin_feed_loss_pages_once_and_resolves_once(cfg: Config, alertmanager
                         'duration_s = 15\n')
     c = cfg.model_copy(update={"site_file": str(path)})
     svc = Services(c, tmp_path / "logs")
-    sink = load_sink("alertmanager", {"kind": "alertmanager", "url": url, "repost_s": REPOST_S})
+    sink = load_sink("alertmanager", {"kind": "alertmanager", "url": url, "repost_s": REPOST_S, "site_file": str(path)})
     stop = threading.Event()
     out: dict[str, SinkStats] = {}
     th = threading.Thread(target=lambda: out.setdefault("stats", run(c, sink, stop, group=f"g-{site.name}")))
@@ -211,4 +228,94 @@ def test_a_twin_feed_loss_pages_once_and_resolves_once(cfg: Config, alertmanager
         plant.producer.close()
     pager = hook.notes(site.name, "/pager")
     assert [(s, a["labels"]["alertname"], a["labels"]["level"]) for _, s, a in pager] == [
-        ("firing", "feed_loss", "util-a"), ("resolved", "feed_loss", "util-a")], pager
+        ("firing", "FeedLoss", "util-a"), ("resolved", "FeedLoss", "util-a")], pager
+
+
+# ---- 100 MW reference site: one page per cause ----------------------------------------------------------
+REF_SPEED = 4.0  # event seconds per wall second in the replay: the shipped 10 s critical group_wait is 2.5 s
+REF_LOSS_AT_S, REF_LOSS_S, REF_RUN_S = 10, 30, 60
+REF_DROPOUT_RACKS = 24  # racks whose telemetry drops out during the loss: TelemetryLoss it causes
+
+
+def _refsite_feed_loss_events(site: Site, tmp_path: Path) -> list[tuple[float, list[Event]]]:
+    """The events the streams worker emits, per window, when the 100 MW site loses feed A (its site stage
+    in process on the twin's frames, as tests/unit/test_site_stage.py runs it), with no controller shedding."""
+    from sim import Twin, load_scenario
+    from sim.fleet import rack_frames
+    from streams.rollup import Limits, frame_outputs
+    from streams.site_stage import SiteStage
+
+    racks = ", ".join(f'"{r}"' for r in site.rack_ids[:REF_DROPOUT_RACKS])
+    scenario = tmp_path / "ref-feed-loss.toml"
+    scenario.write_text(f'name = "ref-feed-a"\nduration_s = {REF_RUN_S}\n'
+                        f'[[events]]\nat_s = {REF_LOSS_AT_S}\nkind = "lose_feed"\nfeed = "A"\n'
+                        f'duration_s = {REF_LOSS_S}\n'
+                        f'[[events]]\nat_s = {REF_LOSS_AT_S + 6}\nkind = "telemetry_dropout"\nracks = [{racks}]\n'
+                        'duration_s = 12\n')
+    twin = Twin(site, scenario=load_scenario(scenario), seed=3, epoch_s=0.0)
+    limits, stage = Limits(site), SiteStage(site)
+    out: list[tuple[float, list[Event]]] = []
+    for k in range(REF_RUN_S):
+        fr = twin.step(1.0)
+        ts = twin.epoch_s + fr.t_s
+        events = [e for f in rack_frames(site, fr, ts, 1.0, k + 1, "twin")
+                  for e in stage.add(frame_outputs(site, limits, f)[1]).events]
+        out.append((ts, events))
+    return out
+
+
+def _on_wall_clock(e: Event, t0_wall: float) -> Event:
+    """The event as if it happened now, REF_SPEED times faster: Alertmanager judges endsAt by its clock."""
+    def wall(ts: float | None) -> float | None:
+        return None if ts is None else t0_wall + ts / REF_SPEED
+    return dataclasses.replace(e, ts_s=wall(e.ts_s), opened_s=wall(e.opened_s), deadline_s=wall(e.deadline_s))
+
+
+def _held(url: str, site: str) -> Counter[tuple[str, str]]:
+    """(alertname, state) of every alert Alertmanager holds for the site: active, suppressed (inhibited)."""
+    q = urllib.parse.urlencode({"filter": f'site="{site}"'})
+    with urllib.request.urlopen(f"{url}/api/v2/alerts?{q}", timeout=10) as r:
+        return Counter((a["labels"]["alertname"], a["status"]["state"]) for a in json.loads(r.read()))
+
+
+def _tally(notes: list[tuple[str, str, dict[str, Any]]]) -> Counter[tuple[str, str, str]]:
+    return Counter((path, status, a["labels"]["alertname"]) for path, status, a in notes)
+
+
+@pytest.mark.parametrize("alertmanager", [{"group_wait": "2500ms", "resolve_timeout_s": 30.0}], indirect=True)
+def test_100mw_feed_loss_pages_once_for_the_loss_and_never_for_what_it_causes(
+        alertmanager: tuple[str, Webhook], tmp_path: Path) -> None:
+    """Feed A lost on the 100 MW reference site: ~1,400 PDU, RPP and UPS-side overloads on feed B, UPS lineups
+    going dark one by one before the feed's quorum, 24 racks' telemetry lost; through the real sink, the
+    shipped config pages exactly once for FeedLoss, once more when it resolves, and nothing else."""
+    url, hook = alertmanager
+    site_file = tmp_path / "ref-100mw.toml"
+    site_file.write_text(to_toml(reference_site_dict(RefSiteParams())))
+    site = load_site(site_file)
+    batches = _refsite_feed_loss_events(site, tmp_path)
+    kinds = Counter(e.kind for _, evs in batches for e in evs if e.state == "open")
+    assert kinds["feed_loss"] == 1 and kinds["breaker_overload"] > 500 and kinds["ups_loss"] > 0, kinds
+    assert kinds["telemetry_loss"] >= REF_DROPOUT_RACKS, kinds
+    sink = load_sink("am", {"kind": "alertmanager", "url": url, "repost_s": 5.0, "site_file": str(site_file)})
+    t0 = time.time() + 0.5
+    mid: Counter[tuple[str, str]] = Counter()
+    for ts, events in batches:
+        while (now := time.time()) < t0 + ts / REF_SPEED:
+            sink.tick(now)
+            time.sleep(0.05)
+        sink.write([_on_wall_clock(e, t0) for e in events])
+        sink.tick(time.time())
+        if ts == REF_LOSS_AT_S + 20:  # the loss in full swing: what Alertmanager holds, and what it silences
+            mid = _held(url, site.name)
+    assert sink.rejected == 0  # type: ignore[attr-defined]
+    assert mid[("BreakerOverload", "suppressed")] > 100 and mid[("BreakerOverload", "active")] == 0, mid
+    assert mid[("TelemetryLoss", "suppressed")] >= REF_DROPOUT_RACKS and mid[("FeedLoss", "active")] == 1, mid
+    _wait(lambda: [s for _, s, _ in hook.notes(site.name, "/pager")] == ["firing", "resolved"], 20,
+          f"no firing-then-resolved page: {_tally(hook.notes(site.name))}")
+    time.sleep(3.0)  # a few more group intervals: nothing else may arrive
+    pager = hook.notes(site.name, "/pager")
+    assert [(s, a["labels"]["alertname"], a["labels"]["level"]) for _, s, a in pager] == [
+        ("firing", "FeedLoss", "util-a"), ("resolved", "FeedLoss", "util-a")], pager
+    assert pager[0][2]["labels"]["feed"] == "util-a+util-b"
+    assert hook.notes(site.name, "/chat") == [], _tally(hook.notes(site.name))
+    assert len(hook.got) == 2, "one notification per page: the group holds only the FeedLoss"

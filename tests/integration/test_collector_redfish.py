@@ -317,7 +317,8 @@ def test_silent_server_times_out_within_timeout_s() -> None:
 
 def test_tls_verification(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not installed")
+        pytest.fail("openssl CLI not installed: apt-get install openssl "
+                    "(`make test` does: scripts/ensure-debian-packages)")
     cert, key = tmp_path / "bmc.crt", tmp_path / "bmc.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bmc",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],

@@ -20,8 +20,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from ops.demo import GROUPS, Services, wait_for_groups
 from powerplane.config import Config
 from powerplane.kafka import Producer, create_topics
@@ -29,10 +27,9 @@ from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml
 from powerplane.signing import load_keyring
 from powerplane.site_file import load_site
 from tests.dashboard_synth import emergency, frames
-from tests.integration.cdp import Chromium, chromium_path
+from tests.integration.cdp import Chromium
 from tests.integration.conftest import ROOT, free_port
 
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="needs Debian's chromium (apt-get install chromium)")
 ARTIFACTS = Path(os.environ.get("PP_ARTIFACTS", str(ROOT / ".powerplane" / "artifacts")))
 
 

@@ -37,7 +37,7 @@ FEED_LOST_AT = 150
 @pytest.fixture(scope="module")
 def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not Path(BINARY).exists():
-        pytest.fail(f"{BINARY} missing: apt-get install influxdb (.ci/run does)")
+        pytest.fail(f"{BINARY} missing: apt-get install influxdb (`make test` does: scripts/ensure-debian-packages)")
     d = tmp_path_factory.mktemp("influxdb")
     http = free_port()
     (d / "influxdb.conf").write_text(f"""

@@ -16,11 +16,8 @@ import pytest
 
 from actuators.base import ActuatorConfigError, load_actuator
 from powerplane.validation import ConfigError
-from tests.fakes.nvml.build import build, compiler
+from tests.fakes.nvml.build import build
 from tests.fakes.nvml.harness import FakeNvmlHost
-
-needs_cc = pytest.mark.skipif(compiler() is None, reason="no C compiler (gcc or $CC): cannot build the fake "
-                              "NVML library tests/fakes/nvml/fake_nvml.c")
 
 T0 = 1_000.0
 # Rack r01 is NVML devices 1 and 3: command GPU 0 is device 1, GPU 1 is device 3.
@@ -60,7 +57,6 @@ def limit_mw(host: FakeNvmlHost, device: int) -> int:
     return int(host.ok("pynvml", fn="nvmlDeviceGetPowerManagementLimit", gpu=device))
 
 
-@needs_cc
 def test_dry_run_reads_real_constraints_and_changes_nothing(host: FakeNvmlHost) -> None:
     host.state(STATE + "gpu3.min_limit_mw = 250000\n")
     started(host, dry_run=True)
@@ -75,7 +71,6 @@ def test_dry_run_reads_real_constraints_and_changes_nothing(host: FakeNvmlHost) 
     assert [limit_mw(host, d) for d in (1, 3)] == [700000, 700000]
 
 
-@needs_cc
 def test_dry_run_is_the_default(host: FakeNvmlHost) -> None:
     host.ok("actuator", options={"racks": {"r01": "all"}})
     host.ok("actuator_start")
@@ -84,7 +79,6 @@ def test_dry_run_is_the_default(host: FakeNvmlHost) -> None:
     assert host.calls() == []
 
 
-@needs_cc
 def test_a_live_set_takes_effect_and_is_read_back(host: FakeNvmlHost) -> None:
     started(host)
     ack = send(host, [0, 1], [450, 300])
@@ -95,7 +89,6 @@ def test_a_live_set_takes_effect_and_is_read_back(host: FakeNvmlHost) -> None:
     assert limit_mw(host, 0) == 700000  # not in the rack
 
 
-@needs_cc
 def test_the_ack_carries_the_enforced_limit_not_the_requested_one(host: FakeNvmlHost) -> None:
     host.state(STATE + "gpu3.ext_limit_mw = 250000\n")  # a lower limit imposed out of band
     started(host)
@@ -104,7 +97,6 @@ def test_the_ack_carries_the_enforced_limit_not_the_requested_one(host: FakeNvml
     assert ack["applied"] == [450, 250]
 
 
-@needs_cc
 def test_values_outside_the_gpus_range_are_clamped_by_the_guard(host: FakeNvmlHost) -> None:
     started(host)
     ack = send(host, [0, 1], [50, 900])
@@ -113,7 +105,6 @@ def test_values_outside_the_gpus_range_are_clamped_by_the_guard(host: FakeNvmlHo
     assert host.calls() == ["gpu1 set_limit_mw 200000", "gpu3 set_limit_mw 700000"]
 
 
-@needs_cc
 @pytest.mark.parametrize(("fault", "words"), [
     ("gpu3.set_limit = ERR_NO_PERMISSION", ["NO_PERMISSION", "run the actuator as root or grant it CAP_SYS_ADMIN"]),
     ("gpu3.set_limit = ERR_NOT_SUPPORTED", ["NOT_SUPPORTED", "leave the GPU out of 'racks'"]),
@@ -137,7 +128,6 @@ def test_driver_refusals_are_rejected_with_what_to_do(host: FakeNvmlHost, fault:
     assert send(host, [0], [400], at=T0 + 101)["status"] == "applied"
 
 
-@needs_cc
 def test_nvml_uninitialised_is_rejected_with_what_to_do(host: FakeNvmlHost) -> None:
     started(host)
     host.ok("pynvml", fn="nvmlShutdown")  # the library's last reference gone under the actuator
@@ -146,14 +136,12 @@ def test_nvml_uninitialised_is_rejected_with_what_to_do(host: FakeNvmlHost) -> N
     assert "UNINITIALIZED" in ack["reason"] and "restart the actuator" in ack["reason"]
 
 
-@needs_cc
 def test_command_before_start_is_rejected(host: FakeNvmlHost) -> None:
     host.ok("actuator", options=LIVE)
     ack = send(host, [0], [450])
     assert ack["status"] == "rejected" and "not started" in ack["reason"]
 
 
-@needs_cc
 def test_clock_lock_snaps_to_a_supported_clock_and_clamps(host: FakeNvmlHost) -> None:
     started(host)
     ack = send(host, [0, 1], [1280, 5000], action="sm_clock_lock")
@@ -165,7 +153,6 @@ def test_clock_lock_snaps_to_a_supported_clock_and_clamps(host: FakeNvmlHost) ->
     assert ack["status"] == "applied" and ack["applied"] == [1110]
 
 
-@needs_cc
 def test_clock_range_from_max_clock_when_supported_clocks_are_not_listed(host: FakeNvmlHost) -> None:
     host.state(STATE + "gpu*.supported_clocks = ERR_NOT_SUPPORTED\ngpu*.max_sm_clock_mhz = 1755\n")
     started(host, min_clock_mhz=500)
@@ -174,7 +161,6 @@ def test_clock_range_from_max_clock_when_supported_clocks_are_not_listed(host: F
     assert host.calls() == ["gpu1 set_locked_clocks 500 1283", "gpu3 set_locked_clocks 500 500"]
 
 
-@needs_cc
 def test_clock_lock_refused_without_permission(host: FakeNvmlHost) -> None:
     host.state(STATE + "gpu1.set_locked_clocks = ERR_NO_PERMISSION\n")
     started(host)
@@ -183,7 +169,6 @@ def test_clock_lock_refused_without_permission(host: FakeNvmlHost) -> None:
     assert host.calls() == []
 
 
-@needs_cc
 def test_lease_expiry_reverts_to_the_safe_limit_and_resets_clocks(host: FakeNvmlHost) -> None:
     started(host)  # safe_limit "default": the driver's default limit, 650 W here
     assert send(host, [0, 1], [300, 300], lease_s=30)["status"] == "applied"
@@ -198,7 +183,6 @@ def test_lease_expiry_reverts_to_the_safe_limit_and_resets_clocks(host: FakeNvml
     assert host.ok("expire", now_s=T0 + 200) == []
 
 
-@needs_cc
 def test_release_clock_knob_resets_clocks(host: FakeNvmlHost) -> None:
     started(host, safe_limit="max")
     send(host, [0], [1110], action="sm_clock_lock")
@@ -208,7 +192,6 @@ def test_release_clock_knob_resets_clocks(host: FakeNvmlHost) -> None:
     assert host.ok("expire", now_s=T0 + 100) == []
 
 
-@needs_cc
 def test_gpu_lost_mid_run(host: FakeNvmlHost) -> None:
     started(host, safe_limit="max")
     assert send(host, [0, 1], [300, 300])["status"] == "applied"
@@ -227,7 +210,6 @@ def test_gpu_lost_mid_run(host: FakeNvmlHost) -> None:
     assert host.calls()[-1] == "gpu3 set_limit_mw 700000"
 
 
-@needs_cc
 def test_start_errors_say_what_to_do(host: FakeNvmlHost) -> None:
     host.ok("actuator", options={"racks": {"r01": [1, 9]}})
     a = host.request("actuator_start")

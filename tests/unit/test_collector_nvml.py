@@ -15,11 +15,8 @@ from pathlib import Path
 import pytest
 
 from collectors.base import SourceConfigError, load_source
-from tests.fakes.nvml.build import build, compiler
+from tests.fakes.nvml.build import build
 from tests.fakes.nvml.harness import FakeNvmlHost, fake_env
-
-needs_cc = pytest.mark.skipif(compiler() is None, reason="no C compiler (gcc or $CC): cannot build the fake "
-                              "NVML library tests/fakes/nvml/fake_nvml.c")
 
 OPTS = {"site": "lab", "rack": "r01", "server": 3}
 
@@ -66,7 +63,6 @@ def approx(x: float) -> object:
     return pytest.approx(x, rel=1e-6)  # f32 on the wire
 
 
-@needs_cc
 def test_values_are_the_fakes_state_in_si_units(host: FakeNvmlHost) -> None:
     started(host)
     [f] = host.ok("read")
@@ -84,7 +80,6 @@ def test_values_are_the_fakes_state_in_si_units(host: FakeNvmlHost) -> None:
     host.ok("close")
 
 
-@needs_cc
 def test_the_enforced_limit_is_reported_not_the_requested_one(host: FakeNvmlHost) -> None:
     # GPU 0 is asked for 650 W but something else (e.g. an out-of-band cap) holds it at 450 W.
     host.state(TWO_GPUS + "gpu0.limit_mw = 650000\ngpu0.ext_limit_mw = 450000\n")
@@ -100,7 +95,6 @@ def test_the_enforced_limit_is_reported_not_the_requested_one(host: FakeNvmlHost
     assert host.calls() == ["gpu0 set_limit_mw 300000"]
 
 
-@needs_cc
 def test_a_field_the_gpu_cannot_give_is_nan_and_the_rest_stands(host: FakeNvmlHost) -> None:
     host.state(TWO_GPUS + "gpu1.energy = ERR_NOT_SUPPORTED\ngpu1.clock_mem = ERR_NO_PERMISSION\n")
     started(host)
@@ -119,7 +113,6 @@ def test_a_field_the_gpu_cannot_give_is_nan_and_the_rest_stands(host: FakeNvmlHo
     assert a["ok"] and not [m for m in a["logs"] if m.startswith("WARNING")]
 
 
-@needs_cc
 def test_throttle_reasons_missing_on_some_or_all_gpus(host: FakeNvmlHost) -> None:
     host.state(TWO_GPUS + "gpu0.reasons = ERR_NOT_SUPPORTED\n")
     started(host)
@@ -130,7 +123,6 @@ def test_throttle_reasons_missing_on_some_or_all_gpus(host: FakeNvmlHost) -> Non
     assert f["throttle_reasons"] is None
 
 
-@needs_cc
 def test_a_lost_gpu_fails_the_read_naming_it_and_the_source_recovers(host: FakeNvmlHost) -> None:
     started(host)
     host.ok("read")
@@ -149,7 +141,6 @@ def test_a_lost_gpu_fails_the_read_naming_it_and_the_source_recovers(host: FakeN
     assert f["gpu_slot"] == [0, 1] and f["limit_w"] == [700.0, 450.0]
 
 
-@needs_cc
 def test_other_driver_errors_fail_the_read(host: FakeNvmlHost) -> None:
     host.state(TWO_GPUS + "gpu0.power = ERR_UNKNOWN\n")
     started(host)
@@ -159,7 +150,6 @@ def test_other_driver_errors_fail_the_read(host: FakeNvmlHost) -> None:
                           "Unknown Error [NVML_ERROR_UNKNOWN]")
 
 
-@needs_cc
 def test_gpu_subset_and_absent_gpus(host: FakeNvmlHost) -> None:
     started(host, gpus=[1])
     [f] = host.ok("read")
@@ -171,7 +161,6 @@ def test_gpu_subset_and_absent_gpus(host: FakeNvmlHost) -> None:
     assert a["error"] == "GPU(s) [5] not present: NVML sees 2 GPU(s)"
 
 
-@needs_cc
 def test_init_failure_is_a_source_error(host: FakeNvmlHost) -> None:
     host.state("init = ERR_DRIVER_NOT_LOADED\n")
     host.ok("new", options=OPTS)
@@ -183,7 +172,6 @@ def test_init_failure_is_a_source_error(host: FakeNvmlHost) -> None:
     assert f["gpu_slot"] == [0, 1]
 
 
-@needs_cc
 def test_driver_older_than_r535_uses_throttle_reasons(tmp_path_factory: pytest.TempPathFactory,
                                                       tmp_path: Path) -> None:
     lib = build(tmp_path_factory.getbasetemp() / "fake-nvml", variant="pre-r535")
@@ -207,7 +195,6 @@ def test_no_nvml_library_is_a_clear_error(tmp_path: Path) -> None:
         host.close()
 
 
-@needs_cc
 def test_the_fake_applies_locked_clocks(host: FakeNvmlHost) -> None:
     started(host)
     host.ok("pynvml", fn="nvmlDeviceSetGpuLockedClocks", gpu=0, args=[1110, 1275])
@@ -248,7 +235,6 @@ def test_sample_config_loads() -> None:
         assert src.kind == "nvml"
 
 
-@needs_cc
 def test_a_read_abandoned_on_timeout_is_not_started_twice(host: FakeNvmlHost) -> None:
     # A slow driver: GPU 0's power reading takes 0.5 s. The scheduler gives up after 0.2 s; the read goes
     # on in its thread, and the next read waits for that one rather than starting another.
@@ -265,7 +251,6 @@ def test_a_read_abandoned_on_timeout_is_not_started_twice(host: FakeNvmlHost) ->
     assert a["ok"] and a["elapsed_s"] >= 1.0  # a new read
 
 
-@needs_cc
 def test_command_line_reader(fake_lib: Path, tmp_path: Path) -> None:
     import json
     import subprocess
@@ -302,7 +287,6 @@ def test_command_line_reader(fake_lib: Path, tmp_path: Path) -> None:
     assert p.returncode == 2 and p.stderr.startswith("nvml: NVML library libnvidia-ml.so.1 not found")
 
 
-@needs_cc
 def test_a_typo_in_the_fakes_state_cannot_pass_silently(host: FakeNvmlHost) -> None:
     host.state("gpu0.powr_mw = 1\n")
     host.ok("new", options=OPTS)

@@ -1,5 +1,6 @@
 """Alertmanager sink: events from pp.events become alerts through Alertmanager's v2 API (see README.md
-beside this file). What to post and when is decided by alerts.AlertBook (pure); this class only posts."""
+beside this file). What to post and when is decided by alerts.AlertBook (pure), the cause-scope labels by
+causes.py from the site file; this class only posts."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field
 
 from powerplane import topics
+from powerplane.config import RUNBOOK_BASE_URL, absolute_url
 from powerplane.schemas import Event, Record
+from powerplane.site_file import load_site
+from powerplane.validation import ConfigError
 from streams.sinks.alertmanager.alerts import SEVERITY_RANK, Alert, AlertBook
-from streams.sinks.base import HttpUrl, NonEmpty, RetryableSinkError, Sink, SinkOptions, seconds
+from streams.sinks.alertmanager.causes import cause_scopes
+from streams.sinks.base import HttpUrl, RetryableSinkError, Sink, SinkConfigError, SinkOptions, seconds
 
 log = logging.getLogger("powerplane.sink.alertmanager")
 
@@ -41,7 +46,10 @@ class Options(SinkOptions):
     repost_s: float = Field(60.0, gt=0)  # re-post open alerts this often
     timeout_ms: int = Field(5000, gt=0)  # HTTP timeout per request
     min_severity: Annotated[str, AfterValidator(_severity)] = "warning"
-    runbook_base: NonEmpty = "docs/runbooks.md"
+    runbook_base_url: Annotated[str, AfterValidator(absolute_url)] = RUNBOOK_BASE_URL
+    site_file: str = ""  # the site's TOML: feed/lineup labels, so a feed loss silences what it causes
+    cause_hold_max_s: float = Field(60.0, ge=0)  # a resolved cause kept firing for what it silences, at most
+    site_telemetry_loss_frac: float = Field(0.5, gt=0, le=1)  # share of racks silent: SiteTelemetryLoss
 
 
 class AlertmanagerSink(Sink):
@@ -53,7 +61,19 @@ class AlertmanagerSink(Sink):
     def configure(self, opts: Options) -> None:
         self.url = opts.url.rstrip("/")
         self.timeout_s = opts.timeout_ms / 1000
-        self.book = AlertBook(runbook_base=opts.runbook_base, repost_s=opts.repost_s, min_severity=opts.min_severity)
+        self.book = AlertBook(runbook_base_url=opts.runbook_base_url, repost_s=opts.repost_s,
+                              min_severity=opts.min_severity, cause_hold_max_s=opts.cause_hold_max_s,
+                              site_telemetry_loss_frac=opts.site_telemetry_loss_frac)
+        if opts.site_file:
+            # Read here, with the options: a wrong path is a configuration mistake, reported at load.
+            try:
+                site = load_site(opts.site_file)
+            except ConfigError as e:
+                raise SinkConfigError([f"sinks.{self.name}.site_file: {opts.site_file}: {line}"
+                                       for line in e.errors]) from None
+            self.book.scopes[site.name] = cause_scopes(site)
+            self.book.racks[site.name] = site.n_racks
+        self.unscoped: set[str] = set()  # sites warned about: no site model, so no inhibition by cause
         self.adopted = False
         self.next_adopt_s = 0.0
         self.failing = False
@@ -87,12 +107,12 @@ class AlertmanagerSink(Sink):
         except AlertmanagerRejected as e:
             # Bad alerts are not worth stopping the sink for (the next events must still page someone).
             self.rejected += len(alerts)
-            ids = ", ".join(str(a["labels"].get("event_id")) for a in alerts)
+            ids = ", ".join(str(a["annotations"].get("event_id")) for a in alerts)
             log.error("sink %s: %s; dropped alert(s) for event(s) %s", self.name, e, ids)
 
     def _adopt(self, now_s: float) -> None:
         q = urllib.parse.urlencode({"active": "true", "silenced": "true", "inhibited": "true",
-                                    "unprocessed": "true", "filter": 'event_id=~".+"'})
+                                    "unprocessed": "true"})
         held = self._request("GET", f"/api/v2/alerts?{q}")
         n = self.book.adopt(held if isinstance(held, list) else [], now_s)
         self.adopted = True
@@ -104,6 +124,7 @@ class AlertmanagerSink(Sink):
         now_s = time.time()
         for r in records:
             if isinstance(r, Event):
+                self._check_scoped(r.site)
                 self.pending.extend(self.book.update(r, now_s))
         # On RetryableSinkError the runner calls write() again with the same records: the book has
         # already taken them in (and returns nothing new), so what is still to post waits in pending.
@@ -111,6 +132,13 @@ class AlertmanagerSink(Sink):
         n = len(self.pending)
         self.pending = []
         return n
+
+    def _check_scoped(self, site: str) -> None:
+        if site not in self.book.scopes and site not in self.unscoped:
+            self.unscoped.add(site)
+            log.warning("sink %s: no site file for site %r (option site_file; PP_SITE_FILE): its alerts carry no "
+                        "feed/lineup labels, so a feed or UPS loss will not silence the alerts it causes",
+                        self.name, site)
 
     def tick(self, now_s: float) -> None:
         try:

@@ -38,7 +38,8 @@ def build(cache_dir: Path, variant: str = "") -> Path:
     """Compile (once per source, flags and variant) and return the directory holding libnvidia-ml.so.1."""
     cc = compiler()
     if cc is None:
-        raise BuildError("no C compiler (gcc, or $CC) on PATH")
+        raise BuildError("no C compiler (gcc, or $CC) on PATH to build the fake NVML library: apt-get install gcc "
+                         "(`make test` does: scripts/ensure-debian-packages)")
     flags = [*CFLAGS, *VARIANTS[variant]]
     key = hashlib.sha256(SOURCE.read_bytes() + "\0".join([cc, *flags]).encode()).hexdigest()[:16]
     out_dir = cache_dir / f"{variant or 'default'}-{key}"
