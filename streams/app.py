@@ -41,6 +41,7 @@ from powerplane.schemas import DeadLetter, LevelAggregate, RackSummary, RackSumm
 from powerplane.site import IntArray, Site
 from streams.rollup import Limits, UnknownRack, frame_outputs
 from streams.site_stage import SiteStage, SiteStageSettings, StageOutput
+from streams.watermark import telemetry_stopped
 
 log = logging.getLogger("powerplane.streams")
 T = TypeVar("T")
@@ -253,6 +254,7 @@ class StreamsWorker:
         self.loaded = False  # the checkpoint was looked for
         self.last_checkpoint_s = 0.0  # event time of the last checkpoint
         self.last_record_mono = 0.0  # monotonic clock at the last rack-summary record
+        self.backlog_mono = 0.0  # monotonic clock when the input last had a backlog (or the broker was away)
         app.agent(self.telemetry)(self.rack_agent)
         app.agent(self.racks)(self.site_agent)
         app.timer(interval=1.0)(self.idle_close_timer)
@@ -300,15 +302,19 @@ class StreamsWorker:
         """When telemetry stops altogether no record advances the watermark: let event time run on with the
         clock since the last record, so windows still close (every rack stale) and loss is reported. Not while
         the input has a backlog or the broker cannot be reached: the frames are then late in wall time only,
-        and closing their windows by the clock would lose them (finding 7 of issue 12)."""
-        tree = self.stage.tree
+        and closing their windows by the clock would lose them (finding 7 of issue 12); nor for `backlog_grace_s`
+        after one."""
+        tree, ts = self.stage.tree, self.stage.settings.tree
         backlog = self.input_backlog()
-        if not backlog:
+        if backlog:
+            self.backlog_mono = time.monotonic()
+        else:
             self.outage.over(self.last_fetch_s)
-        if not self.idle_close or not self.last_record_mono or tree.max_ts_s == float("-inf") or backlog:
+        if not self.idle_close or not self.last_record_mono or tree.max_ts_s == float("-inf"):
             return
-        idle = time.monotonic() - self.last_record_mono
-        if idle > self.stage.settings.tree.window_s + self.stage.settings.tree.lateness_s:
+        now = time.monotonic()
+        idle = now - self.last_record_mono
+        if telemetry_stopped(idle, now - self.backlog_mono, backlog, ts):
             try:
                 await self.publish(self.stage.advance(tree.head_s + idle, wall_s=time.time()))
             except Exception:

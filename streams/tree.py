@@ -63,9 +63,11 @@ class TreeSettings:
     # replaying its spool after a broker outage), so a source lagging the head is in transit, not silent.
     behind_after_s: float = 10.0
     # ... and for this long after a backlog clears (receiver's clock): producers that spooled through an
-    # outage deliver their partitions unevenly for a while, so a source lagging the head is still presumed in
-    # transit. Windows then wait up to backlog_lateness_s for a lagging source, which costs time only then.
-    backlog_grace_s: float = 15.0
+    # outage reconnect and deliver their partitions unevenly for a while (the fleet resent its first frame
+    # 12 s after the broker was back, on a loaded machine), so a source lagging the head is still presumed in
+    # transit and the worker does not close windows by the clock. Windows then wait up to backlog_lateness_s
+    # for a lagging source, which costs time only then.
+    backlog_grace_s: float = 20.0
     # A frame further ahead of the receiver's clock than this is refused (future_frames). None: no clock check
     # here (the default: the decode-time checks own the clock skew, and the twin runs faster than real time in
     # tests); the head check below always applies.

@@ -21,10 +21,23 @@ and whether the worker has a backlog (records not yet read, or a broker it canno
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 
 from powerplane.site import FloatArray, IntArray
+
+
+class TreeSettingsLike(Protocol):
+    """The bounds telemetry_stopped reads (streams.tree.TreeSettings has them)."""
+
+    @property
+    def window_s(self) -> float: ...
+    @property
+    def lateness_s(self) -> float: ...
+    @property
+    def backlog_grace_s(self) -> float: ...
+
 
 HEAD_IGNORE_FRACTION = 0.1  # the newest tenth of the racks (at least one) does not set the head
 
@@ -56,3 +69,12 @@ def completeness_s(newest_s: FloatArray, source: IntArray, n_sources: int, head:
         src_live[:] = True
     live = seen & (newest_s >= src_head[source] - stale_after_s) & src_live[source]
     return float(newest_s[live].min()) if live.any() else -math.inf
+
+
+def telemetry_stopped(idle_s: float, since_backlog_s: float, backlog: bool, s: TreeSettingsLike) -> bool:
+    """Whether the worker may close windows by the clock because telemetry has stopped altogether: nothing
+    read for longer than a window and its lateness, no backlog now (records not read, or a broker out of
+    reach: the frames are then late in wall time only), and none for `backlog_grace_s` (after a backlog or an
+    outage the producers are still reconnecting and draining their spools: an empty input then is not
+    telemetry stopping; seen: every rack paged silent once the broker was back, before the fleet resent)."""
+    return (not backlog and since_backlog_s >= s.backlog_grace_s and idle_s > s.window_s + s.lateness_s)

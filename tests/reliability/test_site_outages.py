@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_worker_and_broker_outages_on_a_site_cause_no_brake_no_cap_and_lose_no_window(tmp_path: Path) -> None:
     out = tmp_path / "outages.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_outages.py"), "--halls", "1", "--baseline", "15",
-                           "--down", "20", "--after", "20", "--drain", "150", "--json", str(out)],
+                           "--down", "20", "--after", "20", "--drain", "150", "--json", str(out),
+                           "--logs", str(tmp_path / "logs")],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -28,7 +29,15 @@ def test_worker_and_broker_outages_on_a_site_cause_no_brake_no_cap_and_lose_no_w
     assert phases["worker down"]["held_s"] > 0 and phases["broker down"]["held_s"] > 0
     # Racks whose frames only waited in a backlog or a spool are not paged as silent, and no window is lost.
     opened = {n: p["events_opened"].get("telemetry_loss", 0) for n, p in phases.items()}
-    assert sum(opened.values()) == 0, opened
+    assert sum(opened.values()) == 0, (opened, _tail(tmp_path / "logs" / "streams.log"))
     assert r["drained_after_s"] is not None, "the worker did not work off the backlog within 150 s"
     assert r["site_windows_missing"] == 0, r["missing_first"]
     assert r["as_expected"], proc.stdout[-2000:]
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    """The worker's last lines (without the client's connection noise), for a failure message."""
+    if not log.exists():
+        return f"(no {log.name})"
+    keep = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip() and "onnect" not in ln]
+    return "\n".join(keep[-lines:])

@@ -12,7 +12,7 @@ from powerplane.schemas import RackSummary, RackSummaryBatch
 from powerplane.site_file import load_site
 from streams.site_stage import SiteStage
 from streams.tree import Snapshot, TreeSettings, TreeWindows
-from streams.watermark import head_s
+from streams.watermark import head_s, telemetry_stopped
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = load_site(ROOT / "examples" / "lab.toml")
@@ -181,3 +181,15 @@ def test_just_after_a_backlog_a_partition_arriving_late_is_in_transit_not_silent
                                     backlog=False))
     events = [e for o in outs for e in o.events]
     assert {e.levels[0] for e in events if e.kind == "telemetry_loss"} == {SITE.rack_ids[int(r)] for r in lag}
+
+
+def test_windows_close_by_the_clock_only_when_telemetry_has_really_stopped() -> None:
+    """The worker closes windows by the clock (every rack stale, telemetry_loss paged) only when nothing has
+    arrived for a window and its lateness, with no backlog now and none for `backlog_grace_s`: once a broker
+    is back the fleet needs a while to reconnect and resend (the 256-rack outage run paged every rack)."""
+    s = TreeSettings()
+    assert telemetry_stopped(idle_s=7.0, since_backlog_s=600.0, backlog=False, s=s)
+    assert not telemetry_stopped(idle_s=7.0, since_backlog_s=600.0, backlog=True, s=s)  # the broker is away
+    assert not telemetry_stopped(idle_s=30.0, since_backlog_s=5.0, backlog=False, s=s)  # just back
+    assert telemetry_stopped(idle_s=30.0, since_backlog_s=s.backlog_grace_s, backlog=False, s=s)
+    assert not telemetry_stopped(idle_s=5.0, since_backlog_s=600.0, backlog=False, s=s)  # a window not yet due
