@@ -377,19 +377,20 @@ def start_node(cfg: Config, node_id: int, timeout_s: float = 60.0) -> None:
     _launch(cfg, p, [nodes[node_id - 1]], nodes, timeout_s)
 
 
-def _check_ports(nodes: list[KafkaNode]) -> None:
+def _check_ports(start: list[KafkaNode], size: int) -> None:
     """Every port a node listens on must be free before Java starts, or it dies with a stack trace that
     never names the port."""
-    for n in nodes:
+    for n in start:
+        whose = "Kafka's" if size == 1 else f"Kafka node {n.node_id}'s"
         for what, at in (("broker", n.port), ("KRaft controller (the broker port + 1)", n.controller_port)):
             if _port_open(n.host, at) or not _port_free(n.host, at):
-                raise DevError(f"port {at} on {n.host}, Kafka node {n.node_id}'s {what} port, is taken by a process "
-                               f"`dev up` did not start: stop it, or set PP_KAFKA_BOOTSTRAP to an address whose "
-                               f"port P and the ports after it (P .. P + {NODE_PORT_STEP * len(nodes) - 1}) are free")
+                raise DevError(f"port {at} on {n.host}, {whose} {what} port, is taken by a process `dev up` did not "
+                               f"start: stop it, or set PP_KAFKA_BOOTSTRAP to an address whose port P and the ports "
+                               f"after it (P .. P + {NODE_PORT_STEP * size - 1}) are free")
 
 
 def _launch(cfg: Config, p: Paths, start: list[KafkaNode], nodes: list[KafkaNode], timeout_s: float) -> None:
-    _check_ports(start)
+    _check_ports(start, len(nodes))
     libs = ensure_kafka_jars(p)
     java = shutil.which("java")
     if java is None:  # the jars are cached but Java went away (or was never on this PATH)
