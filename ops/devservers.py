@@ -219,7 +219,7 @@ def ensure_kafka_jars(p: Paths) -> Path:
 NODE_PORT_STEP = 2
 # A killed broker is fenced (its partitions get new leaders) after this long without a heartbeat; Kafka's
 # 9 s default alone would eat most of the 10 s in which control must resume.
-BROKER_SESSION_MS = 4000
+BROKER_SESSION_MS = 3000
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,9 @@ def replication_props(brokers: int) -> list[str]:
              f"share.coordinator.state.topic.min.isr={isr}", f"default.replication.factor={rf}",
              f"min.insync.replicas={isr}", "unclean.leader.election.enable=false"]
     if brokers > 1:
-        props += ["broker.heartbeat.interval.ms=1000", f"broker.session.timeout.ms={BROKER_SESSION_MS}"]
+        props += ["broker.heartbeat.interval.ms=750", f"broker.session.timeout.ms={BROKER_SESSION_MS}",
+                  # a dead quorum leader is noticed after 1.5 s instead of 2 s
+                  "controller.quorum.fetch.timeout.ms=1500", "controller.quorum.election.timeout.ms=750"]
     return props
 
 

@@ -12,11 +12,13 @@ import signal
 import subprocess
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient
+from kafka.errors import CommitFailedError, KafkaError
 
 from ops import devservers
 from ops.demo import Services, wait_for_groups
@@ -32,6 +34,7 @@ LEASE_S = 15.0  # renewals every 5 s per capped rack: commands flow steadily whi
 DOWN_S = 15.0  # how long the killed node stays down
 RESUME_S = 10.0
 APPLIED = ("applied", "clamped")
+T = TypeVar("T")
 GROUPS = ("powerplane-streams", "powerplane-controller", "powerplane-actuator-twin")
 
 
@@ -43,10 +46,23 @@ class Run:
     rejoin_s: float = 0.0  # from the restart to the node back in every ISR
     led: set[int] = field(default_factory=set)  # pp.commands partitions the node led when killed
     quorum_leader_after: int = -1
+    failover_s: float = -1.0  # from the kill to no pp.commands partition led by the node
 
 
 def _admin(c: Config) -> KafkaAdminClient:
     return KafkaAdminClient(bootstrap_servers=c.kafka_bootstrap, request_timeout_ms=5000)
+
+
+def _asking(fn: Callable[[Config], T], c: Config, timeout_s: float = 15.0) -> T:
+    """fn(c), tried again while it fails: a new admin client may first pick the dead node's address."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return fn(c)
+        except (KafkaError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _commands_leaders(c: Config) -> dict[int, int]:
@@ -70,7 +86,7 @@ def _out_of_isr(c: Config, node: int) -> list[str]:
     """The partitions of the product's topics that have `node` as a replica but not in their ISR."""
     admin = _admin(c)
     try:
-        return [f"{t['topic']}[{p['partition_index']}]" for t in admin.describe_topics([t.name for t in topics.ALL])
+        return [f"{t['name']}[{p['partition_index']}]" for t in admin.describe_topics([t.name for t in topics.ALL])
                 for p in t["partitions"] if node in p["replica_nodes"] and node not in p["isr_nodes"]]
     finally:
         admin.close()
@@ -108,19 +124,24 @@ def _kill_during_capping(c: Config, cluster: Config, svc: Services, site: str, s
         svc.check()
         assert time.monotonic() < deadline, "the feed loss was never capped (no applied acks within 60 s)"
         time.sleep(1.0)
-    leaders = _commands_leaders(cluster)
-    run.target = Counter(leaders.values()).most_common(1)[0][0] if pick == "commands" else _quorum_leader(cluster)
+    leaders = _asking(_commands_leaders, cluster)
+    run.target = (Counter(leaders.values()).most_common(1)[0][0] if pick == "commands"
+                  else _asking(_quorum_leader, cluster))
     run.led = {p for p, leader in leaders.items() if leader == run.target}
     run.t_kill = time.time()
     devservers.kill_node(cluster, run.target)
-    while time.time() < run.t_kill + DOWN_S:
+    while run.failover_s < 0 or time.time() < run.t_kill + DOWN_S:
         svc.check()
-        time.sleep(1.0)
-    run.quorum_leader_after = _quorum_leader(cluster)
+        if run.failover_s < 0 and all(leader not in (-1, run.target)
+                                      for leader in _asking(_commands_leaders, cluster).values()):
+            run.failover_s = time.time() - run.t_kill
+        assert time.time() < run.t_kill + 30, f"pp.commands partitions still led by node {run.target}"
+        time.sleep(0.2)
+    run.quorum_leader_after = _asking(_quorum_leader, cluster)
     run.t_restart = time.time()
     devservers.start_node(cluster, run.target)
-    while _out_of_isr(cluster, run.target):
-        assert time.time() < run.t_restart + 60, f"node {run.target} out of ISR: {_out_of_isr(cluster, run.target)}"
+    while out := _asking(lambda c: _out_of_isr(c, run.target), cluster):
+        assert time.time() < run.t_restart + 60, f"node {run.target} out of ISR: {out}"
         time.sleep(0.5)
     run.rejoin_s = time.time() - run.t_restart
     time.sleep(5.0)  # the loop runs on with the node back
@@ -174,7 +195,20 @@ def _check(c: Config, site: str, start: dict[str, dict[int, int]], run: Run) -> 
             "applied": statuses["applied"] + statuses["clamped"], "duplicate": statuses["duplicate"],
             "expired": statuses["expired"], "rejected": statuses["rejected"],
             "resume_s": round(resume_s, 2), "max_cmd_to_ack_s": round(stall_s, 2),
-            "rejoin_s": round(run.rejoin_s, 2)}
+            "failover_s": round(run.failover_s, 2), "rejoin_s": round(run.rejoin_s, 2)}
+
+
+def _start_at_end(c: Config, group: str, names: tuple[str, ...]) -> None:
+    """start_group_at_end, once the group is empty: a member of the previous run (one that died without
+    leaving) keeps it until its session times out, and the broker refuses commits from outside meanwhile."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return start_group_at_end(c, group, names)
+        except CommitFailedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def _run(cluster: Config, tmp: Path, name: str, pick: str) -> tuple[Run, dict[str, float]]:
@@ -182,10 +216,11 @@ def _run(cluster: Config, tmp: Path, name: str, pick: str) -> tuple[Run, dict[st
     c = cluster.model_copy(update={"site_file": str(path), "command_lease_s": LEASE_S, "state_dir": str(tmp / "state")})
     load_keyring(c.signing_key_file, c.signing_key_id, create=True)
     load_keyring(ack_key_path(c.signing_key_file, c.ack_key_file), c.ack_key_id, create=True)
-    start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
-    start_group_at_end(c, "powerplane-controller", (topics.AGGREGATES.name, topics.TELEMETRY.name,
-                                                    topics.HEADROOM.name, topics.ACKS.name))
-    start_group_at_end(c, "powerplane-actuator-twin", (topics.COMMANDS.name,))
+    for group, names in ((topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name)),
+                         ("powerplane-controller", (topics.AGGREGATES.name, topics.TELEMETRY.name,
+                                                    topics.HEADROOM.name, topics.ACKS.name)),
+                         ("powerplane-actuator-twin", (topics.COMMANDS.name,))):
+        _start_at_end(c, group, names)
     start = {t: end_offsets(c, t) for t in (topics.TELEMETRY.name, topics.COMMANDS.name, topics.ACKS.name)}
     svc = Services(c, tmp / "logs")
     try:
