@@ -1,11 +1,13 @@
 """`powerplane dev up|down|status`: real servers on this machine, without Docker.
 
-- Apache Kafka 4.x in KRaft mode (one combined broker+controller), from Maven Central jars that
-  Maven fetches once into ~/.cache/powerplane.
+- Apache Kafka 4.x in KRaft mode, from Maven Central jars that Maven fetches once into ~/.cache/powerplane:
+  one combined broker+controller, or (`--brokers 3`) three of them, node ids 1-3, forming a 3-voter
+  controller quorum, each with its own data dir, pid file and log (ports: NODE_PORT_STEP).
 - VictoriaMetrics (Debian `victoria-metrics`), which accepts InfluxDB v2 line-protocol writes.
 
 Each server runs in its own process session with a pid file, so `dev down` stops exactly what
-`dev up` started and leaves nothing behind.
+`dev up` started and leaves nothing behind. This module is long because it holds the whole life of both
+servers (fetch, configure, format, start, wait, stop, one Kafka node at a time for the fault tests).
 """
 
 from __future__ import annotations
@@ -150,26 +152,37 @@ def _spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None
 
 
 def _stop(name: str, pidfile: Path, timeout_s: float = 30.0) -> bool:
-    pid = _read_pid(pidfile)
-    if pid is None:
-        pidfile.unlink(missing_ok=True)
-        return False
-    say(f"stopping {name} (pid {pid})")
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _alive(pid):
-        say(f"{name} ignored SIGTERM for {timeout_s:.0f} s; killing it")
+    return bool(_stop_all([(name, pidfile)], timeout_s))
+
+
+def _stop_all(servers: list[tuple[str, Path]], timeout_s: float = 30.0) -> list[str]:
+    """SIGTERM every server at once, then wait for all (the last Kafka node stopped alone would wait for a
+    controller quorum that left before it); SIGKILL what is still up after timeout_s. Returns those stopped."""
+    running = []
+    for name, pidfile in servers:
+        pid = _read_pid(pidfile)
+        if pid is None:
+            pidfile.unlink(missing_ok=True)
+        else:
+            running.append((name, pidfile, pid))
+    for name, _, pid in running:
+        say(f"stopping {name} (pid {pid})")
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    pidfile.unlink(missing_ok=True)
-    return True
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(pid) for *_, pid in running) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for name, pidfile, pid in running:
+        if _alive(pid):
+            say(f"{name} ignored SIGTERM for {timeout_s:.0f} s; killing it")
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pidfile.unlink(missing_ok=True)
+    return [name for name, *_ in running]
 
 
 # ---- Kafka -----------------------------------------------------------------------------------
@@ -200,78 +213,221 @@ def ensure_kafka_jars(p: Paths) -> Path:
     return libs
 
 
-def _kafka_props(cfg: Config, p: Paths) -> str:
-    host, port = _host_port(cfg.kafka_bootstrap)
-    ctl = port + 1
-    return "\n".join([
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.bootstrap.servers={host}:{ctl}",
-        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctl}",
-        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+# Node i (1, 2, 3) of the dev cluster: its broker listens on P + 2 (i - 1), where P is the port of the first
+# address of `kafka_bootstrap`, and its KRaft controller on the port after. One node is today's single broker
+# (P and P + 1); three take P .. P + 5.
+NODE_PORT_STEP = 2
+# A killed broker is fenced (its partitions get new leaders) after this long without a heartbeat; Kafka's
+# 9 s default alone would eat most of the 10 s in which control must resume.
+BROKER_SESSION_MS = 3000
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One combined broker+controller of the dev cluster."""
+
+    node_id: int
+    host: str
+    port: int  # the client (broker) listener; the controller listens on port + 1
+
+    @property
+    def controller_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def name(self) -> str:
+        return "kafka" if self.node_id == 1 else f"kafka-{self.node_id}"
+
+    def dir(self, p: Paths) -> Path:
+        return p.kafka_dir if self.node_id == 1 else p.state / self.name
+
+
+def kafka_nodes(cfg: Config, brokers: int) -> list[KafkaNode]:
+    """The nodes of a `brokers`-node dev cluster, on ports derived from kafka_bootstrap (NODE_PORT_STEP).
+    Every other address the bootstrap lists must be one of them."""
+    listed = [a.strip() for a in cfg.kafka_bootstrap.split(",") if a.strip()]
+    host, port = _host_port(listed[0])
+    nodes = [KafkaNode(i, host, port + NODE_PORT_STEP * (i - 1)) for i in range(1, brokers + 1)]
+    known = {n.address for n in nodes}
+    for a in listed[1:]:
+        if "{}:{}".format(*_host_port(a)) not in known:
+            raise DevError(f"PP_KAFKA_BOOTSTRAP lists {a}, which is not a node of the {brokers}-node dev cluster "
+                           f"({', '.join(sorted(known))}): list those, or only the first")
+    return nodes
+
+
+def _recorded_size(p: Paths) -> int | None:
+    """How many nodes the dev cluster in the state directory was formatted with (None: never formatted)."""
+    try:
+        return int((p.kafka_dir / "nodes").read_text().strip())
+    except (OSError, ValueError):
+        return 1 if (p.kafka_dir / "data" / "meta.properties").exists() else None
+
+
+def cluster_size(cfg: Config, p: Paths, brokers: int | None = None) -> int:
+    """Nodes of the dev cluster: as formatted on disk, else `brokers`, else as many as kafka_bootstrap lists."""
+    on_disk = _recorded_size(p)
+    if brokers is not None and on_disk is not None and brokers != on_disk:
+        raise DevError(f"the dev Kafka in {p.state} was made with {on_disk} node(s), not {brokers}: remove it with "
+                       f"`powerplane dev down --wipe` first")
+    want = brokers or on_disk or len([a for a in cfg.kafka_bootstrap.split(",") if a.strip()])
+    if not 1 <= want <= 9:
+        raise DevError(f"--brokers {want}: the dev cluster runs 1 to 9 nodes")
+    return want
+
+
+def cluster_bootstrap(cfg: Config, brokers: int | None = None) -> str:
+    """Every node's client address, comma-separated: what clients should be given to outlive a node."""
+    p = paths(cfg)
+    return ",".join(n.address for n in kafka_nodes(cfg, cluster_size(cfg, p, brokers)))
+
+
+def listener_props(node: KafkaNode) -> list[str]:
+    """The listeners of one node and their security protocols (kept together: security settings land here)."""
+    return [
+        f"listeners=PLAINTEXT://{node.host}:{node.port},CONTROLLER://{node.host}:{node.controller_port}",
+        f"advertised.listeners=PLAINTEXT://{node.host}:{node.port}",
+        "inter.broker.listener.name=PLAINTEXT",
         "controller.listener.names=CONTROLLER",
         "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        f"log.dirs={p.kafka_dir / 'data'}",
+    ]
+
+
+def replication_props(brokers: int) -> list[str]:
+    """The broker's defaults and internal topics (offsets, transactions), replicated as topics.replication
+    says: 3 copies and 2 in sync on three nodes, 1 and 1 on one."""
+    from powerplane.topics import replication
+
+    rf, isr = replication(brokers)
+    props = [f"offsets.topic.replication.factor={rf}", f"transaction.state.log.replication.factor={rf}",
+             f"transaction.state.log.min.isr={isr}", f"share.coordinator.state.topic.replication.factor={rf}",
+             f"share.coordinator.state.topic.min.isr={isr}", f"default.replication.factor={rf}",
+             f"min.insync.replicas={isr}", "unclean.leader.election.enable=false"]
+    if brokers > 1:
+        props += ["broker.heartbeat.interval.ms=750", f"broker.session.timeout.ms={BROKER_SESSION_MS}",
+                  # a dead quorum leader is noticed after 1.5 s instead of 2 s
+                  "controller.quorum.fetch.timeout.ms=1500", "controller.quorum.election.timeout.ms=750"]
+    return props
+
+
+def _kafka_props(node: KafkaNode, nodes: list[KafkaNode], p: Paths) -> str:
+    voters = ",".join(f"{n.host}:{n.controller_port}" for n in nodes)
+    return "\n".join([
+        "process.roles=broker,controller",
+        f"node.id={node.node_id}",
+        f"controller.quorum.bootstrap.servers={voters}",
+        *listener_props(node),
+        f"log.dirs={node.dir(p) / 'data'}",
         "auto.create.topics.enable=false",  # topics come from `powerplane topics create` only
-        "offsets.topic.replication.factor=1",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
+        *replication_props(len(nodes)),
         "group.initial.rebalance.delay.ms=0",
         "num.partitions=1",
         "",
     ])
 
 
-def start_kafka(cfg: Config, p: Paths, timeout_s: float = 90.0) -> None:
-    host, port = _host_port(cfg.kafka_bootstrap)
-    pidfile = p.kafka_dir / "kafka.pid"
-    if _read_pid(pidfile) is not None:
-        say(f"Kafka already running at {cfg.kafka_bootstrap}")
+def _kafka_id() -> str:
+    """A Kafka Uuid (cluster or directory id) in its base64 form."""
+    out = "-"
+    while out.startswith("-"):  # an id starting with '-' reads as an option (1 in 64); Kafka redraws too
+        out = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return out
+
+
+def _format(java: str, cp: str, nodes: list[KafkaNode], p: Paths) -> None:
+    """Format every node's storage for one cluster: one node is a standalone quorum; several a dynamic
+    quorum (KIP-853) whose voters are every node, named by --initial-controllers."""
+    formatted = [n for n in nodes if (n.dir(p) / "data" / "meta.properties").exists()]
+    if len(formatted) == len(nodes):
         return
-    # Kafka listens on the broker port and on port + 1 for its KRaft controller: both must be free before Java
-    # starts, or it dies with a stack trace that never names the port.
-    for what, at in (("broker", port), ("KRaft controller (the broker port + 1)", port + 1)):
-        if _port_open(host, at) or not _port_free(host, at):
-            raise DevError(f"port {at} on {host}, Kafka's {what} port, is taken by a process `dev up` did not "
-                           f"start: stop it, or set PP_KAFKA_BOOTSTRAP to an address whose port and port + 1 "
-                           f"are free")
+    if formatted:
+        raise DevError(f"the dev Kafka in {p.state} is half formatted ({len(formatted)} of {len(nodes)} nodes): "
+                       f"remove it with `powerplane dev down --wipe`")
+    cluster = _kafka_id()
+    voters = ",".join(f"{n.node_id}@{n.host}:{n.controller_port}:{_kafka_id()}" for n in nodes)
+    quorum = ["--standalone"] if len(nodes) == 1 else ["--initial-controllers", voters]
+    say(f"formatting KRaft storage ({len(nodes)} node{'s' if len(nodes) > 1 else ''})")
+    procs = [subprocess.Popen([java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
+                               str(n.dir(p) / "server.properties"), *quorum], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for n in nodes]
+    for n, proc in zip(nodes, procs, strict=True):
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise DevError(f"formatting Kafka storage of node {n.node_id} failed: {out.strip()[-400:]}")
+    (p.kafka_dir / "nodes").write_text(f"{len(nodes)}\n")
+
+
+def start_kafka(cfg: Config, p: Paths, timeout_s: float = 90.0, brokers: int | None = None) -> None:
+    """Start every node of the dev cluster that is not running (one node unless `brokers` or the state on
+    disk says more), formatting storage the first time; return once every broker serves."""
+    nodes = kafka_nodes(cfg, cluster_size(cfg, p, brokers))
+    down = [n for n in nodes if _read_pid(n.dir(p) / "kafka.pid") is None]
+    if not down:
+        say(f"Kafka already running at {','.join(n.address for n in nodes)}")
+        return
+    _launch(cfg, p, down, nodes, timeout_s)
+
+
+def start_node(cfg: Config, node_id: int, timeout_s: float = 60.0) -> None:
+    """Start one stopped (or killed) node of the dev cluster again and wait until it serves."""
+    p = paths(cfg)
+    nodes = kafka_nodes(cfg, cluster_size(cfg, p))
+    _launch(cfg, p, [nodes[node_id - 1]], nodes, timeout_s)
+
+
+def _check_ports(start: list[KafkaNode], size: int) -> None:
+    """Every port a node listens on must be free before Java starts, or it dies with a stack trace that
+    never names the port."""
+    for n in start:
+        whose = "Kafka's" if size == 1 else f"Kafka node {n.node_id}'s"
+        for what, at in (("broker", n.port), ("KRaft controller (the broker port + 1)", n.controller_port)):
+            if _port_open(n.host, at) or not _port_free(n.host, at):
+                raise DevError(f"port {at} on {n.host}, {whose} {what} port, is taken by a process `dev up` did not "
+                               f"start: stop it, or set PP_KAFKA_BOOTSTRAP to an address whose port P and the ports "
+                               f"after it (P .. P + {NODE_PORT_STEP * size - 1}) are free")
+
+
+def _launch(cfg: Config, p: Paths, start: list[KafkaNode], nodes: list[KafkaNode], timeout_s: float) -> None:
+    _check_ports(start, len(nodes))
     libs = ensure_kafka_jars(p)
     java = shutil.which("java")
     if java is None:  # the jars are cached but Java went away (or was never on this PATH)
         raise DevError(JAVA_MISSING)
-    p.kafka_dir.mkdir(parents=True, exist_ok=True)
-    props = p.kafka_dir / "server.properties"
-    props.write_text(_kafka_props(cfg, p))
-    (p.kafka_dir / "log4j2.yaml").write_text(LOG4J2)
     cp = f"{libs}/*"
-    if not (p.kafka_dir / "data" / "meta.properties").exists():
-        cluster = "-"
-        while cluster.startswith("-"):  # an id starting with '-' reads as an option (1 in 64); Kafka redraws too
-            cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        say("formatting KRaft storage")
-        res = subprocess.run([java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
-                              str(props), "--standalone"], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise DevError(f"formatting Kafka storage failed: {(res.stdout + res.stderr).strip()[-400:]}")
-    heap = os.environ.get("PP_KAFKA_HEAP", "-Xms256m -Xmx1g")
-    argv = [java, *heap.split(), "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={p.kafka_dir / 'log4j2.yaml'}",
-            "-cp", cp, "kafka.Kafka", str(props)]
-    pid = _spawn("kafka", argv, p.kafka_dir)
-    say(f"starting Kafka {KAFKA_VERSION} (pid {pid}) at {cfg.kafka_bootstrap}")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            tail = (p.kafka_dir / "kafka.log").read_text(errors="replace").strip().splitlines()[-10:]
-            raise DevError("Kafka exited during start-up; last log lines:\n  " + "\n  ".join(tail))
-        if _port_open(host, port) and _broker_ready(cfg.kafka_bootstrap):
-            say(f"Kafka is up after {timeout_s - (deadline - time.monotonic()):.1f} s")
+    for n in nodes:
+        n.dir(p).mkdir(parents=True, exist_ok=True)
+        (n.dir(p) / "server.properties").write_text(_kafka_props(n, nodes, p))
+        (n.dir(p) / "log4j2.yaml").write_text(LOG4J2)
+    _format(java, cp, nodes, p)
+    heap = os.environ.get("PP_KAFKA_HEAP", "-Xms256m -Xmx1g" if len(nodes) == 1 else "-Xms128m -Xmx512m")
+    pids = {}
+    for n in start:
+        argv = [java, *heap.split(), "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={n.dir(p) / 'log4j2.yaml'}",
+                "-cp", cp, "kafka.Kafka", str(n.dir(p) / "server.properties")]
+        pids[n] = _spawn("kafka", argv, n.dir(p))
+        say(f"starting Kafka {KAFKA_VERSION} node {n.node_id} (pid {pids[n]}) at {n.address}")
+    bootstrap = ",".join(n.address for n in nodes)
+    t0 = time.monotonic()
+    while time.monotonic() < t0 + timeout_s:
+        for n, pid in pids.items():
+            if not _alive(pid):
+                tail = (n.dir(p) / "kafka.log").read_text(errors="replace").strip().splitlines()[-10:]
+                raise DevError(f"Kafka node {n.node_id} exited during start-up; last log lines:\n  "
+                               + "\n  ".join(tail))
+        if all(_port_open(n.host, n.port) for n in start) and _brokers_serving(bootstrap, {n.node_id for n in start}):
+            say(f"Kafka is up after {time.monotonic() - t0:.1f} s")
             return
         time.sleep(0.5)
-    raise DevError(f"Kafka did not answer within {timeout_s:.0f} s; see {p.kafka_dir / 'kafka.log'}")
+    logs = ", ".join(str(n.dir(p) / "kafka.log") for n in start)
+    raise DevError(f"Kafka did not answer within {timeout_s:.0f} s; see {logs}")
 
 
-def _broker_ready(bootstrap: str) -> bool:
+def _brokers_serving(bootstrap: str, node_ids: set[int]) -> bool:
+    """Whether the cluster lists every one of node_ids as a registered broker, not fenced."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -280,8 +436,9 @@ def _broker_ready(bootstrap: str) -> bool:
     except (KafkaError, OSError, ValueError):
         return False
     try:
-        admin.list_topics()
-        return True
+        brokers = admin.describe_cluster()["brokers"]
+        serving = {b["broker_id"] for b in brokers if not b.get("is_fenced")}
+        return node_ids <= serving
     except (KafkaError, OSError):
         return False
     finally:
@@ -348,14 +505,15 @@ def start_vm(cfg: Config, p: Paths, timeout_s: float = 30.0) -> None:
 # ---- entry points -------------------------------------------------------------------------------
 
 
-def up(cfg: Config, *, kafka: bool = True, vm: bool = True) -> None:
+def up(cfg: Config, *, kafka: bool = True, vm: bool = True, brokers: int | None = None) -> None:
+    """Start the dev servers: Kafka (one node, or `brokers` nodes) with the declared topics, and the store."""
     from powerplane.kafka import create_topics
 
     p = paths(cfg)
     try:
         if kafka:
-            start_kafka(cfg, p)
-            created = create_topics(cfg.kafka_bootstrap)
+            start_kafka(cfg, p, brokers=brokers)
+            created = create_topics(cluster_bootstrap(cfg))
             say(f"topics: created {', '.join(created)}" if created else "topics: all present")
         if vm:
             start_vm(cfg, p)
@@ -366,10 +524,16 @@ def up(cfg: Config, *, kafka: bool = True, vm: bool = True) -> None:
         raise
 
 
+def _node_pidfiles(p: Paths) -> list[tuple[str, Path]]:
+    """(name, pid file) of every Kafka node the state directory holds, from the size it was formatted with."""
+    n = _recorded_size(p) or 1
+    return [("kafka" if i == 1 else f"kafka-{i}", (p.kafka_dir if i == 1 else p.state / f"kafka-{i}") / "kafka.pid")
+            for i in range(1, n + 1)]
+
+
 def down(cfg: Config, *, wipe: bool = False) -> None:
     p = paths(cfg)
-    stopped = [name for name, pf in (("victoria-metrics", p.vm_dir / "victoria-metrics.pid"),
-                                     ("kafka", p.kafka_dir / "kafka.pid")) if _stop(name, pf)]
+    stopped = _stop_all([("victoria-metrics", p.vm_dir / "victoria-metrics.pid"), *_node_pidfiles(p)])
     say(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
     if wipe:
         shutil.rmtree(p.state, ignore_errors=True)
@@ -377,9 +541,31 @@ def down(cfg: Config, *, wipe: bool = False) -> None:
 
 
 def stop_kafka(cfg: Config) -> None:
-    """Stop only the broker, keeping its data (tests use it to simulate a broker outage)."""
-    p = paths(cfg)
-    _stop("kafka", p.kafka_dir / "kafka.pid")
+    """Stop only Kafka (every node), keeping its data (tests use it to simulate a broker outage)."""
+    _stop_all(_node_pidfiles(paths(cfg)))
+
+
+def stop_node(cfg: Config, node_id: int) -> None:
+    """Stop one node of the dev cluster cleanly (SIGTERM), keeping its data."""
+    name, pf = _node_pidfiles(paths(cfg))[node_id - 1]
+    _stop(name, pf)
+
+
+def kill_node(cfg: Config, node_id: int) -> int:
+    """kill -9 one node of the dev cluster (a crash: no controlled shutdown); return the pid killed."""
+    name, pf = _node_pidfiles(paths(cfg))[node_id - 1]
+    pid = _read_pid(pf)
+    if pid is None:
+        raise DevError(f"Kafka node {node_id} ({name}) is not running")
+    say(f"killing {name} (pid {pid}) with SIGKILL")
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    while _alive(pid):
+        time.sleep(0.05)
+    pf.unlink(missing_ok=True)
+    return pid
 
 
 def stop_vm(cfg: Config) -> None:
@@ -389,6 +575,7 @@ def stop_vm(cfg: Config) -> None:
 
 
 def status(cfg: Config) -> dict[str, int | None]:
+    """Pid of every dev server (None: stopped): kafka (node 1), kafka-2, kafka-3 on a cluster, victoria-metrics."""
     p = paths(cfg)
-    return {"kafka": _read_pid(p.kafka_dir / "kafka.pid"),
+    return {**{name: _read_pid(pf) for name, pf in _node_pidfiles(p)},
             "victoria-metrics": _read_pid(p.vm_dir / "victoria-metrics.pid")}

@@ -158,14 +158,18 @@ class DeadLetters:
 
 def create_topics(bootstrap: str, wanted: Iterable[topics.Topic] = topics.ALL,
                   timeout_s: float = 30.0) -> list[str]:
-    """Create missing topics with their declared partitions and configs; return those created."""
+    """Create missing topics with their declared partitions and configs, replicated as the cluster's
+    broker count allows (`topics.replication`); return those created."""
     # The client's own bootstrap wait (30 s by default) must not outlast ours.
     admin: KafkaAdminClient = _retry_connect("admin", bootstrap, lambda: KafkaAdminClient(
         bootstrap_servers=bootstrap, client_id="powerplane-admin",
         bootstrap_timeout_ms=max(1, int(timeout_s * 1000))), timeout_s)
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(t.name, t.partitions, 1, topic_configs=t.configs())
+        # Replicas as the cluster allows (topics.replication): 3 copies, 2 in sync, on a 3-broker cluster.
+        brokers = len(admin.describe_cluster()["brokers"])
+        rf = topics.replication(brokers)[0]
+        new = [NewTopic(t.name, t.partitions, rf, topic_configs=t.configs(brokers))
                for t in wanted if t.name not in existing]
         if new:
             try:

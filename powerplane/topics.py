@@ -7,6 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DAY_MS = 24 * 3600 * 1000
+MAX_REPLICATION = 3
+
+
+def replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of `brokers`: three copies where there are
+    three brokers, and then a write (acks=all) needs two of them, so one broker may die without losing an
+    acknowledged record or refusing writes. Fewer brokers: one copy per broker, and one in sync suffices."""
+    rf = max(1, min(MAX_REPLICATION, brokers))
+    return rf, 2 if rf >= MAX_REPLICATION else 1
 
 
 @dataclass(frozen=True)
@@ -19,11 +28,14 @@ class Topic:
     doc: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
-    def configs(self) -> dict[str, str]:
+    def configs(self, brokers: int = 1) -> dict[str, str]:
+        """The topic configs on a cluster of `brokers` (min.insync.replicas follows `replication`)."""
         cfg = {
             "retention.ms": str(self.retention_ms),
             "cleanup.policy": "compact,delete" if self.compact else "delete",
-            "min.insync.replicas": "1",
+            "min.insync.replicas": str(replication(brokers)[1]),
+            # A replica that missed acknowledged writes never becomes leader: the partition waits instead.
+            "unclean.leader.election.enable": "false",
         }
         cfg.update(self.extra)
         return cfg

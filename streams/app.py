@@ -195,7 +195,8 @@ class WorkerMetrics:
 def _faust_app(cfg: Config, app_id: str, from_beginning: bool) -> faust.App:
     return faust.App(
         app_id,
-        broker=f"kafka://{cfg.kafka_bootstrap}",
+        # faust takes several brokers as a list of URLs, not Kafka's comma-separated string.
+        broker=[f"kafka://{a.strip()}" for a in cfg.kafka_bootstrap.split(",") if a.strip()],
         value_serializer="raw",
         key_serializer="raw",
         producer_acks=-1,

@@ -17,8 +17,11 @@ def cmd_dev(args: argparse.Namespace, cfg: Config) -> int:
     from ops import devservers
 
     if args.action == "up":
-        devservers.up(cfg, kafka=not args.no_kafka, vm=not args.no_tsdb)
-        print(f"Kafka at {cfg.kafka_bootstrap}, InfluxDB v2 write API (VictoriaMetrics) at {cfg.influx_url}")
+        devservers.up(cfg, kafka=not args.no_kafka, vm=not args.no_tsdb, brokers=args.brokers)
+        bootstrap = devservers.cluster_bootstrap(cfg, args.brokers)
+        print(f"Kafka at {bootstrap}, InfluxDB v2 write API (VictoriaMetrics) at {cfg.influx_url}")
+        if bootstrap != cfg.kafka_bootstrap:  # clients given one node lose the cluster with that node
+            print(f"set PP_KAFKA_BOOTSTRAP={bootstrap} so clients outlive the loss of any one node")
     elif args.action == "down":
         devservers.down(cfg, wipe=args.wipe)
     else:
@@ -134,6 +137,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("action", choices=["up", "down", "status"])
     d.add_argument("--no-kafka", action="store_true", help="up: skip Kafka")
     d.add_argument("--no-tsdb", action="store_true", help="up: skip the time-series server")
+    d.add_argument("--brokers", type=int, choices=range(1, 10), metavar="N",
+                   help="up: Kafka nodes (1-9; default: as formatted, else as many as PP_KAFKA_BOOTSTRAP lists); "
+                        "3 gives replication factor 3 and min.insync.replicas 2")
     d.add_argument("--wipe", action="store_true", help="down: also delete their data")
     d.set_defaults(fn=cmd_dev)
 
