@@ -27,10 +27,10 @@ def summary(receiver: str, doc: dict[str, Any]) -> str:
 
 def handler_for(receiver: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             self._answer(200 if self.path == "/healthz" else 404, "ok" if self.path == "/healthz" else "not found")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             size = int(self.headers.get("Content-Length") or 0)
             if size > MAX_BODY_BYTES:
                 self._answer(413, "too large")
@@ -55,7 +55,7 @@ def handler_for(receiver: str) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # one line per notification (above), not one per request
 
     return Handler

@@ -314,7 +314,7 @@ def test_alertmanager_webhooks_reach_the_receiver_service(services: dict[str, di
     for url in urls:
         u = urlsplit(url)
         hosts = {n: s for n, s in services.items()
-                 if u.hostname == n or u.hostname in ((s.get("networks") or {}).get("default") or {}).get("aliases", [])}
+                 if u.hostname in (n, *((s.get("networks") or {}).get("default") or {}).get("aliases", []))}
         assert hosts, f"webhook {url}: no service answers to {u.hostname}"
         (name, svc), = hosts.items()
         assert u.port in exposed_ports(svc), f"webhook {url}: {name} does not listen on {u.port}"
