@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from actuators.journal import Journal, journal_path
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, consumer
+from powerplane.metrics import ConsumerLag, kafka_python_lags
 from powerplane.schemas import Ack, Command, DeadLetter, Event, SchemaError
 from powerplane.signing import Keyring, ack_key_path, load_keyring
 
@@ -40,7 +42,8 @@ class ActuatorMetrics:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         st = self.guard.stats
-        acks = CounterMetricFamily("powerplane_actuator_acks", "commands by outcome", labels=["actuator", "status"])
+        acks = CounterMetricFamily("powerplane_actuator_acks", "commands answered, by outcome",
+                                   labels=["actuator", "status"])
         for status in ("applied", "clamped", "duplicate", "rejected", "expired", "reverted"):
             acks.add_metric([self.guard.actuator.name, status], float(getattr(st, status)))
         yield acks
@@ -48,7 +51,8 @@ class ActuatorMetrics:
                                   "commands refused for signature or site reasons", value=float(st.security))
         yield CounterMetricFamily("powerplane_actuator_dead_letters", "records sent to the dead-letter topic",
                                   value=float(self.dlq.count))
-        yield CounterMetricFamily("powerplane_actuator_producer_dropped", "acks the bounded producer dropped",
+        yield CounterMetricFamily("powerplane_actuator_producer_dropped_records",
+                                  "acks and events the bounded producer dropped or the broker refused",
                                   value=float(self.producer.dropped + self.producer.failed))
         yield GaugeMetricFamily("powerplane_actuator_leases", "GPU leases held (power and clock)",
                                 value=float(sum(len(t.leases) + len(t.clock_leases)
@@ -56,10 +60,11 @@ class ActuatorMetrics:
 
 
 def run(cfg: Config, site_name: str, actuator: Actuator, keyring: Keyring, stop: threading.Event,
-        ready: threading.Event | None = None, metrics_port: int = 0, *, ack_keyring: Keyring | None = None,
+        ready: threading.Event | None = None, registry: Any = None, *, ack_keyring: Keyring | None = None,
         state_dir: str | Path | None = None) -> Guard:
     """Handle commands until `stop`. `ack_keyring` signs the acks (default: the config's ack keyring, created
-    if missing); `state_dir` holds the replay journal (default: the config's state_dir)."""
+    if missing); `state_dir` holds the replay journal (default: the config's state_dir); `registry` (a
+    prometheus_client CollectorRegistry someone serves) gets this actuator's metrics and consumer lag."""
     if ack_keyring is None:
         ack_keyring = load_keyring(ack_key_path(cfg.signing_key_file, cfg.ack_key_file), cfg.ack_key_id, create=True)
     journal = Journal(journal_path(state_dir or cfg.state_dir, actuator.name))
@@ -67,16 +72,13 @@ def run(cfg: Config, site_name: str, actuator: Actuator, keyring: Keyring, stop:
     served = set(actuator.targets())
     producer = Producer(cfg.kafka_bootstrap, f"powerplane-actuator-{actuator.name}")
     dlq = DeadLetters(producer, f"actuator-{actuator.name}")
-    if metrics_port:
-        from prometheus_client import CollectorRegistry, start_http_server
-
-        registry = CollectorRegistry()
-        registry.register(ActuatorMetrics(guard, producer, dlq))
-        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     # Offsets are committed by hand, after the batch's outcomes are journaled and its acks delivered: a
     # command that arrived while this actuator was down, or one it was handling when it died, is read again.
     cons = consumer(cfg.kafka_bootstrap, f"powerplane-actuator-{actuator.name}", topics.COMMANDS.name,
                     enable_auto_commit=False)
+    if registry is not None:
+        registry.register(ActuatorMetrics(guard, producer, dlq))
+        registry.register(ConsumerLag(f"powerplane-actuator-{actuator.name}", partial(kafka_python_lags, cons)))
     actuator.start()
     last_expiry = 0.0
     assigned: set[Any] = set()

@@ -44,11 +44,13 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.polls = Counter("pp_collector_polls", "Polls by outcome", ["source", "kind", "outcome"], registry=r)
-        self.duration = Histogram("pp_collector_poll_seconds", "Poll duration", ["kind"], registry=r,
+        self.polls = Counter("powerplane_collector_polls", "Polls by outcome", ["source", "kind", "outcome"],
+                             registry=r)
+        self.duration = Histogram("powerplane_collector_poll_duration_seconds", "Poll duration", ["kind"], registry=r,
                                   buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.up = Gauge("pp_collector_source_up", "1 if the last poll succeeded", ["source", "kind"], registry=r)
-        self.frames = Counter("pp_collector_frames", "Frames collected", ["kind"], registry=r)
+        self.up = Gauge("powerplane_collector_source_up", "1 if the last poll succeeded", ["source", "kind"],
+                        registry=r)
+        self.frames = Counter("powerplane_collector_frames", "Frames collected", ["kind"], registry=r)
 
 
 class Scheduler:

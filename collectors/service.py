@@ -47,16 +47,39 @@ def build_sources(tables: Mapping[str, Any], ctx: SourceContext, source: str = "
     return out
 
 
+class PublisherMetrics:
+    """Prometheus collector over the spooled publisher: frames spooled, published, refused, dropped."""
+
+    def __init__(self, pub: SpooledPublisher, spool: Spool) -> None:
+        self.pub, self.spool = pub, spool
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        st = self.pub.stats
+        for name, doc, value in (
+                ("spooled", "frames written to the disk spool", st.spooled),
+                ("published", "frames the broker acknowledged", st.delivered),
+                ("refused", "frames the broker refused for good (logged with the rack)", st.failed),
+                ("dropped", "frames dropped unsent from a full spool", self.spool.dropped_records)):
+            yield CounterMetricFamily(f"powerplane_collector_frames_{name}", doc, value=float(value))
+        yield GaugeMetricFamily("powerplane_collector_broker_up", "1 while the broker takes frames",
+                                value=float(st.broker_up))
+        yield GaugeMetricFamily("powerplane_collector_spool_pending_records",
+                                "frames in the spool not yet acknowledged",
+                                value=float(self.spool.pending))
+
+
 def run(cfg: Config, sources: list[Source], stop: threading.Event, *, duration_s: float | None = None,
-        spool_dir: str | Path | None = None, metrics_port: int = 0, client_id: str = "powerplane-collector",
+        spool_dir: str | Path | None = None, registry: Any = None, client_id: str = "powerplane-collector",
         max_concurrency: int = 512) -> Scheduler:
+    """Poll `sources` and publish their frames until `stop` (or `duration_s`). `registry`: a served
+    prometheus_client CollectorRegistry that gets the polls and what the publisher did with the frames."""
     spool = Spool(spool_dir or Path(cfg.state_dir) / "spool" / client_id)
     pub = SpooledPublisher(cfg.kafka_bootstrap, spool, client_id)
-    metrics = Metrics()
-    if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    metrics = Metrics(registry)
+    if registry is not None:
+        registry.register(PublisherMetrics(pub, spool))
     sched = Scheduler(sources, pub.publish, metrics=metrics, max_concurrency=max_concurrency)
     pub.start()
     log.info("collecting from %d source(s); spool %s", len(sources), spool.dir)

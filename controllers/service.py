@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from controllers.controller import CapController, ControllerStats
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, consumer
+from powerplane.metrics import ConsumerLag, kafka_python_lags
 from powerplane.schemas import Ack, DeadLetter, Headroom, LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
 from powerplane.site import Site
@@ -50,13 +52,20 @@ class ControllerMetrics:
                                   value=float(st.held_decisions))
         yield GaugeMetricFamily("powerplane_controller_holding", "1 while the inputs are stale and every cap is held",
                                 value=float(self.ctl.holding is not None))
+        now = time.time()  # +Inf until the first per-frame input arrives
+        yield GaugeMetricFamily("powerplane_controller_input_arrival_age_seconds",
+                                "seconds since the newest per-frame input arrived", value=now - self.ctl.inputs_seen_s)
+        yield GaugeMetricFamily("powerplane_controller_input_event_age_seconds",
+                                "seconds since the newest per-frame input was measured (its event time)",
+                                value=now - self.ctl.inputs_ts_s)
         yield CounterMetricFamily("powerplane_controller_acks_refused", "acks not signed by an actuator key",
                                   value=float(st.acks_refused))
         yield CounterMetricFamily("powerplane_controller_acks_unknown", "signed acks for commands not issued here",
                                   value=float(st.acks_unknown))
         yield CounterMetricFamily("powerplane_controller_dead_letters", "records sent to the dead-letter topic",
                                   value=float(self.dlq.count))
-        yield CounterMetricFamily("powerplane_controller_producer_dropped", "records the bounded producer dropped",
+        yield CounterMetricFamily("powerplane_controller_producer_dropped_records",
+                                  "commands and events the bounded producer dropped or the broker refused",
                                   value=float(self.producer.dropped + self.producer.failed))
         lat = sorted(st.latencies_s)
         q = GaugeMetricFamily("powerplane_controller_command_ack_seconds",
@@ -92,10 +101,11 @@ def take_ack(stats: ControllerStats, ack_keyring: Keyring, issued: OrderedDict[s
 
 
 def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s: float = 1.0,
-        metrics_port: int = 0, decide_on_crossing: bool = False, ack_keyring: Keyring | None = None) -> CapController:
+        registry: Any = None, decide_on_crossing: bool = False, ack_keyring: Keyring | None = None) -> CapController:
     """decide_on_crossing: also decide as soon as a PDU load crosses the cap threshold, not only every
     tick_s (a site-wide feed loss is then capped without waiting up to a tick). ack_keyring: the keys acks
-    must be signed with (default: the config's ack keyring, created if missing)."""
+    must be signed with (default: the config's ack keyring, created if missing). registry: a served
+    prometheus_client CollectorRegistry that gets the controller's metrics and consumer lag."""
     if ack_keyring is None:
         ack_keyring = load_keyring(ack_key_path(cfg.signing_key_file, cfg.ack_key_file), cfg.ack_key_id, create=True)
     # No request router consumes routing weights in this deployment yet: caps and clock locks only.
@@ -103,14 +113,11 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
                         actions=frozenset(("power_cap", "sm_clock_lock")))
     producer = Producer(cfg.kafka_bootstrap, "powerplane-controller")
     dlq = DeadLetters(producer, "controller")
-    if metrics_port:
-        from prometheus_client import CollectorRegistry, start_http_server
-
-        registry = CollectorRegistry()
-        registry.register(ControllerMetrics(ctl, producer, dlq))
-        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     cons = consumer(cfg.kafka_bootstrap, "powerplane-controller", topics.AGGREGATES.name, topics.TELEMETRY.name,
                     topics.HEADROOM.name, topics.ACKS.name)
+    if registry is not None:
+        registry.register(ControllerMetrics(ctl, producer, dlq))
+        registry.register(ConsumerLag("powerplane-controller", partial(kafka_python_lags, cons)))
     sent_at: dict[str, float] = {}
     issued: OrderedDict[str, None] = OrderedDict()  # ids this controller sent: an ack for another is not believed
     next_tick = time.monotonic()

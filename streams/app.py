@@ -170,7 +170,7 @@ class WorkerMetrics:
                 ("rack_summaries", "rack summaries taken by the site stage", c.summaries),
                 ("windows", "event-time windows closed and rolled up the trees", c.windows),
                 ("aggregates", "level aggregates published", c.aggregates),
-                ("headroom", "headroom records published", c.headroom),
+                ("headroom_records", "headroom records published", c.headroom),
                 ("events", "emergency events published (open, update, resolved)", c.events),
                 ("dead_letters", "records sent to the dead-letter topic", c.dead_letters),
                 ("late_frames", "frames that arrived after their window closed (counted, not lost)",
@@ -344,6 +344,29 @@ class StreamsWorker:
         except Exception:  # a client not started (yet), or its internals changed: cannot tell
             return True
 
+    def input_lags(self) -> dict[tuple[str, int], int]:
+        """Records not taken yet on each input partition (pp.telemetry, pp.racks): highwater minus the next
+        offset the agents take (the fetch position before the first), from the client's fetch state, no
+        request; read at scrape time from the HTTP server's thread. Empty before the consumer starts."""
+        out: dict[tuple[str, int], int] = {}
+        try:
+            thread = getattr(self.app._consumer, "_thread", None)  # never create the consumer from here
+            c = getattr(thread, "_consumer", None)
+            if c is None:
+                return out
+            assignment = c._subscription.subscription.assignment
+            for tp in list(assignment.tps):
+                if tp.topic not in (topics.TELEMETRY.name, topics.RACKS.name):
+                    continue
+                st = assignment.state_value(tp)
+                taken = self.read_to.get((tp.topic, tp.partition))
+                nxt = taken + 1 if taken is not None else (st.position if st.has_valid_position else None)
+                if st.highwater is not None and nxt is not None:
+                    out[(tp.topic, tp.partition)] = max(0, st.highwater - nxt)
+        except Exception:  # between assignments, or the client's internals changed: no lag rather than no scrape
+            return {}
+        return out
+
     def _read(self, event: Any) -> None:
         msg = event.message
         self.read_to[(msg.topic, msg.partition)] = msg.offset
@@ -437,14 +460,15 @@ class StreamsWorker:
 
 
 def run_worker(cfg: Config, site: Site, loglevel: str = "info", from_beginning: bool = False,
-               metrics_port: int = 0) -> None:
+               registry: Any = None) -> None:
+    """Run the worker until stopped; `registry` (a served prometheus_client CollectorRegistry) gets its metrics
+    and the consumer lag of its input partitions."""
     from faust.worker import Worker
 
-    worker = StreamsWorker(cfg, site, from_beginning=from_beginning)
-    if metrics_port:
-        from prometheus_client import CollectorRegistry, start_http_server
+    from powerplane.metrics import ConsumerLag
 
-        registry = CollectorRegistry()
+    worker = StreamsWorker(cfg, site, from_beginning=from_beginning)
+    if registry is not None:
         registry.register(WorkerMetrics(worker.counters, worker.stage))
-        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+        registry.register(ConsumerLag(worker.app_id, worker.input_lags))
     Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -33,18 +33,19 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.records = Counter("pp_dashboard_records", "Records consumed, by topic", ["topic"], registry=r)
-        self.bad = Counter("pp_dashboard_bad_records", "Records that did not decode, by topic", ["topic"], registry=r)
-        self.lag = Gauge("pp_dashboard_consumer_lag_records", "Records behind the end of each topic", ["topic"],
+        self.records = Counter("powerplane_dashboard_records", "Records consumed, by topic", ["topic"], registry=r)
+        self.bad = Counter("powerplane_dashboard_bad_records", "Records that did not decode, by topic", ["topic"],
+                           registry=r)
+        self.lag = Gauge("powerplane_dashboard_consumer_lag_records", "Records behind the end of each topic", ["topic"],
                          registry=r)
-        self.clients = Gauge("pp_dashboard_clients", "Pages connected to /events", registry=r)
-        self.dropped = Counter("pp_dashboard_clients_dropped", "Pages dropped for falling behind", registry=r)
-        self.levels = Gauge("pp_dashboard_levels", "Levels with values in the state", registry=r)
-        self.event_age = Gauge("pp_dashboard_event_time_age_seconds",
+        self.clients = Gauge("powerplane_dashboard_clients", "Pages connected to /events", registry=r)
+        self.dropped = Counter("powerplane_dashboard_clients_dropped", "Pages dropped for falling behind", registry=r)
+        self.levels = Gauge("powerplane_dashboard_levels", "Levels with values in the state", registry=r)
+        self.event_age = Gauge("powerplane_dashboard_event_time_age_seconds",
                                "Wall time minus the newest event time seen (live mode)", registry=r)
-        self.push_bytes = Histogram("pp_dashboard_push_bytes", "Size of one pushed message", registry=r,
+        self.push_bytes = Histogram("powerplane_dashboard_push_bytes", "Size of one pushed message", registry=r,
                                     buckets=(1e3, 1e4, 1e5, 3e5, 1e6, 3e6))
-        self.push_seconds = Histogram("pp_dashboard_push_build_seconds", "Time to build and encode one push",
+        self.push_seconds = Histogram("powerplane_dashboard_push_build_seconds", "Time to build and encode one push",
                                       registry=r, buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0))
 
     def on_record(self, topic: str, ok: bool) -> None:
@@ -239,7 +240,13 @@ class Dashboard:
 
 def run(site: Site | None, *, port: int, stop: threading.Event, bootstrap: str | None = None,
         replay_dir: str | None = None, speed: float = 1.0, host: str = "127.0.0.1",
-        backfill: int | None = None) -> None:
+        backfill: int | None = None, metrics_addr: tuple[str, int] | None = None) -> None:
+    """Serve the page on host:port until `stop`; /metrics there, and on `metrics_addr` too when given (a
+    scrape address apart from the page's, as the other services have)."""
     dash = Dashboard(DashState(site=site), bootstrap=bootstrap, replay_dir=replay_dir, speed=speed,
                      backfill=backfill)
+    if metrics_addr is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_addr[1], addr=metrics_addr[0], registry=dash.metrics.registry)
     asyncio.run(dash.serve(host, port, stop))

@@ -9,7 +9,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ops.cli.common import UsageError, _add_output, _emit_json, _site, _site_optional, _stop_on_signals
+from ops.cli.common import (
+    UsageError,
+    _add_metrics,
+    _add_output,
+    _emit_json,
+    _metrics_addr,
+    _site,
+    _site_optional,
+    _stop_on_signals,
+)
 
 if TYPE_CHECKING:
     from powerplane.config import Config
@@ -21,9 +30,11 @@ def cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
     if args.replay and not Path(args.replay).is_dir():
         raise UsageError(f"--replay {args.replay}: no such recording (make one with `powerplane record`)")
     site = _site_optional(cfg)  # without it: levels laid out as they arrive
+    metrics_addr = _metrics_addr(args)
     try:
         run(site, port=args.port, stop=_stop_on_signals(), host=args.host, speed=args.speed, backfill=args.backfill,
-            bootstrap=None if args.replay else cfg.kafka_bootstrap, replay_dir=args.replay)
+            bootstrap=None if args.replay else cfg.kafka_bootstrap, replay_dir=args.replay,
+            metrics_addr=metrics_addr)
     except OSError as e:
         print(f"powerplane: error: cannot serve on {args.host}:{args.port} ({e.strerror or e}): choose another "
               "--port", file=sys.stderr)
@@ -115,6 +126,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db.add_argument("--speed", type=float, default=1.0, help="--replay: N x the recorded pace at the start")
     db.add_argument("--backfill", type=int, metavar="N",
                     help="records read back per partition at start (default: ~a minute of aggregates; 0: only new)")
+    _add_metrics(db)  # /metrics is on --port too; this adds a scrape address apart from the page's
     db.set_defaults(fn=cmd_dashboard)
 
     ev = sub.add_parser("evaluate", help="closed loop on the digital twin, faster than real time: compare policies, "

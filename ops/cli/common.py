@@ -5,6 +5,7 @@ ops.cli."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -65,15 +66,61 @@ def _emit_json(doc: Any) -> None:
 
 
 def _check_port_free(port: int, option: str = "--metrics-port", host: str = "127.0.0.1") -> None:
-    """Refuse a taken port before anything starts, in one line (not a traceback from the HTTP server)."""
+    """Refuse a taken port (or a host that is not this machine's) before anything starts, in one line (not a
+    traceback from the HTTP server). `option` is what the user wrote, named in the message."""
     if not port:
         return
-    with socket.socket() as s:
+    try:
+        family, kind, _, _, sockaddr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise UsageError(f"{option}: cannot listen on {host}:{port} ({e.strerror or e}): not an address of "
+                         "this machine") from None
+    with socket.socket(family, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server will: TIME_WAIT is free
         try:
-            s.bind((host, port))
+            s.bind(sockaddr)
         except OSError as e:
-            raise UsageError(f"{option} {port}: cannot listen on {host}:{port} ({e.strerror or e}): "
-                             "the port is in use; choose another") from None
+            hint = ("the port is in use; choose another" if e.errno == errno.EADDRINUSE
+                    else "choose another address or port")
+            raise UsageError(f"{option}: cannot listen on {host}:{port} ({e.strerror or e}): {hint}") from None
+
+
+def _add_metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-addr", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics there (0.0.0.0:PORT or :PORT: every interface, as in compose)")
+    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="deprecated: the same as --metrics-addr 127.0.0.1:PORT")
+
+
+def _metrics_addr(args: argparse.Namespace) -> tuple[str, int] | None:
+    """Where to serve /metrics (None: nowhere), checked free; a malformed or taken address is one line (exit 2)."""
+    from powerplane.metrics import parse_addr
+
+    if args.metrics_addr and args.metrics_port:
+        raise UsageError("--metrics-addr and --metrics-port: give one (--metrics-port P is 127.0.0.1:P)")
+    if args.metrics_port:
+        if not 0 < args.metrics_port < 65536:
+            raise UsageError(f"--metrics-port {args.metrics_port}: expected a port 1-65535")
+        _check_port_free(args.metrics_port, f"--metrics-port {args.metrics_port}")
+        return "127.0.0.1", args.metrics_port
+    if not args.metrics_addr:
+        return None
+    try:
+        addr = parse_addr(args.metrics_addr)
+    except ValueError as e:
+        raise UsageError(f"--metrics-addr {e}") from None
+    _check_port_free(addr[1], f"--metrics-addr {args.metrics_addr}", addr[0])
+    return addr
+
+
+def _serve_metrics(addr: tuple[str, int] | None) -> Any:
+    """The registry served at `addr` (the services register their collectors in it), or None."""
+    if addr is None:
+        return None
+    from powerplane.metrics import serve
+
+    log.info("serving Prometheus metrics on http://%s:%d/metrics", *addr)
+    return serve(addr)
 
 
 def _stop_on_signals() -> threading.Event:

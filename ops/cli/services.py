@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from ops.cli.common import (
     _ack_keyring,
-    _check_port_free,
+    _add_metrics,
     _keyring,
+    _metrics_addr,
     _require_broker,
+    _serve_metrics,
     _site,
     _site_optional,
     _stop_on_signals,
@@ -33,6 +35,7 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
     from sim.fleet import Fleet
 
     site = _site(cfg)
+    addr = _metrics_addr(args)
     stop = _stop_on_signals()
     fleet: Any
     if args.twin or args.scenario:
@@ -49,8 +52,10 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
     actuator = load_actuator("twin", {"kind": "twin", "lock": lock, "safe_limit": "max"}, context=fleet)
     # Telemetry does not wait for the actuator to join its group (that can take a session timeout after a
     # crash): commands sent meanwhile stay in Kafka and are answered from the group's committed offsets.
+    registry = _serve_metrics(addr)  # one /metrics for the fleet's publisher and its actuator
     act = threading.Thread(target=actuator_service.run, args=(cfg, site.name, actuator, _keyring(cfg), stop),
-                           kwargs={"ack_keyring": _ack_keyring(cfg)}, name="actuator", daemon=True)
+                           kwargs={"ack_keyring": _ack_keyring(cfg), "registry": registry}, name="actuator",
+                           daemon=True)
     act.start()
     log.info("fleet: %d racks, %d GPUs, publishing every %.1f s%s", site.n_racks, site.n_gpus,
              cfg.sample_interval_s, f"; feed {args.lose_feed} will be lost at t={args.at:.0f} s"
@@ -68,7 +73,8 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
 
     threading.Thread(target=schedule, daemon=True).start()
     try:
-        collector_service.run(cfg, [source], stop, duration_s=args.duration or None, client_id="powerplane-fleet")
+        collector_service.run(cfg, [source], stop, duration_s=args.duration or None, client_id="powerplane-fleet",
+                              registry=registry)
     finally:
         stop.set()
         act.join(10)
@@ -79,11 +85,11 @@ def cmd_collect(args: argparse.Namespace, cfg: Config) -> int:
     from collectors import service as collector_service
     from collectors.base import SourceContext
 
-    _check_port_free(args.metrics_port)
+    addr = _metrics_addr(args)
     site = _site_optional(cfg)
     sources = collector_service.sources_from_file(args.sources, SourceContext(site=site))
     sched = collector_service.run(cfg, sources, _stop_on_signals(), duration_s=args.duration or None,
-                                  metrics_port=args.metrics_port, client_id=args.client_id)
+                                  registry=_serve_metrics(addr), client_id=args.client_id)
     print(sched.table())
     return 0
 
@@ -92,18 +98,18 @@ def cmd_streams(args: argparse.Namespace, cfg: Config) -> int:
     from streams.app import run_worker
 
     site = _site(cfg)  # a wrong setting first (exit 2), then a missing broker (exit 1)
-    _check_port_free(args.metrics_port)
+    addr = _metrics_addr(args)
     _require_broker(cfg.kafka_bootstrap, "streams worker", args.connect_timeout)
-    run_worker(cfg, site, from_beginning=args.from_beginning, metrics_port=args.metrics_port)
+    run_worker(cfg, site, from_beginning=args.from_beginning, registry=_serve_metrics(addr))
     return 0
 
 
 def cmd_controller(args: argparse.Namespace, cfg: Config) -> int:
     from controllers import service
 
-    _check_port_free(args.metrics_port)
+    addr = _metrics_addr(args)
     stop = _stop_on_signals()
-    ctl = service.run(cfg, _site(cfg), _keyring(cfg), stop, metrics_port=args.metrics_port,
+    ctl = service.run(cfg, _site(cfg), _keyring(cfg), stop, registry=_serve_metrics(addr),
                       decide_on_crossing=args.decide_on_crossing)
     lat = sorted(ctl.stats.latencies_s)
     p50 = f"{lat[len(lat) // 2] * 1e3:.0f} ms" if lat else "n/a"
@@ -131,16 +137,16 @@ def cmd_actuate(args: argparse.Namespace, cfg: Config) -> int:
         actuator = load_actuator(name, tables[name])
     except ActuatorConfigError as e:
         raise ValueError(str(e)) from None
-    _check_port_free(args.metrics_port)
+    addr = _metrics_addr(args)
     guard = actuator_service.run(cfg, _site(cfg).name, actuator, _keyring(cfg), _stop_on_signals(),
-                                 metrics_port=args.metrics_port, ack_keyring=_ack_keyring(cfg))
+                                 registry=_serve_metrics(addr), ack_keyring=_ack_keyring(cfg))
     log.info("actuator %s: %s", name, guard.stats)
     return 0
 
 
 def cmd_sink(args: argparse.Namespace, cfg: Config) -> int:
     from streams.sinks.base import load_sink
-    from streams.sinks.runner import SinkMetrics, SinkStats, run
+    from streams.sinks.runner import SinkStats, run
 
     options: dict[str, dict[str, Any]] = {
         "influxdb": {"kind": "influxdb", "url": cfg.influx_url, "org": cfg.influx_org, "bucket": cfg.influx_bucket,
@@ -148,16 +154,10 @@ def cmd_sink(args: argparse.Namespace, cfg: Config) -> int:
         "alertmanager": {"kind": "alertmanager", "url": cfg.alertmanager_url, "runbook_base_url": cfg.runbook_base_url,
                          "site_file": cfg.site_file if Path(cfg.site_file).exists() else ""},
     }
-    _check_port_free(args.metrics_port)
+    addr = _metrics_addr(args)
     sink = load_sink(args.name, options[args.name])
     stats = SinkStats()
-    if args.metrics_port:
-        from prometheus_client import CollectorRegistry, start_http_server
-
-        registry = CollectorRegistry()
-        registry.register(SinkMetrics(args.name, stats))
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
-    run(cfg, sink, _stop_on_signals(), stats=stats)
+    run(cfg, sink, _stop_on_signals(), stats=stats, registry=_serve_metrics(addr))
     log.info("sink %s: wrote %d points in %d batches (%d retries, %d dead letters, %d dropped)", args.name,
              stats.written, stats.batches, stats.retries, stats.dead_letters, stats.dropped)
     return 0
@@ -181,12 +181,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     f.add_argument("--twin", action="store_true", help="use the digital twin (trace-driven) instead of the "
                                                         "simple fleet")
     f.add_argument("--scenario", help="digital twin scenario file (implies --twin), e.g. examples/scenarios/*.toml")
+    _add_metrics(f)
     f.set_defaults(fn=cmd_fleet)
 
     co = sub.add_parser("collect", help="poll devices (SNMP PDUs, Redfish BMCs, NVML, DCGM) and publish telemetry")
     co.add_argument("sources", help="TOML file of [sources.NAME] tables (see collectors/*/sample.toml)")
     co.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until stopped)")
-    co.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    _add_metrics(co)
     co.add_argument("--client-id", default="powerplane-collector", help="names the spool directory too")
     co.set_defaults(fn=cmd_collect)
 
@@ -194,13 +195,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w.add_argument("action", choices=["worker"])
     w.add_argument("--from-beginning", action="store_true",
                    help="a new consumer group starts at the oldest telemetry kept, not the newest (reprocessing)")
-    w.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
+    _add_metrics(w)
     w.add_argument("--connect-timeout", type=float, default=15.0, metavar="S",
                    help="seconds to wait for the broker at start before giving up (exit 1)")
     w.set_defaults(fn=cmd_streams)
 
     c = sub.add_parser("controller", help="run the capping controller (aggregates -> signed commands)")
-    c.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
+    _add_metrics(c)
     c.add_argument("--decide-on-crossing", action=argparse.BooleanOptionalAction, default=True,
                    help="decide as soon as a PDU load crosses the cap threshold, not only once a second "
                         "(default: on)")
@@ -210,14 +211,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ac.add_argument("--actuators", required=True, metavar="FILE",
                     help="TOML file with [actuators.<name>] tables (see actuators/*/sample.toml)")
     ac.add_argument("--name", help="which actuator of the file (needed when it has several)")
-    ac.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port")
+    _add_metrics(ac)
     ac.set_defaults(fn=cmd_actuate)
 
     k2 = sub.add_parser("sink", help="write aggregates, headroom, events and commands to InfluxDB (v2 write API), "
                                      "or events to Alertmanager")
     k2.add_argument("name", nargs="?", default="influxdb", choices=["influxdb", "alertmanager"],
                     help="which sink (default influxdb; alertmanager posts pp.events to PP_ALERTMANAGER_URL)")
-    k2.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this loopback port")
+    _add_metrics(k2)
     k2.set_defaults(fn=cmd_sink)
 
     e = sub.add_parser("demo", help="run the closed loop end to end on real servers and show what happens")

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata
@@ -25,6 +26,7 @@ from kafka.errors import CommitFailedError, RebalanceInProgressError
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, consumer
+from powerplane.metrics import ConsumerLag, kafka_python_lags
 from powerplane.schemas import Ack, DeadLetter, Record, SchemaError, decode_any
 from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
 from streams.sinks.base import RetryableSinkError, Sink
@@ -88,14 +90,14 @@ class SinkMetrics:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         st = self.stats
-        for metric, doc, value in (("written", "points written to the store", st.written),
-                                   ("batches", "write batches", st.batches),
-                                   ("retries", "writes retried (store down or pushing back)", st.retries),
+        for metric, doc, value in (("points_written", "points written to the store", st.written),
+                                   ("write_batches", "write batches", st.batches),
+                                   ("write_retries", "writes retried (store down or pushing back)", st.retries),
                                    ("dead_letters", "records sent to the dead-letter topic", st.dead_letters),
-                                   ("dropped", "records Kafka's retention deleted before they were written",
+                                   ("dropped_records", "records Kafka's retention deleted before they were written",
                                     st.dropped),
-                                   ("uncommitted", "written batches a group rebalance kept from being committed",
-                                    st.uncommitted),
+                                   ("uncommitted_batches",
+                                    "written batches a group rebalance kept from being committed", st.uncommitted),
                                    ("acks_refused", "acks not signed by an actuator key", st.acks_refused)):
             c = CounterMetricFamily(f"powerplane_sink_{metric}", doc, labels=["sink"])
             c.add_metric([self.name], float(value))
@@ -133,10 +135,11 @@ def write_batch(sink: Sink, items: list[tuple[Record, Any, Any]], stats: SinkSta
 
 def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000,
         backoff_max_s: float = 30.0, group: str | None = None, stats: SinkStats | None = None,
-        ack_keyring: Keyring | None = None) -> SinkStats:
+        ack_keyring: Keyring | None = None, registry: Any = None) -> SinkStats:
     """Consume the sink's topics and write them, committing only what the store took. Pass `stats` to
     watch it while it runs (the /metrics collector does). Acks are stored only when an actuator signed
-    them (`ack_keyring`, default the config's, created if missing)."""
+    them (`ack_keyring`, default the config's, created if missing). `registry` (a served prometheus_client
+    CollectorRegistry) gets the sink's metrics and its consumer lag."""
     stats = stats if stats is not None else SinkStats()
     if ack_keyring is None and topics.ACKS.name in sink.topics:
         ack_keyring = load_keyring(ack_key_path(cfg.signing_key_file, cfg.ack_key_file), cfg.ack_key_id, create=True)
@@ -144,6 +147,9 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
     dlq = DeadLetters(producer, f"sink-{sink.name}")
     cons = consumer(cfg.kafka_bootstrap, group or f"powerplane-sink-{sink.name}", *sink.topics,
                     from_beginning=True, enable_auto_commit=False, max_poll_records=batch_max)
+    if registry is not None:
+        registry.register(SinkMetrics(sink.name, stats))
+        registry.register(ConsumerLag(group or f"powerplane-sink-{sink.name}", partial(kafka_python_lags, cons)))
     sink.start()
     checked_start = False
     try:

@@ -111,10 +111,10 @@ def test_dashboard_shows_the_live_loop_and_an_emergency_within_2_s(cfg: Config, 
         res = asyncio.run(_browse_lab(port, cfg, "lab", svc))
         assert res["emergency_s"] < 2.0
         m = _metrics(port)
-        assert re.search(r'pp_dashboard_records_total\{topic="pp.aggregates"\} [1-9]', m), m
-        assert re.search(r'pp_dashboard_records_total\{topic="pp.acks"\} [1-9]', m)
-        assert re.search(r'pp_dashboard_consumer_lag_records\{topic="pp.aggregates"\} \d', m), m
-        assert re.search(r"pp_dashboard_clients \d", m), m
+        assert re.search(r'powerplane_dashboard_records_total\{topic="pp.aggregates"\} [1-9]', m), m
+        assert re.search(r'powerplane_dashboard_records_total\{topic="pp.acks"\} [1-9]', m)
+        assert re.search(r'powerplane_dashboard_consumer_lag_records\{topic="pp.aggregates"\} \d', m), m
+        assert re.search(r"powerplane_dashboard_clients \d", m), m
         svc.check()
     finally:
         svc.stop()

@@ -107,7 +107,7 @@ def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_pa
     # broker (another site's frames, each dead-lettered, would hold back our racks at 8x speed).
     start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
     try:
-        svc.start("streams", "streams", "worker", "--metrics-port", str(port))
+        svc.start("streams", "streams", "worker", "--metrics-addr", f"127.0.0.1:{port}")
         wait_for_groups(c, ("powerplane-streams",), check=svc.check)
         plant.run(240)
         wait_for_window(c, site.name, epoch + 236)
@@ -125,6 +125,11 @@ def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_pa
     assert metrics["powerplane_streams_frames_total"] >= 8 * 240
     assert metrics["powerplane_streams_windows_total"] >= 230
     assert metrics["powerplane_streams_events_total"] >= len(events)
+    # Consumer lag per partition of its input, caught up once the last window is out.
+    lag = {k: v for k, v in metrics.items()
+           if k.startswith('powerplane_consumer_lag_records{group="powerplane-streams"') and "pp.telemetry" in k}
+    assert len(lag) == topics.TELEMETRY.partitions, lag
+    assert sum(lag.values()) < 8 * 10, lag  # under 10 s of the lab's frames
     # (dead letters may be frames of the other tests' site left on the shared broker: another site's racks)
 
     def first(kind: str, level: str) -> Event:

@@ -200,6 +200,7 @@ def test_mounted_files_exist(compose: dict[str, Any], services: dict[str, dict[s
 
 def test_no_placeholders() -> None:
     files = [COMPOSE_FILE, ALERTMANAGER_FILE, COMPOSE_DIR / "Dockerfile", COMPOSE_DIR / "README.md"]
+    files += sorted((COMPOSE_DIR / "prometheus").rglob("*.yml"))
     files += sorted(PROVISIONING.rglob("*.yaml"))
     for path in files:
         for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -234,6 +235,98 @@ def test_alertmanager_routes_critical_apart_from_warnings(services: dict[str, di
     assert receivers[critical].get("webhook_configs"), "critical receiver has no webhook"
     mounts = [v for v in services["alertmanager"]["volumes"] if isinstance(v, str)]
     assert any(v.split(":")[0] == "./alertmanager.yml" for v in mounts), "alertmanager.yml is not mounted"
+
+
+def one_shot(svc: dict[str, Any]) -> bool:
+    """A job that runs to completion (topics create): it has an exit code, not a health."""
+    return str(svc.get("restart", "")) == "no"
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        if one_shot(svc):
+            continue
+        check = svc.get("healthcheck") or {}
+        assert not check.get("disable") and check.get("test"), f"service '{name}' has no healthcheck"
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), f"{name}: healthcheck test {check['test']!r}"
+
+
+def test_every_dependency_waits_for_health(services: dict[str, dict[str, Any]]) -> None:
+    """`service_started` lets a service talk to a server that is not up yet; a one-shot job is waited for
+    until it exits 0 (it has no health)."""
+    for name, svc in services.items():
+        deps = svc.get("depends_on") or {}
+        assert isinstance(deps, dict), f"{name}: depends_on must say the condition of each dependency"
+        for dep, how in deps.items():
+            want = "service_completed_successfully" if one_shot(services[dep]) else "service_healthy"
+            assert (how or {}).get("condition") == want, f"{name} -> {dep}: condition must be {want}"
+
+
+def test_no_two_services_share_a_volume(services: dict[str, dict[str, Any]]) -> None:
+    owner: dict[str, str] = {}
+    for name, svc in services.items():
+        for vol in svc.get("volumes") or []:
+            source = vol.get("source", "") if isinstance(vol, dict) else vol.split(":", 1)[0]
+            if source.startswith((".", "/", "~")):
+                continue  # a file or folder of the checkout, mounted read-only
+            assert source not in owner, f"volume '{source}' is shared by '{owner[source]}' and '{name}'"
+            owner[source] = name
+    for name, svc in services.items():
+        if "build" in svc and not one_shot(svc):
+            assert any(m.split(":")[1] == "/var/lib/powerplane" for m in svc.get("volumes") or []
+                       if isinstance(m, str)), f"{name}: no state volume at PP_STATE_DIR"
+
+
+def exposed_ports(svc: dict[str, Any]) -> set[int]:
+    ports = {int(str(p).split("/")[0]) for p in svc.get("expose") or []}
+    return ports | {int(str(p).split(":")[-1].split("/")[0]) for p in svc.get("ports") or []}
+
+
+def test_every_scrape_target_is_a_service_with_a_metrics_port(services: dict[str, dict[str, Any]]) -> None:
+    config = yaml.safe_load((COMPOSE_DIR / "prometheus" / "prometheus.yml").read_text())
+    scraped: set[str] = set()
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                assert host in services, f"job {job['job_name']}: target {target} is not a compose service"
+                assert int(port) in exposed_ports(services[host]), f"{target}: {host} does not expose {port}"
+                scraped.add(host)
+    for name, svc in services.items():
+        if "build" in svc and not one_shot(svc):
+            words = [str(w) for w in svc["command"]]
+            assert "--metrics-addr" in words, f"{name} serves no metrics"
+            host, port = words[words.index("--metrics-addr") + 1].rsplit(":", 1)
+            assert host == "0.0.0.0", f"{name}: metrics on {host} cannot be scraped from the compose network"
+            assert int(port) in exposed_ports(svc) and name in scraped, f"{name}: metrics not scraped"
+    targets = [t for am in config["alerting"]["alertmanagers"] for s in am["static_configs"] for t in s["targets"]]
+    assert targets == ["alertmanager:9093"]
+    mounts = [v.split(":")[:2] for v in services["prometheus"]["volumes"] if isinstance(v, str)]
+    assert ["./prometheus", "/etc/prometheus"] in mounts, "prometheus/ is not mounted at /etc/prometheus"
+
+
+def test_alertmanager_webhooks_reach_the_receiver_service(services: dict[str, dict[str, Any]]) -> None:
+    """The example routes deliver somewhere on a fresh `docker compose up`: each webhook host is a network
+    alias of a service listening on that port."""
+    config = yaml.safe_load(ALERTMANAGER_FILE.read_text())
+    urls = [w["url"] for r in config["receivers"] for w in r.get("webhook_configs") or []]
+    assert urls
+    for url in urls:
+        u = urlsplit(url)
+        hosts = {n: s for n, s in services.items()
+                 if u.hostname in (n, *((s.get("networks") or {}).get("default") or {}).get("aliases", []))}
+        assert hosts, f"webhook {url}: no service answers to {u.hostname}"
+        (name, svc), = hosts.items()
+        assert u.port in exposed_ports(svc), f"webhook {url}: {name} does not listen on {u.port}"
+        assert str(u.port) in " ".join(str(w) for w in svc["command"]), f"{name} does not serve port {u.port}"
+
+
+def test_the_alerts_sink_gets_the_site_file_and_runbook_base(services: dict[str, dict[str, Any]]) -> None:
+    env = env_of(services["alerts"])
+    assert urlsplit(env["PP_RUNBOOK_BASE_URL"]).scheme == "https", env.get("PP_RUNBOOK_BASE_URL")
+    mounted = {v.split(":")[1] for v in services["alerts"]["volumes"] if isinstance(v, str)}
+    assert env["PP_SITE_FILE"] in mounted, "the alerts sink's site file (feed and lineup labels) is not mounted"
+    assert services["alerts"]["command"][:2] == ["sink", "alertmanager"]
 
 
 def test_powerplane_commands_are_cli_subcommands(pp_services: dict[str, dict[str, Any]]) -> None:
