@@ -14,6 +14,7 @@ from collectors.publisher import SpooledPublisher
 from collectors.scheduler import Metrics, Scheduler
 from collectors.spool import Spool
 from powerplane.config import Config, TomlFileError, read_toml
+from powerplane.kafka import client_auth
 
 log = logging.getLogger("powerplane.collectors")
 
@@ -51,7 +52,7 @@ def run(cfg: Config, sources: list[Source], stop: threading.Event, *, duration_s
         spool_dir: str | Path | None = None, metrics_port: int = 0, client_id: str = "powerplane-collector",
         max_concurrency: int = 512) -> Scheduler:
     spool = Spool(spool_dir or Path(cfg.state_dir) / "spool" / client_id)
-    pub = SpooledPublisher(cfg.kafka_bootstrap, spool, client_id)
+    pub = SpooledPublisher(cfg.kafka_bootstrap, spool, client_id, auth=client_auth(cfg, "collector"))
     metrics = Metrics()
     if metrics_port:
         from prometheus_client import start_http_server

@@ -21,7 +21,7 @@ from controllers.capping import (
 from controllers.controller import CapController, ControllerStats
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import DeadLetters, Producer, consumer
+from powerplane.kafka import DeadLetters, Producer, client_auth, consumer
 from powerplane.schemas import Ack, DeadLetter, Headroom, LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
 from powerplane.site import Site
@@ -101,7 +101,8 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
     # No request router consumes routing weights in this deployment yet: caps and clock locks only.
     ctl = CapController(site, keyring, CapSettings(cfg.cap_threshold, cfg.uncap_threshold), cfg.command_lease_s,
                         actions=frozenset(("power_cap", "sm_clock_lock")))
-    producer = Producer(cfg.kafka_bootstrap, "powerplane-controller")
+    auth = client_auth(cfg, "controller")
+    producer = Producer(cfg.kafka_bootstrap, "powerplane-controller", auth=auth)
     dlq = DeadLetters(producer, "controller")
     if metrics_port:
         from prometheus_client import CollectorRegistry, start_http_server
@@ -110,7 +111,7 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
         registry.register(ControllerMetrics(ctl, producer, dlq))
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     cons = consumer(cfg.kafka_bootstrap, "powerplane-controller", topics.AGGREGATES.name, topics.TELEMETRY.name,
-                    topics.HEADROOM.name, topics.ACKS.name)
+                    topics.HEADROOM.name, topics.ACKS.name, auth=auth)
     sent_at: dict[str, float] = {}
     issued: OrderedDict[str, None] = OrderedDict()  # ids this controller sent: an ack for another is not believed
     next_tick = time.monotonic()

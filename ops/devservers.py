@@ -1,7 +1,8 @@
 """`powerplane dev up|down|status`: real servers on this machine, without Docker.
 
 - Apache Kafka 4.x in KRaft mode (one combined broker+controller), from Maven Central jars that
-  Maven fetches once into ~/.cache/powerplane.
+  Maven fetches once into ~/.cache/powerplane; TLS, SCRAM users and ACLs on (ops/kafka_security.py)
+  unless kafka_security_protocol is PLAINTEXT.
 - VictoriaMetrics (Debian `victoria-metrics`), which accepts InfluxDB v2 line-protocol writes.
 
 Each server runs in its own process session with a pid file, so `dev down` stops exactly what
@@ -23,6 +24,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops import kafka_security
+from powerplane import access
 from powerplane.config import Config
 
 KAFKA_VERSION = "4.1.1"
@@ -200,17 +203,24 @@ def ensure_kafka_jars(p: Paths) -> Path:
     return libs
 
 
+def _secure(cfg: Config) -> bool:
+    return cfg.kafka_security_protocol != "PLAINTEXT"
+
+
 def _kafka_props(cfg: Config, p: Paths) -> str:
     host, port = _host_port(cfg.kafka_bootstrap)
     ctl = port + 1
+    listeners = kafka_security.listener_props(host, port, ctl) if _secure(cfg) else [
+        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctl}",
+        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"]
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.bootstrap.servers={host}:{ctl}",
-        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctl}",
-        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        *listeners,
         "controller.listener.names=CONTROLLER",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        *(kafka_security.broker_props(cfg.state_dir) if _secure(cfg) else []),
         f"log.dirs={p.kafka_dir / 'data'}",
         "auto.create.topics.enable=false",  # topics come from `powerplane topics create` only
         "offsets.topic.replication.factor=1",
@@ -241,17 +251,26 @@ def start_kafka(cfg: Config, p: Paths, timeout_s: float = 90.0) -> None:
     if java is None:  # the jars are cached but Java went away (or was never on this PATH)
         raise DevError(JAVA_MISSING)
     p.kafka_dir.mkdir(parents=True, exist_ok=True)
+    formatted = (p.kafka_dir / "data" / "meta.properties").exists()
+    if _secure(cfg):
+        try:
+            kafka_security.prepare(cfg.state_dir, formatted)
+        except kafka_security.SecurityError as e:
+            raise DevError(str(e)) from None
     props = p.kafka_dir / "server.properties"
+    props.touch(mode=0o600)  # it holds the brokers' SCRAM password
     props.write_text(_kafka_props(cfg, p))
     (p.kafka_dir / "log4j2.yaml").write_text(LOG4J2)
     cp = f"{libs}/*"
-    if not (p.kafka_dir / "data" / "meta.properties").exists():
+    if not formatted:
         cluster = "-"
         while cluster.startswith("-"):  # an id starting with '-' reads as an option (1 in 64); Kafka redraws too
             cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         say("formatting KRaft storage")
         res = subprocess.run([java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
-                              str(props), "--standalone"], capture_output=True, text=True)
+                              str(props), "--standalone",
+                              *(kafka_security.format_args(cfg.state_dir) if _secure(cfg) else [])],
+                             capture_output=True, text=True)
         if res.returncode != 0:
             raise DevError(f"formatting Kafka storage failed: {(res.stdout + res.stderr).strip()[-400:]}")
     heap = os.environ.get("PP_KAFKA_HEAP", "-Xms256m -Xmx1g")
@@ -264,19 +283,22 @@ def start_kafka(cfg: Config, p: Paths, timeout_s: float = 90.0) -> None:
         if not _alive(pid):
             tail = (p.kafka_dir / "kafka.log").read_text(errors="replace").strip().splitlines()[-10:]
             raise DevError("Kafka exited during start-up; last log lines:\n  " + "\n  ".join(tail))
-        if _port_open(host, port) and _broker_ready(cfg.kafka_bootstrap):
+        if _port_open(host, port) and _broker_ready(cfg):
             say(f"Kafka is up after {timeout_s - (deadline - time.monotonic()):.1f} s")
             return
         time.sleep(0.5)
     raise DevError(f"Kafka did not answer within {timeout_s:.0f} s; see {p.kafka_dir / 'kafka.log'}")
 
 
-def _broker_ready(bootstrap: str) -> bool:
+def _broker_ready(cfg: Config) -> bool:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    from powerplane.kafka import client_auth
+
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap, request_timeout_ms=3000,
+                                 **client_auth(cfg, access.ADMIN).kafka_python())
     except (KafkaError, OSError, ValueError):
         return False
     try:
@@ -349,13 +371,13 @@ def start_vm(cfg: Config, p: Paths, timeout_s: float = 30.0) -> None:
 
 
 def up(cfg: Config, *, kafka: bool = True, vm: bool = True) -> None:
-    from powerplane.kafka import create_topics
+    from powerplane.kafka import client_auth, create_topics
 
     p = paths(cfg)
     try:
         if kafka:
             start_kafka(cfg, p)
-            created = create_topics(cfg.kafka_bootstrap)
+            created = create_topics(cfg.kafka_bootstrap, auth=client_auth(cfg, access.ADMIN))
             say(f"topics: created {', '.join(created)}" if created else "topics: all present")
         if vm:
             start_vm(cfg, p)

@@ -24,7 +24,7 @@ from kafka.errors import CommitFailedError, RebalanceInProgressError
 
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import DeadLetters, Producer, consumer
+from powerplane.kafka import ClientAuth, DeadLetters, Producer, client_auth, consumer
 from powerplane.schemas import Ack, DeadLetter, Record, SchemaError, decode_any
 from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
 from streams.sinks.base import RetryableSinkError, Sink
@@ -133,17 +133,18 @@ def write_batch(sink: Sink, items: list[tuple[Record, Any, Any]], stats: SinkSta
 
 def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000,
         backoff_max_s: float = 30.0, group: str | None = None, stats: SinkStats | None = None,
-        ack_keyring: Keyring | None = None) -> SinkStats:
+        ack_keyring: Keyring | None = None, auth: ClientAuth | None = None) -> SinkStats:
     """Consume the sink's topics and write them, committing only what the store took. Pass `stats` to
     watch it while it runs (the /metrics collector does). Acks are stored only when an actuator signed
     them (`ack_keyring`, default the config's, created if missing)."""
     stats = stats if stats is not None else SinkStats()
     if ack_keyring is None and topics.ACKS.name in sink.topics:
         ack_keyring = load_keyring(ack_key_path(cfg.signing_key_file, cfg.ack_key_file), cfg.ack_key_id, create=True)
-    producer = Producer(cfg.kafka_bootstrap, f"powerplane-sink-{sink.name}")
+    auth = auth or client_auth(cfg, "sink")  # tests with their own groups and topics pass the admin's
+    producer = Producer(cfg.kafka_bootstrap, f"powerplane-sink-{sink.name}", auth=auth)
     dlq = DeadLetters(producer, f"sink-{sink.name}")
     cons = consumer(cfg.kafka_bootstrap, group or f"powerplane-sink-{sink.name}", *sink.topics,
-                    from_beginning=True, enable_auto_commit=False, max_poll_records=batch_max)
+                    from_beginning=True, enable_auto_commit=False, max_poll_records=batch_max, auth=auth)
     sink.start()
     checked_start = False
     try:

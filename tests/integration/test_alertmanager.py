@@ -21,7 +21,7 @@ import yaml
 
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import Producer
+from powerplane.kafka import Producer, process_auth
 from powerplane.schemas import Event
 from streams.sinks.base import load_sink
 from streams.sinks.runner import SinkStats, run
@@ -131,7 +131,8 @@ def test_feed_loss_pages_once_then_resolves_once_and_warnings_go_to_chat(
     sink = load_sink("alertmanager", {"kind": "alertmanager", "url": url, "repost_s": REPOST_S})
     stop = threading.Event()
     out: dict[str, SinkStats] = {}
-    th = threading.Thread(target=lambda: out.setdefault("stats", run(cfg, sink, stop, group=f"g-{site}")))
+    auth = process_auth()  # its own group (and topics): the admin, not the sink role
+    th = threading.Thread(target=lambda: out.setdefault("stats", run(cfg, sink, stop, group=f"g-{site}", auth=auth)))
     th.start()
     p = Producer(cfg.kafka_bootstrap, "alertmanager-test")
 
@@ -193,7 +194,8 @@ def test_a_twin_feed_loss_pages_once_and_resolves_once(cfg: Config, alertmanager
     sink = load_sink("alertmanager", {"kind": "alertmanager", "url": url, "repost_s": REPOST_S})
     stop = threading.Event()
     out: dict[str, SinkStats] = {}
-    th = threading.Thread(target=lambda: out.setdefault("stats", run(c, sink, stop, group=f"g-{site.name}")))
+    auth = process_auth()  # its own group (and topics): the admin, not the sink role
+    th = threading.Thread(target=lambda: out.setdefault("stats", run(c, sink, stop, group=f"g-{site.name}", auth=auth)))
     plant = Plant(c, site, float(int(time.time())), scenario_file=scenario, speed=1.0)  # real time: wall-clock alerts
     try:
         svc.start("streams", "streams", "worker")
