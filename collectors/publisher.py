@@ -63,6 +63,9 @@ class SpooledPublisher:
         self._thread.start()
 
     def _connect(self) -> KafkaProducer | None:
+        if self.auth.problem:  # no credential yet (say, before `dev up`): spool, and say why on every outage
+            self._down(self.auth.problem)
+            return None
         try:
             return KafkaProducer(**producer_settings(
                 self.bootstrap, self.client_id, request_timeout_ms=10_000,

@@ -31,6 +31,7 @@ from powerplane.kafka_auth import (
     dev_security_dir,
     diagnose,
     explain,
+    listening,
     password_path,
     process_auth,
     refused,
@@ -65,6 +66,11 @@ REFUSED_FOR_S = 3.0
 def _retry_connect(what: str, bootstrap: str, fn: Callable[[], Any], timeout_s: float = 30.0,
                    auth: ClientAuth | None = None) -> Any:
     auth = auth or process_auth()
+    if auth.problem:  # no credential: "no broker" first when there is none, which `dev up` fixes both
+        if not listening(bootstrap):
+            raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap} ({what}): start one with `powerplane "
+                                    f"dev up` or set PP_KAFKA_BOOTSTRAP")
+        raise KafkaAccessError(f"{what}: {auth.problem}")
     deadline = time.monotonic() + timeout_s
     refused_since = 0.0
     while True:
@@ -187,7 +193,9 @@ def consumer(bootstrap: str, group: str | None, *topic_names: str, from_beginnin
     # assigns itself nothing ("No partition metadata for topic ...") and can sit idle, consuming nothing.
     deadline = time.monotonic() + 30.0
     for t in topic_names:
-        while not _partitions(cons, t, auth):
+        first = True
+        while not _partitions(cons, bootstrap, t, auth, first):
+            first = False
             if time.monotonic() > deadline:
                 cons.close()
                 raise BrokerUnavailable(f"topic '{t}' has no partitions at {bootstrap}: create the topics with "
@@ -198,16 +206,21 @@ def consumer(bootstrap: str, group: str | None, *topic_names: str, from_beginnin
     return cons
 
 
-def _partitions(cons: KafkaConsumer, topic: str, auth: ClientAuth) -> Any:
-    try:
-        parts = cons.partitions_for_topic(topic)
-    except kerr.AuthorizationError as e:
-        cons.close()
-        raise KafkaAccessError(explain(e, auth, topic=topic, op="read")) from None
-    # kafka-python keeps a metadata refusal to itself: no partitions, and the topic in this set.
-    if not parts and topic in getattr(getattr(cons, "_cluster", None), "unauthorized_topics", ()):
-        cons.close()
-        raise KafkaAccessError(explain(kerr.TopicAuthorizationFailedError(), auth, topic=topic, op="read"))
+def _partitions(cons: KafkaConsumer, bootstrap: str, topic: str, auth: ClientAuth, first: bool) -> Any:
+    parts = cons.partitions_for_topic(topic)
+    if not parts and first and auth.protocol.startswith("SASL"):
+        # The consumer's metadata lists only the topics it may see: ask for this one by name, once, so that a
+        # refusal is one line now rather than "no partitions" in 30 s.
+        admin = admin_client(bootstrap, auth)
+        try:
+            codes = [d.get("error_code") for d in admin.describe_topics([topic])]
+        except KafkaError:
+            codes = []  # the caller waits, and says so if the topic never comes
+        finally:
+            admin.close()
+        if kerr.TopicAuthorizationFailedError.errno in codes:
+            cons.close()
+            raise KafkaAccessError(explain(kerr.TopicAuthorizationFailedError(), auth, topic=topic, op="read"))
     return parts
 
 

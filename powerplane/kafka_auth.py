@@ -47,6 +47,7 @@ class ClientAuth:
     mechanism: str = "SCRAM-SHA-512"
     ca_file: str = ""
     check_hostname: bool = True
+    problem: str = ""  # a credential missing: raised when a client is made (after "is a broker there at all?")
 
     @property
     def principal(self) -> str:
@@ -54,6 +55,8 @@ class ClientAuth:
 
     def kafka_python(self) -> dict[str, Any]:
         """kafka-python's settings (KafkaProducer, KafkaConsumer, KafkaAdminClient)."""
+        if self.problem:
+            raise KafkaAccessError(self.problem)
         out: dict[str, Any] = {"security_protocol": self.protocol}
         if self.protocol in ("SSL", "SASL_SSL"):
             out.update(ssl_cafile=self.ca_file, ssl_check_hostname=self.check_hostname)
@@ -66,6 +69,8 @@ class ClientAuth:
         """For aiokafka (faust): the CA, TLS 1.2 or later, the hostname checked unless turned off."""
         if self.protocol not in ("SSL", "SASL_SSL"):
             return None
+        if self.problem:
+            raise KafkaAccessError(self.problem)
         ctx = ssl.create_default_context(cafile=self.ca_file)
         ctx.check_hostname = self.check_hostname
         return ctx
@@ -79,9 +84,9 @@ def client_auth(cfg: Config, role: str) -> ClientAuth:
     d = dev_security_dir(cfg.state_dir)
     ca = Path(cfg.kafka_ca_file) if cfg.kafka_ca_file else d / "ca.pem"
     if not ca.is_file():
-        raise KafkaAccessError(f"no CA to check the Kafka broker at {cfg.kafka_bootstrap} with: CA file {ca} not "
-                               f"found (kafka_ca_file, PP_KAFKA_CA_FILE); start the dev broker with `powerplane dev "
-                               f"up` (it makes one), or name your site's CA")
+        return ClientAuth(cfg.kafka_security_protocol, role, problem=(
+            f"no CA to check the Kafka broker at {cfg.kafka_bootstrap} with: CA file {ca} not found (kafka_ca_file, "
+            f"PP_KAFKA_CA_FILE); start the dev broker with `powerplane dev up` (it makes one), or name your site's CA"))
     user = cfg.kafka_username or access.username(role)
     password = cfg.kafka_password.get_secret_value()
     if cfg.kafka_security_protocol == "SASL_SSL" and not password:
@@ -89,9 +94,9 @@ def client_auth(cfg: Config, role: str) -> ClientAuth:
         try:
             password = pw_file.read_text().strip()
         except OSError as e:
-            raise KafkaAccessError(f"Kafka password file {pw_file} of {user} (role {role}) unreadable: "
-                                   f"{e.strerror}; run `powerplane dev up`, or set PP_KAFKA_PASSWORD_FILE or "
-                                   f"PP_KAFKA_PASSWORD") from None
+            return ClientAuth(cfg.kafka_security_protocol, role, user, problem=(
+                f"Kafka password file {pw_file} of {user} (role {role}) unreadable: {e.strerror}; run `powerplane "
+                f"dev up`, or set PP_KAFKA_PASSWORD_FILE or PP_KAFKA_PASSWORD"))
     return ClientAuth(cfg.kafka_security_protocol, role, user, password, cfg.kafka_sasl_mechanism, str(ca),
                       cfg.kafka_check_hostname)
 
@@ -143,6 +148,18 @@ def explain(e: BaseException, auth: ClientAuth, what: str = "", topic: str = "",
         return (f"{where}the broker refused the credentials of {auth.principal} ({auth.mechanism}): check "
                 f"kafka_username and the password (PP_KAFKA_PASSWORD_FILE or PP_KAFKA_PASSWORD)")
     return f"{where}{type(e).__name__}: {e}".splitlines()[0]
+
+
+def listening(bootstrap: str) -> bool:
+    """Whether anything accepts a TCP connection at the first bootstrap address."""
+    import socket
+
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=2.0).close()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def diagnose(bootstrap: str, auth: ClientAuth) -> tuple[str, bool] | None:

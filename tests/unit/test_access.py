@@ -61,10 +61,10 @@ def test_security_is_on_by_default_and_plaintext_sends_no_credentials() -> None:
 
 def test_a_missing_credential_is_one_line_naming_the_setting(tmp_path: Path) -> None:
     with pytest.raises(KafkaAccessError, match=r"CA file .* not found \(kafka_ca_file, PP_KAFKA_CA_FILE\)"):
-        client_auth(Config(state_dir=str(tmp_path)), "ops")
+        client_auth(Config(state_dir=str(tmp_path)), "ops").kafka_python()
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
     with pytest.raises(KafkaAccessError, match=r"password file .*pp-sink.password of pp-sink \(role sink\)"):
-        client_auth(Config(state_dir=str(tmp_path), kafka_ca_file=str(ca)), "sink")
+        client_auth(Config(state_dir=str(tmp_path), kafka_ca_file=str(ca)), "sink").kafka_python()
     auth = client_auth(Config(state_dir=str(tmp_path), kafka_ca_file=str(ca), kafka_password="s3"), "sink")
     assert (auth.username, auth.password) == ("pp-sink", "s3")
