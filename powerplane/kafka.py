@@ -13,11 +13,13 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import errors as kerr
 from kafka.admin import (
     ACL,
+    ACLFilter,
     ACLOperation,
     ACLPermissionType,
     ACLResourcePatternType,
     NewTopic,
     ResourcePattern,
+    ResourcePatternFilter,
     ResourceType,
 )
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
@@ -297,4 +299,11 @@ def apply_acls(admin: KafkaAdminClient, auth: ClientAuth) -> int:
     res = admin.create_acls(acls)
     if res["failed"]:
         raise KafkaAccessError(explain(res["failed"][0](), auth, "creating the role ACLs"))
+    # The broker applies them from the metadata log a moment later; a client refused meanwhile would not ask
+    # again (kafka-python keeps a topic it may not describe out of its subscription): wait until they serve.
+    every = ACLFilter(None, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                      ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY))
+    deadline = time.monotonic() + 10.0
+    while len(admin.describe_acls(every)[0]) < len(acls) and time.monotonic() < deadline:
+        time.sleep(0.1)
     return len(acls)
