@@ -24,7 +24,7 @@ from actuators.guard import Guard
 from actuators.journal import Journal, journal_path
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import DeadLetters, Producer, consumer
+from powerplane.kafka import DeadLetters, Producer, client_auth, consumer
 from powerplane.metrics import ConsumerLag, kafka_python_lags
 from powerplane.schemas import Ack, Command, DeadLetter, Event, SchemaError
 from powerplane.signing import Keyring, ack_key_path, load_keyring
@@ -70,12 +70,13 @@ def run(cfg: Config, site_name: str, actuator: Actuator, keyring: Keyring, stop:
     journal = Journal(journal_path(state_dir or cfg.state_dir, actuator.name))
     guard = Guard(actuator, keyring, site_name, journal=journal)
     served = set(actuator.targets())
-    producer = Producer(cfg.kafka_bootstrap, f"powerplane-actuator-{actuator.name}")
+    auth = client_auth(cfg, "actuator")
+    producer = Producer(cfg.kafka_bootstrap, f"powerplane-actuator-{actuator.name}", auth=auth)
     dlq = DeadLetters(producer, f"actuator-{actuator.name}")
     # Offsets are committed by hand, after the batch's outcomes are journaled and its acks delivered: a
     # command that arrived while this actuator was down, or one it was handling when it died, is read again.
     cons = consumer(cfg.kafka_bootstrap, f"powerplane-actuator-{actuator.name}", topics.COMMANDS.name,
-                    enable_auto_commit=False)
+                    enable_auto_commit=False, auth=auth)
     if registry is not None:
         registry.register(ActuatorMetrics(guard, producer, dlq))
         registry.register(ConsumerLag(f"powerplane-actuator-{actuator.name}", partial(kafka_python_lags, cons)))

@@ -60,6 +60,7 @@ from ops import devservers  # noqa: E402
 from ops.demo import Services, wait_for_groups  # noqa: E402
 from powerplane import topics  # noqa: E402
 from powerplane.config import Config, load_config  # noqa: E402
+from powerplane.kafka import client_auth, process_auth, set_process_auth  # noqa: E402
 from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml  # noqa: E402
 from powerplane.schemas import Ack, Command, LevelAggregate, SchemaError, TelemetryFrame  # noqa: E402
 from powerplane.signing import load_keyring  # noqa: E402
@@ -96,7 +97,7 @@ class Episode:
 
 
 def set_log_append_time(bootstrap: str) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **process_auth().kafka_python())
     try:
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, {"message.timestamp.type": "LogAppendTime"})
                              for t in PATH_TOPICS])
@@ -108,7 +109,7 @@ def forget_groups(bootstrap: str, groups: tuple[str, ...], timeout_s: float = 30
     """Delete the consumer groups, so the next episode's controller and actuator start at the end of their
     topics: otherwise an actuator whose last offsets were not committed re-applies the previous
     episode's commands (still within their lease) to the fresh fleet before its feed loss."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **process_auth().kafka_python())
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -156,7 +157,8 @@ def fold(ep: Episode, site: Site, m: Any) -> None:
 
 def read_back(bootstrap: str, topic: str, since_s: float) -> Iterator[Any]:
     """Every record of a topic that landed on the broker since `since_s`, up to its current end."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    c = KafkaConsumer(bootstrap_servers=bootstrap, **process_auth().kafka_python(),
+                      group_id=None, enable_auto_commit=False,
                       fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)
     try:
         parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
@@ -251,6 +253,7 @@ def main() -> int:
            "PP_SITE_FILE": str(site_file), "PP_INFLUX_URL": "http://127.0.0.1:9",
            "PP_SIGNING_KEY_FILE": str(tmp / "site.key")}
     cfg: Config = load_config(env=env)
+    set_process_auth(lambda: client_auth(cfg, "admin"))  # the bench writes and watches every topic
     load_keyring(cfg.signing_key_file, cfg.signing_key_id, create=True)  # before fleet and controller race to
     print(f"site: {site.n_racks:,} racks, {site.n_gpus:,} GPUs; machine: {machine()}", flush=True)
     svc = Services(cfg, tmp / "logs")
@@ -271,7 +274,7 @@ def main() -> int:
         # Live, only the few records that say when an episode is over; telemetry and aggregates (~4,000
         # records/s) are read back afterwards, so the bench does not compete with the stages while they run.
         obs = KafkaConsumer(topics.COMMANDS.name, topics.ACKS.name, bootstrap_servers=cfg.kafka_bootstrap,
-                            group_id=None, auto_offset_reset="latest")
+                            **process_auth().kafka_python(), group_id=None, auto_offset_reset="latest")
         obs.poll(timeout_ms=500)  # assigned before anything is produced
         for k in range(args.losses):
             check()

@@ -50,6 +50,7 @@ from ops import devservers  # noqa: E402
 from ops.demo import Services, wait_for_groups  # noqa: E402
 from powerplane import topics  # noqa: E402
 from powerplane.config import Config, load_config  # noqa: E402
+from powerplane.kafka import client_auth, process_auth, set_process_auth  # noqa: E402
 from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml  # noqa: E402
 from powerplane.schemas import Command, Event, LevelAggregate, SchemaError  # noqa: E402
 from powerplane.signing import load_keyring  # noqa: E402
@@ -160,7 +161,8 @@ def drain(cfg: Config, site_name: str, until_ts_s: float, timeout_s: float, chec
     """Seconds until the streams worker closed the site window of `until_ts_s` (None: not within timeout_s),
     so the counts cover the backlog it was still working off, not only what it had closed by then."""
     t0 = time.time()
-    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=None, consumer_timeout_ms=1000)
+    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(),
+                      group_id=None, consumer_timeout_ms=1000)
     try:
         name = topics.AGGREGATES.name
         parts = [TopicPartition(name, p) for p in sorted(c.partitions_for_topic(name) or ())]
@@ -231,6 +233,7 @@ def main() -> int:
     cfg = load_config(env={"PP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "PP_STATE_DIR": str(tmp / "state"),
                            "PP_SITE_FILE": str(site_file), "PP_INFLUX_URL": "http://127.0.0.1:9",
                            "PP_SIGNING_KEY_FILE": str(tmp / "site.key")})
+    set_process_auth(lambda: client_auth(cfg, "admin"))  # the bench watches every topic
     load_keyring(cfg.signing_key_file, cfg.signing_key_id, create=True)
     print(f"site: {site.n_racks:,} racks, {site.n_gpus:,} GPUs; machine: {machine()}", flush=True)
     svc = Services(cfg, tmp / "logs")

@@ -39,7 +39,7 @@ from ops import devservers  # noqa: E402
 from ops.demo import wait_for_groups  # noqa: E402
 from powerplane import topics  # noqa: E402
 from powerplane.config import Config, load_config  # noqa: E402
-from powerplane.kafka import Producer  # noqa: E402
+from powerplane.kafka import Producer, client_auth, process_auth, set_process_auth  # noqa: E402
 from powerplane.refsite import reference_site_dict, to_toml  # noqa: E402
 from powerplane.site_file import load_site  # noqa: E402
 from sim import Twin  # noqa: E402
@@ -79,6 +79,7 @@ def main() -> int:
     env = {"PP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "PP_STATE_DIR": str(tmp / "state"),
            "PP_SITE_FILE": str(site_file), "PP_INFLUX_URL": "http://127.0.0.1:9"}
     cfg: Config = load_config(env=env)
+    set_process_auth(lambda: client_auth(cfg, "admin"))  # the bench writes and watches every topic
     devservers.up(cfg, vm=False)
     worker: subprocess.Popen[bytes] | None = None
     try:
@@ -132,7 +133,8 @@ def main() -> int:
             live_rate = gpus / args.seconds
 
         # ---- 1. raw consume ---------------------------------------------------------------------
-        c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+        c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(),
+                          group_id=None, enable_auto_commit=False,
                           fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)
         parts = [TopicPartition(topics.TELEMETRY.name, p) for p in c.partitions_for_topic(topics.TELEMETRY.name)]
         c.assign(parts)
@@ -156,8 +158,8 @@ def main() -> int:
             t_start = time.perf_counter()
             mport = free_port()
             worker = start_worker("--from-beginning", "--metrics-port", str(mport))
-            admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
-            cons = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap)
+            admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python())
+            cons = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python())
             t_first = cpu_first = None
             deadline = time.monotonic() + 1800
             while time.monotonic() < deadline:

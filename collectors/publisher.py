@@ -21,7 +21,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 
 from collectors.spool import Spool
 from powerplane import topics
-from powerplane.kafka import producer_settings
+from powerplane.kafka import ClientAuth, diagnose, process_auth, producer_settings
 from powerplane.schemas import TelemetryFrame
 
 log = logging.getLogger("powerplane.collectors.publisher")
@@ -38,8 +38,10 @@ class PublisherStats:
 
 class SpooledPublisher:
     def __init__(self, bootstrap: str, spool: Spool, client_id: str = "powerplane-collector", *,
-                 batch_records: int = 2000, topic: str = topics.TELEMETRY.name) -> None:
+                 batch_records: int = 2000, topic: str = topics.TELEMETRY.name,
+                 auth: ClientAuth | None = None) -> None:
         self.bootstrap = bootstrap
+        self.auth = auth or process_auth()
         self.spool = spool
         self.client_id = client_id
         self.batch_records = batch_records
@@ -61,14 +63,18 @@ class SpooledPublisher:
         self._thread.start()
 
     def _connect(self) -> KafkaProducer | None:
+        if self.auth.problem:  # no credential yet (say, before `dev up`): spool, and say why on every outage
+            self._down(self.auth.problem)
+            return None
         try:
             return KafkaProducer(**producer_settings(
                 self.bootstrap, self.client_id, request_timeout_ms=10_000,
                 delivery_timeout_ms=2**31 - 1,  # never expire: the spool already bounds what waits
                 bootstrap_timeout_ms=5_000,
-                reconnect_backoff_max_ms=1_000))  # notice a returning broker within a second
+                reconnect_backoff_max_ms=1_000, auth=self.auth))  # notice a returning broker within a second
         except KafkaError as e:
-            self._down(f"cannot connect: {type(e).__name__}")
+            refused = diagnose(self.bootstrap, self.auth)  # a broker that refuses us, not one that is down
+            self._down(refused[0] if refused else f"cannot connect: {type(e).__name__}")
             return None
 
     def _down(self, why: str) -> None:

@@ -14,6 +14,7 @@ from collectors.publisher import SpooledPublisher
 from collectors.scheduler import Metrics, Scheduler
 from collectors.spool import Spool
 from powerplane.config import Config, TomlFileError, read_toml
+from powerplane.kafka import client_auth
 
 log = logging.getLogger("powerplane.collectors")
 
@@ -76,7 +77,7 @@ def run(cfg: Config, sources: list[Source], stop: threading.Event, *, duration_s
     """Poll `sources` and publish their frames until `stop` (or `duration_s`). `registry`: a served
     prometheus_client CollectorRegistry that gets the polls and what the publisher did with the frames."""
     spool = Spool(spool_dir or Path(cfg.state_dir) / "spool" / client_id)
-    pub = SpooledPublisher(cfg.kafka_bootstrap, spool, client_id)
+    pub = SpooledPublisher(cfg.kafka_bootstrap, spool, client_id, auth=client_auth(cfg, "collector"))
     metrics = Metrics(registry)
     if registry is not None:
         registry.register(PublisherMetrics(pub, spool))

@@ -22,7 +22,7 @@ from controllers.capping import (
 from controllers.controller import CapController, ControllerStats
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import DeadLetters, Producer, consumer
+from powerplane.kafka import DeadLetters, Producer, client_auth, consumer
 from powerplane.metrics import ConsumerLag, kafka_python_lags
 from powerplane.schemas import Ack, DeadLetter, Headroom, LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
@@ -111,10 +111,11 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
     # No request router consumes routing weights in this deployment yet: caps and clock locks only.
     ctl = CapController(site, keyring, CapSettings(cfg.cap_threshold, cfg.uncap_threshold), cfg.command_lease_s,
                         actions=frozenset(("power_cap", "sm_clock_lock")))
-    producer = Producer(cfg.kafka_bootstrap, "powerplane-controller")
+    auth = client_auth(cfg, "controller")
+    producer = Producer(cfg.kafka_bootstrap, "powerplane-controller", auth=auth)
     dlq = DeadLetters(producer, "controller")
     cons = consumer(cfg.kafka_bootstrap, "powerplane-controller", topics.AGGREGATES.name, topics.TELEMETRY.name,
-                    topics.HEADROOM.name, topics.ACKS.name)
+                    topics.HEADROOM.name, topics.ACKS.name, auth=auth)
     if registry is not None:
         registry.register(ControllerMetrics(ctl, producer, dlq))
         registry.register(ConsumerLag("powerplane-controller", partial(kafka_python_lags, cons)))

@@ -20,10 +20,14 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
 
 from ops import devservers
 from powerplane import topics
 from powerplane.config import Config
+from powerplane.kafka import process_auth
 from powerplane.schemas import Ack, Command, Event, LevelAggregate, SchemaError
 from powerplane.site_file import load_site
 
@@ -56,6 +60,10 @@ class LoopResult:
         return worst
 
 
+def _env_value(v: Any) -> str:
+    return v.get_secret_value() if isinstance(v, SecretStr) else str(v)  # str() of a secret is '****'
+
+
 class Services:
     """The stage processes, each `python -m ops <stage>`, logging to files."""
 
@@ -67,7 +75,7 @@ class Services:
 
     def start(self, name: str, *args: str) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   **{Config.env_name(k): str(v) for k, v in vars(self.cfg).items()})
+                   **{Config.env_name(k): _env_value(v) for k, v in vars(self.cfg).items()})
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "ops", *args], stdout=log,
                                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -97,7 +105,7 @@ def wait_for_groups(cfg: Config, groups: tuple[str, ...], timeout_s: float = 90.
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python())
     states: dict[str, str] = {}
     try:
         deadline = time.monotonic() + timeout_s
@@ -129,7 +137,8 @@ def run_loop(cfg: Config, *, duration_s: float, lose_feed_at_s: float, log_dir: 
                      log_dir=str(log_dir))
     svc = Services(cfg, log_dir)
     obs = KafkaConsumer(topics.AGGREGATES.name, topics.COMMANDS.name, topics.ACKS.name, topics.EVENTS.name,
-                        bootstrap_servers=cfg.kafka_bootstrap, group_id=None, auto_offset_reset="latest")
+                        bootstrap_servers=cfg.kafka_bootstrap, group_id=None, auto_offset_reset="latest",
+                        **process_auth().kafka_python())
     try:
         for name, args in (("streams", ("streams", "worker")), ("controller", ("controller",)), ("sink", ("sink",))):
             svc.start(name, *args)

@@ -1,6 +1,7 @@
 """`powerplane dev up|down|status`: real servers on this machine, without Docker.
 
-- Apache Kafka 4.x in KRaft mode, from Maven Central jars that Maven fetches once into ~/.cache/powerplane:
+- Apache Kafka 4.x in KRaft mode (TLS, SCRAM users and ACLs on unless kafka_security_protocol is
+  PLAINTEXT: ops/kafka_security.py), from Maven Central jars that Maven fetches once into ~/.cache/powerplane:
   one combined broker+controller, or (`--brokers 3`) three of them, node ids 1-3, forming a 3-voter
   controller quorum, each with its own data dir, pid file and log (ports: NODE_PORT_STEP).
 - VictoriaMetrics (Debian `victoria-metrics`), which accepts InfluxDB v2 line-protocol writes.
@@ -25,6 +26,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops import kafka_security
+from powerplane import access
 from powerplane.config import Config
 
 KAFKA_VERSION = "4.1.1"
@@ -286,8 +289,16 @@ def cluster_bootstrap(cfg: Config, brokers: int | None = None) -> str:
     return ",".join(n.address for n in kafka_nodes(cfg, cluster_size(cfg, p, brokers)))
 
 
-def listener_props(node: KafkaNode) -> list[str]:
-    """The listeners of one node and their security protocols (kept together: security settings land here)."""
+def _secure(cfg: Config) -> bool:
+    return cfg.kafka_security_protocol != "PLAINTEXT"
+
+
+def listener_props(node: KafkaNode, secure: bool = False) -> list[str]:
+    """The listeners of one node and their security protocols: SASL_SSL for clients and replication and mTLS
+    for the controller when `secure` (ops/kafka_security.py), else plaintext."""
+    if secure:
+        return [*kafka_security.listener_props(node.host, node.port, node.controller_port),
+                "controller.listener.names=CONTROLLER"]
     return [
         f"listeners=PLAINTEXT://{node.host}:{node.port},CONTROLLER://{node.host}:{node.controller_port}",
         f"advertised.listeners=PLAINTEXT://{node.host}:{node.port}",
@@ -314,13 +325,16 @@ def replication_props(brokers: int) -> list[str]:
     return props
 
 
-def _kafka_props(node: KafkaNode, nodes: list[KafkaNode], p: Paths) -> str:
+def _kafka_props(node: KafkaNode, nodes: list[KafkaNode], p: Paths, cfg: Config | None = None) -> str:
+    """One node's server.properties; with a `cfg` whose security is on, TLS, SCRAM and ACLs too."""
+    secure = cfg is not None and _secure(cfg)
     voters = ",".join(f"{n.host}:{n.controller_port}" for n in nodes)
     return "\n".join([
         "process.roles=broker,controller",
         f"node.id={node.node_id}",
         f"controller.quorum.bootstrap.servers={voters}",
-        *listener_props(node),
+        *listener_props(node, secure),
+        *(kafka_security.broker_props(cfg.state_dir) if cfg is not None and secure else []),
         f"log.dirs={node.dir(p) / 'data'}",
         "auto.create.topics.enable=false",  # topics come from `powerplane topics create` only
         *replication_props(len(nodes)),
@@ -338,7 +352,7 @@ def _kafka_id() -> str:
     return out
 
 
-def _format(java: str, cp: str, nodes: list[KafkaNode], p: Paths) -> None:
+def _format(java: str, cp: str, nodes: list[KafkaNode], p: Paths, extra: list[str] | None = None) -> None:
     """Format every node's storage for one cluster: one node is a standalone quorum; several a dynamic
     quorum (KIP-853) whose voters are every node, named by --initial-controllers."""
     formatted = [n for n in nodes if (n.dir(p) / "data" / "meta.properties").exists()]
@@ -352,7 +366,7 @@ def _format(java: str, cp: str, nodes: list[KafkaNode], p: Paths) -> None:
     quorum = ["--standalone"] if len(nodes) == 1 else ["--initial-controllers", voters]
     say(f"formatting KRaft storage ({len(nodes)} node{'s' if len(nodes) > 1 else ''})")
     procs = [subprocess.Popen([java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
-                               str(n.dir(p) / "server.properties"), *quorum], stdout=subprocess.PIPE,
+                               str(n.dir(p) / "server.properties"), *quorum, *(extra or [])], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for n in nodes]
     for n, proc in zip(nodes, procs, strict=True):
         out, _ = proc.communicate()
@@ -398,11 +412,19 @@ def _launch(cfg: Config, p: Paths, start: list[KafkaNode], nodes: list[KafkaNode
     if java is None:  # the jars are cached but Java went away (or was never on this PATH)
         raise DevError(JAVA_MISSING)
     cp = f"{libs}/*"
+    if _secure(cfg):  # certificates and passwords before the nodes are formatted or started
+        formatted = any((n.dir(p) / "data" / "meta.properties").exists() for n in nodes)
+        try:
+            kafka_security.prepare(cfg.state_dir, formatted)
+        except kafka_security.SecurityError as e:
+            raise DevError(str(e)) from None
     for n in nodes:
         n.dir(p).mkdir(parents=True, exist_ok=True)
-        (n.dir(p) / "server.properties").write_text(_kafka_props(n, nodes, p))
+        props = n.dir(p) / "server.properties"
+        props.touch(mode=0o600)  # it holds the brokers' SCRAM password
+        props.write_text(_kafka_props(n, nodes, p, cfg))
         (n.dir(p) / "log4j2.yaml").write_text(LOG4J2)
-    _format(java, cp, nodes, p)
+    _format(java, cp, nodes, p, kafka_security.format_args(cfg.state_dir) if _secure(cfg) else None)
     heap = os.environ.get("PP_KAFKA_HEAP", "-Xms256m -Xmx1g" if len(nodes) == 1 else "-Xms128m -Xmx512m")
     pids = {}
     for n in start:
@@ -418,7 +440,8 @@ def _launch(cfg: Config, p: Paths, start: list[KafkaNode], nodes: list[KafkaNode
                 tail = (n.dir(p) / "kafka.log").read_text(errors="replace").strip().splitlines()[-10:]
                 raise DevError(f"Kafka node {n.node_id} exited during start-up; last log lines:\n  "
                                + "\n  ".join(tail))
-        if all(_port_open(n.host, n.port) for n in start) and _brokers_serving(bootstrap, {n.node_id for n in start}):
+        if all(_port_open(n.host, n.port) for n in start) and _brokers_serving(cfg, bootstrap,
+                                                                               {n.node_id for n in start}):
             say(f"Kafka is up after {time.monotonic() - t0:.1f} s")
             return
         time.sleep(0.5)
@@ -426,13 +449,17 @@ def _launch(cfg: Config, p: Paths, start: list[KafkaNode], nodes: list[KafkaNode
     raise DevError(f"Kafka did not answer within {timeout_s:.0f} s; see {logs}")
 
 
-def _brokers_serving(bootstrap: str, node_ids: set[int]) -> bool:
-    """Whether the cluster lists every one of node_ids as a registered broker, not fenced."""
+def _brokers_serving(cfg: Config, bootstrap: str, node_ids: set[int]) -> bool:
+    """Whether the cluster lists every one of node_ids as a registered broker, not fenced (asked as the
+    admin role: the brokers refuse anonymous clients when security is on)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    from powerplane.kafka import client_auth
+
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
+                                 **client_auth(cfg, access.ADMIN).kafka_python())
     except (KafkaError, OSError, ValueError):
         return False
     try:
@@ -507,13 +534,13 @@ def start_vm(cfg: Config, p: Paths, timeout_s: float = 30.0) -> None:
 
 def up(cfg: Config, *, kafka: bool = True, vm: bool = True, brokers: int | None = None) -> None:
     """Start the dev servers: Kafka (one node, or `brokers` nodes) with the declared topics, and the store."""
-    from powerplane.kafka import create_topics
+    from powerplane.kafka import client_auth, create_topics
 
     p = paths(cfg)
     try:
         if kafka:
             start_kafka(cfg, p, brokers=brokers)
-            created = create_topics(cluster_bootstrap(cfg))
+            created = create_topics(cluster_bootstrap(cfg), auth=client_auth(cfg, access.ADMIN))
             say(f"topics: created {', '.join(created)}" if created else "topics: all present")
         if vm:
             start_vm(cfg, p)

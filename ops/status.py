@@ -20,7 +20,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from powerplane import topics
-from powerplane.kafka import BrokerUnavailable, _retry_connect
+from powerplane.kafka import BrokerUnavailable, _retry_connect, process_auth
 from powerplane.schemas import Event, Headroom, LevelAggregate, SchemaError, decode_any
 from powerplane.site import KIND_NAMES, Site
 
@@ -83,7 +83,7 @@ def read_latest(bootstrap: str, site: Site | None, *, default_tail: int = 2000, 
     cons: KafkaConsumer = _retry_connect("status", bootstrap, lambda: KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=20_000,
         bootstrap_timeout_ms=int(connect_timeout_s * 1000), fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024), connect_timeout_s)
+        max_partition_fetch_bytes=8 * 1024 * 1024, **process_auth().kafka_python()), connect_timeout_s)
     latest = Latest(site=site.name if site is not None else None)
     try:
         parts: list[TopicPartition] = []

@@ -11,10 +11,10 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from powerplane.validation import ConfigError, error_lines
@@ -65,6 +65,17 @@ class Config(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PP_", extra="forbid", frozen=True)
 
     kafka_bootstrap: str = "127.0.0.1:19092"
+    # Kafka client security (powerplane.kafka.client_auth). Each process takes the role of its stage
+    # (collector, streams, controller, actuator, sink, ops); "" below means that role's dev credential,
+    # which `powerplane dev up` generates under <state_dir>/dev/kafka-security (docs/runbooks.md).
+    # PLAINTEXT turns security off: `dev up` then starts a broker without TLS, SASL or ACLs.
+    kafka_security_protocol: Literal["SASL_SSL", "SSL", "PLAINTEXT"] = "SASL_SSL"
+    kafka_ca_file: str = ""  # PEM CA that signed the brokers' certificates ("" = the dev CA)
+    kafka_check_hostname: bool = True  # the broker's certificate must name the host the client dialled
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_username: str = ""  # "" = pp-<role>; set, every client of the process uses it
+    kafka_password_file: str = ""  # "" = the dev password file of the user
+    kafka_password: SecretStr = SecretStr("")  # PP_KAFKA_PASSWORD; wins over the file
     site_file: str = "examples/lab.toml"
     influx_url: str = "http://127.0.0.1:18428"
     influx_org: str = "powerplane"

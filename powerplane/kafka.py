@@ -10,39 +10,102 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import errors as kerr
+from kafka.admin import (
+    ACL,
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    NewTopic,
+    ResourcePattern,
+    ResourcePatternFilter,
+    ResourceType,
+)
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
-from powerplane import topics
+from powerplane import access, topics
+from powerplane.kafka_auth import (
+    BrokerUnavailable,
+    ClientAuth,
+    KafkaAccessError,
+    client_auth,
+    dev_security_dir,
+    diagnose,
+    explain,
+    listening,
+    password_path,
+    process_auth,
+    refused,
+    set_process_auth,
+)
 from powerplane.schemas import DeadLetter
 
+__all__ = [
+    "BrokerUnavailable",
+    "ClientAuth",
+    "DeadLetters",
+    "KafkaAccessError",
+    "Producer",
+    "admin_client",
+    "apply_acls",
+    "client_auth",
+    "consumer",
+    "create_topics",
+    "dev_security_dir",
+    "diagnose",
+    "explain",
+    "password_path",
+    "process_auth",
+    "producer_settings",
+    "set_process_auth",
+]
+
 log = logging.getLogger(__name__)
+REFUSED_FOR_S = 3.0
 
 
-class BrokerUnavailable(RuntimeError):
-    pass
-
-
-def _retry_connect(what: str, bootstrap: str, fn: Callable[[], Any], timeout_s: float = 30.0) -> Any:
+def _retry_connect(what: str, bootstrap: str, fn: Callable[[], Any], timeout_s: float = 30.0,
+                   auth: ClientAuth | None = None) -> Any:
+    auth = auth or process_auth()
+    if auth.problem:  # no credential: "no broker" first when there is none, which `dev up` fixes both
+        if not listening(bootstrap):
+            raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap} ({what}): start one with `powerplane "
+                                    f"dev up` or set PP_KAFKA_BOOTSTRAP")
+        raise KafkaAccessError(f"{what}: {auth.problem}")
     deadline = time.monotonic() + timeout_s
+    refused_since = 0.0
     while True:
         try:
             return fn()
         except (KafkaTimeoutError, KafkaConnectionError):  # kafka-python 3: 'Unable to bootstrap'
-            if time.monotonic() > deadline:
+            verdict = diagnose(bootstrap, auth)
+            now = time.monotonic()
+            refused_since = (refused_since or now) if verdict else 0.0
+            # A TLS failure is certain at once; a connection closed after TLS could be a broker still starting,
+            # so it must last a few seconds before it reads as refused credentials.
+            if verdict and (verdict[1] or now - refused_since > REFUSED_FOR_S or now > deadline):
+                raise KafkaAccessError(f"{what}: {verdict[0]}") from None
+            if now > deadline:
                 raise BrokerUnavailable(
                     f"no Kafka broker answers at {bootstrap} ({what}): start one with `powerplane dev up` "
                     f"or set PP_KAFKA_BOOTSTRAP") from None
             time.sleep(0.5)
+        except KafkaError as e:  # refused, not absent: one line naming the principal, not a retry loop
+            raise KafkaAccessError(explain(e, auth, what=f"{what} at {bootstrap}")) from None
 
 
-def producer_settings(bootstrap: str, client_id: str, **overrides: Any) -> dict[str, Any]:
+def producer_settings(bootstrap: str, client_id: str, *, auth: ClientAuth | None = None,
+                      **overrides: Any) -> dict[str, Any]:
     """The delivery guarantees every producer of the product shares: acks=all, idempotence (no
-    duplicates on retry), retries without limit, lz4 batches. Callers override timings only."""
+    duplicates on retry), retries without limit, lz4 batches; the credentials of `auth` (default: the
+    process's). Callers override timings only."""
     settings: dict[str, Any] = dict(
         bootstrap_servers=bootstrap, client_id=client_id, acks="all", enable_idempotence=True,
         compression_type="lz4", linger_ms=20, batch_size=256 * 1024, retries=2**31 - 1,
-        max_in_flight_requests_per_connection=5, request_timeout_ms=15_000)
+        max_in_flight_requests_per_connection=5, request_timeout_ms=15_000,
+        bootstrap_timeout_ms=5_000,  # each try; _retry_connect retries, and says why a broker refuses
+        **(auth or process_auth()).kafka_python())
     settings.update(overrides)
     return settings
 
@@ -56,8 +119,9 @@ class Producer:
     """
 
     def __init__(self, bootstrap: str, client_id: str, *, max_in_flight: int = 100_000,
-                 max_block_s: float = 5.0, linger_ms: int = 20) -> None:
+                 max_block_s: float = 5.0, linger_ms: int = 20, auth: ClientAuth | None = None) -> None:
         self.bootstrap = bootstrap
+        self.auth = auth or process_auth()
         self.max_in_flight = max_in_flight
         self.max_block_s = max_block_s
         self._cv = threading.Condition()
@@ -68,17 +132,19 @@ class Producer:
         self.failed = 0
         self.last_error = ""
         self._p: KafkaProducer = _retry_connect("producer", bootstrap, lambda: KafkaProducer(
-            **producer_settings(bootstrap, client_id, linger_ms=linger_ms)))
+            **producer_settings(bootstrap, client_id, linger_ms=linger_ms, auth=self.auth)), auth=self.auth)
 
-    def _done(self, ok: bool, err: Any = None) -> None:
+    def _done(self, ok: bool, err: Any = None, topic: str = "") -> None:
         with self._cv:
             self.in_flight -= 1
             if ok:
                 self.delivered += 1
             else:
                 self.failed += 1
-                self.last_error = str(err)
+                self.last_error = explain(err, self.auth, topic=topic, op="write")
             self._cv.notify_all()
+        if not ok and refused(err):
+            log.error("%s", self.last_error)
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int | None = None,
@@ -94,11 +160,12 @@ class Producer:
             fut = self._p.send(topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms,
                                partition=partition)
         except KafkaError as e:
-            self._done(False, e)
-            log.error("send to %s failed: %s", topic, e)
+            self._done(False, e, topic)
+            if not refused(e):  # that one _done has logged, naming the principal
+                log.error("send to %s failed: %s", topic, self.last_error)
             return False
         fut.add_callback(lambda _md: self._done(True))
-        fut.add_errback(lambda e: self._done(False, e))
+        fut.add_errback(lambda e: self._done(False, e, topic))
         self.sent += 1
         return True
 
@@ -114,20 +181,23 @@ class Producer:
 
 
 def consumer(bootstrap: str, group: str | None, *topic_names: str, from_beginning: bool = False,
-             **kw: Any) -> KafkaConsumer:
-    opts: dict[str, Any] = {"enable_auto_commit": group is not None,
+             auth: ClientAuth | None = None, **kw: Any) -> KafkaConsumer:
+    auth = auth or process_auth()
+    opts: dict[str, Any] = {**auth.kafka_python(),"enable_auto_commit": group is not None,
                             "auto_offset_reset": "earliest" if from_beginning else "latest",
                             # kafka-python's consumer default is 305 s: one lost request would stall a
                             # stage for five minutes. It must stay above the 10 s session timeout.
-                            "request_timeout_ms": 20_000}
+                            "request_timeout_ms": 20_000, "bootstrap_timeout_ms": 5_000}
     opts.update(kw)
     cons: KafkaConsumer = _retry_connect("consumer", bootstrap, lambda: KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, **opts))
+        bootstrap_servers=bootstrap, group_id=group, **opts), auth=auth)
     # Learn the topics' partitions before joining the group: a group leader without that metadata
     # assigns itself nothing ("No partition metadata for topic ...") and can sit idle, consuming nothing.
     deadline = time.monotonic() + 30.0
     for t in topic_names:
-        while not cons.partitions_for_topic(t):
+        first = True
+        while not _partitions(cons, bootstrap, t, auth, first):
+            first = False
             if time.monotonic() > deadline:
                 cons.close()
                 raise BrokerUnavailable(f"topic '{t}' has no partitions at {bootstrap}: create the topics with "
@@ -136,6 +206,24 @@ def consumer(bootstrap: str, group: str | None, *topic_names: str, from_beginnin
     if topic_names:
         cons.subscribe(list(topic_names))
     return cons
+
+
+def _partitions(cons: KafkaConsumer, bootstrap: str, topic: str, auth: ClientAuth, first: bool) -> Any:
+    parts = cons.partitions_for_topic(topic)
+    if not parts and first and auth.protocol.startswith("SASL"):
+        # The consumer's metadata lists only the topics it may see: ask for this one by name, once, so that a
+        # refusal is one line now rather than "no partitions" in 30 s.
+        admin = admin_client(bootstrap, auth)
+        try:
+            codes = [d.get("error_code") for d in admin.describe_topics([topic])]
+        except KafkaError:
+            codes = []  # the caller waits, and says so if the topic never comes
+        finally:
+            admin.close()
+        if kerr.TopicAuthorizationFailedError.errno in codes:
+            cons.close()
+            raise KafkaAccessError(explain(kerr.TopicAuthorizationFailedError(), auth, topic=topic, op="read"))
+    return parts
 
 
 class DeadLetters:
@@ -156,14 +244,19 @@ class DeadLetters:
                            headers=dl.headers())
 
 
-def create_topics(bootstrap: str, wanted: Iterable[topics.Topic] = topics.ALL,
-                  timeout_s: float = 30.0) -> list[str]:
-    """Create missing topics with their declared partitions and configs, replicated as the cluster's
-    broker count allows (`topics.replication`); return those created."""
+def admin_client(bootstrap: str, auth: ClientAuth, timeout_s: float = 30.0) -> KafkaAdminClient:
     # The client's own bootstrap wait (30 s by default) must not outlast ours.
-    admin: KafkaAdminClient = _retry_connect("admin", bootstrap, lambda: KafkaAdminClient(
+    return _retry_connect("admin", bootstrap, lambda: KafkaAdminClient(
         bootstrap_servers=bootstrap, client_id="powerplane-admin",
-        bootstrap_timeout_ms=max(1, int(timeout_s * 1000))), timeout_s)
+        bootstrap_timeout_ms=max(1, int(timeout_s * 1000)), **auth.kafka_python()), timeout_s, auth)
+
+
+def create_topics(bootstrap: str, wanted: Iterable[topics.Topic] = topics.ALL,
+                  timeout_s: float = 30.0, auth: ClientAuth | None = None) -> list[str]:
+    """Create missing topics with their declared partitions and configs, and (on a secured broker) the
+    ACLs of every role (powerplane.access); return the topics created."""
+    auth = auth or process_auth()
+    admin = admin_client(bootstrap, auth, timeout_s)
     try:
         existing = set(admin.list_topics())
         # Replicas as the cluster allows (topics.replication): 3 copies, 2 in sync, on a 3-broker cluster.
@@ -176,6 +269,44 @@ def create_topics(bootstrap: str, wanted: Iterable[topics.Topic] = topics.ALL,
                 admin.create_topics(new)
             except TopicAlreadyExistsError:
                 pass  # raced with another creator: fine, the topic is there
+            except kerr.AuthorizationError as e:
+                raise KafkaAccessError(explain(e, auth, "topics create", new[0].name, "create")) from None
+        if auth.protocol.startswith("SASL"):
+            apply_acls(admin, auth)
         return [t.name for t in new]
     finally:
         admin.close()
+
+
+def role_acls(role: str, grants: access.Grants) -> list[ACL]:
+    """The broker ACLs of one role: ALLOW from any host; a trailing '*' makes a prefix, '*' alone all."""
+    principal = f"User:{access.username(role)}"
+
+    def pattern(kind: ResourceType, name: str) -> ResourcePattern:
+        if name == "*":
+            return ResourcePattern(kind, "*", ACLResourcePatternType.LITERAL)
+        if name.endswith("*"):
+            return ResourcePattern(kind, name[:-1], ACLResourcePatternType.PREFIXED)
+        return ResourcePattern(kind, name, ACLResourcePatternType.LITERAL)
+
+    wanted = [(ResourceType.TOPIC, n, ACLOperation.READ) for n in grants.read]
+    wanted += [(ResourceType.TOPIC, n, ACLOperation.WRITE) for n in grants.write]
+    wanted += [(ResourceType.GROUP, n, ACLOperation.READ) for n in grants.groups]
+    wanted += [(ResourceType.GROUP, n, ACLOperation.DESCRIBE) for n in grants.describe_groups]
+    return [ACL(principal, "*", op, ACLPermissionType.ALLOW, pattern(kind, name)) for kind, name, op in wanted]
+
+
+def apply_acls(admin: KafkaAdminClient, auth: ClientAuth) -> int:
+    """Create every role's ACLs (creating an existing ACL is a no-op on the broker); return how many."""
+    acls = [acl for role, grants in access.ROLES.items() for acl in role_acls(role, grants)]
+    res = admin.create_acls(acls)
+    if res["failed"]:
+        raise KafkaAccessError(explain(res["failed"][0](), auth, "creating the role ACLs"))
+    # The broker applies them from the metadata log a moment later; a client refused meanwhile would not ask
+    # again (kafka-python keeps a topic it may not describe out of its subscription): wait until they serve.
+    every = ACLFilter(None, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                      ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY))
+    deadline = time.monotonic() + 10.0
+    while len(admin.describe_acls(every)[0]) < len(acls) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(acls)

@@ -36,6 +36,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from powerplane import topics
 from powerplane.config import Config
+from powerplane.kafka import ClientAuth, client_auth
 from powerplane.plausibility import FrameChecker, Implausible, PlausibilityCounts, PlausibilitySettings
 from powerplane.schemas import DeadLetter, LevelAggregate, RackSummary, RackSummaryBatch, SchemaError, TelemetryFrame
 from powerplane.site import IntArray, Site
@@ -192,11 +193,21 @@ class WorkerMetrics:
                                 value=float(len(tree.windows)))
 
 
+def _credentials(auth: ClientAuth) -> Any:
+    """aiokafka's view of the streams role's credentials (faust passes them to every client it makes)."""
+    if auth.protocol == "SASL_SSL":
+        return faust.SASLCredentials(username=auth.username, password=auth.password,
+                                     ssl_context=auth.ssl_context(), mechanism=auth.mechanism)
+    ctx = auth.ssl_context()
+    return faust.SSLCredentials(ctx) if ctx is not None else None
+
+
 def _faust_app(cfg: Config, app_id: str, from_beginning: bool) -> faust.App:
     return faust.App(
         app_id,
         # faust takes several brokers as a list of URLs, not Kafka's comma-separated string.
         broker=[f"kafka://{a.strip()}" for a in cfg.kafka_bootstrap.split(",") if a.strip()],
+        broker_credentials=_credentials(client_auth(cfg, "streams")),
         value_serializer="raw",
         key_serializer="raw",
         producer_acks=-1,

@@ -15,6 +15,7 @@ import pytest
 
 from ops import devservers
 from powerplane.config import Config, load_config
+from powerplane.kafka import client_auth, set_process_auth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +60,9 @@ def cfg() -> Iterator[Config]:
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             devservers.down(load_config(env={"PP_STATE_DIR": str(old_state)}), wipe=True)
     devservers.up(config)
+    # The tests' own clients write and read every topic: the admin principal. The stages they start take
+    # their own roles (powerplane.access).
+    set_process_auth(client_auth(config, "admin"))
     try:
         yield config
     finally:

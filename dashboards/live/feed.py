@@ -16,7 +16,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from powerplane import topics
-from powerplane.kafka import BrokerUnavailable, _retry_connect
+from powerplane.kafka import BrokerUnavailable, _retry_connect, process_auth
 from powerplane.schemas import Record, SchemaError, decode_any
 
 log = logging.getLogger("powerplane.dashboard")
@@ -44,7 +44,7 @@ def tail_consumer(bootstrap: str, topic_names: Iterable[str], backfill: dict[str
     broker, or a topic is missing."""
     cons: KafkaConsumer = _retry_connect("consumer", bootstrap, lambda: KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, request_timeout_ms=20_000,
-        bootstrap_timeout_ms=int(connect_timeout_s * 1000)), connect_timeout_s)
+        bootstrap_timeout_ms=int(connect_timeout_s * 1000), **process_auth().kafka_python()), connect_timeout_s)
     try:
         parts: list[TopicPartition] = []
         for t in topic_names:

@@ -69,16 +69,30 @@ def _config_error(e: ConfigError) -> None:
         print(f"  {line}", file=sys.stderr)
 
 
+# The Kafka role (powerplane.access) of each command's clients; every other command reads as `ops`. A stage
+# that runs several roles in one process (the fleet: collector and actuator) names each client's role.
+ROLES = {"fleet": "collector", "collect": "collector", "streams": "streams", "controller": "controller",
+         "actuate": "actuator", "sink": "sink", "replay": "admin", "dev": "admin"}
+
+
+def kafka_role(args: argparse.Namespace) -> str:
+    """replay writes any topic and `topics create` makes topics and ACLs: both need the admin credential."""
+    if args.cmd == "topics" and getattr(args, "action", "") == "create":
+        return "admin"
+    return ROLES.get(args.cmd, "ops")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on a usage error
     _setup_logging(args.verbose)
     from ops.devservers import DevError
     from powerplane.config import ignored_env, load_config
-    from powerplane.kafka import BrokerUnavailable
+    from powerplane.kafka import BrokerUnavailable, client_auth, set_process_auth
     from powerplane.validation import ConfigError
 
     try:
         cfg = load_config(args.config)
+        set_process_auth(lambda: client_auth(cfg, kafka_role(args)))
         for line in ignored_env():
             print(f"powerplane: note: {line}", file=sys.stderr)
         return int(args.fn(args, cfg))

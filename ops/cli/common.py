@@ -180,8 +180,9 @@ def _require_broker(bootstrap: str, what: str, timeout_s: float) -> None:
     own traceback when there is none."""
     from kafka import KafkaConsumer
 
-    from powerplane.kafka import _retry_connect
+    from powerplane.kafka import _retry_connect, process_auth
 
     _retry_connect(what, bootstrap, lambda: KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                                          bootstrap_timeout_ms=int(timeout_s * 1000)),
+                                                          bootstrap_timeout_ms=int(timeout_s * 1000),
+                                                          **process_auth().kafka_python()),
                    timeout_s).close()

@@ -41,10 +41,11 @@ def _on_broker(bootstrap: str, rows: list[dict[str, Any]], timeout_s: float) -> 
     """Each declared topic as the broker has it: its partitions there (None: missing) and records kept."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from powerplane.kafka import _retry_connect
+    from powerplane.kafka import _retry_connect, process_auth
 
     cons = _retry_connect("topics list", bootstrap, lambda: KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, bootstrap_timeout_ms=int(timeout_s * 1000)), timeout_s)
+        bootstrap_servers=bootstrap, group_id=None, bootstrap_timeout_ms=int(timeout_s * 1000),
+        **process_auth().kafka_python()), timeout_s)
     try:
         out = []
         for r in rows:

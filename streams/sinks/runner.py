@@ -25,7 +25,7 @@ from kafka.errors import CommitFailedError, RebalanceInProgressError
 
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import DeadLetters, Producer, consumer
+from powerplane.kafka import ClientAuth, DeadLetters, Producer, client_auth, consumer
 from powerplane.metrics import ConsumerLag, kafka_python_lags
 from powerplane.schemas import Ack, DeadLetter, Record, SchemaError, decode_any
 from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
@@ -135,7 +135,7 @@ def write_batch(sink: Sink, items: list[tuple[Record, Any, Any]], stats: SinkSta
 
 def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000,
         backoff_max_s: float = 30.0, group: str | None = None, stats: SinkStats | None = None,
-        ack_keyring: Keyring | None = None, registry: Any = None) -> SinkStats:
+        ack_keyring: Keyring | None = None, registry: Any = None, auth: ClientAuth | None = None) -> SinkStats:
     """Consume the sink's topics and write them, committing only what the store took. Pass `stats` to
     watch it while it runs (the /metrics collector does). Acks are stored only when an actuator signed
     them (`ack_keyring`, default the config's, created if missing). `registry` (a served prometheus_client
@@ -143,10 +143,11 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
     stats = stats if stats is not None else SinkStats()
     if ack_keyring is None and topics.ACKS.name in sink.topics:
         ack_keyring = load_keyring(ack_key_path(cfg.signing_key_file, cfg.ack_key_file), cfg.ack_key_id, create=True)
-    producer = Producer(cfg.kafka_bootstrap, f"powerplane-sink-{sink.name}")
+    auth = auth or client_auth(cfg, "sink")  # tests with their own groups and topics pass the admin's
+    producer = Producer(cfg.kafka_bootstrap, f"powerplane-sink-{sink.name}", auth=auth)
     dlq = DeadLetters(producer, f"sink-{sink.name}")
     cons = consumer(cfg.kafka_bootstrap, group or f"powerplane-sink-{sink.name}", *sink.topics,
-                    from_beginning=True, enable_auto_commit=False, max_poll_records=batch_max)
+                    from_beginning=True, enable_auto_commit=False, max_poll_records=batch_max, auth=auth)
     if registry is not None:
         registry.register(SinkMetrics(sink.name, stats))
         registry.register(ConsumerLag(group or f"powerplane-sink-{sink.name}", partial(kafka_python_lags, cons)))

@@ -5,6 +5,7 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 
 from powerplane.config import Config
+from powerplane.kafka import process_auth
 
 
 def read_topic(cfg: Config, topic: str, timeout_s: float = 10.0) -> list[bytes]:
@@ -14,7 +15,8 @@ def read_topic(cfg: Config, topic: str, timeout_s: float = 10.0) -> list[bytes]:
 
 def end_offsets(cfg: Config, topic: str) -> dict[int, int]:
     """Where each partition of a topic ends now: read_messages(start=...) then reads only what came after."""
-    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(),
+                      group_id=None, enable_auto_commit=False)
     try:
         parts = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or []]
         return {tp.partition: off for tp, off in c.end_offsets(parts).items()}
@@ -26,7 +28,8 @@ def read_messages(cfg: Config, topic: str, timeout_s: float = 10.0,
                   start: dict[int, int] | None = None) -> list:  # type: ignore[type-arg]
     """Records of a topic from the beginning, or from `start` (partition -> offset, see end_offsets): on
     the broker the whole session shares, earlier tests leave hundreds of thousands of records behind."""
-    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(),
+                      group_id=None, enable_auto_commit=False)
     try:
         parts = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or []]
         c.assign(parts)
@@ -50,7 +53,8 @@ def start_group_at_end(cfg: Config, group: str, topic_names: tuple[str, ...]) ->
     so a test's sink does not first work through what the earlier tests left on the shared broker."""
     from kafka import OffsetAndMetadata
 
-    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(),
+                      group_id=group, enable_auto_commit=False)
     try:
         parts = [TopicPartition(t, p) for t in topic_names for p in c.partitions_for_topic(t) or []]
         c.assign(parts)

@@ -25,7 +25,7 @@ import yaml
 
 from powerplane import topics
 from powerplane.config import RUNBOOK_BASE_URL, Config
-from powerplane.kafka import Producer, create_topics
+from powerplane.kafka import Producer, create_topics, process_auth
 from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml
 from powerplane.schemas import Event
 from powerplane.site import Site
@@ -144,7 +144,8 @@ def test_feed_loss_pages_once_then_resolves_once_and_warnings_go_to_chat(
     sink = load_sink("alertmanager", {"kind": "alertmanager", "url": url, "repost_s": REPOST_S})
     stop = threading.Event()
     out: dict[str, SinkStats] = {}
-    th = threading.Thread(target=lambda: out.setdefault("stats", run(cfg, sink, stop, group=f"g-{site}")))
+    auth = process_auth()  # its own group (and topics): the admin, not the sink role
+    th = threading.Thread(target=lambda: out.setdefault("stats", run(cfg, sink, stop, group=f"g-{site}", auth=auth)))
     th.start()
     # Publish once the sink consumes: on a fresh broker (this file run alone) the group coordinator takes a while.
     wait_for_groups(cfg, (f"g-{site}",))
@@ -210,7 +211,8 @@ def test_a_twin_feed_loss_pages_once_and_resolves_once(cfg: Config, alertmanager
     sink = load_sink("alertmanager", {"kind": "alertmanager", "url": url, "repost_s": REPOST_S, "site_file": str(path)})
     stop = threading.Event()
     out: dict[str, SinkStats] = {}
-    th = threading.Thread(target=lambda: out.setdefault("stats", run(c, sink, stop, group=f"g-{site.name}")))
+    auth = process_auth()  # its own group (and topics): the admin, not the sink role
+    th = threading.Thread(target=lambda: out.setdefault("stats", run(c, sink, stop, group=f"g-{site.name}", auth=auth)))
     plant = Plant(c, site, float(int(time.time())), scenario_file=scenario, speed=1.0)  # real time: wall-clock alerts
     try:
         svc.start("streams", "streams", "worker")

@@ -16,6 +16,7 @@ from collectors.base import SourceContext
 from ops.demo import Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
+from powerplane.kafka import process_auth
 from powerplane.schemas import LevelAggregate, RackSummary, RackSummaryBatch
 from powerplane.site_file import load_site
 from sim.fleet import Fleet
@@ -50,7 +51,7 @@ def test_bad_records_are_dead_lettered_and_the_agent_keeps_going(cfg: Config, tm
     svc.start("streams", "streams", "worker")
     try:
         wait_for_groups(cfg, ("powerplane-streams",), check=svc.check)
-        p = KafkaProducer(bootstrap_servers=cfg.kafka_bootstrap, acks="all")
+        p = KafkaProducer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(), acks="all")
         for key, value in ((b"rack-01", garbage), (short.key(), short.encode()), (b"rack-99", unknown.encode()),
                            (good.key(), good.encode())):
             p.send(topics.TELEMETRY.name, key=key, value=value)

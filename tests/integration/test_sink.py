@@ -12,7 +12,7 @@ import pytest
 from ops import devservers
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import Producer
+from powerplane.kafka import Producer, process_auth
 from powerplane.schemas import LevelAggregate
 from streams.sinks.base import load_sink
 from streams.sinks.runner import run
@@ -57,7 +57,8 @@ def test_no_point_lost_across_a_store_restart(cfg: Config) -> None:
     stop = threading.Event()
     result = {}
     start_group_at_end(cfg, f"g-{site}", sink.topics)  # not the earlier tests' hundreds of thousands of records
-    th = threading.Thread(target=lambda: result.setdefault("stats", run(cfg, sink, stop, group=f"g-{site}",
+    auth = process_auth()  # its own group (and topics): the admin, not the sink role
+    th = threading.Thread(target=lambda: result.setdefault("stats", run(cfg, sink, stop, group=f"g-{site}", auth=auth,
                                                                         backoff_max_s=1.0)))
     th.start()
     p = Producer(cfg.kafka_bootstrap, "sink-test")
@@ -98,7 +99,7 @@ def test_records_lost_to_retention_are_counted_not_skipped_silently(cfg: Config)
 
     site = f"droptest-{uuid.uuid4().hex[:8]}"
     topic, group = f"test.{site}", f"g-{site}"
-    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python())
     try:
         admin.create_topics([NewTopic(topic, 1, 1)])
         p = Producer(cfg.kafka_bootstrap, "drop-test")
@@ -109,7 +110,8 @@ def test_records_lost_to_retention_are_counted_not_skipped_silently(cfg: Config)
             p.send(topic, a.encode(), key=a.key())
         p.close()
         tp = TopicPartition(topic, 0)
-        c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+        c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(),
+                          group_id=group, enable_auto_commit=False)
         c.assign([tp])
         c.commit({tp: OffsetAndMetadata(2, "", -1)})  # the sink had written 2 records, then went away
         c.close()
@@ -121,7 +123,8 @@ def test_records_lost_to_retention_are_counted_not_skipped_silently(cfg: Config)
     sink.topics = (topic,)
     stop = threading.Event()
     result = {}
-    th = threading.Thread(target=lambda: result.setdefault("stats", run(cfg, sink, stop, group=group)))
+    auth = process_auth()  # its own group (and topics): the admin, not the sink role
+    th = threading.Thread(target=lambda: result.setdefault("stats", run(cfg, sink, stop, group=group, auth=auth)))
     th.start()
     try:
         _wait_for(lambda: len(_export(cfg, site)) >= 4, 20)

@@ -26,6 +26,7 @@ from kafka import KafkaConsumer, TopicPartition
 from ops.demo import Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
+from powerplane.kafka import process_auth
 from powerplane.physics import ElectricalConfig
 from powerplane.schemas import LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.site import Site
@@ -63,7 +64,8 @@ capacity_frac = {CAPACITY_FRAC}
 def _consume(cfg: Config, topic: str, accept: object, done: object, timeout_s: float) -> list[object]:
     """Decode every record of a topic from the beginning, keep what `accept` returns (not None), until
     `done(kept)` or the deadline."""
-    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(),
+                      group_id=None, enable_auto_commit=False)
     kept: list[object] = []
     try:
         parts = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or []]

@@ -21,7 +21,7 @@ from controllers import service as controller_service
 from ops.demo import Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import Producer
+from powerplane.kafka import Producer, process_auth
 from powerplane.schemas import Ack, Command, Event, Record, TelemetryFrame
 from powerplane.signing import Keyring, ack_key_path, load_keyring
 from powerplane.site_file import load_site
@@ -110,10 +110,11 @@ def test_forged_unsigned_and_tampered_acks_are_dead_lettered_and_raise_security_
     stop = threading.Event()
     out: dict[str, Any] = {}
     sink = CaptureSink("capture", {"kind": "capture"})
+    auth = process_auth()  # the sink in its own group: the admin, not the sink role
     threads = [threading.Thread(target=lambda: out.setdefault("ctl", controller_service.run(cfg, site, cmd_ring,
                                                                                              stop))),
                threading.Thread(target=lambda: out.setdefault("sink", run_sink(cfg, sink, stop, group=sink_group,
-                                                                                  stats=SinkStats())))]
+                                                                                  auth=auth, stats=SinkStats())))]
     for t in threads:
         t.start()
     try:
@@ -207,7 +208,8 @@ def test_fleet_publishes_telemetry_while_its_actuator_cannot_join(cfg: Config, r
     its session times out): the new fleet's actuator cannot get its partitions, its telemetry must flow."""
     cmd_ring, _ = rings
     group = "powerplane-actuator-twin"  # the fleet's actuator (load_actuator("twin", ...))
-    stuck = KafkaConsumer(topics.COMMANDS.name, bootstrap_servers=cfg.kafka_bootstrap, group_id=group,
+    stuck = KafkaConsumer(topics.COMMANDS.name, bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(),
+                          group_id=group,
                           enable_auto_commit=False, max_poll_interval_ms=40_000, session_timeout_ms=10_000)
     services = Services(cfg, tmp_path)
     tel_start, ack_start = end_offsets(cfg, topics.TELEMETRY.name), end_offsets(cfg, topics.ACKS.name)
