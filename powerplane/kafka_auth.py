@@ -6,7 +6,8 @@ the project's CA, hostname checked). Every kafka-python client and the faust app
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +111,19 @@ def set_process_auth(auth: ClientAuth | Callable[[], ClientAuth]) -> None:
     their role pass it explicitly."""
     _process.clear()
     _process["auth" if isinstance(auth, ClientAuth) else "factory"] = auth
+
+
+@contextmanager
+def process_auth_as(auth: ClientAuth) -> Iterator[ClientAuth]:
+    """The process's credentials are `auth` inside the block, and what they were afterwards (a test talking to
+    a second cluster with its own users)."""
+    saved = dict(_process)
+    set_process_auth(auth)
+    try:
+        yield auth
+    finally:
+        _process.clear()
+        _process.update(saved)
 
 
 def process_auth() -> ClientAuth:

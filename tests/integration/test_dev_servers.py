@@ -13,6 +13,8 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError
 
 from powerplane import topics
+from powerplane.config import load_config
+from powerplane.kafka import client_auth
 from tests.integration.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +34,8 @@ def test_dev_up_creates_declared_topics_and_down_leaves_nothing(tmp_path: Path) 
         assert up.returncode == 0, up.stderr
         status = _cli(env, "dev", "status").stdout
         assert "kafka" in status and "running" in status
-        admin = KafkaAdminClient(bootstrap_servers=kafka)
+        auth = client_auth(load_config(env=env), "admin").kafka_python()  # `dev up` made the users
+        admin = KafkaAdminClient(bootstrap_servers=kafka, **auth)
         try:
             meta = {t["name"]: t for t in admin.describe_topics([t.name for t in topics.ALL])}
             for t in topics.ALL:
@@ -43,7 +46,7 @@ def test_dev_up_creates_declared_topics_and_down_leaves_nothing(tmp_path: Path) 
         finally:
             admin.close()
         # Auto-create is off: a typo in a topic name fails instead of inventing a topic.
-        p = KafkaProducer(bootstrap_servers=kafka, max_block_ms=3000)
+        p = KafkaProducer(bootstrap_servers=kafka, max_block_ms=3000, **auth)
         try:
             raised = False
             try:

@@ -14,6 +14,7 @@ import pytest
 
 from ops import devservers
 from powerplane.config import Config, load_config
+from powerplane.kafka_auth import client_auth, process_auth_as
 from tests.conftest import ROOT, _port_free, free_port
 
 
@@ -50,7 +51,8 @@ def cluster3() -> Iterator[Config]:
     config = load_config(env=env)
     devservers.up(config, vm=False, brokers=3)
     try:
-        yield config
+        with process_auth_as(client_auth(config, "admin")):  # the test's own clients: this cluster's admin
+            yield config
     finally:
         devservers.down(config, wipe=True)
         shutil.rmtree(state, ignore_errors=True)

@@ -24,6 +24,7 @@ from ops import devservers
 from ops.demo import Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
+from powerplane.kafka import process_auth
 from powerplane.schemas import Ack, Command, SchemaError, TelemetryFrame
 from powerplane.signing import ack_key_path, load_keyring
 from tests.integration.conftest import free_port
@@ -50,7 +51,8 @@ class Run:
 
 
 def _admin(c: Config) -> KafkaAdminClient:
-    return KafkaAdminClient(bootstrap_servers=c.kafka_bootstrap, request_timeout_ms=5000)
+    return KafkaAdminClient(bootstrap_servers=c.kafka_bootstrap, request_timeout_ms=5000,
+                            **process_auth().kafka_python())
 
 
 def _asking(fn: Callable[[Config], T], c: Config, timeout_s: float = 15.0) -> T:
