@@ -52,7 +52,8 @@ ROLES: dict[str, Grants] = {
     "sink": Grants(read=(_T.AGGREGATES.name, _T.HEADROOM.name, _T.EVENTS.name, _T.COMMANDS.name, _T.ACKS.name),
                    write=(_T.EVENTS.name, _T.DEADLETTER.name),
                    groups=("powerplane-sink*",), doc="InfluxDB and Alertmanager sinks"),
-    "ops": Grants(read=tuple(t.name for t in topics.ALL), describe_groups=("*",),
+    # Every `pp.` topic (recordings may hold topics an operator made, e.g. a replay's copies) and faust's own.
+    "ops": Grants(read=("pp.*", STREAMS_INTERNAL), describe_groups=("*",),
                   doc="dashboard, status, record, demo observer, topics list: read everything, write nothing"),
 }
 

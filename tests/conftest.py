@@ -15,7 +15,7 @@ import pytest
 
 from ops import devservers
 from powerplane.config import Config, load_config
-from powerplane.kafka import client_auth, set_process_auth
+from powerplane.kafka import ClientAuth, client_auth, set_process_auth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +50,15 @@ TEST_ENV = {
 }
 
 
+_ADMIN: list[ClientAuth] = []  # the session broker's admin credentials, once `cfg` has started it
+
+
+@pytest.fixture(autouse=True)
+def _tests_are_admin() -> None:
+    if _ADMIN:
+        set_process_auth(_ADMIN[-1])
+
+
 @pytest.fixture(scope="session")
 def cfg() -> Iterator[Config]:
     old = {k: os.environ.get(k) for k in TEST_ENV}
@@ -61,8 +70,10 @@ def cfg() -> Iterator[Config]:
             devservers.down(load_config(env={"PP_STATE_DIR": str(old_state)}), wipe=True)
     devservers.up(config)
     # The tests' own clients write and read every topic: the admin principal. The stages they start take
-    # their own roles (powerplane.access).
-    set_process_auth(client_auth(config, "admin"))
+    # their own roles (powerplane.access). Set again before every test (`_tests_are_admin`): a CLI command
+    # run in process sets its own role for the process.
+    _ADMIN.append(client_auth(config, "admin"))
+    set_process_auth(_ADMIN[-1])
     try:
         yield config
     finally:

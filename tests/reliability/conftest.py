@@ -15,7 +15,7 @@ import pytest
 from ops import devservers
 from powerplane.config import Config, load_config
 from powerplane.kafka_auth import client_auth, process_auth_as
-from tests.conftest import ROOT, _port_free, free_port
+from tests.conftest import _ADMIN, ROOT, _port_free, free_port
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -51,8 +51,11 @@ def cluster3() -> Iterator[Config]:
     config = load_config(env=env)
     devservers.up(config, vm=False, brokers=3)
     try:
-        with process_auth_as(client_auth(config, "admin")):  # the test's own clients: this cluster's admin
+        # The tests' own clients: this cluster's admin (tests/conftest.py sets _ADMIN[-1] before each test).
+        _ADMIN.append(client_auth(config, "admin"))
+        with process_auth_as(_ADMIN[-1]):
             yield config
+        _ADMIN.pop()
     finally:
         devservers.down(config, wipe=True)
         shutil.rmtree(state, ignore_errors=True)
