@@ -71,6 +71,9 @@ class Config(BaseSettings):
     # PLAINTEXT turns security off: `dev up` then starts a broker without TLS, SASL or ACLs.
     kafka_security_protocol: Literal["SASL_SSL", "SSL", "PLAINTEXT"] = "SASL_SSL"
     kafka_ca_file: str = ""  # PEM CA that signed the brokers' certificates ("" = the dev CA)
+    # Where the CA and each user's password file (users/<user>.password) live when not named one by one
+    # ("" = <state_dir>/dev/kafka-security, which `dev up` makes; a deployment mounts its own).
+    kafka_credentials_dir: str = ""
     kafka_check_hostname: bool = True  # the broker's certificate must name the host the client dialled
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
     kafka_username: str = ""  # "" = pp-<role>; set, every client of the process uses it

@@ -82,7 +82,7 @@ def client_auth(cfg: Config, role: str) -> ClientAuth:
     are one line saying which setting names them and how to make them."""
     if cfg.kafka_security_protocol == "PLAINTEXT":
         return ClientAuth(role=role)
-    d = dev_security_dir(cfg.state_dir)
+    d = Path(cfg.kafka_credentials_dir) if cfg.kafka_credentials_dir else dev_security_dir(cfg.state_dir)
     ca = Path(cfg.kafka_ca_file) if cfg.kafka_ca_file else d / "ca.pem"
     if not ca.is_file():
         return ClientAuth(cfg.kafka_security_protocol, role, problem=(

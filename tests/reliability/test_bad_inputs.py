@@ -18,7 +18,7 @@ import numpy as np
 from ops.demo import Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import Producer
+from powerplane.kafka import Producer, process_auth
 from powerplane.schemas import Ack, Command, Event, LevelAggregate, TelemetryFrame
 from powerplane.site import Site
 from sim.fleet import Fleet, rack_frames
@@ -177,7 +177,9 @@ def test_records_with_a_nan_time_are_dead_lettered_by_the_sink_which_keeps_writi
     p = Producer(cfg.kafka_bootstrap, "test-nan")
     stats = SinkStats()
     stop = threading.Event()
-    th = threading.Thread(target=run, args=(cfg, sink, stop), kwargs={"group": group, "stats": stats})
+    # Its own group: the admin's credentials, not the sink role's (which joins powerplane-sink* groups only).
+    th = threading.Thread(target=run, args=(cfg, sink, stop), kwargs={"group": group, "stats": stats,
+                                                                       "auth": process_auth()})
     th.start()
     try:
         for i in range(5):

@@ -25,6 +25,7 @@ from ops.demo import Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import process_auth
+from powerplane.kafka_auth import dev_security_dir
 from powerplane.schemas import Ack, Command, SchemaError, TelemetryFrame
 from powerplane.signing import ack_key_path, load_keyring
 from tests.integration.conftest import free_port
@@ -215,7 +216,9 @@ def _start_at_end(c: Config, group: str, names: tuple[str, ...]) -> None:
 
 def _run(cluster: Config, tmp: Path, name: str, pick: str) -> tuple[Run, dict[str, float]]:
     path, site = site_copy(tmp, name)
-    c = cluster.model_copy(update={"site_file": str(path), "command_lease_s": LEASE_S, "state_dir": str(tmp / "state")})
+    # Its own state (journals, spools), the cluster's credentials.
+    c = cluster.model_copy(update={"site_file": str(path), "command_lease_s": LEASE_S, "state_dir": str(tmp / "state"),
+                                   "kafka_credentials_dir": str(dev_security_dir(cluster.state_dir))})
     load_keyring(c.signing_key_file, c.signing_key_id, create=True)
     load_keyring(ack_key_path(c.signing_key_file, c.ack_key_file), c.ack_key_id, create=True)
     for group, names in ((topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name)),
