@@ -40,7 +40,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -55,17 +54,13 @@ import numpy as np  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition  # noqa: E402
 from kafka.admin import ConfigResource, ConfigResourceType  # noqa: E402
 
-from bench.common import cpu_s, free_port  # noqa: E402
+from bench.common import cpu_s, ref_site_run  # noqa: E402
 from ops import devservers  # noqa: E402
 from ops.demo import Services, wait_for_groups  # noqa: E402
 from powerplane import topics  # noqa: E402
-from powerplane.config import Config, load_config  # noqa: E402
-from powerplane.kafka import client_auth, process_auth, set_process_auth  # noqa: E402
-from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml  # noqa: E402
+from powerplane.kafka import process_auth  # noqa: E402
 from powerplane.schemas import Ack, Command, LevelAggregate, SchemaError, TelemetryFrame  # noqa: E402
-from powerplane.signing import load_keyring  # noqa: E402
 from powerplane.site import Site  # noqa: E402
-from powerplane.site_file import load_site  # noqa: E402
 from streams.rollup import feed_mode  # noqa: E402
 
 PATH_TOPICS = (topics.TELEMETRY.name, topics.AGGREGATES.name, topics.COMMANDS.name, topics.ACKS.name)
@@ -245,16 +240,7 @@ def main() -> int:
     interrupted = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: interrupted.set())
-    tmp = Path(tempfile.mkdtemp(prefix="bench-feedloss-"))
-    site_file = tmp / "refsite.toml"
-    site_file.write_text(to_toml(reference_site_dict(RefSiteParams(halls=args.halls))))
-    site = load_site(site_file)
-    env = {"PP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "PP_STATE_DIR": str(tmp / "state"),
-           "PP_SITE_FILE": str(site_file), "PP_INFLUX_URL": "http://127.0.0.1:9",
-           "PP_SIGNING_KEY_FILE": str(tmp / "site.key")}
-    cfg: Config = load_config(env=env)
-    set_process_auth(lambda: client_auth(cfg, "admin"))  # the bench writes and watches every topic
-    load_keyring(cfg.signing_key_file, cfg.signing_key_id, create=True)  # before fleet and controller race to
+    tmp, site, cfg = ref_site_run(args.halls, "bench-feedloss-")
     print(f"site: {site.n_racks:,} racks, {site.n_gpus:,} GPUs; machine: {machine()}", flush=True)
     svc = Services(cfg, tmp / "logs")
 

@@ -31,7 +31,6 @@ import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -45,16 +44,13 @@ sys.path.insert(0, str(ROOT))
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 
 from bench.bench_feed_loss_latency import machine, read_back, stop_proc  # noqa: E402
-from bench.common import free_port  # noqa: E402
+from bench.common import free_port, ref_site_run  # noqa: E402
 from ops import devservers  # noqa: E402
 from ops.demo import Services, wait_for_groups  # noqa: E402
 from powerplane import topics  # noqa: E402
-from powerplane.config import Config, load_config  # noqa: E402
-from powerplane.kafka import client_auth, process_auth, set_process_auth  # noqa: E402
-from powerplane.refsite import RefSiteParams, reference_site_dict, to_toml  # noqa: E402
+from powerplane.config import Config  # noqa: E402
+from powerplane.kafka import process_auth  # noqa: E402
 from powerplane.schemas import Command, Event, LevelAggregate, SchemaError  # noqa: E402
-from powerplane.signing import load_keyring  # noqa: E402
-from powerplane.site_file import load_site  # noqa: E402
 
 SETTLE_S = 20.0  # telemetry before the controller starts (the worker's first windows)
 ACTUATOR_GROUP = "powerplane-actuator-twin"
@@ -226,15 +222,7 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: interrupted.set())
     load_start = os.getloadavg()[0]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-outages-"))
-    site_file = tmp / "refsite.toml"
-    site_file.write_text(to_toml(reference_site_dict(RefSiteParams(halls=args.halls))))
-    site = load_site(site_file)
-    cfg = load_config(env={"PP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "PP_STATE_DIR": str(tmp / "state"),
-                           "PP_SITE_FILE": str(site_file), "PP_INFLUX_URL": "http://127.0.0.1:9",
-                           "PP_SIGNING_KEY_FILE": str(tmp / "site.key")})
-    set_process_auth(lambda: client_auth(cfg, "admin"))  # the bench watches every topic
-    load_keyring(cfg.signing_key_file, cfg.signing_key_id, create=True)
+    tmp, site, cfg = ref_site_run(args.halls, "bench-outages-")
     print(f"site: {site.n_racks:,} racks, {site.n_gpus:,} GPUs; machine: {machine()}", flush=True)
     svc = Services(cfg, tmp / "logs")
 
