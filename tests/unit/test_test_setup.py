@@ -14,7 +14,10 @@ SCRIPT = ROOT / "scripts" / "ensure-debian-packages"
 
 
 def test_make_test_installs_the_packages_before_anything_runs() -> None:
-    out = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # Run as its own make, not a sub-make of the `make test` that may be running this (CI): no directory lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "test"], cwd=ROOT, capture_output=True, text=True,
+                         check=True, env=env).stdout
     lines = out.splitlines()
     assert lines[0] == "scripts/ensure-debian-packages", lines[:3]
     assert any(re.search(r"pytest( |$)", ln) for ln in lines)
