@@ -36,7 +36,7 @@ class Freshness:
     max_event_age_s: float = 10.0  # since it was measured (its event time; assumes NTP-synchronised clocks)
     max_estimated_share: float = 0.25  # a window counting more of its racks than this as stale is an estimate
     estimate_max_age_s: float = 60.0  # a silent level is estimated from its last fresh load this long, then held
-    estimate_margin: float = 0.10  # without a forecast: the last load plus this share of it
+    estimate_margin: float = 0.10  # a silent level's estimate is at least its last load plus this share of it
 
 
 def fresh(now_s: float, seen_s: FloatArray, ts_s: FloatArray, f: Freshness) -> BoolArray:
@@ -78,8 +78,8 @@ def bounded_estimate_w(now_s: float, last_w: FloatArray, last_ts_s: FloatArray, 
     """Per level, a conservative load for a level with nothing fresh: its last fresh load plus the spread of the
     forecast made around then (p99 - p50: what the load reaches at the 99th percentile from where it was), and
     at least that forecast's p99; the spread is at least `estimate_margin` of the last load (the only margin
-    where there is no such forecast). NaN where the
-    last fresh load is older than `estimate_max_age_s` or there was none (the level is then held)."""
+    where there is no such forecast). NaN where the last fresh load is older than `estimate_max_age_s` or
+    there was none (the level is then held)."""
     both = np.isfinite(forecast_ts_s) & np.isfinite(last_ts_s)
     gap_s = np.abs(np.where(both, forecast_ts_s, 0.0) - np.where(both, last_ts_s, 0.0))
     near = both & np.isfinite(p50_w) & np.isfinite(p99_w) & (gap_s <= f.max_event_age_s)
