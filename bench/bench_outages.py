@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,15 +79,22 @@ def phase_of(phases: list[Phase], t: float) -> Phase | None:
     return next((p for p in phases if p.holds(t)), None)
 
 
-def count(cfg: Config, site_name: str, phases: list[Phase], since_s: float) -> dict[str, Any]:
-    """Folds the run's commands, events and site windows into its phases; returns run-wide counts."""
-    for m in read_back(cfg.kafka_bootstrap, topics.COMMANDS.name, since_s):
+def _records(cfg: Config, topic: str, cls: Any, site_name: str, since_s: float) -> Iterator[Any]:
+    """The site's decodable records of one type that landed on the broker since `since_s`."""
+    for m in read_back(cfg.kafka_bootstrap, topic, since_s):
         try:
-            c = Command.decode(m.value)
+            r = cls.decode(m.value)
         except SchemaError:
             continue
+        if r.site == site_name:
+            yield r
+
+
+def count(cfg: Config, site_name: str, phases: list[Phase], since_s: float) -> dict[str, Any]:
+    """Folds the run's commands, events and site windows into its phases; returns run-wide counts."""
+    for c in _records(cfg, topics.COMMANDS.name, Command, site_name, since_s):
         p = phase_of(phases, c.issued_at_s)
-        if p is None or c.site != site_name:
+        if p is None:
             continue
         if c.reason == "lease renewal":
             p.renewals += 1
@@ -95,20 +103,12 @@ def count(cfg: Config, site_name: str, phases: list[Phase], since_s: float) -> d
         p.brakes += c.reason.startswith("power brake")
         head = c.reason.split(":")[0]
         p.reasons[head] = p.reasons.get(head, 0) + 1
-    for m in read_back(cfg.kafka_bootstrap, topics.EVENTS.name, since_s):
-        try:
-            e = Event.decode(m.value)
-        except SchemaError:
-            continue
+    for e in _records(cfg, topics.EVENTS.name, Event, site_name, since_s):
         p = phase_of(phases, e.ts_s)
         if p is not None and e.state == "open":
             p.events_opened[e.kind] = p.events_opened.get(e.kind, 0) + 1
     windows: set[float] = set()
-    for m in read_back(cfg.kafka_bootstrap, topics.AGGREGATES.name, since_s):
-        try:
-            a = LevelAggregate.decode(m.value)
-        except SchemaError:
-            continue
+    for a in _records(cfg, topics.AGGREGATES.name, LevelAggregate, site_name, since_s):
         if a.kind != "site":
             continue
         windows.add(a.ts_s)

@@ -133,6 +133,29 @@ def write_batch(sink: Sink, items: list[tuple[Record, Any, Any]], stats: SinkSta
             _dead_letter(stats, dlq, tp, m, f"sink {sink.name} cannot write {rec.SCHEMA}: {type(e).__name__}: {e}")
 
 
+def _take(batch: dict[Any, list[Any]], ack_keyring: Keyring | None, stats: SinkStats, producer: Producer,
+          dlq: DeadLetters) -> tuple[list[tuple[Record, Any, Any]], dict[object, OffsetAndMetadata]]:
+    """The records of a polled batch the sink may write, and the offsets to commit once they are written.
+    Decode refuses what no consumer can take (a NaN time, an inf load) and an ack no actuator signed: both
+    are dead-lettered (the forged ack also raises a security event)."""
+    records: list[tuple[Record, Any, Any]] = []
+    offsets: dict[object, OffsetAndMetadata] = {}
+    for tp, msgs in batch.items():
+        for m in msgs:
+            try:
+                rec = decode_any(m.value)
+                if ack_keyring is not None and isinstance(rec, Ack):
+                    refused = ack_keyring.verify(rec)
+                    if refused is not None:
+                        _refuse_ack(stats, producer, rec, refused)
+                        raise SchemaError(refused)
+                records.append((rec, tp, m))
+            except SchemaError as e:
+                _dead_letter(stats, dlq, tp, m, str(e))
+        offsets[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
+    return records, offsets
+
+
 def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000,
         backoff_max_s: float = 30.0, group: str | None = None, stats: SinkStats | None = None,
         ack_keyring: Keyring | None = None, registry: Any = None, auth: ClientAuth | None = None) -> SinkStats:
@@ -146,11 +169,12 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
     auth = auth or client_auth(cfg, "sink")  # tests with their own groups and topics pass the admin's
     producer = Producer(cfg.kafka_bootstrap, f"powerplane-sink-{sink.name}", auth=auth)
     dlq = DeadLetters(producer, f"sink-{sink.name}")
-    cons = consumer(cfg.kafka_bootstrap, group or f"powerplane-sink-{sink.name}", *sink.topics,
+    group = group or f"powerplane-sink-{sink.name}"
+    cons = consumer(cfg.kafka_bootstrap, group, *sink.topics,
                     from_beginning=True, enable_auto_commit=False, max_poll_records=batch_max, auth=auth)
     if registry is not None:
         registry.register(SinkMetrics(sink.name, stats))
-        registry.register(ConsumerLag(group or f"powerplane-sink-{sink.name}", partial(kafka_python_lags, cons)))
+        registry.register(ConsumerLag(group, partial(kafka_python_lags, cons)))
     sink.start()
     checked_start = False
     try:
@@ -162,21 +186,7 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
                 _report_lost(stats, sink, cons, committed=True)
             if not batch:
                 continue
-            records: list[tuple[Record, Any, Any]] = []
-            offsets: dict[object, OffsetAndMetadata] = {}
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    try:  # decode refuses what no consumer can take (a NaN time, an inf load): dead-lettered
-                        rec = decode_any(m.value)
-                        if ack_keyring is not None and isinstance(rec, Ack):
-                            refused = ack_keyring.verify(rec)
-                            if refused is not None:
-                                _refuse_ack(stats, producer, rec, refused)
-                                raise SchemaError(refused)
-                        records.append((rec, tp, m))
-                    except SchemaError as e:
-                        _dead_letter(stats, dlq, tp, m, str(e))
-                offsets[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
+            records, offsets = _take(batch, ack_keyring, stats, producer, dlq)
             delay = 0.5
             while True:
                 try:
