@@ -56,7 +56,7 @@ from kafka.admin import ConfigResource, ConfigResourceType  # noqa: E402
 
 from bench.common import cpu_s, ref_site_run  # noqa: E402
 from ops import devservers  # noqa: E402
-from ops.demo import Services, wait_for_groups  # noqa: E402
+from ops.demo import STREAMS_GROUPS, Services, wait_for_groups  # noqa: E402
 from powerplane import topics  # noqa: E402
 from powerplane.kafka import process_auth  # noqa: E402
 from powerplane.schemas import Ack, Command, LevelAggregate, SchemaError, TelemetryFrame  # noqa: E402
@@ -256,7 +256,7 @@ def main() -> int:
         set_log_append_time(cfg.kafka_bootstrap)
         kafka_pid = devservers.status(cfg)["kafka"] or 0
         svc.start("streams", "streams", "worker")
-        wait_for_groups(cfg, (topics.STREAMS_APP_ID,), check=check)
+        wait_for_groups(cfg, STREAMS_GROUPS, check=check)
         # Live, only the few records that say when an episode is over; telemetry and aggregates (~4,000
         # records/s) are read back afterwards, so the bench does not compete with the stages while they run.
         obs = KafkaConsumer(topics.COMMANDS.name, topics.ACKS.name, bootstrap_servers=cfg.kafka_bootstrap,

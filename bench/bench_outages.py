@@ -47,7 +47,7 @@ from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 from bench.bench_feed_loss_latency import machine, read_back, stop_proc  # noqa: E402
 from bench.common import free_port, ref_site_run  # noqa: E402
 from ops import devservers  # noqa: E402
-from ops.demo import Services, wait_for_groups  # noqa: E402
+from ops.demo import STREAMS_GROUPS, Services, wait_for_groups  # noqa: E402
 from powerplane import topics  # noqa: E402
 from powerplane.config import Config  # noqa: E402
 from powerplane.kafka import process_auth  # noqa: E402
@@ -236,7 +236,7 @@ def main() -> int:
     try:
         devservers.up(cfg, vm=False)
         svc.start("streams", "streams", "worker")
-        wait_for_groups(cfg, (topics.STREAMS_APP_ID,), check=check)
+        wait_for_groups(cfg, STREAMS_GROUPS, check=check)
         svc.start("fleet", "fleet", "--duration", "0")
         wait(SETTLE_S, check)
         hold = Holding(free_port())

@@ -9,11 +9,13 @@ per second, from the digital twin under the default Azure-trace workload):
       /proc) over the run after a warm-up, i.e. the cores it needs to keep up with the site, and its peak
       RSS (VmHWM). Target: <= 0.5 core, < 1 GB.
   --catch-up: all of it first, then the worker with --from-beginning: its maximum rate (GPU samples/s).
+      --workers N runs N worker processes of one group (the rack stage's telemetry partitions split between
+      them, the site stage in one): the site's rate, and per process.
 
 Either way, in the same run, a kafka-python consumer reads the whole topic with no decoding (the ceiling),
 and the ratio of the two rates is printed.
 
-    .venv/bin/python bench/bench_streams.py [--seconds 120] [--catch-up]
+    .venv/bin/python bench/bench_streams.py [--seconds 120] [--catch-up [--workers N]]
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from kafka.errors import KafkaError  # noqa: E402
 
 from bench.common import cpu_s, free_port  # noqa: E402
 from ops import devservers  # noqa: E402
-from ops.demo import wait_for_groups  # noqa: E402
+from ops.demo import STREAMS_GROUPS, wait_for_groups  # noqa: E402
 from powerplane import topics  # noqa: E402
 from powerplane.config import Config, load_config  # noqa: E402
 from powerplane.kafka import Producer, client_auth, process_auth, set_process_auth  # noqa: E402
@@ -70,6 +72,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=120, help="simulated seconds of telemetry")
     ap.add_argument("--catch-up", action="store_true", help="measure the maximum rate instead of live 1 Hz")
     ap.add_argument("--warmup", type=int, default=15, help="live: seconds left out of the CPU figure")
+    ap.add_argument("--workers", type=int, default=1, help="catch-up: worker processes in the group")
     ap.add_argument("--profile", metavar="FILE", help="also sample the worker with py-spy into FILE (speedscope)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
@@ -85,9 +88,10 @@ def main() -> int:
     try:
         # ---- telemetry in (live: with the worker already running) -------------------------------------
         wenv = dict(os.environ, PYTHONUNBUFFERED="1", **{Config.env_name(k): str(v) for k, v in vars(cfg).items()})
-        log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - owned by the child
+        others: list[subprocess.Popen[bytes]] = []  # --workers: the second and later
 
-        def start_worker(*extra: str) -> subprocess.Popen[bytes]:
+        def start_worker(*extra: str, name: str = "worker") -> subprocess.Popen[bytes]:
+            log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
             w = subprocess.Popen([sys.executable, "-m", "ops", "streams", "worker", *extra],
                                  stdout=log, stderr=subprocess.STDOUT, env=wenv, start_new_session=True)
             if args.profile:
@@ -97,7 +101,7 @@ def main() -> int:
 
         if not args.catch_up:
             worker = start_worker()
-            wait_for_groups(cfg, (topics.STREAMS_APP_ID,))
+            wait_for_groups(cfg, STREAMS_GROUPS)
         twin = Twin(site, seed=1, epoch_s=float(int(time.time())) - (args.seconds if args.catch_up else 0))
         prod = Producer(cfg.kafka_bootstrap, "bench", linger_ms=50)
         t0 = time.perf_counter()
@@ -158,28 +162,35 @@ def main() -> int:
             t_start = time.perf_counter()
             mport = free_port()
             worker = start_worker("--from-beginning", "--metrics-port", str(mport))
+            mports = [mport]
+            for i in range(1, args.workers):
+                mports.append(free_port())
+                others.append(start_worker("--from-beginning", "--metrics-port", str(mports[-1]), name=f"worker{i}"))
+            procs = [worker, *others]
             admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python())
             cons = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python())
             t_first = cpu_first = None
             deadline = time.monotonic() + 1800
             while time.monotonic() < deadline:
-                if worker.poll() is not None:
-                    raise RuntimeError(f"worker exited: {(tmp / 'worker.log').read_text()[-2000:]}")
-                lt = lag(admin, cons, topics.STREAMS_APP_ID, topics.TELEMETRY.name)
+                if any(w.poll() is not None for w in procs):
+                    raise RuntimeError(f"a worker exited: {(tmp / 'worker.log').read_text()[-2000:]}")
+                lt = lag(admin, cons, topics.STREAMS_RACKS_GROUP, topics.TELEMETRY.name)
                 lr = lag(admin, cons, topics.STREAMS_APP_ID, topics.RACKS.name)
                 if lt is not None and t_first is None and lt < n_frames:
-                    t_first, cpu_first = time.perf_counter(), cpu_s(worker.pid)
+                    t_first, cpu_first = time.perf_counter(), sum(cpu_s(w.pid) for w in procs)
                     print(f"  worker consuming after {t_first - t_start:.1f} s of start-up", flush=True)
                 if lt == 0 and lr == 0:
                     break
                 time.sleep(1.0)
-            t_end, cpu_end = time.perf_counter(), cpu_s(worker.pid)
+            t_end, cpu_end = time.perf_counter(), sum(cpu_s(w.pid) for w in procs)
             time.sleep(3.0)  # the last windows close
             import urllib.request
 
-            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as resp:
-                m = {ln.split()[0]: ln.split()[1] for ln in resp.read().decode().splitlines()
-                     if ln.startswith("powerplane_streams_") and "_created" not in ln}
+            m: Counter[str] = Counter()
+            for port in mports:  # summed over the workers
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                    m.update({ln.split()[0]: float(ln.split()[1]) for ln in resp.read().decode().splitlines()
+                              if ln.startswith("powerplane_streams_") and "_created" not in ln})
             print("worker counters: " + ", ".join(f"{k.removeprefix('powerplane_streams_')}={v}" for k, v in
                                                   m.items() if any(x in k for x in ("late", "windows", "frames"))))
             admin.close()
@@ -188,8 +199,10 @@ def main() -> int:
             wall = t_end - t_first
             cpu = cpu_end - cpu_first
             rate = gpus / wall
-            print(f"worker, catching up: {wall:.1f} s wall, {cpu:.1f} s CPU for {args.seconds} site-seconds = "
-                  f"{rate:,.0f} GPU samples/s; peak RSS {vm_hwm_mb(worker.pid):.0f} MB")
+            print(f"{args.workers} worker process(es), catching up: {wall:.1f} s wall, {cpu:.1f} s CPU for "
+                  f"{args.seconds} site-seconds = {rate:,.0f} GPU samples/s ({rate / args.workers:,.0f} per process, "
+                  f"{gpus / cpu:,.0f} per CPU-second, {args.seconds / wall:.1f}x real time); peak RSS "
+                  f"{max(vm_hwm_mb(w.pid) for w in procs):.0f} MB")
             print(f"ratio worker / raw consume (GPU samples/s): {rate / raw_rate:.3f}")
         log_text = (tmp / "worker.log").read_text(errors="replace")
         reports = [line for line in log_text.splitlines() if "frames=" in line]
@@ -201,9 +214,10 @@ def main() -> int:
         for line in [x for x in log_text.splitlines() if "bad record" in x or "Traceback" in x][:5]:
             print("worker:", line.split("]")[-1].strip()[:300])
     finally:
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, 15)
-            worker.wait(30)
+        for w in [worker, *others]:
+            if w is not None and w.poll() is None:
+                os.killpg(w.pid, 15)
+                w.wait(30)
         devservers.down(cfg, wipe=True)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -31,7 +31,8 @@ from powerplane.kafka import process_auth
 from powerplane.schemas import Ack, Command, Event, LevelAggregate, SchemaError
 from powerplane.site_file import load_site
 
-GROUPS = ("powerplane-streams", "powerplane-controller", "powerplane-sink-influxdb", "powerplane-actuator-twin")
+STREAMS_GROUPS = (topics.STREAMS_APP_ID, topics.STREAMS_RACKS_GROUP)  # the site stage's and the rack stage's
+GROUPS = (*STREAMS_GROUPS, "powerplane-controller", "powerplane-sink-influxdb", "powerplane-actuator-twin")
 
 
 @dataclass
@@ -143,7 +144,7 @@ def run_loop(cfg: Config, *, duration_s: float, lose_feed_at_s: float, log_dir: 
         for name, args in (("streams", ("streams", "worker")), ("controller", ("controller",)), ("sink", ("sink",))):
             svc.start(name, *args)
         obs.poll(timeout_ms=500)  # join before anything is produced so nothing is missed
-        wait_for_groups(cfg, GROUPS[:3], check=svc.check)
+        wait_for_groups(cfg, GROUPS[:4], check=svc.check)
         res.start_ts_s = time.time()
         svc.start("fleet", "fleet", "--duration", f"{duration_s:.0f}", "--lose-feed", "A", "--at",
                   f"{lose_feed_at_s:.0f}")

@@ -66,6 +66,16 @@ class ClientAuth:
                        sasl_plain_password=self.password)
         return out
 
+    def aiokafka(self) -> dict[str, Any]:
+        """aiokafka's settings (AIOKafkaConsumer, AIOKafkaProducer)."""
+        if self.problem:
+            raise KafkaAccessError(self.problem)
+        out: dict[str, Any] = {"security_protocol": self.protocol, "ssl_context": self.ssl_context()}
+        if self.protocol.startswith("SASL"):
+            out.update(sasl_mechanism=self.mechanism, sasl_plain_username=self.username,
+                       sasl_plain_password=self.password)
+        return out
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """For aiokafka (faust): the CA, TLS 1.2 or later, the hostname checked unless turned off."""
         if self.protocol not in ("SSL", "SASL_SSL"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -131,12 +132,77 @@ class FrameChecker:
         if reason:
             self.counts.refused[cause] += 1
             return Verdict(None, reason)
+        return self._admit(frame, where, key, src, None)
+
+    def check_many(self, frames: Sequence[TelemetryFrame], now_s: float) -> list[Verdict]:
+        """check() of each frame, in order, against one receiver clock. The checks of site, shape, ranges and
+        clock (a dozen numpy calls on small arrays per frame) are made over the whole batch at once; a frame
+        they flag goes through check() itself, so its verdict and reason are exactly check()'s. The stateful
+        checks (sequence, jumps, stuck meters) run per frame, in order, as in check()."""
+        suspect, gpu_w = self._batch_static(frames, now_s)
+        out: list[Verdict] = []
+        for i, frame in enumerate(frames):
+            if suspect[i]:
+                out.append(self.check(frame, now_s))
+                continue
+            key = (frame.rack, frame.source)
+            src = self.sources.get(key)
+            if src is not None:  # the source's vote for the event-time clock, as _temporal casts it
+                src.claimed_s = max(src.claimed_s, frame.ts_s)
+            out.append(self._admit(frame, f"telemetry.frame {frame.rack}", key, src, float(gpu_w[i])))
+        return out
+
+    def _batch_static(self, frames: Sequence[TelemetryFrame], now_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """(frames _static or _temporal may refuse, each frame's GPU power sum): a frame of another site, an
+        unknown rack or the wrong GPU count, any reading out of range, or a time too far from `now_s`."""
+        site, s = self.site, self.s
+        n = len(frames)
+        suspect = np.zeros(n, dtype=bool)
+        racks = np.zeros(n, dtype=np.int64)
+        for i, f in enumerate(frames):
+            try:
+                r = site.rack_index(f.rack) if f.site == site.name else -1
+            except KeyError:
+                r = -1
+            if r < 0 or f.power_w.size != site.rack_gpu_start[r + 1] - site.rack_gpu_start[r]:
+                suspect[i] = True
+                continue
+            racks[i] = r
+            lo_c, hi_c = s.inlet_c
+            if any(math.isfinite(x) and not lo_c <= x <= hi_c for x in f.inlet_c):
+                suspect[i] = True
+        ok = np.flatnonzero(~suspect)
+        gpu_w = np.zeros(n)
+        if not ok.size:
+            return suspect, gpu_w
+        sel = [frames[i] for i in ok.tolist()]
+        starts = np.concatenate(([0], np.cumsum([f.power_w.size for f in sel])[:-1]))
+        gmax = np.concatenate([self.gpu_max_w[site.rack_gpu_start[r]:site.rack_gpu_start[r + 1]]
+                               for r in racks[ok].tolist()])
+        bad = np.zeros(gmax.size, dtype=bool)
+        for name, lo, hi in (("power_w", 0.0, gmax), ("limit_w", 0.0, gmax), ("temp_c", *s.gpu_temp_c)):
+            v = np.concatenate([getattr(f, name) for f in sel])
+            bad |= ((v < lo) | (v > hi)) & np.isfinite(v)
+            if name == "power_w":
+                gpu_w[ok] = np.add.reduceat(np.where(np.isnan(v), 0.0, v.astype(np.float64)), starts)
+        flagged = np.logical_or.reduceat(bad, starts)
+        pdu = np.array([f.pdu_power_w for f in sel], dtype=np.float64)
+        flagged |= (((pdu < 0.0) | (pdu > self.pdu_rated_w[racks[ok]] * s.pdu_max_factor))
+                    & np.isfinite(pdu)).any(axis=1)
+        ahead = np.array([f.ts_s for f in sel]) - now_s
+        flagged |= (ahead > s.max_ahead_s) | (-ahead > s.max_age_s)
+        suspect[ok[flagged]] = True
+        return suspect, gpu_w
+
+    def _admit(self, frame: TelemetryFrame, where: str, key: tuple[str, str], src: _Source | None,
+               gpu_w: float | None) -> Verdict:
+        """A frame past the refusals: dropped as a duplicate, or accepted with its readings marked."""
         if src is not None and frame.seq <= src.seq and frame.ts_s <= src.ts_s:
             self.counts.duplicates += 1
             return Verdict(None, f"{where}: seq {frame.seq} from '{frame.source}' already seen (newest {src.seq})",
                            dropped=True)
         src = self._sequence(frame, key, src)
-        marks = self._marks(frame, where, src)
+        marks = self._marks(frame, where, src, gpu_w)
         src.seq, src.ts_s = frame.seq, frame.ts_s
         self.newest_s = max(self.newest_s, frame.ts_s)
         self.counts.accepted += 1
@@ -222,14 +288,16 @@ class FrameChecker:
         return src
 
     # ---- marks --------------------------------------------------------------------------------
-    def _marks(self, frame: TelemetryFrame, where: str, src: _Source) -> list[tuple[str, tuple[str, int]]]:
+    def _marks(self, frame: TelemetryFrame, where: str, src: _Source,
+               gpu_w: float | None = None) -> list[tuple[str, tuple[str, int]]]:
         """(line, (field, index)) for every reading to take as invalid; updates the source's references."""
         s = self.s
         out: list[tuple[str, tuple[str, int]]] = []
         dt = frame.ts_s - src.ts_s
         consecutive = 0 < dt <= s.jump_max_intervals * frame.interval_s
         r = self.site.rack_index(frame.rack)
-        gpu_w = float(np.nansum(frame.power_w))
+        if gpu_w is None:
+            gpu_w = float(np.nansum(frame.power_w, dtype=np.float64))
         for f in range(2):
             v, rated = frame.pdu_power_w[f], float(self.pdu_rated_w[r, f])
             if not math.isfinite(v):

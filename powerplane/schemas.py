@@ -15,6 +15,7 @@ in one file, read next to docs/topics.md, so a change to the contract is one dif
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -59,25 +60,34 @@ class Record:
     # ---- encoding ---------------------------------------------------------------------
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schema": self.SCHEMA, "v": self.VERSION}
-        for name, kind, optional, _ in self._plan():  # cached per class: encoding is a hot path too
+        for name, optional, dtype, is_float in self._wire_plan():  # cached per class: encoding is a hot path
             val = getattr(self, name)
-            if val is None and optional:
-                continue  # absent optional field: not on the wire at all (smaller, faster)
-            base = kind.rstrip("?") if optional else kind
-            if base in _ARRAY_DTYPES:
-                out[name] = None if val is None else np.ascontiguousarray(val, dtype=_ARRAY_DTYPES[base]).tobytes()
-            elif base == "float":
-                out[name] = None if val is None else float(val)
+            if val is None:
+                if optional:
+                    continue  # absent optional field: not on the wire at all (smaller, faster)
+                out[name] = None
+            elif dtype is not None:
+                out[name] = np.ascontiguousarray(val, dtype=dtype).tobytes()
             else:
-                out[name] = val
+                out[name] = float(val) if is_float else val
         return out
+
+    @classmethod
+    def _wire_plan(cls) -> list[tuple[str, bool, np.dtype[Any] | None, bool]]:
+        """(field, optional, array dtype, is a float scalar) per field, computed once per class."""
+        plan = cls.__dict__.get("_WIRE_PLAN")
+        if plan is None:
+            plan = [(name, optional, _ARRAY_DTYPES.get(kind.rstrip("?")), kind.rstrip("?") == "float")
+                    for name, kind, optional, _ in cls._plan()]
+            cls._WIRE_PLAN = plan  # type: ignore[attr-defined]
+        return plan
 
     def encode(self) -> bytes:
         return bytes(msgpack.packb(self.to_wire(), use_bin_type=True))
 
     # ---- decoding ---------------------------------------------------------------------
     @classmethod
-    def from_wire(cls: type[T], d: Any) -> T:
+    def from_wire(cls: type[T], d: Any, array_ranges: bool = True) -> T:
         if not isinstance(d, dict):
             raise SchemaError(f"{cls.SCHEMA}: expected a map, got {type(d).__name__}")
         where = f"{cls.SCHEMA} {d.get(cls.key_field(), '?')}"
@@ -88,15 +98,16 @@ class Record:
             raise SchemaError(f"{where}: field 'v' = {d.get('v')!r}: unsupported version (this build reads "
                               f"v{cls.VERSION})")
         kw: dict[str, Any] = {}
-        for fname, kind, optional, rng in cls._plan():
+        finite = cls.FINITE
+        for fname, base, optional, rng in cls._read_plan():
             v = d.get(fname)
             if v is None:
                 if optional:
                     kw[fname] = None
                     continue
                 raise SchemaError(f"{where}: field '{fname}' missing")
-            kw[fname] = _check(where, fname, kind, v, rng)
-            if fname in cls.FINITE and not np.isfinite(kw[fname]).all():
+            kw[fname] = _check(where, fname, base, v, rng if array_ranges or base not in _ARRAY_DTYPES else None)
+            if finite and fname in finite and not np.isfinite(kw[fname]).all():
                 i = int(np.flatnonzero(~np.isfinite(kw[fname]))[0])
                 raise SchemaError(f"{where}: field '{fname}'[{i}] = {kw[fname][i]:g} is not a finite number")
         rec = cls(**kw)
@@ -114,12 +125,62 @@ class Record:
         return plan
 
     @classmethod
+    def _read_plan(cls) -> list[tuple[str, str, bool, tuple[float, float] | None]]:
+        """_plan with each kind's base (no '?'), computed once per class."""
+        plan = cls.__dict__.get("_READ_PLAN")
+        if plan is None:
+            plan = [(name, kind.rstrip("?"), optional, rng) for name, kind, optional, rng in cls._plan()]
+            cls._READ_PLAN = plan  # type: ignore[attr-defined]
+        return plan
+
+    @classmethod
     def decode(cls: type[T], data: bytes) -> T:
+        return cls.from_wire(cls._unpack(data))
+
+    @classmethod
+    def decode_many(cls: type[T], values: Sequence[bytes]) -> list[T | SchemaError]:
+        """decode() of every value, each record or its error. The range checks of float arrays, a few numpy
+        calls per array per record, are made once per field over the whole batch; only a record whose arrays
+        fail there is decoded again on its own, so its error is exactly the one decode() gives."""
+        out: list[T | SchemaError] = []
+        for v in values:
+            try:
+                out.append(cls.from_wire(cls._unpack(v), array_ranges=False))
+            except SchemaError:
+                out.append(cls._error(v))  # decoded again in full: the first error in field order
+        for name, kind, _, rng in cls._plan():
+            if rng is None or kind.rstrip("?") not in ("f32[]", "f64[]"):
+                continue
+            idx = [i for i, r in enumerate(out) if not isinstance(r, SchemaError) and getattr(r, name) is not None]
+            arrays = [getattr(out[i], name) for i in idx]
+            if not arrays:
+                continue
+            flat = np.concatenate(arrays)
+            lo, hi = rng
+            if not flat.size or (lo <= flat.min() and flat.max() <= hi):  # NaN (allowed) takes the exact path
+                continue
+            bad = ~((flat >= lo) & (flat <= hi)) & ~np.isnan(flat)
+            if not bad.any():
+                continue
+            ends = np.cumsum([a.size for a in arrays])
+            for j in np.unique(np.searchsorted(ends, np.flatnonzero(bad), side="right")).tolist():
+                out[idx[j]] = cls._error(values[idx[j]])
+        return out
+
+    @classmethod
+    def _unpack(cls, data: bytes) -> Any:
         try:
-            d = msgpack.unpackb(data, raw=False)
+            return msgpack.unpackb(data, raw=False)
         except (ValueError, msgpack.UnpackException, TypeError) as e:
             raise SchemaError(f"{cls.SCHEMA}: not a MessagePack record ({type(e).__name__}: {e})") from None
-        return cls.from_wire(d)
+
+    @classmethod
+    def _error(cls, data: bytes) -> SchemaError:
+        try:
+            cls.decode(data)
+        except SchemaError as e:
+            return e
+        raise AssertionError(f"{cls.SCHEMA}: decode_many refused a record decode() takes")
 
     @classmethod
     def key_field(cls) -> str:
@@ -129,13 +190,12 @@ class Record:
         """Cross-field checks; subclasses extend."""
 
 
-def _check(where: str, name: str, kind: str, v: Any, rng: tuple[float, float] | None) -> Any:
-    base = kind.rstrip("?")
-    if v is None and kind.endswith("?"):
-        return None
-    if base in _ARRAY_DTYPES:
-        dt = _ARRAY_DTYPES[base]
-        if not isinstance(v, bytes | bytearray) or len(v) % dt.itemsize:
+
+def _check(where: str, name: str, base: str, v: Any, rng: tuple[float, float] | None) -> Any:
+    """A present (not None) field's value checked against its kind (without '?') and range."""
+    dt = _ARRAY_DTYPES.get(base)
+    if dt is not None:
+        if not (type(v) is bytes or isinstance(v, bytearray)) or len(v) % dt.itemsize:
             raise SchemaError(f"{where}: field '{name}' must be {base} packed bytes")
         arr = np.frombuffer(v, dtype=dt)
         if rng is not None and base in ("f32[]", "f64[]"):
@@ -151,7 +211,7 @@ def _check(where: str, name: str, kind: str, v: Any, rng: tuple[float, float] | 
                 raise SchemaError(f"{where}: field '{name}'[{i}] = {arr[i]:g} out of range [{lo:g}, {hi:g}]")
         return arr
     if base == "float":
-        if isinstance(v, bool) or not isinstance(v, float | int):
+        if type(v) is not float and (isinstance(v, bool) or not isinstance(v, float | int)):
             raise SchemaError(f"{where}: field '{name}' must be a float, got {type(v).__name__}")
         fv = float(v)
         if not math.isfinite(fv):  # every consumer would crash or be fooled: a NaN time, an inf load
@@ -170,8 +230,8 @@ def _check(where: str, name: str, kind: str, v: Any, rng: tuple[float, float] | 
             raise SchemaError(f"{where}: field '{name}' must be a string, got {type(v).__name__}")
         return v
     if base == "f64list":
-        if not isinstance(v, list) or not all((isinstance(x, float | int) and not isinstance(x, bool))
-                                              or x is None for x in v):
+        if type(v) is not list or not all(type(x) is float or x is None or (isinstance(x, int) and not isinstance(
+                x, bool)) for x in v):
             raise SchemaError(f"{where}: field '{name}' must be a list of floats")
         out = [math.nan if x is None else float(x) for x in v]
         if any(math.isinf(x) for x in out):  # NaN is a missing reading; inf is no reading at all
@@ -185,7 +245,7 @@ def _check(where: str, name: str, kind: str, v: Any, rng: tuple[float, float] | 
         if not isinstance(v, dict):
             raise SchemaError(f"{where}: field '{name}' must be a map")
         return v
-    raise AssertionError(kind)
+    raise AssertionError(base)
 
 
 # ======================================================================================

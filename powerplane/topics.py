@@ -64,6 +64,9 @@ DEADLETTER = Topic("pp.deadletter", 3, "source topic", 14 * DAY_MS,
 # emergencies per site, so a restarted worker resumes. faust names it <app id>-<table>-changelog; it must
 # have as many partitions as the topic the table is keyed like (pp.racks).
 STREAMS_APP_ID = "powerplane-streams"
+# The streams worker's per-rack stage reads pp.telemetry in its own consumer group (a plain aiokafka consumer,
+# batched: faust's per-record path cost more than the stage itself); the site stage stays in the faust group.
+STREAMS_RACKS_GROUP = f"{STREAMS_APP_ID}-racks"
 # A site's checkpoint is one record of a few MB (6.4 MB for the 100 MW reference site), above Kafka's 1 MB
 # default record size.
 CHECKPOINT_MAX_BYTES = 64 * 1024 * 1024

@@ -1,6 +1,6 @@
 """The faust-streaming worker, `StreamsWorker`: two agents, thin shells around pure code.
 
-1. `rack_agent` (pp.telemetry, partitioned by rack): decode a frame, reduce it with streams.rollup.frame_outputs,
+1. `rack_agent` (pp.telemetry, partitioned by rack): decode, check and reduce batches of frames (streams.rack_stage),
    publish the rack's and its PDUs' aggregates at once (the capping controller's fastest signal) and a
    RackSummary to pp.racks, keyed by site.
 2. `site_agent` (pp.racks, one partition per site): streams.site_stage.SiteStage windows the summaries by event
@@ -22,10 +22,10 @@ stops it, so every record is processed inside a guard that dead-letters what fai
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -37,15 +37,19 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import ClientAuth, client_auth
-from powerplane.plausibility import FrameChecker, Implausible, PlausibilityCounts, PlausibilitySettings
-from powerplane.schemas import DeadLetter, LevelAggregate, RackSummary, RackSummaryBatch, SchemaError, TelemetryFrame
+from powerplane.plausibility import FrameChecker, PlausibilityCounts, PlausibilitySettings
+from powerplane.schemas import DeadLetter, RackSummaryBatch, SchemaError
 from powerplane.site import IntArray, Site
-from streams.rollup import Limits, UnknownRack, frame_outputs
+from streams.kafka_io import BrokerOutage, KeyedBatches
+from streams.rack_input import RackInput
+from streams.rack_stage import RackBatch, RackBatcher, rack_batch
+from streams.rollup import Limits, UnknownRack
 from streams.site_stage import SiteStage, SiteStageSettings, StageOutput
 from streams.watermark import telemetry_stopped
 
 log = logging.getLogger("powerplane.streams")
 T = TypeVar("T")
+PRODUCE_BATCH_BYTES = 512 * 1024
 FRESH_FETCH_S = 5.0  # an input partition with no fetch answered for this long: the broker may be gone
 _CLIENT_LOGGERS = ("aiokafka", "aiokafka.client", "aiokafka.conn", "aiokafka.consumer.fetcher",
                    "aiokafka.consumer.group_coordinator", "aiokafka.producer.sender", "aiokafka.producer.producer")
@@ -58,76 +62,6 @@ def _idempotent_settings(self: Any) -> dict[str, Any]:
 
 
 faust_aiokafka.Producer._settings_extra = _idempotent_settings  # type: ignore[method-assign]
-
-
-class KeyedBatches:
-    """Sends many keyed records as one produce batch per partition, on faust's own (idempotent, acks=all)
-    aiokafka producer. Per-record `topic.send` costs ~65 us of Python in faust and aiokafka; a site's
-    headroom is thousands of records a second, so the per-record path alone would take a core.
-    Partitions are chosen by the Java client's murmur2 hash, as faust and every other producer do."""
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-        self.partitioner = DefaultPartitioner()
-        self.sent = 0
-
-    async def send(self, topic: str, items: list[tuple[bytes, bytes, float]]) -> None:
-        if not items:
-            return
-        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
-        await producer.client._wait_on_metadata(topic)
-        parts = sorted(producer.client.cluster.partitions_for_topic(topic) or [0])
-        by_part: dict[int, list[tuple[bytes, bytes, float]]] = {}
-        for it in items:
-            by_part.setdefault(self.partitioner(it[0], parts, parts), []).append(it)
-        for p, recs in by_part.items():
-            batch, n = producer.create_batch(), 0
-            for key, value, ts_s in recs:
-                ts_ms = int(ts_s * 1000)
-                if batch.append(key=key, value=value, timestamp=ts_ms) is not None:
-                    n += 1
-                    continue
-                if n:  # full: ship it and start another
-                    await producer.send_batch(batch, topic, partition=p)
-                    batch, n = producer.create_batch(), 0
-                if batch.append(key=key, value=value, timestamp=ts_ms) is not None:
-                    n += 1
-                else:  # larger than a whole batch: sent on its own, never dropped
-                    await producer.send(topic, value=value, key=key, partition=p, timestamp_ms=ts_ms)
-            if n:
-                await producer.send_batch(batch, topic, partition=p)
-        self.sent += len(items)
-
-
-@dataclass
-class BrokerOutage:
-    """Holds back the Kafka client's warnings while the broker cannot be reached (the client repeats them
-    several times a second per connection) and says it once at the end, with counts. A logging filter on the
-    client's loggers; `over()` is called by a timer once fetches are answered again."""
-
-    since_mono: float | None = None
-    since_wall_s: float = 0.0
-    held: int = 0
-    outages: int = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        if self.since_mono is None:
-            self.since_mono = time.monotonic()  # the first error of an outage goes through: it names the broker
-            self.since_wall_s = time.time()
-            return True
-        self.held += 1
-        return False
-
-    def over(self, fetched_s: float) -> None:
-        """The broker answered a fetch at `fetched_s` (wall clock): the outage is over if that came after it began."""
-        if self.since_mono is None or fetched_s <= self.since_wall_s:
-            return
-        self.outages += 1
-        log.warning("Kafka broker reachable again after %.0f s: %d client warnings and errors held back "
-                    "(outage %d)", time.monotonic() - self.since_mono, self.held, self.outages)
-        self.since_mono, self.held = None, 0
 
 
 def telemetry_partitions(site: Site) -> IntArray:
@@ -220,6 +154,9 @@ def _faust_app(cfg: Config, app_id: str, from_beginning: bool) -> faust.App:
         # faust's 60 s default would leave a site unwatched for a minute after a crash.
         broker_session_timeout=10.0,
         producer_max_request_size=topics.CHECKPOINT_MAX_BYTES,  # the site-stage checkpoint is one big record
+        # aiokafka holds one batch per partition until it is sent (acks=all): with its 16 KB default a catch-up
+        # of the 100 MW site waited on ~150 round trips per 4,096 frames. Under the brokers' 1 MB record limit.
+        producer_max_batch_size=PRODUCE_BATCH_BYTES,
         broker_heartbeat_interval=3.0,
     )
 
@@ -245,6 +182,7 @@ class StreamsWorker:
         self.idle_close = idle_close
         self.counters = Counters()
         self.limits = Limits(site)
+        self.batcher = RackBatcher(site, self.limits)
         self.clock = clock  # the receiver's clock a frame's event time is checked against
         self.checker = FrameChecker(site, PlausibilitySettings(max_ahead_s=cfg.telemetry_max_ahead_s,
                                                                max_age_s=cfg.telemetry_max_age_s))
@@ -256,7 +194,6 @@ class StreamsWorker:
         self.last_fetch_s = 0.0  # wall clock of the newest fetch answered on an input partition
         for name in _CLIENT_LOGGERS:
             logging.getLogger(name).addFilter(self.outage)
-        self.telemetry = app.topic(topics.TELEMETRY.name, key_type=bytes, value_type=bytes, internal=False)
         self.racks = app.topic(topics.RACKS.name, key_type=bytes, value_type=bytes, internal=False)
         self.events = app.topic(topics.EVENTS.name, key_type=bytes, value_type=bytes, internal=False)
         self.deadletter = app.topic(topics.DEADLETTER.name, key_type=bytes, value_type=bytes, internal=False)
@@ -267,30 +204,67 @@ class StreamsWorker:
         self.last_checkpoint_s = 0.0  # event time of the last checkpoint
         self.last_record_mono = 0.0  # monotonic clock at the last rack-summary record
         self.backlog_mono = 0.0  # monotonic clock when the input last had a backlog (or the broker was away)
-        app.agent(self.telemetry)(self.rack_agent)
+        self.rack_input = RackInput(cfg.kafka_bootstrap, client_auth(cfg, "streams"), from_beginning)
+        app.task(self.rack_loop)
         app.agent(self.racks)(self.site_agent)
         app.timer(interval=1.0)(self.idle_close_timer)
         app.timer(interval=30.0)(self.report)
 
     # ---- agents ------------------------------------------------------------------------------------
-    async def rack_agent(self, stream: Any) -> None:
-        """pp.telemetry, in batches of up to 2,048 frames or 50 ms, whichever comes first: the outputs of a
-        batch go out as a few produce batches instead of four sends per frame."""
-        async for batch in stream.take_events(2048, within=0.05):
-            aggs_out: list[tuple[bytes, bytes, float]] = []
-            summaries: list[RackSummary] = []
-            for event in batch:
-                self._read(event)
-                done = await self._guarded(event, "roll-up", self._roll_up, event.value)
-                if done is not None:
-                    self.counters.frames += 1
-                    aggs_out += _items(done[0])
-                    summaries.append(done[1])
-            await self.batches.send(topics.AGGREGATES.name, aggs_out)
-            if summaries:  # one record for the whole batch: the site stage takes it in one vectorized step
-                rb = RackSummaryBatch.of(summaries)
-                await self.racks.send(key=rb.key(), value=rb.encode(), timestamp=float(rb.ts_s.max()))
-            self.counters.aggregates += len(aggs_out)
+    async def rack_loop(self) -> None:
+        """pp.telemetry (streams.rack_input: its own consumer group, batches of up to 4,096 frames or 50 ms),
+        rolled up a batch at a time (streams.rack_stage: a few numpy calls per batch, not per frame); the
+        outputs of a batch go out as a few produce batches, its summaries as one record, and the offsets are
+        committed once the broker has them."""
+        rin = self.rack_input
+        await rin.start()
+        try:
+            while True:
+                records = await rin.take()
+                for r in records:
+                    self.read_to[(r.topic, r.partition)] = r.offset
+                for done, recs in await self._guarded_batch(records):
+                    rin.produced(await self._rack_outputs(done, recs))
+                try:
+                    await rin.commit()
+                except Exception:  # an output the broker refused: not committed, read again after a restart
+                    log.exception("committing pp.telemetry offsets failed")
+        finally:
+            await rin.stop()
+
+    async def _rack_outputs(self, done: RackBatch, records: Sequence[Any]) -> list[asyncio.Future[Any]]:
+        if done.marks and time.time() - self.last_mark_log_s >= 1.0:  # at most a line a second: on /metrics
+            self.last_mark_log_s = time.time()
+            log.warning("%s (%d reading(s) marked so far)", done.marks[0], sum(self.checker.counts.marked.values()))
+        for i, reason in done.refused:
+            await self.dead_letter(records[i], reason)
+        self.counters.frames += done.frames
+        self.counters.aggregates += len(done.aggregates)
+        futures = await self.batches.send(topics.AGGREGATES.name, done.aggregates)
+        rb = done.summaries
+        if rb is not None:  # one record for the whole batch: the site stage takes it in one vectorized step
+            futures += await self.batches.send(topics.RACKS.name, [(rb.key(), rb.encode(), float(rb.ts_s.max()))])
+        return futures
+
+    async def _guarded_batch(self, records: Sequence[Any]) -> list[tuple[RackBatch, Sequence[Any]]]:
+        """rack_batch over the records' values, with the records its refusals point at. An internal error on
+        the batch (a bug: bad input is refused per record) is retried a record at a time, so only the records
+        it fails on are dead-lettered."""
+        if not records:
+            return []
+        try:
+            return [(rack_batch(self.batcher, self.checker, [r.value for r in records], self.clock()), records)]
+        except Exception:
+            log.exception("rolling up a batch of %d frames failed; taking them one at a time", len(records))
+        out: list[tuple[RackBatch, Sequence[Any]]] = []
+        for r in records:
+            one = await self._guarded(r, "roll-up", self._roll_up_one, r.value)
+            if one is not None:
+                out.append((one, [r]))
+        return out
+
+    def _roll_up_one(self, value: bytes) -> RackBatch:
+        return rack_batch(self.batcher, self.checker, [value], self.clock())
 
     async def site_agent(self, stream: Any) -> None:
         """pp.racks: one record is a batch of rack summaries. Events are taken one at a time (not take_events):
@@ -300,7 +274,7 @@ class StreamsWorker:
             self._resume()
             self._read(event)
             take = partial(self._take_summaries, backlog=self.input_backlog())
-            done = await self._guarded(event, "site stage", take, event.value)
+            done = await self._guarded(event.message, "site stage", take, event.value)
             if done is None:
                 continue
             rb, out = done
@@ -332,19 +306,30 @@ class StreamsWorker:
             except Exception:
                 log.exception("closing idle windows failed")
 
+    def _input_states(self, create: bool) -> list[tuple[Any, Any]]:
+        """(partition, aiokafka fetch state) of every input partition: pp.telemetry from the rack stage's
+        consumer, pp.racks from faust's. `create`: start faust's consumer if it is not yet (never from the
+        metrics thread)."""
+        if create:
+            c = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+        else:
+            c = getattr(getattr(self.app._consumer, "_thread", None), "_consumer", None)
+        out = list(self.rack_input.states())
+        if c is not None:
+            a = c._subscription.subscription.assignment
+            out += [(tp, a.state_value(tp)) for tp in list(a.tps) if tp.topic == topics.RACKS.name]
+        return out
+
     def input_backlog(self) -> bool:
         """Whether this worker's input partitions (pp.telemetry, pp.racks) hold records it has not taken yet, or
         one has had no fetch answered for FRESH_FETCH_S (the broker is out of reach: it cannot tell, and says
-        so). Read from the Kafka client's fetch state, no request."""
+        so). Read from the Kafka clients' fetch state, no request."""
         try:
-            c = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
-            assignment = c._subscription.subscription.assignment
-            parts = [tp for tp in assignment.tps if tp.topic in (topics.TELEMETRY.name, topics.RACKS.name)]
-            if not parts:
+            states = self._input_states(create=True)
+            if not any(tp.topic == topics.TELEMETRY.name for tp, _ in states):
                 return True  # between assignments: nothing says the input is caught up
             now_ms = time.time() * 1000.0
-            for tp in parts:
-                st = assignment.state_value(tp)
+            for tp, st in states:
                 self.last_fetch_s = max(self.last_fetch_s, (st.timestamp or 0) / 1000.0)
                 if st.timestamp is None or st.highwater is None or now_ms - st.timestamp > FRESH_FETCH_S * 1000:
                     return True
@@ -357,19 +342,11 @@ class StreamsWorker:
 
     def input_lags(self) -> dict[tuple[str, int], int]:
         """Records not taken yet on each input partition (pp.telemetry, pp.racks): highwater minus the next
-        offset the agents take (the fetch position before the first), from the client's fetch state, no
-        request; read at scrape time from the HTTP server's thread. Empty before the consumer starts."""
+        offset the stages take (the fetch position before the first), from the clients' fetch state, no
+        request; read at scrape time from the HTTP server's thread. Empty before the consumers start."""
         out: dict[tuple[str, int], int] = {}
         try:
-            thread = getattr(self.app._consumer, "_thread", None)  # never create the consumer from here
-            c = getattr(thread, "_consumer", None)
-            if c is None:
-                return out
-            assignment = c._subscription.subscription.assignment
-            for tp in list(assignment.tps):
-                if tp.topic not in (topics.TELEMETRY.name, topics.RACKS.name):
-                    continue
-                st = assignment.state_value(tp)
+            for tp, st in self._input_states(create=False):
                 taken = self.read_to.get((tp.topic, tp.partition))
                 nxt = taken + 1 if taken is not None else (st.position if st.has_valid_position else None)
                 if st.highwater is not None and nxt is not None:
@@ -392,39 +369,27 @@ class StreamsWorker:
                  sum(p.marked.values()))
 
     # ---- one record --------------------------------------------------------------------------------
-    def _roll_up(self, value: bytes) -> tuple[list[LevelAggregate], RackSummary] | None:
-        """Decode, check against the site and the clock, roll up; None for a duplicate (counted)."""
-        now = self.clock()
-        v = self.checker.check(TelemetryFrame.decode(value), now)
-        if v.frame is None:
-            if v.dropped:
-                return None
-            raise Implausible(v.reason)
-        if v.marks and now - self.last_mark_log_s >= 1.0:  # at most a line a second: counted on /metrics
-            self.last_mark_log_s = now
-            log.warning("%s (%d reading(s) marked so far)", v.marks[0], sum(self.checker.counts.marked.values()))
-        return frame_outputs(self.site, self.limits, v.frame)
-
     def _take_summaries(self, value: bytes, backlog: bool) -> tuple[RackSummaryBatch, StageOutput]:
         rb = RackSummaryBatch.decode(value)
         if rb.site != self.site.name:
             raise UnknownRack(f"rack.summaries: site '{rb.site}', this worker rolls up '{self.site.name}'")
         return rb, self.stage.add_batch(rb, wall_s=time.time(), backlog=backlog)
 
-    async def _guarded(self, event: Any, what: str, fn: Callable[[bytes], T], value: bytes) -> T | None:
+    async def _guarded(self, msg: Any, what: str, fn: Callable[[bytes], T], value: bytes) -> T | None:
         """fn(value), or None once the record is dead-lettered: an exception that escapes a faust agent
         silently stops it."""
         try:
             return fn(value)
         except (SchemaError, UnknownRack) as e:
-            await self.dead_letter(event, str(e))
+            await self.dead_letter(msg, str(e))
         except Exception as e:  # never let one record stop the agent
-            log.exception("%s failed on %s", what, event.message.key)
-            await self.dead_letter(event, f"internal error: {type(e).__name__}: {e}")
+            log.exception("%s failed on %s", what, msg.key)
+            await self.dead_letter(msg, f"internal error: {type(e).__name__}: {e}")
         return None
 
-    async def dead_letter(self, event: Any, reason: str) -> None:
-        msg = event.message
+    async def dead_letter(self, msg: Any, reason: str) -> None:
+        """`msg`: the record (a faust event's message or an aiokafka ConsumerRecord: topic, partition, offset,
+        key, value)."""
         dl = DeadLetter(msg.topic, msg.partition, msg.offset, reason, msg.key, msg.value or b"",
                         {"component": self.app_id})
         self.counters.dead_letters += 1
@@ -470,6 +435,10 @@ class StreamsWorker:
             log.info("site stage resumed from its checkpoint: %d windows closed before", self.stage.windows_closed)
 
 
+def _lags_of(worker: StreamsWorker, topic: str) -> dict[tuple[str, int], int]:
+    return {tp: n for tp, n in worker.input_lags().items() if tp[0] == topic}
+
+
 def run_worker(cfg: Config, site: Site, loglevel: str = "info", from_beginning: bool = False,
                registry: Any = None) -> None:
     """Run the worker until stopped; `registry` (a served prometheus_client CollectorRegistry) gets its metrics
@@ -481,5 +450,7 @@ def run_worker(cfg: Config, site: Site, loglevel: str = "info", from_beginning: 
     worker = StreamsWorker(cfg, site, from_beginning=from_beginning)
     if registry is not None:
         registry.register(WorkerMetrics(worker.counters, worker.stage))
-        registry.register(ConsumerLag(worker.app_id, worker.input_lags))
+        # Each input partition under the group that reads it: pp.racks faust's, pp.telemetry the rack stage's.
+        for group, topic in ((worker.app_id, topics.RACKS.name), (topics.STREAMS_RACKS_GROUP, topics.TELEMETRY.name)):
+            registry.register(ConsumerLag(group, partial(_lags_of, worker, topic)))
     Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

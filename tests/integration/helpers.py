@@ -4,6 +4,7 @@ import time
 
 from kafka import KafkaConsumer, TopicPartition
 
+from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import process_auth
 
@@ -62,3 +63,10 @@ def start_group_at_end(cfg: Config, group: str, topic_names: tuple[str, ...]) ->
         c.commit({tp: OffsetAndMetadata(end[tp], "", -1) for tp in parts})
     finally:
         c.close()
+
+
+def start_streams_at_end(cfg: Config) -> None:
+    """start_group_at_end for the streams worker: its site stage's faust group on pp.racks and its rack
+    stage's group on pp.telemetry."""
+    start_group_at_end(cfg, topics.STREAMS_APP_ID, (topics.RACKS.name,))
+    start_group_at_end(cfg, topics.STREAMS_RACKS_GROUP, (topics.TELEMETRY.name,))

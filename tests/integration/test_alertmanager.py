@@ -198,7 +198,7 @@ def test_a_twin_feed_loss_pages_once_and_resolves_once(cfg: Config, alertmanager
     """End to end: the digital twin loses feed A for 15 s; the streams worker detects it from the PDU meters;
     the Alertmanager sink turns the event into exactly one page, and one resolution when the feed is back."""
 
-    from ops.demo import Services, wait_for_groups
+    from ops.demo import STREAMS_GROUPS, Services, wait_for_groups
     from tests.integration.test_streams_site import Plant, site_copy
 
     url, hook = alertmanager
@@ -217,7 +217,7 @@ def test_a_twin_feed_loss_pages_once_and_resolves_once(cfg: Config, alertmanager
     try:
         svc.start("streams", "streams", "worker")
         th.start()
-        wait_for_groups(c, ("powerplane-streams",), check=svc.check)
+        wait_for_groups(c, STREAMS_GROUPS, check=svc.check)
         plant.run(50)  # lost at 5 s, back at 20 s; the meters catch up within ~10 s, then 5 s clear
         _wait(lambda: [s for _, s, _ in hook.notes(site.name, "/pager")] == ["firing", "resolved"], 30,
               f"no firing-then-resolved page: {hook.notes(site.name, '/pager')}")

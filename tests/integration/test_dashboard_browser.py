@@ -106,7 +106,7 @@ def test_dashboard_shows_the_live_loop_and_an_emergency_within_2_s(cfg: Config, 
         svc.start("streams", "streams", "worker")
         svc.start("controller", "controller")
         _wait_http(f"http://127.0.0.1:{port}/api/snapshot", svc)
-        wait_for_groups(cfg, GROUPS[:2], check=svc.check)
+        wait_for_groups(cfg, GROUPS[:3], check=svc.check)
         svc.start("fleet", "fleet", "--duration", "90", "--lose-feed", "A", "--at", "8")
         res = asyncio.run(_browse_lab(port, cfg, "lab", svc))
         assert res["emergency_s"] < 2.0

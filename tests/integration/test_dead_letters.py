@@ -13,7 +13,7 @@ import numpy as np
 from kafka import KafkaProducer
 
 from collectors.base import SourceContext
-from ops.demo import Services, wait_for_groups
+from ops.demo import STREAMS_GROUPS, Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import process_auth
@@ -21,7 +21,7 @@ from powerplane.schemas import LevelAggregate, RackSummary, RackSummaryBatch
 from powerplane.site_file import load_site
 from sim.fleet import Fleet
 from sim.source import FleetSource
-from tests.integration.helpers import end_offsets, read_messages, start_group_at_end
+from tests.integration.helpers import end_offsets, read_messages, start_streams_at_end
 
 
 def test_bad_records_are_dead_lettered_and_the_agent_keeps_going(cfg: Config, tmp_path: Path) -> None:
@@ -46,11 +46,11 @@ def test_bad_records_are_dead_lettered_and_the_agent_keeps_going(cfg: Config, tm
     # Only this test's records: the worker starts where a deployed one would stand, and the reads below
     # skip what the earlier tests left on the shared broker (a full read from the beginning can outlast
     # the 5 s each read is given).
-    start_group_at_end(cfg, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
+    start_streams_at_end(cfg)
     since = {t: end_offsets(cfg, t) for t in (topics.DEADLETTER.name, topics.AGGREGATES.name)}
     svc.start("streams", "streams", "worker")
     try:
-        wait_for_groups(cfg, ("powerplane-streams",), check=svc.check)
+        wait_for_groups(cfg, STREAMS_GROUPS, check=svc.check)
         p = KafkaProducer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(), acks="all")
         for key, value in ((b"rack-01", garbage), (short.key(), short.encode()), (b"rack-99", unknown.encode()),
                            (good.key(), good.encode())):

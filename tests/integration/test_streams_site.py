@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ops.demo import Services, wait_for_groups
+from ops.demo import STREAMS_GROUPS, Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import Producer
@@ -25,7 +25,7 @@ from powerplane.site_file import load_site
 from sim import Twin, load_scenario
 from sim.fleet import rack_frames
 from tests.integration.conftest import free_port
-from tests.integration.helpers import read_messages, start_group_at_end
+from tests.integration.helpers import read_messages, start_streams_at_end
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "examples" / "scenarios" / "lab-every-emergency.toml"
@@ -105,10 +105,10 @@ def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_pa
     port = free_port()
     # Start where a deployed worker would stand: not behind what the earlier tests' fleets left on the shared
     # broker (another site's frames, each dead-lettered, would hold back our racks at 8x speed).
-    start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
+    start_streams_at_end(c)
     try:
         svc.start("streams", "streams", "worker", "--metrics-addr", f"127.0.0.1:{port}")
-        wait_for_groups(c, ("powerplane-streams",), check=svc.check)
+        wait_for_groups(c, STREAMS_GROUPS, check=svc.check)
         plant.run(240)
         wait_for_window(c, site.name, epoch + 236)
         svc.check()
@@ -127,7 +127,7 @@ def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_pa
     assert metrics["powerplane_streams_events_total"] >= len(events)
     # Consumer lag per partition of its input, caught up once the last window is out.
     lag = {k: v for k, v in metrics.items()
-           if k.startswith('powerplane_consumer_lag_records{group="powerplane-streams"') and "pp.telemetry" in k}
+           if k.startswith('powerplane_consumer_lag_records{group="powerplane-streams-racks"') and "pp.telemetry" in k}
     assert len(lag) == topics.TELEMETRY.partitions, lag
     assert sum(lag.values()) < 8 * 10, lag  # under 10 s of the lab's frames
     # (dead letters may be frames of the other tests' site left on the shared broker: another site's racks)
@@ -188,17 +188,17 @@ def test_a_killed_worker_is_replaced_without_paging_again(cfg: Config, tmp_path:
     plant = Plant(c, site, epoch)
     first_svc = Services(c, tmp_path / "logs-1")
     second = Services(c, tmp_path / "logs-2")
-    start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
+    start_streams_at_end(c)
     try:
         first_svc.start("streams", "streams", "worker")
-        wait_for_groups(c, ("powerplane-streams",), check=first_svc.check)
+        wait_for_groups(c, STREAMS_GROUPS, check=first_svc.check)
         plant.run(100)  # feed B lost at 60 s: its emergency is open when the worker dies
         wait_for_window(c, site.name, epoch + 96)
         time.sleep(4.0)  # past a checkpoint and an offset commit
         os.killpg(first_svc.procs["streams"].pid, signal.SIGKILL)
         first_svc.procs["streams"].wait()
         second.start("streams", "streams", "worker")
-        wait_for_groups(c, ("powerplane-streams",), check=second.check)
+        wait_for_groups(c, STREAMS_GROUPS, check=second.check)
         plant.run(50)  # feed B back at 120 s: the open emergency resolves
         wait_for_window(c, site.name, epoch + 146)
         second.check()

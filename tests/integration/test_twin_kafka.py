@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from ops.demo import Services, wait_for_groups
+from ops.demo import STREAMS_GROUPS, Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import process_auth
@@ -145,7 +145,7 @@ def test_twin_scenario_through_kafka_and_streams_obeys_the_physics(cfg: Config, 
     t0 = time.time()
     try:
         svc.start("streams", "streams", "worker")
-        wait_for_groups(cfg, ("powerplane-streams",), check=svc.check)
+        wait_for_groups(cfg, STREAMS_GROUPS, check=svc.check)
         svc.start("fleet", "fleet", "--scenario", str(scen_file), "--duration", str(DURATION_S), "--seed", str(SEED))
         deadline = time.monotonic() + DURATION_S + 60.0
         while svc.procs["fleet"].poll() is None and time.monotonic() < deadline:

@@ -12,7 +12,7 @@ import numpy as np
 
 from controllers.capping import CapSettings
 from controllers.controller import CapController
-from ops.demo import Services, wait_for_groups
+from ops.demo import STREAMS_GROUPS, Services, wait_for_groups
 from ops.engine import Engine
 from powerplane import topics
 from powerplane.config import Config
@@ -22,7 +22,7 @@ from powerplane.signing import Keyring
 from sim import Twin
 from sim.fleet import rack_frames
 from sim.scenario import load_scenario
-from tests.integration.helpers import end_offsets, start_group_at_end
+from tests.integration.helpers import end_offsets, start_streams_at_end
 from tests.integration.test_streams_site import decoded, site_copy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,13 +62,13 @@ def test_kafka_path_and_engine_issue_the_same_commands(cfg: Config, tmp_path: Pa
         engine_cmds += eng.decide_now(frames[0].ts_s + 0.5)
 
     # Path 2: the streams worker on the real broker; the controller takes what it published.
-    start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
+    start_streams_at_end(c)
     since = {t: end_offsets(c, t) for t in (topics.AGGREGATES.name, topics.HEADROOM.name)}
     svc = Services(c, tmp_path / "logs")
     last_ts = seconds[-1][0].ts_s
     try:
         svc.start("streams", "streams", "worker")
-        wait_for_groups(c, ("powerplane-streams",), check=svc.check)
+        wait_for_groups(c, STREAMS_GROUPS, check=svc.check)
         p = Producer(c.kafka_bootstrap, "test-two-paths")
         t0 = time.monotonic()
         for k, frames in enumerate(seconds):

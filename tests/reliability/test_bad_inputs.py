@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ops.demo import Services, wait_for_groups
+from ops.demo import STREAMS_GROUPS, Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import Producer, process_auth
@@ -25,7 +25,7 @@ from sim.fleet import Fleet, rack_frames
 from streams.sinks.base import load_sink
 from streams.sinks.runner import SinkStats, run
 from tests.integration.conftest import free_port
-from tests.integration.helpers import end_offsets, read_messages, start_group_at_end
+from tests.integration.helpers import end_offsets, read_messages, start_group_at_end, start_streams_at_end
 from tests.integration.test_sink import _export, _wait_for
 from tests.integration.test_streams_site import Plant, decoded, site_copy, wait_for_window
 
@@ -53,11 +53,11 @@ def test_one_future_dated_frame_is_dead_lettered_and_the_loop_keeps_seeing(cfg: 
     forged = rack_frames(site, Fleet(site, seed=1).step(1.0), time.time() + 3600.0, 1.0, 5, "twin")[2]
     assert forged.rack == "rack-03"
     svc = Services(c, tmp_path / "logs")
-    start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
+    start_streams_at_end(c)
     since = {t: end_offsets(c, t) for t in (topics.DEADLETTER.name, topics.AGGREGATES.name, topics.EVENTS.name)}
     try:
         svc.start("streams", "streams", "worker")
-        wait_for_groups(c, ("powerplane-streams",), check=svc.check)
+        wait_for_groups(c, STREAMS_GROUPS, check=svc.check)
         plant.run(15)
         plant.producer.send(topics.TELEMETRY.name, forged.encode(), key=forged.key(),
                             timestamp_ms=int(forged.ts_s * 1000))
@@ -106,14 +106,14 @@ def test_schema_valid_nonsense_is_refused_or_marked_and_moves_nothing(cfg: Confi
     fleet = Fleet(site, seed=2, epoch_s=epoch)
     port = free_port()
     svc = Services(c, tmp_path / "logs")
-    start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
+    start_streams_at_end(c)
     since = {t: end_offsets(c, t) for t in (topics.DEADLETTER.name, topics.AGGREGATES.name, topics.EVENTS.name)}
     p = Producer(c.kafka_bootstrap, "test-nonsense")
     n_refused = n_dropped = 0
     history: list[list[TelemetryFrame]] = []
     try:
         svc.start("streams", "streams", "worker", "--metrics-port", str(port))
-        wait_for_groups(c, ("powerplane-streams",), check=svc.check)
+        wait_for_groups(c, STREAMS_GROUPS, check=svc.check)
         for k in range(1, 41):
             frames = rack_frames(site, fleet.step(1.0), epoch + k, 1.0, k, "sim")
             if k == 25:  # one meter jump no breaker allows, on a frame otherwise right: marked, not taken

@@ -14,13 +14,13 @@ import numpy as np
 from collectors import service as collector_service
 from collectors.base import SourceContext, load_source
 from ops import devservers
-from ops.demo import Services, wait_for_groups
+from ops.demo import STREAMS_GROUPS, Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.schemas import Event, LevelAggregate
 from sim.fleet import Fleet
 from tests.integration.conftest import free_port
-from tests.integration.helpers import end_offsets, start_group_at_end
+from tests.integration.helpers import end_offsets, start_streams_at_end
 from tests.integration.test_streams_site import decoded, site_copy
 
 DOWN_S = 20.0
@@ -81,21 +81,21 @@ def test_a_worker_down_20s_while_telemetry_flows_loses_no_window_and_pages_no_lo
                                                                                    tmp_path: Path) -> None:
     path, site = site_copy(tmp_path, "lab-lag-restart")
     c = cfg.model_copy(update={"site_file": str(path)})
-    start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
+    start_streams_at_end(c)
     start = {t: end_offsets(c, t) for t in (topics.AGGREGATES.name, topics.EVENTS.name)}
     port = free_port()
     first, second = Services(c, tmp_path / "logs-1"), Services(c, tmp_path / "logs-2")
     stop = threading.Event()
     try:
         first.start("streams", "streams", "worker")
-        wait_for_groups(c, ("powerplane-streams",), check=first.check)
+        wait_for_groups(c, STREAMS_GROUPS, check=first.check)
         fleet = _run_fleet(c, tmp_path, "lagtest", stop)
         time.sleep(10.0)
         first.stop()  # the worker goes away; telemetry keeps flowing into the backlog
         t_down = time.time()
         time.sleep(DOWN_S)
         second.start("streams", "streams", "worker", "--metrics-port", str(port))
-        wait_for_groups(c, ("powerplane-streams",), check=second.check)
+        wait_for_groups(c, STREAMS_GROUPS, check=second.check)
         t_end = time.time() + 8.0
         ts = _wait_windows_through(c, site.name, start[topics.AGGREGATES.name], t_end, 40.0)
         second.check()
@@ -118,14 +118,14 @@ def test_a_worker_down_20s_while_telemetry_flows_loses_no_window_and_pages_no_lo
 def test_a_broker_outage_while_the_fleet_spools_loses_no_window(cfg: Config, tmp_path: Path) -> None:
     path, site = site_copy(tmp_path, "lab-lag-outage")
     c = cfg.model_copy(update={"site_file": str(path)})
-    start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
+    start_streams_at_end(c)
     start = end_offsets(c, topics.AGGREGATES.name)
     ev_start = end_offsets(c, topics.EVENTS.name)
     svc = Services(c, tmp_path / "logs")
     stop = threading.Event()
     try:
         svc.start("streams", "streams", "worker")
-        wait_for_groups(c, ("powerplane-streams",), check=svc.check)
+        wait_for_groups(c, STREAMS_GROUPS, check=svc.check)
         fleet = _run_fleet(c, tmp_path, "outagetest", stop)
         time.sleep(10.0)
         t_out = time.time()

@@ -37,7 +37,7 @@ DOWN_S = 15.0  # how long the killed node stays down
 RESUME_S = 10.0
 APPLIED = ("applied", "clamped")
 T = TypeVar("T")
-GROUPS = ("powerplane-streams", "powerplane-controller", "powerplane-actuator-twin")
+GROUPS = ("powerplane-streams", "powerplane-streams-racks", "powerplane-controller", "powerplane-actuator-twin")
 
 
 @dataclass
@@ -221,7 +221,8 @@ def _run(cluster: Config, tmp: Path, name: str, pick: str) -> tuple[Run, dict[st
                                    "kafka_credentials_dir": str(dev_security_dir(cluster.state_dir))})
     load_keyring(c.signing_key_file, c.signing_key_id, create=True)
     load_keyring(ack_key_path(c.signing_key_file, c.ack_key_file), c.ack_key_id, create=True)
-    for group, names in ((topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name)),
+    for group, names in ((topics.STREAMS_APP_ID, (topics.RACKS.name,)),
+                         (topics.STREAMS_RACKS_GROUP, (topics.TELEMETRY.name,)),
                          ("powerplane-controller", (topics.AGGREGATES.name, topics.TELEMETRY.name,
                                                     topics.HEADROOM.name, topics.ACKS.name)),
                          ("powerplane-actuator-twin", (topics.COMMANDS.name,))):
@@ -231,7 +232,7 @@ def _run(cluster: Config, tmp: Path, name: str, pick: str) -> tuple[Run, dict[st
     try:
         svc.start("streams", "streams", "worker")
         svc.start("controller", "controller", "--metrics-port", str(free_port()))
-        wait_for_groups(c, GROUPS[:2], check=svc.check)
+        wait_for_groups(c, GROUPS[:3], check=svc.check)
         svc.start("fleet", "fleet", "--lose-feed", "A", "--at", "5")
         run = _kill_during_capping(c, cluster, svc, site.name, start, pick)
         svc.check()

@@ -1,0 +1,109 @@
+"""pp.telemetry for the streams worker's per-rack stage: a plain aiokafka consumer in its own consumer group
+(topics.STREAMS_RACKS_GROUP), taken in batches (`getmany`) instead of through faust's per-record stream.
+
+Why not a faust agent: faust makes a message, an event and an acknowledgement per record and passes each
+through its conductor and a queue; at the 100 MW site's 1,024 frames a second that cost more CPU than the
+batched stage itself (docs/performance.md, "Catch-up"). The group is still Kafka's: two or more workers
+share the telemetry partitions and a dead one's move to the others when its session times out.
+
+At least once: offsets are committed only after everything the records produced is acknowledged by the
+broker (`commit` is given the produce futures), so a worker killed mid-batch leaves those records to the
+next owner; its repeats are what the site stage already counts as repeated frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+from aiokafka.structs import OffsetAndMetadata, TopicPartition  # type: ignore[import-untyped]
+
+from powerplane import topics
+from powerplane.kafka import ClientAuth
+
+log = logging.getLogger("powerplane.streams")
+SESSION_TIMEOUT_S = 10.0  # as the faust group's: a dead worker's partitions move after at most this
+HEARTBEAT_S = 3.0
+# Per partition per fetch: ~450 frames of 72 GPUs, ~5 s of a partition's racks at the 100 MW site. Larger
+# fetches let one partition's backlog run far ahead of the others in a catch-up (8 MB: ~40 s a fetch, and the
+# skew passed the tree's 60 s backlog lateness: 113,400 late frames and 945 false telemetry_loss in a 180 s run).
+PARTITION_FETCH_BYTES = 1 << 20
+COMMIT_EVERY_S = 1.0  # a commit is a round trip to the group coordinator: once a second, not per batch
+
+
+# At most this many frames a batch: the batch's RackSummaryBatch (~85 bytes a rack) stays well under the
+# brokers' 1 MB record limit (16,384 made a 1.4 MB record the broker refused, and the site stage starved).
+MAX_RECORDS = 4096
+
+
+class RackInput:
+    """The consumer, the offsets taken and not committed yet, and the produce futures they wait for."""
+
+    def __init__(self, bootstrap: str, auth: ClientAuth, from_beginning: bool,
+                 group: str = topics.STREAMS_RACKS_GROUP, max_records: int = MAX_RECORDS) -> None:
+        self.group = group
+        self.max_records = max_records
+        self.settings: dict[str, Any] = dict(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            session_timeout_ms=int(SESSION_TIMEOUT_S * 1000), heartbeat_interval_ms=int(HEARTBEAT_S * 1000),
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES, fetch_max_bytes=64 << 20, client_id=f"{group}-consumer",
+            **auth.aiokafka())
+        self.consumer: Any = None  # made in start(): aiokafka binds it to the running event loop
+        self.pending: dict[TopicPartition, int] = {}  # next offset to commit, per partition
+        self.futures: list[asyncio.Future[Any]] = []  # produce acks the pending offsets wait for
+        self.last_commit_mono = time.monotonic()
+        self.started = False
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(topics.TELEMETRY.name, **self.settings)
+        await self.consumer.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        if self.started:
+            try:
+                await self.commit(force=True)
+            finally:
+                await self.consumer.stop()
+
+    async def take(self, timeout_s: float = 0.05) -> list[Any]:
+        """The next batch: records of every assigned partition, each partition's in offset order."""
+        got = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=self.max_records)
+        records = [r for recs in got.values() for r in recs]
+        for tp, recs in got.items():
+            self.pending[tp] = recs[-1].offset + 1
+        return records
+
+    def produced(self, futures: Iterable[asyncio.Future[Any]]) -> None:
+        """Produce acks the taken records' outputs wait for: the offsets are committed after them."""
+        self.futures += futures
+
+    async def commit(self, force: bool = False) -> None:
+        if not self.pending or (not force and time.monotonic() - self.last_commit_mono < COMMIT_EVERY_S):
+            return
+        futures, self.futures = self.futures, []
+        pending, self.pending = self.pending, {}
+        if futures:
+            await asyncio.gather(*futures)  # raises if the broker refused an output: nothing is committed
+        owned = self.consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(off, "") for tp, off in pending.items() if tp in owned}
+        if offsets:
+            await self.consumer.commit(offsets)
+        self.last_commit_mono = time.monotonic()
+
+    def states(self) -> Iterator[tuple[Any, Any]]:
+        """(partition, aiokafka's fetch state) of every assigned partition, no request: for the worker's
+        backlog and lag figures."""
+        if not self.started:
+            return
+        sub = self.consumer._subscription.subscription
+        a = sub.assignment if sub is not None else None
+        if a is None:
+            return
+        for tp in list(a.tps):
+            yield tp, a.state_value(tp)
