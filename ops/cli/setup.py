@@ -1,4 +1,5 @@
-"""Getting a place ready: the development servers, the Kafka topics, the site file, the signing keys."""
+"""Getting a place ready: the development servers, the Kafka topics and credentials, the site file, the signing
+keys."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ops.cli.common import _ack_keyring, _add_output, _emit_json, _keyring, _site
+from ops.cli.common import CliError, UsageError, _ack_keyring, _add_output, _emit_json, _keyring, _site
 
 if TYPE_CHECKING:
     from powerplane.config import Config
@@ -132,8 +133,53 @@ def cmd_keys(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _owner(text: str | None, flag: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    uid, _, gid = text.partition(":")
+    try:
+        return int(uid), int(gid or uid)
+    except ValueError:
+        raise UsageError(f"{flag} {text}: give a numeric UID:GID") from None
+
+
+def _clients(specs: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, roles = spec.partition("=")
+        if not sep or not name or not roles:
+            raise UsageError(f"--client {spec}: give NAME=ROLE[,ROLE...], e.g. streams=streams")
+        out[name] = [r.strip() for r in roles.split(",") if r.strip()]
+    return out
+
+
+def cmd_security(args: argparse.Namespace, cfg: Config) -> int:
+    """Made for the compose cluster's one-shot `kafka-secrets` service; kept if present, so a restart of the
+    stack keeps its CA and passwords."""
+    from ops import kafka_security
+
+    hosts = [h.strip() for h in args.broker_hosts.split(",") if h.strip()]
+    if not hosts:
+        raise UsageError("--broker-hosts: name at least one broker host")
+    out = Path(args.out)
+    try:
+        made = kafka_security.write_bundles(
+            out, hosts, _clients(args.client), args.broker_mount,
+            _owner(args.broker_owner, "--broker-owner"), _owner(args.client_owner, "--client-owner"))
+    except kafka_security.SecurityError as e:
+        raise CliError(str(e)) from None
+    except PermissionError as e:  # --*-owner needs root; a read-only or foreign directory
+        raise CliError(f"{e.filename}: {e.strerror} (giving files to another owner needs root)") from None
+    print(f"{out / kafka_security.AUTHORITY}: CA and broker certificate for {', '.join(hosts)}; "
+          + (f"new passwords for {', '.join(made)}" if made else "passwords kept"))
+    print(f"{out / kafka_security.BROKER_BUNDLE}: the brokers' keystore, SCRAM login and users")
+    for name, roles in _clients(args.client).items():
+        print(f"{out / name}: ca.pem and the password of {', '.join(roles)}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds dev, topics, site, keys."""
+    """Adds dev, topics, security, site, keys."""
     d = sub.add_parser("dev", help="start/stop the real servers used in development and tests")
     d.add_argument("action", choices=["up", "down", "status"])
     d.add_argument("--no-kafka", action="store_true", help="up: skip Kafka")
@@ -151,6 +197,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument("--timeout", type=float, default=5.0, help="list: seconds to wait for the broker")
     _add_output(t)
     t.set_defaults(fn=cmd_topics)
+
+    sec = sub.add_parser("security", help="make the Kafka CA, broker certificate and SCRAM passwords of a "
+                                          "deployment, and a credential bundle per broker and client")
+    sec.add_argument("action", choices=["init"])
+    sec.add_argument("--out", required=True, help="directory: authority/ (CA key, every password), broker/, and "
+                                                  "one directory per --client")
+    sec.add_argument("--broker-hosts", required=True,
+                     help="comma-separated host names the brokers are dialled at (the certificate's names)")
+    sec.add_argument("--client", action="append", default=[], metavar="NAME=ROLE[,ROLE]",
+                     help="a bundle NAME holding ca.pem and the passwords of these roles only (repeatable)")
+    sec.add_argument("--broker-mount", default="/etc/kafka/secrets",
+                     help="where the brokers see broker/ (paths inside client.properties)")
+    sec.add_argument("--broker-owner", metavar="UID:GID", help="owner of broker/ (needs root)")
+    sec.add_argument("--client-owner", metavar="UID:GID", help="owner of the client bundles (needs root)")
+    sec.set_defaults(fn=cmd_security)
 
     s = sub.add_parser("site", help="validate, show or generate a site file")
     s.add_argument("action", choices=["validate", "show", "generate"])
