@@ -25,6 +25,7 @@ time afterwards, so the bench takes almost no CPU from the stages it measures.
 
     .venv/bin/python bench/bench_feed_loss_latency.py [--losses 3] [--json FILE]
         [--controller-args '' --controller-args '--decide-on-crossing']   # compare, interleaved
+        [--actuator-groups N]   # the fleet applies commands with N actuators (`powerplane fleet --actuator-groups`)
 
 Every process it starts (broker, worker, controller, fleet) is stopped on exit, also on Ctrl-C or SIGTERM.
 """
@@ -56,7 +57,8 @@ from kafka.admin import ConfigResource, ConfigResourceType  # noqa: E402
 
 from bench.common import cpu_s, ref_site_run  # noqa: E402
 from ops import devservers  # noqa: E402
-from ops.demo import STREAMS_GROUPS, Services, wait_for_groups  # noqa: E402
+from ops.cli.services import fleet_actuator_names  # noqa: E402
+from ops.demo import STREAMS_GROUPS, Services, wait_for_groups, wait_for_offsets  # noqa: E402
 from powerplane import topics  # noqa: E402
 from powerplane.kafka import process_auth  # noqa: E402
 from powerplane.schemas import Ack, Command, LevelAggregate, SchemaError, TelemetryFrame  # noqa: E402
@@ -66,7 +68,7 @@ from streams.rollup import feed_mode  # noqa: E402
 PATH_TOPICS = (topics.TELEMETRY.name, topics.AGGREGATES.name, topics.COMMANDS.name, topics.ACKS.name)
 LOG_APPEND_TIME = 1  # kafka-python's ConsumerRecord.timestamp_type for LogAppendTime
 SETTLE_S = 8.0  # seconds of a new episode's telemetry before its controller starts
-EPISODE_GROUPS = ("powerplane-controller", "powerplane-actuator-twin")
+CONTROLLER_GROUP = "powerplane-controller"
 HOPS = ("frame->agg", "agg->decision", "decision->command", "command->ack", "frame->ack")
 # The hierarchical controller may cap a rack on the site-wide evidence (its UPS over, other racks' meters)
 # before the rack's own PDU meter (10 s SNMP) shows the loss; that cap is then the rack's resulting cap.
@@ -227,12 +229,18 @@ def main() -> int:
     ap.add_argument("--controller-args", action="append", default=None, metavar="ARGS",
                     help="extra arguments for `powerplane controller`; given more than once, the episodes take "
                          "the variants in turn (interleaved, so a change in the shared machine's load hits both)")
+    ap.add_argument("--actuator-groups", type=int, default=1, metavar="N",
+                    help="the fleet's actuators: N threads, each serving a group of racks and reading only their "
+                         "pp.commands partitions (passed to `powerplane fleet --actuator-groups`)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures here")
     ap.add_argument("--logs", metavar="DIR", help="keep the processes' logs here (they are removed otherwise)")
     args = ap.parse_args()
     if args.warmup < SETTLE_S + 8.0:
         ap.error(f"--warmup must be at least {SETTLE_S + 8.0:.0f} s: the controller starts {SETTLE_S:.0f} s into it")
     variants: list[str] = args.controller_args or [""]
+    # The actuators' partitions are assigned, so their groups have no members to wait for: they are reading
+    # once they have committed offsets (each commits its starting positions first).
+    actuator_groups = tuple(f"powerplane-actuator-{n}" for n in fleet_actuator_names(args.actuator_groups))
     args.load_start = os.getloadavg()[0]  # the machine is shared: its load is part of the result
 
     # Ctrl-C and SIGTERM only set a flag, checked between Kafka calls: a KeyboardInterrupt raised inside
@@ -241,7 +249,8 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: interrupted.set())
     tmp, site, cfg = ref_site_run(args.halls, "bench-feedloss-")
-    print(f"site: {site.n_racks:,} racks, {site.n_gpus:,} GPUs; machine: {machine()}", flush=True)
+    print(f"site: {site.n_racks:,} racks, {site.n_gpus:,} GPUs, {args.actuator_groups} actuator(s); machine: "
+          f"{machine()}", flush=True)
     svc = Services(cfg, tmp / "logs")
 
     def check() -> None:
@@ -266,7 +275,8 @@ def main() -> int:
             check()
             ep = Episode(start_s=time.time())
             ep.variant = variants[k % len(variants)]
-            svc.start("fleet", "fleet", "--lose-feed", "A", "--at", f"{args.warmup:.0f}", "--duration", "3600")
+            svc.start("fleet", "fleet", "--lose-feed", "A", "--at", f"{args.warmup:.0f}", "--duration", "3600",
+                      "--actuator-groups", str(args.actuator_groups))
             # The controller starts once the streams worker has seen this fleet for a while: after the previous
             # episode its site state holds the lost feed and stale racks (counted at rated power), and a
             # controller acting on those would shed before this episode's loss.
@@ -275,7 +285,8 @@ def main() -> int:
                 check()
                 time.sleep(0.2)
             svc.start("controller", "controller", *shlex.split(ep.variant))
-            wait_for_groups(cfg, EPISODE_GROUPS, check=check)
+            wait_for_groups(cfg, (CONTROLLER_GROUP,), check=check)
+            wait_for_offsets(cfg, actuator_groups, check=check)
             pids = {"kafka": kafka_pid, "streams": svc.procs["streams"].pid, "controller": svc.procs["controller"].pid,
                     "fleet": svc.procs["fleet"].pid, "bench": os.getpid()}
             cpu0 = {p: cpu_s(pid) for p, pid in pids.items() if pid}
@@ -304,7 +315,7 @@ def main() -> int:
             for t in (topics.TELEMETRY.name, topics.AGGREGATES.name):
                 for m in read_back(cfg.kafka_bootstrap, t, max(since, ep.start_s)):
                     fold(ep, site, m)
-            forget_groups(cfg.kafka_bootstrap, EPISODE_GROUPS)
+            forget_groups(cfg.kafka_bootstrap, (CONTROLLER_GROUP, *actuator_groups))
             episodes.append(ep)
             _, n = resolve(ep, site)
             print(f"loss {k + 1}/{args.losses}: {n['racks_lost']} racks showed it, {n['racks_capped']} capped and "
@@ -373,7 +384,8 @@ def report(args: argparse.Namespace, site: Site, episodes: list[Episode]) -> Non
             "command": " ".join([".venv/bin/python", "bench/bench_feed_loss_latency.py",
                                  *(shlex.quote(a) for a in sys.argv[1:])]),
             "machine": machine(), "load_avg_1m_start_end": [args.load_start, os.getloadavg()[0]],
-            "racks": site.n_racks, "gpus": site.n_gpus, "target_p99_s": 1.0, "variants": variants}
+            "racks": site.n_racks, "gpus": site.n_gpus, "actuator_groups": args.actuator_groups, "target_p99_s": 1.0,
+            "variants": variants}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {args.json}")
 

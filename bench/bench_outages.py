@@ -47,7 +47,7 @@ from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 from bench.bench_feed_loss_latency import machine, read_back, stop_proc  # noqa: E402
 from bench.common import free_port, ref_site_run  # noqa: E402
 from ops import devservers  # noqa: E402
-from ops.demo import STREAMS_GROUPS, Services, wait_for_groups  # noqa: E402
+from ops.demo import STREAMS_GROUPS, Services, wait_for_groups, wait_for_offsets  # noqa: E402
 from powerplane import topics  # noqa: E402
 from powerplane.config import Config  # noqa: E402
 from powerplane.kafka import process_auth  # noqa: E402
@@ -241,7 +241,8 @@ def main() -> int:
         wait(SETTLE_S, check)
         hold = Holding(free_port())
         svc.start("controller", "controller", "--metrics-port", str(hold.port))
-        wait_for_groups(cfg, ("powerplane-controller", ACTUATOR_GROUP), check=check)
+        wait_for_groups(cfg, ("powerplane-controller",), check=check)
+        wait_for_offsets(cfg, (ACTUATOR_GROUP,), check=check)  # partitions assigned: no members, offsets
         phases.append(Phase("baseline", time.time()))
         print(f"baseline: {args.baseline:.0f} s of steady load", flush=True)
         wait(args.baseline, check, hold, phases)

@@ -126,6 +126,36 @@ def wait_for_groups(cfg: Config, groups: tuple[str, ...], timeout_s: float = 90.
         admin.close()
 
 
+def wait_for_offsets(cfg: Config, groups: tuple[str, ...], timeout_s: float = 90.0,
+                     check: Callable[[], None] | None = None) -> None:
+    """Block until every group has committed offsets: how an actuator, whose partitions are assigned rather
+    than subscribed (its group never has members), shows it is reading; it commits its starting positions
+    first thing. Only a sign of this run where the groups had no offsets before (a fresh or deleted group)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python())
+    missing: list[str] = list(groups)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if check is not None:
+                check()
+            for g in list(missing):
+                try:
+                    if admin.list_group_offsets({g: None}).get(g):
+                        missing.remove(g)
+                except KafkaError:  # the coordinator is not there until the first group commits
+                    pass
+            if not missing:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"no committed offsets in {timeout_s:.0f} s for {', '.join(missing)}: their "
+                           f"actuators are not reading")
+    finally:
+        admin.close()
+
+
 def run_loop(cfg: Config, *, duration_s: float, lose_feed_at_s: float, log_dir: Path,
              narrate: bool = False) -> LoopResult:
     from kafka import KafkaConsumer

@@ -181,7 +181,9 @@ class Producer:
 
 
 def consumer(bootstrap: str, group: str | None, *topic_names: str, from_beginning: bool = False,
-             auth: ClientAuth | None = None, **kw: Any) -> KafkaConsumer:
+             auth: ClientAuth | None = None, subscribe: bool = True, **kw: Any) -> KafkaConsumer:
+    """A consumer that knows the partitions of `topic_names` and, unless `subscribe` is False (the caller
+    assigns partitions itself), has subscribed to them as `group`."""
     auth = auth or process_auth()
     opts: dict[str, Any] = {**auth.kafka_python(),"enable_auto_commit": group is not None,
                             "auto_offset_reset": "earliest" if from_beginning else "latest",
@@ -203,7 +205,7 @@ def consumer(bootstrap: str, group: str | None, *topic_names: str, from_beginnin
                 raise BrokerUnavailable(f"topic '{t}' has no partitions at {bootstrap}: create the topics with "
                                         f"`powerplane topics create`")
             time.sleep(0.2)
-    if topic_names:
+    if topic_names and subscribe:
         cons.subscribe(list(topic_names))
     return cons
 

@@ -8,6 +8,8 @@ Names: one `powerplane_` prefix, then the stage, then what is counted with its u
 from __future__ import annotations
 
 import ipaddress
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -73,3 +75,50 @@ def kafka_python_lags(consumer: Any) -> Lags:
         return out
     except Exception:  # a closed client, or its internals changed: no lag rather than a failed scrape
         return {}
+
+
+class Merged:
+    """Collectors of the same families in one registry (the simulated fleet's actuators, one per group of
+    racks, in one process): the exposition format allows each family once, so this yields one family per
+    name with the samples of all, and adds up samples of the same name and labels (counts of the process)."""
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+        self._lock = threading.Lock()
+
+    def add(self, collector: Any) -> None:
+        with self._lock:
+            self.parts.append(collector)
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            parts = list(self.parts)
+        fams: dict[str, Any] = {}
+        for part in parts:
+            for fam in part.collect():
+                have = fams.setdefault(fam.name, fam)
+                if have is fam:
+                    continue
+                at = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(have.samples)}
+                for s in fam.samples:
+                    i = at.get((s.name, tuple(sorted(s.labels.items()))))
+                    if i is None:
+                        have.samples.append(s)
+                    else:
+                        have.samples[i] = have.samples[i]._replace(value=have.samples[i].value + s.value)
+        yield from fams.values()
+
+
+_MERGED: weakref.WeakKeyDictionary[Any, Merged] = weakref.WeakKeyDictionary()
+_MERGED_LOCK = threading.Lock()
+
+
+def register_merged(registry: Any, collector: Any) -> None:
+    """Register `collector` in `registry` through the registry's one `Merged` (made at the first call): for
+    collectors that several threads of one process register, each with the same families."""
+    with _MERGED_LOCK:
+        merged = _MERGED.get(registry)
+        if merged is None:
+            merged = _MERGED[registry] = Merged()
+            registry.register(merged)
+    merged.add(collector)

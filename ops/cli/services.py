@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
     import time
 
-    from actuators import service as actuator_service
-    from actuators.base import load_actuator
     from collectors import service as collector_service
     from collectors.base import SourceContext, load_source
     from sim.fleet import Fleet
@@ -49,14 +47,10 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
     lock = threading.Lock()
     source = load_source("sim", {"kind": "sim", "interval_s": cfg.sample_interval_s, "lock": lock},
                          SourceContext(site=site, plant=fleet))
-    actuator = load_actuator("twin", {"kind": "twin", "lock": lock, "safe_limit": "max"}, context=fleet)
-    # Telemetry does not wait for the actuator to join its group (that can take a session timeout after a
-    # crash): commands sent meanwhile stay in Kafka and are answered from the group's committed offsets.
-    registry = _serve_metrics(addr)  # one /metrics for the fleet's publisher and its actuator
-    act = threading.Thread(target=actuator_service.run, args=(cfg, site.name, actuator, _keyring(cfg), stop),
-                           kwargs={"ack_keyring": _ack_keyring(cfg), "registry": registry}, name="actuator",
-                           daemon=True)
-    act.start()
+    # Telemetry does not wait for the actuators to read their partitions: commands sent meanwhile stay in
+    # Kafka and are answered from the groups' committed offsets.
+    registry = _serve_metrics(addr)  # one /metrics for the fleet's publisher and its actuators
+    acts = _fleet_actuators(cfg, fleet, lock, args.actuator_groups, stop, registry)
     log.info("fleet: %d racks, %d GPUs, publishing every %.1f s%s", site.n_racks, site.n_gpus,
              cfg.sample_interval_s, f"; feed {args.lose_feed} will be lost at t={args.at:.0f} s"
              if args.lose_feed else "")
@@ -77,8 +71,47 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
                               registry=registry)
     finally:
         stop.set()
-        act.join(10)
+        for act in acts:
+            act.join(10)
     return 0
+
+
+def fleet_actuator_names(n_groups: int) -> list[str]:
+    """The names of `powerplane fleet --actuator-groups N`'s actuators (their groups are
+    powerplane-actuator-<name>): `twin` alone, else `twin-1` .. `twin-N`."""
+    return ["twin"] if n_groups == 1 else [f"twin-{k + 1}" for k in range(n_groups)]
+
+
+def _fleet_actuators(cfg: Config, fleet: Any, lock: threading.Lock, n_groups: int, stop: threading.Event,
+                     registry: Any) -> list[threading.Thread]:
+    """The fleet's twin actuators, one thread each: one for the whole site, or one per group of racks, each
+    reading only the pp.commands partitions of its racks (actuators.service.rack_groups)."""
+    from actuators import service as actuator_service
+    from actuators.base import load_actuator
+    from powerplane import topics
+
+    site = fleet.site
+    groups = actuator_service.rack_groups(site.rack_ids, n_groups, topics.COMMANDS.partitions)
+    threads = []
+    for name, racks in zip(fleet_actuator_names(n_groups), groups, strict=True):
+        options: dict[str, Any] = {"kind": "twin", "lock": lock, "safe_limit": "max"}
+        if n_groups > 1:
+            options["racks"] = racks
+        actuator = load_actuator(name, options, context=fleet)
+        th = threading.Thread(target=actuator_service.run, args=(cfg, site.name, actuator, _keyring(cfg), stop),
+                              kwargs={"ack_keyring": _ack_keyring(cfg), "registry": registry},
+                              name=f"actuator-{name}", daemon=True)
+        th.start()
+        threads.append(th)
+    if n_groups > 1:
+        log.info("fleet: %d actuators, %s racks each", n_groups, "/".join(str(len(g)) for g in groups))
+    return threads
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'")
+    return int(text)
 
 
 def cmd_collect(args: argparse.Namespace, cfg: Config) -> int:
@@ -181,6 +214,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     f.add_argument("--twin", action="store_true", help="use the digital twin (trace-driven) instead of the "
                                                         "simple fleet")
     f.add_argument("--scenario", help="digital twin scenario file (implies --twin), e.g. examples/scenarios/*.toml")
+    f.add_argument("--actuator-groups", type=_positive_int, default=1, metavar="N",
+                   help="apply commands with N actuators (threads), each serving a group of racks and reading only "
+                        "the pp.commands partitions of its racks; groups powerplane-actuator-twin-1 .. -N "
+                        "(default 1: one actuator for the site, group powerplane-actuator-twin)")
     _add_metrics(f)
     f.set_defaults(fn=cmd_fleet)
 

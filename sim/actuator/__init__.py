@@ -25,6 +25,9 @@ class Options(ActuatorOptions):
     """An [actuators.NAME] table of kind "twin" (README.md beside this file)."""
 
     safe_limit: str | float = "max"  # what a lapsed lease reverts to: "max", "min" or watts
+    # The racks this actuator serves (rack ids of the site); none given: every rack. `powerplane fleet
+    # --actuator-groups N` gives each of its N actuators a share (actuators.service.rack_groups).
+    racks: list[str] | None = None
     # A lock shared with code that also changes the fleet (ops' fleet command); never from a file.
     lock: InProcessLock = None
 
@@ -49,7 +52,13 @@ class TwinActuator(Actuator):
         self.lock: threading.Lock = opts.lock or threading.Lock()
         self.safe = opts.safe_limit
         site = self.fleet.site
-        self._rack = {rid: r for r, rid in enumerate(site.rack_ids)}
+        every = {rid: r for r, rid in enumerate(site.rack_ids)}
+        unknown = [r for r in opts.racks or () if r not in every]
+        if unknown:
+            raise ActuatorConfigError(f"{self.path}.racks: not racks of site '{site.name}': {', '.join(unknown)}")
+        if opts.racks is not None and not opts.racks:
+            raise ActuatorConfigError(f"{self.path}.racks: empty (leave it out to serve every rack)")
+        self._rack = {r: every[r] for r in opts.racks} if opts.racks is not None else every
         types = site.server_types
         self._fmin = np.array([types[t].gpu_min_sm_mhz for t in site.server_type], dtype=np.float64)[site.gpu_server]
         self._fmax = np.array([types[t].gpu_max_sm_mhz for t in site.server_type], dtype=np.float64)[site.gpu_server]

@@ -218,8 +218,10 @@ def test_replay_after_kill_is_refused_and_commands_sent_while_down_are_all_answe
 
 def test_fleet_publishes_telemetry_while_its_actuator_cannot_join(cfg: Config, rings: tuple[Keyring, Keyring],
                                                                   producer: Producer, tmp_path: Path) -> None:
-    """A member that stopped polling holds the actuator's group in a rebalance (as a killed fleet does until
-    its session times out): the new fleet's actuator cannot get its partitions, its telemetry must flow."""
+    """A member that stopped polling holds the actuator's group (a subscribing consumer of that name, as the
+    fleet's actuator was before it assigned its partitions, killed and not yet timed out): the fleet's
+    telemetry must flow, and its actuator, which takes its partitions without joining, answers anyway (the
+    broker refuses its offset commits until the member is gone; a refused commit means reading again)."""
     cmd_ring, _ = rings
     group = "powerplane-actuator-twin"  # the fleet's actuator (load_actuator("twin", ...))
     stuck = KafkaConsumer(topics.COMMANDS.name, bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(),
@@ -241,8 +243,8 @@ def test_fleet_publishes_telemetry_while_its_actuator_cannot_join(cfg: Config, r
             time.sleep(0.5)
         waited_s = time.monotonic() - t0
         pending = cap(cmd_ring, 440.0)
-        send(producer, pending)  # sent while the actuator has no partitions
-        stuck.close()  # the group can now rebalance: the actuator joins and answers from committed offsets
+        send(producer, pending)  # sent while the stray member holds the group
+        stuck.close()
         acks = acks_for(cfg, ack_start, {pending.id}, 1, 40, services.check)
     finally:
         services.stop()
