@@ -1,8 +1,8 @@
-"""The faust-streaming worker, `StreamsWorker`: two agents, thin shells around pure code.
+"""The faust-streaming worker, `StreamsWorker`: two stages, thin shells around pure code.
 
-1. `rack_agent` (pp.telemetry, partitioned by rack): decode, check and reduce batches of frames (streams.rack_stage),
-   publish the rack's and its PDUs' aggregates at once (the capping controller's fastest signal) and a
-   RackSummary to pp.racks, keyed by site.
+1. `rack_loop` (pp.telemetry, partitioned by rack; its own consumer group, streams.rack_input): decode, check and
+   reduce batches of frames (streams.rack_stage), publish the racks' and their PDUs' aggregates at once (the
+   capping controller's fastest signal) and one RackSummaryBatch per batch to pp.racks, keyed by site.
 2. `site_agent` (pp.racks, one partition per site): streams.site_stage.SiteStage windows the summaries by event
    time, rolls them up the power and cooling trees, forecasts every level, and publishes upper-level aggregates,
    headroom for every level and emergency events. Its state is checkpointed to a faust Table backed by a
@@ -247,9 +247,10 @@ class StreamsWorker:
         return futures
 
     async def _guarded_batch(self, records: Sequence[Any]) -> list[tuple[RackBatch, Sequence[Any]]]:
-        """rack_batch over the records' values, with the records its refusals point at. An internal error on
-        the batch (a bug: bad input is refused per record) is retried a record at a time, so only the records
-        it fails on are dead-lettered."""
+        """rack_batch over the records' values, with the records its refusals point at. An internal error in
+        decoding or checking the batch (a bug: bad input is refused per record; one in rolling up is handled
+        inside rack_batch) is retried a record at a time, so only the records it fails on are dead-lettered;
+        frames the failed call had already checked then count as duplicates."""
         if not records:
             return []
         try:

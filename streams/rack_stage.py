@@ -167,7 +167,8 @@ def rack_batch(batcher: RackBatcher, checker: FrameChecker, values: Sequence[byt
             out.refused.append((i, str(d)))
     frames = [d for d in decoded if not isinstance(d, SchemaError)]
     taken: list[TelemetryFrame] = []
-    for i, v in zip(idx, checker.check_many(frames, now_s), strict=True):
+    verdicts = checker.check_many(frames, now_s)
+    for i, v in zip(idx, verdicts, strict=True):
         if v.frame is not None:
             taken.append(v.frame)
             out.marks += v.marks
@@ -175,8 +176,34 @@ def rack_batch(batcher: RackBatcher, checker: FrameChecker, values: Sequence[byt
             out.dropped += 1
         else:
             out.refused.append((i, v.reason))
-    out.refused.sort()
     if taken:
-        out.aggregates, out.summaries = batcher.outputs(taken)
-        out.frames = len(taken)
+        try:
+            out.aggregates, out.summaries = batcher.outputs(taken)
+            out.frames = len(taken)
+        except Exception:  # a bug, not bad input (refused above): only the frames it fails on are lost
+            _outputs_one_by_one(batcher, taken, [i for i, v in zip(idx, verdicts, strict=True) if v.frame], out)
+    out.refused.sort()
     return out
+
+
+def _outputs_one_by_one(batcher: RackBatcher, taken: list[TelemetryFrame], where: list[int], out: RackBatch) -> None:
+    """outputs() a frame at a time, after it failed on the batch: the frames it fails on are refused with the
+    error (dead-lettered by the worker), the others rolled up. The checker's state already counts them all."""
+    parts: list[RackSummaryBatch] = []
+    for i, frame in zip(where, taken, strict=True):
+        try:
+            items, summary = batcher.outputs([frame])
+        except Exception as e:
+            out.refused.append((i, f"internal error: {type(e).__name__}: {e}"))
+            continue
+        out.aggregates += items
+        parts.append(summary)
+        out.frames += 1
+    if parts:
+        out.summaries = RackSummaryBatch(
+            site=parts[0].site, racks=[r for p in parts for r in p.racks],
+            **{f: np.concatenate([getattr(p, f) for p in parts]) for f in _SUMMARY_COLUMNS})
+
+
+_SUMMARY_COLUMNS = ("ts_s", "power_w", "pdu_a_w", "pdu_b_w", "gpus_expected", "gpus_reporting", "gpus_throttled",
+                    "inlet_c", "gpu_temp_max_c")

@@ -145,3 +145,22 @@ def test_decode_many_refuses_each_bad_record_with_decodes_reason() -> None:
             TelemetryFrame.decode(values[i])
         assert str(out[i]) == str(e.value)
     assert "field 'power_w'[5] = -1 out of range" in str(out[1])
+
+
+def test_a_bug_on_one_frame_loses_that_frame_only() -> None:
+    values = bad_day()[:2 * SITE.n_racks]
+    batcher = RackBatcher(SITE, Limits(SITE))
+    real = batcher.outputs
+    bad_rack = SITE.rack_ids[2]
+
+    def outputs(frames: Any) -> Any:
+        if any(f.rack == bad_rack for f in frames):
+            raise ZeroDivisionError("a bug")
+        return real(frames)
+
+    batcher.outputs = outputs  # type: ignore[method-assign]
+    out = rack_batch(batcher, FrameChecker(SITE), values, NOW)
+    assert [r for _, r in out.refused] == ["internal error: ZeroDivisionError: a bug"] * 2
+    assert out.frames == len(values) - 2 and out.summaries is not None
+    assert len(out.summaries.racks) == out.frames and bad_rack not in out.summaries.racks
+    assert len(out.aggregates) == 3 * out.frames
