@@ -32,7 +32,11 @@ HEARTBEAT_S = 3.0
 # fetches let one partition's backlog run far ahead of the others in a catch-up (8 MB: ~40 s a fetch, and the
 # skew passed the tree's 60 s backlog lateness: 113,400 late frames and 945 false telemetry_loss in a 180 s run).
 PARTITION_FETCH_BYTES = 1 << 20
-COMMIT_EVERY_S = 1.0  # a commit is a round trip to the group coordinator: once a second, not per batch
+COMMIT_EVERY_S = 1.0
+# In a backlog, a partition whose newest frame is this far past the oldest newest frame of the partitions still
+# behind is paused until they catch up: the site stage rolls up by event time, and frames of lagging
+# partitions must reach their windows within the tree's backlog lateness (60 s).
+ALIGN_AHEAD_S = 10.0  # a commit is a round trip to the group coordinator: once a second, not per batch
 
 
 # At most this many frames a batch: the batch's RackSummaryBatch (~85 bytes a rack) stays well under the
@@ -55,6 +59,9 @@ class RackInput:
             **auth.aiokafka())
         self.consumer: Any = None  # made in start(): aiokafka binds it to the running event loop
         self.pending: dict[TopicPartition, int] = {}  # next offset to commit, per partition
+        self.next_offset: dict[TopicPartition, int] = {}  # next offset to take, per partition
+        self.newest_ms: dict[TopicPartition, int] = {}  # timestamp of the newest record taken, per partition
+        self.aligned_pauses = 0  # partitions paused for running ahead (counted, not exported)
         self.futures: list[asyncio.Future[Any]] = []  # produce acks the pending offsets wait for
         self.last_commit_mono = time.monotonic()
         self.started = False
@@ -76,8 +83,25 @@ class RackInput:
         got = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=self.max_records)
         records = [r for recs in got.values() for r in recs]
         for tp, recs in got.items():
-            self.pending[tp] = recs[-1].offset + 1
+            self.pending[tp] = self.next_offset[tp] = recs[-1].offset + 1
+            self.newest_ms[tp] = recs[-1].timestamp
+        self._align()
         return records
+
+    def _align(self) -> None:
+        """Pause the partitions that ran ahead in event time (record timestamps: the frames' event times), resume
+        the others (see ALIGN_AHEAD_S)."""
+        states = dict(self.states())
+        behind = {tp for tp, st in states.items()
+                  if st.highwater is not None and st.highwater > self.next_offset.get(tp, st.position or 0)}
+        # Only partitions with a backlog of their own: one that is caught up keeps flowing live.
+        pause = ahead_of(self.newest_ms, behind, int(ALIGN_AHEAD_S * 1000)) & behind
+        paused = self.consumer.paused()
+        if pause - paused:
+            self.consumer.pause(*(pause - paused))
+        if (paused - pause) & states.keys():
+            self.consumer.resume(*((paused - pause) & states.keys()))
+        self.aligned_pauses += len(pause - paused)
 
     def produced(self, futures: Iterable[asyncio.Future[Any]]) -> None:
         """Produce acks the taken records' outputs wait for: the offsets are committed after them."""
@@ -107,3 +131,14 @@ class RackInput:
             return
         for tp in list(a.tps):
             yield tp, a.state_value(tp)
+
+
+def ahead_of(newest_ms: dict[Any, int], behind: set[Any], ahead_ms: int) -> set[Any]:
+    """The partitions whose newest record is more than `ahead_ms` past the oldest newest record of the
+    partitions that are `behind` (records on the broker not taken yet). Nothing when none is behind; a behind
+    partition that has given nothing yet does not hold the others (its time is not known)."""
+    known = [newest_ms[tp] for tp in behind if tp in newest_ms]
+    if not known:
+        return set()
+    floor = min(known)
+    return {tp for tp, ms in newest_ms.items() if ms > floor + ahead_ms}

@@ -164,3 +164,12 @@ def test_a_bug_on_one_frame_loses_that_frame_only() -> None:
     assert out.frames == len(values) - 2 and out.summaries is not None
     assert len(out.summaries.racks) == out.frames and bad_rack not in out.summaries.racks
     assert len(out.aggregates) == 3 * out.frames
+
+
+def test_a_partition_ahead_in_a_backlog_waits_for_the_ones_behind() -> None:
+    from streams.rack_input import ahead_of
+
+    newest = {0: 100_000, 1: 125_000, 2: 104_000, 3: 200_000}
+    assert ahead_of(newest, {0, 1, 2}, 10_000) == {1, 3}  # 3 is caught up: the caller keeps it flowing
+    assert ahead_of(newest, set(), 10_000) == set()  # no backlog: nothing waits
+    assert ahead_of(newest, {5}, 10_000) == set()  # a partition that gave nothing yet holds nobody
