@@ -13,6 +13,9 @@ joins or leaves the group, or one dies and its session times out), the worker th
    consumers take them idempotently);
 3. skips records it is handed that the checkpoint already holds (offsets committed before the checkpoint).
 
+A worker that gives the partition up gracefully (a rebalance, a shutdown) writes a last checkpoint once its
+inputs are drained and committed: its successor resumes exactly, with nothing to replay or publish twice.
+
 A worker that does not hold the site's partition closes no window by the clock: its stage is idle, not the site
 silent (it would page every rack as lost).
 
@@ -95,10 +98,15 @@ def read_records(cfg: Config, partition: int, start: int, end: int,
 
 
 class SiteHandover:
-    """Whether this worker holds the site's pp.racks partition, and what to do when it gets it."""
+    """Whether this worker holds the site's pp.racks partition, and what to do when it gets it or gives it up.
+    `table[key]` is the site's checkpoint (a faust Table whose changelog is partitioned like pp.racks)."""
 
-    def __init__(self, cfg: Config, site_name: str) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Config, site_name: str, app: Any, table: Any, stage: SiteStage) -> None:
+        self.cfg, self.app, self.table, self.stage = cfg, app, table, stage
+        self.key = site_name.encode()
+        app.on_partitions_assigned.connect(self.on_assigned)
+        app.on_partitions_revoked.connect(self.on_leaving)
+        app.on_before_shutdown.connect(self.on_leaving)
         self.partition = site_partition(site_name)
         self.owned = False  # this worker holds the site's partition now
         self.fresh = True  # assigned since the checkpoint was last looked for: look before the next record
@@ -116,6 +124,14 @@ class SiteHandover:
         elif self.owned and not has:
             log.info("site stage: pp.racks[%d] moved to another worker", self.partition)
         self.owned = has
+
+    async def on_leaving(self, _sender: Any, /, *args: Any, signal: Any = None, **_kwargs: Any) -> None:
+        """faust's `on_partitions_revoked` (a rebalance: every partition is revoked, the agents are drained and
+        their offsets committed) and `on_before_shutdown` (the same, at a stop): the last checkpoint."""
+        if self.owned and self.stage.input_offset is not None:
+            # Straight to the changelog partition: outside the agent, faust cannot tell it from the current record.
+            self.table.send_changelog(self.partition, self.key, self.stage.state())
+            await self.app.producer.flush()  # before this worker rejoins the group, or stops
 
     def skip(self, offset: int) -> bool:
         """The record at `offset` is already in the checkpoint this worker resumed from."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -25,8 +25,43 @@ class TP(NamedTuple):
     partition: int
 
 
-def _handover() -> SiteHandover:
-    return SiteHandover(load_config(env={}), "lab")
+class _Signal:
+    def __init__(self) -> None:
+        self.receivers: list[Any] = []
+
+    def connect(self, fn: Any) -> None:
+        self.receivers.append(fn)
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+
+class _Table(dict[bytes, bytes]):
+    """A faust Table's changelog write, as SiteHandover makes it outside the agent."""
+
+    def send_changelog(self, partition: int, key: bytes, value: bytes) -> None:
+        assert partition == site_partition(key.decode())
+        self[key] = value
+
+
+class _App:
+    """What SiteHandover uses of a faust app: its rebalance and shutdown signals, its producer."""
+
+    def __init__(self) -> None:
+        self.on_partitions_assigned = _Signal()
+        self.on_partitions_revoked = _Signal()
+        self.on_before_shutdown = _Signal()
+        self.producer = _Producer()
+
+
+def _handover(table: _Table | None = None, stage: SiteStage | None = None) -> SiteHandover:
+    stage = stage or SiteStage(load_site(ROOT / "examples" / "lab.toml"))
+    return SiteHandover(load_config(env={}), "lab", _App(), _Table() if table is None else table, stage)
 
 
 def _assign(h: SiteHandover, *racks: int) -> None:
@@ -48,6 +83,23 @@ def test_the_site_stage_is_taken_over_each_time_its_partition_comes_to_a_worker(
     assert not h.owned
     _assign(h, p, other)  # ... and it comes back (that worker died): its own copy is stale, load the checkpoint
     assert h.owned and h.fresh
+
+
+def test_a_worker_that_gives_the_site_stage_up_gracefully_leaves_a_last_checkpoint() -> None:
+    _, stage = run_twin(20)
+    table = _Table()
+    h = _handover(table, stage)
+    asyncio.run(h.on_leaving(h.app))  # holds no partition yet: nothing of its own to hand over
+    assert table == {}
+    _assign(h, h.partition)
+    asyncio.run(h.on_leaving(h.app))  # the in-process stage tracks no input offset: no checkpoint to resume from
+    assert table == {}
+    stage.input_offset = 99
+    asyncio.run(h.on_leaving(h.app))  # a rebalance or a shutdown, its input drained and committed
+    heir = SiteStage(stage.site)
+    assert heir.load_state(table[b"lab"]) and heir.input_offset == 99 and heir.windows_closed == stage.windows_closed
+    assert h.app.producer.flushes == 1  # on the broker before this worker rejoins the group or stops
+    assert h.on_leaving in h.app.on_partitions_revoked.receivers and h.on_leaving in h.app.on_before_shutdown.receivers
 
 
 def test_a_worker_that_takes_over_replays_what_was_taken_after_the_checkpoint_and_skips_what_it_holds() -> None:
