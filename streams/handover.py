@@ -9,8 +9,8 @@ joins or leaves the group, or one dies and its session times out), the worker th
    from the partition: the predecessor took them (and committed their offsets) after its last checkpoint, so
    without them the windows they closed would be lost or closed again from part of their input. Every window
    after the checkpoint is closed again from the same input instead: none is lost, and those published before
-   the handover are published again with the same values (at least once; docs/reliability.md says why the
-   consumers take them idempotently);
+   the handover are published again with the same values (at least once; docs/decisions.md, "Two or more
+   streams workers", says why the consumers take them as repeats);
 3. skips records it is handed that the checkpoint already holds (offsets committed before the checkpoint).
 
 A worker that gives the partition up gracefully (a rebalance, a shutdown) writes a last checkpoint once its

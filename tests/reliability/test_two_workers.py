@@ -212,7 +212,6 @@ def _republished(sites: list[tuple[float, LevelAggregate]]) -> tuple[int, list[t
         b = first.setdefault(a.ts_s, a)
         if b is not a and (abs(b.power_w - a.power_w) > 1e-6 * a.power_w or b.racks_stale != a.racks_stale):
             differ.append((a.ts_s, b.power_w, a.power_w, b.racks_stale, a.racks_stale))
-            print("differ:", b, a)
     return sum(n - 1 for n in Counter(a.ts_s for _, a in sites).values()), differ
 
 
