@@ -158,7 +158,7 @@ def wait_for_offsets(cfg: Config, groups: tuple[str, ...], timeout_s: float = 90
 
 def run_loop(cfg: Config, *, duration_s: float, lose_feed_at_s: float, log_dir: Path,
              narrate: bool = False, streams_workers: int = 1) -> LoopResult:
-    """`streams_workers` processes of `powerplane streams worker` share the consumer group (docs/operations.md,
+    """`streams_workers` processes of `powerplane streams worker` share its consumer groups (docs/operations.md,
     "More than one streams worker"); their logs are streams.log, streams-2.log, ..."""
     from kafka import KafkaConsumer
 

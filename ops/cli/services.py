@@ -273,6 +273,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--at", type=float, default=15.0, help="seconds until feed A is lost")
     e.add_argument("--keep-servers", action="store_true", help="leave Kafka and the TSDB running afterwards")
     e.add_argument("--streams-workers", type=_workers, default=1, metavar="N",
-                   help="streams worker processes in one consumer group (default 1; up to 12, the pp.telemetry "
+                   help="streams worker processes sharing its consumer groups (default 1; up to 12, the pp.telemetry "
                         "partitions)")
     e.set_defaults(fn=cmd_demo)

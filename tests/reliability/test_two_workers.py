@@ -25,7 +25,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from ops.demo import Services, wait_for_groups
+from ops.demo import STREAMS_GROUPS, Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import process_auth
@@ -33,7 +33,7 @@ from powerplane.metrics import LAG
 from powerplane.schemas import Event, LevelAggregate, SchemaError
 from streams.handover import site_partition
 from tests.integration.conftest import free_port
-from tests.integration.helpers import end_offsets, start_group_at_end
+from tests.integration.helpers import end_offsets, start_streams_at_end
 from tests.integration.test_streams_site import site_copy
 
 HANDOVER_S = 10.0  # the bound: from the kill to site windows (and every rack's) published again
@@ -162,12 +162,12 @@ def _run(c: Config, tmp: Path, w: Watch) -> Run:
     svc = Services(c, tmp / "logs")
     try:
         svc.start(WORKERS[0], "streams", "worker", "--metrics-port", str(ports[WORKERS[0]]))
-        wait_for_groups(c, (topics.STREAMS_APP_ID,), check=svc.check)
+        wait_for_groups(c, STREAMS_GROUPS, check=svc.check)
         svc.start("fleet", "fleet", "--lose-feed", "A", "--at", "3")
         _wait("site windows published", lambda: len(w.site_windows()) >= 3, svc, 60)
         run.t_join = time.time()  # scale out while telemetry flows
         svc.start(WORKERS[1], "streams", "worker", "--metrics-port", str(ports[WORKERS[1]]))
-        _wait("both workers in the group", lambda: _members(c, topics.STREAMS_APP_ID) == 2, svc, 60)
+        _wait("both workers in both groups", lambda: all(_members(c, g) == 2 for g in STREAMS_GROUPS), svc, 60)
         run.owner_after_join = _wait("one worker holding the site stage", lambda: _holder(ports, run.partition),
                                      svc, 30)
         run.event = _wait("the feed loss paged", w.feed_loss, svc, 60)
@@ -218,7 +218,7 @@ def _republished(sites: list[tuple[float, LevelAggregate]]) -> tuple[int, list[t
 def test_killing_the_worker_with_the_site_stage_hands_it_over_within_10s(cfg: Config, tmp_path: Path) -> None:
     path, site = site_copy(tmp_path, "lab-two-workers")
     c = cfg.model_copy(update={"site_file": str(path)})
-    start_group_at_end(c, topics.STREAMS_APP_ID, (topics.TELEMETRY.name, topics.RACKS.name))
+    start_streams_at_end(c)
     w = Watch(site.name)
     start = {t: end_offsets(c, t) for t in (topics.AGGREGATES.name, topics.EVENTS.name)}
     th = threading.Thread(target=w.run, args=(c, start), daemon=True)
