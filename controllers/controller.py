@@ -166,7 +166,7 @@ class CapController:
                 self.level_forecast_ts_s[i] = h.ts_s
             return
         z = self._zone_pos.get(self.site.level_index.get(h.level, -1))
-        if z is None:
+        if z is None or h.ts_s < self.zone_ts_s[z]:  # an older window (one published again at a handover) is stale
             return
         self.zone_headroom_c[z] = h.thermal_headroom_c if h.thermal_headroom_c is not None else np.nan
         self.zone_ttl_s[z] = h.time_to_limit_s if h.time_to_limit_s is not None else np.nan

@@ -157,7 +157,9 @@ def wait_for_offsets(cfg: Config, groups: tuple[str, ...], timeout_s: float = 90
 
 
 def run_loop(cfg: Config, *, duration_s: float, lose_feed_at_s: float, log_dir: Path,
-             narrate: bool = False) -> LoopResult:
+             narrate: bool = False, streams_workers: int = 1) -> LoopResult:
+    """`streams_workers` processes of `powerplane streams worker` share its consumer groups (docs/operations.md,
+    "More than one streams worker"); their logs are streams.log, streams-2.log, ..."""
     from kafka import KafkaConsumer
 
     from controllers.capping import CapSettings
@@ -171,7 +173,8 @@ def run_loop(cfg: Config, *, duration_s: float, lose_feed_at_s: float, log_dir: 
                         bootstrap_servers=cfg.kafka_bootstrap, group_id=None, auto_offset_reset="latest",
                         **process_auth().kafka_python())
     try:
-        for name, args in (("streams", ("streams", "worker")), ("controller", ("controller",)), ("sink", ("sink",))):
+        workers = [("streams" if i == 0 else f"streams-{i + 1}", ("streams", "worker")) for i in range(streams_workers)]
+        for name, args in (*workers, ("controller", ("controller",)), ("sink", ("sink",))):
             svc.start(name, *args)
         obs.poll(timeout_ms=500)  # join before anything is produced so nothing is missed
         wait_for_groups(cfg, GROUPS[:4], check=svc.check)
@@ -275,7 +278,8 @@ def export_points(cfg: Config, metric: str = "pp_level_power_w", site: str | Non
     return out
 
 
-def run_demo(cfg: Config, *, duration_s: float, lose_feed_at_s: float, keep_servers: bool) -> int:
+def run_demo(cfg: Config, *, duration_s: float, lose_feed_at_s: float, keep_servers: bool,
+             streams_workers: int = 1) -> int:
     from powerplane.signing import load_keyring
 
     was_running = devservers.status(cfg)
@@ -289,7 +293,8 @@ def run_demo(cfg: Config, *, duration_s: float, lose_feed_at_s: float, keep_serv
     print(f"Closed loop on {cfg.site_file}: fleet -> streams -> controller -> actuator, sink -> TSDB. "
           f"Feed A will be lost at t={lose_feed_at_s:.0f}s; run time {duration_s:.0f}s. Logs: {log_dir}/", flush=True)
     try:
-        res = run_loop(cfg, duration_s=duration_s, lose_feed_at_s=lose_feed_at_s, log_dir=log_dir, narrate=True)
+        res = run_loop(cfg, duration_s=duration_s, lose_feed_at_s=lose_feed_at_s, log_dir=log_dir, narrate=True,
+                       streams_workers=streams_workers)
         stored = export_points(cfg, site=load_site(cfg.site_file).name)
     finally:
         if started and not keep_servers:

@@ -40,6 +40,7 @@ from powerplane.kafka import ClientAuth, client_auth
 from powerplane.plausibility import FrameChecker, PlausibilityCounts, PlausibilitySettings
 from powerplane.schemas import DeadLetter, RackSummaryBatch, SchemaError
 from powerplane.site import IntArray, Site
+from streams.handover import SiteHandover, shorten_fetch_wait
 from streams.kafka_io import BrokerOutage, KeyedBatches
 from streams.rack_input import RackInput
 from streams.rack_stage import RackBatch, RackBatcher, rack_batch
@@ -62,6 +63,7 @@ def _idempotent_settings(self: Any) -> dict[str, Any]:
 
 
 faust_aiokafka.Producer._settings_extra = _idempotent_settings  # type: ignore[method-assign]
+shorten_fetch_wait()  # a takeover's table recovery must not wait out faust's 1.5 s long polls
 
 
 def telemetry_partitions(site: Site) -> IntArray:
@@ -150,14 +152,14 @@ def _faust_app(cfg: Config, app_id: str, from_beginning: bool) -> faust.App:
         consumer_auto_offset_reset="earliest" if from_beginning else "latest",
         store="memory://",  # tables rebuild from their changelog topics on start
         table_standby_replicas=0,
-        # A worker that dies without leaving the group holds its partitions until the session times out:
-        # faust's 60 s default would leave a site unwatched for a minute after a crash.
-        broker_session_timeout=10.0,
+        # A dead worker holds its partitions until its session times out (faust's default: 60 s). 6 s is the
+        # broker's least; a takeover is session + heartbeat + table recovery (docs/decisions.md, "Two or more...").
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
         producer_max_request_size=topics.CHECKPOINT_MAX_BYTES,  # the site-stage checkpoint is one big record
         # aiokafka holds one batch per partition until it is sent (acks=all): with its 16 KB default a catch-up
         # of the 100 MW site waited on ~150 round trips per 4,096 frames. Under the brokers' 1 MB record limit.
         producer_max_batch_size=PRODUCE_BATCH_BYTES,
-        broker_heartbeat_interval=3.0,
     )
 
 
@@ -200,7 +202,7 @@ class StreamsWorker:
         self.state_table = app.Table("tree-state", default=None, key_type=bytes, value_type=bytes,
                                      partitions=topics.RACKS.partitions)
         self.batches = KeyedBatches(app)
-        self.loaded = False  # the checkpoint was looked for
+        self.handover = SiteHandover(cfg, site.name, app, self.state_table, self.stage)
         self.last_checkpoint_s = 0.0  # event time of the last checkpoint
         self.last_record_mono = 0.0  # monotonic clock at the last rack-summary record
         self.backlog_mono = 0.0  # monotonic clock when the input last had a backlog (or the broker was away)
@@ -272,13 +274,17 @@ class StreamsWorker:
         the checkpoint must be written while faust knows the current event, which is how a table write finds
         its changelog partition."""
         async for event in stream.events():
-            self._resume()
             self._read(event)
+            if self.handover.fresh:
+                await self._resume(event.message.offset)
+            if self.handover.skip(event.message.offset):
+                continue  # the checkpoint it resumed from has it
             take = partial(self._take_summaries, backlog=self.input_backlog())
             done = await self._guarded(event.message, "site stage", take, event.value)
             if done is None:
                 continue
             rb, out = done
+            self.stage.input_offset = event.message.offset
             self.counters.summaries += len(rb.racks)
             self.last_record_mono = time.monotonic()
             if out.windows:
@@ -292,6 +298,8 @@ class StreamsWorker:
         and closing their windows by the clock would lose them (finding 7 of issue 12); nor for `backlog_grace_s`
         after one."""
         tree, ts = self.stage.tree, self.stage.settings.tree
+        if not self.handover.owned:  # another worker holds the site stage: this one is idle, not the site silent
+            return
         backlog = self.input_backlog()
         if backlog:
             self.backlog_mono = time.monotonic()
@@ -417,23 +425,29 @@ class StreamsWorker:
     async def _publish_and_checkpoint(self, out: StageOutput, newest_s: float) -> None:
         try:
             await self.publish(out)
-            # Checkpoint by event time; inside the agent, so the write lands on this partition's changelog.
-            if newest_s - self.last_checkpoint_s >= self.checkpoint_s:
+            # Checkpoint by event time, and once an emergency opens or resolves (published first) so a successor
+            # does not page it again; inside the agent, so the write lands on this partition's changelog.
+            paged = any(e.state == "resolved" or e.ts_s == e.opened_s for e in out.events)
+            if paged or newest_s - self.last_checkpoint_s >= self.checkpoint_s:
                 self.state_table[self.site_key] = self.stage.state()
                 self.last_checkpoint_s = newest_s
                 self.counters.checkpoints += 1
         except Exception:  # a failed publish or checkpoint must not stop the agent either
             log.exception("publishing windows up to %.0f failed", newest_s)
 
-    def _resume(self) -> None:
-        """Load the checkpoint once, after faust has rebuilt the table from its changelog."""
-        if self.loaded:
-            return
-        self.loaded = True
-        raw = self.state_table.get(self.site_key)
-        if raw and self.stage.load_state(raw):
-            self.counters.resumed = True
-            log.info("site stage resumed from its checkpoint: %d windows closed before", self.stage.windows_closed)
+    async def _resume(self, offset: int) -> None:
+        """Load the checkpoint, replay what was taken after it (streams.handover): at each takeover."""
+        records = await self.handover.take_over(self.state_table.get(self.site_key), self.stage, offset)
+        self.counters.resumed |= records is not None
+        for off, value in records or []:
+            try:
+                rb, out = self._take_summaries(value, backlog=True)
+            except Exception:  # dead-lettered or logged by the worker that took it first; must not stop the agent
+                continue
+            self.counters.summaries += len(rb.racks)
+            self.stage.input_offset = off
+            if out.windows:
+                await self._publish_and_checkpoint(out, float(rb.ts_s.max()))
 
 
 def _lags_of(worker: StreamsWorker, topic: str) -> dict[tuple[str, int], int]:

@@ -69,7 +69,7 @@ class BrokerOutage:
     outages: int = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or "rebalanc" in str(record.msg):  # a rebalance is not an outage
             return True
         if self.since_mono is None:
             self.since_mono = time.monotonic()  # the first error of an outage goes through: it names the broker

@@ -26,8 +26,10 @@ from powerplane import topics
 from powerplane.kafka import ClientAuth
 
 log = logging.getLogger("powerplane.streams")
-SESSION_TIMEOUT_S = 10.0  # as the faust group's: a dead worker's partitions move after at most this
-HEARTBEAT_S = 3.0
+# As the faust group's (streams.app): a dead worker's partitions move after at most this, plus a heartbeat
+# (docs/decisions.md, "Two or more streams workers").
+SESSION_TIMEOUT_S = 6.0
+HEARTBEAT_S = 1.0
 # Per partition per fetch: ~450 frames of 72 GPUs, ~5 s of a partition's racks at the 100 MW site. Larger
 # fetches let one partition's backlog run far ahead of the others in a catch-up (8 MB: ~40 s a fetch, and the
 # skew passed the tree's 60 s backlog lateness: 113,400 late frames and 945 false telemetry_loss in a 180 s run).

@@ -111,6 +111,9 @@ class SiteStage:
         self.kind_names = [KIND_NAMES[k] for k in kinds.tolist()]
         self.windows_closed = 0
         self.last: Snapshot | None = None  # the newest closed window, for status and tests
+        # Offset of the newest input record (pp.racks) this state has taken, kept in the checkpoint: a worker
+        # that takes over replays what came after it (streams.handover). None: the caller does not track it.
+        self.input_offset: int | None = None
 
     # ---- input -------------------------------------------------------------------------------------
     def add(self, summary: RackSummary, wall_s: float | None = None, backlog: bool = False) -> StageOutput:
@@ -199,6 +202,7 @@ class SiteStage:
             "v": STATE_VERSION, "site": self.site.name, "n_levels": len(self.site.level_ids),
             "tree": self.tree.state(), "forecaster": self.forecaster.state(), "slopes": self.slopes.state(),
             "detector": self.detector.state(), "windows_closed": self.windows_closed,
+            "input_offset": self.input_offset,
         }, use_bin_type=True))
 
     def load_state(self, raw: bytes) -> bool:
@@ -212,6 +216,7 @@ class SiteStage:
         self.slopes.load_state(s["slopes"])
         self.detector.load_state(s["detector"])
         self.windows_closed = int(s["windows_closed"])
+        self.input_offset = s.get("input_offset")  # checkpoints written before it have none
         return True
 
 

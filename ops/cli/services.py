@@ -199,7 +199,17 @@ def cmd_sink(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     from ops.demo import run_demo
 
-    return run_demo(cfg, duration_s=args.duration, lose_feed_at_s=args.at, keep_servers=args.keep_servers)
+    return run_demo(cfg, duration_s=args.duration, lose_feed_at_s=args.at, keep_servers=args.keep_servers,
+                    streams_workers=args.streams_workers)
+
+
+def _workers(text: str) -> int:
+    from powerplane import topics
+
+    n = int(text) if text.isdigit() else 0
+    if not 1 <= n <= topics.TELEMETRY.partitions:  # a worker beyond the partitions would get none of them
+        raise argparse.ArgumentTypeError(f"expected 1-{topics.TELEMETRY.partitions}, got {text!r}")
+    return n
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -262,4 +272,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--duration", type=float, default=50.0)
     e.add_argument("--at", type=float, default=15.0, help="seconds until feed A is lost")
     e.add_argument("--keep-servers", action="store_true", help="leave Kafka and the TSDB running afterwards")
+    e.add_argument("--streams-workers", type=_workers, default=1, metavar="N",
+                   help="streams worker processes sharing its consumer groups (default 1; up to 12, the pp.telemetry "
+                        "partitions)")
     e.set_defaults(fn=cmd_demo)

@@ -82,3 +82,24 @@ def test_the_controller_acts_on_a_climb_only_once_it_is_sustained(site: Site) ->
     assert all(tick(1000.0 + k) == [] for k in range(20))  # 20 s of climb: not yet
     acts = [a for k in range(20, 40) for a in tick(1000.0 + k)]
     assert "routing_weight" in acts and "sm_clock_lock" in acts  # 6 C left, 4.3 C gone in 2 min: act
+
+
+def test_an_older_zone_window_published_again_does_not_replace_a_newer_one(site: Site) -> None:
+    """A streams worker taking over publishes the windows since its checkpoint again (streams.handover): the
+    controller keeps the newest zone headroom, as it does for power levels."""
+    from controllers.capping import CapSettings
+    from controllers.controller import CapController
+    from powerplane.schemas import Headroom
+    from powerplane.signing import Keyring
+
+    ctl = CapController(site, Keyring({"k": b"\x01" * 32}, "k"), CapSettings(), 30.0)
+    zone = site.level_ids[int(site.levels_of_kind("zone")[0])]
+
+    def headroom(t: float, c: float) -> Headroom:
+        return Headroom(site="lab", level=zone, kind="zone", ts_s=t, mode="normal", horizon_s=10.0, power_w=300e3,
+                        limit_w=400e3, forecast_p50_w=300e3, forecast_p99_w=310e3, headroom_w=90e3,
+                        thermal_headroom_c=c, time_to_limit_s=100.0)
+
+    ctl.on_headroom(headroom(1010.0, 2.0), 1010.5)
+    ctl.on_headroom(headroom(1007.0, 6.0), 1011.0)  # the window of 3 s before, again
+    assert ctl.zone_headroom_c[0] == 2.0 and ctl.zone_ts_s[0] == 1010.0
