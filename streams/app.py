@@ -170,7 +170,7 @@ def _items(recs: Sequence[Any]) -> list[tuple[bytes, bytes, float]]:
 
 class StreamsWorker:
     """The faust app with its topics, checkpoint table, counters and the site stage. Its agents
-    (`rack_agent`, `site_agent`) and timers (`idle_close_timer`, `report`) are the methods below."""
+    (`rack_loop`, a faust task, and `site_agent`) and timers (`idle_close_timer`, `report`) are the methods below."""
 
     def __init__(self, cfg: Config, site: Site, app_id: str = topics.STREAMS_APP_ID,
                  settings: SiteStageSettings | None = None, checkpoint_s: float = 5.0,
@@ -229,8 +229,9 @@ class StreamsWorker:
                     rin.produced(await self._rack_outputs(done, recs))
                 try:
                     await rin.commit()
-                except Exception:  # an output the broker refused: not committed, read again after a restart
-                    log.exception("committing pp.telemetry offsets failed")
+                except Exception:  # an output the broker refused after its retries: those aggregates are lost
+                    log.exception("pp.telemetry offsets not committed: the broker refused outputs of the records "
+                                  "taken in the last second (their aggregates and summaries are lost)")
         finally:
             await rin.stop()
 

@@ -34,11 +34,11 @@ HEARTBEAT_S = 1.0
 # fetches let one partition's backlog run far ahead of the others in a catch-up (8 MB: ~40 s a fetch, and the
 # skew passed the tree's 60 s backlog lateness: 113,400 late frames and 945 false telemetry_loss in a 180 s run).
 PARTITION_FETCH_BYTES = 1 << 20
-COMMIT_EVERY_S = 1.0
+COMMIT_EVERY_S = 1.0  # a commit is a round trip to the group coordinator: once a second, not per batch
 # In a backlog, a partition whose newest frame is this far past the oldest newest frame of the partitions still
 # behind is paused until they catch up: the site stage rolls up by event time, and frames of lagging
 # partitions must reach their windows within the tree's backlog lateness (60 s).
-ALIGN_AHEAD_S = 10.0  # a commit is a round trip to the group coordinator: once a second, not per batch
+ALIGN_AHEAD_S = 10.0
 
 
 # At most this many frames a batch: the batch's RackSummaryBatch (~85 bytes a rack) stays well under the
@@ -115,7 +115,9 @@ class RackInput:
         futures, self.futures = self.futures, []
         pending, self.pending = self.pending, {}
         if futures:
-            await asyncio.gather(*futures)  # raises if the broker refused an output: nothing is committed
+            # Raises if the broker refused an output (after the producer's retries): this commit is not made and
+            # the worker logs it; a later commit passes those records (their outputs are lost, and said so).
+            await asyncio.gather(*futures)
         owned = self.consumer.assignment()
         offsets = {tp: OffsetAndMetadata(off, "") for tp, off in pending.items() if tp in owned}
         if offsets:
