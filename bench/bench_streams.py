@@ -15,7 +15,7 @@ per second, from the digital twin under the default Azure-trace workload):
 Either way, in the same run, a kafka-python consumer reads the whole topic with no decoding (the ceiling),
 and the ratio of the two rates is printed.
 
-    .venv/bin/python bench/bench_streams.py [--seconds 120] [--catch-up [--workers N]]
+    .venv/bin/python bench/bench_streams.py [--seconds 120] [--catch-up [--workers N]] [--plaintext]
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ def main() -> int:
     ap.add_argument("--catch-up", action="store_true", help="measure the maximum rate instead of live 1 Hz")
     ap.add_argument("--warmup", type=int, default=15, help="live: seconds left out of the CPU figure")
     ap.add_argument("--workers", type=int, default=1, help="catch-up: worker processes in the group")
+    ap.add_argument("--plaintext", action="store_true",
+                    help="a broker without TLS, SASL and ACLs (to measure what security costs; never a deployment)")
     ap.add_argument("--profile", metavar="FILE", help="also sample the worker with py-spy into FILE (speedscope)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
@@ -80,7 +82,8 @@ def main() -> int:
     site_file.write_text(to_toml(reference_site_dict()))
     site = load_site(site_file)
     env = {"PP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "PP_STATE_DIR": str(tmp / "state"),
-           "PP_SITE_FILE": str(site_file), "PP_INFLUX_URL": "http://127.0.0.1:9"}
+           "PP_SITE_FILE": str(site_file), "PP_INFLUX_URL": "http://127.0.0.1:9",
+           "PP_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT" if args.plaintext else "SASL_SSL"}
     cfg: Config = load_config(env=env)
     set_process_auth(lambda: client_auth(cfg, "admin"))  # the bench writes and watches every topic
     devservers.up(cfg, vm=False)
