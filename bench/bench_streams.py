@@ -64,10 +64,10 @@ def lag(admin: KafkaAdminClient, cons: KafkaConsumer, group: str, topic: str) ->
     end = cons.end_offsets(parts)
     if not any(tp in offs for tp in parts):
         return None
-    return sum(end[tp] - (offs[tp].offset if tp in offs and offs[tp].offset >= 0 else 0) for tp in parts)
+    return int(sum(end[tp] - (offs[tp].offset if tp in offs and offs[tp].offset >= 0 else 0) for tp in parts))
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=120, help="simulated seconds of telemetry")
     ap.add_argument("--catch-up", action="store_true", help="measure the maximum rate instead of live 1 Hz")
@@ -76,71 +76,76 @@ def main() -> int:
     ap.add_argument("--plaintext", action="store_true",
                     help="a broker without TLS, SASL and ACLs (to measure what security costs; never a deployment)")
     ap.add_argument("--profile", metavar="FILE", help="also sample the worker with py-spy into FILE (speedscope)")
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
-    site_file = tmp / "refsite.toml"
-    site_file.write_text(to_toml(reference_site_dict()))
-    site = load_site(site_file)
-    env = {"PP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "PP_STATE_DIR": str(tmp / "state"),
-           "PP_SITE_FILE": str(site_file), "PP_INFLUX_URL": "http://127.0.0.1:9",
-           "PP_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT" if args.plaintext else "SASL_SSL"}
-    cfg: Config = load_config(env=env)
-    set_process_auth(lambda: client_auth(cfg, "admin"))  # the bench writes and watches every topic
-    devservers.up(cfg, vm=False)
-    worker: subprocess.Popen[bytes] | None = None
-    try:
-        # ---- telemetry in (live: with the worker already running) -------------------------------------
-        wenv = dict(os.environ, PYTHONUNBUFFERED="1", **{Config.env_name(k): str(v) for k, v in vars(cfg).items()})
-        others: list[subprocess.Popen[bytes]] = []  # --workers: the second and later
+    return ap.parse_args()
 
-        def start_worker(*extra: str, name: str = "worker") -> subprocess.Popen[bytes]:
-            log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-            w = subprocess.Popen([sys.executable, "-m", "ops", "streams", "worker", *extra],
-                                 stdout=log, stderr=subprocess.STDOUT, env=wenv, start_new_session=True)
-            if args.profile:
-                subprocess.Popen(["py-spy", "record", "-p", str(w.pid), "-o", args.profile, "-f", "raw",
-                                  "-d", "40", "-r", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            return w
 
-        if not args.catch_up:
-            worker = start_worker()
-            wait_for_groups(cfg, STREAMS_GROUPS)
-        twin = Twin(site, seed=1, epoch_s=float(int(time.time())) - (args.seconds if args.catch_up else 0))
-        prod = Producer(cfg.kafka_bootstrap, "bench", linger_ms=50)
+class Bench:
+    """The broker, the site, the worker processes and what was produced."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
+        site_file = self.tmp / "refsite.toml"
+        site_file.write_text(to_toml(reference_site_dict()))
+        self.site = load_site(site_file)
+        env = {"PP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "PP_STATE_DIR": str(self.tmp / "state"),
+               "PP_SITE_FILE": str(site_file), "PP_INFLUX_URL": "http://127.0.0.1:9",
+               "PP_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT" if args.plaintext else "SASL_SSL"}
+        self.cfg: Config = load_config(env=env)
+        self.wenv = dict(os.environ, PYTHONUNBUFFERED="1",
+                         **{Config.env_name(k): str(v) for k, v in vars(self.cfg).items()})
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.n_frames = 0
+        self.gpus: int = self.site.n_gpus * int(args.seconds)
+
+    def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"worker{len(self.workers)}.log", "wb")  # noqa: SIM115 - owned by the child
+        w = subprocess.Popen([sys.executable, "-m", "ops", "streams", "worker", *extra],
+                             stdout=log, stderr=subprocess.STDOUT, env=self.wenv, start_new_session=True)
+        if self.args.profile and not self.workers:
+            subprocess.Popen(["py-spy", "record", "-p", str(w.pid), "-o", self.args.profile, "-f", "raw",
+                              "-d", "40", "-r", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.workers.append(w)
+        return w
+
+    def produce(self) -> float | None:
+        """The site's telemetry (live: at 1 Hz, the worker already running); live: the worker's cores."""
+        args, site = self.args, self.site
+        live = not args.catch_up
+        twin = Twin(site, seed=1, epoch_s=float(int(time.time())) - (0 if live else args.seconds))
+        prod = Producer(self.cfg.kafka_bootstrap, "bench", linger_ms=50)
         t0 = time.perf_counter()
-        n_frames = 0
         size = 0
-        cpu_warm = t_warm = None
+        cpu_warm = t_warm = 0.0
         for k in range(args.seconds):
-            if not args.catch_up:
+            if live:
                 time.sleep(max(0.0, t0 + k - time.perf_counter()))  # one site-second per wall second
                 if k == args.warmup:
-                    assert worker is not None
-                    cpu_warm, t_warm = cpu_s(worker.pid), time.perf_counter()
+                    cpu_warm, t_warm = cpu_s(self.workers[0].pid), time.perf_counter()
             fr = twin.step(1.0)
             ts = twin.epoch_s + fr.t_s
             for f in rack_frames(site, fr, ts, 1.0, k + 1, "twin"):
                 v = f.encode()
                 size += len(v)
                 prod.send(topics.TELEMETRY.name, v, key=f.key(), timestamp_ms=int(ts * 1000))
-                n_frames += 1
+                self.n_frames += 1
             if k % 20 == 19:
                 print(f"  produced {k + 1}/{args.seconds} s of telemetry", flush=True)
         prod.close()
-        gpus = site.n_gpus * args.seconds
-        print(f"telemetry: {n_frames:,} frames ({size / 1e6:.0f} MB, {gpus:,} GPU samples) in "
+        print(f"telemetry: {self.n_frames:,} frames ({size / 1e6:.0f} MB, {self.gpus:,} GPU samples) in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
-        if not args.catch_up:
-            assert worker is not None and cpu_warm is not None and t_warm is not None
-            time.sleep(3.0)  # let the last windows close
-            cpu, wall = cpu_s(worker.pid) - cpu_warm, time.perf_counter() - t_warm
-            n_live = args.seconds - args.warmup
-            print(f"worker, live at 1 Hz: {cpu:.1f} s CPU over {wall:.1f} s wall for {n_live} site-seconds = "
-                  f"{cpu / wall:.3f} cores; peak RSS {vm_hwm_mb(worker.pid):.0f} MB", flush=True)
-            live_rate = gpus / args.seconds
+        if not live:
+            return None
+        time.sleep(3.0)  # let the last windows close
+        w = self.workers[0]
+        cpu, wall = cpu_s(w.pid) - cpu_warm, time.perf_counter() - t_warm
+        print(f"worker, live at 1 Hz: {cpu:.1f} s CPU over {wall:.1f} s wall for {args.seconds - args.warmup} "
+              f"site-seconds = {cpu / wall:.3f} cores; peak RSS {vm_hwm_mb(w.pid):.0f} MB", flush=True)
+        return self.gpus / int(args.seconds)
 
-        # ---- 1. raw consume ---------------------------------------------------------------------
-        c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(),
+    def raw_consume(self) -> float:
+        """The ceiling: kafka-python reading the whole topic, no decoding; GPU samples/s."""
+        c = KafkaConsumer(bootstrap_servers=self.cfg.kafka_bootstrap, **process_auth().kafka_python(),
                           group_id=None, enable_auto_commit=False,
                           fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)
         parts = [TopicPartition(topics.TELEMETRY.name, p) for p in c.partitions_for_topic(topics.TELEMETRY.name)]
@@ -148,81 +153,103 @@ def main() -> int:
         c.seek_to_beginning(*parts)
         t0 = time.perf_counter()
         got = 0
-        while got < n_frames:
+        while got < self.n_frames:
             for msgs in c.poll(timeout_ms=500, max_records=100_000).values():
                 got += len(msgs)
         raw_s = time.perf_counter() - t0
         c.close()
-        raw_rate = gpus / raw_s
-        print(f"raw consume: {raw_s:.2f} s = {n_frames / raw_s:,.0f} frames/s = {raw_rate:,.0f} GPU samples/s",
-              flush=True)
+        print(f"raw consume: {raw_s:.2f} s = {self.n_frames / raw_s:,.0f} frames/s = {self.gpus / raw_s:,.0f} GPU "
+              f"samples/s", flush=True)
+        return self.gpus / raw_s
 
+    def catch_up(self, raw_rate: float) -> None:
+        """--workers processes from the beginning of the backlog, until both input groups have committed it all."""
+        args, cfg = self.args, self.cfg
+        t_start = time.perf_counter()
+        mports = [free_port() for _ in range(args.workers)]
+        procs = [self.start_worker("--from-beginning", "--metrics-port", str(p)) for p in mports]
+        admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python())
+        cons = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python())
+        t_first = cpu_first = None
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            if any(w.poll() is not None for w in procs):
+                raise RuntimeError(f"a worker exited: {(self.tmp / 'worker0.log').read_text()[-2000:]}")
+            lt = lag(admin, cons, topics.STREAMS_RACKS_GROUP, topics.TELEMETRY.name)
+            lr = lag(admin, cons, topics.STREAMS_APP_ID, topics.RACKS.name)
+            if lt is not None and t_first is None and lt < self.n_frames:
+                t_first, cpu_first = time.perf_counter(), sum(cpu_s(w.pid) for w in procs)
+                print(f"  worker consuming after {t_first - t_start:.1f} s of start-up", flush=True)
+            if lt == 0 and lr == 0:
+                break
+            time.sleep(1.0)
+        t_end, cpu_end = time.perf_counter(), sum(cpu_s(w.pid) for w in procs)
+        admin.close()
+        cons.close()
+        time.sleep(3.0)  # the last windows close
+        print("worker counters: " + ", ".join(f"{k.removeprefix('powerplane_streams_')}={v}" for k, v in
+                                              scrape(mports).items() if any(x in k for x in ("late", "windows",
+                                                                                             "frames"))))
+        assert t_first is not None and cpu_first is not None
+        wall, cpu = t_end - t_first, cpu_end - cpu_first
+        rate = self.gpus / wall
+        print(f"{args.workers} worker process(es), catching up: {wall:.1f} s wall, {cpu:.1f} s CPU for "
+              f"{args.seconds} site-seconds = {rate:,.0f} GPU samples/s ({rate / args.workers:,.0f} per process, "
+              f"{self.gpus / cpu:,.0f} per CPU-second, {args.seconds / wall:.1f}x real time); peak RSS "
+              f"{max(vm_hwm_mb(w.pid) for w in procs):.0f} MB")
+        print(f"ratio worker / raw consume (GPU samples/s): {rate / raw_rate:.3f}")
+
+    def report_logs(self) -> None:
+        """What the workers' logs say: the last report, emergencies opened, bad records, tracebacks."""
+        lines = [ln for p in sorted(self.tmp.glob("worker*.log")) for ln in p.read_text(errors="replace").splitlines()]
+        reports = [line for line in lines if "frames=" in line]
+        if reports:
+            print("worker's last report:", reports[-1].split("]")[-1].strip())
+        opened = Counter(line.split("event open ")[1].split(":")[0] for line in lines if "event open " in line)
+        print("events opened (severity kind: count):", dict(opened) or "none")
+        for line in [x for x in lines if "bad record" in x or "Traceback" in x][:5]:
+            print("worker:", line.split("]")[-1].strip()[:300])
+
+    def close(self) -> None:
+        for w in self.workers:
+            if w.poll() is None:
+                os.killpg(w.pid, 15)
+                w.wait(30)
+        devservers.down(self.cfg, wipe=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def scrape(ports: list[int]) -> Counter[str]:
+    """The workers' powerplane_streams_* metrics, summed over them."""
+    import urllib.request
+
+    m: Counter[str] = Counter()
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            m.update({ln.split()[0]: float(ln.split()[1]) for ln in resp.read().decode().splitlines()
+                      if ln.startswith("powerplane_streams_") and "_created" not in ln})
+    return m
+
+
+def main() -> int:
+    args = parse_args()
+    b = Bench(args)
+    set_process_auth(lambda: client_auth(b.cfg, "admin"))  # the bench writes and watches every topic
+    devservers.up(b.cfg, vm=False)
+    try:
         if not args.catch_up:
+            b.start_worker()
+            wait_for_groups(b.cfg, STREAMS_GROUPS)
+        live_rate = b.produce()
+        raw_rate = b.raw_consume()
+        if live_rate is not None:
             print(f"ratio live rate / raw consume (GPU samples/s): {live_rate / raw_rate:.4f} (the worker is "
                   f"paced by the site at 1 Hz; --catch-up gives its maximum rate)")
         else:
-            # ---- 2. the streams worker at its maximum rate ----------------------------------------------
-            t_start = time.perf_counter()
-            mport = free_port()
-            worker = start_worker("--from-beginning", "--metrics-port", str(mport))
-            mports = [mport]
-            for i in range(1, args.workers):
-                mports.append(free_port())
-                others.append(start_worker("--from-beginning", "--metrics-port", str(mports[-1]), name=f"worker{i}"))
-            procs = [worker, *others]
-            admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python())
-            cons = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python())
-            t_first = cpu_first = None
-            deadline = time.monotonic() + 1800
-            while time.monotonic() < deadline:
-                if any(w.poll() is not None for w in procs):
-                    raise RuntimeError(f"a worker exited: {(tmp / 'worker.log').read_text()[-2000:]}")
-                lt = lag(admin, cons, topics.STREAMS_RACKS_GROUP, topics.TELEMETRY.name)
-                lr = lag(admin, cons, topics.STREAMS_APP_ID, topics.RACKS.name)
-                if lt is not None and t_first is None and lt < n_frames:
-                    t_first, cpu_first = time.perf_counter(), sum(cpu_s(w.pid) for w in procs)
-                    print(f"  worker consuming after {t_first - t_start:.1f} s of start-up", flush=True)
-                if lt == 0 and lr == 0:
-                    break
-                time.sleep(1.0)
-            t_end, cpu_end = time.perf_counter(), sum(cpu_s(w.pid) for w in procs)
-            time.sleep(3.0)  # the last windows close
-            import urllib.request
-
-            m: Counter[str] = Counter()
-            for port in mports:  # summed over the workers
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                    m.update({ln.split()[0]: float(ln.split()[1]) for ln in resp.read().decode().splitlines()
-                              if ln.startswith("powerplane_streams_") and "_created" not in ln})
-            print("worker counters: " + ", ".join(f"{k.removeprefix('powerplane_streams_')}={v}" for k, v in
-                                                  m.items() if any(x in k for x in ("late", "windows", "frames"))))
-            admin.close()
-            cons.close()
-            assert t_first is not None and cpu_first is not None
-            wall = t_end - t_first
-            cpu = cpu_end - cpu_first
-            rate = gpus / wall
-            print(f"{args.workers} worker process(es), catching up: {wall:.1f} s wall, {cpu:.1f} s CPU for "
-                  f"{args.seconds} site-seconds = {rate:,.0f} GPU samples/s ({rate / args.workers:,.0f} per process, "
-                  f"{gpus / cpu:,.0f} per CPU-second, {args.seconds / wall:.1f}x real time); peak RSS "
-                  f"{max(vm_hwm_mb(w.pid) for w in procs):.0f} MB")
-            print(f"ratio worker / raw consume (GPU samples/s): {rate / raw_rate:.3f}")
-        log_text = (tmp / "worker.log").read_text(errors="replace")
-        reports = [line for line in log_text.splitlines() if "frames=" in line]
-        if reports:
-            print("worker's last report:", reports[-1].split("]")[-1].strip())
-        opened = Counter(line.split("event open ")[1].split(":")[0] for line in log_text.splitlines()
-                         if "event open " in line)
-        print("events opened (severity kind: count):", dict(opened) or "none")
-        for line in [x for x in log_text.splitlines() if "bad record" in x or "Traceback" in x][:5]:
-            print("worker:", line.split("]")[-1].strip()[:300])
+            b.catch_up(raw_rate)
+        b.report_logs()
     finally:
-        for w in [worker, *others]:
-            if w is not None and w.poll() is None:
-                os.killpg(w.pid, 15)
-                w.wait(30)
-        devservers.down(cfg, wipe=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        b.close()
     return 0
 
 
