@@ -21,14 +21,13 @@ from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
-from kafka.partitioner.default import murmur2
 
 from actuators.base import Actuator
 from actuators.guard import Guard
 from actuators.journal import Journal, journal_path
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import DeadLetters, Producer, client_auth, consumer
+from powerplane.kafka import DeadLetters, Producer, client_auth, consumer, key_partition
 from powerplane.metrics import ConsumerLag, kafka_python_lags, register_merged
 from powerplane.schemas import Ack, Command, DeadLetter, Event, SchemaError
 from powerplane.signing import Keyring, ack_key_path, load_keyring
@@ -147,13 +146,6 @@ def _handle(guard: Guard, served: set[str], dlq: DeadLetters,
             if ack.status == "rejected" and guard.security_refusals and guard.security_refusals[-1][0] is cmd:
                 refused.append((cmd, ack.reason))
     return acks, refused
-
-
-def key_partition(key: bytes, partitions: Sequence[int]) -> int:
-    """The partition a keyed record goes to: what kafka-python's DefaultPartitioner (every producer here) and
-    the Java client compute, murmur2 of the key, made positive, modulo the count, among the sorted partitions."""
-    ordered = sorted(partitions)
-    return int(ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)])
 
 
 def rack_partitions(racks: Iterable[str], partitions: Sequence[int]) -> list[int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -23,6 +23,7 @@ from kafka.admin import (
     ResourceType,
 )
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 
 from powerplane import access, topics
 from powerplane.kafka_auth import (
@@ -40,6 +41,15 @@ from powerplane.kafka_auth import (
     set_process_auth,
 )
 from powerplane.schemas import DeadLetter
+
+
+def key_partition(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition a keyed record goes to: what kafka-python's DefaultPartitioner, aiokafka's and the Java
+    client compute (murmur2 of the key, made positive, modulo the count, among the sorted partitions). Every
+    producer here uses it, so consumers that own keys (actuators, the site stage) find their partitions by it."""
+    ordered = sorted(partitions)
+    return int(ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)])
+
 
 __all__ = [
     "BrokerUnavailable",

@@ -31,12 +31,11 @@ from typing import Any, TypeVar
 
 import faust
 import numpy as np
-from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import ClientAuth, client_auth
+from powerplane.kafka import ClientAuth, client_auth, key_partition
 from powerplane.plausibility import FrameChecker, PlausibilityCounts, PlausibilitySettings
 from powerplane.schemas import DeadLetter, RackSummaryBatch, SchemaError
 from powerplane.site import IntArray, Site
@@ -70,8 +69,7 @@ def telemetry_partitions(site: Site) -> IntArray:
     """Each rack's pp.telemetry partition (frames are keyed by rack id; the Java client's murmur2 hash, which
     every producer here uses): the sources of the site stage's watermark."""
     parts = list(range(topics.TELEMETRY.partitions))
-    hash_ = DefaultPartitioner()
-    return np.array([hash_(r.encode(), parts, parts) for r in site.rack_ids], dtype=np.int64)
+    return np.array([key_partition(r.encode(), parts) for r in site.rack_ids], dtype=np.int64)
 
 
 class Counters:

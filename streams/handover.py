@@ -31,12 +31,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import client_auth
+from powerplane.kafka import client_auth, key_partition
 from streams.site_stage import SiteStage
 
 log = logging.getLogger("powerplane.streams")
@@ -70,8 +69,7 @@ def shorten_fetch_wait() -> None:
 def site_partition(site_name: str) -> int:
     """The site's pp.racks partition: records are keyed by site (the Java client's murmur2 hash, as every
     producer here uses) over the partitions the topic is declared with."""
-    parts = list(range(topics.RACKS.partitions))
-    return int(DefaultPartitioner()(site_name.encode(), parts, parts))
+    return key_partition(site_name.encode(), range(topics.RACKS.partitions))
 
 
 def read_records(cfg: Config, partition: int, start: int, end: int,

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
+
+from powerplane.kafka import key_partition
 
 log = logging.getLogger("powerplane.streams")
 
@@ -23,7 +24,6 @@ class KeyedBatches:
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
-        self.partitioner = DefaultPartitioner()
         self.sent = 0
 
     async def send(self, topic: str, items: list[tuple[bytes, bytes, float]]) -> list[asyncio.Future[Any]]:
@@ -36,7 +36,7 @@ class KeyedBatches:
         parts = sorted(producer.client.cluster.partitions_for_topic(topic) or [0])
         by_part: dict[int, list[tuple[bytes, bytes, float]]] = {}
         for it in items:
-            by_part.setdefault(self.partitioner(it[0], parts, parts), []).append(it)
+            by_part.setdefault(key_partition(it[0], parts), []).append(it)
         for p, recs in by_part.items():
             batch, n = producer.create_batch(), 0
             for key, value, ts_s in recs:

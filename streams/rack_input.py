@@ -63,7 +63,6 @@ class RackInput:
         self.pending: dict[TopicPartition, int] = {}  # next offset to commit, per partition
         self.next_offset: dict[TopicPartition, int] = {}  # next offset to take, per partition
         self.newest_ms: dict[TopicPartition, int] = {}  # timestamp of the newest record taken, per partition
-        self.aligned_pauses = 0  # partitions paused for running ahead (counted, not exported)
         self.futures: list[asyncio.Future[Any]] = []  # produce acks the pending offsets wait for
         self.last_commit_mono = time.monotonic()
         self.started = False
@@ -103,7 +102,6 @@ class RackInput:
             self.consumer.pause(*(pause - paused))
         if (paused - pause) & states.keys():
             self.consumer.resume(*((paused - pause) & states.keys()))
-        self.aligned_pauses += len(pause - paused)
 
     def produced(self, futures: Iterable[asyncio.Future[Any]]) -> None:
         """Produce acks the taken records' outputs wait for: the offsets are committed after them."""

@@ -10,7 +10,7 @@ per-call overhead over 72-GPU arrays; a worker catching up a backlog needs the p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import msgpack
 import numpy as np
@@ -205,5 +205,4 @@ def _outputs_one_by_one(batcher: RackBatcher, taken: list[TelemetryFrame], where
             **{f: np.concatenate([getattr(p, f) for p in parts]) for f in _SUMMARY_COLUMNS})
 
 
-_SUMMARY_COLUMNS = ("ts_s", "power_w", "pdu_a_w", "pdu_b_w", "gpus_expected", "gpus_reporting", "gpus_throttled",
-                    "inlet_c", "gpu_temp_max_c")
+_SUMMARY_COLUMNS = tuple(f.name for f in fields(RackSummaryBatch) if f.name not in ("site", "racks"))
