@@ -156,10 +156,11 @@ class Engine:
         r = self.result
         staged = self.stage.add_batch(RackSummaryBatch.of(self.pending))
         self.pending = []
-        for h in staged.headroom:  # thermal headroom reaches the controller as pp.headroom does
+        headroom = staged.headroom
+        for h in headroom:  # thermal headroom reaches the controller as pp.headroom does
             self.controller.on_headroom(h, h.ts_s if now_s is None else now_s)
         r.events += staged.events
-        r.headroom += len(staged.headroom)
+        r.headroom += len(headroom)
         r.windows += staged.windows
         return staged.aggregates
 

@@ -410,12 +410,12 @@ class StreamsWorker:
     async def publish(self, out: StageOutput) -> None:
         c = self.counters
         await self.batches.send(topics.AGGREGATES.name, _items(out.aggregates))
-        await self.batches.send(topics.HEADROOM.name, _items(out.headroom))
+        await self.batches.send(topics.HEADROOM.name, out.headroom_items())
         for e in out.events:
             await self.events.send(key=e.id.encode(), value=e.encode(), timestamp=e.ts_s)
             log.warning("event %s %s %s: %s", e.state, e.severity, e.kind, e.summary)
         c.aggregates += len(out.aggregates)
-        c.headroom += len(out.headroom)
+        c.headroom += out.headroom_count()
         if out.aggregates:
             c.publish_delay_s = time.time() - max(a.ts_s for a in out.aggregates)
         c.events += len(out.events)

@@ -172,3 +172,24 @@ def test_the_forecast_band_recovers_within_seconds_of_a_feed_loss(run: Run) -> N
     assert after and all(h.mode == "B-lost" for h in after)
     wide = [(h.ts_s, h.power_w, h.forecast_p99_w) for h in after if h.forecast_p99_w - h.power_w > 0.15 * h.power_w]
     assert not wide, wide
+
+
+def test_the_published_headroom_is_the_records_encoded() -> None:
+    """The worker encodes headroom straight from a window's columns: what it publishes must be exactly what
+    encoding each Headroom record gives, thermal fields, missing forecasts and all."""
+    site = load_site(ROOT / "examples" / "lab.toml")
+    tw = Twin(site, scenario=load_scenario(SCENARIO), seed=3, epoch_s=0.0)
+    lim, st = Limits(site), SiteStage(site)
+    windows = []
+    for k in range(40):
+        fr = tw.step(1.0)
+        for f in rack_frames(site, fr, tw.epoch_s + fr.t_s, 1.0, k + 1, "twin"):
+            windows += st.add(frame_outputs(site, lim, f)[1], wall_s=tw.epoch_s + fr.t_s + 0.5).headroom_windows
+    assert len(windows) >= 30
+    records = [h for w in windows for h in w.records()]
+    assert [it for w in windows for it in w.items()] == [(h.key(), h.encode(), h.ts_s) for h in records]
+    # The check covers every optional field both present and absent.
+    assert {h.kind for h in records if h.inlet_c is not None} == {"rack", "zone"}
+    assert any(h.time_to_limit_s is not None for h in records) and any(h.plan_p99_w is None for h in records)
+    assert all(h.lag_s is not None for h in records)
+    assert [Headroom.decode(it[1]) for it in windows[-1].items()] == windows[-1].records()
