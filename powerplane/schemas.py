@@ -139,33 +139,12 @@ class Record:
 
     @classmethod
     def decode_many(cls: type[T], values: Sequence[bytes]) -> list[T | SchemaError]:
-        """decode() of every value, each record or its error. The range checks of float arrays, a few numpy
-        calls per array per record, are made once per field over the whole batch; only a record whose arrays
-        fail there is decoded again on its own, so its error is exactly the one decode() gives."""
-        out: list[T | SchemaError] = []
-        for v in values:
-            try:
-                out.append(cls.from_wire(cls._unpack(v), array_ranges=False))
-            except SchemaError:
-                out.append(cls._error(v))  # decoded again in full: the first error in field order
-        for name, kind, _, rng in cls._plan():
-            if rng is None or kind.rstrip("?") not in ("f32[]", "f64[]"):
-                continue
-            idx = [i for i, r in enumerate(out) if not isinstance(r, SchemaError) and getattr(r, name) is not None]
-            arrays = [getattr(out[i], name) for i in idx]
-            if not arrays:
-                continue
-            flat = np.concatenate(arrays)
-            lo, hi = rng
-            if not flat.size or (lo <= flat.min() and flat.max() <= hi):  # NaN (allowed) takes the exact path
-                continue
-            bad = ~((flat >= lo) & (flat <= hi)) & ~np.isnan(flat)
-            if not bad.any():
-                continue
-            ends = np.cumsum([a.size for a in arrays])
-            for j in np.unique(np.searchsorted(ends, np.flatnonzero(bad), side="right")).tolist():
-                out[idx[j]] = cls._error(values[idx[j]])
-        return out
+        """decode() of every value, each record or its error: the fields are checked column by column over the
+        batch (powerplane.wire_columns); a record that fails any check is decoded again on its own, so its error
+        is exactly the one decode() gives."""
+        from powerplane.wire_columns import decode_many  # it builds on this module: imported when first used
+
+        return decode_many(cls, values)
 
     @classmethod
     def _unpack(cls, data: bytes) -> Any:

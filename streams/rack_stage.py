@@ -9,7 +9,7 @@ per-call overhead over 72-GPU arrays; a worker catching up a backlog needs the p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 import msgpack
@@ -17,7 +17,7 @@ import numpy as np
 
 from powerplane.plausibility import FrameChecker
 from powerplane.schemas import LevelAggregate, RackSummaryBatch, SchemaError, TelemetryFrame
-from powerplane.site import FEEDS, OTHER_IDLE_FRAC, IntArray, Site
+from powerplane.site import FEEDS, MODES, OTHER_IDLE_FRAC, IntArray, Site
 from streams.rollup import NO_READING, THERMAL_REASONS, Limits, feed_mode
 
 
@@ -47,6 +47,8 @@ class RackBatcher:
         self.other_w = [site.server_other_w[ss[r]:ss[r + 1]] for r in range(site.n_racks)]
         self.psu_eff = [site.server_psu_eff[ss[r]:ss[r + 1]] for r in range(site.n_racks)]
         self.rack_level = site.rack_level.astype(np.int64)
+        self.statics = [_RackStatics.of(site, limits, r) for r in range(site.n_racks)]
+        self.shares = {m: [float(x) for x in site.feed_share(m)] for m in MODES}
 
     def rack_power_w(self, frames: Sequence[TelemetryFrame], racks: IntArray) -> tuple[np.ndarray, np.ndarray]:
         """(wall power of each frame's rack, GPUs reporting): Site.rack_input_w of every frame at once, missing
@@ -76,7 +78,7 @@ class RackBatcher:
 
     def outputs(self, frames: Sequence[TelemetryFrame]) -> tuple[list[tuple[bytes, bytes, float]], RackSummaryBatch]:
         """frame_outputs of every frame: (encoded rack and PDU aggregates, the summaries in one batch)."""
-        site, limits = self.site, self.limits
+        site = self.site
         racks = np.array([site.rack_index(f.rack) for f in frames], dtype=np.int64)
         power_w, reporting = self.rack_power_w(frames, racks)
         starts = np.concatenate(([0], np.cumsum([f.power_w.size for f in frames])[:-1]))
@@ -85,16 +87,18 @@ class RackBatcher:
         items: list[tuple[bytes, bytes, float]] = []
         inlet = np.full(len(frames), np.nan)
         throttled = _throttled(frames, starts)
-        for i, f in enumerate(frames):
-            r = int(racks[i])
+        pack = msgpack.Packer(use_bin_type=True).pack
+        head = {"schema": LevelAggregate.SCHEMA, "v": LevelAggregate.VERSION, "site": site.name}
+        rows = zip(frames, racks.tolist(), power_w.tolist(), reporting.tolist(), temp_max.tolist(),
+                   throttled.tolist(), strict=True)
+        for i, (f, r, p_w, rep, tmax, thr) in enumerate(rows):
             finite = [x for x in f.inlet_c if x == x]  # NaN != NaN; inf is refused by the schema
             inlet_c = max(finite) if finite else None
             if inlet_c is not None:
                 inlet[i] = inlet_c
             mode = feed_mode(f.pdu_power_w)
-            tmax = float(temp_max[i]) if temp_max[i] == temp_max[i] else None
-            items += _aggregates(site, limits, f, r, float(power_w[i]), int(reporting[i]), mode, inlet_c, tmax,
-                                 int(throttled[i]))
+            rack = _Rack(f, self.statics[r], p_w, rep, mode, inlet_c, tmax if tmax == tmax else None, thr)
+            items += rack.aggregates(pack, head, self.shares[mode])
         summaries = RackSummaryBatch(
             site=site.name, racks=[f.rack for f in frames], ts_s=np.array([f.ts_s for f in frames]),
             power_w=power_w, pdu_a_w=np.array([f.pdu_power_w[0] for f in frames], dtype=np.float64),
@@ -117,43 +121,66 @@ def _throttled(frames: Sequence[TelemetryFrame], starts: np.ndarray) -> np.ndarr
     return np.add.reduceat(hot.astype(np.uint32), starts).astype(np.uint32)
 
 
-def _aggregates(site: Site, limits: Limits, f: TelemetryFrame, r: int, power_w: float, reporting: int, mode: str,
-                inlet_c: float | None, temp_max_c: float | None, throttled: int) -> list[tuple[bytes, bytes, float]]:
-    """The rack's and its PDUs' LevelAggregate records, encoded, as streams.rollup.frame_outputs makes them. The
-    wire maps are built here directly (LevelAggregate.to_wire's layout: three records a frame, and the generic
-    path was a third of the stage's time); tests/unit/test_rack_stage.py decodes them against frame_outputs."""
-    lvl = int(site.rack_level[r])
-    expected = f.power_w.size
-    share = site.feed_share(mode)  # type: ignore[arg-type]
-    head = {"schema": LevelAggregate.SCHEMA, "v": LevelAggregate.VERSION, "site": site.name}
-    ts_s, window_s = float(f.ts_s), float(f.interval_s)
-    rack = {**head, "level": f.rack, "kind": "rack", "ts_s": ts_s, "window_s": window_s, "power_w": power_w,
-            "limit_w": float(limits.derated[mode][lvl]), "rated_w": float(limits.rated[mode][lvl]),  # type: ignore[index]
-            "mode": mode, "gpus_expected": expected, "gpus_reporting": reporting}
-    if inlet_c is not None:
-        rack["inlet_c"] = float(inlet_c)
-    if temp_max_c is not None:
-        rack["gpu_temp_max_c"] = temp_max_c
-    rack["gpus_throttled"] = throttled
-    out = [(f.rack.encode(), _pack(rack), ts_s)]
-    for k in range(len(FEEDS)):
-        pdu = int(site.rack_pdu[r, k])
-        metered = f.pdu_power_w[k]
-        est = power_w * float(share[k])
-        level = site.level_ids[pdu]
-        agg = {**head, "level": level, "kind": "pdu", "ts_s": ts_s, "window_s": window_s,
-               "power_w": float(metered) if metered == metered else est,
-               "limit_w": float(limits.derated["normal"][pdu]), "rated_w": float(limits.rated["normal"][pdu]),
-               "mode": mode, "gpus_expected": expected, "gpus_reporting": reporting}
-        if metered == metered:  # not NaN: the PDU has a meter
-            agg["metered_w"] = float(metered)
-            agg["gap_w"] = float(metered) - est  # a bad meter or unmonitored load
-        out.append((level.encode(), _pack(agg), ts_s))
-    return out
+@dataclass(frozen=True)
+class _RackStatics:
+    """What a rack's aggregates take from the site model, as plain Python values (numpy scalar indexing, a
+    dozen times per frame, was a tenth of the stage)."""
+
+    rated_w: dict[str, float]  # the rack level's, per feed mode
+    derated_w: dict[str, float]
+    pdus: tuple[tuple[str, float, float], ...]  # per feed: PDU level id, derated and rated limit (normal mode)
+
+    @classmethod
+    def of(cls, site: Site, limits: Limits, r: int) -> _RackStatics:
+        lvl = int(site.rack_level[r])
+        pdus = tuple((site.level_ids[p], float(limits.derated["normal"][p]), float(limits.rated["normal"][p]))
+                     for p in (int(site.rack_pdu[r, k]) for k in range(len(FEEDS))))
+        return cls(rated_w={m: float(limits.rated[m][lvl]) for m in MODES},
+                   derated_w={m: float(limits.derated[m][lvl]) for m in MODES}, pdus=pdus)
 
 
-def _pack(wire: dict[str, object]) -> bytes:
-    return bytes(msgpack.packb(wire, use_bin_type=True))
+@dataclass
+class _Rack:
+    """One frame's rolled-up values, from which its rack's and PDUs' aggregates are encoded."""
+
+    f: TelemetryFrame
+    statics: _RackStatics
+    power_w: float
+    reporting: int
+    mode: str
+    inlet_c: float | None
+    temp_max_c: float | None
+    throttled: int
+
+    def aggregates(self, pack: Callable[[object], bytes], head: dict[str, object],
+                   share: list[float]) -> list[tuple[bytes, bytes, float]]:
+        """The rack's and its PDUs' LevelAggregate records, encoded, as streams.rollup.frame_outputs makes them.
+        The wire maps are built here directly (LevelAggregate.to_wire's layout: three records a frame, and the
+        generic path was a third of the stage's time); tests/unit/test_rack_stage.py decodes them against
+        frame_outputs."""
+        f, st, mode = self.f, self.statics, self.mode
+        expected = f.power_w.size
+        ts_s, window_s = float(f.ts_s), float(f.interval_s)
+        rack = {**head, "level": f.rack, "kind": "rack", "ts_s": ts_s, "window_s": window_s,
+                "power_w": self.power_w, "limit_w": st.derated_w[mode], "rated_w": st.rated_w[mode], "mode": mode,
+                "gpus_expected": expected, "gpus_reporting": self.reporting}
+        if self.inlet_c is not None:
+            rack["inlet_c"] = float(self.inlet_c)
+        if self.temp_max_c is not None:
+            rack["gpu_temp_max_c"] = self.temp_max_c
+        rack["gpus_throttled"] = self.throttled
+        out = [(f.rack.encode(), pack(rack), ts_s)]
+        for k, (level, derated_w, rated_w) in enumerate(st.pdus):
+            metered = f.pdu_power_w[k]
+            est = self.power_w * share[k]
+            agg = {**head, "level": level, "kind": "pdu", "ts_s": ts_s, "window_s": window_s,
+                   "power_w": float(metered) if metered == metered else est, "limit_w": derated_w,
+                   "rated_w": rated_w, "mode": mode, "gpus_expected": expected, "gpus_reporting": self.reporting}
+            if metered == metered:  # not NaN: the PDU has a meter
+                agg["metered_w"] = float(metered)
+                agg["gap_w"] = float(metered) - est  # a bad meter or unmonitored load
+            out.append((level.encode(), pack(agg), ts_s))
+        return out
 
 
 def rack_batch(batcher: RackBatcher, checker: FrameChecker, values: Sequence[bytes], now_s: float) -> RackBatch:

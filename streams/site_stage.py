@@ -70,10 +70,10 @@ class HeadroomWindow:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _rows(self) -> Iterator[dict[str, Any]]:
-        """One dict per level in Headroom's field order, optional fields absent when None (Record.to_wire's map
-        without its two header keys)."""
-        head = {"site": self.site}
+    def _rows(self, head: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """One dict per level, `head` then Headroom's fields in order, optional fields absent when None
+        (Record.to_wire's map when `head` is its two header keys)."""
+        head = {**head, "site": self.site}
         ts_s, hz, lim_c = float(self.ts_s), float(self.horizon_s), float(self.inlet_limit_c)
         plan_h = None if self.plan_horizon_s is None else float(self.plan_horizon_s)
         lag = None if self.lag_s is None else float(self.lag_s)
@@ -98,14 +98,14 @@ class HeadroomWindow:
             yield row
 
     def records(self) -> list[Headroom]:
-        return [Headroom(**row) for row in self._rows()]
+        return [Headroom(**row) for row in self._rows({})]
 
     def items(self) -> list[tuple[bytes, bytes, float]]:
         """(key, encoded record, event time) per level, as Record.encode gives them."""
         pack = msgpack.Packer(use_bin_type=True).pack
-        head = {"schema": Headroom.SCHEMA, "v": Headroom.VERSION}
         ts_s = float(self.ts_s)
-        return [(row["level"].encode(), pack({**head, **row}), ts_s) for row in self._rows()]
+        return [(row["level"].encode(), pack(row), ts_s)
+                for row in self._rows({"schema": Headroom.SCHEMA, "v": Headroom.VERSION})]
 
 
 @dataclass
