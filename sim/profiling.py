@@ -43,7 +43,7 @@ from sim.serving import (
     estimate_capacity_rps,
     instance_constants,
 )
-from sim.workload import Trace, default_workload, load_azure_conv
+from sim.workload import Trace, default_trace, default_workload
 
 FREQ_REL = (1.0, 1800 / 1980, 1600 / 1980, 1410 / 1980, 1200 / 1980, 1000 / 1980)  # 1980 ... 1000 MHz on H100
 LOAD_FRAC = tuple(float(x) for x in np.linspace(0.0, 1.0, 11))
@@ -107,7 +107,7 @@ def measure_profile(classes: Sequence[ProfileClass], *, cfg: TwinConfig | None =
                     debug: dict[str, FloatArray] | None = None) -> ServingProfile:
     """Run every (class, TP, clock, rate) point as one instance for `seconds`; see the module docstring."""
     cfg = cfg or TwinConfig()
-    tr = trace if trace is not None else load_azure_conv()
+    tr = trace if trace is not None else default_trace()
     tps = sorted({t for c in classes for t in c.tps})
     n_k, n_t, n_f, n_r = len(classes), len(tps), len(freq_rel), len(rate_rel) + 1  # rate 0: idle
     mean_p, mean_o = float(tr.prompt.mean()), float(tr.output.mean())
@@ -136,7 +136,7 @@ def measure_profile(classes: Sequence[ProfileClass], *, cfg: TwinConfig | None =
                     for k in range(n_k)])
     meta = {"source": "sim.profiling.measure_profile", "seconds": seconds, "warmup_s": warmup_s,
             "target": target, "seed": seed, "trace": tr.source.rsplit("/", 1)[-1],
-            "mix": f"Azure conversation trace, mean prompt {mean_p:.0f}, mean output {mean_o:.0f} tokens"}
+            "mix": f"{tr.name}, mean prompt {mean_p:.0f}, mean output {mean_o:.0f} tokens"}
     return ServingProfile(classes=tuple(c.key for c in classes), tp=np.asarray(tps, dtype=np.int64),
                           freq_mhz=freq, load_frac=lf, valid=valid, cap_rps=cap, power_w=power,
                           tokens_per_req=tpr, bare_w=np.array([c.bare_w for c in classes]), meta=meta)
