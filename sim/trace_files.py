@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from powerplane.site import FloatArray
 from sim.trace import PACKAGED_TRACE, SHARED_TRACE, Trace
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -109,16 +110,17 @@ def _missing_column(path: Path, header: list[str], columns: TraceColumns) -> str
     missing = [c for c in wanted if c not in header]
     return (f"{path}: not a request trace: no column {', '.join(repr(c) for c in missing)} in the header "
             f"({','.join(header)[:120]}); expected {','.join(AZURE_COLUMNS)} (Azure LLM trace) or "
-            f"{','.join(wanted)} (other names with --trace-columns or the workload's trace.columns)")
+            f"{','.join(wanted)} (other names with --trace-columns, or the workload file's trace table)")
 
 
-def _seconds(col: object, path: Path, name: str) -> np.ndarray:
+def _seconds(col: object, path: Path, name: str) -> FloatArray:
     import pyarrow as pa
 
     assert isinstance(col, pa.ChunkedArray)
     if pa.types.is_timestamp(col.type):
         ns = np.asarray(col.cast(pa.timestamp("ns", tz=col.type.tz)).cast(pa.int64()), dtype=np.int64)
-        return (ns - ns.min()) / 1e9  # from the first arrival in whole nanoseconds: no float rounding of epochs
+        # From the first arrival in whole nanoseconds: no rounding of epoch seconds in a float.
+        return np.asarray((ns - ns.min()) / 1e9, dtype=np.float64)
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
         return np.asarray(col.cast(pa.float64()), dtype=np.float64)
     raise ValueError(f"{path}: column '{name}' holds {col.type}, not seconds or timestamps")

@@ -54,7 +54,7 @@ def _stays(states: tuple[State, ...], seconds: float, rng: np.random.Generator) 
         start.append(t)
         t += st.min_s + rng.exponential(st.mean_s - st.min_s)
         k += 1
-    return np.asarray(idx, dtype=np.int64), np.asarray(start + [t], dtype=np.float64)
+    return np.asarray(idx, dtype=np.int64), np.asarray([*start, t], dtype=np.float64)
 
 
 def generate_bursty(kind: str = "mmpp", seconds: float = 3600.0, seed: int = 0, mean_rate: float | None = None,
