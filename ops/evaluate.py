@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from sim import Twin
 from sim.fleet import rack_frames
 from sim.scenario import Scenario
 from sim.workload import WorkloadSpec
+
+if TYPE_CHECKING:
+    from powerplane.serving_profile import ServingProfile
 
 POLICIES = ("none", "static", "polca", "full")
 # Throttled: power-capped under the GPU's maximum, or slowed by heat. A clock the reconfiguration policy
@@ -102,6 +105,7 @@ class Tally:
     by_action: dict[str, int] = field(default_factory=dict)  # commands issued (renewals aside) per action
     pool_gpus: list[np.ndarray] = field(default_factory=list)  # every GPU of each pool, in pool order
     rack_power: list[FloatArray] = field(default_factory=list)  # true rack wall power per second, for planning
+    profile_note: str = ""  # which serving profile the reconfiguration decided from (full policy)
     series: dict[str, list[float]] = field(default_factory=lambda: {"t_s": [], "site_mw": [], "worst_frac": [],
                                                                    "crit_ttft_ok": []})
 
@@ -224,11 +228,12 @@ class Reconfigurer:
     to the twin. The forecast is the busiest second of the last `lookback_s` x `headroom`: what a
     deployment without a trace oracle knows. Pools whose class the profile lacks are left alone."""
 
-    def __init__(self, twin: Twin, every_s: int = 15, lookback_s: int = 120, headroom: float = 1.1) -> None:
+    def __init__(self, twin: Twin, every_s: int = 15, lookback_s: int = 120, headroom: float = 1.1,
+                 profile: ServingProfile | None = None) -> None:
         from controllers.reconfig import ReconfigPolicy
         from powerplane.serving_profile import ServingProfile, class_key
 
-        prof = ServingProfile.load()
+        prof = profile if profile is not None else ServingProfile.load()
         self.names: list[str] = []
         classes: list[int] = []
         self.index: list[int] = []
@@ -288,7 +293,12 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         # The fleet's own twin actuator (it locks clocks where the plant is the twin), behind the same guard.
         actuator = load_actuator("twin", {"kind": "twin", "safe_limit": "max"}, context=twin)
         guard = Guard(actuator, keyring, site.name, rate_per_s=100.0, burst=100)
-    reconfig = Reconfigurer(twin) if policy == "full" and reconfigure else None
+    reconfig = None
+    if policy == "full" and reconfigure:
+        from sim.profiling import profile_for
+
+        profile, tally.profile_note = profile_for(twin)  # for the token mix of the trace the twin replays
+        reconfig = Reconfigurer(twin, profile=profile)
     route_w = np.ones(site.n_gpus)
     for k in range(duration_s):
         fr = twin.step(1.0)
@@ -317,6 +327,8 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         if progress is not None:
             progress.show(k + 1)
     out = tally.summary()
+    if tally.profile_note:
+        out["serving_profile"] = tally.profile_note
     out["series"] = tally.series
     out["rack_power_w"] = np.asarray(tally.rack_power, dtype=np.float64)
     return out

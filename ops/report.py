@@ -118,7 +118,7 @@ def write_report(out_dir: Path, meta: dict[str, Any], results: dict[str, dict[st
     lines = [f"# Closed-loop evaluation: {meta['site']}", "",
              f"Scenario: {meta['scenario']}. Workload: {meta['workload']}. {meta['duration_s']} s simulated per "
              f"policy in {meta['wall_s']:.0f} s wall; seed {meta['seed']}. Metrics are the twin's ground truth.", "",
-             *_trace_lines(meta), "## Targets (full policy)", "", "| target | met | figure |", "|---|---|---|"]
+             *_trace_lines(meta, results), "## Targets (full policy)", "", "| target | met | figure |", "|---|---|---|"]
     for t, m, f in tg:
         lines.append(f"| {t} | {'yes' if m else 'no' if m is not None else 'not measured'} | {f} |")
     lines += ["", "## Policies side by side", "", *_policy_table(results), *_savings_table(results)]
@@ -192,12 +192,17 @@ def _policy_table(results: dict[str, dict[str, Any]]) -> list[str]:
     return head + [f"| {label} | " + " | ".join(fn(r) for r in results.values()) + " |" for label, fn in rows]
 
 
-def _trace_lines(meta: dict[str, Any]) -> list[str]:
-    """Which trace the pools replayed and whose it is (older metrics files lack both)."""
-    if not meta.get("trace"):
-        return []
-    return [f"Trace: {meta['trace']} (`{meta.get('trace_file', '?')}`).", "",
-            f"Trace attribution: {meta.get('trace_attribution') or 'none given'}", ""]
+def _trace_lines(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[str]:
+    """Which trace the pools replayed and whose it is (older metrics files lack both), and the serving
+    profile the reconfiguration decided from."""
+    out = []
+    if meta.get("trace"):
+        out += [f"Trace: {meta['trace']} (`{meta.get('trace_file', '?')}`).", "",
+                f"Trace attribution: {meta.get('trace_attribution') or 'none given'}", ""]
+    note = results.get("full", {}).get("serving_profile")
+    if note:
+        out += [f"Serving profile of the full policy's reconfiguration: {note}.", ""]
+    return out
 
 
 def savings_split(run: dict[str, Any], none: dict[str, Any]) -> dict[str, float]:

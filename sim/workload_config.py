@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from powerplane.config import TomlFileError, read_toml
 from powerplane.site import PRIORITIES, Site
@@ -178,6 +186,15 @@ class JobConfig(Model):
         return self
 
 
+def _trace_path(v: Any) -> Any:
+    """``trace = "file.csv"`` is ``trace = {path = "file.csv"}``; anything else is the table's to check."""
+    if isinstance(v, str):
+        return {"path": v}
+    if v is not None and not isinstance(v, Mapping | TraceConfig):
+        raise ValueError(f"expected a file name or a table with path (and column names), got {v!r}")
+    return v
+
+
 class TraceConfig(Model):
     """A trace file and, for a generic CSV, its column names (Azure files are recognised by their header)."""
 
@@ -194,7 +211,7 @@ class WorkloadConfig(Model):
     pools: tuple[PoolConfig, ...] = ()
     jobs: tuple[JobConfig, ...] = ()
     rate_window_s: Pos = WorkloadSpec.rate_window_s
-    trace: Annotated[str, Field(min_length=1)] | TraceConfig | None = None
+    trace: Annotated[TraceConfig | None, BeforeValidator(_trace_path)] = None
 
 
 # ======================================================================================
@@ -224,10 +241,13 @@ def _check_names(problems: Problems, d: Mapping[str, Any], site: Site | None) ->
                     problems.add(f"{kind}[{i}].racks[{j}]", f"unknown rack '{r}'")
 
 
-def _file_trace(cfg: WorkloadConfig, base_dir: Path, problems: Problems) -> Trace | None:
-    """The trace the file names (a path relative to the file's directory), or its one-line problem."""
-    tc = TraceConfig(path=cfg.trace) if isinstance(cfg.trace, str) else cfg.trace
-    if tc is None:
+def _file_trace(raw: Any, base_dir: Path, problems: Problems) -> Trace | None:
+    """The trace the file names (a path relative to the file's directory), or its one-line problem. From
+    the raw value, so that a missing trace file is reported beside mistakes elsewhere in the file; a
+    malformed value is left to the schema's message."""
+    try:
+        tc = TraceConfig.model_validate(_trace_path(raw))
+    except (ValidationError, ValueError):
         return None
     path = Path(tc.path).expanduser()
     try:
@@ -243,7 +263,8 @@ def _checked(d: Mapping[str, Any], site: Site | None, source: str,
     cfg = parse_into(WorkloadConfig, d, problems)
     if isinstance(d, Mapping):
         _check_names(problems, d, site)
-    trace = _file_trace(cfg, base_dir, problems) if cfg is not None and base_dir is not None else None
+    raw = d.get("trace") if isinstance(d, Mapping) else None
+    trace = _file_trace(raw, base_dir, problems) if raw is not None and base_dir is not None else None
     problems.raise_if_any(source)
     assert cfg is not None
     return cfg, trace
