@@ -194,8 +194,8 @@ TRACE_HELP = ("request trace CSV the inference pools replay: Azure LLM trace 202
               "else the packaged Azure conversation trace 2023; overrides a workload file's `trace`)")
 
 
-def _add_trace(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trace", metavar="FILE", help=TRACE_HELP)
+def _add_trace(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument("--trace", metavar="FILE", help=TRACE_HELP + note)
     p.add_argument("--trace-columns", metavar="ARRIVAL,PROMPT,OUTPUT",
                    help="--trace: the column names of a generic CSV (default arrival_s,prompt_tokens,output_tokens)")
 

@@ -229,7 +229,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     f.add_argument("--twin", action="store_true", help="use the digital twin (trace-driven) instead of the "
                                                         "simple fleet")
     f.add_argument("--scenario", help="digital twin scenario file (implies --twin), e.g. examples/scenarios/*.toml")
-    _add_trace(f)  # implies --twin too
+    _add_trace(f, "; implies --twin")
     f.add_argument("--actuator-groups", type=_positive_int, default=1, metavar="N",
                    help="apply commands with N actuators (threads), each serving a group of racks and reading only "
                         "the pp.commands partitions of its racks; groups powerplane-actuator-twin-1 .. -N "
