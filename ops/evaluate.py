@@ -17,10 +17,9 @@ site stage, then the controller: the same code as the Kafka path) -> signed comm
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +30,7 @@ from controllers.controller import CapController
 from controllers.thermal import ThermalSettings
 from ops.engine import Engine
 from ops.progress import Progress
+from ops.sketch import Quantiles
 from powerplane.physics import THROTTLE_HW_SLOWDOWN, THROTTLE_HW_THERMAL, THROTTLE_SW_POWER_CAP, THROTTLE_SW_THERMAL
 from powerplane.schemas import Command
 from powerplane.signing import Keyring
@@ -39,6 +39,9 @@ from sim import Twin
 from sim.fleet import rack_frames
 from sim.scenario import Scenario
 from sim.workload import WorkloadSpec
+
+if TYPE_CHECKING:
+    from powerplane.serving_profile import ServingProfile
 
 POLICIES = ("none", "static", "polca", "full")
 # Throttled: power-capped under the GPU's maximum, or slowed by heat. A clock the reconfiguration policy
@@ -78,7 +81,9 @@ class Tally:
     seconds: int = 0
     energy_j: float = 0.0
     pool_energy_j: float = 0.0  # GPU energy of the inference pools: what a token costs (DynamoLLM's measure)
-    tokens: float = 0.0
+    tokens: float = 0.0  # output tokens generated
+    prompt_tokens: float = 0.0  # prompt tokens prefilled (of the requests that got their first token)
+    completed: float = 0.0  # requests finished
     first_tokens: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
     ttft_ok: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
     arrivals: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
@@ -86,8 +91,8 @@ class Tally:
     decode_tokens: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
     tbt_ok: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
     throttled_requests: FloatArray = field(default_factory=lambda: np.zeros(len(PRIORITIES)))
-    ttft_samples: list[list[FloatArray]] = field(default_factory=lambda: [[] for _ in PRIORITIES])
-    tbt_samples: list[list[tuple[float, float]]] = field(default_factory=lambda: [[] for _ in PRIORITIES])
+    ttft: list[Quantiles] = field(default_factory=lambda: [Quantiles() for _ in PRIORITIES])  # every request
+    tbt: list[Quantiles] = field(default_factory=lambda: [Quantiles() for _ in PRIORITIES])  # by decode token
     peak_frac: FloatArray = field(default_factory=lambda: np.zeros(0))
     over_s: int = 0  # seconds with some breaker above its rating (not the derated limit)
     over_worst: float = 0.0  # largest load / rating seen above 1
@@ -100,6 +105,7 @@ class Tally:
     by_action: dict[str, int] = field(default_factory=dict)  # commands issued (renewals aside) per action
     pool_gpus: list[np.ndarray] = field(default_factory=list)  # every GPU of each pool, in pool order
     rack_power: list[FloatArray] = field(default_factory=list)  # true rack wall power per second, for planning
+    profile_note: str = ""  # which serving profile the reconfiguration decided from (full policy)
     series: dict[str, list[float]] = field(default_factory=lambda: {"t_s": [], "site_mw": [], "worst_frac": [],
                                                                    "crit_ttft_ok": []})
 
@@ -123,22 +129,14 @@ class Tally:
         self.energy_j = float(fr.site_energy_j)
         ps = fr.pools
         self.tokens += float(ps.tokens.sum())
+        self.completed += float(ps.completed.sum())
         self.pool_energy_j += float(ps.energy_j.sum())
         prio = np.asarray(ps.priority, dtype=np.int64)
         for name, arr in (("first_tokens", ps.first_tokens), ("ttft_ok", ps.ttft_ok), ("arrivals", ps.arrivals),
                           ("decode_tokens", ps.decode_tokens), ("tbt_ok", ps.tbt_ok_tokens)):
             getattr(self, name)[:] += np.bincount(prio, weights=arr, minlength=self.n_prio)
         self.lost += np.bincount(prio, weights=ps.dropped + ps.aborted, minlength=self.n_prio)
-        req = fr.requests
-        if req.ttft_s.size:
-            rp = prio[req.pool]
-            for p in np.unique(rp).tolist():
-                v = req.ttft_s[rp == p]
-                if sum(x.size for x in self.ttft_samples[p]) < 400_000:  # bounded: a sample is enough
-                    self.ttft_samples[p].append(v.astype(np.float32))
-        for i, p in enumerate(prio.tolist()):
-            if ps.decode_tokens[i] > 0 and math.isfinite(float(ps.tbt_mean_s[i])):
-                self.tbt_samples[p].append((float(ps.tbt_mean_s[i]), float(ps.decode_tokens[i])))
+        self.add_latencies(fr.requests, prio, ps)
         # A request counts as throttled when the GPUs of its pool ran throttled that second by a power cap
         # under the GPU's maximum or by heat: the pool's throttled GPU share of its first tokens. (A GPU at
         # its default limit reporting SW power cap is running as built, not throttled.)
@@ -155,18 +153,20 @@ class Tally:
         self.series["worst_frac"].append(worst)
         self.series["crit_ttft_ok"].append(float(self.ttft_ok[0] / crit) if crit > 0 else 1.0)
 
+    def add_latencies(self, req: Any, prio: Any, ps: Any) -> None:
+        """Every request's TTFT, and each pool's mean TBT of the second weighted by its decode tokens, into
+        the sketches of their priority classes; the prompt tokens of the requests served."""
+        self.prompt_tokens += float(req.prompt_tokens.sum())
+        if req.ttft_s.size:
+            rp = prio[req.pool]
+            for p in np.unique(rp).tolist():
+                self.ttft[p].add(req.ttft_s[rp == p])
+        ok = (ps.decode_tokens > 0) & np.isfinite(ps.tbt_mean_s)
+        for p in np.unique(prio[ok]).tolist():
+            m = ok & (prio == p)
+            self.tbt[p].add(ps.tbt_mean_s[m], ps.decode_tokens[m])
+
     def summary(self) -> dict[str, Any]:
-        def q(xs: list[FloatArray], p: float) -> float:
-            return float(np.quantile(np.concatenate(xs), p)) if xs else float("nan")
-
-        def wq(xs: list[tuple[float, float]], p: float) -> float:
-            if not xs:
-                return float("nan")
-            a = np.array(xs)
-            o = np.argsort(a[:, 0])
-            c = np.cumsum(a[o, 1])
-            return float(a[o, 0][min(int(np.searchsorted(c, p * c[-1])), len(c) - 1)])
-
         slo: dict[str, Any] = {}
         for p, name in enumerate(PRIORITIES):
             if self.arrivals[p] <= 0:
@@ -177,8 +177,8 @@ class Tally:
                 # Within SLO: first token within the TTFT SLO; a dropped or aborted request is a miss.
                 "ttft_within_slo": float(self.ttft_ok[p] / max(served + self.lost[p], 1e-9)),
                 "tbt_within_slo": float(self.tbt_ok[p] / max(self.decode_tokens[p], 1e-9)),
-                "ttft_p50_s": q(self.ttft_samples[p], 0.5), "ttft_p99_s": q(self.ttft_samples[p], 0.99),
-                "tbt_p50_s": wq(self.tbt_samples[p], 0.5), "tbt_p99_s": wq(self.tbt_samples[p], 0.99),
+                "ttft_p50_s": self.ttft[p].quantile(0.5), "ttft_p99_s": self.ttft[p].quantile(0.99),
+                "tbt_p50_s": self.tbt[p].quantile(0.5), "tbt_p99_s": self.tbt[p].quantile(0.99),
                 "throttled_fraction": float(self.throttled_requests[p] / max(served, 1e-9)),
             }
         site = self.site
@@ -187,10 +187,20 @@ class Tally:
             lv = site.levels_of_kind(kind)
             if lv.size and self.peak_frac.size:
                 peaks[kind] = float(self.peak_frac[lv].max())
+        def per(x: float, n: float) -> float:
+            return x / n if n > 0 else float("nan")
+
+        all_tokens = self.tokens + self.prompt_tokens
         return {
             "seconds": self.seconds, "energy_kwh": self.energy_j / 3.6e6, "tokens": self.tokens,
-            "energy_per_token_j": self.pool_energy_j / self.tokens if self.tokens > 0 else float("nan"),
-            "site_energy_per_token_j": self.energy_j / self.tokens if self.tokens > 0 else float("nan"),
+            "prompt_tokens": self.prompt_tokens, "completed_requests": self.completed,
+            "pool_energy_kwh": self.pool_energy_j / 3.6e6,
+            # Per generated token (DynamoLLM's measure; kept for comparison), per token processed (prompt +
+            # output: a long-prompt trace is not 10x worse for it) and per request finished.
+            "energy_per_token_j": per(self.pool_energy_j, self.tokens),
+            "energy_per_processed_token_j": per(self.pool_energy_j, all_tokens),
+            "energy_per_request_j": per(self.pool_energy_j, self.completed),
+            "site_energy_per_token_j": per(self.energy_j, self.tokens),
             "mean_site_mw": float(np.mean(self.series["site_mw"])) if self.series["site_mw"] else 0.0,
             "peak_frac_of_rating": peaks, "seconds_over_rating": self.over_s,
             "worst_over_rating": self.over_worst, "kw_s_over_rating": self.over_kws,
@@ -218,11 +228,12 @@ class Reconfigurer:
     to the twin. The forecast is the busiest second of the last `lookback_s` x `headroom`: what a
     deployment without a trace oracle knows. Pools whose class the profile lacks are left alone."""
 
-    def __init__(self, twin: Twin, every_s: int = 15, lookback_s: int = 120, headroom: float = 1.1) -> None:
+    def __init__(self, twin: Twin, every_s: int = 15, lookback_s: int = 120, headroom: float = 1.1,
+                 profile: ServingProfile | None = None) -> None:
         from controllers.reconfig import ReconfigPolicy
         from powerplane.serving_profile import ServingProfile, class_key
 
-        prof = ServingProfile.load()
+        prof = profile if profile is not None else ServingProfile.load()
         self.names: list[str] = []
         classes: list[int] = []
         self.index: list[int] = []
@@ -282,7 +293,12 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         # The fleet's own twin actuator (it locks clocks where the plant is the twin), behind the same guard.
         actuator = load_actuator("twin", {"kind": "twin", "safe_limit": "max"}, context=twin)
         guard = Guard(actuator, keyring, site.name, rate_per_s=100.0, burst=100)
-    reconfig = Reconfigurer(twin) if policy == "full" and reconfigure else None
+    reconfig = None
+    if policy == "full" and reconfigure:
+        from sim.profiling import profile_for
+
+        profile, tally.profile_note = profile_for(twin)  # for the token mix of the trace the twin replays
+        reconfig = Reconfigurer(twin, profile=profile)
     route_w = np.ones(site.n_gpus)
     for k in range(duration_s):
         fr = twin.step(1.0)
@@ -311,6 +327,8 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         if progress is not None:
             progress.show(k + 1)
     out = tally.summary()
+    if tally.profile_note:
+        out["serving_profile"] = tally.profile_note
     out["series"] = tally.series
     out["rack_power_w"] = np.asarray(tally.rack_power, dtype=np.float64)
     return out

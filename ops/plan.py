@@ -30,14 +30,15 @@ def check_options(kinds: list[str], high_priority: list[str], risk: float) -> No
         raise ValueError(f"--risk {risk:g} is not a fraction of seconds in [0, 1): try 1e-4")
 
 
-def power_from_twin(site: Site, minutes: float, seed: int, progress: TextIO | None) -> FloatArray:
-    """Rack wall power per second from the digital twin running the site's default workload."""
-    from sim import Twin
+def power_from_twin(site: Site, minutes: float, seed: int, progress: TextIO | None, trace: Any = None) -> FloatArray:
+    """Rack wall power per second from the digital twin running the site's default workload (on `trace`, a
+    sim.Trace, where given)."""
+    from sim import Twin, default_workload
 
     n = round(minutes * 60)
     if n < 1:
         raise ValueError(f"--simulate-minutes {minutes:g} is less than one second: give at least 0.02")
-    twin = Twin(site, seed=seed)
+    twin = Twin(site, default_workload(site, trace) if trace is not None else None, seed=seed)
     out = np.empty((n, site.n_racks))
     bar = Progress(f"simulating {n} s of {site.name}", n, progress)
     for t in range(n):

@@ -2,7 +2,7 @@
 
 DynamoLLM profiles every (model, GPU, TP, frequency) by running it at a range of request rates. We do the
 same on the twin: one instance table holds an instance for every (class, TP, clock, rate) of the grid, each
-fed its own Poisson stream of trace requests (token counts drawn from the whole Azure hour), and the twin's
+fed its own Poisson stream of trace requests (token counts drawn from the whole trace), and the twin's
 own per-step code runs them: the power limiter's clock solve (``solve_phi`` at the step's representative
 phases, quantized to supported clocks) and ``step_serving``. That is what ``Twin.step`` does per instance,
 without the site around it (one instance's serving does not depend on its neighbours), so a 1,500-instance
@@ -19,10 +19,14 @@ Regenerate the packaged profile with ``python -m sim.profiling`` (< 1 min).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -43,7 +47,9 @@ from sim.serving import (
     estimate_capacity_rps,
     instance_constants,
 )
-from sim.workload import Trace, default_workload, load_azure_conv
+from sim.workload import PACKAGED_TRACE, Trace, default_trace, default_workload
+
+log = logging.getLogger(__name__)
 
 FREQ_REL = (1.0, 1800 / 1980, 1600 / 1980, 1410 / 1980, 1200 / 1980, 1000 / 1980)  # 1980 ... 1000 MHz on H100
 LOAD_FRAC = tuple(float(x) for x in np.linspace(0.0, 1.0, 11))
@@ -87,8 +93,6 @@ def classes_of(twin: Twin, max_tp: int = 16) -> list[ProfileClass]:
 
 def default_classes(sites: Sequence[Site] | None = None, cfg: TwinConfig | None = None) -> list[ProfileClass]:
     """Classes of the default workload on the lab site and on the reference site."""
-    from pathlib import Path
-
     if sites is None:
         lab = Path(__file__).resolve().parents[1] / "examples" / "lab.toml"
         sites = [load_site(lab), reference_site()] if lab.is_file() else [reference_site()]
@@ -107,7 +111,7 @@ def measure_profile(classes: Sequence[ProfileClass], *, cfg: TwinConfig | None =
                     debug: dict[str, FloatArray] | None = None) -> ServingProfile:
     """Run every (class, TP, clock, rate) point as one instance for `seconds`; see the module docstring."""
     cfg = cfg or TwinConfig()
-    tr = trace if trace is not None else load_azure_conv()
+    tr = trace if trace is not None else default_trace()
     tps = sorted({t for c in classes for t in c.tps})
     n_k, n_t, n_f, n_r = len(classes), len(tps), len(freq_rel), len(rate_rel) + 1  # rate 0: idle
     mean_p, mean_o = float(tr.prompt.mean()), float(tr.output.mean())
@@ -136,7 +140,7 @@ def measure_profile(classes: Sequence[ProfileClass], *, cfg: TwinConfig | None =
                     for k in range(n_k)])
     meta = {"source": "sim.profiling.measure_profile", "seconds": seconds, "warmup_s": warmup_s,
             "target": target, "seed": seed, "trace": tr.source.rsplit("/", 1)[-1],
-            "mix": f"Azure conversation trace, mean prompt {mean_p:.0f}, mean output {mean_o:.0f} tokens"}
+            "mix": f"{tr.name}, mean prompt {mean_p:.0f}, mean output {mean_o:.0f} tokens"}
     return ServingProfile(classes=tuple(c.key for c in classes), tp=np.asarray(tps, dtype=np.int64),
                           freq_mhz=freq, load_frac=lf, valid=valid, cap_rps=cap, power_w=power,
                           tokens_per_req=tpr, bare_w=np.array([c.bare_w for c in classes]), meta=meta)
@@ -266,6 +270,38 @@ def _non_increasing(y: FloatArray) -> FloatArray:
             vals[-1] = (vals[-1] * sizes[-1] + v2 * n2) / (sizes[-1] + n2)
             sizes[-1] += n2
     return np.repeat(np.asarray(vals), sizes)
+
+
+def profile_cache_dir() -> Path:
+    """Where measured profiles are kept: $PP_CACHE_DIR/serving-profiles (default ~/.cache/powerplane/...)."""
+    return Path(os.environ.get("PP_CACHE_DIR", Path.home() / ".cache" / "powerplane")) / "serving-profiles"
+
+
+def profile_for(twin: Twin, cache_dir: Path | None = None) -> tuple[ServingProfile, str]:
+    """The serving profile of the twin's pool classes for the token mix of the trace it replays, and where it
+    came from. The packaged trace's is the packaged profile; any other trace's is measured once (~15 s for the
+    lab site's classes) and cached under a key of the token counts and the classes, so the reconfiguration
+    policy sizes pools for the prompts and outputs it will serve, not the conversation trace's."""
+    tr = twin.trace
+    if Path(tr.source).resolve() == PACKAGED_TRACE.resolve():
+        packaged = ServingProfile.load()
+        return packaged, f"packaged ({packaged.meta.get('mix', 'the conversation trace mix')})"
+    classes = classes_of(twin)
+    h = hashlib.sha256(tr.prompt.tobytes() + tr.output.tobytes() + repr(classes).encode())
+    path = (cache_dir or profile_cache_dir()) / f"{h.hexdigest()[:24]}.json"
+    if path.is_file():
+        try:
+            return ServingProfile.load(path), f"measured for {tr.name}'s token mix (cached: {path})"
+        except ValueError:
+            pass  # a damaged cache file: measure again
+    log.info("measuring the serving profile of %d pool class(es) on %s's token mix (once; cached in %s)",
+             len(classes), tr.name, path.parent)
+    prof = measure_profile(classes, cfg=twin.cfg, trace=tr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    prof.save(tmp)
+    tmp.replace(path)  # whole or not at all, should two runs measure at once
+    return prof, f"measured for {tr.name}'s token mix (cached: {path})"
 
 
 def _measured_rows(profile: ServingProfile) -> list[str]:

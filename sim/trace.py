@@ -1,23 +1,21 @@
 """The request trace the twin's inference pools replay, and the arrivals generated from it.
 
-Trace: one hour of real LLM request arrivals with token counts, the Azure LLM inference trace 2023
-(conversation service), CC-BY 4.0, Patel et al., "Splitwise: Efficient generative LLM inference using
-phase splitting", ISCA 2024. A gzip copy ships in ``sim/resources`` with that attribution.
+The default trace: one hour of real LLM request arrivals with token counts, the Azure LLM inference trace
+2023 (conversation service), CC-BY 4.0, Patel et al., "Splitwise: Efficient generative LLM inference using
+phase splitting", ISCA 2024. A gzip copy ships in ``sim/resources`` with that attribution. Any other trace
+(Azure 2023 or 2024 files, a generic CSV, a generated bursty trace) is read by ``sim.trace_files`` and
+made by ``sim.trace_gen``; every ``Trace`` carries its name and attribution for the reports.
 
 In ``mode = "rate"`` (the default) a pool's arrivals are a Poisson process whose rate is ``rate_scale``
 times the trace's own request rate smoothed over ``rate_window_s`` at the pool's shifted time; every
 request draws its prompt and output lengths from the trace requests in that window. In ``mode = "exact"``
 the trace's own arrivals are replayed, each one ``rate_scale`` times on average. docs/twin.md ("Workload
-scaling") explains the choice. Loading the trace is the only I/O here; generation is numpy.
+scaling") explains the choice. No I/O here; generation is numpy.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
-import gzip
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,27 @@ class Trace:
     period_s: float  # a replay wraps around after this long: the span plus one mean gap
     source: str
     attribution: str = TRACE_ATTRIBUTION
+    name: str = "Azure LLM inference trace 2023 (conversation service)"  # what reports call it
+    fmt: str = "azure-2023"  # the file's format (sim.trace_files), or how the trace was made
+
+    @staticmethod
+    def of(t_s: FloatArray, prompt: FloatArray, output: FloatArray, *, source: str, name: str, fmt: str,
+           attribution: str, period_s: float | None = None) -> Trace:
+        """A trace from requests in any order, sorted by arrival, at least one output token per request.
+        Without `period_s` times start from the first arrival and the period is the span plus one mean gap;
+        with it (a generated trace, whose quiet start and end are part of it) times are kept as given."""
+        t = np.asarray(t_s, dtype=np.float64)
+        order = np.argsort(t, kind="stable")
+        t = t[order]
+        if period_s is None:
+            t = t - (t[0] if t.size else 0.0)
+            span = float(t[-1]) if t.size else 0.0
+            period_s = span + span / max(t.size - 1, 1)
+        elif t.size and not (t[0] >= 0.0 and t[-1] < period_s):
+            raise ValueError(f"{source}: arrivals must lie in [0, period_s = {period_s:g}) s")
+        return Trace(t, np.asarray(prompt, dtype=np.float64)[order],
+                     np.maximum(np.asarray(output, dtype=np.float64)[order], 1.0), float(period_s), source,
+                     attribution, name, fmt)
 
     @property
     def n(self) -> int:
@@ -56,53 +75,23 @@ class Trace:
     def mean_rate(self) -> float:
         return self.n / self.period_s
 
+    def burstiness(self, window_s: float = 30.0) -> float:
+        """Peak / mean of the arrival rate smoothed over `window_s` (a moving mean of whole seconds)."""
+        per_s = np.bincount(self.t_s.astype(np.int64), minlength=max(1, math.ceil(self.period_s)))
+        w = max(1, round(window_s))
+        smooth = np.convolve(per_s, np.ones(w) / w, mode="valid") if per_s.size >= w else per_s.astype(float)
+        mean = float(per_s.mean())
+        return float(smooth.max() / mean) if mean > 0 else 0.0
 
-def parse_trace_csv(text: str, source: str = "<trace>") -> Trace:
-    """Parse `TIMESTAMP,ContextTokens,GeneratedTokens` rows (the Azure LLM trace format)."""
-    lines = text.splitlines()
-    if not lines or not lines[0].startswith("TIMESTAMP"):
-        raise ValueError(f"{source}: expected a header 'TIMESTAMP,ContextTokens,GeneratedTokens'")
-    ts: list[float] = []
-    pr: list[float] = []
-    out: list[float] = []
-    for no, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        try:
-            stamp, p, o = line.split(",")
-            day, clock = stamp.split(" ")
-            whole, _, frac = clock.partition(".")
-            t = dt.datetime.fromisoformat(f"{day}T{whole}").replace(tzinfo=dt.UTC).timestamp()
-            ts.append(t + (float("0." + frac) if frac else 0.0))
-            pr.append(float(int(p)))
-            out.append(float(int(o)))
-        except ValueError as e:
-            raise ValueError(f"{source}:{no}: cannot parse {line!r} ({e})") from None
-    t_arr = np.asarray(ts)
-    order = np.argsort(t_arr, kind="stable")
-    t_arr = t_arr[order] - t_arr.min()
-    span = float(t_arr[-1]) if t_arr.size else 0.0
-    period = span + (span / max(t_arr.size - 1, 1))
-    return Trace(t_arr, np.asarray(pr)[order], np.maximum(np.asarray(out)[order], 1.0), period, source)
+    def longest_gap_s(self) -> float:
+        """The longest time without an arrival."""
+        return float(np.diff(self.t_s).max()) if self.n > 1 else 0.0
 
-
-@functools.lru_cache(maxsize=8)
-def _load(path: str) -> Trace:
-    p = Path(path)
-    raw = p.read_bytes()
-    text = gzip.decompress(raw).decode() if p.suffix == ".gz" else raw.decode()
-    return parse_trace_csv(text, source=str(p))
-
-
-def load_azure_conv(path: str | Path | None = None) -> Trace:
-    """The Azure conversation trace, parsed once per process.
-
-    Looked up in this order: ``path``, ``$PP_TRACE``, the packaged gzip copy, the shared data directory.
-    """
-    for cand in (path, os.environ.get("PP_TRACE"), PACKAGED_TRACE, SHARED_TRACE):
-        if cand and Path(cand).is_file():
-            return _load(str(Path(cand).resolve()))
-    raise FileNotFoundError("the Azure LLM trace was not found: pass a path or set PP_TRACE")
+    def describe(self) -> str:
+        """One line for reports: what the trace is, its size and its mix."""
+        return (f"{self.name}: {self.n:,} requests over {self.period_s / 60:.0f} min ({self.mean_rate:.2f}/s, "
+                f"30 s peak/mean {self.burstiness():.2f}, longest gap {self.longest_gap_s():.0f} s), mean "
+                f"prompt {self.prompt.mean():.0f} and output {self.output.mean():.0f} tokens")
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,4 +1,4 @@
-"""Workload of the digital twin: inference pools replaying the Azure LLM trace, and training jobs.
+"""Workload of the digital twin: inference pools replaying a request trace, and training jobs.
 
 Site scale: many inference *pools*, each replaying the trace shifted by ``shift_s`` (so pools peak at
 different times) and scaled by ``rate_scale`` (the trace and the arrivals: ``sim.trace``). Training jobs:
@@ -22,17 +22,8 @@ from powerplane.site import PRIORITIES, FloatArray, Site
 from sim.physics import gpu_spec_for
 from sim.placement import Placement, carve, place
 from sim.serving import MODELS, ServingConfig, estimate_capacity_rps, min_tp
-from sim.trace import (
-    PACKAGED_TRACE,
-    SHARED_TRACE,
-    TRACE_ATTRIBUTION,
-    RateTable,
-    Trace,
-    generate_arrivals,
-    load_azure_conv,
-    parse_trace_csv,
-    rate_table,
-)
+from sim.trace import PACKAGED_TRACE, SHARED_TRACE, TRACE_ATTRIBUTION, RateTable, Trace, generate_arrivals, rate_table
+from sim.trace_files import TraceColumns, default_trace, load_azure_conv, load_trace
 from sim.workload_config import (
     JobConfig,
     JobSpec,
@@ -50,9 +41,9 @@ from sim.workload_config import (
 
 __all__ = [
     "PACKAGED_TRACE", "SHARED_TRACE", "TRACE_ATTRIBUTION", "JobConfig", "JobSpec", "Placement", "PoolConfig",
-    "PoolSpec", "RateTable", "Trace", "TrainingState", "WorkloadConfig", "WorkloadSpec", "carve",
-    "check_workload", "default_workload", "generate_arrivals", "load_azure_conv", "load_workload",
-    "parse_trace_csv", "place", "rate_table", "validate_workload", "with_pool", "workload_from_dict",
+    "PoolSpec", "RateTable", "Trace", "TraceColumns", "TrainingState", "WorkloadConfig", "WorkloadSpec", "carve",
+    "check_workload", "default_trace", "default_workload", "generate_arrivals", "load_azure_conv", "load_trace",
+    "load_workload", "place", "rate_table", "validate_workload", "with_pool", "workload_from_dict",
     "workload_to_dict",
 ]
 
@@ -146,7 +137,7 @@ def default_workload(site: Site, trace: Trace | None = None, critical_load: floa
     Pool shifts spread the pools over the hour of the trace, so they do not peak together. Every figure
     lands in the returned spec, explicitly (``workload_to_dict`` writes it as TOML).
     """
-    tr = trace if trace is not None else load_azure_conv()
+    tr = trace if trace is not None else default_trace()
     cfg = serving_cfg or ServingConfig()
     counts = np.bincount(site.gpu_priority, minlength=len(PRIORITIES))
     pools: list[PoolSpec] = []

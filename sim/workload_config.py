@@ -5,6 +5,7 @@ models whose defaults are the dataclasses' own).
 A workload file::
 
     rate_window_s = 30
+    trace = "traces/bursty.csv"  # optional, relative to this file (default: $PP_TRACE, else the Azure trace)
 
     [[pools]]
     name = "critical-1"
@@ -17,8 +18,10 @@ A workload file::
     name = "train-1"
     racks = ["rack-07", "rack-08"]
 
-Loading reports every mistake at once as ``path: message`` (one ``ConfigError``): wrong values, a name
-used twice and, given a site, racks it lacks. Specs built in code go through the same checks
+``trace`` may also be a table naming a generic CSV's columns: ``trace = {path = "t.csv", arrival = "t",
+prompt = "in", output = "out"}`` (``sim.trace_files``). Loading reports every mistake at once as
+``path: message`` (one ``ConfigError``): wrong values, a name used twice, a trace file that is missing or
+not a trace and, given a site, racks it lacks. Specs built in code go through the same checks
 (``validate_workload``), so a file and a script cannot disagree on what is valid.
 """
 
@@ -31,13 +34,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from powerplane.config import TomlFileError, read_toml
 from powerplane.site import PRIORITIES, Site
 from powerplane.validation import ConfigError, Model, Problems, parse_into
 from sim.serving import MODELS
-from sim.trace import Trace, load_azure_conv
+from sim.trace import PACKAGED_TRACE, Trace
+from sim.trace_files import TraceColumns, default_trace, load_trace
 
 
 @dataclass(frozen=True)
@@ -86,10 +98,10 @@ class WorkloadSpec:
     pools: tuple[PoolSpec, ...] = ()
     jobs: tuple[JobSpec, ...] = ()
     rate_window_s: float = 30.0  # smoothing window of the trace's rate in "rate" mode (assumption)
-    trace: Trace | None = None  # None: load_azure_conv()
+    trace: Trace | None = None  # None: default_trace() ($PP_TRACE, else the packaged Azure trace)
 
     def resolved_trace(self) -> Trace:
-        return self.trace if self.trace is not None else load_azure_conv()
+        return self.trace if self.trace is not None else default_trace()
 
 
 _POOL_FIELDS = {f.name for f in fields(PoolSpec)}
@@ -174,10 +186,32 @@ class JobConfig(Model):
         return self
 
 
+def _trace_path(v: Any) -> Any:
+    """``trace = "file.csv"`` is ``trace = {path = "file.csv"}``; anything else is the table's to check."""
+    if isinstance(v, str):
+        return {"path": v}
+    if v is not None and not isinstance(v, Mapping | TraceConfig):
+        raise ValueError(f"expected a file name or a table with path (and column names), got {v!r}")
+    return v
+
+
+class TraceConfig(Model):
+    """A trace file and, for a generic CSV, its column names (Azure files are recognised by their header)."""
+
+    path: Annotated[str, Field(min_length=1)]
+    arrival: Annotated[str, Field(min_length=1)] = TraceColumns.arrival
+    prompt: Annotated[str, Field(min_length=1)] = TraceColumns.prompt
+    output: Annotated[str, Field(min_length=1)] = TraceColumns.output
+
+    def columns(self) -> TraceColumns:
+        return TraceColumns(self.arrival, self.prompt, self.output)
+
+
 class WorkloadConfig(Model):
     pools: tuple[PoolConfig, ...] = ()
     jobs: tuple[JobConfig, ...] = ()
     rate_window_s: Pos = WorkloadSpec.rate_window_s
+    trace: Annotated[TraceConfig | None, BeforeValidator(_trace_path)] = None
 
 
 # ======================================================================================
@@ -207,15 +241,38 @@ def _check_names(problems: Problems, d: Mapping[str, Any], site: Site | None) ->
                     problems.add(f"{kind}[{i}].racks[{j}]", f"unknown rack '{r}'")
 
 
-def check_workload(d: Mapping[str, Any], site: Site | None = None, source: str = "<workload>") -> WorkloadConfig:
-    """The validated file, or one ConfigError with every mistake (racks resolved only given a site)."""
+def _file_trace(raw: Any, base_dir: Path, problems: Problems) -> Trace | None:
+    """The trace the file names (a path relative to the file's directory), or its one-line problem. From
+    the raw value, so that a missing trace file is reported beside mistakes elsewhere in the file; a
+    malformed value is left to the schema's message."""
+    try:
+        tc = TraceConfig.model_validate(_trace_path(raw))
+    except (ValidationError, ValueError):
+        return None
+    path = Path(tc.path).expanduser()
+    try:
+        return load_trace(path if path.is_absolute() else base_dir / path, tc.columns())
+    except (FileNotFoundError, ValueError) as e:
+        problems.add("trace", str(e))
+        return None
+
+
+def _checked(d: Mapping[str, Any], site: Site | None, source: str,
+             base_dir: Path | None) -> tuple[WorkloadConfig, Trace | None]:
     problems = Problems()
     cfg = parse_into(WorkloadConfig, d, problems)
     if isinstance(d, Mapping):
         _check_names(problems, d, site)
+    raw = d.get("trace") if isinstance(d, Mapping) else None
+    trace = _file_trace(raw, base_dir, problems) if raw is not None and base_dir is not None else None
     problems.raise_if_any(source)
     assert cfg is not None
-    return cfg
+    return cfg, trace
+
+
+def check_workload(d: Mapping[str, Any], site: Site | None = None, source: str = "<workload>") -> WorkloadConfig:
+    """The validated file, or one ConfigError with every mistake (racks resolved only given a site)."""
+    return _checked(d, site, source, None)[0]
 
 
 def _plain(v: Any) -> Any:
@@ -232,11 +289,14 @@ def validate_workload(spec: WorkloadSpec, site: Site | None = None, source: str 
 
 
 def workload_from_dict(d: Mapping[str, Any], source: str = "<workload>", trace: Trace | None = None, *,
-                       site: Site | None = None) -> WorkloadSpec:
-    """Build a workload from the dict a workload TOML file loads to; every error is reported at once."""
-    cfg = check_workload(d, site, source)
+                       site: Site | None = None, base_dir: str | Path = ".") -> WorkloadSpec:
+    """Build a workload from the dict a workload TOML file loads to; every error is reported at once.
+    `trace`, when given, replaces the one the file names (the CLI's --trace); a relative ``trace`` path in
+    the file is taken from `base_dir` (the file's directory)."""
+    cfg, file_trace = _checked(d, site, source, None if trace is not None else Path(base_dir))
     return WorkloadSpec(tuple(PoolSpec(**p.model_dump()) for p in cfg.pools),
-                        tuple(JobSpec(**j.model_dump()) for j in cfg.jobs), cfg.rate_window_s, trace)
+                        tuple(JobSpec(**j.model_dump()) for j in cfg.jobs), cfg.rate_window_s,
+                        trace if trace is not None else file_trace)
 
 
 def load_workload(path: str | Path, trace: Trace | None = None, *, site: Site | None = None) -> WorkloadSpec:
@@ -244,7 +304,7 @@ def load_workload(path: str | Path, trace: Trace | None = None, *, site: Site | 
         data = read_toml(path)
     except TomlFileError as e:
         raise ConfigError([str(e)], str(path)) from None
-    return workload_from_dict(data, str(path), trace, site=site)
+    return workload_from_dict(data, str(path), trace, site=site, base_dir=Path(path).parent)
 
 
 def workload_to_dict(spec: WorkloadSpec) -> dict[str, Any]:
@@ -260,8 +320,11 @@ def workload_to_dict(spec: WorkloadSpec) -> dict[str, Any]:
                 out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
 
-    return {"rate_window_s": spec.rate_window_s, "pools": [one(p) for p in spec.pools],
-            "jobs": [one(j) for j in spec.jobs]}
+    out: dict[str, Any] = {"rate_window_s": spec.rate_window_s}
+    tr = spec.trace
+    if tr is not None and tr.fmt != "generated" and Path(tr.source).resolve() != PACKAGED_TRACE.resolve():
+        out["trace"] = tr.source  # the packaged trace is the default: a path into the install is noise
+    return {**out, "pools": [one(p) for p in spec.pools], "jobs": [one(j) for j in spec.jobs]}
 
 
 def with_pool(spec: WorkloadSpec, name: str, **changes: Any) -> WorkloadSpec:

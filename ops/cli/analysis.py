@@ -13,11 +13,13 @@ from ops.cli.common import (
     UsageError,
     _add_metrics,
     _add_output,
+    _add_trace,
     _emit_json,
     _metrics_addr,
     _site,
     _site_optional,
     _stop_on_signals,
+    _trace,
 )
 
 if TYPE_CHECKING:
@@ -48,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from ops.report import write_report
     from powerplane.site_file import load_site
     from sim.scenario import load_scenario
-    from sim.workload import load_workload
+    from sim.workload import default_trace, default_workload, load_workload
 
     if args.site == "ref":
         from powerplane.refsite import reference_site
@@ -61,7 +63,10 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     if bad:
         raise ValueError(f"--policy: unknown {', '.join(bad)} (known: {', '.join(POLICIES)}, all)")
     scenario = load_scenario(args.scenario) if args.scenario else None
-    workload = load_workload(args.workload) if args.workload else None
+    trace = _trace(args)
+    workload = load_workload(args.workload, trace) if args.workload else (
+        default_workload(site, trace) if trace is not None else None)
+    used = workload.resolved_trace() if workload is not None else default_trace()
     duration = args.duration or int(getattr(scenario, "duration_s", 0) or 300)
     t0 = time.monotonic()
     results = {}
@@ -76,7 +81,9 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
               file=sys.stderr)
         oversub = oversubscription(site, results["none"]["rack_power_w"])
     meta = {"site": site_name, "scenario": args.scenario or "none (steady state)",
-            "workload": args.workload or "default (Azure conversation trace)", "duration_s": duration,
+            "workload": args.workload or "default (pools sized on the trace's mean rate)",
+            "trace": used.describe(), "trace_file": used.source, "trace_attribution": used.attribution,
+            "duration_s": duration,
             "seed": args.seed, "wall_s": time.monotonic() - t0, "policies": policies}
     path = write_report(Path(args.out), meta, results, oversub)
     if args.output == "json":
@@ -100,8 +107,9 @@ def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
         power = plan_shell.power_from_recording(site, args.recording, sys.stderr)
         source = f"recording {args.recording}"
     else:
-        power = plan_shell.power_from_twin(site, args.simulate_minutes, args.seed, sys.stderr)
-        source = f"twin run of {args.simulate_minutes:g} min"
+        trace = _trace(args)
+        power = plan_shell.power_from_twin(site, args.simulate_minutes, args.seed, sys.stderr, trace)
+        source = f"twin run of {args.simulate_minutes:g} min" + (f" on {trace.name}" if trace is not None else "")
     costs = Costs(args.power_usd_per_w, args.cooling_usd_per_w, args.usd_per_kwh, args.pue, args.rack_kw)
     plans, report = plan_shell.run(site, power, risk=args.risk, n_minus_1=args.n_minus_1, seed=args.seed,
                                    kinds=kinds, high_priority=high, costs=costs, source=source, cooling=args.cooling,
@@ -132,7 +140,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev = sub.add_parser("evaluate", help="closed loop on the digital twin, faster than real time: compare policies, "
                                          "write a report and metrics")
     ev.add_argument("--site", default="ref", help="site file, or 'ref' for the 100 MW reference site (default)")
-    ev.add_argument("--workload", help="workload file (default: the site's default workload on the Azure trace)")
+    ev.add_argument("--workload", help="workload file (default: the site's default workload, sized on the trace)")
+    _add_trace(ev)
     ev.add_argument("--scenario", help="scenario file (feed loss, cooling failure, ...); default: none")
     ev.add_argument("--policy", default="all", help="none, static, polca, full, or 'all' (comma-separated list ok)")
     ev.add_argument("--duration", type=int, help="simulated seconds per policy (default: the scenario's, or 300)")
@@ -147,6 +156,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src = pl.add_mutually_exclusive_group(required=True)
     src.add_argument("--recording", metavar="DIR", help="recording with pp.telemetry (made by `powerplane record`)")
     src.add_argument("--simulate-minutes", type=float, metavar="N", help="run the digital twin for N minutes instead")
+    _add_trace(pl)
     pl.add_argument("--risk", type=float, default=1e-4,
                     help="allowed fraction of seconds over a limit (no control) or capping high priority (capped)")
     pl.add_argument("--n-minus-1", action="store_true", help="capped floor must also fit with either feed lost")

@@ -186,3 +186,27 @@ def _require_broker(bootstrap: str, what: str, timeout_s: float) -> None:
                                                           bootstrap_timeout_ms=int(timeout_s * 1000),
                                                           **process_auth().kafka_python()),
                    timeout_s).close()
+
+
+TRACE_HELP = ("request trace CSV the inference pools replay: Azure LLM trace 2023 or 2024 "
+              "(TIMESTAMP,ContextTokens,GeneratedTokens) or a generic CSV (arrival_s,prompt_tokens,output_tokens; "
+              "see --trace-columns), gzip ok; `powerplane trace generate` makes bursty ones (default: $PP_TRACE, "
+              "else the packaged Azure conversation trace 2023; overrides a workload file's `trace`)")
+
+
+def _add_trace(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument("--trace", metavar="FILE", help=TRACE_HELP + note)
+    p.add_argument("--trace-columns", metavar="ARRIVAL,PROMPT,OUTPUT",
+                   help="--trace: the column names of a generic CSV (default arrival_s,prompt_tokens,output_tokens)")
+
+
+def _trace(args: argparse.Namespace) -> Any:
+    """The trace --trace names (None: the workload's, else the default), parsed once; a missing file or one
+    that is not a trace is one line naming it (exit 2)."""
+    from sim.trace_files import TraceColumns, load_trace
+
+    if args.trace_columns and not args.trace:
+        raise UsageError("--trace-columns needs --trace FILE")
+    if not args.trace:
+        return None
+    return load_trace(args.trace, TraceColumns.parse(args.trace_columns) if args.trace_columns else None)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ops.cli.common import (
     _ack_keyring,
     _add_metrics,
+    _add_trace,
     _keyring,
     _metrics_addr,
     _require_broker,
@@ -18,6 +19,7 @@ from ops.cli.common import (
     _site,
     _site_optional,
     _stop_on_signals,
+    _trace,
     log,
 )
 
@@ -36,12 +38,15 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
     addr = _metrics_addr(args)
     stop = _stop_on_signals()
     fleet: Any
-    if args.twin or args.scenario:
-        from sim import Twin, load_scenario
+    trace = _trace(args)
+    if args.twin or args.scenario or trace is not None:
+        from sim import Twin, default_workload, load_scenario
 
         # The digital twin: trace-driven pools and training jobs, full physics, optional scenario.
         scenario = load_scenario(args.scenario) if args.scenario else None
-        fleet = Twin(site, scenario=scenario, seed=args.seed, epoch_s=time.time())
+        workload = default_workload(site, trace) if trace is not None else None
+        fleet = Twin(site, workload, scenario=scenario, seed=args.seed, epoch_s=time.time())
+        log.info("fleet: the twin replays %s", fleet.trace.describe())
     else:
         fleet = Fleet(site, seed=args.seed, load_scale=args.load, epoch_s=time.time())
     lock = threading.Lock()
@@ -224,6 +229,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     f.add_argument("--twin", action="store_true", help="use the digital twin (trace-driven) instead of the "
                                                         "simple fleet")
     f.add_argument("--scenario", help="digital twin scenario file (implies --twin), e.g. examples/scenarios/*.toml")
+    _add_trace(f, "; implies --twin")
     f.add_argument("--actuator-groups", type=_positive_int, default=1, metavar="N",
                    help="apply commands with N actuators (threads), each serving a group of racks and reading only "
                         "the pp.commands partitions of its racks; groups powerplane-actuator-twin-1 .. -N "

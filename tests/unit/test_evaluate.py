@@ -13,11 +13,12 @@ import pytest
 
 from controllers.capping import BREAKER_KINDS
 from ops.cli import main
-from ops.evaluate import oversubscription, run_policy, static_caps_w
-from ops.report import write_report
+from ops.evaluate import Tally, oversubscription, run_policy, static_caps_w
+from ops.report import savings_split, write_report
 from powerplane.site import KIND, Site
 from powerplane.site_file import load_site
 from sim.scenario import load_scenario
+from sim.serving import Requests
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "examples" / "lab.toml"
@@ -82,6 +83,18 @@ def test_report_and_metrics_say_which_targets_are_met(site: Site, runs: dict[str
         ">= 30% more racks than without control", ">= 40% less energy per token than no control"]
     assert all(t["met"] in (True, False) for t in data["targets"])
     assert set(data["results"]) == {"none", "static", "polca", "full"}
+    # Energy per token over prompt + output and per request, beside the generated-token figure it replaces.
+    assert "| inference GPU energy per generated token (J) |" in text
+    assert "| ... per processed token, prompt + output (J) |" in text and "| ... per request finished (kJ) |" in text
+    for r in data["results"].values():
+        assert r["prompt_tokens"] > 3 * r["tokens"]  # the conversation trace: 1,155 prompt to 211 output tokens
+        assert r["energy_per_processed_token_j"] < r["energy_per_token_j"] / 4
+        assert r["energy_per_request_j"] == pytest.approx(r["pool_energy_kwh"] * 3.6e6 / r["completed_requests"])
+    # What the full policy saved against no control splits into work not done and the same work for less.
+    split = data["results"]["full"]["savings_vs_none"]
+    assert split["saved_kwh"] > 0
+    assert split["work_not_done_kwh"] + split["efficiency_kwh"] == pytest.approx(split["saved_kwh"])
+    assert "## Energy saved against no control" in text and "| ... work not done (kWh) |" in text
     for svg in ("site_power.svg", "worst_breaker.svg", "critical_slo.svg"):
         root = ET.parse(tmp_path / svg).getroot()  # well-formed SVG
         assert root.tag.endswith("svg") and f"]({svg})" in text
@@ -97,3 +110,36 @@ def test_cli_evaluate_writes_the_report_and_refuses_an_unknown_policy(tmp_path: 
     rc = main(["evaluate", "--site", str(LAB), "--policy", "polka", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert rc == 2 and "unknown polka" in err and err.count("\n") == 1
+
+
+def test_savings_split_charges_work_not_done_at_the_baseline_energy_per_token() -> None:
+    none = {"pool_energy_kwh": 10.0, "tokens": 1e6, "prompt_tokens": 4e6, "energy_per_processed_token_j": 7.2}
+    run = {"pool_energy_kwh": 7.0, "tokens": 0.9e6, "prompt_tokens": 3.6e6}
+    # 0.5M tokens not processed x 7.2 J = 1 kWh of the 3 kWh saved; 2 kWh is the same work for less energy.
+    assert savings_split(run, none) == pytest.approx({"saved_kwh": 3.0, "work_not_done_kwh": 1.0,
+                                                      "efficiency_kwh": 2.0})
+
+
+def test_percentiles_include_every_sample_not_only_the_first(site: Site) -> None:
+    """500K fast requests, then 500K slow ones (a feed loss after the first minute): the p99 is a slow one.
+    Keeping the first 400K samples, as the tally did, reported the fast p99 (0.06 s)."""
+    tally = Tally(site)
+    tally.arrivals[0] = 1e6
+    rng = np.random.default_rng(0)
+    fast, slow = rng.uniform(0.04, 0.06, 500_000), rng.uniform(1.9, 2.1, 500_000)
+    no_decode = type("PoolSeconds", (), {"decode_tokens": np.zeros(1), "tbt_mean_s": np.full(1, np.nan)})()
+    for part in np.split(np.concatenate([fast, slow]), 20):  # one step's requests at a time
+        n = part.size
+        req = Requests(pool=np.zeros(n, dtype=np.int64), t_arrival_s=np.zeros(n), ttft_s=part,
+                       prompt_tokens=np.full(n, 100.0), output_tokens=np.full(n, 10.0))
+        tally.add_latencies(req, np.zeros(1, dtype=np.int64), no_decode)
+    crit = tally.summary()["slo"]["inference-critical"]
+    exact = np.quantile(np.concatenate([fast, slow]), [0.25, 0.99])
+    assert crit["ttft_p99_s"] == pytest.approx(exact[1], rel=0.005) and crit["ttft_p99_s"] > 1.9
+    assert tally.ttft[0].quantile(0.25) == pytest.approx(exact[0], rel=0.005)
+    assert tally.ttft[0].count == 1_000_000 and tally.prompt_tokens == 1e8
+    # TBT samples are weighted by the decode tokens they stand for: 1 token at 1 s against 99 at 10 ms.
+    pools = type("PoolSeconds", (), {"decode_tokens": np.array([1.0, 99.0]), "tbt_mean_s": np.array([1.0, 0.01])})()
+    empty = Requests(*(np.zeros(0) for _ in range(5)))
+    tally.add_latencies(empty, np.zeros(2, dtype=np.int64), pools)
+    assert tally.summary()["slo"]["inference-critical"]["tbt_p50_s"] == pytest.approx(0.01, rel=0.005)
