@@ -21,7 +21,7 @@ from collectors.snmp.facility import FacilityPlan, FacilityValues
 from collectors.snmp.models import Plan, Reading
 from powerplane.schemas import FacilityReading, TelemetryFrame
 from powerplane.site import FEEDS, KIND, Site
-from powerplane.validation import Problems
+from powerplane.validation import Problems, parse_into
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,6 @@ class Options(SourceOptions):
     codec: Annotated[str, _one_of(CODECS)] | None = None  # default "fast"; SNMPv3 goes through "pysnmp"
 
     def check(self, p: Problems) -> None:
-        facility_model = self.model in facility.FACILITY_MODELS
-        needs: list[tuple[str, bool]] = [
-            ("rack", not facility_model or self.model in facility.ATS_MODELS), ("feed", not facility_model),
-            ("lineup", self.model in facility.UPS_MODELS), ("probes", self.model in facility.ENV_MODELS)]
-        for key, needed in needs:
-            if needed and getattr(self, key) is None:
-                p.add(key, f"missing (required for model {self.model!r})")
         if self.probes is not None and self.model not in facility.ENV_MODELS:
             p.add("probes", "only model 'geist' maps probes to racks")
         if self.probes is not None:
@@ -124,6 +117,26 @@ class Options(SourceOptions):
         return usm.Credentials(self.user, self.auth_protocol, auth, self.priv_protocol, priv, self.context)
 
 
+def required_keys(model: object) -> tuple[str, ...]:
+    """The keys a model needs besides host (PDUs: rack and feed; a UPS its lineup; ...)."""
+    if model in facility.UPS_MODELS:
+        return ("lineup",)
+    if model in facility.ATS_MODELS:
+        return ("rack",)
+    if model in facility.ENV_MODELS:
+        return ("probes",)
+    return ("rack", "feed")
+
+
+def missing_keys(data: Mapping[str, Any], p: Problems) -> None:
+    """A required key the table lacks, reported with the others pydantic finds (the model decides which)."""
+    model = data.get("model", "auto")
+    for key in required_keys(model):
+        if data.get(key) is None:
+            pdu = model not in facility.FACILITY_MODELS
+            p.add(key, "missing (required)" if pdu else f"missing (required for model {model!r})")
+
+
 def site_problems(opts: Options, site: Site | None, p: Problems) -> None:
     """The source's names checked against the site model, when the collector has one."""
     if site is None:
@@ -155,11 +168,19 @@ class SnmpSource(Source):
     default_interval_s = 10.0
 
     def _validate(self, options: Mapping[str, Any]) -> SourceOptions:
-        opts = super()._validate(options)
-        assert isinstance(opts, Options)
+        """The base class's validation, plus the keys the model needs and the names checked against the site
+        model, every mistake at once."""
+        data = dict(options)
+        if "site" not in data and self.ctx.site is not None:
+            data["site"] = self.ctx.site.name
         p = Problems(self.path)
-        site_problems(opts, self.ctx.site, p)
+        missing_keys(data, p)
+        opts = parse_into(Options, data, p)
+        if opts is not None:
+            opts.check(p)
+            site_problems(opts, self.ctx.site, p)
         p.raise_if_any(error=SourceConfigError)
+        assert opts is not None
         return opts
 
     def configure(self, opts: Options) -> None:

@@ -282,7 +282,7 @@ def test_sample_config_loads() -> None:
 
 @pytest.mark.parametrize(("bad", "key"), [
     ({"host": ""}, "host"), ({"host": None}, "host"), ({"port": 0}, "port"), ({"port": "161"}, "port"),
-    ({"version": "3"}, "version"), ({"version": 2}, "version"), ({"feed": "C"}, "feed"), ({"feed": None}, "feed"),
+    ({"version": "4"}, "version"), ({"version": 2}, "version"), ({"feed": "C"}, "feed"), ({"feed": None}, "feed"),
     ({"rack": ""}, "rack"), ({"model": "raritan"}, "model"), ({"retries": -1}, "retries"),
     ({"timeout_s": 0}, "timeout_s"), ({"temp_points": ["inlet"]}, "temp_points"), ({"temp_points": []}, "temp_points"),
     ({"module": 0}, "module"), ({"community": ""}, "community"), ({"site": None}, "site"),
