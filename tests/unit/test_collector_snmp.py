@@ -273,11 +273,13 @@ def test_configure_defaults_without_io() -> None:
     assert s.temp_points == m.VERTIV_DEFAULT_POINTS
 
 
-def test_sample_config_loads() -> None:
+def test_sample_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     sample = Path(__file__).resolve().parents[2] / "collectors" / "snmp" / "sample.toml"
     sources = tomllib.loads(sample.read_text())["sources"]
+    monkeypatch.setenv("PP_SNMP_AUTH_KEY", "sample-auth-key")  # the sample's v3 keys
+    monkeypatch.setenv("PP_SNMP_PRIV_KEY", "sample-priv-key")
     built = {name: load_source(name, opts) for name, opts in sources.items()}
-    assert {s.kind for s in built.values()} == {"snmp"} and len(built) == 3
+    assert {s.kind for s in built.values()} == {"snmp"} and len(built) == 6
 
 
 @pytest.mark.parametrize(("bad", "key"), [
