@@ -235,3 +235,49 @@ def test_the_wire_refuses_a_negative_battery_time_and_an_unknown_output_source()
         FacilityReading.decode(ups_reading(battery_remaining_s=-5.0).encode())
     with pytest.raises(SchemaError, match="output_source' = 'inverter'"):
         FacilityReading.decode(ups_reading(output_source="inverter").encode())
+
+
+# ---- where readings go, and which engine a v3 source shares ------------------------------------------------
+def test_the_publisher_sends_facility_readings_to_pp_facility_and_frames_to_pp_telemetry(tmp_path: Path) -> None:
+    from collectors.publisher import SpooledPublisher
+    from collectors.spool import Spool
+    from powerplane import topics
+    from powerplane.kafka import ClientAuth
+
+    spool = Spool(tmp_path / "spool")
+    pub = SpooledPublisher("127.0.0.1:1", spool, auth=ClientAuth())
+    frame = load_source("pdu", {"kind": "snmp", "host": "192.0.2.1", "site": "lab", "rack": "rack-01",
+                                "feed": "A"}).frame("lab", "rack-01")
+    pub.publish([ups_reading(), frame])
+    recs = spool.read(spool.cursor, 10)
+    assert [(r.topic, r.key) for r in recs] == [(topics.FACILITY.name, b"ups-a"), (topics.TELEMETRY.name, b"rack-01")]
+    assert FacilityReading.decode(recs[0].value).lineup == "ups-a"
+    spool.close()
+
+
+def test_v3_sources_share_an_engine_only_with_the_same_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from collectors.snmp import client as snmp_client
+
+    monkeypatch.setenv("K1", "key-number-1")
+    monkeypatch.setenv("K2", "key-number-2")
+
+    def src(name: str, priv_env: str) -> SnmpSource:
+        s = load_source(name, ups_opts(host="127.0.0.1", version="3", user="pp", auth_key_env="K1",
+                                       priv_key_env=priv_env))
+        assert isinstance(s, SnmpSource)
+        return s
+
+    async def engines() -> list[object]:
+        clients = [src("a", "K1").client, src("b", "K1").client, src("c", "K2").client]
+        for c in clients:
+            await c.open()
+        got = [c._engine_for_this_loop() for c in clients]
+        for c in clients:
+            c.close()
+        assert snmp_client._Shared.engines == {}
+        return got
+
+    a, b, c = asyncio.run(engines())
+    assert a is b and a is not c
