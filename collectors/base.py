@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -27,9 +27,12 @@ import numpy as np
 from pydantic import AfterValidator, Field
 
 from powerplane.plugins import Registry
-from powerplane.schemas import TelemetryFrame
+from powerplane.schemas import FacilityReading, TelemetryFrame
 from powerplane.site import Site
 from powerplane.validation import ConfigError, Table, validate_table
+
+# What a source's read returns: telemetry frames (pp.telemetry) or facility readings (pp.facility).
+Published = TelemetryFrame | FacilityReading
 
 
 class SourceConfigError(ConfigError):
@@ -107,7 +110,7 @@ class Source(ABC):
         """Open connections."""
 
     @abstractmethod
-    async def read(self) -> list[TelemetryFrame]:
+    async def read(self) -> Sequence[Published]:
         """One sample of the device(s) this source covers; raise SourceError on bad answers."""
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from collectors.spool import Spool
 from powerplane import topics
 from powerplane.kafka import ClientAuth, diagnose, process_auth, producer_settings
-from powerplane.schemas import TelemetryFrame
+from powerplane.schemas import FacilityReading, TelemetryFrame
 
 log = logging.getLogger("powerplane.collectors.publisher")
 
@@ -39,22 +40,24 @@ class PublisherStats:
 class SpooledPublisher:
     def __init__(self, bootstrap: str, spool: Spool, client_id: str = "powerplane-collector", *,
                  batch_records: int = 2000, topic: str = topics.TELEMETRY.name,
-                 auth: ClientAuth | None = None) -> None:
+                 auth: ClientAuth | None = None, facility_topic: str = topics.FACILITY.name) -> None:
         self.bootstrap = bootstrap
         self.auth = auth or process_auth()
         self.spool = spool
         self.client_id = client_id
         self.batch_records = batch_records
         self.topic = topic
+        self.facility_topic = facility_topic  # UPS, transfer switch and environment sensor readings
         self.stats = PublisherStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._producer: KafkaProducer | None = None
 
     # ---- collection side --------------------------------------------------------------------
-    def publish(self, frames: list[TelemetryFrame]) -> None:
+    def publish(self, frames: Sequence[TelemetryFrame | FacilityReading]) -> None:
         if frames:
-            self.spool.append_many([(self.topic, f.key(), f.encode(), int(f.ts_s * 1000)) for f in frames])
+            self.spool.append_many([(self.facility_topic if isinstance(f, FacilityReading) else self.topic, f.key(),
+                                     f.encode(), int(f.ts_s * 1000)) for f in frames])
             self.stats.spooled += len(frames)
 
     # ---- sender -------------------------------------------------------------------------------

@@ -14,13 +14,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from collectors.base import Source, SourceError
-from powerplane.schemas import SchemaError, TelemetryFrame
+from collectors.base import Published, Source, SourceError
+from powerplane.schemas import SchemaError
 
 log = logging.getLogger("powerplane.collectors")
 
@@ -54,7 +54,7 @@ class Metrics:
 
 
 class Scheduler:
-    def __init__(self, sources: list[Source], sink: Callable[[list[TelemetryFrame]], None], *,
+    def __init__(self, sources: list[Source], sink: Callable[[Sequence[Published]], None], *,
                  max_concurrency: int = 512, jitter: float = 0.1, seed: int | None = None,
                  metrics: Metrics | None = None) -> None:
         names = [s.name for s in sources]
@@ -123,7 +123,7 @@ class Scheduler:
         try:
             frames = await asyncio.wait_for(s.read(), s.timeout_s)
             for f in frames:
-                f.validate(f"{f.SCHEMA} {f.rack}")  # a source bug must not reach Kafka
+                f.validate(f"{f.SCHEMA} {f.key().decode()}")  # a source bug must not reach Kafka
         except TimeoutError:
             self._fail(s, st, "timeout", f"no answer within {s.timeout_s:g} s")
             return

@@ -37,13 +37,14 @@ _T = topics
 STREAMS_INTERNAL = f"{topics.STREAMS_APP_ID}*"  # changelog, assignor leader: faust's own topics and group
 
 ROLES: dict[str, Grants] = {
-    "collector": Grants(write=(_T.TELEMETRY.name, _T.DEADLETTER.name),
+    "collector": Grants(write=(_T.TELEMETRY.name, _T.FACILITY.name, _T.DEADLETTER.name),
                         doc="collectors and the simulated fleet's publisher"),
-    "streams": Grants(read=(_T.TELEMETRY.name, _T.RACKS.name, STREAMS_INTERNAL),
+    "streams": Grants(read=(_T.TELEMETRY.name, _T.FACILITY.name, _T.RACKS.name, STREAMS_INTERNAL),
                       write=(_T.RACKS.name, _T.AGGREGATES.name, _T.HEADROOM.name, _T.EVENTS.name,
                              _T.DEADLETTER.name, STREAMS_INTERNAL),
                       groups=(STREAMS_INTERNAL,), doc="the faust worker"),
-    "controller": Grants(read=(_T.AGGREGATES.name, _T.HEADROOM.name, _T.TELEMETRY.name, _T.ACKS.name),
+    "controller": Grants(read=(_T.AGGREGATES.name, _T.HEADROOM.name, _T.TELEMETRY.name, _T.FACILITY.name,
+                               _T.ACKS.name),
                          write=(_T.COMMANDS.name, _T.AUDIT.name, _T.EVENTS.name, _T.DEADLETTER.name),
                          groups=("powerplane-controller",), doc="the capping controller"),
     "actuator": Grants(read=(_T.COMMANDS.name,),

@@ -204,6 +204,10 @@ def _check(where: str, name: str, base: str, v: Any, rng: tuple[float, float] | 
         if rng is not None and not (rng[0] <= v <= rng[1]):
             raise SchemaError(f"{where}: field '{name}' = {v} out of range [{rng[0]:g}, {rng[1]:g}]")
         return v
+    if base == "bool":
+        if type(v) is not bool:
+            raise SchemaError(f"{where}: field '{name}' must be true or false, got {type(v).__name__}")
+        return v
     if base == "str":
         if not isinstance(v, str):
             raise SchemaError(f"{where}: field '{name}' must be a string, got {type(v).__name__}")
@@ -514,6 +518,74 @@ class Event(Record):
             raise SchemaError(f"{where}: field 'state' = {self.state!r}, expected open or resolved")
 
 
+OUTPUT_SOURCES = ("normal", "battery", "bypass", "booster", "reducer", "none", "other")
+FACILITY_KINDS = ("ups", "ats", "env")
+
+
+@dataclass
+class FacilityReading(Record):
+    """One facility device, one poll: a UPS of a lineup (input, output, battery, alarms), a rack transfer
+    switch (its two input lines), or an environment sensor (inlet air per rack, independent of the servers).
+
+    Lists are per input or output line (phase) in line order, NaN = no reading; a missing scalar is None."""
+
+    SCHEMA: ClassVar[str] = "facility.reading"
+    KINDS: ClassVar[dict[str, str]] = {
+        "site": "str", "unit": "str", "kind": "str", "ts_s": "float", "interval_s": "float", "seq": "int",
+        "source": "str", "lineup": "str?", "feed": "str?", "rack": "str?",
+        "input_voltage_v": "f64list?", "input_frequency_hz": "f64list?", "output_load_pct": "f64list?",
+        "output_power_w": "f64list?", "output_source": "str?", "on_battery": "bool?", "on_bypass": "bool?",
+        "battery_remaining_s": "float?", "battery_charge_pct": "float?", "alarms": "int?", "alarm_kinds": "strlist?",
+        "racks": "strlist?", "inlet_c": "f64list?",
+    }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        "ts_s": TS_RANGE, "interval_s": (1e-3, 3600.0), "seq": SEQ_RANGE, "alarms": (0.0, 1e6),
+        "battery_remaining_s": (0.0, 1e9), "battery_charge_pct": (0.0, 100.0),
+    }
+    site: str
+    unit: str  # the record key: the UPS lineup (level id), the transfer switch's rack, or the sensor source's name
+    kind: str  # ups | ats | env
+    ts_s: float  # when the answer arrived, seconds since the epoch
+    interval_s: float
+    seq: int  # per source, so gaps and duplicates are visible downstream
+    source: str
+    lineup: str | None = None  # ups: the site model's UPS lineup (level id)
+    feed: str | None = None  # ups: "A" or "B", the lineup's feed
+    rack: str | None = None  # ats: the rack it feeds
+    input_voltage_v: list[float] | None = None  # per input phase (ats: per input line, line 1 = primary)
+    input_frequency_hz: list[float] | None = None
+    output_load_pct: list[float] | None = None  # per output phase, or one value for the whole unit
+    output_power_w: list[float] | None = None  # per output phase
+    output_source: str | None = None  # OUTPUT_SOURCES: what carries the load now
+    on_battery: bool | None = None
+    on_bypass: bool | None = None
+    battery_remaining_s: float | None = None
+    battery_charge_pct: float | None = None
+    alarms: int | None = None  # alarms present on the device
+    alarm_kinds: list[str] | None = None  # the well-known kinds among them (README of collectors/snmp)
+    racks: list[str] | None = None  # env: the rack of each inlet_c entry
+    inlet_c: list[float] | None = None
+
+    @classmethod
+    def key_field(cls) -> str:
+        return "unit"
+
+    def key(self) -> bytes:
+        return self.unit.encode()
+
+    def validate(self, where: str) -> None:
+        if self.kind not in FACILITY_KINDS:
+            raise SchemaError(f"{where}: field 'kind' = {self.kind!r}, expected one of {FACILITY_KINDS}")
+        if self.output_source is not None and self.output_source not in OUTPUT_SOURCES:
+            raise SchemaError(f"{where}: field 'output_source' = {self.output_source!r}, expected one of "
+                              f"{OUTPUT_SOURCES}")
+        if self.feed is not None and self.feed not in ("A", "B"):
+            raise SchemaError(f"{where}: field 'feed' = {self.feed!r}, expected 'A' or 'B'")
+        if (self.racks is None) != (self.inlet_c is None) or (
+                self.racks is not None and self.inlet_c is not None and len(self.racks) != len(self.inlet_c)):
+            raise SchemaError(f"{where}: fields 'racks' and 'inlet_c' must come together, same length")
+
+
 ACTIONS = ("power_cap", "sm_clock_lock", "reconfigure", "routing_weight", "release")
 
 
@@ -628,7 +700,8 @@ class DeadLetter:
 
 
 RECORDS: dict[str, type[Record]] = {
-    r.SCHEMA: r for r in (TelemetryFrame, RackSummary, RackSummaryBatch, LevelAggregate, Headroom, Event, Command, Ack)
+    r.SCHEMA: r for r in (TelemetryFrame, RackSummary, RackSummaryBatch, LevelAggregate, Headroom, Event, Command, Ack,
+                           FacilityReading)
 }
 
 

@@ -57,6 +57,8 @@ ACKS = Topic("pp.acks", 6, "target (rack id)", 7 * DAY_MS,
              doc="Actuator acknowledgements: what was actually applied, or why not")
 AUDIT = Topic("pp.audit", 3, "command id", 365 * DAY_MS,
               doc="Every command and acknowledgement, kept a year for post-incident review")
+FACILITY = Topic("pp.facility", 3, "unit (UPS lineup, rack or sensor source)", 7 * DAY_MS,
+                  doc="FacilityReading per UPS, transfer switch or environment sensor per poll")
 DEADLETTER = Topic("pp.deadletter", 3, "source topic", 14 * DAY_MS,
                    doc="Records that failed validation: original bytes, reason, where they came from")
 
@@ -78,5 +80,5 @@ STREAMS_LEADER = Topic(f"{STREAMS_APP_ID}-__assignor-__leader", 1, "-", 1 * DAY_
                        doc="faust's internal leader-election topic (internal)")
 
 ALL: tuple[Topic, ...] = (TELEMETRY, RACKS, TREE_STATE, STREAMS_LEADER, AGGREGATES, HEADROOM, EVENTS, COMMANDS, ACKS,
-                          AUDIT, DEADLETTER)
+                          AUDIT, DEADLETTER, FACILITY)
 

@@ -1,5 +1,6 @@
-"""A thin asyncio SNMP v1/v2c client: discovery over pysnmp's v3arch engine, the periodic GET over a
-hand-written BER codec (ber.py) and one shared UDP endpoint (udp.py); shared by every SNMP source.
+"""A thin asyncio SNMP client: v1/v2c discovery over pysnmp's v3arch engine, the periodic v1/v2c GET over a
+hand-written BER codec (ber.py) and one shared UDP endpoint (udp.py); SNMPv3 (USM authPriv, v3.py) all
+through pysnmp. Shared by every SNMP source.
 
 Why not `pysnmp.hlapi.v3arch.asyncio.get_cmd` itself: it resolves every request varbind through the MIB
 view (`ObjectType(...).resolve_with_mib`), which costs about 10 ms of CPU for a 36-OID request -- two
@@ -40,7 +41,9 @@ from pysnmp.proto import errind, rfc1902, rfc1905
 
 from collectors.base import SourceError
 from collectors.snmp import ber, udp
+from collectors.snmp import v3 as usm
 from collectors.snmp.models import OID, Absent, Junk, Raw, oid_str, prefix_of
+from collectors.snmp.v3 import Credentials
 
 _NULL = univ.Null("")
 _LCD = CommandGeneratorLcdConfigurator()
@@ -81,45 +84,63 @@ def to_raw(value: Any) -> Raw:
 
 
 class _Shared:
-    """The engine shared by all clients of one event loop."""
+    """The engines shared by all clients of one event loop: one for every v1/v2c community (key None) and one
+    per distinct SNMPv3 credential set, since pysnmp's local configuration holds one set of keys per USM user
+    name (most sites use one, so one engine)."""
 
-    engine: ClassVar[Any] = None
     loop: ClassVar[asyncio.AbstractEventLoop | None] = None
-    users: ClassVar[int] = 0
+    engines: ClassVar[dict[Any, list[Any]]] = {}  # key -> [engine, users]
 
     @classmethod
-    def acquire(cls) -> Any:
+    def acquire(cls, key: Any = None) -> Any:
         loop = asyncio.get_running_loop()
-        if cls.engine is None or cls.loop is not loop:
-            cls.engine, cls.loop, cls.users = SnmpEngine(), loop, 0  # a stale loop's engine is dropped
-        cls.users += 1
-        return cls.engine
+        if cls.loop is not loop:
+            cls.engines, cls.loop = {}, loop  # a stale loop's engines are dropped
+        entry = cls.engines.get(key)
+        if entry is None:
+            entry = cls.engines[key] = [SnmpEngine(), 0]
+        entry[1] += 1
+        return entry[0]
 
     @classmethod
     def release(cls, engine: Any) -> None:
-        if engine is not cls.engine:
+        for key, entry in list(cls.engines.items()):
+            if entry[0] is not engine:
+                continue
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del cls.engines[key]
+                loop = cls.loop
+                if loop is not None and not loop.is_closed():  # a closed loop's socket cannot be closed through it
+                    engine.close_dispatcher()
             return
-        cls.users -= 1
-        if cls.users <= 0:
-            loop = cls.loop
-            cls.engine, cls.loop, cls.users = None, None, 0
-            if loop is not None and not loop.is_closed():  # a closed loop's socket cannot be closed through it
-                engine.close_dispatcher()
+
+    @classmethod
+    def current(cls, engine: Any) -> bool:
+        return cls.loop is asyncio.get_running_loop() and any(e[0] is engine for e in cls.engines.values())
 
 
 class SnmpClient:
     """GET / GETNEXT / GETBULK and column walks against one agent; errors are SourceError naming host:port."""
 
     def __init__(self, host: str, port: int, community: str, version: str, timeout_s: float, retries: int,
-                 max_varbinds: int, *, codec: str = "fast") -> None:
+                 max_varbinds: int, *, codec: str = "fast", v3: Credentials | None = None) -> None:
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+        if (version == "3") != (v3 is not None) or (version == "3" and codec != "pysnmp"):
+            raise ValueError("SNMPv3 needs credentials and codec 'pysnmp'; v1/v2c take none")
         self.host, self.port, self.version = host, port, version
         self.where = f"snmp {host}:{port}"
         self.timeout_s, self.retries = timeout_s, retries
         self.max_varbinds = max_varbinds
         self.codec = codec
-        self._auth = CommunityData(community, mpModel=0 if version == "1" else 1)
+        self.v3 = v3
+        self._auth = v3.pysnmp_user() if v3 is not None else CommunityData(community,
+                                                                           mpModel=0 if version == "1" else 1)
+        self._context = v3.context.encode() if v3 is not None else b""
+        # USM users with other keys need their own engine (see _Shared); the keys stay in memory only.
+        self._engine_key = (None if v3 is None else
+                            (v3.user, v3.auth_protocol, v3.auth_key, v3.priv_protocol, v3.priv_key))
         self._community = community.encode("latin-1")  # as pysnmp (pyasn1's OctetString) sends it
         self._version_field = ber.VERSION_1 if version == "1" else ber.VERSION_2C
         self._target: Any = None
@@ -146,10 +167,10 @@ class SnmpClient:
 
     def _engine_for_this_loop(self) -> Any:
         """The running loop's shared engine, with this client's target registered in it."""
-        if self._engine is not _Shared.engine or _Shared.loop is not asyncio.get_running_loop():
+        if self._engine is None or not _Shared.current(self._engine):
             self._leave_engine()  # an engine of another (finished) event loop cannot serve this one
-            self._engine = _Shared.acquire()
-            addr_name, _params = _LCD.configure(self._engine, self._auth, self._target, b"")
+            self._engine = _Shared.acquire(self._engine_key)
+            addr_name, _params = _LCD.configure(self._engine, self._auth, self._target, self._context)
             self._addr_name = str(addr_name)
         return self._engine
 
@@ -205,16 +226,17 @@ class SnmpClient:
         vbs = self._varbinds(oids)
         try:
             if bulk is None:
-                gen.send_varbinds(engine, self._addr_name, None, b"", vbs, done)
+                gen.send_varbinds(engine, self._addr_name, None, self._context, vbs, done)
             else:
-                gen.send_varbinds(engine, self._addr_name, None, b"", bulk[0], bulk[1], vbs, done)
+                gen.send_varbinds(engine, self._addr_name, None, self._context, bulk[0], bulk[1], vbs, done)
         except PySnmpError as e:
             raise SourceError(f"{self.where}: request failed ({_one_line(e)})") from None
         err_ind, status, index, rows = await fut
         if err_ind:
             if isinstance(err_ind, errind.RequestTimedOut):
                 raise self._no_response()
-            raise SourceError(f"{self.where}: {_one_line(err_ind)}")
+            why = usm.describe_failure(err_ind, self.v3.user) if self.v3 is not None else None
+            raise SourceError(f"{self.where}: {why or _one_line(err_ind)}")
         return status, index, rows
 
     async def _send_fast(self, op: str, oids: Sequence[OID], bulk: tuple[int, int] | None
@@ -249,8 +271,9 @@ class SnmpClient:
 
     def _no_response(self) -> SourceError:
         tries = self.retries + 1
+        hint = "wrong port or SNMPv3 credentials" if self.v3 is not None else "wrong port or community"
         return SourceError(f"{self.where}: no response within {self.timeout_s:g} s x {tries} "
-                           f"tr{'y' if tries == 1 else 'ies'} (device down, wrong port or community?)")
+                           f"tr{'y' if tries == 1 else 'ies'} (device down, {hint}?)")
 
     def _varbinds(self, oids: Sequence[OID]) -> list[tuple[Any, Any]]:
         """Request varbinds; a poll asks for the same OIDs every time, so they are built once."""

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -88,13 +89,31 @@ def probe_packet(community: str, request_id: int = 1) -> bytes:
     return _tlv(0x30, _tlv(0x02, b"\x01") + _tlv(0x04, community.encode()) + pdu)
 
 
+@dataclass(frozen=True)
+class V3User:
+    """An SNMPv3 USM user the responder accepts (authPriv). Protocol names as snmpsim spells them."""
+
+    user: str
+    auth_key: str
+    priv_key: str
+    auth_proto: str = "SHA256"
+    priv_proto: str = "AES"
+
+    def args(self) -> list[str]:
+        return [f"--v3-user={self.user}", f"--v3-auth-key={self.auth_key}", f"--v3-auth-proto={self.auth_proto}",
+                f"--v3-priv-key={self.priv_key}", f"--v3-priv-proto={self.priv_proto}"]
+
+
 class SnmpSim:
     """snmpsim-command-responder on 127.0.0.1:<free port>, one community per recording."""
 
     host = "127.0.0.1"
 
-    def __init__(self, recordings: Mapping[str, Path | str], workdir: Path, *, start_timeout_s: float = 60.0):
-        """recordings: community -> a recording file (.snmprec or .snmprec.bz2) or its text."""
+    def __init__(self, recordings: Mapping[str, Path | str], workdir: Path, *, start_timeout_s: float = 60.0,
+                 v3_user: V3User | None = None):
+        """recordings: community -> a recording file (.snmprec or .snmprec.bz2) or its text. With `v3_user` the
+        responder also serves SNMPv3 for that USM user, each recording under the context of its community
+        name (v1/v2c stay on)."""
         if not recordings:
             raise ValueError("at least one recording is needed")
         self.recordings = dict(recordings)
@@ -105,6 +124,7 @@ class SnmpSim:
         self.start_timeout_s = start_timeout_s
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.v3_user = v3_user
 
     @property
     def communities(self) -> list[str]:
@@ -133,6 +153,7 @@ class SnmpSim:
         for _attempt in range(3):  # the free port can be taken between probing and binding: try another
             self.port = free_udp_port()
             cmd = [self._responder(), f"--data-dir={self.data_dir}", f"--cache-dir={self.cache_dir}",
+                   *(self.v3_user.args() if self.v3_user is not None else []),
                    f"--agent-udpv4-endpoint={self.host}:{self.port}", "--logging-method=stderr",
                    "--log-level=info"]
             env = {**os.environ, "SNMPSIM_ALLOW_ROOT": "true"}

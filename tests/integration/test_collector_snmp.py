@@ -369,7 +369,7 @@ def test_scheduler_polls_many_sources_on_one_engine(sim: SnmpSim) -> None:
     assert {f.rack for f in got} == {f"r-{c}" for c in names}
     # every source closed: the shared endpoint (one socket for all) is gone, and pysnmp's engine never came
     assert udp.Shared.endpoint is None and udp.Shared.users == 0
-    assert snmp_client._Shared.engine is None and snmp_client._Shared.users == 0
+    assert snmp_client._Shared.engines == {}  # the last client out closed the engine
 
 
 def test_snmpsim_helper_leaves_no_process(tmp_path: Path) -> None:
@@ -389,12 +389,12 @@ def test_source_moves_to_a_new_event_loop(sim: SnmpSim) -> None:
     [f] = asyncio.run(read_once(s))
     assert f.pdu_power_w[0] == 11400.0
     assert udp.Shared.endpoint is None and udp.Shared.users == 0
-    assert snmp_client._Shared.engine is None and snmp_client._Shared.users == 0
+    assert snmp_client._Shared.engines == {}  # the last client out closed the engine
     s = source(sim, "eaton-93e", codec="pysnmp")  # the same with pysnmp's engine
     [f] = asyncio.run(read_once(s))
     [f] = asyncio.run(read_once(s))
     assert f.pdu_power_w[0] == 11400.0
-    assert snmp_client._Shared.engine is None and snmp_client._Shared.users == 0
+    assert snmp_client._Shared.engines == {}  # the last client out closed the engine
 
 
 # ---- the fast path (collectors/snmp/ber.py, udp.py) reads what pysnmp reads -------------------------------

@@ -273,16 +273,18 @@ def test_configure_defaults_without_io() -> None:
     assert s.temp_points == m.VERTIV_DEFAULT_POINTS
 
 
-def test_sample_config_loads() -> None:
+def test_sample_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     sample = Path(__file__).resolve().parents[2] / "collectors" / "snmp" / "sample.toml"
     sources = tomllib.loads(sample.read_text())["sources"]
+    monkeypatch.setenv("PP_SNMP_AUTH_KEY", "sample-auth-key")  # the sample's v3 keys
+    monkeypatch.setenv("PP_SNMP_PRIV_KEY", "sample-priv-key")
     built = {name: load_source(name, opts) for name, opts in sources.items()}
-    assert {s.kind for s in built.values()} == {"snmp"} and len(built) == 3
+    assert {s.kind for s in built.values()} == {"snmp"} and len(built) == 6
 
 
 @pytest.mark.parametrize(("bad", "key"), [
     ({"host": ""}, "host"), ({"host": None}, "host"), ({"port": 0}, "port"), ({"port": "161"}, "port"),
-    ({"version": "3"}, "version"), ({"version": 2}, "version"), ({"feed": "C"}, "feed"), ({"feed": None}, "feed"),
+    ({"version": "4"}, "version"), ({"version": 2}, "version"), ({"feed": "C"}, "feed"), ({"feed": None}, "feed"),
     ({"rack": ""}, "rack"), ({"model": "raritan"}, "model"), ({"retries": -1}, "retries"),
     ({"timeout_s": 0}, "timeout_s"), ({"temp_points": ["inlet"]}, "temp_points"), ({"temp_points": []}, "temp_points"),
     ({"module": 0}, "module"), ({"community": ""}, "community"), ({"site": None}, "site"),

@@ -45,7 +45,9 @@ def test_the_site_defaults_to_the_site_model_and_is_required_without_one() -> No
 
 
 @pytest.mark.parametrize("kind", ["snmp", "redfish", "nvml", "dcgm"])
-def test_every_device_sample_validates(kind: str) -> None:
+def test_every_device_sample_validates(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PP_SNMP_AUTH_KEY", "sample-auth-key")  # the snmp sample's SNMPv3 keys
+    monkeypatch.setenv("PP_SNMP_PRIV_KEY", "sample-priv-key")
     sources = sources_from_file(ROOT / "collectors" / kind / "sample.toml", SourceContext())
     assert sources and {s.kind for s in sources} == {kind}
 

@@ -15,6 +15,7 @@ from powerplane.schemas import (
     Ack,
     Command,
     Event,
+    FacilityReading,
     Headroom,
     LevelAggregate,
     RackSummary,
@@ -65,6 +66,11 @@ def samples() -> list[Record]:
         Ack(command_id="c-1", site="lab", target="rack-03", status="clamped", gpus=np.array([0, 5], np.uint16),
             applied=np.array([450, 200], np.float32), reason="1 value(s) clamped", actuator="twin",
             ts_s=1_700_000_000),
+        FacilityReading(site="lab", unit="ups-a", kind="ups", ts_s=1_700_000_000, interval_s=10.0, seq=3,
+                        source="ups-a-card", lineup="ups-a", feed="A", input_voltage_v=[243.0],
+                        input_frequency_hz=[50.0], output_load_pct=[9.0], output_power_w=[50.0],
+                        output_source="battery", on_battery=True, on_bypass=False, battery_remaining_s=17218.0,
+                        battery_charge_pct=100.0, alarms=1, alarm_kinds=["on_battery"]),
     ]
 
 
