@@ -225,11 +225,7 @@ class StreamsWorker:
                     self.read_to[(r.topic, r.partition)] = r.offset
                 for done, recs in await self._guarded_batch(records):
                     rin.produced(await self._rack_outputs(done, recs))
-                try:
-                    await rin.commit()
-                except Exception:  # an output the broker refused after its retries: those aggregates are lost
-                    log.exception("pp.telemetry offsets not committed: the broker refused outputs of the records "
-                                  "taken in the last second (their aggregates and summaries are lost)")
+                await rin.commit()  # in the background; a refused output is logged there
         finally:
             await rin.stop()
 
