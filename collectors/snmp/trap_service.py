@@ -43,6 +43,7 @@ class TrapStats:
     # arrival -> broker acknowledgement, seconds, of the last traps (bench/bench_trap_latency.py reads them)
     ack_latency_s: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=10_000))
     arrived: dict[int, float] = field(default_factory=dict)  # seq -> perf_counter at arrival (last 10,000)
+    acked_at: dict[int, float] = field(default_factory=dict)  # seq -> perf_counter at the broker's ack
 
 
 class TrapMetrics:
@@ -162,11 +163,15 @@ class TrapService:
             del arrived[next(iter(arrived))]
 
         def done(ok: bool) -> None:
-            dt = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            dt = t1 - t0
             with self._lock:
                 if ok:
                     self.stats.acked += 1
                     self.stats.ack_latency_s.append(dt)
+                    self.stats.acked_at[r.seq] = t1
+                    if len(self.stats.acked_at) > 10_000:
+                        del self.stats.acked_at[next(iter(self.stats.acked_at))]
                 else:
                     self.stats.failed += 1
             if ok:
