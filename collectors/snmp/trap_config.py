@@ -223,6 +223,8 @@ def parse(data: dict[str, Any], site: Site | None, source: str = "") -> TrapConf
             agents[name] = o
         p.lines.extend(ap.lines)
     _duplicates(agents, p)
+    if recv is not None and recv.site and site is not None and recv.site != site.name:
+        p.add("receiver.site", f"{recv.site!r}, but the site model is '{site.name}' (leave it out to take the model's)")
     site_name = (recv.site if recv and recv.site else None) or (site.name if site is not None else None)
     if recv is not None and site_name is None:
         p.add("receiver.site", "missing: no site model is configured (PP_SITE_FILE), so name the site here")

@@ -24,7 +24,7 @@ from collectors.snmp.trap_config import TrapConfig
 from collectors.snmp.trapd import Ignored, Refusal, TrapHandler
 from powerplane import topics
 from powerplane.kafka import ClientAuth, DeadLetters, Producer
-from powerplane.schemas import DeadLetter, FacilityReading
+from powerplane.schemas import DeadLetter, FacilityReading, SchemaError
 
 log = logging.getLogger("powerplane.traps")
 DEAD_LETTER_TOPIC = "snmp-trap"  # the dead letters' "source topic": a refused datagram came from no topic
@@ -144,7 +144,14 @@ class TrapService:
         except Exception as e:  # one bad datagram must not stop the receiver
             out = Refusal("internal", f"trap from {peer[0]}:{peer[1]}: internal error ({type(e).__name__}: {e})")
         if isinstance(out, FacilityReading):
-            self._publish(out, t0)
+            try:  # what goes out must be what every reader decodes (a trap's odd value must not be dead-lettered there)
+                data_out = out.encode()
+                FacilityReading.decode(data_out)
+            except SchemaError as e:
+                self._refuse(Refusal("invalid", f"trap from {peer[0]}:{peer[1]}: makes no valid record ({e})"),
+                             data, peer)
+                return
+            self._publish(out, data_out, t0)
         elif isinstance(out, Ignored):
             self.stats.ignored += 1
             self.metrics.ignored.labels(out.agent).inc()
@@ -154,7 +161,7 @@ class TrapService:
         else:
             self._refuse(out, data, peer)
 
-    def _publish(self, r: FacilityReading, t0: float) -> None:
+    def _publish(self, r: FacilityReading, value: bytes, t0: float) -> None:
         self.stats.published += 1
         self.metrics.published.labels(r.source.removeprefix("trap:")).inc()
         arrived = self.stats.arrived
@@ -181,7 +188,7 @@ class TrapService:
                 log.error("trap event %s seq %d from %s was not delivered: %s", r.trap, r.seq, r.source,
                           self.producer.last_error)
 
-        self.producer.send(topics.FACILITY.name, r.encode(), key=r.key(), timestamp_ms=int(r.ts_s * 1000),
+        self.producer.send(topics.FACILITY.name, value, key=r.key(), timestamp_ms=int(r.ts_s * 1000),
                            on_done=done)
         log.debug("trap %s from %s -> %s on_battery=%s on_bypass=%s raised=%s cleared=%s", r.trap, r.source,
                   r.unit, r.on_battery, r.on_bypass, r.alarm_kinds, r.cleared_kinds)

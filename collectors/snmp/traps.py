@@ -132,13 +132,14 @@ def _descr(varbinds: Sequence[tuple[OID, Value]]) -> OID | None:
     return None
 
 
+MAX_BATTERY_S = 1e9  # the record's range: a larger (or negative) run time is no reading
+
+
 def _battery_s(varbinds: Sequence[tuple[OID, Value]]) -> float | None:
     for name, value in varbinds:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            if name == UPS_MINUTES:
-                return float(value * 60)
-            if name == XUPS_BAT_S:
-                return float(value)
+        if isinstance(value, int) and name in (UPS_MINUTES, XUPS_BAT_S):
+            seconds = float(value * 60 if name == UPS_MINUTES else value)
+            return seconds if 0.0 <= seconds <= MAX_BATTERY_S else None
     return None
 
 

@@ -206,3 +206,24 @@ def test_trap_fields_round_trip_and_via_is_checked() -> None:
     assert FacilityReading.decode(r.encode()) == r
     with pytest.raises(SchemaError, match="field 'via'"):
         FacilityReading.from_wire({**r.to_wire(), "via": "carrier-pigeon"})
+
+
+def test_a_run_time_no_record_could_carry_is_left_out() -> None:
+    huge = traps.interpret(UPS_ON_BATTERY, [(oid("1.3.6.1.2.1.33.1.2.3.0"), 2**31 - 1)])
+    assert isinstance(huge, traps.TrapEvent) and huge.battery_remaining_s is None and huge.on_battery is True
+
+
+def test_a_v1_agent_takes_v1_traps_read_as_their_v2_form() -> None:
+    out = TrapHandler(config(version="1")).handle(v1_trap(oid("1.3.6.1.4.1.534.1.11.4.1"), 3), PEER, NOW)
+    assert isinstance(out, FacilityReading) and (out.trap, out.on_battery) == ("xupstdOnBattery", True)
+
+
+def test_refusal_lines_are_throttled_per_sender_and_reason_and_the_held_ones_counted() -> None:
+    from collectors.snmp.trap_service import _Throttle
+
+    t = _Throttle(10.0)
+    key = ("10.0.0.9", "bad_community")
+    assert t.allow(key, 0.0) == (True, 0)
+    assert [t.allow(key, s)[0] for s in (1.0, 2.0, 3.0)] == [False, False, False]
+    assert t.allow(("10.0.0.9", "unknown_agent"), 3.0) == (True, 0)  # another reason: its own line
+    assert t.allow(key, 10.5) == (True, 3)  # the next line says how many were held back
