@@ -166,8 +166,9 @@ class Producer:
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int | None = None,
-             partition: int | None = None) -> bool:
-        """Queue one record (value None: a tombstone); `partition` None lets the key decide."""
+             partition: int | None = None, on_done: Callable[[bool], None] | None = None) -> bool:
+        """Queue one record (value None: a tombstone); `partition` None lets the key decide. `on_done(ok)` is
+        called from the producer's I/O thread once the broker has acknowledged the record (or it failed)."""
         with self._cv:
             if self.in_flight >= self.max_in_flight and not self._cv.wait_for(
                     lambda: self.in_flight < self.max_in_flight, timeout=self.max_block_s):
@@ -184,8 +185,15 @@ class Producer:
             return False
         fut.add_callback(lambda _md: self._done(True))
         fut.add_errback(lambda e: self._done(False, e, topic))
+        if on_done is not None:
+            fut.add_callback(lambda _md: on_done(True))
+            fut.add_errback(lambda _e: on_done(False))
         self.sent += 1
         return True
+
+    def partitions_for(self, topic: str) -> set[int]:
+        """The topic's partitions, fetching its metadata now: a first send then does not wait for it."""
+        return set(self._p.partitions_for(topic) or ())
 
     def flush(self, timeout_s: float | None = 30.0) -> None:
         self._p.flush(timeout=timeout_s)

@@ -520,6 +520,7 @@ class Event(Record):
 
 OUTPUT_SOURCES = ("normal", "battery", "bypass", "booster", "reducer", "none", "other")
 FACILITY_KINDS = ("ups", "ats", "env")
+FACILITY_VIA = ("poll", "trap")
 
 
 @dataclass
@@ -536,7 +537,7 @@ class FacilityReading(Record):
         "input_voltage_v": "f64list?", "input_frequency_hz": "f64list?", "output_load_pct": "f64list?",
         "output_power_w": "f64list?", "output_source": "str?", "on_battery": "bool?", "on_bypass": "bool?",
         "battery_remaining_s": "float?", "battery_charge_pct": "float?", "alarms": "int?", "alarm_kinds": "strlist?",
-        "racks": "strlist?", "inlet_c": "f64list?",
+        "racks": "strlist?", "inlet_c": "f64list?", "via": "str?", "trap": "str?", "cleared_kinds": "strlist?",
     }
     RANGES: ClassVar[dict[str, tuple[float, float]]] = {
         "ts_s": TS_RANGE, "interval_s": (1e-3, 3600.0), "seq": SEQ_RANGE, "alarms": (0.0, 1e6),
@@ -565,6 +566,12 @@ class FacilityReading(Record):
     alarm_kinds: list[str] | None = None  # the well-known kinds among them (README of collectors/snmp)
     racks: list[str] | None = None  # env: the rack of each inlet_c entry
     inlet_c: list[float] | None = None
+    # How the state was learnt: "poll" (a read of the device) or "trap" (a notification it pushed; then only
+    # what the trap states is set: on_battery / on_bypass, the alarm kinds it raises, those it clears). None:
+    # a poll, from a writer older than the field.
+    via: str | None = None
+    trap: str | None = None  # via "trap": the notification's MIB name, e.g. "upsTrapOnBattery"
+    cleared_kinds: list[str] | None = None  # via "trap": the alarm kinds the trap says have cleared
 
     @classmethod
     def key_field(cls) -> str:
@@ -579,6 +586,8 @@ class FacilityReading(Record):
         if self.output_source is not None and self.output_source not in OUTPUT_SOURCES:
             raise SchemaError(f"{where}: field 'output_source' = {self.output_source!r}, expected one of "
                               f"{OUTPUT_SOURCES}")
+        if self.via is not None and self.via not in FACILITY_VIA:
+            raise SchemaError(f"{where}: field 'via' = {self.via!r}, expected one of {FACILITY_VIA}")
         if self.feed is not None and self.feed not in ("A", "B"):
             raise SchemaError(f"{where}: field 'feed' = {self.feed!r}, expected 'A' or 'B'")
         if (self.racks is None) != (self.inlet_c is None) or (

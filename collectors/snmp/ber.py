@@ -1,4 +1,5 @@
-"""A small, strict BER codec for SNMP v1/v2c requests and responses (client.py's fast path).
+"""A small, strict BER codec for SNMP v1/v2c requests and responses (client.py's fast path), and the
+notifications the trap receiver takes (`decode_notification`, trapd.py).
 
 Only what polling and discovery need: encode a GET, GETNEXT or GETBULK request (`RequestTemplate`; a
 poll's GET is encoded once per OID list, only the request-id changes between polls) and decode a
@@ -17,6 +18,9 @@ where the short form would do, an INTEGER with redundant leading octets. A well-
 its SMI range (a Gauge32 encoded negative, an Integer32 of 40 bits, an IpAddress of 5 octets) is not a
 framing error: it becomes `Junk` naming the type and the value, so that only that reading is reported
 (as NaN) while pysnmp would drop the whole message.
+
+A little over 500 lines: the one BER codec of the package, both directions and both kinds of message (answers
+to polls, traps), kept in one place so that there is one strict reader to fuzz.
 """
 
 from __future__ import annotations
@@ -44,7 +48,10 @@ END_OF_MIB_VIEW = 0x82
 GET_REQUEST = 0xA0
 GET_NEXT_REQUEST = 0xA1
 RESPONSE = 0xA2
+TRAP_V1 = 0xA4  # SNMPv1 Trap-PDU (RFC 1157)
 GET_BULK_REQUEST = 0xA5
+INFORM_REQUEST = 0xA6
+TRAP_V2 = 0xA7  # SNMPv2-Trap-PDU (RFC 3416)
 
 VERSION_1 = 0  # the version field's value for SNMPv1
 VERSION_2C = 1
@@ -399,3 +406,111 @@ def _decode_response(data: bytes) -> Response:
             raise BerError(f"varbind {len(varbinds) + 1}: {e}") from None
         pos = vb_end
     return Response(version, bytes(community), request_id, status, index, varbinds)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Notifications (the trap receiver)
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Notification:
+    """A v1 or v2c trap (or inform) as it came: each varbind value still raw (tag, content octets), so that
+    the receiver reads octet strings as bytes (sysName) and numbers and OIDs with `decode_value`. A v1
+    Trap-PDU carries its enterprise, agent address, generic and specific trap; `trap_oid` is then what
+    RFC 3584 (3.1) makes of them, so v1 and v2c traps are read alike."""
+
+    version: int
+    community: bytes
+    pdu_tag: int
+    trap_oid: OID | None  # snmpTrapOID.0 (v2c), or the RFC 3584 translation (v1); None if absent
+    varbinds: list[tuple[OID, int, bytes]]
+
+
+SNMP_TRAP_OID = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)  # snmpTrapOID.0
+_GENERIC_TRAPS = (1, 3, 6, 1, 6, 3, 1, 1, 5)  # snmpTraps: coldStart(1) .. enterpriseSpecific(6) is not here
+
+
+def message_version(data: bytes) -> int:
+    """The version field of any SNMP message (0 v1, 1 v2c, 3 v3), reading nothing after it."""
+    try:
+        tag, pos, _ = _tlv_lenient(data, 0, len(data))
+        if tag != SEQUENCE:
+            raise BerError(f"message: expected tag 0x30, got 0x{tag:02x}")
+        s, e = _expect(data, pos, len(data), INTEGER, "version")
+        return _int(data, s, e, "version")
+    except IndexError:
+        raise BerError("truncated") from None
+
+
+def decode_notification(data: bytes) -> Notification:
+    """A whole SNMP v1 Trap, v2c Trap or Inform message; BerError (one line) for anything malformed."""
+    try:
+        return _decode_notification(data)
+    except IndexError:  # _tlv checks bounds; this is a second fence, never a crash
+        raise BerError("truncated") from None
+
+
+def _varbinds(data: bytes, pos: int, end: int) -> list[tuple[OID, int, bytes]]:
+    out: list[tuple[OID, int, bytes]] = []
+    while pos < end:
+        try:
+            vs, vb_end = _expect(data, pos, end, SEQUENCE, "varbind")
+            os_, oe = _expect(data, vs, vb_end, OBJECT_IDENTIFIER, "name")
+            vtag, cs, ce = _tlv(data, oe, vb_end)
+            if ce != vb_end:
+                raise BerError(f"{vb_end - ce} bytes after the value")
+            out.append((decode_oid(data[os_:oe]), vtag, bytes(data[cs:ce])))
+        except BerError as e:
+            raise BerError(f"varbind {len(out) + 1}: {e}") from None
+        pos = vb_end
+    return out
+
+
+def _decode_notification(data: bytes) -> Notification:
+    n = len(data)
+    if not n:
+        raise BerError("empty datagram")
+    tag, pos, end = _tlv(data, 0, n)
+    if tag != SEQUENCE:
+        raise BerError(f"message: expected tag 0x30, got 0x{tag:02x}")
+    if end != n:
+        raise BerError(f"{n - end} bytes after the end of the message")
+    s, e = _expect(data, pos, end, INTEGER, "version")
+    version = _int(data, s, e, "version")
+    if version not in (VERSION_1, VERSION_2C):
+        raise BerError(f"version field {version} is neither SNMPv1 (0) nor SNMPv2c (1)")
+    s, pos = _expect(data, e, end, OCTET_STRING, "community")
+    community = bytes(data[s:pos])
+    tag, pos, pdu_end = _tlv(data, pos, end)
+    if pdu_end != end:
+        raise BerError(f"{end - pdu_end} bytes after the PDU")
+    if tag == TRAP_V1 and version == VERSION_1:
+        return _v1_trap(data, pos, pdu_end, community)
+    if tag not in (TRAP_V2, INFORM_REQUEST) or version != VERSION_2C:
+        raise BerError(f"PDU tag 0x{tag:02x} in an SNMP{'v1' if version == VERSION_1 else 'v2c'} message is "
+                       f"not a notification")
+    for what in ("request-id", "error-status", "error-index"):
+        s, pos = _expect(data, pos, pdu_end, INTEGER, what)
+    s, vbl_end = _expect(data, pos, pdu_end, SEQUENCE, "varbind list")
+    if vbl_end != pdu_end:
+        raise BerError(f"{pdu_end - vbl_end} bytes after the varbind list")
+    vbs = _varbinds(data, s, vbl_end)
+    # RFC 3416 4.2.6: sysUpTime.0 first, snmpTrapOID.0 second; read it wherever it is
+    trap_oid = next((decode_oid(c) for o, t, c in vbs if o == SNMP_TRAP_OID and t == OBJECT_IDENTIFIER), None)
+    return Notification(version, community, tag, trap_oid, vbs)
+
+
+def _v1_trap(data: bytes, pos: int, end: int, community: bytes) -> Notification:
+    s, e = _expect(data, pos, end, OBJECT_IDENTIFIER, "enterprise")
+    enterprise = decode_oid(data[s:e])
+    s, e = _expect(data, e, end, IP_ADDRESS, "agent-addr")
+    s, e = _expect(data, e, end, INTEGER, "generic-trap")
+    generic = _int(data, s, e, "generic-trap")
+    s, e = _expect(data, e, end, INTEGER, "specific-trap")
+    specific = _int(data, s, e, "specific-trap")
+    s, e = _expect(data, e, end, TIME_TICKS, "time-stamp")
+    s, vbl_end = _expect(data, e, end, SEQUENCE, "varbind list")
+    if vbl_end != end:
+        raise BerError(f"{end - vbl_end} bytes after the varbind list")
+    # RFC 3584 3.1 (3): enterpriseSpecific -> enterprise.0.specific; a generic trap -> snmpTraps.(generic+1)
+    trap_oid = (*enterprise, 0, specific) if generic == 6 else (*_GENERIC_TRAPS, generic + 1)
+    return Notification(VERSION_1, community, TRAP_V1, trap_oid, _varbinds(data, s, vbl_end))

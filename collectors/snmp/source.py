@@ -319,7 +319,7 @@ class SnmpSource(Source):
             on_battery=None if src is None else src == "battery", on_bypass=None if src is None else src == "bypass",
             battery_remaining_s=v.battery_remaining_s, battery_charge_pct=v.battery_charge_pct, alarms=v.alarms,
             alarm_kinds=kinds, racks=list(plan.racks) if kind == "env" else None,
-            inlet_c=v.inlet_c if kind == "env" else None)
+            inlet_c=v.inlet_c if kind == "env" else None, via="poll")
 
     def _report(self, reading: Reading | FacilityValues) -> None:
         """Raise when nothing usable came back; otherwise log each new problem once and publish."""

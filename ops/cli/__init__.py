@@ -71,8 +71,8 @@ def _config_error(e: ConfigError) -> None:
 
 # The Kafka role (powerplane.access) of each command's clients; every other command reads as `ops`. A stage
 # that runs several roles in one process (the fleet: collector and actuator) names each client's role.
-ROLES = {"fleet": "collector", "collect": "collector", "streams": "streams", "controller": "controller",
-         "actuate": "actuator", "sink": "sink", "replay": "admin", "dev": "admin"}
+ROLES = {"fleet": "collector", "collect": "collector", "traps": "collector", "streams": "streams",
+         "controller": "controller", "actuate": "actuator", "sink": "sink", "replay": "admin", "dev": "admin"}
 
 
 def kafka_role(args: argparse.Namespace) -> str:

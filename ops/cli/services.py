@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ops.cli.common import (
+    CliError,
     _ack_keyring,
     _add_metrics,
     _add_trace,
@@ -132,6 +133,20 @@ def cmd_collect(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_traps(args: argparse.Namespace, cfg: Config) -> int:
+    from collectors.snmp import trap_config, trap_service
+    from powerplane.kafka import client_auth
+
+    addr = _metrics_addr(args)
+    traps_cfg = trap_config.load(args.config_file, _site_optional(cfg))
+    try:
+        trap_service.run(traps_cfg, cfg.kafka_bootstrap, _stop_on_signals(), auth=client_auth(cfg, "collector"),
+                         registry=_serve_metrics(addr), duration_s=args.duration or None)
+    except OSError as e:  # the port: taken, or privileged
+        raise CliError(str(e)) from None
+    return 0
+
+
 def cmd_streams(args: argparse.Namespace, cfg: Config) -> int:
     from streams.app import run_worker
 
@@ -218,7 +233,7 @@ def _workers(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds fleet, collect, streams, controller, actuate, sink, demo."""
+    """Adds fleet, collect, traps, streams, controller, actuate, sink, demo."""
     f = sub.add_parser("fleet", help="run the simulated fleet: publishes telemetry, applies commands")
     f.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until stopped)")
     f.add_argument("--seed", type=int, default=0)
@@ -243,6 +258,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_metrics(co)
     co.add_argument("--client-id", default="powerplane-collector", help="names the spool directory too")
     co.set_defaults(fn=cmd_collect)
+
+    tr = sub.add_parser("traps", help="receive UPS traps (SNMP v1/v2c/v3) and publish them as facility events")
+    tr.add_argument("config_file", metavar="TRAPS.toml",
+                    help="[receiver] and [agents.NAME] tables (see collectors/snmp/traps.toml)")
+    tr.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until stopped)")
+    _add_metrics(tr)
+    tr.set_defaults(fn=cmd_traps)
 
     w = sub.add_parser("streams", help="run the faust-streaming worker (telemetry -> aggregates)")
     w.add_argument("action", choices=["worker"])
