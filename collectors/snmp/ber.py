@@ -19,8 +19,8 @@ its SMI range (a Gauge32 encoded negative, an Integer32 of 40 bits, an IpAddress
 framing error: it becomes `Junk` naming the type and the value, so that only that reading is reported
 (as NaN) while pysnmp would drop the whole message.
 
-A little over 500 lines: the one BER codec of the package, both directions and both kinds of message (answers
-to polls, traps), kept in one place so that there is one strict reader to fuzz.
+A little over 500 lines, long because it is the one BER codec of the package, both directions and both kinds of
+message (answers to polls, traps), kept in one place so that there is one strict reader to fuzz.
 """
 
 from __future__ import annotations
