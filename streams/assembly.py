@@ -23,7 +23,9 @@ frame that carries GPUs (a rack "reports" by its GPU sources):
 - at once, when every GPU of the rack that is not known stale has a reading newer than the last view (a
   whole-rack frame always; the last server's frame of a second otherwise);
 - else when a GPU frame of a newer window (`window_s`, the site stage's) arrives, the view of what was held
-  is emitted first (a server that missed its read delays its rack by at most a window).
+  is emitted first (a server that missed its read delays its rack by at most a window); except while a rack
+  just seen (a worker starting, or taking the partition over) still waits for a server's first read, which
+  would otherwise count at its max for a window.
 A frame with no GPU (PDU, BMC) only updates the state: the next view carries it. So a PDU meter cannot make
 a rack look fresh: a rack whose GPU collectors all stop emits nothing and the site stage estimates it (stale,
 last reading plus a growing margin; streams/tree.py), while a rack with one silent server keeps reporting
@@ -117,7 +119,7 @@ class Assembler:
         out: list[TelemetryFrame] = []
         has_gpus = frame.power_w.size > 0
         k = math.ceil(frame.ts_s / self.s.window_s) - 1  # the tree's window of this time
-        if has_gpus and p.open_k is not None and k > p.open_k:
+        if has_gpus and p.open_k is not None and k > p.open_k and not self._first_reads_due(p):
             out.append(self._view(r, p))  # a newer window: what was held goes first
         self._apply(r, p, frame)
         if has_gpus:
@@ -177,13 +179,20 @@ class Assembler:
         iv = np.where(np.isfinite(p.interval_s), p.interval_s, p.gpu_interval_s)
         return np.asarray(self.s.gpu_stale_intervals * iv, dtype=np.float64)
 
-    def _complete(self, p: _Parts) -> bool:
-        """Every GPU not known stale has a reading newer than the last view (one never heard from is waited
-        for while the rack is younger than the bound)."""
-        ref = float(p.ts_s.max())
+    def _waiting(self, p: _Parts) -> np.ndarray:
+        """GPUs whose next read is due: fresh ones, and ones never heard from while the rack is younger than
+        the bound (a worker that just started, or took the rack's partition over)."""
         seen = np.isfinite(p.ts_s)
-        waiting = ref - np.where(seen, p.ts_s, p.born_s) <= self._gpu_bound_s(p)
-        return bool((p.updated | ~waiting).all())
+        return np.asarray(float(p.ts_s.max()) - np.where(seen, p.ts_s, p.born_s) <= self._gpu_bound_s(p))
+
+    def _complete(self, p: _Parts) -> bool:
+        """Every GPU not known stale has a reading newer than the last view."""
+        return bool((p.updated | ~self._waiting(p)).all())
+
+    def _first_reads_due(self, p: _Parts) -> bool:
+        """A young rack still waits for some server's first read: no view yet, or those GPUs would count at
+        their max for a window (a spike at every start of the worker, and every partition it takes over)."""
+        return bool((self._waiting(p) & ~np.isfinite(p.ts_s)).any())
 
     def _view(self, r: int, p: _Parts) -> TelemetryFrame:
         """The rack as a whole-rack frame: fresh readings, stale GPUs missing (NaN, limit held), stale meters,

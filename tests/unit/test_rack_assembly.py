@@ -137,3 +137,14 @@ def test_a_whole_rack_frame_in_another_order_is_taken_in_site_order() -> None:
     assert v.frame is not None
     np.testing.assert_array_equal(v.frame.power_w, whole.power_w)
     assert frame_outputs(SITE, LIMITS, v.frame)[1].power_w == frame_outputs(SITE, LIMITS, whole)[1].power_w
+
+
+def test_a_worker_starting_mid_second_waits_for_every_servers_first_read_no_spike() -> None:
+    asm, chk = Assembler(SITE), FrameChecker(SITE)
+    first, second = whole_frames(2)
+    # Started mid-second: servers 5-7 of second 1 are the first frames it reads, servers 0-4 come in second 2.
+    late = [f for f in server_frames(first[0]) if f.source in ("nvml:host-5", "nvml:host-6", "nvml:host-7")]
+    out = take(asm, chk, late + server_frames(second[0])[:5])
+    assert len(out) == 1 and out[0][1].gpus_reporting == 64  # not 5 servers at their max for a window
+    want = frame_outputs(SITE, LIMITS, second[0])[1].power_w
+    assert abs(out[0][1].power_w - want) < 0.05 * want
