@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from powerplane.site import Site
 from powerplane.site_file import load_site
 from sim.fleet import Fleet, rack_frames
 from streams.rollup import Limits, frame_outputs
+from tests.integration.conftest import free_port
 from tests.integration.helpers import end_offsets, read_messages, start_streams_at_end
 from tests.integration.snmp_server import SnmpSim, snmpsim_data
 from tests.partial_frames import server_frames
@@ -71,7 +73,8 @@ def test_a_rack_from_snmp_pdus_and_per_server_frames_is_assembled_by_the_worker(
     meters: list[float] = []
     with SnmpSim({"pdu-a": rec, "pdu-b": rec}, tmp_path / "snmpsim") as sim:
         try:
-            svc.start("streams", "streams", "worker")
+            port = free_port()
+            svc.start("streams", "streams", "worker", "--metrics-addr", f"127.0.0.1:{port}")
             wait_for_groups(c, STREAMS_GROUPS, check=svc.check)
             fleet = Fleet(site, seed=5, epoch_s=float(int(time.time())))
             for k in range(1, SECONDS + 1):
@@ -91,6 +94,9 @@ def test_a_rack_from_snmp_pdus_and_per_server_frames_is_assembled_by_the_worker(
                 time.sleep(max(0.0, ts + 1.0 - time.time()))
             aggs = wait_for_rack(c, rack, since[topics.AGGREGATES.name], max(whole_w))
             svc.check()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                metrics = {line.split()[0]: float(line.split()[1]) for line in r.read().decode().splitlines()
+                           if line and not line.startswith("#")}
         finally:
             svc.stop()
             producer.close()
@@ -105,6 +111,9 @@ def test_a_rack_from_snmp_pdus_and_per_server_frames_is_assembled_by_the_worker(
     dead = [m for m in read_messages(c, topics.DEADLETTER.name, start=since[topics.DEADLETTER.name])
             if NAME.encode() in (m.value or b"")]
     assert dead == []
+    # On /metrics: a view a second made of 8 server frames (7 held each) and the PDU frames (held).
+    assert metrics["powerplane_streams_assembled_views_total"] >= SECONDS
+    assert metrics["powerplane_streams_held_frames_total"] >= 7 * SECONDS
 
 
 def wait_for_rack(cfg: Config, rack: str, start: dict[int, int], ts_s: float,
