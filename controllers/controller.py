@@ -39,6 +39,7 @@ from controllers.degraded import (
     unsure_racks,
 )
 from controllers.thermal import STAGES, ThermalSettings, decide_thermal
+from powerplane.rack_layout import RackLayout
 from powerplane.schemas import Command, Headroom, LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.site import KIND, Site
@@ -98,6 +99,8 @@ class CapController:
         self.rack_complete = np.zeros(site.n_racks, dtype=bool)
         self.estimate_margin = 0.15  # GPU-based rack power reads up to ~15 % high (PSU and non-GPU model)
         self.gpu_power_w = np.full(site.n_gpus, np.nan)
+        self.gpu_frame_ts_s = np.full(site.n_gpus, -np.inf)  # event time of each GPU's newest reading
+        self.layout = RackLayout(site)  # a frame's (server, slot) pairs -> GPUs (frames may be partial)
         self.cap_w = np.full(site.n_gpus, np.nan)  # NaN until the enforced limit has been seen
         self.clock_mhz = np.full(site.n_gpus, np.nan)  # clock locks this controller holds (NaN: none)
         self.route_w = np.ones(site.n_gpus)  # routing weights this controller holds
@@ -189,17 +192,28 @@ class CapController:
         if fr.site != self.site.name:
             raise SchemaError(f"telemetry.frame {fr.rack}: site '{fr.site}', this controller serves '{self.site.name}'")
         r = self.site.rack_index(fr.rack)
-        a, b = int(self.site.rack_gpu_start[r]), int(self.site.rack_gpu_start[r + 1])
-        if fr.power_w.size != b - a:
-            raise SchemaError(f"telemetry.frame {fr.rack}: {fr.power_w.size} GPUs, site has {b - a}")
-        if fr.ts_s < self.rack_frame_ts_s[r]:
-            return  # an older frame must not overwrite a newer reading
-        self.gpu_power_w[a:b] = fr.power_w
-        self.rack_frame_seen_s[r] = fr.ts_s if now_s is None else now_s
-        self.rack_frame_ts_s[r] = fr.ts_s
-        seen = self.cap_w[a:b]
-        # Adopt the enforced limit the first time a rack is seen (e.g. after a controller restart).
-        self.cap_w[a:b] = np.where(np.isnan(seen), fr.limit_w, seen)
+        if not fr.power_w.size:
+            return  # a PDU's or a BMC's frame: no GPU to cap, and a rack reports by its GPUs
+        a = int(self.site.rack_gpu_start[r])
+        if self.layout.canonical(r, fr.gpu_server, fr.gpu_slot):
+            g = np.arange(a, a + fr.power_w.size)
+        else:  # a part of the rack (one server's GPUs, from NVML or DCGM)
+            pos, why = self.layout.locate(r, fr.gpu_server, fr.gpu_slot)
+            if why:
+                raise SchemaError(f"telemetry.frame {fr.rack} from '{fr.source}': {why}")
+            g = a + pos
+        newer = fr.ts_s >= self.gpu_frame_ts_s[g]  # an older frame must not overwrite a newer reading
+        if not newer.any():
+            return
+        g = g[newer]
+        self.gpu_power_w[g] = fr.power_w[newer]
+        self.gpu_frame_ts_s[g] = fr.ts_s
+        if fr.ts_s >= self.rack_frame_ts_s[r]:
+            self.rack_frame_seen_s[r] = fr.ts_s if now_s is None else now_s
+            self.rack_frame_ts_s[r] = fr.ts_s
+        seen = self.cap_w[g]
+        # Adopt the enforced limit the first time a GPU is seen (e.g. after a controller restart).
+        self.cap_w[g] = np.where(np.isnan(seen), fr.limit_w[newer], seen)
 
     # ---- decisions -----------------------------------------------------------------------------------
     def decide(self, now_s: float) -> list[Command]:
@@ -262,7 +276,9 @@ class CapController:
             budget[self.zones] = th.zone_budget_w
         known = ~np.isnan(self.cap_w)
         # A GPU of a silent rack counts as drawing its cap (decide_caps), never as its last reading.
-        gpu_w_now = np.where(rack_silent[self.site.gpu_rack], np.nan, self.gpu_power_w)
+        # So does a GPU whose own source stopped while the rest of its rack reports (partial frames: one server's).
+        gpu_silent = rack_silent[self.site.gpu_rack] | (now_s - self.gpu_frame_ts_s > f.max_event_age_s)
+        gpu_w_now = np.where(gpu_silent, np.nan, self.gpu_power_w)
         new = decide_caps(self.site, gpu_w_now, self.cap_w, load, self.limit_w, s,
                           brake=brake, heat_budget_w=budget)
         # Release only where every input above the rack is fresh: a silent rack or a level that has gone

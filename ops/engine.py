@@ -30,7 +30,8 @@ from powerplane.schemas import (
 )
 from powerplane.signing import Keyring
 from powerplane.site import Site
-from streams.rollup import Limits, UnknownRack, frame_outputs
+from streams.assembly import Assembler, assembled_outputs
+from streams.rollup import Limits, UnknownRack
 from streams.site_stage import SiteStage
 
 
@@ -91,6 +92,7 @@ class Engine:
         self.checker = FrameChecker(site)
         self.clock = clock
         self.limits = Limits(site)
+        self.assembler = Assembler(site)  # partial frames (one server, one PDU) -> whole-rack views
         self.stage = SiteStage(site)
         self.pending: list[RackSummary] = []  # summaries of the current timestamp, rolled up together
         self.controller = controller or CapController(site, keyring, settings, lease_s, issuer="in-process-engine")
@@ -124,10 +126,12 @@ class Engine:
         while now >= self.next_tick_s:  # decide on what arrived before this frame, as the live loop does
             out += self.controller.decide(self.next_tick_s)
             self.next_tick_s += self.tick_s
-        aggs, summary = frame_outputs(self.site, self.limits, frame)
-        if self.pending and self.pending[-1].ts_s != summary.ts_s:
-            aggs = aggs + self._flush(now)
-        self.pending.append(summary)  # as the streams worker batches them: one vectorized step per batch
+        aggs: list[LevelAggregate] = []
+        for rack_aggs, summary in assembled_outputs(self.site, self.limits, self.assembler, frame):
+            aggs += rack_aggs
+            if self.pending and self.pending[-1].ts_s != summary.ts_s:
+                aggs += self._flush(now)
+            self.pending.append(summary)  # as the streams worker batches them: one vectorized step per batch
         self.controller.on_frame(frame)
         for a in aggs:
             self.controller.on_aggregate(a, now)

@@ -54,6 +54,7 @@ def power_from_recording(site: Site, rec_dir: str, progress: TextIO | None) -> F
     from powerplane import topics
     from powerplane.recording import iter_records, load_manifest
     from powerplane.schemas import SchemaError, TelemetryFrame
+    from streams.assembly import Assembler
 
     m = load_manifest(rec_dir)
     name = topics.TELEMETRY.name
@@ -63,6 +64,9 @@ def power_from_recording(site: Site, rec_dir: str, progress: TextIO | None) -> F
     rows: list[tuple[float, int, float, float, float]] = []
     bad = 0
     bar = Progress(f"reading {total:,} frames", total, progress)
+    # Frames of a part of a rack (one server's GPUs, one PDU) are assembled into whole-rack views as the
+    # streams worker does (streams/assembly.py); a whole-rack frame is its own view.
+    asm = Assembler(site)
     for i, (_t, _k, value, _ts, _h) in enumerate(iter_records(rec_dir, [name]), 1):
         try:
             f = TelemetryFrame.decode(value or b"")
@@ -70,12 +74,18 @@ def power_from_recording(site: Site, rec_dir: str, progress: TextIO | None) -> F
         except (SchemaError, KeyError):
             bad += 1
             continue
+        if not asm.layout.canonical(r, f.gpu_server, f.gpu_slot) and asm.layout.locate(
+                r, f.gpu_server, f.gpu_slot)[1]:
+            bad += 1  # a GPU not in the rack, or twice (the streams worker refuses it too)
+            continue
         a, b = [*f.pdu_power_w, math.nan, math.nan][:2]
-        gpu = math.nan
-        if f.power_w.size:
-            p = np.where(np.isfinite(f.power_w), f.power_w, f.limit_w).astype(np.float64)
-            gpu = site.rack_input_w(r, p, f.util.astype(np.float64))
-        rows.append((f.ts_s, r, a, b, gpu))
+        views = asm.route(f) if f.power_w.size else []
+        if not (len(views) == 1 and views[0] is f):  # a part: its meters now, GPUs once its rack has a view
+            rows.append((f.ts_s, r, a, b, math.nan))
+            a = b = math.nan
+        for v in views:
+            p = np.where(np.isfinite(v.power_w), v.power_w, v.limit_w).astype(np.float64)
+            rows.append((v.ts_s, r, a, b, site.rack_input_w(r, p, v.util.astype(np.float64))))
         bar.show(i)
     bar.done()
     if not rows:

@@ -8,8 +8,13 @@ checks a frame against *this* site and *this* receiver:
 - refused (one line naming the field and the value; the record goes to the dead-letter topic): a frame dated
   more than `max_ahead_s` ahead of the receiver's clock (one future-dated frame must not move event time) or
   older than `max_age_s`; a reading outside what the hardware can report (a GPU outside [0, 1.5 x its max], a
-  PDU meter outside [0, 3 x its breaker's rating], an inlet or GPU temperature outside sensor range); a frame
-  of another site, an unknown rack or the wrong GPU count.
+  PDU meter outside [0, 3 x its breaker's rating], a server outside [0, 1.5 x its PSU rating], an inlet or GPU
+  temperature outside sensor range); a frame of another site or an unknown rack; a GPU (gpu_server, gpu_slot)
+  that is not in the rack or is carried twice; a frame that carries no reading at all.
+- per source, not per rack: a frame may carry any part of its rack (one server's GPUs from NVML or DCGM, one
+  PDU's meter and inlets from SNMP with no GPU, a server's power from its BMC), or the whole rack (the
+  simulated fleet). An accepted frame with every GPU of its rack is in the site model's order (reordered
+  here when it was not), so the roll-up can take it positionally; streams.assembly merges the parts.
 - dropped and counted: a duplicate `seq` of its source (same source, rack, a seq not after the last and not
   newer in event time). Gaps in `seq` are counted.
 - marked (the reading becomes NaN in what the roll-up takes, counted): readings that are possible but that
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from powerplane.rack_layout import RackLayout
 from powerplane.schemas import SchemaError, TelemetryFrame
 from powerplane.site import Site
 
@@ -59,7 +65,10 @@ class PlausibilitySettings:
     inlet_jump_floor_c: float = 5.0
     stuck_frames: int = 30  # a non-zero meter identical this many frames while its GPUs' power moved
     stuck_gpu_move_frac: float = 0.05  # ... by more than this fraction of the PDU's rating
-    max_sources_per_rack: int = 8  # bound on the per-source table (sources are named by the frame)
+    server_power_factor: float = 1.5  # a BMC's server power above 1.5 x the PSU nameplate is not a server
+    # Bound on the per-source table (sources are named by the frame). A real rack has one GPU source per server,
+    # one BMC per server and a PDU per feed: an NVL72-class rack (18 trays) has ~40.
+    max_sources_per_rack: int = 48
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,20 @@ class _Source:
     inlet: list[float]
 
 
+# Per-GPU fields of a telemetry frame (reordered together when a whole-rack frame is not in site order).
+_GPU_FIELDS = ("gpu_server", "gpu_slot", "power_w", "temp_c", "sm_clock_mhz", "limit_w", "util", "mem_clock_mhz",
+               "throttle_reasons", "energy_j")
+
+
+def _carries_a_reading(frame: TelemetryFrame) -> bool:
+    """Any finite meter, inlet, server power or PDU current / outlet reading (a frame with no GPU)."""
+    scalars = [*frame.pdu_power_w, *frame.inlet_c]
+    if any(math.isfinite(x) for x in scalars):
+        return True
+    arrays = (frame.server_power_w, frame.pdu_phase_current_a, frame.pdu_bank_current_a, frame.pdu_outlet_power_w)
+    return any(a is not None and bool(np.isfinite(a).any()) for a in arrays)
+
+
 def _first_out(values: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> int:
     """Index of the first finite value outside [lo, hi] (NaN = no reading, allowed), or -1."""
     bad = ((values < lo) | (values > hi)) & np.isfinite(values)
@@ -116,6 +139,10 @@ class FrameChecker:
         rated, _ = site.limits_w("normal")
         self.pdu_rated_w = rated[site.rack_pdu].astype(np.float64)  # (n_racks, 2)
         self.gpu_max_w = site.gpu_max_w.astype(np.float64) * self.s.gpu_power_factor
+        self.server_max_w = np.array([site.server_types[t].rating_w for t in site.server_type],
+                                     dtype=np.float64) * self.s.server_power_factor
+        self.layout = RackLayout(site)
+        self._rack_gpus = [np.arange(site.rack_gpu_start[r], site.rack_gpu_start[r + 1]) for r in range(site.n_racks)]
         self.sources: dict[tuple[str, str], _Source] = {}
         self.max_sources = max(64, site.n_racks * self.s.max_sources_per_rack)
         self.newest_s = -math.inf  # newest accepted event time (the event-time clock)
@@ -132,7 +159,19 @@ class FrameChecker:
         if reason:
             self.counts.refused[cause] += 1
             return Verdict(None, reason)
-        return self._admit(frame, where, key, src, None)
+        return self._admit(self._in_site_order(frame), where, key, src, None)
+
+    def _in_site_order(self, frame: TelemetryFrame) -> TelemetryFrame:
+        """A plausible frame with every GPU of its rack, in the site model's order (whole-rack frames are taken
+        positionally downstream); any other frame as it is."""
+        r = self.site.rack_index(frame.rack)
+        lay = self.layout
+        if frame.power_w.size != lay.n_gpus[r] or lay.canonical(r, frame.gpu_server, frame.gpu_slot):
+            return frame
+        pos, _ = lay.locate(r, frame.gpu_server, frame.gpu_slot)
+        order = np.argsort(pos)
+        return replace(frame, **{name: getattr(frame, name)[order] for name in _GPU_FIELDS
+                                 if getattr(frame, name) is not None})
 
     def check_many(self, frames: Sequence[TelemetryFrame], now_s: float) -> list[Verdict]:
         """check() of each frame, in order, against one receiver clock. The checks of site, shape, ranges and
@@ -153,8 +192,9 @@ class FrameChecker:
         return out
 
     def _batch_static(self, frames: Sequence[TelemetryFrame], now_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """(frames _static or _temporal may refuse, each frame's GPU power sum): a frame of another site, an
-        unknown rack or the wrong GPU count, any reading out of range, or a time too far from `now_s`."""
+        """(frames _static or _temporal may refuse or check() may reorder, each frame's GPU power sum): a frame of
+        another site or an unknown rack, any frame but a whole-rack one in the site model's order (a part of a rack,
+        server power: checked by check() itself), any reading out of range, or a time too far from `now_s`."""
         site, s = self.site, self.s
         n = len(frames)
         suspect = np.zeros(n, dtype=bool)
@@ -164,7 +204,7 @@ class FrameChecker:
                 r = site.rack_index(f.rack) if f.site == site.name else -1
             except KeyError:
                 r = -1
-            if r < 0 or f.power_w.size != site.rack_gpu_start[r + 1] - site.rack_gpu_start[r]:
+            if r < 0 or f.power_w.size != site.rack_gpu_start[r + 1] - site.rack_gpu_start[r] or f.servers is not None:
                 suspect[i] = True
                 continue
             racks[i] = r
@@ -177,9 +217,11 @@ class FrameChecker:
             return suspect, gpu_w
         sel = [frames[i] for i in ok.tolist()]
         starts = np.concatenate(([0], np.cumsum([f.power_w.size for f in sel])[:-1]))
-        gmax = np.concatenate([self.gpu_max_w[site.rack_gpu_start[r]:site.rack_gpu_start[r + 1]]
-                               for r in racks[ok].tolist()])
-        bad = np.zeros(gmax.size, dtype=bool)
+        gpus = np.concatenate([self._rack_gpus[r] for r in racks[ok].tolist()])
+        gmax = self.gpu_max_w[gpus]
+        # Whole-rack frames in the site model's order: a frame in another order is reordered by check().
+        bad = np.concatenate([f.gpu_server for f in sel]) != self.layout.server_of[gpus]
+        bad |= np.concatenate([f.gpu_slot for f in sel]) != self.layout.slot_of[gpus]
         for name, lo, hi in (("power_w", 0.0, gmax), ("limit_w", 0.0, gmax), ("temp_c", *s.gpu_temp_c)):
             v = np.concatenate([getattr(f, name) for f in sel])
             bad |= ((v < lo) | (v > hi)) & np.isfinite(v)
@@ -221,9 +263,15 @@ class FrameChecker:
         except KeyError:
             return f"{where}: rack not in site '{site.name}'", "site"
         g0, g1 = int(site.rack_gpu_start[r]), int(site.rack_gpu_start[r + 1])
-        if frame.power_w.size != g1 - g0:
-            return f"{where}: {frame.power_w.size} GPUs, the site model has {g1 - g0}", "site"
         gmax = self.gpu_max_w[g0:g1]
+        if not self.layout.canonical(r, frame.gpu_server, frame.gpu_slot):  # a part of the rack: which GPUs
+            pos, why = self.layout.locate(r, frame.gpu_server, frame.gpu_slot)
+            if why:
+                return f"{where} from '{frame.source}': {why}", "gpus"
+            gmax = gmax[pos]
+        reason, cause = self._servers(frame, where, r)
+        if reason:
+            return reason, cause
         for name, values, lo, hi in (("power_w", frame.power_w, 0.0, gmax), ("limit_w", frame.limit_w, 0.0, gmax),
                                      ("temp_c", frame.temp_c, *self.s.gpu_temp_c)):
             i = _first_out(values, lo, hi)
@@ -241,6 +289,27 @@ class FrameChecker:
         if i >= 0:
             return (f"{where}: field 'pdu_power_w'[{i}] = {pdu[i]:g} outside [0, {hi_w[i]:g}] "
                     f"({self.s.pdu_max_factor:g} x the PDU breaker's rating)"), "range"
+        if not frame.power_w.size and not _carries_a_reading(frame):
+            return (f"{where} from '{frame.source}': no reading (no GPU, PDU meter, inlet, server power or PDU "
+                    f"current)"), "empty"
+        return "", ""
+
+    def _servers(self, frame: TelemetryFrame, where: str, r: int) -> tuple[str, str]:
+        """A BMC's server power: each server in the rack, once, within its PSU rating's range."""
+        if frame.servers is None or frame.server_power_w is None:
+            return "", ""
+        s0, n = int(self.site.rack_server_start[r]), int(self.layout.n_servers[r])
+        srv = frame.servers.astype(np.int64)
+        if (srv >= n).any():
+            s = int(srv[srv >= n][0])
+            return f"{where} from '{frame.source}': server {s} not in {frame.rack} ({n} servers)", "gpus"
+        if np.unique(srv).size != srv.size:
+            return f"{where} from '{frame.source}': field 'servers' = {srv.tolist()} names a server twice", "gpus"
+        hi = self.server_max_w[s0 + srv]
+        i = _first_out(frame.server_power_w, 0.0, hi)
+        if i >= 0:
+            return (f"{where}: field 'server_power_w'[{i}] = {frame.server_power_w[i]:g} outside [0, {hi[i]:g}] "
+                    f"({self.s.server_power_factor:g} x the server's PSU rating)"), "range"
         return "", ""
 
     def _temporal(self, frame: TelemetryFrame, where: str, src: _Source | None,

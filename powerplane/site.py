@@ -246,7 +246,11 @@ class Site:
         return np.asarray((gsum + self.server_other_w) / self.server_psu_eff, dtype=np.float64)
 
     def rack_input_w(self, rack: int, gpu_power_w: FloatArray, gpu_util: FloatArray | None = None) -> float:
-        """Wall power of one rack from its own GPUs' readings (the slice a telemetry frame carries).
+        """Wall power of one rack from its own GPUs' readings (the slice a telemetry frame carries)."""
+        return float(self.rack_server_input_w(rack, gpu_power_w, gpu_util).sum())
+
+    def rack_server_input_w(self, rack: int, gpu_power_w: FloatArray, gpu_util: FloatArray | None = None) -> FloatArray:
+        """Wall power of each server of one rack from the rack's GPUs' readings.
 
         With utilization, a server's other load (CPUs, NICs, fans) follows its GPUs' activity between
         OTHER_IDLE_FRAC of its nameplate and all of it; without, it is taken at nameplate (conservative)."""
@@ -260,4 +264,4 @@ class Site:
             n = np.bincount(local, minlength=s1 - s0)
             busy = np.bincount(local, weights=u, minlength=s1 - s0) / np.maximum(n, 1)
             other = other * (OTHER_IDLE_FRAC + (1.0 - OTHER_IDLE_FRAC) * busy)
-        return float(((gsum + other) / self.server_psu_eff[s0:s1]).sum())
+        return np.asarray((gsum + other) / self.server_psu_eff[s0:s1], dtype=np.float64)

@@ -39,6 +39,7 @@ from powerplane.kafka import ClientAuth, client_auth, key_partition
 from powerplane.plausibility import FrameChecker, PlausibilityCounts, PlausibilitySettings
 from powerplane.schemas import DeadLetter, RackSummaryBatch, SchemaError
 from powerplane.site import IntArray, Site
+from streams.assembly import AssemblyCounts
 from streams.handover import SiteHandover, shorten_fetch_wait
 from streams.kafka_io import BrokerOutage, KeyedBatches
 from streams.rack_input import RackInput
@@ -87,6 +88,7 @@ class Counters:
         self.resumed = False  # the site stage started from a checkpoint
         self.publish_delay_s = 0.0  # wall clock minus the end of the newest window published (live lag)
         self.plausibility = PlausibilityCounts()  # frames refused, duplicates, seq gaps, readings marked
+        self.assembly = AssemblyCounts()  # partial frames held, rack views made of them (streams/assembly.py)
 
 
 class WorkerMetrics:
@@ -117,7 +119,11 @@ class WorkerMetrics:
                 ("duplicate_frames", "frames dropped: their source had sent that seq", c.plausibility.duplicates),
                 ("seq_gaps", "frames missing between consecutive seqs of a source", c.plausibility.seq_gaps),
                 ("marked_readings", "readings marked invalid (a jump no breaker allows, a stuck meter)",
-                 sum(c.plausibility.marked.values()))):
+                 sum(c.plausibility.marked.values())),
+                ("assembled_views", "rack views assembled from partial frames (per server, per PDU, per BMC)",
+                 c.assembly.views),
+                ("held_frames", "partial frames taken into their rack's state without a view of their own",
+                 c.assembly.held)):
             yield CounterMetricFamily(f"powerplane_streams_{name}", doc, value=float(value))
         yield GaugeMetricFamily("powerplane_streams_open_emergencies", "emergencies open now",
                                 value=float(len(self.stage.detector.open)))
@@ -187,6 +193,7 @@ class StreamsWorker:
         self.checker = FrameChecker(site, PlausibilitySettings(max_ahead_s=cfg.telemetry_max_ahead_s,
                                                                max_age_s=cfg.telemetry_max_age_s))
         self.counters.plausibility = self.checker.counts
+        self.counters.assembly = self.batcher.assembler.counts
         self.last_mark_log_s = 0.0
         self.stage = SiteStage(site, settings or SiteStageSettings(), rack_source=telemetry_partitions(site))
         self.read_to: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset of the last record taken

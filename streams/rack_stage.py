@@ -1,10 +1,12 @@
 """The per-rack stage over a batch of telemetry records: decode, check, roll up, in a few numpy calls per batch
 instead of a few dozen per frame. Pure code, no I/O.
 
-streams.rollup.frame_outputs is the reference for one frame (the in-process engine uses it); `rack_batch` gives
-the same aggregates and summaries for a batch (tests/unit/test_rack_stage.py keeps them equal, also on bad
-input). At 1,024 frames a second for the 100 MW site the per-frame path spent most of the worker's CPU on numpy's
-per-call overhead over 72-GPU arrays; a worker catching up a backlog needs the per-batch one.
+streams.assembly.assembled_outputs is the reference for one frame (the in-process engine uses it: the rack
+views streams.assembly.Assembler makes of the frames, each through streams.rollup.frame_outputs); `rack_batch`
+routes the frames through the same assembler and gives the same aggregates and summaries for a batch
+(tests/unit/test_rack_stage.py keeps them equal, also on bad input). At 1,024 frames a second for the 100 MW
+site the per-frame path spent most of the worker's CPU on numpy's per-call overhead over 72-GPU arrays; a worker
+catching up a backlog needs the per-batch one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from powerplane.plausibility import FrameChecker
 from powerplane.schemas import LevelAggregate, RackSummaryBatch, SchemaError, TelemetryFrame
 from powerplane.site import FEEDS, MODES, OTHER_IDLE_FRAC, IntArray, Site
+from streams.assembly import Assembler, AssemblySettings
 from streams.rollup import NO_READING, THERMAL_REASONS, Limits, feed_mode
 
 
@@ -31,15 +34,19 @@ class RackBatch:
     refused: list[tuple[int, str]] = field(default_factory=list)
     dropped: int = 0  # duplicates (counted by the checker)
     marks: list[str] = field(default_factory=list)  # one line per reading marked invalid
-    frames: int = 0  # frames rolled up
+    frames: int = 0  # frames taken (rolled up, or held by the assembly until their rack's view)
+    views: int = 0  # rack views rolled up (a whole-rack frame is its own view)
 
 
 class RackBatcher:
-    """Per-site index arrays, computed once, that turn a batch of frames into concatenated GPU and server
-    arrays; `rack_batch` is the stage."""
+    """Per-site index arrays, computed once, that turn a batch of whole-rack frames into concatenated GPU and
+    server arrays, and the per-rack assembly that makes whole-rack views of partial frames; `rack_batch` is the
+    stage."""
 
-    def __init__(self, site: Site, limits: Limits) -> None:
+    def __init__(self, site: Site, limits: Limits, assembly: AssemblySettings | None = None) -> None:
         self.site, self.limits = site, limits
+        self.assembler = Assembler(site, assembly)
+        self.server_start = site.rack_server_start.astype(np.int64)
         gs, ss = site.rack_gpu_start, site.rack_server_start
         self.gpu_max = [site.gpu_max_w[gs[r]:gs[r + 1]].astype(np.float64) for r in range(site.n_racks)]
         self.local_server = [(site.gpu_server[gs[r]:gs[r + 1]] - ss[r]).astype(np.int64) for r in range(site.n_racks)]
@@ -73,6 +80,10 @@ class RackBatcher:
         busy = np.bincount(sid, weights=u, minlength=total) / np.maximum(n, 1)
         other = np.concatenate([self.other_w[r] for r in rl]) * (OTHER_IDLE_FRAC + (1.0 - OTHER_IDLE_FRAC) * busy)
         per_server = (gsum + other) / np.concatenate([self.psu_eff[r] for r in rl])
+        for i, f in enumerate(frames):  # a BMC's measured power is a floor on its server's (rollup.rack_state)
+            if f.servers is not None and f.server_power_w is not None:
+                at = srv_base[i] + f.servers.astype(np.int64)
+                per_server[at] = np.fmax(per_server[at], f.server_power_w)
         reporting = sizes - np.add.reduceat(missing.astype(np.int64), starts)
         return np.add.reduceat(per_server, srv_base), reporting
 
@@ -185,7 +196,8 @@ class _Rack:
 
 def rack_batch(batcher: RackBatcher, checker: FrameChecker, values: Sequence[bytes], now_s: float) -> RackBatch:
     """The per-rack stage over `values` (encoded telemetry frames, in partition order): each decoded, checked
-    against the site and the receiver's clock `now_s`, and rolled up."""
+    against the site and the receiver's clock `now_s`, assembled into rack views (streams.assembly: a
+    whole-rack frame is its own) and rolled up."""
     out = RackBatch()
     decoded = TelemetryFrame.decode_many(values)
     idx = [i for i, d in enumerate(decoded) if not isinstance(d, SchemaError)]
@@ -193,39 +205,53 @@ def rack_batch(batcher: RackBatcher, checker: FrameChecker, values: Sequence[byt
         if isinstance(d, SchemaError):
             out.refused.append((i, str(d)))
     frames = [d for d in decoded if not isinstance(d, SchemaError)]
-    taken: list[TelemetryFrame] = []
+    views: list[TelemetryFrame] = []
+    where: list[int] = []  # the record each view came from (the frame that completed it)
+    route = batcher.assembler.route
     verdicts = checker.check_many(frames, now_s)
     for i, v in zip(idx, verdicts, strict=True):
         if v.frame is not None:
-            taken.append(v.frame)
             out.marks += v.marks
+            try:
+                got = route(v.frame)
+            except Exception as e:  # a bug, not bad input: that frame is lost, said so, the others go on
+                out.refused.append((i, f"internal error: {type(e).__name__}: {e}"))
+                continue
+            out.frames += 1
+            views += got
+            where += [i] * len(got)
         elif v.dropped:
             out.dropped += 1
         else:
             out.refused.append((i, v.reason))
-    if taken:
+    if views:
         try:
-            out.aggregates, out.summaries = batcher.outputs(taken)
-            out.frames = len(taken)
-        except Exception:  # a bug, not bad input (refused above): only the frames it fails on are lost
-            _outputs_one_by_one(batcher, taken, [i for i, v in zip(idx, verdicts, strict=True) if v.frame], out)
+            out.aggregates, out.summaries = batcher.outputs(views)
+            out.views = len(views)
+        except Exception:  # a bug, not bad input (refused above): only the views it fails on are lost
+            _outputs_one_by_one(batcher, views, where, out)
     out.refused.sort()
     return out
 
 
-def _outputs_one_by_one(batcher: RackBatcher, taken: list[TelemetryFrame], where: list[int], out: RackBatch) -> None:
-    """outputs() a frame at a time, after it failed on the batch: the frames it fails on are refused with the
-    error (dead-lettered by the worker), the others rolled up. The checker's state already counts them all."""
+def _outputs_one_by_one(batcher: RackBatcher, views: list[TelemetryFrame], where: list[int], out: RackBatch) -> None:
+    """outputs() a view at a time, after it failed on the batch: the records whose views it fails on are refused
+    with the error (dead-lettered by the worker), the others rolled up. The checker's and the assembly's state
+    already count them all."""
     parts: list[RackSummaryBatch] = []
-    for i, frame in zip(where, taken, strict=True):
+    failed: set[int] = set()
+    for i, view in zip(where, views, strict=True):
         try:
-            items, summary = batcher.outputs([frame])
+            items, summary = batcher.outputs([view])
         except Exception as e:
-            out.refused.append((i, f"internal error: {type(e).__name__}: {e}"))
+            if i not in failed:
+                failed.add(i)
+                out.refused.append((i, f"internal error: {type(e).__name__}: {e}"))
             continue
         out.aggregates += items
         parts.append(summary)
-        out.frames += 1
+        out.views += 1
+    out.frames -= len(failed)
     if parts:
         out.summaries = RackSummaryBatch(
             site=parts[0].site, racks=[r for p in parts for r in p.racks],

@@ -72,7 +72,14 @@ def rack_state(site: Site, frame: TelemetryFrame) -> RackState:
     if frame.throttle_reasons is not None:
         tr = frame.throttle_reasons
         throttled = int(((tr & THERMAL_REASONS) != 0)[tr != NO_READING].sum())
-    return RackState(rack=r, power_w=site.rack_input_w(r, p, frame.util.astype(np.float64)), gpus_expected=expected,
+    server_w = site.rack_server_input_w(r, p, frame.util.astype(np.float64))
+    if frame.servers is not None and frame.server_power_w is not None:
+        # A BMC's measured input power is a floor on its server's computed one: the model (GPUs plus a share
+        # of the nameplate of the rest) can miss load the BMC sees; taking the larger stays conservative.
+        bmc = np.full(server_w.size, np.nan)
+        bmc[frame.servers.astype(np.int64)] = frame.server_power_w
+        server_w = np.fmax(server_w, bmc)
+    return RackState(rack=r, power_w=float(server_w.sum()), gpus_expected=expected,
                      gpus_reporting=int(expected - missing.sum()), mode=feed_mode(frame.pdu_power_w),
                      inlet_c=max(inlets) if inlets else None,
                      gpu_temp_max_c=float(temps.max()) if temps.size else None, gpus_throttled=throttled)

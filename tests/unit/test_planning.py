@@ -131,3 +131,29 @@ def test_plan_reads_rack_power_from_a_recording(tmp_path: Path, capsys: pytest.C
     report = json.loads(out.read_text())
     assert 19 <= report["seconds"] <= 21
     assert report["site_total"]["p99_load_w"] > 100e3  # eight racks of H100s, read from their PDU meters
+
+
+def test_plan_assembles_racks_from_per_server_frames_as_the_worker_does(tmp_path: Path) -> None:
+    """A recording of real collectors (one frame per server, no PDU meter) plans like the whole-rack one."""
+    import dataclasses
+    import math
+
+    from ops.plan import power_from_recording
+    from powerplane import topics
+    from powerplane.recording import Recorded, RecordingWriter
+    from sim.fleet import Fleet, rack_frames
+    from tests.partial_frames import server_frames
+
+    site = load_site(LAB)
+    fleet = Fleet(site, seed=4, epoch_s=1_790_000_000.0)
+    whole = [dataclasses.replace(f, pdu_power_w=[math.nan, math.nan]) for k in range(1, 11)
+             for f in rack_frames(site, fleet.step(1.0), 1_790_000_000.0 + k, 1.0, k, "sim")]
+    got = []
+    for name, frames in (("whole", whole), ("parts", [p for f in whole for p in server_frames(f)])):
+        w = RecordingWriter(tmp_path / name, [topics.TELEMETRY.name])
+        for i, f in enumerate(frames):
+            w.add(Recorded(topics.TELEMETRY.name, 0, i, int(f.ts_s * 1000), f.key(), f.encode(), []))
+        w.close()
+        got.append(power_from_recording(site, str(tmp_path / name), None))
+    np.testing.assert_allclose(got[1], got[0], rtol=1e-9)
+    assert got[0].shape[1] == site.n_racks and (got[0] > 10e3).all()
