@@ -53,10 +53,8 @@ def table(all_figs: dict[str, dict[str, float]]) -> list[str]:
     for case in CASES:
         f = all_figs[case.name]
         for name, real in REAL[case.name].items():
-            if name == "tp_corr":
-                twin = f"{_fmt(f['tp_corr_min'])}-{_fmt(f['tp_corr_max'])}"
-            else:
-                twin = _fmt(f[name])
+            corr = f"{_fmt(f['tp_corr_min'])}-{_fmt(f['tp_corr_max'])}"
+            twin = corr if name == "tp_corr" else _fmt(f[name])
             b = BANDS[case.name].get(name)
             if b is None:
                 rng, ok = "", ""
