@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from powerplane.site import FloatArray, IntArray
-from sim.physics import PowerConfig, dyn_rel, static_w
+from sim.physics import PowerConfig, dyn_rel, mem_power_w, static_w
 from sim.serving import (
     OFF,
     SERVING,
@@ -162,17 +162,21 @@ class _StepConstants:
     st_d: FloatArray
     kdd_m: FloatArray  # dynamic power at the mixed clock
     kdd_d: FloatArray
+    km_m: FloatArray  # memory power at the mixed clock
+    km_d: FloatArray
     p_idle: FloatArray  # idle power (bare when off)
 
 
 def _step_constants(tab: InstanceTable, pp: PhasePower, power_cfg: PowerConfig) -> _StepConstants:
     srv = (tab.state == SERVING).astype(np.float64)
+    d_m, d_d = dyn_rel(pp.phi_mix, power_cfg), dyn_rel(pp.phi_dec, power_cfg)
     return _StepConstants(
         srv=srv, c_chunk=tab.c_tok * tab.chunk, srv_chunk=srv / tab.chunk, inv_m=1.0 / pp.phi_mix,
         inv_d=1.0 / pp.phi_dec, kv_room=tab.kv_cap / tab.seq_tokens, inv_seq=1.0 / tab.seq_tokens,
         st_m=static_w(pp.phi_mix, pp.bare_w, pp.ctx_w, power_cfg),
         st_d=static_w(pp.phi_dec, pp.bare_w, pp.ctx_w, power_cfg),
-        kdd_m=pp.kd_w * dyn_rel(pp.phi_mix, power_cfg), kdd_d=pp.kd_w * dyn_rel(pp.phi_dec, power_cfg),
+        kdd_m=pp.kd_w * d_m, kdd_d=pp.kd_w * d_d, km_m=mem_power_w(pp.km_w, d_m, power_cfg),
+        km_d=mem_power_w(pp.km_w, d_d, power_cfg),
         p_idle=np.where(tab.state == OFF, pp.bare_w, static_w(pp.phi_idle, pp.bare_w, pp.ctx_w, power_cfg)),
     )
 
@@ -244,10 +248,15 @@ def _substeps(tab: InstanceTable, q: _Queue, c: _StepConstants, pp: PhasePower, 
         t_d = rest * np.minimum(B, 1.0)
         it_d = rest * (eps < B) / tau_d
         n_it = it_m + it_d
-        # Decode: memoryless completions given the mean remaining length R/B; tokens conserved.
+        # Decode: memoryless completions given the mean remaining length R/B; tokens conserved. At most one
+        # sequence's worth (B <= 1) runs to its end and stops: a lone request holds its power to the last
+        # token, as real GPUs do, instead of fading out over several of its lengths.
         decay = np.exp(-n_it / np.maximum(R / np.maximum(B, eps), 1.0))
+        lone = B <= 1.0
+        r_lone = np.maximum(R - B * n_it, 0.0)
+        decay = np.where(lone, r_lone > 0.0, decay)
         b_new = B * decay
-        r_new = R * decay
+        r_new = np.where(lone, r_lone, R * decay)
         gen = R - r_new
         tok_m = gen * (it_m / np.maximum(n_it, 1e-12))
         tok_d = gen - tok_m
@@ -270,8 +279,8 @@ def _substeps(tab: InstanceTable, q: _Queue, c: _StepConstants, pp: PhasePower, 
         s_traj[k + 1] = S
         p_traj[k] = ptr
         # Power of each phase at its clock; the limiter holds each phase at or below the enforced limit.
-        p_m = np.minimum(c.st_m + (c.kdd_m * tc_m + pp.km_w * mem) / tau_m, pp.limit_w)
-        p_d = np.minimum(c.st_d + (c.kdd_d * tc_d + pp.km_w * mem) / tau_d, pp.limit_w)
+        p_m = np.minimum(c.st_m + (c.kdd_m * tc_m + c.km_m * mem) / tau_m, pp.limit_w)
+        p_d = np.minimum(c.st_d + (c.kdd_d * tc_d + c.km_d * mem) / tau_d, pp.limit_w)
         e_busy += t_m * p_m + t_d * p_d
         t_mix += t_m
         t_dec += t_d

@@ -403,7 +403,7 @@ class Twin:
         return TwinFrame(
             t_s=st.t_s, power_w=rd.power_w, temp_c=rd.temp_c, sm_clock_mhz=rd.sm_clock_mhz, limit_w=st.limit_w,
             util=rd.util, inlet_c=rd.inlet_c, pdu_power_w=rd.pdu_power_w, rack_power_w=el.rack_w,
-            energy_j=st.energy_meas_j, throttle_reasons=rd.throttle,
+            energy_j=st.energy_meas_j, throttle_reasons=rd.throttle, power_instant_w=rd.power_instant_w,
             gpu_power_true_w=gp.p_true, gpu_temp_true_c=st.temp_c,
             gpu_clock_true_mhz=(gp.u_phi * self.units.u_fmax)[self.units.gpu_unit],
             gpu_energy_true_j=st.gpu_energy_j, server_power_w=el.srv_in, server_dc_w=el.dc,

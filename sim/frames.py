@@ -58,7 +58,8 @@ class TwinFrame:
     """One step of the twin. The first nine fields match sim.fleet.FleetFrame."""
 
     t_s: float
-    power_w: FloatArray  # measured GPU power (NVML-like: sampled window, gain error, noise; NaN = missing)
+    power_w: FloatArray  # measured GPU power, NVML power.draw: a ~1 s average, gain error, noise, glitches
+    #   (NaN = missing)
     temp_c: FloatArray  # measured GPU temperature
     sm_clock_mhz: FloatArray  # measured SM clock
     limit_w: FloatArray  # enforced power limit
@@ -68,6 +69,7 @@ class TwinFrame:
     rack_power_w: FloatArray  # ground truth wall power per rack
     energy_j: FloatArray  # measured GPU energy counter (same gain error as power)
     throttle_reasons: U32  # NVML clocks-event reasons per GPU
+    power_instant_w: FloatArray  # NVML power.draw.instant: a 25 ms window (the phase it falls in)
     # ---- ground truth ----
     gpu_power_true_w: FloatArray  # mean over the step
     gpu_temp_true_c: FloatArray

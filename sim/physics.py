@@ -40,27 +40,35 @@ class GpuSpec:
     hbm_tb_s: float  # HBM bandwidth
     hbm_gb: float  # HBM capacity
     idle_ctx_w: float  # idle with a CUDA context: the SM clock jumps to max
-    dyn_w: float  # SM dynamic power at max clock and full compute utilization ("Kd")
-    mem_w: float  # HBM/IO power at full memory-bandwidth utilization ("Km")
+    dyn_w: float  # SM dynamic power at max clock and full compute utilization of serving ("Kd")
+    mem_w: float  # power of streaming memory at full bandwidth utilization ("Km"; part follows the clock)
+    train_dyn_w: float  # Kd of a training step's compute phase: long, dense GEMMs
     thermal_r_c_per_w: float  # steady-state GPU temperature rise over inlet per watt
     thermal_tau_s: float  # first-order thermal time constant of the GPU + heat sink / cold plate
 
 
+KD_H100_W = 320.0  # see GPU_SPECS
+KM_H100_W = 430.0
+
 GPU_SPECS: dict[str, GpuSpec] = {
     # H100 SXM: 989 TFLOPS dense BF16, 3.35 TB/s, 80 GB (NVIDIA datasheet). Idle with a context ~120 W
-    # (BRIEF.md "H100 idle"). Kd/Km are calibrated (assumption) so that decode draws 137-300 W (BRIEF.md
-    # "LLM phases") and a compute-bound prefill chunk demands ~720-790 W, above the 700 W limit
-    # ("prefill ... can briefly exceed TDP", BRIEF.md). R = 0.065 C/W puts a 700 W GPU ~45 C over a
+    # (BRIEF.md "H100 idle"). Kd/Km are calibrated to measured vLLM serving (BRIEF.md "Real GPU power
+    # under LLM serving": Llama-3 70B at TP4 busy reads 444-475 W, median 462 W; 8B on one GPU peaks at
+    # 440-454 W): decode and prefill both draw ~450-490 W, far under the 700 W limit (docs/twin-validation.md).
+    # Training compute keeps the old figure (a long dense GEMM demands more than the limit: BRIEF.md
+    # grid-facing section, "compute near the GPU limit"). R = 0.065 C/W puts a 700 W GPU ~45 C over a
     # 20-25 C inlet (assumption; air-cooled HGX); tau 20 s (assumption: heat-sink mass).
     "H100-SXM": GpuSpec("H100-SXM", peak_tflops=989.0, hbm_tb_s=3.35, hbm_gb=80.0, idle_ctx_w=120.0,
-                        dyn_w=650.0, mem_w=40.0, thermal_r_c_per_w=0.065, thermal_tau_s=20.0),
+                        dyn_w=KD_H100_W, mem_w=KM_H100_W, train_dyn_w=650.0, thermal_r_c_per_w=0.065,
+                        thermal_tau_s=20.0),
     # GB200 (one Blackwell GPU of the superchip): 2.5 PFLOPS dense BF16, 8 TB/s, 186 GB (vendor material,
     # secondary). Idle-with-context 170 W scales H100's 120/70 ratio to the site's 100 W bare idle
-    # (assumption); Kd/Km are about H100's scaled with the 1200 W rating (BRIEF.md "GB200 1200 W rated"), so
-    # that a prefill chunk again demands a little more than the rating (assumption); R 0.035 C/W
-    # (liquid cold plate: 1200 W -> ~42 C over coolant inlet, assumption), tau 10 s (assumption).
+    # (assumption); Kd/Km/training Kd are H100's scaled with the 1200 W rating (BRIEF.md "GB200 1200 W
+    # rated"; no measured GB200 serving power in the brief: assumption); R 0.035 C/W (liquid cold plate:
+    # 1200 W -> ~42 C over coolant inlet, assumption), tau 10 s (assumption).
     "GB200": GpuSpec("GB200", peak_tflops=2500.0, hbm_tb_s=8.0, hbm_gb=186.0, idle_ctx_w=170.0,
-                     dyn_w=1150.0, mem_w=80.0, thermal_r_c_per_w=0.035, thermal_tau_s=10.0),
+                     dyn_w=KD_H100_W * 1200.0 / 700.0, mem_w=KM_H100_W * 1200.0 / 700.0, train_dyn_w=1150.0,
+                     thermal_r_c_per_w=0.035, thermal_tau_s=10.0),
 }
 
 
@@ -71,30 +79,35 @@ def gpu_spec_for(model: str, max_w: float) -> GpuSpec:
     h = GPU_SPECS["H100-SXM"]
     k = max_w / 700.0
     return GpuSpec(model, h.peak_tflops * k, h.hbm_tb_s, h.hbm_gb, h.idle_ctx_w * k, h.dyn_w * k, h.mem_w * k,
-                   h.thermal_r_c_per_w / k, h.thermal_tau_s)
+                   h.train_dyn_w * k, h.thermal_r_c_per_w / k, h.thermal_tau_s)
 
 
 @dataclass(frozen=True)
 class PowerConfig:
-    """GPU power model: P = P_static(phi) + Kd * dyn(phi) * u_c + Km * u_m.
+    """GPU power model: P = P_static(phi) + Kd * dyn(phi) * u_c + Km * u_m * (1 - s + s * dyn(phi)).
 
     dyn(phi) = phi * V(phi)^2 is CMOS dynamic power relative to max clock, with the voltage/frequency
     curve V(phi) = max(v_floor, 1 - v_slope * (1 - phi)) (relative to the voltage at max clock).
     P_static(phi) = P_bare + (P_ctx - P_bare) * dyn(phi): the bare-idle floor plus clock-tree/uncore power
     that follows the clock (BRIEF.md: 60-70 W bare at 345 MHz, ~120 W with a context at 1980 MHz).
+    s = mem_clock_share: streaming memory keeps the SMs and L2 issuing loads, and that part follows the
+    SM clock; the rest (HBM, I/O) does not.
     """
 
     v_floor: float = 0.65  # relative voltage at and below ~55% of max clock (assumption)
     v_slope: float = 0.8  # relative voltage drop per unit of relative clock (assumption; calibrated so that
     #   1.6 vs 1.98 GHz cuts dynamic power ~42%: Towards Greener LLMs' 1.6 GHz vs 2 GHz trade-off)
-    variation_sigma: float = 0.02  # per-GPU fixed power variation (silicon/leakage), fraction (assumption)
+    mem_clock_share: float = 0.5  # share of Km that follows the SM clock (calibrated: a decode-bound pool
+    #   locked at 1.6 GHz keeps its throughput at ~0.8x the energy, Towards Greener LLMs, BRIEF.md)
+    variation_sigma: float = 0.01  # per-GPU fixed power variation (silicon/leakage), fraction (calibrated
+    #   with MeasurementConfig.gpu_gain_error: the GPUs of a real TP4 group read within 2.4-2.8%, BRIEF.md)
     clock_step_mhz: float = 15.0  # supported SM clocks are 15 MHz apart (nvidia-smi -q -d SUPPORTED_CLOCKS)
     solve_iters: int = 9  # bisection steps of the cap solver: resolution (1 - phi_min) / 512, < 4 MHz
     # Training phases (utilizations of the two roofline resources; assumption, calibrated so that a rack
     # swings ~37% between compute and communication, POLCA "training 37.5% within 2 s" in BRIEF.md).
     train_mem_ratio: float = 0.35  # memory time / compute time of a training step's compute phase
-    train_comm_uc: float = 0.35  # compute utilization during the communication (all-reduce) phase
-    train_comm_um: float = 0.2
+    train_comm_uc: float = 0.25  # compute utilization during the communication (all-reduce) phase
+    train_comm_um: float = 0.15
     train_ckpt_uc: float = 0.03  # during a checkpoint the GPUs mostly wait on storage
     train_ckpt_um: float = 0.05
 
@@ -128,10 +141,17 @@ def roofline(c_s: FloatArray, m_s: FloatArray, o_s: FloatArray,
     return tau, tc / tau, m_s / tau
 
 
+def mem_power_w(km_w: FloatArray, d: FloatArray, cfg: PowerConfig) -> FloatArray:
+    """Km at dynamic-power factor d (= dyn_rel(phi)): the part that follows the clock, and the rest."""
+    s = cfg.mem_clock_share
+    return np.asarray(km_w * (1.0 - s + s * d), dtype=np.float64)
+
+
 def busy_power(phi: FloatArray, uc: FloatArray, um: FloatArray, bare_w: FloatArray, ctx_w: FloatArray,
                kd_w: FloatArray, km_w: FloatArray, cfg: PowerConfig) -> FloatArray:
     d = dyn_rel(phi, cfg)
-    return np.asarray(bare_w + (ctx_w - bare_w) * d + kd_w * d * uc + km_w * um, dtype=np.float64)
+    return np.asarray(bare_w + (ctx_w - bare_w) * d + kd_w * d * uc + mem_power_w(km_w, d, cfg) * um,
+                      dtype=np.float64)
 
 
 def solve_phi(limit_w: FloatArray, c_s: FloatArray, m_s: FloatArray, o_s: FloatArray, ceiling: FloatArray,
@@ -226,10 +246,22 @@ class MeasurementConfig:
     """What the sensors report: sampling, averaging windows, errors, staleness and gaps."""
 
     nvml_refresh_s: float = 0.1  # NVML power refreshes every 100 ms (BRIEF.md, SC'24 characterization)
-    nvml_window_s: float = 0.025  # ... averaging only 25 ms of each 100 ms (BRIEF.md): a reading shows
-    #   the phase (prefill/decode/idle, compute/communication) the GPU was in during that window
-    gpu_gain_error: float = 0.05  # +-5% per-board gain error, fixed per GPU, uniform (BRIEF.md)
-    gpu_noise_frac: float = 0.005  # per-reading noise, fraction (assumption)
+    nvml_window_s: float = 0.025  # ... averaging only 25 ms of each 100 ms (BRIEF.md): the instantaneous
+    #   reading (power.draw.instant) shows the phase (prefill/decode/idle, compute/communication) the GPU
+    #   was in during that window
+    power_avg_s: float = 1.0  # power.draw on Hopper is a ~1 s average of the instantaneous power: real
+    #   readings ramp idle -> peak in 0.75-1 s and hold within +-2% under steady load (BRIEF.md "Real GPU
+    #   power under LLM serving")
+    gpu_gain_error: float = 0.01  # per-board gain error, fixed per GPU, uniform +-: NVIDIA states +-5%
+    #   (BRIEF.md), but the 4 GPUs of a real TP4 group read within 2.4-2.8% of each other (BRIEF.md), so
+    #   boards differ by far less than that (calibrated with PowerConfig.variation_sigma)
+    gpu_noise_frac: float = 0.002  # per-reading noise, fraction (calibrated: 1 s change median 2.2 W at
+    #   ~460 W, BRIEF.md)
+    glitch_low_prob: float = 0.012  # share of power.draw readings that are glitches near glitch_low_w
+    glitch_low_w: float = 70.0  # (BRIEF.md: ~1.2% of 250 ms readings near 70 W, 0.4% near 95 W)
+    glitch_mid_prob: float = 0.004
+    glitch_mid_w: float = 95.0
+    glitch_sd_w: float = 2.0  # spread of a glitch's value (assumption)
     gpu_interval_s: float = 0.0  # GPU readings refresh on every step (the collector's poll period)
     temp_resolution_c: float = 1.0  # NVML reports whole degrees
     inlet_interval_s: float = 5.0  # BMC inlet sensors: 1 s to 1 min (BRIEF.md telemetry rates); assumption 5 s

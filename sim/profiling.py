@@ -287,7 +287,10 @@ def profile_for(twin: Twin, cache_dir: Path | None = None) -> tuple[ServingProfi
         packaged = ServingProfile.load()
         return packaged, f"packaged ({packaged.meta.get('mix', 'the conversation trace mix')})"
     classes = classes_of(twin)
-    h = hashlib.sha256(tr.prompt.tobytes() + tr.output.tobytes() + repr(classes).encode())
+    # The twin's power and serving constants are part of the key: a profile measured before a calibration
+    # change must not be reused after it.
+    h = hashlib.sha256(tr.prompt.tobytes() + tr.output.tobytes() + repr(classes).encode()
+                       + repr((twin.cfg.power, twin.cfg.serving)).encode())
     path = (cache_dir or profile_cache_dir()) / f"{h.hexdigest()[:24]}.json"
     if path.is_file():
         try:

@@ -52,6 +52,7 @@ class Hardware:
     t_ctx: FloatArray  # idle power with a context (a loaded model)
     t_kd: FloatArray  # dynamic (compute) power at max clock
     t_km: FloatArray  # memory power
+    t_kd_train: FloatArray  # dynamic power of a training step's compute phase
     t_slow: FloatArray
     t_shut: FloatArray
     gpu_fmax: FloatArray
@@ -83,6 +84,7 @@ def build_hardware(site: Site, cfg: TwinConfig, rng: np.random.Generator) -> Har
         t_bare=per_type([st.gpu_idle_w for st in sts]),
         t_ctx=per_type([max(sp.idle_ctx_w, st.gpu_idle_w) for st, sp in zip(sts, specs, strict=True)]),
         t_kd=per_type([sp.dyn_w for sp in specs]), t_km=per_type([sp.mem_w for sp in specs]),
+        t_kd_train=per_type([sp.train_dyn_w for sp in specs]),
         t_slow=t_slow, t_shut=t_shut, gpu_fmax=t_fmax[g], gpu_fmin=t_fmin[g], gpu_slow=t_slow[g],
         gpu_shut_c=t_shut[g], gpu_r=per_type([sp.thermal_r_c_per_w for sp in specs])[g],
         gpu_tau=per_type([sp.thermal_tau_s for sp in specs])[g],
@@ -191,7 +193,7 @@ class Units:
     u_phimin: FloatArray
     u_bare: FloatArray
     u_ctx: FloatArray
-    u_kd: FloatArray
+    u_kd: FloatArray  # instances: serving's Kd; jobs: training's
     u_km: FloatArray
 
     def unit_min(self, x: FloatArray) -> FloatArray:
@@ -225,10 +227,12 @@ def build_units(site: Site, hw: Hardware, slots: Sequence[tuple[int, IntArray]],
     inst_slot = np.concatenate([np.arange(sl.shape[0]) for _, sl in slots]) if slots else \
         np.zeros(0, dtype=np.int64)
     u_fmax, u_fmin = hw.t_fmax[ut], hw.t_fmin[ut]
+    u_kd = hw.t_kd[ut]
+    u_kd[n_inst:n_work] = hw.t_kd_train[ut[n_inst:n_work]]
     return Units(gpu_unit=unit, n_inst=n_inst, n_jobs=n_jobs, n_work=n_work, n_units=n_units, order=order,
                  ustart=ustart, unit_gpus=counts.astype(np.float64), unit_type=ut, inst_slot=inst_slot,
                  u_fmax=u_fmax, u_fmin=u_fmin, u_phimin=u_fmin / u_fmax, u_bare=hw.t_bare[ut], u_ctx=hw.t_ctx[ut],
-                 u_kd=hw.t_kd[ut], u_km=hw.t_km[ut])
+                 u_kd=u_kd, u_km=hw.t_km[ut])
 
 
 @dataclass(eq=False)
@@ -270,6 +274,7 @@ class TwinState:
     # ---- sensors ----
     energy_meas_j: FloatArray
     read_power: FloatArray  # last readings (held between refreshes)
+    read_instant: FloatArray
     read_inlet: FloatArray
     read_pdu: FloatArray
     dropout: BoolArray  # racks whose telemetry does not arrive
@@ -281,6 +286,8 @@ class TwinState:
     lim_gain: FloatArray = field(default_factory=lambda: np.zeros(0))
     lim_gain_src: FloatArray | None = None  # the limit_w lim_gain was computed from (identity tells a change)
     gain_dt: tuple[float, FloatArray] = (0.0, np.zeros(0))
+    power_hist: list[tuple[float, FloatArray]] = field(default_factory=list)  # (dt_s, true power) of the
+    #   last steps within power.draw's averaging window (steps shorter than the window)
 
 
 def initial_state(site: Site, tree: PowerTree, sensors: SensorModel, tab: InstanceTable, jobs: TrainingState,
@@ -299,6 +306,7 @@ def initial_state(site: Site, tree: PowerTree, sensors: SensorModel, tab: Instan
         rack_feed_alive=np.ones((s.n_racks, 2), dtype=bool), rack_dark=np.zeros(s.n_racks, dtype=bool),
         zone_supply=tree.zone_setpoint.copy(), zone_frac=np.ones(tree.zone_lv.size), site_energy_j=0.0,
         energy_meas_j=np.zeros(s.n_gpus), read_power=np.full(s.n_gpus, np.nan),
+        read_instant=np.full(s.n_gpus, np.nan),
         read_inlet=np.full((s.n_racks, sensors.max_sensors), np.nan), read_pdu=np.full((s.n_racks, 2), np.nan),
         dropout=np.zeros(s.n_racks, dtype=bool), stuck={}, events=[], alpha=np.zeros(s.n_gpus),
         lim_gain=limit_w * sensors.gain, lim_gain_src=limit_w, gain_dt=(0.0, sensors.gain * 0.0),

@@ -1,6 +1,7 @@
-"""Sensors phase: what the collectors read. GPU power from a 25 ms NVML window (the phase it falls in, gain
-error, noise), temperatures, clocks, utilisation, rack inlets and PDU meters (each refreshing on its own
-interval), throttle reasons, and faults: missing readings, stuck sensors, telemetry dropouts."""
+"""Sensors phase: what the collectors read. GPU power as NVML's power.draw (a ~1 s average of the true power,
+gain error, noise, rare glitches) and power.draw.instant (a 25 ms window: the phase it falls in),
+temperatures, clocks, utilisation, rack inlets and PDU meters (each refreshing on its own interval),
+throttle reasons, and faults: missing readings, stuck sensors, telemetry dropouts."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from sim.state import Hardware, SensorModel, TwinState, Units
 @dataclass
 class Readings:
     power_w: FloatArray
+    power_instant_w: FloatArray
     temp_c: FloatArray
     sm_clock_mhz: FloatArray
     util: FloatArray
@@ -42,12 +44,12 @@ def read_sensors(site: Site, m: MeasurementConfig, tc: ThermalConfig, hw: Hardwa
                  rng: np.random.Generator) -> Readings:
     """Every reading of the step (draws from the measurement stream in a fixed order)."""
     u_read_p, u_read_phi, u_capped = unit_readings(hw, units, res, clk, js, rng)
-    power, temp, clock, util = gpu_readings(site, m, units, sm, st, t0, dt_s, gp, u_read_p, u_read_phi * units.u_fmax,
-                                            rng)
+    power, instant, temp, clock, util = gpu_readings(site, m, units, sm, st, t0, dt_s, gp, u_read_p,
+                                                     u_read_phi * units.u_fmax, rng)
     inlet_c, pdu = rack_readings(m, sm, st, t0, dt_s, inlet, rack_a, rack_b, rng)
-    sensor_faults(site, m, st, power, temp, clock, util, inlet_c, pdu, rng)
+    sensor_faults(site, m, st, (power, instant, temp, clock, util), inlet_c, pdu, rng)
     throttle = throttle_reasons(tc, hw, units, st, u_capped, gp.u_busy, gp.dark_gpu)
-    return Readings(power, temp, clock, util, inlet_c, pdu, throttle)
+    return Readings(power, instant, temp, clock, util, inlet_c, pdu, throttle)
 
 
 def unit_readings(hw: Hardware, units: Units, res: ServeResult, clk: Clocks, js: JobStep, rng: np.random.Generator
@@ -90,25 +92,33 @@ def _noise(sm: SensorModel, n: int, rng: np.random.Generator) -> FloatArray:
 
 def gpu_readings(site: Site, m: MeasurementConfig, units: Units, sm: SensorModel, st: TwinState, t0: float,
                  dt_s: float, gp: GpuPower, u_read_p: FloatArray, u_read_mhz: FloatArray, rng: np.random.Generator
-                 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """(power, temperature, clock, utilisation) per GPU; dark GPUs read NaN. Advances the energy counter."""
+                 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """(power.draw, power.draw.instant, temperature, clock, utilisation) per GPU; dark GPUs read NaN.
+    Advances the energy counter."""
     n = site.n_gpus
     gu = units.gpu_unit
-    # GPU power: the sampled window's phase power, this GPU's variation and limit, gain error, noise.
+    # power.draw.instant: the sampled window's phase power, this GPU's variation and limit, gain, noise.
     if st.lim_gain_src is not st.limit_w:  # limits are copied on write: identity tells a change
         st.lim_gain = st.limit_w * sm.gain
         st.lim_gain_src = st.limit_w
-    power = np.minimum(u_read_p[gu] * sm.var_gain, st.lim_gain)
-    off = int(rng.integers(0, sm.noise.size - n))
-    power *= sm.noise_gpu[off:off + n]
+    instant = np.minimum(u_read_p[gu] * sm.var_gain, st.lim_gain)
+    off = int(rng.integers(0, sm.noise.size - 2 * n))
+    instant *= sm.noise_gpu[off:off + n]
+    # power.draw: the true power averaged over the last power_avg_s, gain, noise, glitches.
+    power = window_mean(st, gp.p_true, dt_s, m.power_avg_s) * sm.gain
+    power *= sm.noise_gpu[off + n:off + 2 * n]
+    glitches(m, power, rng)
     if st.gain_dt[0] != dt_s:
         st.gain_dt = (dt_s, sm.gain * dt_s)
     st.energy_meas_j = st.energy_meas_j + gp.p_true * st.gain_dt[1]
     if m.gpu_interval_s > 0:
         due = _due(st, t0, dt_s, m.gpu_interval_s, sm.gpu_phase)[site.gpu_rack]
         power = np.where(due, power, st.read_power)
+        instant = np.where(due, instant, st.read_instant)
+        st.read_instant = instant
     st.read_power = power
     power = power.copy()
+    instant = instant.copy()
     res = m.temp_resolution_c
     if res == 1.0:  # NVML's whole degrees, without the divide
         temp = np.round(st.temp_c)
@@ -119,9 +129,47 @@ def gpu_readings(site: Site, m: MeasurementConfig, units: Units, sm: SensorModel
     clock = u_read_mhz[gu]
     util = gp.util_gpu
     if gp.dark_gpu is not None:
-        for arr_ in (power, temp, clock, util):
+        for arr_ in (power, instant, temp, clock, util):
             arr_[gp.dark_gpu] = np.nan
-    return power, temp, clock, util
+    return power, instant, temp, clock, util
+
+
+def window_mean(st: TwinState, p_w: FloatArray, dt_s: float, window_s: float) -> FloatArray:
+    """The mean of the per-step powers over the last window_s (steps of dt_s; a step of window_s or more is
+    its own mean). Keeps the steps it still needs in st.power_hist."""
+    if dt_s >= window_s - 1e-9:
+        st.power_hist = []
+        return p_w
+    hist = st.power_hist
+    hist.append((dt_s, p_w))
+    acc = p_w * dt_s
+    total = dt_s
+    keep = 1
+    for dt_i, p_i in reversed(hist[:-1]):
+        if total >= window_s - 1e-9:
+            break
+        w = min(dt_i, window_s - total)
+        acc += p_i * w
+        total += w
+        keep += 1
+    del hist[:len(hist) - keep]
+    acc /= total
+    return acc
+
+
+def glitches(m: MeasurementConfig, power: FloatArray, rng: np.random.Generator) -> None:
+    """Replace a share of readings by glitches near glitch_low_w and glitch_mid_w, in place.
+
+    Real power.draw readings show them (BRIEF.md); they cannot be the 1 s average of a GPU drawing 460 W,
+    so they are a reporting artefact: the energy counter does not see them.
+    """
+    n = power.size
+    for prob, level in ((m.glitch_low_prob, m.glitch_low_w), (m.glitch_mid_prob, m.glitch_mid_w)):
+        if prob <= 0 or n == 0:
+            continue
+        k = int(rng.binomial(n, prob))
+        if k:
+            power[rng.integers(0, n, k)] = level + m.glitch_sd_w * rng.standard_normal(k)
 
 
 def rack_readings(m: MeasurementConfig, sm: SensorModel, st: TwinState, t0: float, dt_s: float, inlet: FloatArray,
@@ -142,12 +190,13 @@ def rack_readings(m: MeasurementConfig, sm: SensorModel, st: TwinState, t0: floa
     return inlet_c, pdu
 
 
-def sensor_faults(site: Site, m: MeasurementConfig, st: TwinState, power: FloatArray, temp: FloatArray,
-                  clock: FloatArray, util: FloatArray, inlet_c: FloatArray, pdu: FloatArray,
-                  rng: np.random.Generator) -> None:
-    """Random missing readings, stuck sensors and telemetry dropouts, in place."""
+def sensor_faults(site: Site, m: MeasurementConfig, st: TwinState, gpu: tuple[FloatArray, ...], inlet_c: FloatArray,
+                  pdu: FloatArray, rng: np.random.Generator) -> None:
+    """Random missing readings, stuck sensors and telemetry dropouts, in place. gpu: (power, instant power,
+    temperature, clock, utilisation)."""
+    power, temp = gpu[0], gpu[2]
     if m.missing_prob > 0:
-        for a in (power, temp, clock, util):
+        for a in gpu:
             k = int(rng.binomial(a.size, m.missing_prob))
             if k:
                 a[rng.integers(0, a.size, k)] = np.nan
@@ -171,7 +220,7 @@ def sensor_faults(site: Site, m: MeasurementConfig, st: TwinState, power: FloatA
     if st.dropout.any():
         for r in (int(x) for x in np.flatnonzero(st.dropout)):
             a0, b0 = int(site.rack_gpu_start[r]), int(site.rack_gpu_start[r + 1])
-            for a in (power, temp, clock, util):
+            for a in gpu:
                 a[a0:b0] = np.nan
             inlet_c[r] = np.nan
             pdu[r] = np.nan

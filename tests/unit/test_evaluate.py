@@ -54,8 +54,15 @@ def test_the_full_policy_keeps_the_inlet_and_the_critical_slo_where_no_control_d
     # Without control the half-cooled zone runs over the allowable inlet; the thermal policy prevents it.
     assert none["seconds_inlet_over_limit"] > 0 and full["seconds_inlet_over_limit"] == 0
     assert full["inlet_max_c"] < none["inlet_max_c"] - 3.0
+    # With feed A lost the uncontrolled lab site runs a level over its rating (calibrated GPUs draw ~460 W
+    # while serving). Static caps and the full policy hold every level within it throughout; POLCA, which
+    # only reacts to what it measured, may be over in the transfer second itself (issue 14's target counts
+    # from after it). No breaker trips.
+    assert none["seconds_over_rating"] > 0
+    assert runs["static"]["seconds_over_rating"] == full["seconds_over_rating"] == 0
+    assert polca["seconds_over_rating"] <= 1
     for r in runs.values():
-        assert r["seconds_over_rating"] == 0 and r["breaker_trips"] == 0
+        assert r["breaker_trips"] == 0
     # Inference-critical stays within its SLO; low-priority work paid for it.
     assert full["slo"]["inference-critical"]["ttft_within_slo"] >= 0.99
     assert full["slo"]["inference-batch"]["throttled_fraction"] > full["slo"]["inference-critical"][

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import tomllib
 from pathlib import Path
 
@@ -216,38 +217,43 @@ def test_idle_and_decode_and_prefill_power_h100() -> None:
     h = GPU_SPECS["H100-SXM"]
     pc = PowerConfig()
     one = np.ones(1)
+    args = (70.0 * one, h.idle_ctx_w * one, h.dyn_w * one, h.mem_w * one, pc)
     # Idle: ~70 W bare at 345 MHz (site file), ~120 W with a context at max clock (BRIEF.md).
     assert static_w(one, 70.0 * one, h.idle_ctx_w * one, pc)[0] == pytest.approx(120.0)
     assert static_w(one * 345 / 1980, 70.0 * one, h.idle_ctx_w * one, pc)[0] < 80.0
-    k = instance_constants(MODELS["llama2-70b"], h, 8, ServingConfig())
-    # Decode (memory-bound) at batches of 1 to 64: inside the 137-300 W band of BRIEF.md. (At 256 it nears
-    # the roofline ridge and draws ~460 W: docs/twin.md lists this as a known difference.)
-    for b in (1, 8, 32, 64):
+    # Llama-3 70B at TP4, as measured under vLLM (BRIEF.md "Real GPU power under LLM serving": busy GPUs
+    # read 444-475 W): decode at the batches 2 req/s produce draws inside that band, nowhere near 700 W.
+    k = instance_constants(MODELS["llama3-70b"], h, 4, ServingConfig())
+    for b in (1, 4, 8, 16):
         mem = k.mem_w_s + k.mem_kv_s * b * 1300.0
         tau, uc, um = roofline(one * k.c_tok_s * b, one * mem, one * k.overhead_s, one)
-        p = busy_power(one, uc, um, 70.0 * one, h.idle_ctx_w * one, h.dyn_w * one, h.mem_w * one, pc)[0]
-        assert 137.0 <= p <= 300.0, (b, p)
-    # A prefill chunk is compute-bound and demands more than the 700 W limit ...
+        p = busy_power(one, uc, um, *args)[0]
+        assert 440.0 <= p <= 480.0, (b, p)
+    # A prefill chunk is compute-bound: a little above decode, still far under the 700 W limit ...
     c = one * k.c_tok_s * 2048
     tau, uc, um = roofline(c, one * k.mem_w_s, one * k.overhead_s, one)
-    demand = busy_power(one, uc, um, 70.0 * one, h.idle_ctx_w * one, h.dyn_w * one, h.mem_w * one, pc)[0]
-    assert demand > 700.0
-    # ... so the limiter pulls its clock down until it fits; the chunk takes longer.
-    phi, capped = solve_phi(700.0 * one, c, one * k.mem_w_s, one * k.overhead_s, one, one * 345 / 1980,
-                            70.0 * one, h.idle_ctx_w * one, h.dyn_w * one, h.mem_w * one, pc)
-    assert capped[0] and 0.8 < phi[0] < 1.0
-    tau2, uc2, um2 = roofline(c, one * k.mem_w_s, one * k.overhead_s, phi)
-    assert busy_power(phi, uc2, um2, 70.0 * one, h.idle_ctx_w * one, h.dyn_w * one, h.mem_w * one, pc)[0] <= 700.0
-    assert tau2[0] > tau[0]
-    # A 400 W cap stretches the chunk by a third or more; decode at 400 W is not capped at all.
-    phi4, _ = solve_phi(400.0 * one, c, one * k.mem_w_s, one * k.overhead_s, one, one * 345 / 1980,
-                        70.0 * one, h.idle_ctx_w * one, h.dyn_w * one, h.mem_w * one, pc)
+    demand = busy_power(one, uc, um, *args)[0]
+    assert 440.0 < demand < 520.0
+    phi, capped = solve_phi(700.0 * one, c, one * k.mem_w_s, one * k.overhead_s, one, one * 345 / 1980, *args)
+    assert not capped[0] and phi[0] == 1.0
+    # ... while a training step's compute phase (dense GEMMs) demands more than the limit (BRIEF.md: training
+    # compute runs near the GPU limit), so the limiter pulls its clock down until it fits.
+    targs = (70.0 * one, h.idle_ctx_w * one, h.train_dyn_w * one, h.mem_w * one, pc)
+    assert busy_power(one, one, 0.35 * one, *targs)[0] > 700.0
+    phi_t, capped_t = solve_phi(700.0 * one, c, one * k.mem_w_s, one * k.overhead_s, one, one * 345 / 1980, *targs)
+    assert capped_t[0] and 0.8 < phi_t[0] < 1.0
+    # A 300 W cap stretches a prefill chunk by a fifth or more; decode at 300 W slows by under 3% (memory-
+    # bound: the lower clock costs little time), so capping decode saves power almost for free.
+    phi4, _ = solve_phi(300.0 * one, c, one * k.mem_w_s, one * k.overhead_s, one, one * 345 / 1980, *args)
     tau4, _, _ = roofline(c, one * k.mem_w_s, one * k.overhead_s, phi4)
-    assert tau4[0] > 1.3 * tau[0]
-    mem64 = one * (k.mem_w_s + k.mem_kv_s * 64 * 1300.0)
-    phid, capd = solve_phi(400.0 * one, one * k.c_tok_s * 64, mem64, one * k.overhead_s, one, one * 345 / 1980,
-                           70.0 * one, h.idle_ctx_w * one, h.dyn_w * one, h.mem_w * one, pc)
-    assert not capd[0] and phid[0] == 1.0
+    assert tau4[0] > 1.2 * tau[0]
+    mem8 = one * (k.mem_w_s + k.mem_kv_s * 8 * 1300.0)
+    phid, capd = solve_phi(300.0 * one, one * k.c_tok_s * 8, mem8, one * k.overhead_s, one, one * 345 / 1980, *args)
+    assert capd[0] and phid[0] < 1.0
+    t_free, _, _ = roofline(one * k.c_tok_s * 8, mem8, one * k.overhead_s, one)
+    t_cap, uc_c, um_c = roofline(one * k.c_tok_s * 8, mem8, one * k.overhead_s, phid)
+    assert t_cap[0] < 1.03 * t_free[0]
+    assert busy_power(phid, uc_c, um_c, *args)[0] <= 300.0
 
 
 def test_clock_stretches_compute_bound_not_memory_bound() -> None:
@@ -284,9 +290,10 @@ def test_sensor_gain_error_noise_and_missing(lab: Site) -> None:
     truth = frames[-1].gpu_power_true_w
     assert truth == pytest.approx(70.0 * tw.variation)
     reads = np.array([f.power_w for f in frames])
-    ratio = np.nanmean(reads, axis=0) / truth
-    np.testing.assert_allclose(ratio, tw.gain, rtol=0.01)  # +-5% fixed per board, plus small noise
-    assert 0.94 < tw.gain.min() < tw.gain.max() < 1.06 and tw.gain.std() > 0.02
+    ratio = np.nanmedian(reads, axis=0) / truth  # the median: rare glitch readings (near 70 and 95 W) aside
+    np.testing.assert_allclose(ratio, tw.gain, rtol=0.005)  # a fixed gain per board, plus small noise
+    # +-1% per board: the GPUs of a real TP4 group read within 2.4-2.8% of each other (BRIEF.md).
+    assert 0.985 < tw.gain.min() < tw.gain.max() < 1.015 and tw.gain.std() > 0.004
     missing = np.isnan(reads).mean()
     assert 0 < missing < 1e-3  # 1e-4 of readings by default
     assert np.all(frames[-1].sm_clock_mhz[~np.isnan(frames[-1].sm_clock_mhz)] == 345.0)
@@ -296,15 +303,23 @@ def test_sensor_gain_error_noise_and_missing(lab: Site) -> None:
     assert len(np.unique(inlet[~np.isnan(inlet)])) <= 5
 
 
-def test_nvml_window_sees_phases_not_the_average(lab: Site) -> None:
-    """A 25 ms window of a training GPU shows the compute or the communication phase, not their mean."""
+def test_power_draw_is_a_one_second_average_and_instant_sees_phases(lab: Site) -> None:
+    """power.draw (what collectors publish) is the true power averaged over the last second; power.draw.instant,
+    a 25 ms window of a training GPU, shows the compute or the communication phase, not their mean."""
     tw = Twin(lab, seed=9)
     frames = tw.run(30, dt_s=0.5)
     job_gpus = tw.job_gpus[0]
-    rd = np.array([np.nanmean(f.power_w[job_gpus] / (tw.gain[job_gpus] * tw.variation[job_gpus])) for f in frames])
+    scale = tw.gain[job_gpus] * tw.variation[job_gpus]
+    inst = np.array([np.nanmean(f.power_instant_w[job_gpus] / scale) for f in frames])
     avg = np.array([f.gpu_power_true_w[job_gpus].mean() / tw.variation[job_gpus].mean() for f in frames])
-    assert rd.max() > avg.max() * 0.98 and rd.min() < avg.min() * 1.02
-    assert rd.std() >= avg.std()
+    assert inst.max() > avg.max() * 0.98 and inst.min() < avg.min() * 1.02
+    assert inst.std() >= avg.std()
+    # The reading at t is the mean of the two half-second steps ending at t, times the board's gain.
+    for prev, cur in itertools.pairwise(frames):
+        want = 0.5 * (prev.gpu_power_true_w + cur.gpu_power_true_w) * tw.gain
+        ok = cur.power_w > 0.5 * want  # glitches (~1.6% of readings, near 70 and 95 W) aside
+        assert ok.mean() > 0.95
+        np.testing.assert_allclose(cur.power_w[ok], want[ok], rtol=0.01)
 
 
 def test_feeds_constant() -> None:

@@ -29,14 +29,15 @@ def test_power_cap_lowers_power_and_stretches_ttft(lab: Site) -> None:
     wl = default_workload(lab)
     free, capped = Twin(lab, wl, seed=11), Twin(lab, wl, seed=11)
     gpus = capped.pool_slots("critical-1").ravel()
-    applied = capped.set_limit(gpus, 350.0)
-    assert np.all(applied == 350.0)
+    # Well under what the pool draws (~460-480 W per GPU busy, as measured on real H100s: BRIEF.md).
+    applied = capped.set_limit(gpus, 250.0)
+    assert np.all(applied == 250.0)
     fa = free.run(60)
     fb = capped.run(60)
     pa = np.mean([f.pools.power_w[0] for f in fa[10:]])
     pb = np.mean([f.pools.power_w[0] for f in fb[10:]])
     assert pb < 0.9 * pa
-    assert max(f.gpu_power_true_w[gpus].max() for f in fb) <= 350.0 + 1e-9
+    assert max(f.gpu_power_true_w[gpus].max() for f in fb) <= 250.0 + 1e-9
     ta, tb = _ttfts(fa[10:], 0), _ttfts(fb[10:], 0)
     assert np.mean(tb) > 1.2 * np.mean(ta)  # prefill is compute-bound: a lower clock stretches it
     assert np.percentile(tb, 90) > np.percentile(ta, 90)
