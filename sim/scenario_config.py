@@ -108,6 +108,13 @@ class FalseTrap(_Instant):
 Positive = Annotated[float, Field(strict=True, gt=0)]
 
 
+def _low_high(v: tuple[float, float]) -> tuple[float, float]:
+    """A field check rather than a model one, so it is reported with the other fields' mistakes."""
+    if v[0] > v[1]:
+        raise ValueError(f"expected [low, high], got low {v[0]:g} above high {v[1]:g}")
+    return v
+
+
 class UpsConfig(Model):
     """``[ups]``: the twin's UPS units and their SNMP signal (docs/twin.md, "UPS units and their signal").
 
@@ -115,7 +122,7 @@ class UpsConfig(Model):
     published figure for UPS network cards; see docs/twin.md); ``trap_loss`` is the chance a trap is lost
     (UDP, unacknowledged). The battery holds ``runtime_at_rated_s`` at the lineup's rated load."""
 
-    trap_latency_ms: tuple[NonNeg, NonNeg] = (50.0, 300.0)
+    trap_latency_ms: Annotated[tuple[NonNeg, NonNeg], AfterValidator(_low_high)] = (50.0, 300.0)
     trap_loss: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.0
     trap_repeat_s: NonNeg = 60.0  # RFC 1628: upsTrapOnBattery is resent every minute while on battery; 0: never
     poll_interval_s: Annotated[float, Field(strict=True, ge=0.1)] = 10.0
@@ -126,12 +133,6 @@ class UpsConfig(Model):
     frequency_hz: Annotated[float, Field(strict=True, ge=40, le=70)] = 60.0
     phases: Annotated[int, Field(strict=True, ge=1, le=3)] = 3
 
-    @model_validator(mode="after")
-    def _latency_order(self) -> UpsConfig:
-        lo, hi = self.trap_latency_ms
-        if lo > hi:
-            raise ValueError(f"trap_latency_ms: low {lo:g} above high {hi:g}")
-        return self
 
 
 EventConfig = (LoseFeed | LoseLevel | RestoreLevel | CoolingFailure | LoadSurge | TelemetryDropout | StuckSensor
