@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from powerplane.schemas import FacilityReading
 from powerplane.site import FEEDS, PRIORITIES, FloatArray, IntArray, Site
 from powerplane.validation import ConfigError
 from sim.frames import JOB_CKPT, JOB_COMM, JOB_COMPUTE, JOB_OFF, JobStats, PoolStats, TwinFrame
@@ -45,6 +46,7 @@ from sim.state import (
     build_units,
     initial_state,
 )
+from sim.ups import UpsBank
 from sim.workload import (
     TrainingState,
     WorkloadSpec,
@@ -96,6 +98,8 @@ class Twin:
             scenario.check(site, [p.spec.name for p in self.pools], [j.name for j in wl.jobs])
             self._actions = scenario.actions()
         self._next_action = 0
+        # The UPS lineups and their SNMP signal (sim/ups.py): its own generator, so the frames do not change.
+        self.ups = UpsBank(site, scenario.ups if scenario is not None else None, seed=seed, epoch_s=epoch_s)
 
     def _build_units(self, n_inst: int) -> None:
         self.units = build_units(self.site, self.hw, [(p.lo, p.slots) for p in self.pools], self.job_gpus, n_inst)
@@ -265,15 +269,21 @@ class Twin:
         self.state.tab.weight[p.lo:p.hi] = np.clip(np.nan_to_num(w, nan=0.0), 0.0, None)
         return routing_probs(self.state.tab, len(self.pools))[p.lo:p.hi].copy()
 
-    def lose_feed(self, feed: str | None) -> None:
-        """Lose every utility level of a feed (None restores all utility levels): fleet compatibility."""
-        if feed is None:
-            for f in FEEDS:
-                for lv in feed_levels(self.site, f):
-                    self.restore_level(lv)
-            return
-        for lv in feed_levels(self.site, feed):
-            self.lose_level(lv)
+    def lose_feed(self, feed: str | None, at_s: float | None = None) -> None:
+        """Lose every utility level of a feed (None restores all utility levels): fleet compatibility.
+        `at_s`: when, in simulated seconds (default: now), for the UPS traps."""
+        for f in FEEDS if feed is None else [feed]:
+            for lv in feed_levels(self.site, f):
+                (self.restore_level if feed is None else self.lose_level)(lv)
+        self._sync_ups(self.t_s if at_s is None else at_s)
+
+    def _sync_ups(self, t_s: float) -> None:
+        self.ups.sync(t_s, *self.ups.inputs_from_levels(self.state.level_alive))
+
+    def facility_readings(self, now_s: float) -> list[FacilityReading]:
+        """The UPS polls and traps delivered by simulated time `now_s` (sim/ups.py), each once: call it after
+        each step with the twin's time to feed them to the stage."""
+        return self.ups.due(now_s)
 
     def lose_level(self, level_id: str) -> None:
         i = self.site.level(level_id)
@@ -360,6 +370,8 @@ class Twin:
             self.start_job(str(e.get("job")))
         elif k == "job_stop":
             self.stop_job(str(e.get("job")))
+        elif k == "false_trap":
+            self.ups.false_trap(str(e.get("lineup")), self.state.t_s)
 
     # ======================================================================================
     # The step
@@ -372,6 +384,7 @@ class Twin:
         hw, units, tree = self.hw, self.units, self.tree
         t0 = st.t_s
         self._fire_events(t0)
+        self._sync_ups(t0)  # a feed lost by an event or a call since the last step: its traps date from t0
         tab = st.tab
         ready = (tab.state == STARTING) & (tab.ready_at <= t0 + 1e-9)
         tab.state[ready] = SERVING
@@ -394,6 +407,8 @@ class Twin:
         jobs = job_stats([j.name for j in self.workload.jobs], self.job_priority, units, st, clk, js)
         st.t_s = t0 + dt_s
         st.first = False
+        self._sync_ups(st.t_s)  # a breaker that tripped in this step
+        self.ups.advance(st.t_s, el.levels[self.ups.level])
         events, st.events = st.events, []
         return self._frame(gp, el, co, rd, site_w, pools, jobs, res.requests, events)
 

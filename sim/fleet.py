@@ -15,8 +15,10 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 import numpy as np
 from pydantic import PlainValidator
 
-from powerplane.schemas import TelemetryFrame
+from powerplane.schemas import FacilityReading, TelemetryFrame
 from powerplane.site import FEEDS, FloatArray, IntArray, Site
+from sim.scenario_config import UpsConfig
+from sim.ups import UpsBank
 
 
 def _in_process_lock(v: Any) -> Any:
@@ -63,7 +65,8 @@ class Plant(Protocol):
 
 
 class Fleet:
-    def __init__(self, site: Site, seed: int = 0, load_scale: float = 1.0, epoch_s: float = 0.0) -> None:
+    def __init__(self, site: Site, seed: int = 0, load_scale: float = 1.0, epoch_s: float = 0.0,
+                 ups: UpsConfig | None = None) -> None:
         self.site = site
         self.epoch_s = epoch_s  # wall-clock time of t_s = 0, for event timestamps
         self.rng = np.random.default_rng(seed)
@@ -81,6 +84,7 @@ class Fleet:
         self.rack_supply_c = supply
         self.rack_rated_w = site.level_rated_w[site.rack_level]
         self.max_sensors = int(max(1, site.rack_inlet_sensors.max()))
+        self.ups = UpsBank(site, ups, seed=seed, epoch_s=epoch_s)  # the UPS lineups and their SNMP signal
 
     # ---- actuation ---------------------------------------------------------------------------
     def clamp_limit(self, gpus: IntArray, limit_w: FloatArray) -> FloatArray:
@@ -92,8 +96,14 @@ class Fleet:
         self.limit_w[gpus] = applied
         return applied
 
-    def lose_feed(self, feed: str | None) -> None:
+    def lose_feed(self, feed: str | None, at_s: float | None = None) -> None:
+        """Lose a feed (None: restore). `at_s`: when, in simulated seconds (default: now), for the UPS traps."""
         self.lost_feed = None if feed is None else FEEDS.index(feed)
+        self.ups.sync(self.t_s if at_s is None else at_s, *self.ups.inputs_from_feed(self.lost_feed))
+
+    def facility_readings(self, now_s: float) -> list[FacilityReading]:
+        """The UPS polls and traps delivered by simulated time `now_s` (sim/ups.py), each once."""
+        return self.ups.due(now_s)
 
     # ---- simulation --------------------------------------------------------------------------
     def step(self, dt_s: float = 1.0) -> FleetFrame:
@@ -127,6 +137,8 @@ class Fleet:
             share[1 - self.lost_feed] = 1.0
         meter_noise = 1.0 + self.rng.normal(0.0, 0.005, size=(s.n_racks, 2))
         pdu = rack_power[:, None] * share[None, :] * meter_noise
+        mode = "normal" if self.lost_feed is None else f"{FEEDS[self.lost_feed]}-lost"
+        self.ups.advance(self.t_s, s.rollup_w(rack_power, mode)[self.ups.level])  # type: ignore[arg-type]
         return FleetFrame(self.t_s, power, self.temp_c.copy(), clock, self.limit_w.copy(), util, inlet, pdu,
                           rack_power)
 

@@ -25,7 +25,17 @@ Event kinds and their fields (``duration_s`` is optional on every kind except th
 ``stuck_sensor``              ``rack``, ``sensor`` ("inlet", "pdu", "gpu_power", "gpu_temp"), ``index``
                               (sensor, feed 0/1, or GPU within the rack; default 0): reading frozen
 ``job_start`` / ``job_stop``  ``job``: a training job starts or stops now
+``false_trap``                ``lineup`` (a UPS lineup): its UPS card sends an on-battery trap although
+                              its feed is fine (no ``duration_s``)
 ============================  ==========================================================================
+
+An optional ``[ups]`` table sets the UPS signal (trap latency and loss, poll interval, battery; see
+``sim.scenario_config.UpsConfig`` and docs/twin.md)::
+
+    [ups]
+    trap_latency_ms = [50, 300]
+    trap_loss = 0.0
+    poll_interval_s = 10
 
 The schema (ranges, defaults, one model per kind) is ``sim.scenario_config``. Loading reports every
 mistake at once as ``path: message`` (one ``ConfigError``); given a site (and the workload's pool and job
@@ -43,10 +53,10 @@ from typing import Any
 from powerplane.config import TomlFileError, read_toml
 from powerplane.site import FEED_KINDS, FEEDS, KIND, KIND_NAMES, Site
 from powerplane.validation import ConfigError, Problems, parse_into
-from sim.scenario_config import EVENT_KINDS, SENSORS, ScenarioConfig
+from sim.scenario_config import EVENT_KINDS, SENSORS, ScenarioConfig, UpsConfig
 
-__all__ = ["EVENT_KINDS", "SENSORS", "Action", "Event", "Scenario", "ScenarioConfig", "check_names", "feed_levels",
-           "load_scenario", "scenario_from_dict"]
+__all__ = ["EVENT_KINDS", "SENSORS", "Action", "Event", "Scenario", "ScenarioConfig", "UpsConfig", "check_names",
+           "feed_levels", "load_scenario", "scenario_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,7 @@ class Scenario:
     site: str | None = None
     duration_s: float | None = None
     description: str = ""
+    ups: UpsConfig = field(default_factory=UpsConfig)
 
     def actions(self) -> list[Action]:
         """Starts and ends of every event, in time order (ties: file order, ends before starts)."""
@@ -109,6 +120,14 @@ def _check_level(problems: Problems, path: str, lv: Any, site: Site) -> None:
     kind = KIND_NAMES[site.level_kind[site.level_index[lv]]]
     if kind not in FEED_KINDS:
         problems.add(path, f"'{lv}' is a {kind}; expected a utility feed, UPS lineup, RPP or PDU")
+
+
+def _check_lineup(problems: Problems, path: str, lv: Any, site: Site) -> None:
+    if _str(lv) is None:
+        return  # not a string: the schema reported it
+    if lv not in site.level_index or int(site.level_kind[site.level_index[lv]]) != KIND["ups"]:
+        lineups = ", ".join(site.level_ids[i] for i in site.levels_of_kind("ups")) or "none"
+        problems.add(path, f"'{lv}' is not a UPS lineup of site '{site.name}' (lineups: {lineups})")
 
 
 def _check_sensor(problems: Problems, path: str, ev: Mapping[str, Any], site: Site, racks: Collection[str]) -> None:
@@ -157,6 +176,8 @@ def check_names(problems: Problems, scenario_site: Any, events: Sequence[Any], s
             _check_each(problems, f"{p}.racks", ev.get("racks"), racks, "rack")
         elif kind == "stuck_sensor":
             _check_sensor(problems, p, ev, site, racks)
+        elif kind == "false_trap":
+            _check_lineup(problems, f"{p}.lineup", ev.get("lineup"), site)
         elif (kind in ("job_start", "job_stop") and job_names is not None and _str(ev.get("job")) is not None
               and ev["job"] not in job_names):
             problems.add(f"{p}.job", f"unknown job '{ev['job']}'")
@@ -180,7 +201,7 @@ def scenario_from_dict(d: Mapping[str, Any], source: str = "<scenario>", *, site
     events = tuple(Event(ev.at_s, ev.kind, getattr(ev, "duration_s", None),
                          {k: v for k, v in raw[i].items() if k not in ("at_s", "kind", "duration_s")})
                    for i, ev in enumerate(cfg.events))
-    return Scenario(cfg.name or Path(source).stem, events, cfg.site, cfg.duration_s, cfg.description)
+    return Scenario(cfg.name or Path(source).stem, events, cfg.site, cfg.duration_s, cfg.description, cfg.ups)
 
 
 def load_scenario(path: str | Path, *, site: Site | None = None, pool_names: Collection[str] | None = None,

@@ -1,4 +1,5 @@
-"""The scenario file's schema: one pydantic model per event kind, chosen by the event's ``kind``.
+"""The scenario file's schema: one pydantic model per event kind, chosen by the event's ``kind``, and the
+``[ups]`` table (the twin's UPS signal: trap latency and loss, poll interval, battery; ``sim/ups.py``).
 
 Ranges and defaults live here; ``sim.scenario`` turns a validated file into the ``Scenario`` the twin
 runs and resolves its names (levels, zones, racks, pools, jobs) against a site and a workload.
@@ -96,12 +97,51 @@ class JobStop(_Instant):
     job: str
 
 
+class FalseTrap(_Instant):
+    """An on-battery trap from a UPS lineup whose feed is fine (a faulty card, a test trap): what the
+    fusion must roll back once the meters refute it."""
+
+    kind: Literal["false_trap"]
+    lineup: str
+
+
+Positive = Annotated[float, Field(strict=True, gt=0)]
+
+
+def _low_high(v: tuple[float, float]) -> tuple[float, float]:
+    """A field check rather than a model one, so it is reported with the other fields' mistakes."""
+    if v[0] > v[1]:
+        raise ValueError(f"expected [low, high], got low {v[0]:g} above high {v[1]:g}")
+    return v
+
+
+class UpsConfig(Model):
+    """``[ups]``: the twin's UPS units and their SNMP signal (docs/twin.md, "UPS units and their signal").
+
+    Latency is uniform over ``trap_latency_ms`` from the event to the trap's arrival (an assumption: no
+    published figure for UPS network cards; see docs/twin.md); ``trap_loss`` is the chance a trap is lost
+    (UDP, unacknowledged). The battery holds ``runtime_at_rated_s`` at the lineup's rated load."""
+
+    trap_latency_ms: Annotated[tuple[NonNeg, NonNeg], AfterValidator(_low_high)] = (50.0, 300.0)
+    trap_loss: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.0
+    trap_repeat_s: NonNeg = 60.0  # RFC 1628: upsTrapOnBattery is resent every minute while on battery; 0: never
+    poll_interval_s: Annotated[float, Field(strict=True, ge=0.1)] = 10.0
+    runtime_at_rated_s: Positive = 300.0
+    recharge_s: Positive = 14_400.0
+    low_battery_s: NonNeg = 120.0
+    voltage_v: Annotated[float, Field(strict=True, gt=0, le=600)] = 480.0
+    frequency_hz: Annotated[float, Field(strict=True, ge=40, le=70)] = 60.0
+    phases: Annotated[int, Field(strict=True, ge=1, le=3)] = 3
+
+
+
 EventConfig = (LoseFeed | LoseLevel | RestoreLevel | CoolingFailure | LoadSurge | TelemetryDropout | StuckSensor
-               | JobStart | JobStop)
+               | JobStart | JobStop | FalseTrap)
 EVENT_KINDS: dict[str, type[EventConfig]] = {
     "lose_feed": LoseFeed, "lose_level": LoseLevel, "restore_level": RestoreLevel,
     "cooling_failure": CoolingFailure, "load_surge": LoadSurge, "telemetry_dropout": TelemetryDropout,
     "stuck_sensor": StuckSensor, "job_start": JobStart, "job_stop": JobStop,
+    "false_trap": FalseTrap,
 }
 
 
@@ -126,4 +166,5 @@ class ScenarioConfig(Model):
     duration_s: NonNeg | None = None  # how long to run it
     description: str = ""
     events: tuple[Annotated[EventConfig, PlainValidator(_event)], ...] = ()
+    ups: UpsConfig = UpsConfig()
 

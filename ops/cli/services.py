@@ -34,6 +34,7 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
     from collectors import service as collector_service
     from collectors.base import SourceContext, load_source
     from sim.fleet import Fleet
+    from sim.source import FacilitySource
 
     site = _site(cfg)
     addr = _metrics_addr(args)
@@ -53,6 +54,8 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
     lock = threading.Lock()
     source = load_source("sim", {"kind": "sim", "interval_s": cfg.sample_interval_s, "lock": lock},
                          SourceContext(site=site, plant=fleet))
+    # The UPS lineups' polls and traps (sim/ups.py) to pp.facility, each at its delivery time.
+    facility = FacilitySource("sim-ups", {"lock": lock}, SourceContext(site=site, plant=fleet))
     # Telemetry does not wait for the actuators to read their partitions: commands sent meanwhile stay in
     # Kafka and are answered from the groups' committed offsets.
     registry = _serve_metrics(addr)  # one /metrics for the fleet's publisher and its actuators
@@ -62,19 +65,20 @@ def cmd_fleet(args: argparse.Namespace, cfg: Config) -> int:
              if args.lose_feed else "")
 
     def schedule() -> None:
+        # at_s: the wall-clock moment in the fleet's time, so the UPS traps date from it, not from the last step.
         if args.lose_feed and not stop.wait(args.at):
             with lock:
-                fleet.lose_feed(args.lose_feed)
+                fleet.lose_feed(args.lose_feed, at_s=time.time() - fleet.epoch_s)
             log.warning("fleet: feed %s LOST (scenario)", args.lose_feed)
         if args.restore_at and args.lose_feed and not stop.wait(max(0.0, args.restore_at - args.at)):
             with lock:
-                fleet.lose_feed(None)
+                fleet.lose_feed(None, at_s=time.time() - fleet.epoch_s)
             log.warning("fleet: feed %s restored (scenario)", args.lose_feed)
 
     threading.Thread(target=schedule, daemon=True).start()
     try:
-        collector_service.run(cfg, [source], stop, duration_s=args.duration or None, client_id="powerplane-fleet",
-                              registry=registry)
+        collector_service.run(cfg, [source, facility], stop, duration_s=args.duration or None,
+                              client_id="powerplane-fleet", registry=registry)
     finally:
         stop.set()
         for act in acts:

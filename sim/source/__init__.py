@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from collectors.base import Source, SourceConfigError, SourceOptions
-from powerplane.schemas import TelemetryFrame
+from powerplane.schemas import FacilityReading, TelemetryFrame
 from sim.fleet import InProcessLock, Plant, rack_frames
 
 
@@ -44,3 +45,32 @@ class FleetSource(Source):
             fr = self.fleet.step(self.interval_s)
         self.seq += 1
         return rack_frames(self.site, fr, float(self.fleet.epoch_s + fr.t_s), self.interval_s, self.seq, self.name)
+
+
+class FacilitySource(Source):
+    """The in-process fleet's UPS signal (sim/ups.py): every poll and trap delivered by now, on the wall clock
+    (the fleet's epoch + its simulated time), so a trap reaches pp.facility at its delivery time to within
+    this source's interval rather than at the next telemetry step. Built in code by `powerplane fleet`
+    (not a registered kind: it only makes sense beside an in-process fleet)."""
+
+    kind = "sim_facility"
+    options_model = Options
+
+    default_interval_s = 0.05
+
+    def configure(self, opts: Options) -> None:
+        plant = self.ctx.plant
+        if plant is None or not callable(getattr(plant, "facility_readings", None)):
+            raise SourceConfigError(f"{self.path}: the sim facility source needs a fleet with UPS units in its "
+                                    f"context")
+        self.fleet = plant
+        self.lock: threading.Lock = opts.lock or threading.Lock()
+
+    async def read(self) -> list[FacilityReading]:
+        return self.read_due(time.time())
+
+    def read_due(self, now_s: float) -> list[FacilityReading]:
+        """The records delivered by wall-clock time `now_s`."""
+        with self.lock:
+            out: list[FacilityReading] = self.fleet.facility_readings(now_s - float(self.fleet.epoch_s))
+        return out

@@ -95,7 +95,7 @@ racks = ["rack-01", "rack-99"]
     assert sorted(e.value.errors) == sorted([
         "colour: unknown key",
         "events[0].kind: unknown event kind 'meteor' (known: lose_feed, lose_level, restore_level, cooling_failure, "
-        "load_surge, telemetry_dropout, stuck_sensor, job_start, job_stop)",
+        "load_surge, telemetry_dropout, stuck_sensor, job_start, job_stop, false_trap)",
         "events[1].duration_s: input should be greater than or equal to 0, got -5",
         "events[2].racks[1]: unknown rack 'rack-99'",
     ])
