@@ -147,9 +147,9 @@ class ControllerLoop:
             ctl.on_aggregate(rec, now_s)
             return urgent
         if isinstance(rec, FacilityReading):  # a UPS on battery is a crossing: decide now (docs/safety.md)
-            urgent, refused = ctl.on_facility(rec, now_s)
-            if refused:
-                self.dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, refused, m.key, m.value or b""))
+            urgent, why = ctl.on_facility(rec, now_s)
+            if why:
+                self.dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, why, m.key, m.value or b""))
             return urgent
         if isinstance(rec, TelemetryFrame):
             ctl.on_frame(rec, now_s)
