@@ -38,9 +38,10 @@ from controllers.degraded import (
     stale_inputs,
     unsure_racks,
 )
+from controllers.facility import ControllerSignals
 from controllers.thermal import STAGES, ThermalSettings, decide_thermal
 from powerplane.rack_layout import RackLayout
-from powerplane.schemas import Command, Headroom, LevelAggregate, SchemaError, TelemetryFrame
+from powerplane.schemas import Command, FacilityReading, Headroom, LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.site import KIND, Site
 
@@ -133,6 +134,7 @@ class CapController:
         has_kids[site.level_parent[site.level_parent >= 0]] = True
         self.summed_levels = self.feed_levels & has_kids  # what _feed_estimates may sum from the PDUs
         self.racks_under = racks_under(self.tree)
+        self.signals = ControllerSignals(site)  # UPS lineups on battery (pp.facility): feed-lost limits at once
 
     # ---- inputs ------------------------------------------------------------------------------------
     def on_aggregate(self, agg: LevelAggregate, now_s: float) -> None:
@@ -158,6 +160,10 @@ class CapController:
         if math.isfinite(agg.limit_w) and agg.kind not in ("pdu", "rack", "zone"):
             # Upper levels carry the limit of the current feed state (0 when dark); a PDU keeps its own.
             self.limit_w[i] = agg.limit_w
+
+    def on_facility(self, r: FacilityReading, now_s: float) -> tuple[bool, str]:
+        """A facility reading (pp.facility): (a lineup newly on battery: decide now, why it is refused or "")."""
+        return self.signals.take(r, now_s)
 
     def on_headroom(self, h: Headroom, now_s: float) -> None:
         if h.site != self.site.name:
@@ -217,6 +223,16 @@ class CapController:
 
     # ---- decisions -----------------------------------------------------------------------------------
     def decide(self, now_s: float) -> list[Command]:
+        """Commands for now. While a UPS says a lineup is on battery (within the signal's bound) the levels under
+        it are taken at the feed-lost limits for this decision (controllers.facility)."""
+        base = self.limit_w
+        self.limit_w = self.signals.limits(base, now_s)
+        try:
+            return self._decide(now_s)
+        finally:
+            self.limit_w = base
+
+    def _decide(self, now_s: float) -> list[Command]:
         s, tree, f = self.settings, self.tree, self.freshness
         stage_behind = bool(self.level_behind[self.level_seen_s >= now_s - f.max_arrival_age_s].any())
         why = stale_inputs(now_s, self.inputs_seen_s, self.inputs_ts_s, stage_behind, f)

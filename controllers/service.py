@@ -1,4 +1,4 @@
-"""The controller's Kafka shell (`powerplane controller`): consumes pp.aggregates, pp.headroom,
+"""The controller's Kafka shell (`powerplane controller`): consumes pp.facility, pp.aggregates, pp.headroom,
 pp.telemetry and pp.acks into a `CapController` (controllers/controller.py), decides once per tick and
 as soon as a level crosses its cap threshold, and publishes the commands to pp.commands and pp.audit.
 Acks are verified (signed by the actuators' key) and read back to measure command latency and to log what
@@ -24,7 +24,15 @@ from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, client_auth, consumer
 from powerplane.metrics import ConsumerLag, kafka_python_lags
-from powerplane.schemas import Ack, DeadLetter, Headroom, LevelAggregate, SchemaError, TelemetryFrame
+from powerplane.schemas import (
+    Ack,
+    DeadLetter,
+    FacilityReading,
+    Headroom,
+    LevelAggregate,
+    SchemaError,
+    TelemetryFrame,
+)
 from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
 from powerplane.site import Site
 
@@ -119,9 +127,9 @@ class ControllerLoop:
     def take(self, batch: dict[Any, list[Any]], now_s: float, which: tuple[str, ...]) -> bool:
         """The records of topics `which`; True when an aggregate crossed a cap threshold (decide now)."""
         urgent = False
-        for tp, msgs in batch.items():
-            if tp.topic not in which:
-                continue
+        mine = sorted(((tp, msgs) for tp, msgs in batch.items() if tp.topic in which),
+                      key=lambda it: which.index(it[0].topic))  # in the order of `which`: facility first
+        for tp, msgs in mine:
             cls = _RECORDS[tp.topic]
             for m, rec in zip(msgs, cls.decode_many([m.value for m in msgs]), strict=True):
                 try:
@@ -137,6 +145,11 @@ class ControllerLoop:
         if isinstance(rec, LevelAggregate):
             urgent = self.decide_on_crossing and ctl.crosses_cap(rec)
             ctl.on_aggregate(rec, now_s)
+            return urgent
+        if isinstance(rec, FacilityReading):  # a UPS on battery is a crossing: decide now (docs/safety.md)
+            urgent, why = ctl.on_facility(rec, now_s)
+            if why:
+                self.dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, why, m.key, m.value or b""))
             return urgent
         if isinstance(rec, TelemetryFrame):
             ctl.on_frame(rec, now_s)
@@ -178,8 +191,11 @@ class ControllerLoop:
 
 
 _RECORDS: dict[str, Any] = {topics.AGGREGATES.name: LevelAggregate, topics.TELEMETRY.name: TelemetryFrame,
-                            topics.HEADROOM.name: Headroom, topics.ACKS.name: Ack}
-_FIRST = (topics.AGGREGATES.name, topics.HEADROOM.name)  # what a decision needs: taken before the rest
+                            topics.HEADROOM.name: Headroom, topics.ACKS.name: Ack,
+                            topics.FACILITY.name: FacilityReading}
+# What a decision needs, taken before the rest: facility signals first (a UPS on battery is the earliest word of a
+# feed loss), then aggregates and headroom.
+_FIRST = (topics.FACILITY.name, topics.AGGREGATES.name, topics.HEADROOM.name)
 _THEN = (topics.TELEMETRY.name, topics.ACKS.name)
 
 
@@ -198,7 +214,7 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
     producer = Producer(cfg.kafka_bootstrap, "powerplane-controller", auth=auth)
     dlq = DeadLetters(producer, "controller")
     cons = consumer(cfg.kafka_bootstrap, "powerplane-controller", topics.AGGREGATES.name, topics.TELEMETRY.name,
-                    topics.HEADROOM.name, topics.ACKS.name, auth=auth)
+                    topics.HEADROOM.name, topics.ACKS.name, topics.FACILITY.name, auth=auth)
     if registry is not None:
         registry.register(ControllerMetrics(ctl, producer, dlq))
         registry.register(ConsumerLag("powerplane-controller", partial(kafka_python_lags, cons)))

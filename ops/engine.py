@@ -22,6 +22,7 @@ from powerplane.plausibility import FrameChecker
 from powerplane.schemas import (
     Command,
     Event,
+    FacilityReading,
     LevelAggregate,
     RackSummary,
     RackSummaryBatch,
@@ -142,6 +143,25 @@ class Engine:
         r.commands += out
         return out
 
+    def feed_facility(self, reading: FacilityReading, received_s: float | None = None) -> list[Command]:
+        """A facility reading (pp.facility) into the site stage and the controller, through the same calls as the
+        streams worker and the controller's loop: a UPS newly on battery is decided on at once, as the live
+        controller treats it as a crossing. A refused reading is counted as the Kafka path dead-letters it."""
+        if received_s is None and self.clock is not None:
+            received_s = self.clock()
+        now = reading.ts_s if received_s is None else received_s
+        v = self.stage.add_facility(reading, now)
+        if v.refused:
+            self.result.dead_letters[v.reason] += 1
+        urgent, refused = self.controller.on_facility(reading, now)
+        if refused and not v.refused:
+            self.result.dead_letters[refused] += 1
+        if not urgent:
+            return []
+        out = self.controller.decide(now)
+        self.result.commands += out
+        return out
+
     def decide_now(self, now_s: float) -> list[Command]:
         """Roll up what is pending and decide at once: a closed loop calls this after each second's frames,
         as the live controller decides on its own clock within a tick of the data arriving."""
@@ -175,10 +195,12 @@ class Engine:
         return self.result
 
     def feed(self, topic: str, value: bytes | None, received_s: float | None = None) -> list[Command]:
-        """A raw record; anything but a decodable telemetry frame of this site is counted, not fatal."""
-        if topic != topics.TELEMETRY.name:
+        """A raw record (pp.telemetry, pp.facility); anything undecodable or of another site is counted, not fatal."""
+        if topic not in (topics.TELEMETRY.name, topics.FACILITY.name):
             return []
         try:
+            if topic == topics.FACILITY.name:
+                return self.feed_facility(FacilityReading.decode(value or b""), received_s)
             frame = TelemetryFrame.decode(value or b"")
             return self.feed_frame(frame, received_s)
         except (SchemaError, UnknownRack) as e:

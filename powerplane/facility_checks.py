@@ -23,6 +23,13 @@ from dataclasses import dataclass, field
 from powerplane.schemas import FacilityReading
 from powerplane.site import FEEDS, KIND, Site
 
+# The bound within which the PDU meters confirm or refute a UPS's on-battery signal (docs/safety.md, "Facility
+# signals"): twice their SNMP refresh (BRIEF.md: typically 10 s) plus a margin for their phase spread and a late
+# trap. The streams stage rolls a signal back past it; the controller acts on a signal only within it.
+PDU_METER_INTERVAL_S = 10.0
+SIGNAL_MARGIN_S = 5.0
+SIGNAL_BOUND_S = 2.0 * PDU_METER_INTERVAL_S + SIGNAL_MARGIN_S
+
 
 @dataclass(frozen=True)
 class FacilitySettings:

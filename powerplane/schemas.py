@@ -322,7 +322,7 @@ class LevelAggregate(Record):
         "power_w": "float", "limit_w": "float", "rated_w": "float", "mode": "str",
         "gpus_expected": "int", "gpus_reporting": "int", "inlet_c": "float?", "metered_w": "float?",
         "gap_w": "float?", "racks_stale": "int?", "age_s": "float?", "gpu_temp_max_c": "float?",
-        "gpus_throttled": "int?", "lag_s": "float?",
+        "gpus_throttled": "int?", "lag_s": "float?", "feed_signal": "str?",
     }
     RANGES: ClassVar[dict[str, tuple[float, float]]] = {"ts_s": TS_RANGE, "window_s": (0.0, 1e6)}
     site: str
@@ -346,6 +346,9 @@ class LevelAggregate(Record):
     # Upper levels: wall clock minus the window's end when the worker closed it. Large: the worker is behind
     # (backlog, outage) and this record is old news; a silent rack shows in racks_stale / age_s instead.
     lag_s: float | None = None
+    # "unconfirmed": the level is dark (mode, limit) because a UPS said its lineup is on battery and the PDU
+    # meters have not shown it yet (streams.feed_signals, docs/safety.md). None: the meters' own state.
+    feed_signal: str | None = None
 
     @classmethod
     def key_field(cls) -> str:
@@ -457,7 +460,7 @@ class Headroom(Record):
         "power_w": "float", "limit_w": "float", "forecast_p50_w": "float", "forecast_p99_w": "float",
         "headroom_w": "float", "plan_horizon_s": "float?", "plan_p99_w": "float?",
         "inlet_c": "float?", "inlet_limit_c": "float?", "forecast_inlet_c": "float?",
-        "thermal_headroom_c": "float?", "time_to_limit_s": "float?", "lag_s": "float?",
+        "thermal_headroom_c": "float?", "time_to_limit_s": "float?", "lag_s": "float?", "feed_signal": "str?",
     }
     RANGES: ClassVar[dict[str, tuple[float, float]]] = {"ts_s": TS_RANGE}
     site: str
@@ -479,6 +482,7 @@ class Headroom(Record):
     thermal_headroom_c: float | None = None  # inlet_limit_c - forecast_inlet_c
     time_to_limit_s: float | None = None  # at the current inlet slope; None when flat or falling
     lag_s: float | None = None  # wall clock minus ts_s when the worker closed the window (see LevelAggregate)
+    feed_signal: str | None = None  # "unconfirmed": dark by a UPS signal only (see LevelAggregate)
 
     @classmethod
     def key_field(cls) -> str:
@@ -500,7 +504,7 @@ class Event(Record):
     id: str  # one occurrence: the same id on its open, its updates and its resolution
     site: str
     # feed_loss, ups_loss, breaker_overload, cooling_failure, thermal_slowdown, telemetry_loss, meter_gap,
-    # command_refused
+    # command_refused, faulty_signal (a UPS signal the meters refuted), sensor_disagreement
     kind: str
     severity: str
     state: str  # open | resolved

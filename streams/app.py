@@ -37,9 +37,10 @@ from powerplane import topics
 from powerplane.config import Config
 from powerplane.kafka import ClientAuth, client_auth, key_partition
 from powerplane.plausibility import FrameChecker, PlausibilityCounts, PlausibilitySettings
-from powerplane.schemas import DeadLetter, RackSummaryBatch, SchemaError
+from powerplane.schemas import DeadLetter, FacilityReading, RackSummaryBatch, SchemaError
 from powerplane.site import IntArray, Site
 from streams.assembly import AssemblyCounts
+from streams.facility_input import FacilityInput
 from streams.handover import SiteHandover, shorten_fetch_wait
 from streams.kafka_io import BrokerOutage, KeyedBatches
 from streams.rack_input import RackInput
@@ -212,7 +213,9 @@ class StreamsWorker:
         self.last_record_mono = 0.0  # monotonic clock at the last rack-summary record
         self.backlog_mono = 0.0  # monotonic clock when the input last had a backlog (or the broker was away)
         self.rack_input = RackInput(cfg.kafka_bootstrap, client_auth(cfg, "streams"), from_beginning)
+        self.facility_input = FacilityInput(cfg.kafka_bootstrap, client_auth(cfg, "streams"))
         app.task(self.rack_loop)
+        app.task(self.facility_loop)
         app.agent(self.racks)(self.site_agent)
         app.timer(interval=1.0)(self.idle_close_timer)
         app.timer(interval=30.0)(self.report)
@@ -235,6 +238,23 @@ class StreamsWorker:
                 await rin.commit()  # in the background; a refused output is logged there
         finally:
             await rin.stop()
+
+    async def facility_loop(self) -> None:
+        """pp.facility (streams.facility_input) into the site stage: a UPS on battery shows in the next closed
+        window (streams.feed_signals); a refused reading is dead-lettered with its reason."""
+        fin = self.facility_input
+        await fin.start()
+        try:
+            while True:
+                for r in await fin.take():
+                    await self._guarded(r, "facility", self._take_facility, r.value)
+        finally:
+            await fin.stop()
+
+    def _take_facility(self, value: bytes) -> None:
+        v = self.stage.add_facility(FacilityReading.decode(value), wall_s=time.time())
+        if v.refused:
+            raise SchemaError(v.reason)
 
     async def _rack_outputs(self, done: RackBatch, records: Sequence[Any]) -> list[asyncio.Future[Any]]:
         if done.marks and time.time() - self.last_mark_log_s >= 1.0:  # at most a line a second: on /metrics

@@ -2,7 +2,9 @@
 
 Kinds (docs/runbooks.md has what to do for each):
 - feed_loss / ups_loss / power_loss: a utility feed, a UPS lineup, or an RPP/PDU went dark (its meters read
-  ~nothing of the load beneath it). Deadline: the ride-through for shedding (BRIEF.md: plan on ~10 s).
+  ~nothing of the load beneath it, or a UPS says it is on battery: streams.feed_signals; then the details carry
+  `signal_unconfirmed` 1 until the meters confirm it, and the event is sent again with 0 when they do).
+  Deadline: the ride-through for shedding (BRIEF.md: plan on ~10 s).
 - breaker_overload: a feed level above its rating (critical; deadline = estimated trip time from an
   inverse-time curve with the breaker's accumulated heat), or above its continuous (derated) limit for a
   sustained time (warning).
@@ -348,6 +350,17 @@ class EmergencyDetector:
                 out.append(self._event(o, now, "resolved"))
         return out
 
+    def announce_signal(self, lineup: str, now: float, unconfirmed: bool) -> list[Event]:
+        """The open loss events naming `lineup`, sent again with their facility-signal state (an update of the
+        same id: the page it opened is not repeated). streams.feed_signals marks a confirmation by them."""
+        out = []
+        for o in self.open.values():
+            if o.kind in _LOSS and lineup in o.levels:
+                e = self._event(o, now, "open")
+                e.details = {**(e.details or {}), "signal_unconfirmed": float(unconfirmed)}
+                out.append(e)
+        return out
+
     def _event(self, o: _Open, now: float, state: str) -> Event:
         summary = o.summary if state == "open" else f"resolved: {o.summary}"
         return Event(id=o.id, site=self.site.name, kind=o.kind, severity=o.severity, state=state, levels=o.levels,
@@ -376,6 +389,7 @@ class EmergencyDetector:
 
 
 _LOSS = ("feed_loss", "ups_loss", "power_loss")
+LOSS_KINDS = _LOSS
 
 
 def _moved(old: float | None, new: float | None, now: float) -> bool:

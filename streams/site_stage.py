@@ -21,9 +21,11 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from powerplane.schemas import Event, Headroom, LevelAggregate, RackSummary, RackSummaryBatch
+from powerplane.facility_checks import FacilityVerdict
+from powerplane.schemas import Event, FacilityReading, Headroom, LevelAggregate, RackSummary, RackSummaryBatch
 from powerplane.site import KIND, KIND_NAMES, FloatArray, IntArray, Site
 from streams.emergencies import EmergencyDetector, EmergencySettings
+from streams.feed_signals import FeedSignals, SignalSettings, mark_losses
 from streams.forecast import Forecaster, ForecastSettings
 from streams.tree import Snapshot, TreeSettings, TreeWindows
 
@@ -35,6 +37,7 @@ class SiteStageSettings:
     tree: TreeSettings = field(default_factory=TreeSettings)
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     emergencies: EmergencySettings = field(default_factory=EmergencySettings)
+    signals: SignalSettings = field(default_factory=SignalSettings)  # facility signals (streams.feed_signals)
     headroom_horizon_s: float = 10.0  # the forecast horizon power headroom is taken at
     thermal_fit_s: float = 20.0  # inlet slope: least squares over this much history
     # Which kinds get aggregates from this stage (racks and PDUs come from the per-rack stage, per frame).
@@ -66,6 +69,8 @@ class HeadroomWindow:
     inlet_c: FloatArray
     forecast_inlet_c: FloatArray
     time_to_limit_s: FloatArray  # inf: flat or falling
+    # Levels dark by a facility signal the meters have not confirmed yet (feed_signal "unconfirmed"); None: none.
+    unconfirmed: npt.NDArray[np.bool_] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -81,7 +86,8 @@ class HeadroomWindow:
                    self.forecast_p50_w.tolist(), self.forecast_p99_w.tolist(), (self.limit_w - self.forecast_p99_w)
                    .tolist(), self.plan_p99_w.tolist(), self.thermal.tolist(), self.inlet_c.tolist(),
                    self.forecast_inlet_c.tolist(), self.time_to_limit_s.tolist(), strict=True)
-        for lvl, kind, mode, p, lim, f50, f99, hr, plan, th, inlet, f_inlet, ttl in cols:
+        unconf = set(np.flatnonzero(self.unconfirmed).tolist()) if self.unconfirmed is not None else set()
+        for i, (lvl, kind, mode, p, lim, f50, f99, hr, plan, th, inlet, f_inlet, ttl) in enumerate(cols):
             row = {**head, "level": lvl, "kind": kind, "ts_s": ts_s, "mode": mode, "horizon_s": hz, "power_w": p,
                    "limit_w": lim, "forecast_p50_w": f50, "forecast_p99_w": f99, "headroom_w": hr}
             if plan_h is not None:
@@ -95,6 +101,8 @@ class HeadroomWindow:
                     row["time_to_limit_s"] = ttl
             if lag is not None:
                 row["lag_s"] = lag
+            if i in unconf:
+                row["feed_signal"] = "unconfirmed"
             yield row
 
     def records(self) -> list[Headroom]:
@@ -187,6 +195,8 @@ class SiteStage:
         depth = max(3, round(settings.thermal_fit_s / settings.tree.window_s))
         self.slopes = InletSlopes(self.thermal_levels.size, depth)
         self.detector = EmergencyDetector(site, settings.emergencies)
+        self.signals = FeedSignals(site, settings.signals)
+        self.tree.signal_dark = self.signals.signal_dark
         self.agg_levels = np.flatnonzero(np.isin(kinds, [KIND[k] for k in settings.aggregate_kinds]))
         self.kind_names = [KIND_NAMES[k] for k in kinds.tolist()]
         self.windows_closed = 0
@@ -202,6 +212,11 @@ class SiteStage:
     def add_batch(self, batch: RackSummaryBatch, wall_s: float | None = None, backlog: bool = False) -> StageOutput:
         """`wall_s`: the receiver's clock; `backlog`: input not read yet (streams.tree.TreeWindows.add_batch)."""
         return self._on_windows(self.tree.add_batch(batch, wall_s, backlog))
+
+    def add_facility(self, reading: FacilityReading, wall_s: float | None = None) -> FacilityVerdict:
+        """A facility reading (pp.facility): checked, then taken by the feed signals (streams.feed_signals). It
+        shows in the next closed window; a refused verdict's reason is what the Kafka shell dead-letters."""
+        return self.signals.take(reading, wall_s)
 
     def advance(self, now_s: float, wall_s: float | None = None) -> StageOutput:
         """Close windows by the clock (call from a timer, only while the input has no backlog): telemetry that
@@ -245,7 +260,10 @@ class SiteStage:
         forecast_inlet = snap.inlet_c + np.where(np.isfinite(slope), np.maximum(slope, 0.0), 0.0) * self.horizon_s
 
         out = StageOutput(windows=1)
-        out.events = self.detector.step(snap, slope, ttl)
+        signal_events, confirmed = self.signals.on_window(snap)
+        unconfirmed = self.signals.unconfirmed(snap)
+        out.events = mark_losses(self.detector, self.detector.step(snap, slope, ttl), unconfirmed, confirmed, site,
+                                 snap.ts_s) + signal_events
 
         for i in self.agg_levels.tolist():
             out.aggregates.append(LevelAggregate(
@@ -255,7 +273,8 @@ class SiteStage:
                 gpus_reporting=int(snap.gpus_reporting[i]), inlet_c=_opt(snap.inlet_c[i]),
                 racks_stale=int(snap.racks_stale[i]), age_s=float(snap.age_s[i]),
                 gpu_temp_max_c=_opt(snap.gpu_temp_max_c[i]), gpus_throttled=int(snap.gpus_throttled[i]),
-                lag_s=snap.lag_s))
+                lag_s=snap.lag_s,
+                feed_signal="unconfirmed" if unconfirmed is not None and unconfirmed[i] else None))
         thermal = np.zeros(len(ids), dtype=bool)
         thermal[tl] = True
         modes = [snap.site_mode] * len(ids)  # a rack's level is in its own feed state
@@ -268,7 +287,7 @@ class SiteStage:
             forecast_p50_w=np.asarray(f50, dtype=np.float64), forecast_p99_w=np.asarray(f99, dtype=np.float64),
             plan_p99_w=np.asarray(plan_p99, dtype=np.float64), thermal=thermal & np.isfinite(snap.inlet_c),
             inlet_c=snap.inlet_c.astype(np.float64), forecast_inlet_c=np.asarray(forecast_inlet, dtype=np.float64),
-            time_to_limit_s=np.asarray(ttl, dtype=np.float64)))
+            time_to_limit_s=np.asarray(ttl, dtype=np.float64), unconfirmed=unconfirmed))
         return out
 
     # ---- state -------------------------------------------------------------------------------------
@@ -277,7 +296,7 @@ class SiteStage:
             "v": STATE_VERSION, "site": self.site.name, "n_levels": len(self.site.level_ids),
             "tree": self.tree.state(), "forecaster": self.forecaster.state(), "slopes": self.slopes.state(),
             "detector": self.detector.state(), "windows_closed": self.windows_closed,
-            "input_offset": self.input_offset,
+            "input_offset": self.input_offset, "signals": self.signals.state(),
         }, use_bin_type=True))
 
     def load_state(self, raw: bytes) -> bool:
@@ -292,6 +311,7 @@ class SiteStage:
         self.detector.load_state(s["detector"])
         self.windows_closed = int(s["windows_closed"])
         self.input_offset = s.get("input_offset")  # checkpoints written before it have none
+        self.signals.load_state(s.get("signals", {}))
         return True
 
 

@@ -34,6 +34,7 @@ Feed state: a feed level (utility, UPS lineup, RPP, PDU) is dark when the PDU me
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,9 @@ class Snapshot:
     # that is silent shows in racks_stale / rack_age_s instead.
     lag_s: float | None = None
     backlog: bool = False  # closed while the worker had a backlog (its inputs may be behind the wall clock)
+    # The PDU meters' own verdict when a facility signal (a UPS on battery, streams.feed_signals) also darkened
+    # levels in this window; `dark` is then both. None: no signal applied, `dark` is the meters' verdict.
+    meter_dark: BoolArray | None = None
 
 
 _MODE_CODE = {"normal": 0, "A-lost": 1, "B-lost": 2}
@@ -265,6 +269,9 @@ class TreeWindows:
         self.resumed = False  # state loaded from a checkpoint, no frame taken since
         self.resume_skipped = 0  # windows the predecessor had published after its last checkpoint
         self._limits_cache: dict[bytes, tuple[FloatArray, FloatArray]] = {}
+        # Facility signal (streams.feed_signals): window end -> feed levels a UPS says are lost, not yet seen by
+        # the meters (None: none). Set by the site stage; counted as dark PDUs beneath them in the quorum below.
+        self.signal_dark: Callable[[float], BoolArray | None] | None = None
 
     @property
     def head_s(self) -> float:
@@ -458,7 +465,8 @@ class TreeWindows:
         self.closed_through = k if self.closed_through is None else max(self.closed_through, k)
         end = (k + 1) * st.window_s
         rd = self._readings(w, end)
-        dark, dark_share = self._dark_levels(rd)
+        signal = self.signal_dark(end) if self.signal_dark is not None else None
+        dark, dark_share, meter_dark = self._dark_levels(rd, signal)
         rated, derated = self._limits(dark)
         par = self.topo.parent
         dark_top = dark & ~np.where(par >= 0, dark[np.maximum(par, 0)], False)
@@ -468,7 +476,7 @@ class TreeWindows:
             dark_top=dark_top, dark_share=dark_share, gap_w=gap, **self._levels_health(rd), rack_fresh=rd.fresh,
             rack_age_s=rd.age_s, rack_mode=[_MODE_NAME[c] for c in code.tolist()], site_mode=self._site_mode(dark),
             late_frames=self.late_frames, lag_s=None if self.wall_s is None else self.wall_s - end,
-            backlog=self.backlog)
+            backlog=self.backlog, meter_dark=meter_dark)
 
     def _readings(self, w: _Window, end: float) -> _Readings:
         """What each rack counts with: its own frames in the window, else the bounded estimate of the module
@@ -495,12 +503,16 @@ class TreeWindows:
         meters = np.where(own[:, None], w.latest[:, :2], np.where(usable[:, None], self.last_meter_w, np.nan))
         return _Readings(w, fresh, age, usable, own, rack_w, meters)
 
-    def _dark_levels(self, rd: _Readings) -> tuple[BoolArray, FloatArray]:
-        """Dark feed levels and the share of each one's metered load reading dark.
+    def _dark_levels(self, rd: _Readings, signal: BoolArray | None = None
+                     ) -> tuple[BoolArray, FloatArray, BoolArray | None]:
+        """Dark feed levels, the share of each one's metered load reading dark, and (with a facility signal)
+        the meters' own verdict.
 
         A PDU is dark when its meter reads ~nothing of what half its racks' load would put on it. PDU meters
         refresh slowly (SNMP, ~10 s) and out of phase, so a lost feed shows up PDU by PDU: a level above is
-        dark once a quorum of its metered load is dark, and everything below a dark level is dark with it."""
+        dark once a quorum of its metered load is dark, and everything below a dark level is dark with it.
+        `signal`: feed levels a UPS says are lost; their PDUs count as dark in the same quorum, so the levels
+        the signal darkens are those the meters will once they show the loss (the same event, no second page)."""
         st, topo = self.settings, self.topo
         n, pdus, meters = topo.n_levels, topo.pdu_levels, rd.meters_w
         metered = np.isfinite(meters)
@@ -514,6 +526,17 @@ class TreeWindows:
                                    minlength=n)
         pdu_dark = np.zeros(n, dtype=bool)
         pdu_dark[pdus] = (exp_pdu[pdus] > st.min_expected_w) & (got_pdu[pdus] < st.dark_fraction * exp_pdu[pdus])
+        dark, share = self._quorum(pdu_dark, exp_pdu)
+        if signal is None or not signal.any():
+            return dark, share, None
+        below = self.site.dark_below(signal)
+        with_signal = pdu_dark.copy()
+        with_signal[pdus] |= below[pdus]
+        both, share = self._quorum(with_signal, exp_pdu)
+        return self.site.dark_below(both | signal), share, dark
+
+    def _quorum(self, pdu_dark: BoolArray, exp_pdu: FloatArray) -> tuple[BoolArray, FloatArray]:
+        st, topo, pdus = self.settings, self.topo, self.topo.pdu_levels
         expect = topo.up_feed(exp_pdu)
         with np.errstate(invalid="ignore", divide="ignore"):
             dark_share = np.where(expect > 0, topo.up_feed(np.where(pdu_dark, exp_pdu, 0.0)) / expect, 0.0)

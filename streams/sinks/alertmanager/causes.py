@@ -28,6 +28,8 @@ ALERT_NAMES: dict[str, str] = {
     "meter_gap": "MeterGap",
     "command_refused": "CommandRefused",
     "ack_refused": "AckRefused",
+    "faulty_signal": "FaultySignal",
+    "sensor_disagreement": "SensorDisagreement",
 }
 # Not an event kind: the sink raises it when a large share of a site's racks has lost telemetry at once
 # (a collector, network or broker problem, not one rack), and it silences the per-rack TelemetryLoss.
