@@ -243,10 +243,17 @@ class ReconfigPolicy:
         self.pool_class = np.asarray(pool_class, dtype=np.int64)
         self.settings = settings or ReconfigSettings()
         self.last_change_s = np.full(len(self.names), -np.inf)
+        self._before = self.last_change_s.copy()
 
     def decide(self, t_s: float, forecast_rps: FloatArray, current: PoolConfigs,
                gpus_available: IntArray) -> tuple[Plan, list[Action]]:
         plan = plan_pools(self.profile, self.pool_class, forecast_rps, current, gpus_available, self.settings,
                           held_s=t_s - self.last_change_s)
+        self._before = self.last_change_s.copy()
         self.last_change_s = np.where(plan.changed, t_s, self.last_change_s)
         return plan, plan_actions(self.names, current, plan.config)
+
+    def defer(self, pools: BoolArray) -> None:
+        """The last decision's changes to these pools were not applied (controllers.coordination refused
+        them): their time since the last change is what it was, so the next decision plans them afresh."""
+        self.last_change_s = np.where(pools, self._before, self.last_change_s)

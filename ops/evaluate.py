@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from controllers.controller import CapController
 from controllers.thermal import ThermalSettings
 from ops.engine import Engine
 from ops.progress import Progress
+from ops.reconfigure import Reconfigurer, apply_pool_actions
 from ops.sketch import Quantiles
 from powerplane.physics import THROTTLE_HW_SLOWDOWN, THROTTLE_HW_THERMAL, THROTTLE_SW_POWER_CAP, THROTTLE_SW_THERMAL
 from powerplane.schemas import Command
@@ -40,8 +41,8 @@ from sim.fleet import rack_frames
 from sim.scenario import Scenario
 from sim.workload import WorkloadSpec
 
-if TYPE_CHECKING:
-    from powerplane.serving_profile import ServingProfile
+__all__ = ["POLICIES", "Reconfigurer", "Tally", "apply_pool_actions", "oversubscription", "run_policy",
+           "static_caps_w"]
 
 POLICIES = ("none", "static", "polca", "full")
 # Throttled: power-capped under the GPU's maximum, or slowed by heat. A clock the reconfiguration policy
@@ -211,67 +212,10 @@ class Tally:
         }
 
 
-def apply_pool_actions(twin: Twin, actions: Any) -> None:
-    """A reconfiguration plan's (pool, knob, value) actions, in order, on the twin."""
-    for a in actions:
-        if a.knob == "set_tp":
-            twin.set_tp(a.pool, int(a.value))
-        elif a.knob == "set_instances":
-            twin.set_instances(a.pool, int(a.value))
-        else:
-            twin.lock_clocks(twin.pool_gpus(a.pool), a.value)
-
-
-class Reconfigurer:
-    """The energy-aware reconfiguration policy (controllers.reconfig) in the loop: every `every_s` it plans
-    each profiled pool's instance count, TP and clock for the forecast load and applies the plan's actions
-    to the twin. The forecast is the busiest second of the last `lookback_s` x `headroom`: what a
-    deployment without a trace oracle knows. Pools whose class the profile lacks are left alone."""
-
-    def __init__(self, twin: Twin, every_s: int = 15, lookback_s: int = 120, headroom: float = 1.1,
-                 profile: ServingProfile | None = None) -> None:
-        from controllers.reconfig import ReconfigPolicy
-        from powerplane.serving_profile import ServingProfile, class_key
-
-        prof = profile if profile is not None else ServingProfile.load()
-        self.names: list[str] = []
-        classes: list[int] = []
-        self.index: list[int] = []
-        for i, p in enumerate(twin.pools):
-            key = class_key(p.spec.model, p.gpu.model, p.spec.ttft_slo_s, p.spec.tbt_slo_s, p.spec.max_batch,
-                            p.spec.chunk_tokens)
-            if key in prof.classes:
-                self.names.append(p.spec.name)
-                classes.append(prof.class_index(key))
-                self.index.append(i)
-        self.policy = ReconfigPolicy(prof, self.names, classes)
-        self.freq = np.array([float(twin.gpu_fmax[twin.pool_gpus(n)].max()) for n in self.names])
-        self.gpus = np.array([twin.pool_gpus(n).size for n in self.names], dtype=np.int64)
-        self.every_s, self.headroom = every_s, headroom
-        self.recent: list[FloatArray] = []
-        self.lookback_s = lookback_s
-        self.t = 0
-
-    def __call__(self, twin: Twin, fr: Any) -> int:
-        from controllers.reconfig import PoolConfigs
-
-        self.recent.append(np.asarray(fr.pools.arrivals, dtype=np.float64)[self.index])
-        del self.recent[:-self.lookback_s]
-        self.t += 1
-        if not self.names or self.t % self.every_s:
-            return 0
-        forecast = np.max(self.recent, axis=0) * self.headroom
-        inst, tp = zip(*(twin.pool_config(n) for n in self.names), strict=True)
-        current = PoolConfigs.of(inst, tp, self.freq.tolist())
-        plan, actions = self.policy.decide(float(self.t), forecast, current, self.gpus)
-        apply_pool_actions(twin, actions)
-        self.freq = plan.config.freq_mhz.copy()
-        return len(actions)
-
-
 def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSpec | None = None,
                scenario: Scenario | None = None, seed: int = 0,
-               progress: Progress | None = None, reconfigure: bool = True) -> dict[str, Any]:
+               progress: Progress | None = None, reconfigure: bool = True,
+               coordinate: bool = True) -> dict[str, Any]:
     """One closed-loop run; returns its metrics and per-second series."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy '{policy}' (known: {', '.join(POLICIES)})")
@@ -281,6 +225,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     tally.pool_gpus = [np.asarray(twin.pool_gpus(n)) for n in twin.pool_names()]
     engine: Engine | None = None
     guard: Guard | None = None
+    ctl: CapController | None = None
     if policy == "static":
         twin.set_limit(np.arange(site.n_gpus), static_caps_w(site))
     elif policy in ("polca", "full"):
@@ -293,12 +238,12 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         # The fleet's own twin actuator (it locks clocks where the plant is the twin), behind the same guard.
         actuator = load_actuator("twin", {"kind": "twin", "safe_limit": "max"}, context=twin)
         guard = Guard(actuator, keyring, site.name, rate_per_s=100.0, burst=100)
-    reconfig = None
+    reconfig: Reconfigurer | None = None
     if policy == "full" and reconfigure:
         from sim.profiling import profile_for
 
         profile, tally.profile_note = profile_for(twin)  # for the token mix of the trace the twin replays
-        reconfig = Reconfigurer(twin, profile=profile)
+        reconfig = Reconfigurer(twin, profile=profile, controller=ctl, coordinate=coordinate)
     route_w = np.ones(site.n_gpus)
     for k in range(duration_s):
         fr = twin.step(1.0)
@@ -329,6 +274,8 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     out = tally.summary()
     if tally.profile_note:
         out["serving_profile"] = tally.profile_note
+    if reconfig is not None:
+        out["reconfig_deferred"] = dict(reconfig.deferred)  # changes refused by the coordination, by reason
     out["series"] = tally.series
     out["rack_power_w"] = np.asarray(tally.rack_power, dtype=np.float64)
     return out

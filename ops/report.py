@@ -14,9 +14,10 @@ from powerplane.site import PRIORITIES
 
 Cell = Callable[[dict[str, Any]], str]
 
-DEFINITIONS = ("Definitions: a request is within SLO when its first token came within its pool's TTFT SLO "
-               "(dropped and aborted requests count as misses); TBT within SLO is the share of decode tokens "
-               "within the TBT SLO; a request is throttled when its pool's GPUs ran power-capped below their "
+DEFINITIONS = ("Definitions: a request is within SLO when its first token came within its TTFT SLO (the "
+               "SLO definition line says which; dropped and aborted requests count as misses); TBT within SLO is "
+               "the share of decode tokens within the TBT SLO (per iteration gap, not per request); a request "
+               "is throttled when its pool's GPUs ran power-capped below their "
                "maximum or thermally throttled that second (weighted by the pool's throttled share; clocks the "
                "reconfiguration policy locks are its chosen operating point, not throttling). Ratings are "
                "nameplate (a breaker carries 100 % indefinitely); the policies aim at the derated limits. "
@@ -196,6 +197,8 @@ def _trace_lines(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> li
     """Which trace the pools replayed and whose it is (older metrics files lack both), and the serving
     profile the reconfiguration decided from."""
     out = []
+    if meta.get("slo"):
+        out += [f"SLO definition: {meta['slo']}.", ""]
     if meta.get("trace"):
         out += [f"Trace: {meta['trace']} (`{meta.get('trace_file', '?')}`).", "",
                 f"Trace attribution: {meta.get('trace_attribution') or 'none given'}", ""]

@@ -3,7 +3,7 @@ reconciliation of instance states with what is wanted (pool sizes) and possible 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from sim.serving import (
     min_tp,
     segments,
 )
+from sim.slo import SloSpec, isolated_tbt_s, tbt_slo_s
 from sim.state import Hardware, TwinState, Units
 from sim.workload import Placement, PoolSpec, WorkloadSpec, carve
 
@@ -42,6 +43,7 @@ class Pool:
     lo: int = 0  # slice of the instance table
     hi: int = 0
     surge: float = 1.0
+    slo: SloSpec = field(default_factory=SloSpec)  # the workload's SLO definition (sim.slo)
 
 
 def wsum(idx: IntArray, weights: FloatArray, n: int) -> FloatArray:
@@ -72,7 +74,7 @@ def build_pools(site: Site, wl: WorkloadSpec, pl: Placement, hw: Hardware, cfg: 
             errs.append(f"{spec.name}: no instance of {tp} GPUs fits in its {gpus.size} GPUs")
             continue
         n_act = slots.shape[0] if spec.instances is None else max(0, min(spec.instances, slots.shape[0]))
-        pools.append(Pool(spec, model, gspec, gpus, tp, slots, n_act))
+        pools.append(Pool(spec, model, gspec, gpus, tp, slots, n_act, slo=wl.slo))
     return pools, errs
 
 
@@ -82,13 +84,15 @@ def _pool_table(pi: int, p: Pool, serving: bool, t_s: float, seq_tok: float, cfg
     n = p.slots.shape[0]
     one = np.ones(n)
     state = np.where(np.arange(n) < p.n_active, SERVING if serving else STARTING, OFF)
+    # A lone sequence of typical context at max clock: the isolated TBT a relative SLO scales.
+    iso_tbt = isolated_tbt_s(one * k.c_tok_s, one * k.mem_w_s, one * k.mem_kv_s, one * k.overhead_s, one * seq_tok)
     return {
         "pool": np.full(n, pi, dtype=np.int64), "state": state.astype(np.int64),
         "ready_at": np.where(state == STARTING, t_s + cfg.reconfig_delay_s, 0.0),
         "weight": one.copy(), "c_tok": one * k.c_tok_s, "mem_w": one * k.mem_w_s,
         "mem_kv": one * k.mem_kv_s, "overhead": one * k.overhead_s, "kv_cap": one * k.kv_cap_tokens,
         "chunk": one * p.spec.chunk_tokens, "max_batch": one * p.spec.max_batch, "seq_tokens": one * seq_tok,
-        "ttft_slo": one * p.spec.ttft_slo_s, "tbt_slo": one * p.spec.tbt_slo_s,
+        "ttft_slo": one * p.spec.ttft_slo_s, "tbt_slo": tbt_slo_s(p.slo, one * p.spec.tbt_slo_s, iso_tbt),
         "B": np.zeros(n), "R": np.zeros(n), "ctx": np.zeros(n), "head_done": np.zeros(n),
     }
 

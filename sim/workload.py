@@ -43,7 +43,7 @@ __all__ = [
     "PACKAGED_TRACE", "SHARED_TRACE", "TRACE_ATTRIBUTION", "JobConfig", "JobSpec", "Placement", "PoolConfig",
     "PoolSpec", "RateTable", "Trace", "TraceColumns", "TrainingState", "WorkloadConfig", "WorkloadSpec", "carve",
     "check_workload", "default_trace", "default_workload", "generate_arrivals", "load_azure_conv", "load_trace",
-    "load_workload", "place", "rate_table", "validate_workload", "with_pool", "workload_from_dict",
+    "load_workload", "place", "rate_table", "sizing_rate", "validate_workload", "with_pool", "workload_from_dict",
     "workload_to_dict",
 ]
 
@@ -124,13 +124,24 @@ def _n_for(gpus: int, per: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, gpus // per))
 
 
-def default_workload(site: Site, trace: Trace | None = None, critical_load: float = 0.5, batch_load: float = 0.6,
-                     serving_cfg: ServingConfig | None = None) -> WorkloadSpec:
+def sizing_rate(trace: Trace, quantile: float = 0.95, window_s: float = 30.0) -> float:
+    """The rate pools are sized for: a high quantile of the trace's arrival rate smoothed over `window_s` (the
+    rate the twin replays in "rate" mode), not its mean: a bursty trace's 30 s peaks reach 7x its mean."""
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"sizing quantile must be in (0, 1], got {quantile}")
+    rate = rate_table(trace, window_s).rate
+    return max(float(np.quantile(rate, quantile)), trace.mean_rate, 1e-9)
+
+
+def default_workload(site: Site, trace: Trace | None = None, critical_load: float = 0.7, batch_load: float = 0.85,
+                     serving_cfg: ServingConfig | None = None, rate_quantile: float = 0.95,
+                     rate_window_s: float = 30.0) -> WorkloadSpec:
     """A workload that fills a site by its priority classes.
 
     - inference-critical: 2-8 pools at TP8 of the largest model that fits 8 GPUs (llama3-405b on
       GB200-class GPUs, llama3-70b on H100s), TTFT/TBT SLOs 0.4 s/0.1 s, sized so that mean demand is
-      ``critical_load`` of the pool's estimated capacity;
+      the ``rate_quantile`` (p95) of the trace's ``rate_window_s``-smoothed rate is ``critical_load`` of the
+      pool's estimated capacity (docs/twin.md "Workload scaling");
     - inference-batch: 2-8 pools, same model, looser SLOs (2 s / 0.2 s), at ``batch_load``;
     - training: 1-8 jobs (about 64 NVL72 racks each at the reference site), steps of 4-7 s, staggered;
     - best-effort: 1-8 fine-tuning jobs that start and stop (job churn).
@@ -142,6 +153,7 @@ def default_workload(site: Site, trace: Trace | None = None, critical_load: floa
     counts = np.bincount(site.gpu_priority, minlength=len(PRIORITIES))
     pools: list[PoolSpec] = []
     jobs: list[JobSpec] = []
+    sized_rps = sizing_rate(tr, rate_quantile, rate_window_s)
     mean_p = float(tr.prompt.mean())
     mean_o = float(tr.output.mean())
     for cls, tier, load, ttft, tbt, batch in (("inference-critical", "critical", critical_load, 0.4, 0.1, 256),
@@ -166,7 +178,7 @@ def default_workload(site: Site, trace: Trace | None = None, critical_load: floa
             # Pools of a tier are spread evenly over the trace's period; the batch tier sits between them.
             offset = 0.0 if tier == "critical" else 0.5 / n_pools
             shift = round(((i + 0.5) / n_pools + offset) % 1.0 * tr.period_s, 1)
-            scale = load * inst_est * cap / tr.mean_rate
+            scale = load * inst_est * cap / sized_rps
             pools.append(PoolSpec(name=f"{tier}-{i + 1}", priority=cls, model=model.name, tp=tp, share=share,
                                   shift_s=shift, rate_scale=round(scale, 3), max_batch=batch, ttft_slo_s=ttft,
                                   tbt_slo_s=tbt))
@@ -183,4 +195,4 @@ def default_workload(site: Site, trace: Trace | None = None, critical_load: floa
             jobs.append(JobSpec(name=f"finetune-{i + 1}", priority="best-effort", share=1.0 / n,
                                 start_s=30.0 * i, stop_s=30.0 * i + 1800.0, iter_s=2.0, compute_frac=0.75,
                                 ckpt_every_s=600.0, ckpt_s=20.0))
-    return WorkloadSpec(tuple(pools), tuple(jobs), 30.0, tr)
+    return WorkloadSpec(tuple(pools), tuple(jobs), rate_window_s, tr)

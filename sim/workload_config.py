@@ -6,6 +6,7 @@ A workload file::
 
     rate_window_s = 30
     trace = "traces/bursty.csv"  # optional, relative to this file (default: $PP_TRACE, else the Azure trace)
+    slo = {kind = "relative", ttft_k = 5, ttft_floor_s = 0.25, tbt_k = 5, tbt_floor_s = 0.1}  # or "absolute"
 
     [[pools]]
     name = "critical-1"
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,6 +49,7 @@ from powerplane.config import TomlFileError, read_toml
 from powerplane.site import PRIORITIES, Site
 from powerplane.validation import ConfigError, Model, Problems, parse_into
 from sim.serving import MODELS
+from sim.slo import SloSpec
 from sim.trace import PACKAGED_TRACE, Trace
 from sim.trace_files import TraceColumns, default_trace, load_trace
 
@@ -99,6 +101,7 @@ class WorkloadSpec:
     jobs: tuple[JobSpec, ...] = ()
     rate_window_s: float = 30.0  # smoothing window of the trace's rate in "rate" mode (assumption)
     trace: Trace | None = None  # None: default_trace() ($PP_TRACE, else the packaged Azure trace)
+    slo: SloSpec = field(default_factory=SloSpec)  # how TTFT and TBT SLOs are defined (sim.slo): relative by default
 
     def resolved_trace(self) -> Trace:
         return self.trace if self.trace is not None else default_trace()
@@ -207,11 +210,30 @@ class TraceConfig(Model):
         return TraceColumns(self.arrival, self.prompt, self.output)
 
 
+def _slo_kind(v: Any) -> Any:
+    """``slo = "absolute"`` is ``slo = {kind = "absolute"}``."""
+    return {"kind": v} if isinstance(v, str) else v
+
+
+class SloConfig(Model):
+    """``slo = "relative"`` or ``"absolute"``, or a table with the scale k and floor of each (sim.slo)."""
+
+    kind: Literal["relative", "absolute"] = "relative"
+    ttft_k: Annotated[float, Field(strict=True, ge=1)] = SloSpec.ttft_k
+    ttft_floor_s: Annotated[float, Field(strict=True, ge=0)] = SloSpec.ttft_floor_s
+    tbt_k: Annotated[float, Field(strict=True, ge=1)] = SloSpec.tbt_k
+    tbt_floor_s: Annotated[float, Field(strict=True, ge=0)] = SloSpec.tbt_floor_s
+
+    def spec(self) -> SloSpec:
+        return SloSpec(**self.model_dump())
+
+
 class WorkloadConfig(Model):
     pools: tuple[PoolConfig, ...] = ()
     jobs: tuple[JobConfig, ...] = ()
     rate_window_s: Pos = WorkloadSpec.rate_window_s
     trace: Annotated[TraceConfig | None, BeforeValidator(_trace_path)] = None
+    slo: Annotated[SloConfig, BeforeValidator(_slo_kind)] = SloConfig()
 
 
 # ======================================================================================
@@ -285,7 +307,8 @@ def validate_workload(spec: WorkloadSpec, site: Site | None = None, source: str 
         return {f.name: _plain(getattr(s, f.name)) for f in fields(s)}
 
     check_workload({"pools": [table(p) for p in spec.pools], "jobs": [table(j) for j in spec.jobs],
-                    "rate_window_s": _plain(spec.rate_window_s)}, site, source)
+                    "rate_window_s": _plain(spec.rate_window_s),
+                    "slo": {f.name: _plain(getattr(spec.slo, f.name)) for f in fields(spec.slo)}}, site, source)
 
 
 def workload_from_dict(d: Mapping[str, Any], source: str = "<workload>", trace: Trace | None = None, *,
@@ -296,7 +319,7 @@ def workload_from_dict(d: Mapping[str, Any], source: str = "<workload>", trace: 
     cfg, file_trace = _checked(d, site, source, None if trace is not None else Path(base_dir))
     return WorkloadSpec(tuple(PoolSpec(**p.model_dump()) for p in cfg.pools),
                         tuple(JobSpec(**j.model_dump()) for j in cfg.jobs), cfg.rate_window_s,
-                        trace if trace is not None else file_trace)
+                        trace if trace is not None else file_trace, cfg.slo.spec())
 
 
 def load_workload(path: str | Path, trace: Trace | None = None, *, site: Site | None = None) -> WorkloadSpec:
@@ -324,6 +347,8 @@ def workload_to_dict(spec: WorkloadSpec) -> dict[str, Any]:
     tr = spec.trace
     if tr is not None and tr.fmt != "generated" and Path(tr.source).resolve() != PACKAGED_TRACE.resolve():
         out["trace"] = tr.source  # the packaged trace is the default: a path into the install is noise
+    if spec.slo != SloSpec():
+        out["slo"] = {f.name: getattr(spec.slo, f.name) for f in fields(spec.slo)}
     return {**out, "pools": [one(p) for p in spec.pools], "jobs": [one(j) for j in spec.jobs]}
 
 

@@ -45,12 +45,13 @@ def cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    from ops.cli.slo_options import workload_for
     from ops.evaluate import POLICIES, oversubscription, run_policy
     from ops.progress import Progress
     from ops.report import write_report
     from powerplane.site_file import load_site
     from sim.scenario import load_scenario
-    from sim.workload import default_trace, default_workload, load_workload
+    from sim.workload import default_workload, load_workload
 
     if args.site == "ref":
         from powerplane.refsite import reference_site
@@ -64,9 +65,8 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
         raise ValueError(f"--policy: unknown {', '.join(bad)} (known: {', '.join(POLICIES)}, all)")
     scenario = load_scenario(args.scenario) if args.scenario else None
     trace = _trace(args)
-    workload = load_workload(args.workload, trace) if args.workload else (
-        default_workload(site, trace) if trace is not None else None)
-    used = workload.resolved_trace() if workload is not None else default_trace()
+    workload = workload_for(args, site, trace, load_workload, default_workload)
+    used = workload.resolved_trace()
     duration = args.duration or int(getattr(scenario, "duration_s", 0) or 300)
     t0 = time.monotonic()
     results = {}
@@ -81,7 +81,10 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
               file=sys.stderr)
         oversub = oversubscription(site, results["none"]["rack_power_w"])
     meta = {"site": site_name, "scenario": args.scenario or "none (steady state)",
-            "workload": args.workload or "default (pools sized on the trace's mean rate)",
+            "workload": args.workload or (f"default (pools sized so the p{100 * args.sizing_quantile:g} of the "
+                                          f"trace's 30 s-smoothed rate is {args.critical_load:g} (critical) and "
+                                          f"{args.batch_load:g} (batch) of their estimated capacity)"),
+            "slo": workload.slo.describe(),
             "trace": used.describe(), "trace_file": used.source, "trace_attribution": used.attribution,
             "duration_s": duration,
             "seed": args.seed, "wall_s": time.monotonic() - t0, "policies": policies}
@@ -127,6 +130,8 @@ def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds dashboard, evaluate, plan."""
+    from ops.cli.slo_options import add_slo_options
+
     db = sub.add_parser("dashboard", help="serve the live dashboard on localhost (from Kafka, or --replay a recording)")
     db.add_argument("--port", type=int, default=8050)
     db.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -142,6 +147,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev.add_argument("--site", default="ref", help="site file, or 'ref' for the 100 MW reference site (default)")
     ev.add_argument("--workload", help="workload file (default: the site's default workload, sized on the trace)")
     _add_trace(ev)
+    add_slo_options(ev)
     ev.add_argument("--scenario", help="scenario file (feed loss, cooling failure, ...); default: none")
     ev.add_argument("--policy", default="all", help="none, static, polca, full, or 'all' (comma-separated list ok)")
     ev.add_argument("--duration", type=int, help="simulated seconds per policy (default: the scenario's, or 300)")

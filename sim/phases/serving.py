@@ -12,7 +12,8 @@ from sim.frames import PoolStats
 from sim.phases.power import Clocks
 from sim.physics import PowerConfig
 from sim.pools import Pool, wsum
-from sim.serving import OFF, SERVING, STARTING, Arrivals, ServingConfig
+from sim.serving import OFF, SERVING, STARTING, Arrivals, InstanceTable, ServingConfig
+from sim.slo import isolated_ttft_s, ttft_slo_s
 from sim.state import Hardware, TwinState, Units
 
 
@@ -26,6 +27,16 @@ def serve(pc: PowerConfig, sc: ServingConfig, units: Units, st: TwinState, clk: 
     return res
 
 
+def request_ttft_slo_s(pools: Sequence[Pool], tab: InstanceTable, pool: IntArray, prompt: FloatArray
+                       ) -> FloatArray:
+    """Each request's TTFT SLO under the workload's definition (sim.slo), on its pool's configuration now
+    (a pool's instances share one; its first slot's constants stand for all)."""
+    first = np.array([min(p.lo, max(tab.n - 1, 0)) for p in pools], dtype=np.int64)[pool]
+    iso = isolated_ttft_s(prompt, tab.c_tok[first], tab.mem_w[first], tab.overhead[first], tab.chunk[first])
+    absolute = np.array([p.spec.ttft_slo_s for p in pools])[pool]
+    return ttft_slo_s(pools[0].slo, absolute, iso)
+
+
 def pool_stats(pools: Sequence[Pool], priority: IntArray, hw: Hardware, units: Units, st: TwinState,
                res: ServeResult, arr_inst: IntArray, p_true: FloatArray, dt_s: float) -> PoolStats:
     """Per-pool statistics of the step; resets the aborted and dropped counts kept since the last frame."""
@@ -36,8 +47,8 @@ def pool_stats(pools: Sequence[Pool], priority: IntArray, hw: Hardware, units: U
         return wsum(tab.pool, x, n_p)
 
     rq = res.requests
-    slo = np.array([p.spec.ttft_slo_s for p in pools])
-    ok = rq.ttft_s <= slo[rq.pool] if rq.pool.size else np.zeros(0, dtype=bool)
+    ok = rq.ttft_s <= request_ttft_slo_s(pools, tab, rq.pool, rq.prompt_tokens) if rq.pool.size \
+        else np.zeros(0, dtype=bool)
     inst_energy = wsum(units.gpu_unit, p_true, units.n_units)[:units.n_inst] * dt_s
     n_gpus_pool = np.array([p.gpus.size for p in pools], dtype=np.float64)
     pool_e = by_pool(inst_energy)

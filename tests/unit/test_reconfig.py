@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from ops.evaluate import apply_pool_actions
 from powerplane.serving_profile import ProfileError, ServingProfile, class_key
 from powerplane.site_file import load_site
 from sim import Twin
+from sim.slo import SloSpec
 from sim.workload import default_workload, rate_table
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
@@ -129,7 +131,8 @@ def test_profile_round_trips_through_json(tmp_path: Path) -> None:
 def test_closed_loop_on_the_lab_twin_saves_energy_within_the_ttft_slo() -> None:
     """Low load (15% of capacity): the plan applied to the twin vs every instance at the top clock."""
     site = load_site(LAB)
-    wl = default_workload(site, critical_load=0.15, batch_load=0.15)
+    # Absolute SLOs: the profile's capacities are measured against them (relative SLOs: docs/performance.md).
+    wl = replace(default_workload(site, critical_load=0.15, batch_load=0.15), slo=SloSpec(kind="absolute"))
     rates = rate_table(wl.resolved_trace(), wl.rate_window_s)
 
     def forecast(t: float) -> np.ndarray:  # the peak of the next 3 minutes (a perfect forecast's p100)

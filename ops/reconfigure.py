@@ -1,0 +1,115 @@
+"""The energy-aware reconfiguration policy (controllers.reconfig) in the evaluation loop, coordinated with
+capping and the thermal policy (controllers.coordination): a change that would raise a pool's power while
+its level or an ancestor is capped, while the site runs on one feed, or while its cooling zone is under a
+thermal action is deferred with its reason; raising changes that remain are staged so that none takes a
+level over its derated limit; lowering changes go first."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from controllers.coordination import PlantState, coordinate, raises_power
+from powerplane.site import FloatArray
+
+if TYPE_CHECKING:
+    from powerplane.serving_profile import ServingProfile
+    from sim import Twin
+
+
+def apply_pool_actions(twin: Twin, actions: Any) -> None:
+    """A reconfiguration plan's (pool, knob, value) actions, in order, on the twin."""
+    for a in actions:
+        if a.knob == "set_tp":
+            twin.set_tp(a.pool, int(a.value))
+        elif a.knob == "set_instances":
+            twin.set_instances(a.pool, int(a.value))
+        else:
+            twin.lock_clocks(twin.pool_gpus(a.pool), a.value)
+
+
+class Reconfigurer:
+    """Every `every_s` it plans each profiled pool's instance count, TP and clock for the forecast load and
+    applies the plan's actions to the twin, as far as the coordination allows. The forecast is the busiest
+    second of the last `lookback_s` x `headroom`: what a deployment without a trace oracle knows. Pools whose
+    class the profile lacks are left alone. `controller` (a CapController, optional) gives the zones'
+    thermal stages; `deferred` counts refusals by reason."""
+
+    def __init__(self, twin: Twin, every_s: int = 15, lookback_s: int = 120, headroom: float = 1.1,
+                 profile: ServingProfile | None = None, controller: Any = None, coordinate: bool = True) -> None:
+        from controllers.reconfig import ReconfigPolicy
+        from powerplane.serving_profile import ServingProfile, class_key
+
+        prof = profile if profile is not None else ServingProfile.load()
+        self.names: list[str] = []
+        classes: list[int] = []
+        self.index: list[int] = []
+        for i, p in enumerate(twin.pools):
+            key = class_key(p.spec.model, p.gpu.model, p.spec.ttft_slo_s, p.spec.tbt_slo_s, p.spec.max_batch,
+                            p.spec.chunk_tokens)
+            if key in prof.classes:
+                self.names.append(p.spec.name)
+                classes.append(prof.class_index(key))
+                self.index.append(i)
+        self.policy = ReconfigPolicy(prof, self.names, classes)
+        self.freq = np.array([float(twin.gpu_fmax[twin.pool_gpus(n)].max()) for n in self.names])
+        self.gpus = np.array([twin.pool_gpus(n).size for n in self.names], dtype=np.int64)
+        self.every_s, self.headroom = every_s, headroom
+        self.recent: list[FloatArray] = []
+        self.lookback_s = lookback_s
+        self.t = 0
+        self.controller = controller
+        self.coordinate = coordinate
+        self.deferred: dict[str, int] = {}  # refusals by reason (the level or state named)
+        self.last_reasons: dict[str, str] = {}  # pool -> why its last change was deferred
+
+    def plant(self, twin: Twin, fr: Any) -> PlantState:
+        stage = getattr(self.controller, "zone_stage", None)
+        return PlantState(np.asarray(fr.level_power_w, dtype=np.float64), np.asarray(fr.level_alive, dtype=bool),
+                          np.asarray(fr.limit_w, dtype=np.float64),
+                          np.asarray(twin.lock_phi * twin.gpu_fmax, dtype=np.float64),
+                          None if stage is None else np.asarray(stage))
+
+    def __call__(self, twin: Twin, fr: Any) -> int:
+        from controllers.reconfig import PoolConfigs
+
+        self.recent.append(np.asarray(fr.pools.arrivals, dtype=np.float64)[self.index])
+        del self.recent[:-self.lookback_s]
+        self.t += 1
+        if not self.names or self.t % self.every_s:
+            return 0
+        forecast = np.max(self.recent, axis=0) * self.headroom
+        inst, tp = zip(*(twin.pool_config(n) for n in self.names), strict=True)
+        current = PoolConfigs.of(inst, tp, self.freq.tolist())
+        plan, actions = self.policy.decide(float(self.t), forecast, current, self.gpus)
+        self._raising = np.zeros(len(self.names), dtype=bool)
+        allow = self._coordinate(twin, fr, plan, current) if self.coordinate else np.ones(len(self.names), bool)
+        self.policy.defer(plan.changed & ~allow)
+        # Lowering changes first: the headroom they free is there before anything rises.
+        order = sorted(range(len(self.names)), key=lambda i: bool(plan.changed[i] and allow[i] and
+                                                                  self._raising[i]))
+        chosen = [a for i in order if allow[i] for a in actions if a.pool == self.names[i]]
+        apply_pool_actions(twin, chosen)
+        self.freq = np.where(allow, plan.config.freq_mhz, self.freq)
+        return len(chosen)
+
+    def _coordinate(self, twin: Twin, fr: Any, plan: Any, current: Any) -> np.ndarray:
+        site = twin.site
+        st = self.plant(twin, fr)
+        gpus = [np.asarray(twin.pool_gpus(n)) for n in self.names]
+        self._raising = np.array([bool(plan.changed[i]) and raises_power(
+            int(current.instances[i]), int(plan.config.instances[i]), float(plan.config.freq_mhz[i]),
+            st.gpu_lock_mhz[gpus[i]], float(plan.current_power_w[i]), float(plan.power_w[i]))
+            for i in range(len(self.names))], dtype=bool)
+        feed_lv = site.level_feed >= 0
+        _, derated = site.limits_dark_w(feed_lv & ~st.level_alive)
+        increase = np.nan_to_num(plan.power_w - plan.current_power_w, nan=0.0)
+        # A pool at zero forecast still starts whole instances: count at least their idle draw per GPU added.
+        started = np.maximum(plan.config.instances - current.instances, 0) * plan.config.tp
+        increase = np.maximum(increase, started * site.gpu_max_w.mean() * 0.2)
+        v = coordinate(site, st, gpus, self._raising, increase, derated)
+        self.last_reasons = {self.names[i]: why for i, why in v.reasons.items()}
+        for why in v.reasons.values():
+            self.deferred[why] = self.deferred.get(why, 0) + 1
+        return v.allow
