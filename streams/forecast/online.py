@@ -292,6 +292,8 @@ class OnlineForecast:
         obj.t0_s = float(state["t0_s"])
         for a in obj._base_arrays + obj._arrays:
             cur = getattr(obj, a)
+            if a not in state["arrays"]:
+                raise ValueError(f"{cls.name} forecast state: no array {a!r} (written by an older version)")
             val = _unpack(state["arrays"][a])
             if val.shape != cur.shape or val.dtype != cur.dtype:
                 raise ValueError(f"{cls.name} forecast state: array {a!r} is {val.dtype}{val.shape}, "
