@@ -29,7 +29,7 @@ from streams.feed_signals import FeedSignals, SignalSettings, mark_losses
 from streams.forecast import Forecaster, ForecastSettings
 from streams.tree import Snapshot, TreeSettings, TreeWindows
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the forecaster keeps its p99 fallback (streams.forecast.fallback); 1 does not resume
 
 
 @dataclass(frozen=True)

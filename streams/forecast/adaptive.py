@@ -16,15 +16,17 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from streams.forecast.online import DEFAULT_SETTINGS, F32, FloatArray, ForecastSettings, OnlineForecast, ewma_alpha
+from streams.forecast.fallback import N_BASE, Fallback
+from streams.forecast.online import DEFAULT_SETTINGS, F32, FloatArray, ForecastSettings, ewma_alpha
 
 
-class Forecaster(OnlineForecast):
+class Forecaster(Fallback):
     """Per series and horizon: the best of an EWMA level and every seasonal lag, p99 by adaptive conformal
     tracking of the chosen expert's normalized error. See the module docstring."""
 
     name: ClassVar[str] = "adaptive"
-    _arrays: ClassVar[tuple[str, ...]] = ("lvl", "lvl_ring", "sq", "sq_lvl", "sel", "sig", "mean", "var")
+    _arrays: ClassVar[tuple[str, ...]] = ("lvl", "lvl_ring", "sq", "sq_lvl", "sel", "sig", "mean", "var",
+                                          *Fallback._cand_arrays)
 
     def __init__(self, n: int, settings: ForecastSettings = DEFAULT_SETTINGS) -> None:
         super().__init__(n, settings)
@@ -48,6 +50,7 @@ class Forecaster(OnlineForecast):
         self.off[:] = 2.5  # normalized p99 multiple before any error is seen
         self.offp[:] = 2.5
         self._lags = np.arange(1, self.R + 1)
+        self._init_fallback(n, s)
         self._derive()
 
     def _derive(self) -> None:
@@ -67,6 +70,8 @@ class Forecaster(OnlineForecast):
         A seasonal expert's forecast for now, issued h windows ago, is the value d windows ago."""
         H = self.h.size
         if self.k < 1:
+            self._e0 = self._sig0 = np.full((self.n, H), np.nan)
+            self._ce = np.full((N_BASE, H, self.n), np.nan, dtype=F32)
             return np.full((self.n, H), np.nan)
         # Seasonal experts: this window against each lag (before this window enters the ring), in float32
         # and without a gather: lags 1..R are the ring's slots k-1 down to 0, then R-1 down to k.
@@ -85,13 +90,17 @@ class Forecaster(OnlineForecast):
                 e_lvl[:, i] = np.nan
         # Error of the forecast issued h windows ago, normalized by the scale it was issued with.
         z = np.full((self.n, H), np.nan)
+        self._e0, self._sig0 = np.full((self.n, H), np.nan), np.full((self.n, H), np.nan)
         for i, h in enumerate(self.h):
             if self.k < h:
                 continue
             ep = self._epoch(self.k - int(h))
             sel = self.sel[ep, :, i]
             e = np.where(sel == 0, e_lvl[:, i], e_lag[np.maximum(sel, 1) - 1, self._cols].astype(np.float64))
-            z[:, i] = e / np.maximum(self.sig[ep, :, i].astype(np.float64), self._floor())
+            self._e0[:, i] = e
+            self._sig0[:, i] = np.maximum(self.sig[ep, :, i].astype(np.float64), self._floor())
+            z[:, i] = e / self._sig0[:, i]
+        self._ce = self._cand_errors(y, e_lvl, e_lag)  # before e_lag is squared in place below
         # Move the scores (NaN errors leave a score as it was; the first error sets it). Full-array
         # float32 arithmetic in place for the lag scores; the few series with a missing value in reach or
         # a score not yet started are redone carefully.
@@ -144,6 +153,7 @@ class Forecaster(OnlineForecast):
             self.sig[ep, :, i] = np.sqrt(np.where(use_lvl, self.sq_lvl[:, i], best))
 
     def _track(self, z: FloatArray) -> None:
+        self._fallback_track(self._e0, self.off * self._sig0, self._ce)
         ok = np.isfinite(z)
         self.ne += ok
         # The first errors are scored against scales estimated from a handful of windows: they would
@@ -161,6 +171,7 @@ class Forecaster(OnlineForecast):
         first = ok & ~np.isfinite(self.lvl)
         self.lvl = np.where(first, y, np.where(ok, self.lvl + self.a * (y - self.lvl), self.lvl))
         self.lvl_ring[self.k % self.lvl_ring.shape[0]] = self.lvl.astype(F32)
+        self._fallback_observe(y, ok, self.lvl)
         firstm = ok & ~np.isfinite(self.mean)
         d = np.where(ok, y - self.mean, 0.0)
         self.mean = np.where(firstm, y, self.mean + self.ap * d)
@@ -168,6 +179,7 @@ class Forecaster(OnlineForecast):
 
     def _skip(self, slot_k: int) -> None:
         self.lvl_ring[slot_k % self.lvl_ring.shape[0]] = self.lvl.astype(F32)
+        self._fallback_skip(slot_k)
         self._nan_in_ring = True
 
     def _after_write(self, ok: npt.NDArray[np.bool_]) -> None:
@@ -184,6 +196,16 @@ class Forecaster(OnlineForecast):
             v = self._lag(np.maximum(d - int(h), 0))
             out[:, i] = np.where((d > 0) & np.isfinite(v), v, out[:, i])
         return out
+
+    def predict(self) -> tuple[FloatArray, FloatArray]:
+        """(p50, p99), each (n, len(horizons_s)): p50 from the chosen expert, p99 the best candidate's
+        (streams.forecast.fallback); NaN until a series has enough data."""
+        p50, p99 = super().predict()
+        if self.k < 0:
+            return p50, p99
+        out = self._fallback_p99(p50, p99, self.lvl)
+        out[np.isnan(p50)] = np.nan
+        return p50, out
 
     # Planning: slow level, p99 = level + c x spread, c tracked on the errors at each planning horizon.
     def _plan_point(self) -> FloatArray:

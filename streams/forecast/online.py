@@ -32,6 +32,8 @@ class ForecastSettings:
     warm_errors: int = 30  # errors at a horizon before the trackers take over from a fixed multiple
     plan_stride_s: float = 60.0  # planning forecasts are remembered (for their errors) every this often
     plan_halflife_s: float = 300.0  # product: the planning level and spread
+    select_halflife_s: float = 600.0  # product: memory of the candidate p99s' pinball losses (fallback)
+    peak_halflife_s: float = 30.0  # product: a held burst peak decays towards the level with this half-life
 
     def check(self) -> None:
         bad: list[str] = []
@@ -47,7 +49,8 @@ class ForecastSettings:
             bad.append(f"max_lag_s={self.max_lag_s} must be >= the longest short horizon")
         if self.season_s < self.step_s:
             bad.append(f"season_s={self.season_s} must be >= step_s")
-        for name in ("ewma_halflife_s", "score_halflife_s", "plan_halflife_s", "plan_stride_s", "aci_rate"):
+        for name in ("ewma_halflife_s", "score_halflife_s", "plan_halflife_s", "plan_stride_s", "aci_rate",
+                     "select_halflife_s", "peak_halflife_s"):
             if not getattr(self, name) > 0:
                 bad.append(f"{name}={getattr(self, name)} must be > 0")
         if self.min_obs < 1 or self.select_every < 1 or self.warm_errors < 1:
@@ -289,6 +292,8 @@ class OnlineForecast:
         obj.t0_s = float(state["t0_s"])
         for a in obj._base_arrays + obj._arrays:
             cur = getattr(obj, a)
+            if a not in state["arrays"]:
+                raise ValueError(f"{cls.name} forecast state: no array {a!r} (written by an older version)")
             val = _unpack(state["arrays"][a])
             if val.shape != cur.shape or val.dtype != cur.dtype:
                 raise ValueError(f"{cls.name} forecast state: array {a!r} is {val.dtype}{val.shape}, "

