@@ -31,6 +31,7 @@ from controllers.thermal import ThermalSettings
 from ops.engine import Engine
 from ops.progress import Progress
 from ops.reconfigure import Reconfigurer, apply_pool_actions
+from ops.signal_tally import SignalTally
 from ops.sketch import Quantiles
 from powerplane.physics import THROTTLE_HW_SLOWDOWN, THROTTLE_HW_THERMAL, THROTTLE_SW_POWER_CAP, THROTTLE_SW_THERMAL
 from powerplane.schemas import Command
@@ -215,13 +216,15 @@ class Tally:
 def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSpec | None = None,
                scenario: Scenario | None = None, seed: int = 0,
                progress: Progress | None = None, reconfigure: bool = True,
-               coordinate: bool = True) -> dict[str, Any]:
-    """One closed-loop run; returns its metrics and per-second series."""
+               coordinate: bool = True, ups_signal: bool = True) -> dict[str, Any]:
+    """One closed-loop run; returns its metrics and per-second series. `ups_signal`: the twin's UPS polls and
+    traps (pp.facility) reach the engine, as the streams worker and controller receive them."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy '{policy}' (known: {', '.join(POLICIES)})")
     twin = Twin(site, workload, scenario, seed=seed, epoch_s=EPOCH_S)
     keyring = Keyring({"eval": os.urandom(32)}, "eval")
     tally = Tally(site)
+    signal = SignalTally(site, EPOCH_S, on=ups_signal)
     tally.pool_gpus = [np.asarray(twin.pool_gpus(n)) for n in twin.pool_names()]
     engine: Engine | None = None
     guard: Guard | None = None
@@ -253,6 +256,9 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
             for f in rack_frames(site, fr, ts, 1.0, k, "twin"):
                 cmds += engine.feed_frame(f, received_s=ts + 0.2)  # the twin's clock is the receiver's
             now = ts + 0.5  # the controller's tick lands within the second; the actuator acts at once
+            if ups_signal:  # each at its arrival (a trap 50-300 ms after the event): before the tick it precedes
+                for r in twin.facility_readings(twin.t_s + 0.5):
+                    cmds += engine.feed_facility(r, received_s=r.ts_s)
             cmds += engine.decide_now(now)
             routing = [c for c in cmds if c.action == "routing_weight"]
             for c in cmds:
@@ -269,6 +275,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
             tally.commands += n
             tally.by_action["reconfigure"] = tally.by_action.get("reconfigure", 0) + n
         tally.add(fr, twin.t_s)
+        signal.add(fr)
         if progress is not None:
             progress.show(k + 1)
     out = tally.summary()
@@ -276,6 +283,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         out["serving_profile"] = tally.profile_note
     if reconfig is not None:
         out["reconfig_deferred"] = dict(reconfig.deferred)  # changes refused by the coordination, by reason
+    out["facility_signal"] = signal.summary(engine)
     out["series"] = tally.series
     out["rack_power_w"] = np.asarray(tally.rack_power, dtype=np.float64)
     return out

@@ -73,14 +73,15 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     for pol in policies:
         bar = Progress(f"{pol:>6}: {duration} s simulated", duration, sys.stderr)
         results[pol] = run_policy(site, pol, duration, workload=workload, scenario=scenario, seed=args.seed,
-                                  progress=bar)
+                                  progress=bar, ups_signal=args.ups_signal)
         bar.done()
     oversub = None
     if "none" in results:
         print("planning: how many more racks capping supports (powerplane plan on the uncontrolled run)...",
               file=sys.stderr)
         oversub = oversubscription(site, results["none"]["rack_power_w"])
-    meta = {"site": site_name, "scenario": args.scenario or "none (steady state)",
+    meta = {"site": site_name, "scenario": f"{args.scenario or 'none (steady state)'}, UPS signal "
+                                          f"{'on' if args.ups_signal else 'off'}", "ups_signal": args.ups_signal,
             "workload": args.workload or (f"default (pools sized so the p{100 * args.sizing_quantile:g} of the "
                                           f"trace's 30 s-smoothed rate is {args.critical_load:g} (critical) and "
                                           f"{args.batch_load:g} (batch) of their estimated capacity)"),
@@ -152,6 +153,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev.add_argument("--policy", default="all", help="none, static, polca, full, or 'all' (comma-separated list ok)")
     ev.add_argument("--duration", type=int, help="simulated seconds per policy (default: the scenario's, or 300)")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--ups-signal", action=argparse.BooleanOptionalAction, default=True,
+                    help="feed the twin's UPS polls and traps (pp.facility) to the controllers (default: on)")
     ev.add_argument("--out", default="evaluation", help="output directory for report.md, metrics.json and plots")
     _add_output(ev)
     ev.set_defaults(fn=cmd_evaluate)

@@ -3,6 +3,7 @@ on battery is acted on at once, and the PDU meters confirm or refute it within t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from controllers.capping import CapSettings
 from controllers.controller import CapController
 from ops.engine import Engine
 from powerplane.facility_checks import SIGNAL_BOUND_S
-from powerplane.schemas import FacilityReading, LevelAggregate, RackSummary, RackSummaryBatch, TelemetryFrame
+from powerplane.schemas import Event, FacilityReading, LevelAggregate, RackSummary, RackSummaryBatch, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.site import Site
 from powerplane.site_file import load_site
@@ -174,3 +175,56 @@ def test_engine_and_the_stage_plus_controller_path_give_the_same_commands_on_a_t
     mine = [(c.target, c.values) for c in eng.result.commands]
     assert [t for t, _ in mine] == [t for t, _ in live] and len(mine) > len(site.rack_ids)
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(mine, live, strict=True))
+
+
+def _sensor_events(offset_c: float, seconds: int, agree_from: int | None = None) -> list[Event]:
+    """The site stage's facility events over the lab fleet with a Geist-style env sensor on rack-02 reading the
+    servers' own inlet (its last rack aggregate) + `offset_c` once a second; from second
+    `agree_from` on it reads the servers' inlet."""
+    site = _site()
+    eng = Engine(site, KEYS, CapSettings(), 30.0)
+    rack = "rack-02"
+    level = site.level_ids[int(site.rack_level[site.rack_index(rack)])]
+    inlet_c: float | None = None
+    take = eng.controller.on_aggregate
+
+    def keep(agg: LevelAggregate, now_s: float) -> None:
+        nonlocal inlet_c
+        if agg.level == level and agg.inlet_c is not None:
+            inlet_c = agg.inlet_c
+        take(agg, now_s)
+
+    eng.controller.on_aggregate = keep  # type: ignore[method-assign]
+    for i, second in enumerate(_frames(site, seconds, None)):
+        if inlet_c is not None:
+            off = 0.0 if agree_from is not None and i >= agree_from else offset_c
+            ts = second[0].ts_s - 0.5
+            eng.feed_facility(FacilityReading(site=site.name, unit="geist-r02", kind="env", ts_s=ts, interval_s=1.0,
+                                              seq=i + 1, source="geist", racks=[rack], inlet_c=[inlet_c + off]), ts)
+        for f in second:
+            eng.feed_frame(f)
+        eng.decide_now(second[0].ts_s + 0.5)
+    eng.finish()
+    return [e for e in eng.result.events if e.kind == "sensor_disagreement"]
+
+
+def test_an_env_sensor_5_c_off_the_servers_inlet_for_a_minute_flags_the_rack_once_and_agreeing_clears_it() -> None:
+    events = _sensor_events(5.0, 100, agree_from=85)
+    opened = [e for e in events if e.state == "open"]
+    assert len(opened) == 1 and opened[0].levels == ["rack-02"] and opened[0].severity == "info"
+    d = opened[0].details or {}
+    assert abs(d["sensor_c"] - d["servers_c"] - 5.0) < 1.0  # what the operator reads: which source says what
+    sustained_s = float(re.search(r"apart for (\d+) s", opened[0].summary).group(1))  # type: ignore[union-attr]
+    assert 60 <= sustained_s <= 62  # flagged once the disagreement has lasted the minute, not before
+    resolved = [e for e in events if e.state == "resolved"]
+    assert [e.id for e in resolved] == [opened[0].id]  # agreeing again clears the same flag
+    assert resolved[0].ts_s > opened[0].ts_s
+
+
+def test_an_env_sensor_5_c_off_for_less_than_a_minute_is_not_flagged() -> None:
+    assert _sensor_events(5.0, 60, agree_from=40) == []
+
+
+def test_an_env_sensor_within_3_c_of_the_servers_inlet_never_flags() -> None:
+    assert _sensor_events(2.0, 100) == []
+    assert _sensor_events(-2.0, 100) == []
