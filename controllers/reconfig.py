@@ -141,11 +141,13 @@ def _current(profile: ServingProfile, k: IntArray, fc: FloatArray, current: Pool
 
 def plan_pools(profile: ServingProfile, pool_class: IntArray, forecast_rps: FloatArray, current: PoolConfigs,
                gpus_available: IntArray, settings: ReconfigSettings | None = None,
-               held_s: FloatArray | None = None) -> Plan:
+               held_s: FloatArray | None = None, min_gpus: IntArray | None = None) -> Plan:
     """The configuration of every pool for the next period; see the module docstring.
 
     pool_class: each pool's class index in the profile (``profile.class_index(class_key(...))``).
     held_s: seconds since each pool's last change (None: long enough for any change).
+    min_gpus: GPUs each pool keeps serving at least (instances x TP; None: no floor): a slow scale-down
+    (controllers.burst) keeps a critical pool's warm instances for the next burst.
     """
     s = settings or ReconfigSettings()
     k, fc, g_av, held = _inputs(profile, pool_class, forecast_rps, current, gpus_available, held_s)
@@ -161,6 +163,10 @@ def plan_pools(profile: ServingProfile, pool_class: IntArray, forecast_rps: Floa
     cap1 = profile.cap_rps[k][:, :, :, None]  # (P, T, F, 1)
     bare = profile.bare_w[k]
     ok = profile.valid[k][:, :, None, None] & (cap1 > 0) & (nn <= n_max[:, :, None, None]) & (nn >= s.min_instances)
+    if min_gpus is not None:
+        floor = np.asarray(min_gpus, dtype=np.int64)
+        _check("min_gpus", floor, n_p)
+        ok &= nn * tps[T] >= floor[P]
     cap = nn * cap1
     frac = np.where(cap > 0, fc[P] / np.maximum(cap, 1e-12), 0.0)
     p_inst = profile.power_at(kk, tt, ff, np.minimum(frac, 1.0))
@@ -246,9 +252,9 @@ class ReconfigPolicy:
         self._before = self.last_change_s.copy()
 
     def decide(self, t_s: float, forecast_rps: FloatArray, current: PoolConfigs,
-               gpus_available: IntArray) -> tuple[Plan, list[Action]]:
+               gpus_available: IntArray, min_gpus: IntArray | None = None) -> tuple[Plan, list[Action]]:
         plan = plan_pools(self.profile, self.pool_class, forecast_rps, current, gpus_available, self.settings,
-                          held_s=t_s - self.last_change_s)
+                          held_s=t_s - self.last_change_s, min_gpus=min_gpus)
         self._before = self.last_change_s.copy()
         self.last_change_s = np.where(plan.changed, t_s, self.last_change_s)
         return plan, plan_actions(self.names, current, plan.config)

@@ -2,7 +2,14 @@
 capping and the thermal policy (controllers.coordination): a change that would raise a pool's power while
 its level or an ancestor is capped, while the site runs on one feed, or while its cooling zone is under a
 thermal action is deferred with its reason; raising changes that remain are staged so that none takes a
-level over its derated limit; lowering changes go first."""
+level over its derated limit; lowering changes go first.
+
+Critical pools are planned for a burst reserve (controllers.burst): the p99 of their 30 s-smoothed arrival
+rate over the last hour or their held burst peak, whichever is larger, and lose at most one instance per
+5 minutes; batch pools for the busiest second of the last 2 minutes x 1.1. The memory is seeded with the
+hour before the run from the rate the twin replays (``trace_history``): what a deployment's telemetry would
+hold. The twin's traces are periodic (10 minutes for a generated one), so that hour holds every burst of
+the run: on a real day the memory holds only the bursts already seen (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -10,8 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from controllers.burst import BurstMemory, BurstSettings
 from controllers.coordination import PlantState, coordinate, raises_power
 from powerplane.site import FloatArray
+
+DEFAULT_BURST = BurstSettings()
 
 if TYPE_CHECKING:
     from powerplane.serving_profile import ServingProfile
@@ -29,15 +39,33 @@ def apply_pool_actions(twin: Twin, actions: Any) -> None:
             twin.lock_clocks(twin.pool_gpus(a.pool), a.value)
 
 
+def trace_history(twin: Twin, pools: list[int], seconds: int) -> FloatArray:
+    """The smoothed arrival rate (requests/s) of these pools over the `seconds` before the twin's present,
+    oldest first, from the trace the twin replays (shifted and scaled per pool; surges aside)."""
+    from sim.trace import rate_table
+
+    wl = twin.workload
+    table = rate_table(wl.resolved_trace(), wl.rate_window_s)
+    t = twin.t_s + np.arange(-seconds, 0, dtype=np.float64)
+    out = np.zeros((len(pools), seconds))
+    for row, i in enumerate(pools):
+        spec = twin.pools[i].spec
+        sec = np.mod(t + spec.shift_s, table.period_s).astype(np.int64)
+        out[row] = table.rate[np.minimum(sec, table.rate.size - 1)] * spec.rate_scale
+    return out
+
+
 class Reconfigurer:
     """Every `every_s` it plans each profiled pool's instance count, TP and clock for the forecast load and
-    applies the plan's actions to the twin, as far as the coordination allows. The forecast is the busiest
-    second of the last `lookback_s` x `headroom`: what a deployment without a trace oracle knows. Pools whose
-    class the profile lacks are left alone. `controller` (a CapController, optional) gives the zones'
+    applies the plan's actions to the twin, as far as the coordination allows. The forecast of a batch pool
+    is the busiest second of the last `lookback_s` x `headroom`; a critical pool's is at least its burst
+    reserve (module docstring; `burst=None`: the busiest-second forecast for every pool, as before). Pools
+    whose class the profile lacks are left alone. `controller` (a CapController, optional) gives the zones'
     thermal stages; `deferred` counts refusals by reason."""
 
     def __init__(self, twin: Twin, every_s: int = 15, lookback_s: int = 120, headroom: float = 1.1,
-                 profile: ServingProfile | None = None, controller: Any = None, coordinate: bool = True) -> None:
+                 profile: ServingProfile | None = None, controller: Any = None, coordinate: bool = True,
+                 burst: BurstSettings | None = DEFAULT_BURST, seed_history: bool = True) -> None:
         from controllers.reconfig import ReconfigPolicy
         from powerplane.serving_profile import ServingProfile, class_key
 
@@ -63,6 +91,11 @@ class Reconfigurer:
         self.coordinate = coordinate
         self.deferred: dict[str, int] = {}  # refusals by reason (the level or state named)
         self.last_reasons: dict[str, str] = {}  # pool -> why its last change was deferred
+        self.critical = np.array([twin.pools[i].spec.priority == "inference-critical" for i in self.index], bool)
+        self.burst = None if burst is None else BurstMemory(len(self.names), burst)
+        self.last_down_s = np.full(len(self.names), -np.inf)  # when each pool last lost an instance
+        if self.burst is not None and seed_history and self.names:
+            self.burst.seed(trace_history(twin, self.index, int(burst.memory_s) if burst else 0))
 
     def plant(self, twin: Twin, fr: Any) -> PlantState:
         stage = getattr(self.controller, "zone_stage", None)
@@ -74,15 +107,19 @@ class Reconfigurer:
     def __call__(self, twin: Twin, fr: Any) -> int:
         from controllers.reconfig import PoolConfigs
 
-        self.recent.append(np.asarray(fr.pools.arrivals, dtype=np.float64)[self.index])
+        arrivals = np.asarray(fr.pools.arrivals, dtype=np.float64)[self.index]
+        self.recent.append(arrivals)
         del self.recent[:-self.lookback_s]
+        if self.burst is not None:
+            self.burst.add(arrivals)
         self.t += 1
         if not self.names or self.t % self.every_s:
             return 0
-        forecast = np.max(self.recent, axis=0) * self.headroom
         inst, tp = zip(*(twin.pool_config(n) for n in self.names), strict=True)
         current = PoolConfigs.of(inst, tp, self.freq.tolist())
-        plan, actions = self.policy.decide(float(self.t), forecast, current, self.gpus)
+        forecast, floor = self.forecast(current)
+        plan, actions = self.policy.decide(float(self.t), forecast, current, self.gpus, min_gpus=floor)
+        down = plan.config.instances * plan.config.tp < current.instances * current.tp
         self._raising = np.zeros(len(self.names), dtype=bool)
         allow = self._coordinate(twin, fr, plan, current) if self.coordinate else np.ones(len(self.names), bool)
         self.policy.defer(plan.changed & ~allow)
@@ -92,7 +129,21 @@ class Reconfigurer:
         chosen = [a for i in order if allow[i] for a in actions if a.pool == self.names[i]]
         apply_pool_actions(twin, chosen)
         self.freq = np.where(allow, plan.config.freq_mhz, self.freq)
+        self.last_down_s = np.where(allow & down, float(self.t), self.last_down_s)
         return len(chosen)
+
+    def forecast(self, current: Any) -> tuple[FloatArray, np.ndarray | None]:
+        """Each pool's forecast (requests/s) and the GPUs it keeps serving at least (None: no floor). A
+        critical pool: at least its burst reserve, and at most one instance fewer per `step_down_s`."""
+        busiest = np.max(self.recent, axis=0) * self.headroom
+        if self.burst is None:
+            return busiest, None
+        fc = np.where(self.critical, np.maximum(busiest, self.burst.reserve_rps()), busiest)
+        serving = current.instances * current.tp
+        may_drop = (self.t - self.last_down_s) >= self.burst.s.step_down_s
+        one_fewer = np.maximum(current.instances - 1, 0) * current.tp
+        floor = np.where(self.critical, np.where(may_drop, one_fewer, serving), 0)
+        return fc, floor.astype(np.int64)
 
     def _coordinate(self, twin: Twin, fr: Any, plan: Any, current: Any) -> np.ndarray:
         site = twin.site
