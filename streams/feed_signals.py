@@ -72,6 +72,10 @@ class _Signal:
     state: str  # unconfirmed | confirmed
     unit: str
     trap: str  # the trap's MIB name, or "poll"
+    # Whether a window showed the lineup dark by this signal alone (its loss event said "unconfirmed"): only
+    # then does the meters' confirmation send that event again. A signal the meters agreed with from its first
+    # window (a twin's or a real UPS's trap landing in the window of the transfer) has nothing to correct.
+    shown: bool = False
 
 
 @dataclass
@@ -156,10 +160,13 @@ class FeedSignals:
         return mask
 
     def unconfirmed(self, snap: Snapshot) -> BoolArray | None:
-        """Levels dark in this window by a signal only (None: none)."""
+        """Levels dark in this window by a signal only (None: none); marks those signals as shown."""
         if snap.meter_dark is None:
             return None
         out = snap.dark & ~snap.meter_dark
+        for lv, sig in self.signals.items():
+            if sig.state == "unconfirmed" and out[lv]:
+                sig.shown = True
         return out if out.any() else None
 
     def on_window(self, snap: Snapshot) -> tuple[list[Event], list[str]]:
@@ -175,7 +182,8 @@ class FeedSignals:
                 if sig.state == "unconfirmed":
                     sig.state = "confirmed"
                     self.counts.confirmed += 1
-                    confirmed.append(ids[lv])
+                    if sig.shown:
+                        confirmed.append(ids[lv])
             elif sig.state == "confirmed":  # the meters read it live again: the signal has done its job
                 del self.signals[lv]
             elif snap.ts_s >= sig.since_s + self.s.confirm_within_s:
