@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.day import DayRun
-from ops.report import savings_split, svg_chart
+from ops.report import charts, savings_split
 from powerplane.site import PRIORITIES
 
 CRIT = PRIORITIES[0]
@@ -68,9 +68,9 @@ def write_day_report(out_dir: Path, run: DayRun) -> Path:
             "wall_s": run.wall_s}
     (out_dir / "metrics.json").write_text(json.dumps({"meta": meta, "figures": fig, "results": run.results},
                                                      indent=2, default=float))
-    svg = svg_chart(series, "site_mw", "Site power over the day (true)", "MW")
-    if svg:
-        (out_dir / "site_power_day.svg").write_text(svg)
+    drawn = {k: v for k, v in charts(series, run.results).items() if v}
+    for name, svg in drawn.items():
+        (out_dir / name).write_text(svg)
     lines = [f"# Day-long evaluation: {run.site_name}", "",
              f"Trace: {meta['trace']}.", "", f"Attribution: {run.trace.attribution}", "",
              f"{run.duration_s} s simulated per policy, {run.wall_s:.0f} s wall for both; seed {run.seed}. "
@@ -88,8 +88,7 @@ def write_day_report(out_dir: Path, run: DayRun) -> Path:
                   f"{s['work_not_done_kwh']:.1f} kWh ({s['shedding_pct']:.1f}%)",
                   f"- target (>= 40% less energy, >= 99% of critical requests within SLO): "
                   f"{'met' if fig['target_met'] else 'not met'}"]
-    if svg:
-        lines += ["", "![site power](site_power_day.svg)"]
+    lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in drawn]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
