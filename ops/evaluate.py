@@ -110,6 +110,7 @@ class Tally:
     profile_note: str = ""  # which serving profile the reconfiguration decided from (full policy)
     series: dict[str, list[float]] = field(default_factory=lambda: {"t_s": [], "site_mw": [], "worst_frac": [],
                                                                    "crit_ttft_ok": []})
+    markers: list[tuple[float, str]] = field(default_factory=list)  # (t_s, what): the charts' event lines
 
     def add(self, fr: Any, t_s: float) -> None:
         site = self.site
@@ -123,6 +124,7 @@ class Tally:
             self.over_worst = max(self.over_worst, worst)
             self.over_kws += float(np.maximum(fr.level_power_w - rated, 0.0)[brk & fr.level_alive].sum()) / 1e3
         self.trips += [e for e in fr.events if "trip" in e]
+        self.markers += [(_event_t(e, t_s), e) for e in fr.events]  # scenario starts and ends, trips
         self.rack_power.append(np.asarray(fr.rack_power_w, dtype=np.float32))
         hottest = float(np.nanmax(fr.rack_inlet_true_c))
         self.inlet_max_c = max(self.inlet_max_c, hottest)
@@ -213,6 +215,15 @@ class Tally:
         }
 
 
+def _event_t(event: str, t_s: float) -> float:
+    """When a twin event happened: its own 't=20.0s ...' stamp (the step's start), else the step's end."""
+    head = event.split(" ", 1)[0]
+    try:
+        return float(head[2:-1]) if head.startswith("t=") and head.endswith("s") else t_s
+    except ValueError:
+        return t_s
+
+
 def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSpec | None = None,
                scenario: Scenario | None = None, seed: int = 0,
                progress: Progress | None = None, reconfigure: bool = True,
@@ -274,6 +285,8 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
             n = reconfig(twin, fr)
             tally.commands += n
             tally.by_action["reconfigure"] = tally.by_action.get("reconfigure", 0) + n
+            if n:
+                tally.markers.append((twin.t_s, f"reconfiguration ({n} action(s))"))
         tally.add(fr, twin.t_s)
         signal.add(fr)
         if progress is not None:
@@ -283,10 +296,31 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         out["serving_profile"] = tally.profile_note
     if reconfig is not None:
         out["reconfig_deferred"] = dict(reconfig.deferred)  # changes refused by the coordination, by reason
+<<<<<<< HEAD
     out["facility_signal"] = signal.summary(engine)
+=======
+    if engine is not None:
+        tally.markers += [(e.ts_s - EPOCH_S, f"emergency {e.kind} ({e.severity})") for e in engine.result.events
+                          if e.state == "open"]
+    out["events"] = [{"t_s": t, "what": w} for t, w in sorted(tally.markers, key=lambda m: m[0])]
+    out["limits"] = chart_limits(site, tally.peak_frac)
+>>>>>>> day-eval
     out["series"] = tally.series
     out["rack_power_w"] = np.asarray(tally.rack_power, dtype=np.float64)
     return out
+
+
+def chart_limits(site: Site, peak_frac: FloatArray) -> dict[str, Any]:
+    """The limit lines of the report's charts: the site's rating and derated limit (normal feeds), one
+    utility feed's rating (what a 2N site must fit with a feed lost), and the most loaded breaker's name."""
+    rated, derated = site.limits_w("normal")
+    lv = site.levels_of_kind("site")
+    feeds = site.levels_of_kind("utility")
+    worst = site.level_ids[int(np.argmax(peak_frac))] if peak_frac.size and peak_frac.max() > 0 else ""
+    return {"site_rated_mw": float(rated[lv].sum()) / 1e6 if lv.size else None,
+            "site_derated_mw": float(derated[lv].sum()) / 1e6 if lv.size else None,
+            "feed_rated_mw": float(site.level_rated_w[feeds].min()) / 1e6 if feeds.size else None,
+            "derating": float(site.derating), "worst_level": worst}
 
 
 def oversubscription(site: Site, rack_power_w: FloatArray, risk: float = 1e-4,

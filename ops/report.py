@@ -5,7 +5,7 @@ ops.evaluate measured: no simulation here."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,31 @@ DEFINITIONS = ("Definitions: a request is within SLO when its first token came w
                "same work for less energy.")
 
 
+Line = tuple[float, str]  # (value, label): a limit line at a y value, or an event marker at a time
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def _time_label(t_s: float) -> str:
+    return f"{t_s / 3600:.1f} h" if t_s >= 7200 else f"{t_s:.0f} s"
+
+
 def svg_chart(series: dict[str, dict[str, list[float]]], key: str, title: str, unit: str,
-              hline: float | None = None) -> str:
-    """A small line chart, one line per policy: enough to see the story without a plotting library."""
-    w, h, pad = 640, 220, 40
+              limits: Sequence[Line] = (), markers: Sequence[Line] = ()) -> str:
+    """A small line chart, one line per policy, with limit lines (dashed, labelled with their value) and event
+    markers (vertical lines, labelled; past MAX_LABELS only the first are labelled, every one is drawn and
+    has a tooltip). The axes are labelled with the data's true first and last time and its true lowest and
+    highest value, at their places; the plot area is padded around them so lines do not sit on the frame."""
+    w, h, pad = 640, 240, 44
     colors = {"none": "#888", "static": "#2a7", "polca": "#d80", "full": "#36c"}
     xs = [v for s in series.values() for v in s["t_s"]]
-    ys = [v for s in series.values() for v in s[key]] + ([hline] if hline is not None else [])
-    if not xs or not ys:
+    data_y = [v for s in series.values() for v in s[key]]
+    if not xs or not data_y:
         return ""
-    x0, x1 = min(xs), max(xs) or 1.0
+    ys = data_y + [v for v, _ in limits]
+    x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
     y0, y1 = (y0 - 0.05 * (y1 - y0 or 1), y1 + 0.05 * (y1 - y0 or 1))
 
@@ -48,15 +63,21 @@ def svg_chart(series: dict[str, dict[str, list[float]]], key: str, title: str, u
     def sy(y: float) -> float:
         return h - pad + (y - y0) / max(y1 - y0, 1e-9) * (2 * pad - h)
 
+    lo, hi = min(data_y), max(data_y)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
              f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
-             f'<text x="{pad}" y="16" font-size="13">{title}</text>',
-             f'<text x="4" y="{pad - 4}">{y1:.3g} {unit}</text><text x="4" y="{h - pad + 12}">{y0:.3g}</text>',
-             f'<text x="{w - pad - 40}" y="{h - 8}">{x1:.0f} s</text>',
-             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#ccc"/>']
-    if hline is not None:
-        parts.append(f'<line x1="{pad}" y1="{sy(hline):.1f}" x2="{w - pad}" y2="{sy(hline):.1f}" stroke="red" '
-                     f'stroke-dasharray="4 3"/>')
+             f'<text x="{pad}" y="16" font-size="13">{_esc(title)}</text>',
+             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#ccc"/>',
+             f'<text class="ytick" x="2" y="{sy(hi) + 4:.1f}">{hi:.4g} {_esc(unit)}</text>',
+             f'<text class="ytick" x="2" y="{sy(lo) + 4:.1f}">{lo:.4g} {_esc(unit)}</text>',
+             f'<text class="xtick" x="{pad}" y="{h - pad + 14}">{_time_label(x0)}</text>',
+             f'<text class="xtick" x="{w - pad}" y="{h - pad + 14}" text-anchor="end">{_time_label(x1)}</text>']
+    for v, label in limits:
+        parts.append(f'<line class="limit" x1="{pad}" y1="{sy(v):.1f}" x2="{w - pad}" y2="{sy(v):.1f}" stroke="red" '
+                     f'stroke-dasharray="4 3"><title>{_esc(label)}</title></line>'
+                     f'<text class="limit-label" x="{w - pad}" y="{sy(v) - 3:.1f}" text-anchor="end" fill="red">'
+                     f'{_esc(label)}: {v:.4g} {_esc(unit)}</text>')
+    parts += _marker_parts(markers, sx, pad, h)
     for i, (name, s) in enumerate(series.items()):
         step = max(1, len(s["t_s"]) // 600)
         pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(s["t_s"][::step], s[key][::step], strict=False))
@@ -65,6 +86,45 @@ def svg_chart(series: dict[str, dict[str, list[float]]], key: str, title: str, u
         parts.append(f'<text x="{w - pad - 60}" y="{30 + 13 * i}" fill="{c}">{name}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+MAX_LABELS = 12
+
+
+def _marker_parts(markers: Sequence[Line], sx: Callable[[float], float], pad: int, h: int) -> list[str]:
+    out = []
+    for i, (t, label) in enumerate(sorted(markers, key=lambda m: m[0])):
+        x = sx(t)
+        out.append(f'<line class="marker" x1="{x:.1f}" y1="{pad - 14}" x2="{x:.1f}" y2="{h - pad}" stroke="#a0a" '
+                   f'stroke-width="0.8" opacity="0.7"><title>{_esc(label)} at {_time_label(t)}</title></line>')
+        if i < MAX_LABELS:
+            out.append(f'<text class="marker-label" x="{x + 3:.1f}" y="{pad - 4}" fill="#a0a" font-size="9" '
+                       f'transform="rotate(35 {x + 3:.1f} {pad - 4})">{_esc(label)}</text>')
+    return out
+
+
+def event_markers(results: dict[str, dict[str, Any]]) -> list[Line]:
+    """The runs' events as chart markers: the scenario's (the same in every run) once, the policies' own
+    (emergencies detected, reconfigurations) named by policy."""
+    seen: set[tuple[float, str]] = set()
+    out: list[Line] = []
+    for pol, r in results.items():
+        for e in r.get("events", []):
+            what = str(e["what"])
+            scenario = what.startswith("t=")
+            label = _short(what) if scenario else f"{pol}: {what}"
+            if (e["t_s"], label) not in seen:
+                seen.add((e["t_s"], label))
+                out.append((float(e["t_s"]), label))
+    return out
+
+
+def _short(event: str) -> str:
+    """'t=20.0s start lose_feed {'feed': 'A'}' -> 'start lose_feed feed=A'."""
+    body = event.split(" ", 1)[1] if " " in event else event
+    head, _, params = body.partition(" {")
+    pairs = [p.strip().replace("'", "").replace(": ", "=") for p in params.rstrip("}").split(",") if p.strip()]
+    return " ".join([head, *pairs])
 
 
 def targets(results: dict[str, dict[str, Any]], extra_racks_pct: float | None) -> list[tuple[str, bool | None, str]]:
@@ -112,8 +172,8 @@ def write_report(out_dir: Path, meta: dict[str, Any], results: dict[str, dict[st
         {"meta": meta, "results": results, "oversubscription": oversub,
          "targets": [{"target": t, "met": m, "figure": f} for t, m, f in tg]},
         indent=2, default=float))
-    charts = _charts(series)
-    for name, svg in charts.items():
+    drawn = charts(series, results)
+    for name, svg in drawn.items():
         if svg:
             (out_dir / name).write_text(svg)
     lines = [f"# Closed-loop evaluation: {meta['site']}", "",
@@ -126,19 +186,26 @@ def write_report(out_dir: Path, meta: dict[str, Any], results: dict[str, dict[st
     lines += [f"\n{k}: {v['facility_signal']['text']}." for k, v in results.items() if v.get("facility_signal")]
     if oversub:
         lines += ["", "## Oversubscription", "", _oversubscription(meta, oversub)]
-    lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n, svg in charts.items() if svg]
+    lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n, svg in drawn.items() if svg]
     lines += ["", DEFINITIONS]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def _charts(series: dict[str, dict[str, list[float]]]) -> dict[str, str]:
-    return {"site_power.svg": svg_chart(series, "site_mw", "Site power (true)", "MW"),
+def charts(series: dict[str, dict[str, list[float]]], results: dict[str, dict[str, Any]]) -> dict[str, str]:
+    marks = event_markers(results)
+    lim: dict[str, Any] = next((r["limits"] for r in results.values() if r.get("limits")), {})
+    site_lines = [(v, name) for v, name in ((lim.get("site_rated_mw"), "site rating"),
+                                            (lim.get("site_derated_mw"), "site derated limit"),
+                                            (lim.get("feed_rated_mw"), "one feed's rating")) if v]
+    worst = lim.get("worst_level") or "the most loaded breaker"
+    breaker_lines = [(1.0, f"rating of {worst}"), (float(lim.get("derating", 0.8)), "derated limit")]
+    return {"site_power.svg": svg_chart(series, "site_mw", "Site power (true)", "MW", site_lines, marks),
             "worst_breaker.svg": svg_chart(series, "worst_frac", "Most loaded breaker / its rating", "x",
-                                           hline=1.0),
+                                           breaker_lines, marks),
             "critical_slo.svg": svg_chart(series, "crit_ttft_ok", "Inference-critical requests within TTFT SLO "
-                                          "(cumulative)", "")}
+                                          "(cumulative)", "", markers=marks)}
 
 
 def _fmt(key: str, spec: str, scale: float = 1.0, suffix: str = "") -> Cell:

@@ -45,6 +45,7 @@ def cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    from ops.cli.day_options import _check, cmd_day
     from ops.cli.slo_options import workload_for
     from ops.evaluate import POLICIES, oversubscription, run_policy
     from ops.progress import Progress
@@ -53,6 +54,9 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from sim.scenario import load_scenario
     from sim.workload import default_workload, load_workload
 
+    _check(args)
+    if args.day:
+        return cmd_day(args, _trace(args))
     if args.site == "ref":
         from powerplane.refsite import reference_site
 
@@ -131,6 +135,7 @@ def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds dashboard, evaluate, plan."""
+    from ops.cli.day_options import add_day_options
     from ops.cli.slo_options import add_slo_options
 
     db = sub.add_parser("dashboard", help="serve the live dashboard on localhost (from Kafka, or --replay a recording)")
@@ -156,6 +161,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev.add_argument("--ups-signal", action=argparse.BooleanOptionalAction, default=True,
                     help="feed the twin's UPS polls and traps (pp.facility) to the controllers (default: on)")
     ev.add_argument("--out", default="evaluation", help="output directory for report.md, metrics.json and plots")
+    add_day_options(ev)
     _add_output(ev)
     ev.set_defaults(fn=cmd_evaluate)
 
