@@ -296,15 +296,12 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         out["serving_profile"] = tally.profile_note
     if reconfig is not None:
         out["reconfig_deferred"] = dict(reconfig.deferred)  # changes refused by the coordination, by reason
-<<<<<<< HEAD
     out["facility_signal"] = signal.summary(engine)
-=======
     if engine is not None:
         tally.markers += [(e.ts_s - EPOCH_S, f"emergency {e.kind} ({e.severity})") for e in engine.result.events
                           if e.state == "open"]
     out["events"] = [{"t_s": t, "what": w} for t, w in sorted(tally.markers, key=lambda m: m[0])]
     out["limits"] = chart_limits(site, tally.peak_frac)
->>>>>>> day-eval
     out["series"] = tally.series
     out["rack_power_w"] = np.asarray(tally.rack_power, dtype=np.float64)
     return out
