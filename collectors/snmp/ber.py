@@ -351,7 +351,8 @@ def decode_response(data: bytes) -> Response:
         raise BerError("truncated") from None
 
 
-def _decode_response(data: bytes) -> Response:
+def _message(data: bytes) -> tuple[int, bytes, int, int, int, int]:
+    """The v1/v2c message around a PDU: (version, community, PDU tag, PDU start, PDU end, message end)."""
     n = len(data)
     if not n:
         raise BerError("empty datagram")
@@ -365,8 +366,13 @@ def _decode_response(data: bytes) -> Response:
     if version not in (VERSION_1, VERSION_2C):
         raise BerError(f"version field {version} is neither SNMPv1 (0) nor SNMPv2c (1)")
     s, pos = _expect(data, e, end, OCTET_STRING, "community")
-    community = data[s:pos]
+    community = bytes(data[s:pos])
     tag, pos, pdu_end = _tlv(data, pos, end)
+    return version, community, tag, pos, pdu_end, end
+
+
+def _decode_response(data: bytes) -> Response:
+    version, community, tag, pos, pdu_end, end = _message(data)
     if tag != RESPONSE:
         raise BerError(f"PDU tag 0x{tag:02x} is not a Response (0xa2)")
     if pdu_end != end:
@@ -466,21 +472,7 @@ def _varbinds(data: bytes, pos: int, end: int) -> list[tuple[OID, int, bytes]]:
 
 
 def _decode_notification(data: bytes) -> Notification:
-    n = len(data)
-    if not n:
-        raise BerError("empty datagram")
-    tag, pos, end = _tlv(data, 0, n)
-    if tag != SEQUENCE:
-        raise BerError(f"message: expected tag 0x30, got 0x{tag:02x}")
-    if end != n:
-        raise BerError(f"{n - end} bytes after the end of the message")
-    s, e = _expect(data, pos, end, INTEGER, "version")
-    version = _int(data, s, e, "version")
-    if version not in (VERSION_1, VERSION_2C):
-        raise BerError(f"version field {version} is neither SNMPv1 (0) nor SNMPv2c (1)")
-    s, pos = _expect(data, e, end, OCTET_STRING, "community")
-    community = bytes(data[s:pos])
-    tag, pos, pdu_end = _tlv(data, pos, end)
+    version, community, tag, pos, pdu_end, end = _message(data)
     if pdu_end != end:
         raise BerError(f"{end - pdu_end} bytes after the PDU")
     if tag == TRAP_V1 and version == VERSION_1:

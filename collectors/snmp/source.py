@@ -97,16 +97,7 @@ class Options(SourceOptions):
             p.add("user", 'missing (required for version = "3")')
         if self.codec == "fast":
             p.add("codec", "'fast' speaks SNMP v1/v2c only; SNMPv3 goes through pysnmp (leave codec out)")
-        for what in ("auth", "priv"):
-            file, env = getattr(self, f"{what}_key_file"), getattr(self, f"{what}_key_env")
-            if file is not None and env is not None:
-                p.add(f"{what}_key_file", f"give {what}_key_file or {what}_key_env, not both")
-                continue
-            _key, why = usm.read_secret(file, env)
-            if why:
-                p.add(f"{what}_key_file" if env is None else f"{what}_key_env",
-                      why if file is not None or env is not None else
-                      f"missing: give {what}_key_file or {what}_key_env (keys are never written in the config)")
+        usm.check_keys(self, p)
 
     def credentials(self) -> usm.Credentials | None:
         if self.version != "3":

@@ -106,16 +106,7 @@ class AgentOptions(Table):
         for key in ("community", "community_env", "community_file"):
             if getattr(self, key) is not None:
                 p.add(key, "only for versions 1 and 2c (v3 authenticates with the user's keys)")
-        for what in ("auth", "priv"):
-            file, env = getattr(self, f"{what}_key_file"), getattr(self, f"{what}_key_env")
-            if file is not None and env is not None:
-                p.add(f"{what}_key_file", f"give {what}_key_file or {what}_key_env, not both")
-                continue
-            _key, why = usm.read_secret(file, env)
-            if why:
-                p.add(f"{what}_key_file" if env is None else f"{what}_key_env",
-                      why if file is not None or env is not None else
-                      f"missing: give {what}_key_file or {what}_key_env (keys are never written in the config)")
+        usm.check_keys(self, p)
 
 
 def _read(file: str | None, env: str | None) -> tuple[str | None, str]:

@@ -77,6 +77,21 @@ def read_secret(file: str | None, env: str | None) -> tuple[str | None, str]:
     return value, ""
 
 
+def check_keys(opts: Any, p: Any) -> None:
+    """The auth and priv keys of a v3 options table (`auth_key_file`/`auth_key_env`, `priv_...`): exactly one
+    source each, and readable; each mistake added to `p` (powerplane.validation.Problems) under its key."""
+    for what in ("auth", "priv"):
+        file, env = getattr(opts, f"{what}_key_file"), getattr(opts, f"{what}_key_env")
+        if file is not None and env is not None:
+            p.add(f"{what}_key_file", f"give {what}_key_file or {what}_key_env, not both")
+            continue
+        _key, why = read_secret(file, env)
+        if why:
+            p.add(f"{what}_key_file" if env is None else f"{what}_key_env",
+                  why if file is not None or env is not None else
+                  f"missing: give {what}_key_file or {what}_key_env (keys are never written in the config)")
+
+
 def describe_failure(error: Any, user: str) -> str | None:
     """One line for a failed v3 exchange (pysnmp's error indication), or None when it is not a v3 matter."""
     if isinstance(error, errind.UnknownUserName):
