@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import AfterValidator, Field
@@ -22,6 +22,8 @@ from collectors.snmp.models import Plan, Reading
 from powerplane.schemas import FacilityReading, TelemetryFrame
 from powerplane.site import FEEDS, KIND, Site
 from powerplane.validation import Problems, parse_into
+
+P = TypeVar("P", Plan, FacilityPlan)
 
 log = logging.getLogger(__name__)
 
@@ -232,15 +234,7 @@ class SnmpSource(Source):
         walked = await self.client.walk([c.oid for c in cols])
         plan = models.make_plan(model, walked, module=self.module, temp_points=self.temp_points,
                                 outlets=self.outlets)
-        if not plan.points:
-            answered = [c.name for c in cols if walked.get(c.oid)]
-            raise SourceError(f"{self.where}: model {model}: nothing to poll "
-                              f"({'; '.join(plan.notes) or 'no rows'}; tables answering: "
-                              f"{', '.join(answered) or 'none'})")
-        log.info("source '%s' (%s): %s", self.name, self.where, plan.describe())
-        for note in plan.notes:
-            log.warning("source '%s' (%s): partial walk: %s", self.name, self.where, note)
-        return plan
+        return self._announced(model, cols, walked, plan)
 
     # ---- one sample ---------------------------------------------------------------------------------
     async def read(self) -> list[Published]:
@@ -264,10 +258,13 @@ class SnmpSource(Source):
     async def discover_facility(self) -> FacilityPlan:
         cols = facility.walk_columns(self.model)
         walked = await self.client.walk([c.oid for c in cols])
-        plan = facility.make_plan(self.model, walked, probes=self.probes)
+        return self._announced(self.model, cols, walked, facility.make_plan(self.model, walked, probes=self.probes))
+
+    def _announced(self, model: str, cols: Sequence[Any], walked: Mapping[Any, Any], plan: P) -> P:
+        """A discovered plan, logged; none at all is this source's error naming the tables that answered."""
         if not plan.points:
             answered = [c.name for c in cols if walked.get(c.oid)]
-            raise SourceError(f"{self.where}: model {self.model}: nothing to poll "
+            raise SourceError(f"{self.where}: model {model}: nothing to poll "
                               f"({'; '.join(plan.notes) or 'no rows'}; tables answering: "
                               f"{', '.join(answered) or 'none'})")
         log.info("source '%s' (%s): %s", self.name, self.where, plan.describe())
