@@ -48,7 +48,8 @@ class SignalTally:
         counts = asdict(engine.stage.signals.counts)
         text = (f"UPS signal {'on' if self.on else 'off'}: {counts['started']} lineup signal(s), "
                 f"{counts['confirmed']} confirmed by the meters, {counts['refuted']} refuted and rolled back "
-                f"({len(faulty)} faulty_signal event(s)), {counts['cleared']} ended by the UPS saying off battery")
+                f"({len(faulty)} faulty_signal event(s)), {counts['cleared']} ended by the UPS saying off battery "
+                f"({counts['unexplained']} of them never seen by the meters)")
         text += "".join(f"; {r['lineup']} false at {r['signal_s']:.1f} s, rolled back at {r['rolled_back_s']:.0f} s, "
                         f"{r['capped_s']} s of unnecessary capping" for r in rolled)
         return {"ups_signal": self.on, "counts": counts, "faulty_signal_events": len(faulty), "rolled_back": rolled,

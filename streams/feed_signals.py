@@ -12,7 +12,11 @@ Per UPS lineup (docs/safety.md, "Facility signals"):
   is counted and ONE `faulty_signal` event (warning) opens. While it is open the lineup's on-battery readings
   are not acted on (each poll would page again); it resolves when the UPS says it is off battery, or after
   `faulty_hold_s`;
-- a reading saying off battery (a poll, or a return-from-battery / utility-restored trap) ends the signal.
+- a reading saying off battery (a poll, or a return-from-battery / utility-restored trap) ends the signal. If
+  the meters never confirmed it, the UPS said "on battery" and then "online" with no loss the site could see: a
+  false trap, or a transfer too brief for the meters' refresh. The poll cannot tell which, so it is reported
+  once (a `faulty_signal` warning with `ended_by_ups` 1, resolved `unexplained_hold_s` later, long enough for
+  Alertmanager to notify) and nothing is ignored afterwards: the UPS agrees with the meters again.
 
 Environment sensors: a rack whose sensor inlet and the servers' own inlet differ by more than
 `sensor_disagree_c` for `sensor_sustain_s` is flagged once (a `sensor_disagreement` event, info) until they
@@ -45,6 +49,7 @@ class SignalSettings:
     meter_interval_s: float = PDU_METER_INTERVAL_S  # PDU meters' SNMP refresh (BRIEF.md: typically 10 s)
     margin_s: float = SIGNAL_MARGIN_S  # the meters' phase spread, the window's lateness and a late trap
     faulty_hold_s: float = 600.0  # a refuted lineup's on-battery readings are ignored at most this long
+    unexplained_hold_s: float = 300.0  # an unconfirmed signal the UPS itself ended: its warning stays open this long
     sensor_disagree_c: float = 3.0  # env sensor vs the servers' inlet: sensors are +-0.5-1 C, inlets a few C apart
     sensor_sustain_s: float = 60.0
     sensor_max_age_s: float = 30.0  # an env reading older than this (event time) is not compared
@@ -61,6 +66,7 @@ class SignalCounts:
     confirmed: int = 0
     refuted: int = 0  # rolled back: the meters read the lineup live
     cleared: int = 0  # ended by the UPS saying it is off battery
+    unexplained: int = 0  # of those, never confirmed by the meters (a false trap or a transfer they could not see)
     ignored: int = 0  # on-battery readings of a lineup whose signal was refuted (faulty_signal open)
     refused: int = 0  # readings refused (dead-lettered): old, unknown lineup, implausible
     sensors_flagged: int = 0
@@ -95,6 +101,7 @@ class FeedSignals:
         self.counts = SignalCounts()
         self.signals: dict[int, _Signal] = {}  # lineup level -> signal
         self.faulty: dict[int, _Faulty] = {}  # lineup level -> its open faulty_signal event
+        self.unexplained: dict[int, _Faulty] = {}  # lineup level -> its open warning for a signal the UPS ended
         self.env: dict[int, tuple[float, float]] = {}  # rack -> (sensor inlet, event time)
         self.disagree_since: dict[int, float] = {}
         self.flagged: dict[int, _Faulty] = {}  # rack -> its open sensor_disagreement event
@@ -127,6 +134,8 @@ class FeedSignals:
             if sig is not None and r.ts_s >= sig.since_s:
                 del self.signals[lv]
                 self.counts.cleared += 1
+                if sig.state == "unconfirmed":
+                    self._unexplained(lv, sig, r)
             f = self.faulty.get(lv)
             if f is not None and r.ts_s >= f.opened_s:
                 del self.faulty[lv]
@@ -190,10 +199,11 @@ class FeedSignals:
                 del self.signals[lv]
                 self.counts.refuted += 1
                 out.append(self._refute(lv, sig, snap.ts_s))
-        for lv, f in list(self.faulty.items()):
-            if snap.ts_s - f.opened_s >= self.s.faulty_hold_s:
-                del self.faulty[lv]
-                out.append(self._event("faulty_signal", f, snap.ts_s, "resolved"))
+        for held, hold_s in ((self.faulty, self.s.faulty_hold_s), (self.unexplained, self.s.unexplained_hold_s)):
+            for lv, f in list(held.items()):
+                if snap.ts_s - f.opened_s >= hold_s:
+                    del held[lv]
+                    out.append(self._event("faulty_signal", f, snap.ts_s, "resolved"))
         out += self._sensors(snap)
         return out, confirmed
 
@@ -207,6 +217,20 @@ class FeedSignals:
         return self._event("faulty_signal", f, now_s, "open", {"signal_s": sig.since_s,
                                                               "bound_s": self.s.confirm_within_s,
                                                               "refuted": float(self.counts.refuted)})
+
+    def _unexplained(self, lv: int, sig: _Signal, r: FacilityReading) -> None:
+        """The UPS ended a signal the meters never confirmed: one warning per lineup while it is open."""
+        self.counts.unexplained += 1
+        if lv in self.unexplained:
+            return
+        lineup = self.site.level_ids[lv]
+        f = self.unexplained[lv] = _Faulty(
+            f"faulty_signal:{lineup}:{r.ts_s:.0f}", r.ts_s, [lineup],
+            f"{sig.unit}: '{sig.trap}' said lineup {lineup} is on battery, then {r.trap or 'its poll'} said off "
+            f"battery {r.ts_s - sig.since_s:.0f} s later, and the PDU meters never showed a loss: a false trap or a "
+            f"transfer too brief for the meters; check the UPS's event log")
+        self.pending.append(self._event("faulty_signal", f, r.ts_s, "open", {
+            "signal_s": sig.since_s, "ended_by_ups": 1.0, "unexplained": float(self.counts.unexplained)}))
 
     def _sensors(self, snap: Snapshot) -> list[Event]:
         st, out = self.s, []
@@ -244,6 +268,7 @@ class FeedSignals:
     def state(self) -> dict[str, Any]:
         return {"signals": {str(k): asdict(v) for k, v in self.signals.items()},
                 "faulty": {str(k): asdict(v) for k, v in self.faulty.items()},
+                "unexplained": {str(k): asdict(v) for k, v in self.unexplained.items()},
                 "flagged": {str(k): asdict(v) for k, v in self.flagged.items()},
                 "disagree_since": {str(k): v for k, v in self.disagree_since.items()},
                 "counts": asdict(self.counts)}
@@ -251,6 +276,7 @@ class FeedSignals:
     def load_state(self, s: dict[str, Any]) -> None:
         self.signals = {int(k): _Signal(**v) for k, v in s.get("signals", {}).items()}
         self.faulty = {int(k): _Faulty(**v) for k, v in s.get("faulty", {}).items()}
+        self.unexplained = {int(k): _Faulty(**v) for k, v in s.get("unexplained", {}).items()}
         self.flagged = {int(k): _Faulty(**v) for k, v in s.get("flagged", {}).items()}
         self.disagree_since = {int(k): float(v) for k, v in s.get("disagree_since", {}).items()}
         self.counts = SignalCounts(**s.get("counts", {}))

@@ -52,7 +52,8 @@ def _trap(site: Site, ts_s: float, lineup: str = "ups-a", on_battery: bool = Tru
 class Run:
     """The engine over the lab fleet with a trap at TRAP_AT, keeping what its site stage published."""
 
-    def __init__(self, seconds: int, lose_at: int | None, trap: bool = True) -> None:
+    def __init__(self, seconds: int, lose_at: int | None, trap: bool = True, off_at: tuple[int, ...] = (),
+                 again_at: int | None = None) -> None:
         self.site = _site()
         self.eng = Engine(self.site, KEYS, CapSettings(), 30.0)
         self.outs: list[StageOutput] = []
@@ -70,6 +71,12 @@ class Run:
             if i == TRAP_AT and trap:
                 self.trap_ts = second[0].ts_s - 0.5
                 self.at_trap = self.eng.feed_facility(_trap(self.site, self.trap_ts), self.trap_ts + 0.05)
+            if i in off_at:  # the UPS's own poll: online
+                ts = second[0].ts_s - 0.5
+                self.eng.feed_facility(_trap(self.site, ts, on_battery=False), ts + 0.05)
+            if i == again_at:
+                ts = second[0].ts_s - 0.5
+                self.eng.feed_facility(_trap(self.site, ts), ts + 0.05)
             for f in second:
                 self.eng.feed_frame(f)
         self.eng.finish()
@@ -125,6 +132,27 @@ def test_a_false_trap_is_rolled_back_within_the_bound_with_one_faulty_signal() -
     # The controller takes its caps off through its normal hysteresis.
     releases = [c for c in r.eng.result.commands if c.reason.startswith("releasing caps")]
     assert releases and min(c.issued_at_s for c in releases) > r.trap_ts + SIGNAL_BOUND_S
+
+
+def test_a_trap_the_ups_itself_ends_unseen_by_the_meters_raises_one_warning_and_a_later_trap_still_acts() -> None:
+    # On battery, then the UPS's polls say online (5 s and 15 s later); the meters never saw a loss. Then a
+    # second on-battery trap: a brief transfer and a false trap look alike, so the lineup is not muted.
+    r = Run(TRAP_AT + 40, lose_at=None, off_at=(TRAP_AT + 5, TRAP_AT + 15), again_at=TRAP_AT + 30)
+    warn = r.events("faulty_signal")
+    assert len(warn) == 1 and warn[0].details["ended_by_ups"] == 1.0  # type: ignore[attr-defined]
+    assert warn[0].ts_s - r.trap_ts <= 6.0 and "check the UPS's event log" in warn[0].summary  # type: ignore[attr-defined]
+    counts = r.eng.stage.signals.counts
+    assert counts.refuted == 0 and counts.cleared == 1 and counts.unexplained == 1 and counts.ignored == 0
+    assert counts.started == 2  # the second trap put the lineup lost (unconfirmed) again, at once
+    again = [a for a in r.aggs("ups-a") if a.ts_s > r.trap_ts + 20.0]
+    assert again[0].feed_signal is None and again[-1].feed_signal == "unconfirmed" and again[-1].limit_w == 0.0
+
+
+def test_a_signal_the_ups_ends_is_resolved_after_its_hold() -> None:
+    r = Run(TRAP_AT + 12, lose_at=None, off_at=(TRAP_AT + 5,))
+    sig = r.eng.stage.signals
+    (f,) = sig.unexplained.values()
+    assert f.opened_s - r.trap_ts == 5.0 and sig.s.unexplained_hold_s >= 60.0  # open long enough to notify
 
 
 def test_an_old_trap_and_an_unknown_lineup_are_refused_with_their_line() -> None:
