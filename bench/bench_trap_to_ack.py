@@ -66,6 +66,7 @@ class Trial:
     cmds: dict[str, tuple[float, str]] = field(default_factory=dict)  # rack -> (issued, first cap id after the trap)
     acks: dict[str, float] = field(default_factory=dict)  # command id -> broker append time (applied/clamped)
     before: int = 0  # power caps decided after the episode started but before the trap
+    before_why: dict[str, int] = field(default_factory=dict)  # their reasons, so a run says what they were
 
     def fold(self, m: Any) -> None:
         if m.timestamp_type != LOG_APPEND_TIME:
@@ -81,6 +82,7 @@ class Trial:
                     return
                 if self.trap_s is None or c.issued_at_s < self.trap_s - 0.005:
                     self.before += 1
+                    self.before_why[c.reason] = self.before_why.get(c.reason, 0) + 1
                 else:
                     self.cmds.setdefault(c.target, (c.issued_at_s, c.id))
             elif m.topic == topics.ACKS.name:
@@ -177,8 +179,9 @@ def main() -> int:
             tr = run_trial(svc, cfg, obs, scenario, port, args, actuator_groups)
             trials.append(tr)
             lat = tr.latencies_s()
+            why = f" ({', '.join(f'{n} {r!r}' for r, n in sorted(tr.before_why.items()))})" if tr.before else ""
             print(f"trial {k + 1}/{args.trials}: {len(lat)} rack(s) capped and acknowledged after the trap, "
-                  f"{len(tr.cmds) - len(lat)} not acknowledged, {tr.before} cap(s) before it; worst "
+                  f"{len(tr.cmds) - len(lat)} not acknowledged, {tr.before} cap(s) before it{why}; worst "
                   f"{max(lat.values(), default=float('nan')) * 1e3:.0f} ms", flush=True)
     finally:
         if obs is not None:

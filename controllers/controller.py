@@ -39,6 +39,7 @@ from controllers.degraded import (
     unsure_racks,
 )
 from controllers.facility import ControllerSignals
+from controllers.guard import GuardSettings, single_feed_guard
 from controllers.thermal import STAGES, ThermalSettings, decide_thermal
 from powerplane.rack_layout import RackLayout
 from powerplane.schemas import Command, FacilityReading, Headroom, LevelAggregate, SchemaError, TelemetryFrame
@@ -82,6 +83,8 @@ class CapController:
         self.lease_s = lease_s
         self.issuer = issuer
         self.actions = actions  # which knobs this deployment has actuators for
+        self.guard = GuardSettings()
+        self.guarded = np.full(site.n_racks, np.nan)  # per rack: worst case / surviving PDU's rating, if guarded
         n_levels = len(site.level_ids)
         self.level_power_w = np.full(n_levels, np.nan)
         self.level_seen_s = np.full(n_levels, -np.inf)  # arrival time (our clock)
@@ -297,6 +300,8 @@ class CapController:
         gpu_w_now = np.where(gpu_silent, np.nan, self.gpu_power_w)
         new = decide_caps(self.site, gpu_w_now, self.cap_w, load, self.limit_w, s,
                           brake=brake, heat_budget_w=budget)
+        # A rack on one feed: its worst case must fit its surviving PDU before its work starts (controllers.guard).
+        new, self.guarded = single_feed_guard(self.site, new, self._side_dark(), self.guard)
         # Release only where every input above the rack is fresh: a silent rack or a level that has gone
         # stale keeps its caps (it may still be shed on fresh evidence from a level above it).
         had = np.isfinite(self.level_seen_s) & power_levels(self.site)
@@ -323,6 +328,10 @@ class CapController:
                 cmds += self._knob_commands(k, action, held, held, now_s)
         return cmds
 
+    def _side_dark(self) -> np.ndarray:
+        """(racks, 2): which of each rack's PDUs is below a dark feed level (a zero limit from the stage)."""
+        return np.asarray(self.site.dark_below(self.feed_levels & (self.limit_w <= 0))[self.site.rack_pdu])
+
     def _pdu_loads(self, load: np.ndarray) -> np.ndarray:
         """PDU loads that do not wait for the PDU meter: a PDU meter refreshes every few seconds (SNMP), the
         GPUs every second. Each live PDU is taken at the larger of its meter and its rack's GPU-based power
@@ -331,7 +340,7 @@ class CapController:
         the streams stage reports with a zero limit) carries nothing; its rack's other side carries all."""
         site = self.site
         dark = site.dark_below(self.feed_levels & (self.limit_w <= 0))
-        side_dark = dark[site.rack_pdu]  # (racks, 2)
+        side_dark = self._side_dark()
         share = feed_share(site, load)
         share = np.where(side_dark[:, :1] & ~side_dark[:, 1:], [0.0, 1.0],
                          np.where(side_dark[:, 1:] & ~side_dark[:, :1], [1.0, 0.0], share))
@@ -395,6 +404,9 @@ class CapController:
             elif braked is not None and braked[r]:
                 why = f"power brake: {where or 'a level'} over {100 * self.settings.brake_threshold:.0f}% " \
                       f"for {self.settings.brake_after_s:g} s"
+            elif np.isfinite(self.guarded[r]) and (new[a:b][idx] <= self.cap_w[a:b][idx]).all():
+                pdu = site.level_ids[int(site.rack_pdu[r, 1 if self._side_dark()[r, 0] else 0])]
+                why = f"single-feed guard: {pdu} could reach {100 * self.guarded[r]:.0f}% of its rating"
             elif (new[a:b][idx] >= self.cap_w[a:b][idx]).all():
                 why = f"releasing caps: {where}" if where else "releasing caps"
             else:
