@@ -257,8 +257,11 @@ class CapController:
         took = use & np.isfinite(self.level_power_w)
         self.level_last_w = np.where(took, self.level_power_w, self.level_last_w)
         self.level_last_ts_s = np.where(took, self.level_ts_s, self.level_last_ts_s)
-        # PDU meters measured before our last change to their rack (a held SNMP value): they cannot show it.
-        meter_old = self.rack_pending_s[:, None] + self.settle_s > self.pdu_meter_ts_s[self.site.rack_pdu]
+        # PDU meters measured before our last change to their rack (a held SNMP value) cannot show it; where the
+        # rack's GPU frames already do, those stand for the meter (_pdu_loads).
+        changed_s = self.rack_pending_s + self.settle_s
+        meter_old = (changed_s[:, None] > self.pdu_meter_ts_s[self.site.rack_pdu]) & \
+            (changed_s <= self.rack_frame_ts_s)[:, None]
         load = self._pdu_loads(np.where(use, self.level_power_w, np.nan), meter_old)
         # A load measured before our last change to a rack under it cannot show that change yet; acting on it
         # as it is would shed (or release) the same watts twice. Each such level is taken at its reading plus
