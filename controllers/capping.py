@@ -6,7 +6,8 @@ of their own) is held under its derated limit in the current feed state, with PO
 - above `cap_threshold` (80 %) of a level's limit, low-priority work (every class but the most
   important) is shed until the level is back at `cap_threshold - target_margin`;
 - above `high_threshold` (89 %), every class may be shed, lowest priority first, until the level is at
-  `high_threshold - target_margin`;
+  `high_threshold - target_margin`: the excess goes to the low-priority GPUs of every rack under the level
+  first, and only what they cannot give to inference-critical ones (issue 14);
 - above `brake_threshold` (100 %) for `brake_after_s`, the power brake: every GPU under the level goes
   to its minimum limit at once (the targeted caps did not hold it: wrong readings, a stuck GPU), well
   inside the ~10 s a UPS rides through. The controller brakes only on two fresh, independent sources that
