@@ -6,7 +6,8 @@ of their own) is held under its derated limit in the current feed state, with PO
 - above `cap_threshold` (80 %) of a level's limit, low-priority work (every class but the most
   important) is shed until the level is back at `cap_threshold - target_margin`;
 - above `high_threshold` (89 %), every class may be shed, lowest priority first, until the level is at
-  `high_threshold - target_margin`;
+  `high_threshold - target_margin`: the excess goes to the low-priority GPUs of every rack under the level
+  first, and only what they cannot give to inference-critical ones (issue 14);
 - above `brake_threshold` (100 %) for `brake_after_s`, the power brake: every GPU under the level goes
   to its minimum limit at once (the targeted caps did not hold it: wrong readings, a stuck GPU), well
   inside the ~10 s a UPS rides through. The controller brakes only on two fresh, independent sources that
@@ -243,20 +244,28 @@ def decide_caps(site: Site, gpu_power_w: FloatArray, cap_w: FloatArray, level_po
 
     # ---- shed -------------------------------------------------------------------------------------
     give_low = _bincount(rack[~high], (avail / eff)[~high], n_r)
-    give_all = _bincount(rack, avail / eff, n_r)
+    give_high = _bincount(rack[high], (avail / eff)[high], n_r)
     t1 = ok & (load0 > s.cap_threshold * limit_w)
     t2 = ok & (load0 > s.high_threshold * limit_w)
     ex1 = np.where(t1, load0 - (s.cap_threshold - s.target_margin) * limit_w, 0.0)
     ex2 = np.where(t2, load0 - (s.high_threshold - s.target_margin) * limit_w, 0.0)
     need1 = per_rack_share(ex1, give_low)  # from low priority only
-    need2 = per_rack_share(ex2, give_all)  # from anyone, low first
+    # Over the high threshold anyone may be shed, but low priority first across every rack under the level,
+    # not rack by rack: a level's excess goes to its racks' low-priority GPUs first, and only what they cannot
+    # give to inference-critical ones (in proportion to what those can give). Split by everyone's room, a rack
+    # of critical GPUs would be cut while another rack under the same RPP still had batch work to shed.
+    low_room = tree.level_sum(coef, give_low)
+    need2_low = per_rack_share(np.minimum(ex2, low_room), give_low)
+    need2_high = per_rack_share(np.maximum(ex2 - low_room, 0.0), give_high)
     new = cap.copy()
     low_classes = list(range(s.high_classes, len(PRIORITIES)))
-    want_low = np.maximum(need1, need2)
+    want_low = np.maximum(need1, need2_low)
     left = _take(site, low_classes, want_low * rack_eff, draw, avail, new)
-    got_low = want_low * rack_eff - left
-    _take(site, list(range(s.high_classes)), np.maximum(need2 * rack_eff - got_low, 0.0), draw, avail, new)
-    need_any = (need1 > 0) | (need2 > 0)
+    # What low priority could not give of its share of the high-threshold excess falls to critical as well.
+    short = np.maximum(need2_low * rack_eff - (want_low * rack_eff - left), 0.0)
+    _take(site, list(range(s.high_classes)), need2_high * rack_eff + short, draw, avail, new)
+    # Nothing is released under a level over its high threshold, even on a rack that was asked for nothing.
+    need_any = (need1 > 0) | tree.racks_under(ex2 > 0, coef)
 
     # ---- brake --------------------------------------------------------------------------------------
     if brake is not None and brake.any():

@@ -117,6 +117,10 @@ class CapController:
         self.stats = ControllerStats()
         self.freshness = Freshness()
         self.level_meter_w = np.full(n_levels, np.nan)  # a PDU's own meter (NaN: none in its last reading)
+        # When each PDU meter's value last changed: a PDU refreshes its meter every ~10 s (SNMP) and a frame
+        # between refreshes repeats the held value under a newer timestamp; that value was measured no later
+        # than when it first appeared, so it cannot show a cap change made since (issue 14).
+        self.pdu_meter_ts_s = np.full(n_levels, -np.inf)
         self.level_estimated = np.zeros(n_levels, dtype=bool)  # window counting too many racks as stale
         self.level_behind = np.zeros(n_levels, dtype=bool)  # the streams stage said it is behind
         # The last load of each level taken as evidence, and the streams' forecast for it (pp.headroom): what a
@@ -157,7 +161,10 @@ class CapController:
             stale = agg.racks_stale or 0
             self.level_estimated[i] = stale > self.freshness.max_estimated_share * max(int(self.racks_under[i]), 1)
         if agg.kind == "pdu":
-            self.level_meter_w[i] = agg.metered_w if agg.metered_w is not None else np.nan
+            metered = agg.metered_w if agg.metered_w is not None else np.nan
+            if metered != self.level_meter_w[i]:  # a new measurement (NaN never equals: counts as new)
+                self.pdu_meter_ts_s[i] = agg.ts_s
+            self.level_meter_w[i] = metered
         if agg.kind == "rack":  # a rack's GPU-based power is only a fair PDU estimate when every GPU reported
             self.rack_complete[self.site.rack_index(agg.level)] = agg.gpus_reporting >= agg.gpus_expected
         if math.isfinite(agg.limit_w) and agg.kind not in ("pdu", "rack", "zone"):
@@ -253,7 +260,12 @@ class CapController:
         took = use & np.isfinite(self.level_power_w)
         self.level_last_w = np.where(took, self.level_power_w, self.level_last_w)
         self.level_last_ts_s = np.where(took, self.level_ts_s, self.level_last_ts_s)
-        load = self._pdu_loads(np.where(use, self.level_power_w, np.nan))
+        # PDU meters measured before our last change to their rack (a held SNMP value) cannot show it; where the
+        # rack's GPU frames already do, those stand for the meter (_pdu_loads).
+        changed_s = self.rack_pending_s + self.settle_s
+        meter_old = (changed_s[:, None] > self.pdu_meter_ts_s[self.site.rack_pdu]) & \
+            (changed_s <= self.rack_frame_ts_s)[:, None]
+        load = self._pdu_loads(np.where(use, self.level_power_w, np.nan), meter_old)
         # A load measured before our last change to a rack under it cannot show that change yet; acting on it
         # as it is would shed (or release) the same watts twice. Each such level is taken at its reading plus
         # the change still to show (a shed is negative), so a level goes on being acted on for racks whose
@@ -264,7 +276,7 @@ class CapController:
         unseen = self.rack_pending_s[tree.rack] + self.settle_s > self.level_ts_s[tree.level]
         pending = np.bincount(tree.level, weights=np.where(unseen, coef * self.rack_pending_w[tree.rack], 0.0),
                               minlength=len(self.site.level_ids))
-        load = self._feed_estimates(load + pending)
+        load = self._feed_estimates(load + pending, meter_old)
         # A level with nothing fresh: a bounded estimate from its last fresh load (sheds by the thresholds,
         # never brakes: the brake takes its own evidence below; never releases: `hold` below).
         silent_level = power_levels(self.site) & ~np.isfinite(load)
@@ -332,12 +344,14 @@ class CapController:
         """(racks, 2): which of each rack's PDUs is below a dark feed level (a zero limit from the stage)."""
         return np.asarray(self.site.dark_below(self.feed_levels & (self.limit_w <= 0))[self.site.rack_pdu])
 
-    def _pdu_loads(self, load: np.ndarray) -> np.ndarray:
+    def _pdu_loads(self, load: np.ndarray, meter_old: np.ndarray | None = None) -> np.ndarray:
         """PDU loads that do not wait for the PDU meter: a PDU meter refreshes every few seconds (SNMP), the
         GPUs every second. Each live PDU is taken at the larger of its meter and its rack's GPU-based power
         (when every GPU reported, less its error margin) times the rack's share on that feed: a surge or a
         transfer from a lost feed shows within a second. A PDU below a dark level (a lost feed or lineup, as
-        the streams stage reports with a zero limit) carries nothing; its rack's other side carries all."""
+        the streams stage reports with a zero limit) carries nothing; its rack's other side carries all.
+        A meter that predates our last change to its rack (`meter_old`, per rack and feed) is not compared: the
+        rack's GPU-based power, at its upper bound (no margin taken off), stands for it until it refreshes."""
         site = self.site
         dark = site.dark_below(self.feed_levels & (self.limit_w <= 0))
         side_dark = self._side_dark()
@@ -351,21 +365,29 @@ class CapController:
         out = load.copy()
         known = np.isfinite(est[pdus])
         meter = load[pdus]
+        if meter_old is not None:
+            old = meter_old.ravel() & known
+            meter = np.where(old, est[pdus] * (1.0 + self.estimate_margin), meter)
         out[pdus] = np.where(dark[pdus], 0.0, np.where(known, np.fmax(meter, est[pdus]), meter))
         return out
 
-    def _feed_estimates(self, load: np.ndarray) -> np.ndarray:
+    def _feed_estimates(self, load: np.ndarray, meter_old: np.ndarray | None = None) -> np.ndarray:
         """RPPs, UPS lineups and feeds that do not wait for the streams stage's window: each is also summed
         from the PDU loads beneath it (which follow every frame), and taken at that sum where it is clearly
         above the window's value (`estimate_margin`): a transfer from a lost feed reaches them in the same
-        decision as the PDUs. Summed only where every PDU beneath has a load."""
+        decision as the PDUs. Summed only where every PDU beneath has a load. A level with a PDU beneath whose
+        meter predates our last change to its rack (`meter_old`) is taken at the sum as well: the stage's window
+        adds up the held meter values and would show neither that change nor its own staleness."""
         pdus = self.pdus
         est = np.zeros(len(load))
         unknown = np.zeros(len(load))
         est[pdus] = np.nan_to_num(load[pdus])
         unknown[pdus] = ~np.isfinite(load[pdus])
-        est, unknown = self.site.feed_up(est), self.site.feed_up(unknown)
-        use = self.summed_levels & (unknown == 0) & (~np.isfinite(load) |
+        stale = np.zeros(len(load))
+        if meter_old is not None:
+            np.add.at(stale, self.site.rack_pdu.ravel(), meter_old.ravel().astype(np.float64))
+        est, unknown, stale = self.site.feed_up(est), self.site.feed_up(unknown), self.site.feed_up(stale)
+        use = self.summed_levels & (unknown == 0) & (~np.isfinite(load) | (stale > 0) |
                                                      (est > (1.0 + self.estimate_margin) * np.nan_to_num(load)))
         return np.where(use, est, load)
 

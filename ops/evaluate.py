@@ -267,9 +267,13 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
             for f in rack_frames(site, fr, ts, 1.0, k, "twin"):
                 cmds += engine.feed_frame(f, received_s=ts + 0.2)  # the twin's clock is the receiver's
             now = ts + 0.5  # the controller's tick lands within the second; the actuator acts at once
-            if ups_signal:  # each at its arrival (a trap 50-300 ms after the event): before the tick it precedes
+            # Each reading at its arrival (a trap 50-300 ms after the event), before the tick it precedes, but
+            # never before this second's frames: the twin applies a command from its next step on, so a decision
+            # stamped at the trap's own time would claim that the frames just read (measured after it) show its
+            # caps, and the controller would shed the same watts again (issue 14: critical GPUs at their floor).
+            if ups_signal:
                 for r in twin.facility_readings(twin.t_s + 0.5):
-                    cmds += engine.feed_facility(r, received_s=r.ts_s)
+                    cmds += engine.feed_facility(r, received_s=max(r.ts_s, ts + 0.2))
             cmds += engine.decide_now(now)
             routing = [c for c in cmds if c.action == "routing_weight"]
             for c in cmds:

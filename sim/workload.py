@@ -135,13 +135,15 @@ def sizing_rate(trace: Trace, quantile: float = 0.95, window_s: float = 30.0) ->
 
 def default_workload(site: Site, trace: Trace | None = None, critical_load: float = 0.7, batch_load: float = 0.85,
                      serving_cfg: ServingConfig | None = None, rate_quantile: float = 0.95,
-                     rate_window_s: float = 30.0) -> WorkloadSpec:
+                     rate_window_s: float = 30.0, critical_quantile: float = 0.99) -> WorkloadSpec:
     """A workload that fills a site by its priority classes.
 
     - inference-critical: 2-8 pools at TP8 of the largest model that fits 8 GPUs (llama3-405b on
       GB200-class GPUs, llama3-70b on H100s), TTFT/TBT SLOs 0.4 s/0.1 s, sized so that mean demand is
       the ``rate_quantile`` (p95) of the trace's ``rate_window_s``-smoothed rate is ``critical_load`` of the
-      pool's estimated capacity (docs/twin.md "Workload scaling");
+      pool's estimated capacity (docs/twin.md "Workload scaling"), except that critical pools are sized on the
+      higher of ``rate_quantile`` and ``critical_quantile`` (p99): their bursts must fit, batch is what is shed
+      (issue 14; the reconfiguration's burst reserve, controllers.burst, plans them on the same p99);
     - inference-batch: 2-8 pools, same model, looser SLOs (2 s / 0.2 s), at ``batch_load``;
     - training: 1-8 jobs (about 64 NVL72 racks each at the reference site), steps of 4-7 s, staggered;
     - best-effort: 1-8 fine-tuning jobs that start and stop (job churn).
@@ -153,7 +155,8 @@ def default_workload(site: Site, trace: Trace | None = None, critical_load: floa
     counts = np.bincount(site.gpu_priority, minlength=len(PRIORITIES))
     pools: list[PoolSpec] = []
     jobs: list[JobSpec] = []
-    sized_rps = sizing_rate(tr, rate_quantile, rate_window_s)
+    sized_rps = {"critical": sizing_rate(tr, max(rate_quantile, critical_quantile), rate_window_s),
+                 "batch": sizing_rate(tr, rate_quantile, rate_window_s)}
     mean_p = float(tr.prompt.mean())
     mean_o = float(tr.output.mean())
     for cls, tier, load, ttft, tbt, batch in (("inference-critical", "critical", critical_load, 0.4, 0.1, 256),
@@ -178,7 +181,7 @@ def default_workload(site: Site, trace: Trace | None = None, critical_load: floa
             # Pools of a tier are spread evenly over the trace's period; the batch tier sits between them.
             offset = 0.0 if tier == "critical" else 0.5 / n_pools
             shift = round(((i + 0.5) / n_pools + offset) % 1.0 * tr.period_s, 1)
-            scale = load * inst_est * cap / sized_rps
+            scale = load * inst_est * cap / sized_rps[tier]
             pools.append(PoolSpec(name=f"{tier}-{i + 1}", priority=cls, model=model.name, tp=tp, share=share,
                                   shift_s=shift, rate_scale=round(scale, 3), max_batch=batch, ttft_slo_s=ttft,
                                   tbt_slo_s=tbt))

@@ -86,9 +86,7 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> int:
         oversub = oversubscription(site, results["none"]["rack_power_w"])
     meta = {"site": site_name, "scenario": f"{args.scenario or 'none (steady state)'}, UPS signal "
                                           f"{'on' if args.ups_signal else 'off'}", "ups_signal": args.ups_signal,
-            "workload": args.workload or (f"default (pools sized so the p{100 * args.sizing_quantile:g} of the "
-                                          f"trace's 30 s-smoothed rate is {args.critical_load:g} (critical) and "
-                                          f"{args.batch_load:g} (batch) of their estimated capacity)"),
+            "workload": args.workload or _sizing_note(args),
             "slo": workload.slo.describe(),
             "trace": used.describe(), "trace_file": used.source, "trace_attribution": used.attribution,
             "duration_s": duration,
@@ -192,3 +190,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pl.add_argument("--rack-kw", type=float, default=50.0, help="provisioned power per rack, for capital avoided")
     _add_output(pl)
     pl.set_defaults(fn=cmd_plan)
+
+
+def _sizing_note(args: argparse.Namespace) -> str:
+    crit_q = max(args.sizing_quantile, args.critical_quantile)
+    return (f"default (pools sized so the p{100 * crit_q:g} (critical) and p{100 * args.sizing_quantile:g} (batch) "
+            f"of the trace's 30 s-smoothed rate is {args.critical_load:g} (critical) and {args.batch_load:g} (batch) "
+            "of their estimated capacity)")

@@ -20,6 +20,9 @@ def add_slo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-tbt-floor", type=float, metavar="S", help="relative SLO: TBT floor in s (default 0.1)")
     p.add_argument("--sizing-quantile", type=float, default=0.95, metavar="Q",
                    help="default workload: size pools on this quantile of the trace's 30 s-smoothed rate (0.95)")
+    p.add_argument("--critical-quantile", type=float, default=0.99, metavar="Q",
+                   help="default workload: critical pools are sized on the higher of this quantile and "
+                        "--sizing-quantile (0.99: their bursts must fit; batch is what is shed)")
     p.add_argument("--critical-load", type=float, default=0.7, metavar="U",
                    help="default workload: critical pools' target utilization at that rate (0.7)")
     p.add_argument("--batch-load", type=float, default=0.85, metavar="U",
@@ -36,8 +39,10 @@ def _check(args: argparse.Namespace) -> None:
         v = getattr(args, name)
         if v is not None and not v >= 0.0:
             bad.append(f"--{name.replace('_', '-')}: must be >= 0, got {v:g}")
-    if not 0.0 < args.sizing_quantile <= 1.0:
-        bad.append(f"--sizing-quantile: must be in (0, 1], got {args.sizing_quantile:g}")
+    for name in ("sizing_quantile", "critical_quantile"):
+        v = getattr(args, name)
+        if not 0.0 < v <= 1.0:
+            bad.append(f"--{name.replace('_', '-')}: must be in (0, 1], got {v:g}")
     for name in ("critical_load", "batch_load"):
         v = getattr(args, name)
         if not 0.0 < v <= 2.0:
@@ -54,7 +59,7 @@ def workload_for(args: argparse.Namespace, site: Any, trace: Any, load_workload:
         wl = load_workload(args.workload, trace)
     else:
         wl = default_workload(site, trace, critical_load=args.critical_load, batch_load=args.batch_load,
-                              rate_quantile=args.sizing_quantile)
+                              rate_quantile=args.sizing_quantile, critical_quantile=args.critical_quantile)
     changes = {k: v for k, v in (("kind", args.slo), ("ttft_k", args.slo_ttft_k),
                                  ("ttft_floor_s", args.slo_ttft_floor), ("tbt_k", args.slo_tbt_k),
                                  ("tbt_floor_s", args.slo_tbt_floor)) if v is not None}
