@@ -144,14 +144,16 @@ class Fallback(OnlineForecast):
     def _fallback_p99(self, p50: FloatArray, p99_own: FloatArray, lvl: FloatArray) -> FloatArray:
         """The published p99 (n, H): the blend of the candidates' p99s with a value (weights renormalized
         over them), never below p50."""
-        off = self._cand_offsets()
-        num = np.zeros(self.bw.shape[1:])
-        tot = np.zeros(self.bw.shape[1:])
-        for c, cand in enumerate((p99_own.T, *(point[None, :] + off[i]
-                                              for i, point in enumerate((lvl, self.last, self.pk))))):
-            w = np.where(np.isfinite(cand), self.bw[c], F32(0.0))
-            num += w * np.where(np.isfinite(cand), cand, 0.0)
-            tot += w
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.where(tot > 0, num / tot, p99_own.T)
+        cand = np.empty(self.bw.shape)
+        cand[0] = p99_own.T
+        np.add(np.stack((lvl, self.last, self.pk))[:, None, :], self._cand_offsets(), out=cand[1:])
+        ok = np.isfinite(cand)
+        if ok.all():  # the usual case: one weighted sum
+            out: FloatArray = np.einsum("chn,chn->hn", self.bw, cand)
+        else:
+            w = np.where(ok, self.bw, F32(0.0))
+            tot = w.sum(axis=0)
+            num = np.einsum("chn,chn->hn", w, np.where(ok, cand, 0.0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out = np.where(tot > 0, num / tot, p99_own.T)
         return np.fmax(out.T, p50)
