@@ -29,7 +29,7 @@ from streams.feed_signals import FeedSignals, SignalSettings, mark_losses
 from streams.forecast import Forecaster, ForecastSettings
 from streams.tree import Snapshot, TreeSettings, TreeWindows
 
-STATE_VERSION = 2  # 2: the forecaster keeps its p99 fallback (streams.forecast.fallback); 1 does not resume
+STATE_VERSION = 3  # 3: the forecaster blends its p99 candidates (streams.forecast.fallback); 1-2 do not resume
 
 
 @dataclass(frozen=True)

@@ -198,8 +198,8 @@ class Forecaster(Fallback):
         return out
 
     def predict(self) -> tuple[FloatArray, FloatArray]:
-        """(p50, p99), each (n, len(horizons_s)): p50 from the chosen expert, p99 the best candidate's
-        (streams.forecast.fallback); NaN until a series has enough data."""
+        """(p50, p99), each (n, len(horizons_s)): p50 from the chosen expert, p99 the loss-weighted blend of its
+        own and the candidates' p99s (streams.forecast.fallback); NaN until a series has enough data."""
         p50, p99 = super().predict()
         if self.k < 0:
             return p50, p99

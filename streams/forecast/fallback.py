@@ -1,5 +1,5 @@
-"""The product forecaster's fallback: its own p99 competes, per series and horizon, with the baselines' p99
-and a burst-peak p99, and the one with the lowest recent p99 pinball loss is published.
+"""The product forecaster's fallback: its own p99 and three candidate p99s are blended, per series and horizon,
+with weights set by their recent p99 pinball losses, and the blend is published.
 
 Why: the product's p99 (expert point + c x the expert's recent RMS error) is the best one where a level's
 power is a smooth sum (racks and up), but on one GPU's idle/peak series the RMS error collapses during idle
@@ -10,12 +10,15 @@ OnlineForecast._track_raw):
   of `peak_halflife_s` towards the level: after a burst it keeps p99 near the burst's height for a while
   (the "p99 floored at the recent burst peak" of the issue) and the tracked offset moves it up or down to
   the series' own p99.
-Candidates 1-2 reproduce the baselines' p99 (the same tracker on the same errors; float32), so the
-published p99 is, per series, about the best of those baselines and the product's, up to the cost of
-switching. SeasonalNaive is not a candidate: at 60 s (its season) it is Persistence, and at shorter
+Candidates 1-2 reproduce the baselines' p99 (the same tracker on the same errors; float32). Their losses are
+EWMAs with a half-life of `select_halflife_s` (a p99's loss is made of rare misses: a short memory would chase
+luck). Published p99 = sum_c w_c p99_c with w_c proportional to (best loss / loss_c) ** blend_power, re-weighted
+every `select_every` windows: a clearly better candidate takes all the weight (a candidate 1.2x as bad gets
+2.5 % of it at the default power 16), candidates about equally good share it. Averaging quantiles is itself a
+quantile forecast, and the pinball loss is convex, so where candidates tie the blend beats the one picked by
+the noisy losses (an argmin flipped between them and lost 1-4 % to the best baseline; bench/bench_forecast.py,
+docs/decisions.md). SeasonalNaive is not a candidate: at 60 s (its season) it is Persistence, and at shorter
 horizons it was never the best baseline in bench/bench_forecast.py; leaving it out keeps the cost in budget.
-Their losses are EWMAs with a half-life of `select_halflife_s` (a p99's loss is made of rare misses:
-a short memory would chase luck).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ _PEAK = 2
 class Fallback(OnlineForecast):
     """Candidate p99s and their losses; Forecaster supplies its own p99 as candidate 0."""
 
-    _cand_arrays: ClassVar[tuple[str, ...]] = ("cof", "cmae", "cne", "closs", "cnl", "pk", "pk_ring", "pick")
+    _cand_arrays: ClassVar[tuple[str, ...]] = ("cof", "cmae", "cne", "closs", "cnl", "pk", "pk_ring", "bw")
 
     def _init_fallback(self, n: int, s: ForecastSettings = DEFAULT_SETTINGS) -> None:
         H = self.h.size
@@ -46,7 +49,8 @@ class Fallback(OnlineForecast):
         self.cnl = np.zeros((N_BASE + 1, H, n), dtype=np.int32)
         self.pk = np.full(n, np.nan)  # held burst peak
         self.pk_ring = np.full((int(self.h.max()), n), np.nan, dtype=F32)
-        self.pick = np.zeros((H, n), dtype=np.int8)  # published candidate per series and horizon
+        self.bw = np.zeros((N_BASE + 1, H, n), dtype=F32)  # blend weights; row 0 = the product's own p99
+        self.bw[0] = 1.0
         self.rho = 1.0 - ewma_alpha(s.peak_halflife_s, s.step_s)
         self.bsel = ewma_alpha(s.select_halflife_s, s.step_s)
         self.bscore = ewma_alpha(s.score_halflife_s, s.step_s)
@@ -91,7 +95,7 @@ class Fallback(OnlineForecast):
 
     def _score(self, r: npt.NDArray[np.float32]) -> None:
         """Move the pinball losses with residuals r = y - issued p99 (NaN: no forecast), in float32 in place:
-        this runs on every window for 5 candidates x n series x H horizons."""
+        this runs on every window for 4 candidates x n series x H horizons."""
         ok = np.isfinite(r)
         q = F32(self.q)
         loss = np.maximum(q * r, (q - F32(1.0)) * r)
@@ -109,11 +113,24 @@ class Fallback(OnlineForecast):
         np.subtract(ce, self._cand_offsets(), out=r[1:], casting="unsafe")
         self._score(r)
         self._cand_track(ce)
-        # Re-picked once per epoch of select_every windows (the losses move slowly). A candidate competes
-        # once scored on warm_errors errors; ties and no data: the product.
+        # Re-weighted once per epoch of select_every windows (the losses move slowly).
         if self.k % self.settings.select_every == 0:
-            cold = self.cnl < self.settings.warm_errors
-            self.pick = np.argmin(np.where(cold, np.inf, self.closs), axis=0).astype(np.int8)
+            self._weigh()
+
+    def _weigh(self) -> None:
+        """Blend weights from the losses. A candidate takes part once scored on warm_errors errors; none
+        warm: the product's own p99 alone. Ratios to the best loss, so no overflow and a 0 loss is fine."""
+        warm = self.cnl >= self.settings.warm_errors
+        loss = np.where(warm, self.closs, F32(np.inf))
+        best = loss.min(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(loss > 0, best / loss, F32(1.0))
+        w = np.where(warm, ratio, F32(0.0)) ** F32(self.settings.blend_power)
+        tot = w.sum(axis=0)
+        none = ~(tot > 0)
+        w[0] = np.where(none, F32(1.0), w[0])
+        tot = np.where(none, F32(1.0), tot)
+        self.bw = (w / tot).astype(F32)
 
     def _fallback_observe(self, y: FloatArray, ok: npt.NDArray[np.bool_], lvl: FloatArray) -> None:
         held = lvl + self.rho * (self.pk - lvl)
@@ -125,10 +142,18 @@ class Fallback(OnlineForecast):
         self.pk_ring[slot_k % self.pk_ring.shape[0]] = self.pk.astype(F32)
 
     def _fallback_p99(self, p50: FloatArray, p99_own: FloatArray, lvl: FloatArray) -> FloatArray:
-        """The published p99 (n, H): the picked candidate's, never below p50."""
-        out = p99_own.T.copy()
-        off = self._cand_offsets()
-        for c, point in enumerate((lvl, self.last, self.pk)):
-            cand = point[None, :] + off[c]
-            np.copyto(out, cand, where=(self.pick == c + 1) & np.isfinite(cand))
+        """The published p99 (n, H): the blend of the candidates' p99s with a value (weights renormalized
+        over them), never below p50."""
+        cand = np.empty(self.bw.shape)
+        cand[0] = p99_own.T
+        np.add(np.stack((lvl, self.last, self.pk))[:, None, :], self._cand_offsets(), out=cand[1:])
+        ok = np.isfinite(cand)
+        if ok.all():  # the usual case: one weighted sum
+            out: FloatArray = np.einsum("chn,chn->hn", self.bw, cand)
+        else:
+            w = np.where(ok, self.bw, F32(0.0))
+            tot = w.sum(axis=0)
+            num = np.einsum("chn,chn->hn", w, np.where(ok, cand, 0.0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out = np.where(tot > 0, num / tot, p99_own.T)
         return np.fmax(out.T, p50)

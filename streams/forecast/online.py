@@ -34,6 +34,7 @@ class ForecastSettings:
     plan_halflife_s: float = 300.0  # product: the planning level and spread
     select_halflife_s: float = 600.0  # product: memory of the candidate p99s' pinball losses (fallback)
     peak_halflife_s: float = 30.0  # product: a held burst peak decays towards the level with this half-life
+    blend_power: float = 16.0  # product: p99 blend weight ~ (best loss / candidate's loss) ** this (fallback)
 
     def check(self) -> None:
         bad: list[str] = []
@@ -50,7 +51,7 @@ class ForecastSettings:
         if self.season_s < self.step_s:
             bad.append(f"season_s={self.season_s} must be >= step_s")
         for name in ("ewma_halflife_s", "score_halflife_s", "plan_halflife_s", "plan_stride_s", "aci_rate",
-                     "select_halflife_s", "peak_halflife_s"):
+                     "select_halflife_s", "peak_halflife_s", "blend_power"):
             if not getattr(self, name) > 0:
                 bad.append(f"{name}={getattr(self, name)} must be > 0")
         if self.min_obs < 1 or self.select_every < 1 or self.warm_errors < 1:

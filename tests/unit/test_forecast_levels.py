@@ -12,7 +12,12 @@ from streams.forecast import Ewma, Forecaster, ForecastSettings, Persistence, Se
 
 SECONDS, WARM = 2400, 600
 HORIZONS = (10, 60)
-MARGIN = 1.05  # switching between candidates costs up to a few % where all of them are about equal
+# The product's p99 blends its candidates (streams.forecast.fallback), so it does not lose the few % that
+# switching between them cost. Bound 1.00 where a level has 16 or more series here (GPU to RPP; UPS has 8 and
+# holds 1.00 too). Feed (4 series) and site (2) are scored on a few hundred independent minutes of two to four
+# series, where the product and the EWMA baseline are nearly the same forecast: their ratio moves by +-1.5 %
+# from seed to seed (0.99-1.015 on busy, seeds 1, 2, 7; docs/performance.md), so 1.02 there.
+BOUND = {"feed": 1.02, "site": 1.02}
 
 
 def scores(method: type, y: np.ndarray, settings: ForecastSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +55,6 @@ def test_product_p99_never_loses_to_the_best_baseline_at_any_level(shape: str) -
         cov = 100 * res["adaptive"][1][sel].sum(axis=0) / (sel.sum() * n_scored)
         for j, h in enumerate(HORIZONS):
             ratio = pin["adaptive"][j] / best[j]
-            if ratio > MARGIN or not 98.0 <= cov[j] <= 99.7:
+            if ratio > BOUND.get(lv, 1.0) or not 98.0 <= cov[j] <= 99.7:
                 bad.append(f"{lv} {h} s: pinball {ratio:.3f}x the best baseline, coverage {cov[j]:.2f} %")
     assert not bad, f"{shape}: " + "; ".join(bad)
