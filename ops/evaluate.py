@@ -227,9 +227,11 @@ def _event_t(event: str, t_s: float) -> float:
 def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSpec | None = None,
                scenario: Scenario | None = None, seed: int = 0,
                progress: Progress | None = None, reconfigure: bool = True,
-               coordinate: bool = True, ups_signal: bool = True) -> dict[str, Any]:
+               coordinate: bool = True, ups_signal: bool = True,
+               reconfig_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """One closed-loop run; returns its metrics and per-second series. `ups_signal`: the twin's UPS polls and
-    traps (pp.facility) reach the engine, as the streams worker and controller receive them."""
+    traps (pp.facility) reach the engine, as the streams worker and controller receive them.
+    `reconfig_options`: keyword arguments of the full policy's Reconfigurer (the day run's forecast)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy '{policy}' (known: {', '.join(POLICIES)})")
     twin = Twin(site, workload, scenario, seed=seed, epoch_s=EPOCH_S)
@@ -257,7 +259,8 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         from sim.profiling import profile_for
 
         profile, tally.profile_note = profile_for(twin)  # for the token mix of the trace the twin replays
-        reconfig = Reconfigurer(twin, profile=profile, controller=ctl, coordinate=coordinate)
+        reconfig = Reconfigurer(twin, profile=profile, controller=ctl, coordinate=coordinate,
+                                **(reconfig_options or {}))
     route_w = np.ones(site.n_gpus)
     for k in range(duration_s):
         fr = twin.step(1.0)
