@@ -27,12 +27,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from controllers.burst import BurstSettings
 from controllers.reconfig import PoolConfigs, ReconfigSettings, plan_pools
 from ops.evaluate import Reconfigurer, run_policy
 from ops.progress import Progress
 from powerplane.refsite import RefSiteParams, reference_site
 from powerplane.site import Site
-from sim.diurnal import Envelope, diurnal_trace
+from sim.diurnal import DAY_S, Envelope, diurnal_trace
 from sim.engine import Twin
 from sim.trace import Trace, rate_table
 from sim.workload import WorkloadSpec, default_workload
@@ -43,6 +44,17 @@ DAY_POLICIES = ("none", "full")
 # is already in it: the busiest of 120 seconds of a 15 req/s pool is ~27 req/s, which held the critical
 # pools at 13 of 13 instances through the trough (docs/performance.md, issue 14).
 FULL_RECONFIG: dict[str, Any] = {"smooth_s": 30}
+
+
+def day_burst(env: Envelope) -> BurstSettings:
+    """The critical pools' burst reserve (controllers.burst) for a day of `env.day_s` simulated seconds: a
+    real day's settings, their memory, hold and step-down compressed with the day (a 600 s day would
+    otherwise remember its own peak for the whole run). The 30 s smoothing is the trace's burst scale,
+    which a compressed day keeps, so it stays."""
+    b = BurstSettings()
+    f = min(1.0, env.day_s / DAY_S)
+    return replace(b, memory_s=max(b.smooth_s, round(b.memory_s * f)), peak_half_life_s=b.peak_half_life_s * f,
+                   step_down_s=max(1.0, b.step_down_s * f))
 REF = RefSiteParams()
 
 
@@ -84,7 +96,7 @@ def deploy_for_peak(site: Site, wl: WorkloadSpec, seed: int = 0) -> tuple[Worklo
         return wl, {}
     table = rate_table(wl.resolved_trace(), wl.rate_window_s)
     peak = np.array([float(table.rate.max()) * twin.pools[i].spec.rate_scale for i in rec.index])
-    inst, tp = zip(*(twin.pool_config(n) for n in rec.names), strict=True)
+    tp = [twin.pool_config(n)[1] for n in rec.names]
     # The planner at each TP degree in turn, from all slots at that degree: before traffic, nothing serves
     # during a re-shard, so its guard (the instances left serving must carry the load) does not apply.
     best: list[tuple[bool, float, int]] = [(False, -np.inf, int(t)) for t in tp]  # (meets margin, -power | cap, tp)
@@ -129,7 +141,7 @@ def run_day(site: Site, site_name: str, base: Trace, env: Envelope, *, duration_
         bar = Progress(f"day {pol:>4}: {dur} s simulated", dur, out)
         full = pol == "full"
         results[pol] = run_policy(site, pol, dur, workload=wl_full if full else wl, seed=seed, progress=bar,
-                                  reconfig_options=FULL_RECONFIG if full else None)
+                                  reconfig_options={**FULL_RECONFIG, "burst": day_burst(env)} if full else None)
         bar.done()
         results[pol].pop("rack_power_w", None)  # 86,400 x racks: only the planner wants it
     return DayRun(site_name, trace, env, dur, seed, results, time.monotonic() - t0, deployed)

@@ -38,7 +38,6 @@ from sim.batching import PhasePower, representative_phases, step_serving
 from sim.engine import Twin, TwinConfig
 from sim.frames import BoolArray
 from sim.physics import GpuSpec, quantize_phi, solve_phi
-from sim.slo import SloSpec, isolated_tbt_s, isolated_ttft_s, tbt_slo_s, ttft_slo_s
 from sim.serving import (
     SERVING,
     Arrivals,
@@ -48,6 +47,7 @@ from sim.serving import (
     estimate_capacity_rps,
     instance_constants,
 )
+from sim.slo import SloSpec, isolated_tbt_s, isolated_ttft_s, tbt_slo_s, ttft_slo_s
 from sim.workload import PACKAGED_TRACE, Trace, default_trace, default_workload
 
 log = logging.getLogger(__name__)
