@@ -109,7 +109,7 @@ class Tally:
     rack_power: list[FloatArray] = field(default_factory=list)  # true rack wall power per second, for planning
     profile_note: str = ""  # which serving profile the reconfiguration decided from (full policy)
     series: dict[str, list[float]] = field(default_factory=lambda: {"t_s": [], "site_mw": [], "worst_frac": [],
-                                                                   "crit_ttft_ok": []})
+                                                                   "crit_ttft_ok": [], "crit_serving": []})
     markers: list[tuple[float, str]] = field(default_factory=list)  # (t_s, what): the charts' event lines
 
     def add(self, fr: Any, t_s: float) -> None:
@@ -156,6 +156,7 @@ class Tally:
         self.series["site_mw"].append(float(fr.site_power_w) / 1e6)
         self.series["worst_frac"].append(worst)
         self.series["crit_ttft_ok"].append(float(self.ttft_ok[0] / crit) if crit > 0 else 1.0)
+        self.series["crit_serving"].append(float(np.asarray(ps.serving)[prio == 0].sum()))  # instances serving
 
     def add_latencies(self, req: Any, prio: Any, ps: Any) -> None:
         """Every request's TTFT, and each pool's mean TBT of the second weighted by its decode tokens, into
