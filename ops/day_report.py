@@ -81,7 +81,7 @@ def _rows(fig: dict[str, Any]) -> list[str]:
                        ("critical decode tokens within the TBT SLO", "critical_tbt_within_slo")):
         lines.append(f"| {title} | " + " | ".join(pct(r[key]) for r in runs.values()) + " |")
     if all("critical_instances_trough_peak" in r for r in runs.values()):
-        lines.append("| critical pools' serving instances, trough / peak (2 h means) | " + " | ".join(
+        lines.append("| critical pools' serving instances, trough / peak (means over 1/12 of the day) | " + " | ".join(
             "{:.1f} / {:.1f}".format(*r["critical_instances_trough_peak"]) for r in runs.values()) + " |")
     return lines
 
