@@ -7,7 +7,11 @@ twice through ops.evaluate.run_policy, same twin, seed and arrivals:
 - baseline ("none"): DynamoLLM's baseline, static pools at maximum frequency sized for the PEAK of the day
   (the pools' rate scale puts the day's busiest 30 s at the target utilization), no reconfiguration, no
   capping;
-- full: capping, the thermal policy and the energy-aware reconfiguration of the pools (instances, TP, clocks).
+- full: capping, the thermal policy and the energy-aware reconfiguration of the pools (instances, TP, clocks),
+  its pools deployed at the tensor parallelism the serving profile picks for the day's peak
+  (``deploy_for_peak``): the twin re-shards a whole pool at once, so under load the reconfiguration never
+  changes TP, and a pool left at the baseline's TP8 would stay there all day. Its forecast is the busiest
+  30 s of the last 2 minutes (``FULL_RECONFIG``), not the busiest second.
 
 The report (ops/day_report.py) gives each run's energy, the full policy's saving against the baseline on
 the inference pools' GPU energy (DynamoLLM's measure: the inference cluster) and on the site's, the share
@@ -21,15 +25,36 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
-from ops.evaluate import run_policy
+import numpy as np
+
+from controllers.burst import BurstSettings
+from controllers.reconfig import PoolConfigs, ReconfigSettings, plan_pools
+from ops.evaluate import Reconfigurer, run_policy
 from ops.progress import Progress
 from powerplane.refsite import RefSiteParams, reference_site
 from powerplane.site import Site
-from sim.diurnal import Envelope, diurnal_trace
-from sim.trace import Trace
+from sim.diurnal import DAY_S, Envelope, diurnal_trace
+from sim.engine import Twin
+from sim.trace import Trace, rate_table
 from sim.workload import WorkloadSpec, default_workload
 
 DAY_POLICIES = ("none", "full")
+# The full policy's forecast over a day: the busiest 30 s mean (the pools' sizing window) of the last
+# 2 minutes x 1.1, not the busiest second. The profile's capacity is a Poisson stream's, so a second's noise
+# is already in it: the busiest of 120 seconds of a 15 req/s pool is ~27 req/s, which held the critical
+# pools at 13 of 13 instances through the trough (docs/performance.md, issue 14).
+FULL_RECONFIG: dict[str, Any] = {"smooth_s": 30}
+
+
+def day_burst(env: Envelope) -> BurstSettings:
+    """The critical pools' burst reserve (controllers.burst) for a day of `env.day_s` simulated seconds: a
+    real day's settings, their memory, hold and step-down compressed with the day (a 600 s day would
+    otherwise remember its own peak for the whole run). The 30 s smoothing is the trace's burst scale,
+    which a compressed day keeps, so it stays."""
+    b = BurstSettings()
+    f = min(1.0, env.day_s / DAY_S)
+    return replace(b, memory_s=max(b.smooth_s, round(b.memory_s * f)), peak_half_life_s=b.peak_half_life_s * f,
+                   step_down_s=max(1.0, b.step_down_s * f))
 REF = RefSiteParams()
 
 
@@ -58,6 +83,37 @@ def day_workload(site: Site, trace: Trace, critical_load: float = 0.7, batch_loa
     return replace(wl, pools=pools)
 
 
+def deploy_for_peak(site: Site, wl: WorkloadSpec, seed: int = 0) -> tuple[WorkloadSpec, dict[str, int]]:
+    """The workload with each profiled pool at the TP degree the reconfiguration's own planner picks for
+    the pool's busiest 30 s of the day, before any traffic (so a re-shard costs nothing); the TP changed per
+    pool name. What a deployment does once; the reconfiguration then moves instances and clocks."""
+    from sim.profiling import profile_for
+
+    twin = Twin(site, wl, seed=seed)
+    profile, _ = profile_for(twin)
+    rec = Reconfigurer(twin, profile=profile, burst=None, seed_history=False)
+    if not rec.names:
+        return wl, {}
+    table = rate_table(wl.resolved_trace(), wl.rate_window_s)
+    peak = np.array([float(table.rate.max()) * twin.pools[i].spec.rate_scale for i in rec.index])
+    tp = [twin.pool_config(n)[1] for n in rec.names]
+    # The planner at each TP degree in turn, from all slots at that degree: before traffic, nothing serves
+    # during a re-shard, so its guard (the instances left serving must carry the load) does not apply.
+    best: list[tuple[bool, float, int]] = [(False, -np.inf, int(t)) for t in tp]  # (meets margin, -power | cap, tp)
+    for deg in profile.tp.tolist():
+        n = rec.gpus // deg
+        plan = plan_pools(profile, rec.policy.pool_class, peak, PoolConfigs.of(n.tolist(), [deg] * n.size,
+                          rec.freq.tolist()), rec.gpus, ReconfigSettings(min_saving_frac=0.0))
+        for i in range(len(rec.names)):
+            ok = bool(plan.meets_margin[i])
+            score = -float(plan.power_w[i]) if ok else float(plan.capacity_rps[i])
+            if n[i] > 0 and (ok, score) > best[i][:2]:
+                best[i] = (ok, score, int(plan.config.tp[i]))
+    chosen = {n: b[2] for n, b, old in zip(rec.names, best, tp, strict=True) if b[2] != int(old)}
+    pools = tuple(replace(p, tp=chosen.get(p.name, p.tp)) for p in wl.pools)
+    return replace(wl, pools=pools), chosen
+
+
 @dataclass
 class DayRun:
     """What the day's report needs: its setting and each policy's metrics."""
@@ -69,6 +125,7 @@ class DayRun:
     seed: int
     results: dict[str, dict[str, Any]]
     wall_s: float
+    deployed_tp: dict[str, int]  # the full policy's pools deployed at another TP than the baseline's
 
 
 def run_day(site: Site, site_name: str, base: Trace, env: Envelope, *, duration_s: int | None = None,
@@ -79,9 +136,12 @@ def run_day(site: Site, site_name: str, base: Trace, env: Envelope, *, duration_
     dur = int(duration_s or env.day_s)
     t0 = time.monotonic()
     results: dict[str, dict[str, Any]] = {}
+    wl_full, deployed = deploy_for_peak(site, wl, seed) if "full" in policies else (wl, {})
     for pol in policies:
         bar = Progress(f"day {pol:>4}: {dur} s simulated", dur, out)
-        results[pol] = run_policy(site, pol, dur, workload=wl, seed=seed, progress=bar)
+        full = pol == "full"
+        results[pol] = run_policy(site, pol, dur, workload=wl_full if full else wl, seed=seed, progress=bar,
+                                  reconfig_options={**FULL_RECONFIG, "burst": day_burst(env)} if full else None)
         bar.done()
         results[pol].pop("rack_power_w", None)  # 86,400 x racks: only the planner wants it
-    return DayRun(site_name, trace, env, dur, seed, results, time.monotonic() - t0)
+    return DayRun(site_name, trace, env, dur, seed, results, time.monotonic() - t0, deployed)

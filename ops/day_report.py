@@ -8,11 +8,31 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ops.day import DayRun
-from ops.report import charts, savings_split
+from ops.report import charts, savings_split, svg_chart
 from powerplane.site import PRIORITIES
 
 CRIT = PRIORITIES[0]
+
+
+def trough_peak(run: DayRun, values: list[float]) -> tuple[float, float] | None:
+    """The mean of a per-second series over the twelfth of the day (2 h of a real day) centred on the
+    envelope's trough, and on its peak; None where the run does not cover both."""
+    env = run.envelope
+    v = np.asarray(values, dtype=np.float64)
+    half = env.day_s / 24.0
+    out = []
+    for hour in (env.peak_hour + 12.0, env.peak_hour):
+        mid = (hour % 24.0) / 24.0 * env.day_s
+        t = np.arange(v.size, dtype=np.float64)
+        d = np.abs((t - mid + env.day_s / 2) % env.day_s - env.day_s / 2)  # distance on the day's circle
+        sel = d <= half
+        if not sel.any():
+            return None
+        out.append(float(v[sel].mean()))
+    return out[0], out[1]
 
 
 def day_figures(run: DayRun) -> dict[str, Any]:
@@ -26,6 +46,10 @@ def day_figures(run: DayRun) -> dict[str, Any]:
                              "critical_tbt_within_slo": crit.get("tbt_within_slo"),
                              "processed_tokens": r["tokens"] + r["prompt_tokens"],
                              "seconds_over_rating": r["seconds_over_rating"]}
+        serving = r.get("series", {}).get("crit_serving")
+        tp = trough_peak(run, serving) if serving else None
+        if tp is not None:
+            out["runs"][name]["critical_instances_trough_peak"] = list(tp)
     if base is not None and full is not None:
         split = savings_split(full, base)
         crit_ok = full["slo"].get(CRIT, {}).get("ttft_within_slo", 0.0)
@@ -56,6 +80,9 @@ def _rows(fig: dict[str, Any]) -> list[str]:
     for title, key in (("critical requests within the TTFT SLO", "critical_ttft_within_slo"),
                        ("critical decode tokens within the TBT SLO", "critical_tbt_within_slo")):
         lines.append(f"| {title} | " + " | ".join(pct(r[key]) for r in runs.values()) + " |")
+    if all("critical_instances_trough_peak" in r for r in runs.values()):
+        lines.append("| critical pools' serving instances, trough / peak (means over 1/12 of the day) | " + " | ".join(
+            "{:.1f} / {:.1f}".format(*r["critical_instances_trough_peak"]) for r in runs.values()) + " |")
     return lines
 
 
@@ -69,6 +96,9 @@ def write_day_report(out_dir: Path, run: DayRun) -> Path:
     (out_dir / "metrics.json").write_text(json.dumps({"meta": meta, "figures": fig, "results": run.results},
                                                      indent=2, default=float))
     drawn = {k: v for k, v in charts(series, run.results).items() if v}
+    if all("crit_serving" in v for v in series.values()):
+        drawn["critical_instances.svg"] = svg_chart(series, "crit_serving", "Inference-critical instances serving",
+                                                    "instances")
     for name, svg in drawn.items():
         (out_dir / name).write_text(svg)
     lines = [f"# Day-long evaluation: {run.site_name}", "",
@@ -76,6 +106,10 @@ def write_day_report(out_dir: Path, run: DayRun) -> Path:
              f"{run.duration_s} s simulated per policy, {run.wall_s:.0f} s wall for both; seed {run.seed}. "
              "Baseline: DynamoLLM's, static pools at maximum frequency sized for the day's peak, no "
              "reconfiguration, no capping.", "", *_rows(fig)]
+    if run.deployed_tp:
+        lines += ["", "The full policy's pools deployed at the TP its serving profile picks for the day's peak "
+                  "(before traffic; the twin re-shards a whole pool at once, so not under load): "
+                  + ", ".join(f"{n} TP{t}" for n, t in sorted(run.deployed_tp.items())) + "."]
     s = fig.get("saving")
     if s is not None:
         lines += ["", "## Saving against the peak-provisioned baseline", "",

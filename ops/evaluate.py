@@ -109,7 +109,7 @@ class Tally:
     rack_power: list[FloatArray] = field(default_factory=list)  # true rack wall power per second, for planning
     profile_note: str = ""  # which serving profile the reconfiguration decided from (full policy)
     series: dict[str, list[float]] = field(default_factory=lambda: {"t_s": [], "site_mw": [], "worst_frac": [],
-                                                                   "crit_ttft_ok": []})
+                                                                   "crit_ttft_ok": [], "crit_serving": []})
     markers: list[tuple[float, str]] = field(default_factory=list)  # (t_s, what): the charts' event lines
 
     def add(self, fr: Any, t_s: float) -> None:
@@ -156,6 +156,7 @@ class Tally:
         self.series["site_mw"].append(float(fr.site_power_w) / 1e6)
         self.series["worst_frac"].append(worst)
         self.series["crit_ttft_ok"].append(float(self.ttft_ok[0] / crit) if crit > 0 else 1.0)
+        self.series["crit_serving"].append(float(np.asarray(ps.serving)[prio == 0].sum()))  # instances serving
 
     def add_latencies(self, req: Any, prio: Any, ps: Any) -> None:
         """Every request's TTFT, and each pool's mean TBT of the second weighted by its decode tokens, into
@@ -227,9 +228,11 @@ def _event_t(event: str, t_s: float) -> float:
 def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSpec | None = None,
                scenario: Scenario | None = None, seed: int = 0,
                progress: Progress | None = None, reconfigure: bool = True,
-               coordinate: bool = True, ups_signal: bool = True) -> dict[str, Any]:
+               coordinate: bool = True, ups_signal: bool = True,
+               reconfig_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """One closed-loop run; returns its metrics and per-second series. `ups_signal`: the twin's UPS polls and
-    traps (pp.facility) reach the engine, as the streams worker and controller receive them."""
+    traps (pp.facility) reach the engine, as the streams worker and controller receive them.
+    `reconfig_options`: keyword arguments of the full policy's Reconfigurer (the day run's forecast)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy '{policy}' (known: {', '.join(POLICIES)})")
     twin = Twin(site, workload, scenario, seed=seed, epoch_s=EPOCH_S)
@@ -257,7 +260,8 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         from sim.profiling import profile_for
 
         profile, tally.profile_note = profile_for(twin)  # for the token mix of the trace the twin replays
-        reconfig = Reconfigurer(twin, profile=profile, controller=ctl, coordinate=coordinate)
+        reconfig = Reconfigurer(twin, profile=profile, controller=ctl, coordinate=coordinate,
+                                **(reconfig_options or {}))
     route_w = np.ones(site.n_gpus)
     for k in range(duration_s):
         fr = twin.step(1.0)

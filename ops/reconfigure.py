@@ -65,7 +65,7 @@ class Reconfigurer:
 
     def __init__(self, twin: Twin, every_s: int = 15, lookback_s: int = 120, headroom: float = 1.1,
                  profile: ServingProfile | None = None, controller: Any = None, coordinate: bool = True,
-                 burst: BurstSettings | None = DEFAULT_BURST, seed_history: bool = True) -> None:
+                 burst: BurstSettings | None = DEFAULT_BURST, seed_history: bool = True, smooth_s: int = 1) -> None:
         from controllers.reconfig import ReconfigPolicy
         from powerplane.serving_profile import ServingProfile, class_key
 
@@ -86,6 +86,9 @@ class Reconfigurer:
         self.every_s, self.headroom = every_s, headroom
         self.recent: list[FloatArray] = []
         self.lookback_s = lookback_s
+        # The busiest `smooth_s`-second mean rate of the lookback is the forecast (1: the busiest second). The
+        # profile's capacities are for Poisson arrivals, whose second-to-second noise they already absorb.
+        self.smooth_s = max(1, int(smooth_s))
         self.t = 0
         self.controller = controller
         self.coordinate = coordinate
@@ -135,7 +138,7 @@ class Reconfigurer:
     def forecast(self, current: Any) -> tuple[FloatArray, np.ndarray | None]:
         """Each pool's forecast (requests/s) and the GPUs it keeps serving at least (None: no floor). A
         critical pool: at least its burst reserve, and at most one instance fewer per `step_down_s`."""
-        busiest = np.max(self.recent, axis=0) * self.headroom
+        busiest = _busiest(np.asarray(self.recent), self.smooth_s) * self.headroom
         if self.burst is None:
             return busiest, None
         fc = np.where(self.critical, np.maximum(busiest, self.burst.reserve_rps()), busiest)
@@ -164,3 +167,12 @@ class Reconfigurer:
         for why in v.reasons.values():
             self.deferred[why] = self.deferred.get(why, 0) + 1
         return v.allow
+
+
+def _busiest(recent: FloatArray, smooth_s: int) -> FloatArray:
+    """Per pool (columns): the highest `smooth_s`-second mean of the rows (seconds, oldest first)."""
+    w = min(smooth_s, recent.shape[0])
+    if w <= 1:
+        return np.asarray(recent.max(axis=0), dtype=np.float64)
+    cs = np.cumsum(np.vstack([np.zeros((1, recent.shape[1])), recent]), axis=0)
+    return np.asarray((cs[w:] - cs[:-w]).max(axis=0) / w, dtype=np.float64)
