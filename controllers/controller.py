@@ -292,19 +292,7 @@ class CapController:
                                                 confirm_w=gpu_w + pending)
         self.stats.brakes_unconfirmed += int((power_levels(self.site) & ~brake & (self.limit_w > 0) &
                                               (load > s.brake_threshold * self.limit_w)).any())
-        # Thermal: zones with a fresh headroom reading; a silent zone keeps its stage.
-        zfresh = fresh(now_s, self.zone_seen_s, self.zone_ts_s, f)
-        budget = np.full(len(self.site.level_ids), np.nan)
-        th = None
-        if self.thermal is not None:
-            climbing = zfresh & np.isfinite(self.zone_ttl_s)
-            self.zone_climb_since_s = np.where(climbing, np.minimum(self.zone_climb_since_s, now_s), np.inf)
-            sustained = now_s - self.zone_climb_since_s >= self.thermal.climb_sustain_s
-            th = decide_thermal(self.site, np.where(zfresh, self.zone_headroom_c, np.nan),
-                                np.where(sustained, self.zone_ttl_s, np.nan), load[self.zones], self.zone_stage,
-                                self.thermal)
-            self.zone_stage = np.where(zfresh, th.stage, self.zone_stage)
-            budget[self.zones] = th.zone_budget_w
+        budget, th = self._thermal(now_s, load)
         known = ~np.isnan(self.cap_w)
         # A GPU of a silent rack counts as drawing its cap (decide_caps), never as its last reading.
         # So does a GPU whose own source stopped while the rest of its rack reports (partial frames: one server's).
@@ -329,6 +317,23 @@ class CapController:
             cmds += self._knob_commands(1, "routing_weight", self.route_w, th.route_weight, now_s)
             self.route_w = th.route_weight
         return cmds
+
+    def _thermal(self, now_s: float, load: np.ndarray) -> tuple[np.ndarray, Any]:
+        """(per level heat budget, NaN where none; the thermal decision or None): zones with a fresh headroom
+        reading; a silent zone keeps its stage."""
+        zfresh = fresh(now_s, self.zone_seen_s, self.zone_ts_s, self.freshness)
+        budget = np.full(len(self.site.level_ids), np.nan)
+        if self.thermal is None:
+            return budget, None
+        climbing = zfresh & np.isfinite(self.zone_ttl_s)
+        self.zone_climb_since_s = np.where(climbing, np.minimum(self.zone_climb_since_s, now_s), np.inf)
+        sustained = now_s - self.zone_climb_since_s >= self.thermal.climb_sustain_s
+        th = decide_thermal(self.site, np.where(zfresh, self.zone_headroom_c, np.nan),
+                            np.where(sustained, self.zone_ttl_s, np.nan), load[self.zones], self.zone_stage,
+                            self.thermal)
+        self.zone_stage = np.where(zfresh, th.stage, self.zone_stage)
+        budget[self.zones] = th.zone_budget_w
+        return budget, th
 
     def _hold(self, now_s: float) -> list[Command]:
         """Every cap, clock lock and routing weight as it is: only renewals of what is held."""

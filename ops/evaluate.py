@@ -225,6 +225,35 @@ def _event_t(event: str, t_s: float) -> float:
         return t_s
 
 
+def _control_second(site: Site, twin: Twin, fr: Any, k: int, engine: Engine, guard: Guard, tally: Tally,
+                    route_w: FloatArray, ups_signal: bool) -> None:
+    """One second of the closed loop: the twin's frames and UPS readings into the engine, its commands through
+    the guarded actuator (routing weights to the twin's router)."""
+    ts = EPOCH_S + twin.t_s
+    cmds: list[Command] = []
+    for f in rack_frames(site, fr, ts, 1.0, k, "twin"):
+        cmds += engine.feed_frame(f, received_s=ts + 0.2)  # the twin's clock is the receiver's
+    now = ts + 0.5  # the controller's tick lands within the second; the actuator acts at once
+    # Each reading at its arrival (a trap 50-300 ms after the event), before the tick it precedes, but
+    # never before this second's frames: the twin applies a command from its next step on, so a decision
+    # stamped at the trap's own time would claim that the frames just read (measured after it) show its
+    # caps, and the controller would shed the same watts again (issue 14: critical GPUs at their floor).
+    if ups_signal:
+        for r in twin.facility_readings(twin.t_s + 0.5):
+            cmds += engine.feed_facility(r, received_s=max(r.ts_s, ts + 0.2))
+    cmds += engine.decide_now(now)
+    routing = [c for c in cmds if c.action == "routing_weight"]
+    for c in cmds:
+        if c.reason != "lease renewal":
+            tally.commands += 1
+            tally.by_action[c.action] = tally.by_action.get(c.action, 0) + 1
+        if c.action != "routing_weight":
+            guard.handle(c, now)
+    if routing:
+        apply_routing(twin, routing, route_w)
+    guard.expire(now)
+
+
 def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSpec | None = None,
                scenario: Scenario | None = None, seed: int = 0,
                progress: Progress | None = None, reconfigure: bool = True,
@@ -265,30 +294,8 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     route_w = np.ones(site.n_gpus)
     for k in range(duration_s):
         fr = twin.step(1.0)
-        ts = EPOCH_S + twin.t_s
         if engine is not None and guard is not None:
-            cmds: list[Command] = []
-            for f in rack_frames(site, fr, ts, 1.0, k, "twin"):
-                cmds += engine.feed_frame(f, received_s=ts + 0.2)  # the twin's clock is the receiver's
-            now = ts + 0.5  # the controller's tick lands within the second; the actuator acts at once
-            # Each reading at its arrival (a trap 50-300 ms after the event), before the tick it precedes, but
-            # never before this second's frames: the twin applies a command from its next step on, so a decision
-            # stamped at the trap's own time would claim that the frames just read (measured after it) show its
-            # caps, and the controller would shed the same watts again (issue 14: critical GPUs at their floor).
-            if ups_signal:
-                for r in twin.facility_readings(twin.t_s + 0.5):
-                    cmds += engine.feed_facility(r, received_s=max(r.ts_s, ts + 0.2))
-            cmds += engine.decide_now(now)
-            routing = [c for c in cmds if c.action == "routing_weight"]
-            for c in cmds:
-                if c.reason != "lease renewal":
-                    tally.commands += 1
-                    tally.by_action[c.action] = tally.by_action.get(c.action, 0) + 1
-                if c.action != "routing_weight":
-                    guard.handle(c, now)
-            if routing:
-                apply_routing(twin, routing, route_w)
-            guard.expire(now)
+            _control_second(site, twin, fr, k, engine, guard, tally, route_w, ups_signal)
         if reconfig is not None:
             n = reconfig(twin, fr)
             tally.commands += n
