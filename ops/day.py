@@ -25,17 +25,14 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
-import numpy as np
-
 from controllers.burst import BurstSettings
-from controllers.reconfig import PoolConfigs, ReconfigSettings, plan_pools
-from ops.evaluate import Reconfigurer, run_policy
+from ops.evaluate import run_policy
 from ops.progress import Progress
+from ops.reconfigure import deploy_for_peak
 from powerplane.refsite import RefSiteParams, reference_site
 from powerplane.site import Site
 from sim.diurnal import DAY_S, Envelope, diurnal_trace
-from sim.engine import Twin
-from sim.trace import Trace, rate_table
+from sim.trace import Trace
 from sim.workload import WorkloadSpec, default_workload
 
 DAY_POLICIES = ("none", "full")
@@ -83,37 +80,6 @@ def day_workload(site: Site, trace: Trace, critical_load: float = 0.7, batch_loa
     return replace(wl, pools=pools)
 
 
-def deploy_for_peak(site: Site, wl: WorkloadSpec, seed: int = 0) -> tuple[WorkloadSpec, dict[str, int]]:
-    """The workload with each profiled pool at the TP degree the reconfiguration's own planner picks for
-    the pool's busiest 30 s of the day, before any traffic (so a re-shard costs nothing); the TP changed per
-    pool name. What a deployment does once; the reconfiguration then moves instances and clocks."""
-    from sim.profiling import profile_for
-
-    twin = Twin(site, wl, seed=seed)
-    profile, _ = profile_for(twin)
-    rec = Reconfigurer(twin, profile=profile, burst=None, seed_history=False)
-    if not rec.names:
-        return wl, {}
-    table = rate_table(wl.resolved_trace(), wl.rate_window_s)
-    peak = np.array([float(table.rate.max()) * twin.pools[i].spec.rate_scale for i in rec.index])
-    tp = [twin.pool_config(n)[1] for n in rec.names]
-    # The planner at each TP degree in turn, from all slots at that degree: before traffic, nothing serves
-    # during a re-shard, so its guard (the instances left serving must carry the load) does not apply.
-    best: list[tuple[bool, float, int]] = [(False, -np.inf, int(t)) for t in tp]  # (meets margin, -power | cap, tp)
-    for deg in profile.tp.tolist():
-        n = rec.gpus // deg
-        plan = plan_pools(profile, rec.policy.pool_class, peak, PoolConfigs.of(n.tolist(), [deg] * n.size,
-                          rec.freq.tolist()), rec.gpus, ReconfigSettings(min_saving_frac=0.0))
-        for i in range(len(rec.names)):
-            ok = bool(plan.meets_margin[i])
-            score = -float(plan.power_w[i]) if ok else float(plan.capacity_rps[i])
-            if n[i] > 0 and (ok, score) > best[i][:2]:
-                best[i] = (ok, score, int(plan.config.tp[i]))
-    chosen = {n: b[2] for n, b, old in zip(rec.names, best, tp, strict=True) if b[2] != int(old)}
-    pools = tuple(replace(p, tp=chosen.get(p.name, p.tp)) for p in wl.pools)
-    return replace(wl, pools=pools), chosen
-
-
 @dataclass
 class DayRun:
     """What the day's report needs: its setting and each policy's metrics."""
@@ -141,6 +107,7 @@ def run_day(site: Site, site_name: str, base: Trace, env: Envelope, *, duration_
         bar = Progress(f"day {pol:>4}: {dur} s simulated", dur, out)
         full = pol == "full"
         results[pol] = run_policy(site, pol, dur, workload=wl_full if full else wl, seed=seed, progress=bar,
+                                  deploy_tp=False,
                                   reconfig_options={**FULL_RECONFIG, "burst": day_burst(env)} if full else None)
         bar.done()
         results[pol].pop("rack_power_w", None)  # 86,400 x racks: only the planner wants it

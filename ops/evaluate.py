@@ -30,7 +30,7 @@ from controllers.controller import CapController
 from controllers.thermal import ThermalSettings
 from ops.engine import Engine
 from ops.progress import Progress
-from ops.reconfigure import Reconfigurer, apply_pool_actions
+from ops.reconfigure import Reconfigurer, apply_pool_actions, deploy_for_peak
 from ops.signal_tally import SignalTally
 from ops.sketch import Quantiles
 from powerplane.physics import THROTTLE_HW_SLOWDOWN, THROTTLE_HW_THERMAL, THROTTLE_SW_POWER_CAP, THROTTLE_SW_THERMAL
@@ -40,7 +40,7 @@ from powerplane.site import KIND, PRIORITIES, FloatArray, Site
 from sim import Twin
 from sim.fleet import rack_frames
 from sim.scenario import Scenario
-from sim.workload import WorkloadSpec
+from sim.workload import WorkloadSpec, default_workload
 
 __all__ = ["POLICIES", "Reconfigurer", "Tally", "apply_pool_actions", "oversubscription", "run_policy",
            "static_caps_w"]
@@ -258,12 +258,17 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
                scenario: Scenario | None = None, seed: int = 0,
                progress: Progress | None = None, reconfigure: bool = True,
                coordinate: bool = True, ups_signal: bool = True,
-               reconfig_options: dict[str, Any] | None = None) -> dict[str, Any]:
+               reconfig_options: dict[str, Any] | None = None, deploy_tp: bool = True) -> dict[str, Any]:
     """One closed-loop run; returns its metrics and per-second series. `ups_signal`: the twin's UPS polls and
     traps (pp.facility) reach the engine, as the streams worker and controller receive them.
-    `reconfig_options`: keyword arguments of the full policy's Reconfigurer (the day run's forecast)."""
+    `reconfig_options`: keyword arguments of the full policy's Reconfigurer (the day run's forecast).
+    `deploy_tp`: the full policy deploys its pools at the TP its planner picks for the trace's peak
+    (ops.reconfigure.deploy_for_peak); False: as the workload says (a caller that deployed them already)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy '{policy}' (known: {', '.join(POLICIES)})")
+    deployed: dict[str, int] = {}
+    if policy == "full" and reconfigure and deploy_tp:
+        workload, deployed = deploy_for_peak(site, workload or default_workload(site), seed)
     twin = Twin(site, workload, scenario, seed=seed, epoch_s=EPOCH_S)
     keyring = Keyring({"eval": os.urandom(32)}, "eval")
     tally = Tally(site)
@@ -307,6 +312,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         if progress is not None:
             progress.show(k + 1)
     out = tally.summary()
+    out["deployed_tp"] = deployed
     if tally.profile_note:
         out["serving_profile"] = tally.profile_note
     if reconfig is not None:

@@ -13,6 +13,7 @@ the run: on a real day the memory holds only the bursts already seen (docs/perfo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +26,9 @@ DEFAULT_BURST = BurstSettings()
 
 if TYPE_CHECKING:
     from powerplane.serving_profile import ServingProfile
+    from powerplane.site import Site
     from sim import Twin
+    from sim.workload import WorkloadSpec
 
 
 def apply_pool_actions(twin: Twin, actions: Any) -> None:
@@ -176,3 +179,41 @@ def _busiest(recent: FloatArray, smooth_s: int) -> FloatArray:
         return np.asarray(recent.max(axis=0), dtype=np.float64)
     cs = np.cumsum(np.vstack([np.zeros((1, recent.shape[1])), recent]), axis=0)
     return np.asarray((cs[w:] - cs[:-w]).max(axis=0) / w, dtype=np.float64)
+
+
+def deploy_for_peak(site: Site, wl: WorkloadSpec, seed: int = 0) -> tuple[WorkloadSpec, dict[str, int]]:
+    """The workload with each profiled pool at the TP degree the reconfiguration's own planner picks for
+    the pool's busiest 30 s of the trace (of the day, for a day run), before any traffic (so a re-shard costs
+    nothing); the TP changed per pool name. What a deployment does once: the twin re-shards a whole pool at
+    once, so under load the reconfiguration never changes TP, and a pool left at the default TP8 stays there
+    (on GB200-class racks a TP8 llama3-405b instance misses the 0.1 s TBT floor whenever a 2,048-token
+    prefill chunk shares its iteration; docs/performance.md, issue 14). The reconfiguration then moves
+    instances and clocks."""
+    from controllers.reconfig import PoolConfigs, ReconfigSettings, plan_pools
+    from sim import Twin
+    from sim.profiling import profile_for
+    from sim.trace import rate_table
+
+    twin = Twin(site, wl, seed=seed)
+    profile, _ = profile_for(twin)
+    rec = Reconfigurer(twin, profile=profile, burst=None, seed_history=False)
+    if not rec.names:
+        return wl, {}
+    table = rate_table(wl.resolved_trace(), wl.rate_window_s)
+    peak = np.array([float(table.rate.max()) * twin.pools[i].spec.rate_scale for i in rec.index])
+    tp = [twin.pool_config(n)[1] for n in rec.names]
+    # The planner at each TP degree in turn, from all slots at that degree: before traffic, nothing serves
+    # during a re-shard, so its guard (the instances left serving must carry the load) does not apply.
+    best: list[tuple[bool, float, int]] = [(False, -np.inf, int(t)) for t in tp]  # (meets margin, -power | cap, tp)
+    for deg in profile.tp.tolist():
+        n = rec.gpus // deg
+        plan = plan_pools(profile, rec.policy.pool_class, peak, PoolConfigs.of(n.tolist(), [deg] * n.size,
+                          rec.freq.tolist()), rec.gpus, ReconfigSettings(min_saving_frac=0.0))
+        for i in range(len(rec.names)):
+            ok = bool(plan.meets_margin[i])
+            score = -float(plan.power_w[i]) if ok else float(plan.capacity_rps[i])
+            if n[i] > 0 and (ok, score) > best[i][:2]:
+                best[i] = (ok, score, int(plan.config.tp[i]))
+    chosen = {n: b[2] for n, b, old in zip(rec.names, best, tp, strict=True) if b[2] != int(old)}
+    pools = tuple(replace(p, tp=chosen.get(p.name, p.tp)) for p in wl.pools)
+    return replace(wl, pools=pools), chosen

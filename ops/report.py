@@ -273,6 +273,12 @@ def _trace_lines(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> li
     note = results.get("full", {}).get("serving_profile")
     if note:
         out += [f"Serving profile of the full policy's reconfiguration: {note}.", ""]
+    deployed = results.get("full", {}).get("deployed_tp") or {}
+    if deployed:  # the other policies keep the workload's TP: say which pools differ
+        tps = sorted(set(deployed.values()))
+        out += [f"The full policy deployed {len(deployed)} pool(s) at the TP its planner picks for the trace's peak "
+                f"({', '.join(f'TP{t}' for t in tps)}; the other policies keep the workload's): "
+                + ", ".join(sorted(deployed)) + ".", ""]
     return out
 
 

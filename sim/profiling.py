@@ -289,15 +289,17 @@ def profile_cache_dir() -> Path:
 
 def profile_for(twin: Twin, cache_dir: Path | None = None) -> tuple[ServingProfile, str]:
     """The serving profile of the twin's pool classes for the token mix of the trace it replays, and where it
-    came from. The packaged trace's is the packaged profile; any other trace's is measured once (~15 s for the
-    lab site's classes) and cached under a key of the token counts and the classes, so the reconfiguration
-    policy sizes pools for the prompts and outputs it will serve, not the conversation trace's."""
+    came from. The packaged trace's, judged by absolute SLOs, is the packaged profile; any other is measured
+    once (~15 s for the lab site's classes) and cached under a key of the token counts, the classes and the SLO
+    definition, so the reconfiguration sizes pools for the prompts and outputs it will serve, as it is judged."""
     tr = twin.trace
-    if Path(tr.source).resolve() == PACKAGED_TRACE.resolve():
+    slo = twin.pools[0].slo if twin.pools else SloSpec()
+    # The packaged profile was measured against each class's absolute SLOs: only a run judged by those may
+    # use it; a run judged by relative SLOs (the default) has its own measured (issue 14).
+    if Path(tr.source).resolve() == PACKAGED_TRACE.resolve() and slo.kind == "absolute":
         packaged = ServingProfile.load()
         return packaged, f"packaged ({packaged.meta.get('mix', 'the conversation trace mix')})"
     classes = classes_of(twin)
-    slo = twin.pools[0].slo if twin.pools else SloSpec()
     # The twin's power and serving constants are part of the key: a profile measured before a calibration
     # change must not be reused after it; so is the SLO definition the run judges (relative or absolute).
     h = hashlib.sha256(tr.prompt.tobytes() + tr.output.tobytes() + repr(classes).encode()
