@@ -133,7 +133,7 @@ def sizing_rate(trace: Trace, quantile: float = 0.95, window_s: float = 30.0) ->
     return max(float(np.quantile(rate, quantile)), trace.mean_rate, 1e-9)
 
 
-def default_workload(site: Site, trace: Trace | None = None, critical_load: float = 0.7, batch_load: float = 0.85,
+def default_workload(site: Site, trace: Trace | None = None, critical_load: float = 0.6, batch_load: float = 0.85,
                      serving_cfg: ServingConfig | None = None, rate_quantile: float = 0.95,
                      rate_window_s: float = 30.0, critical_quantile: float = 0.99) -> WorkloadSpec:
     """A workload that fills a site by its priority classes.

@@ -23,8 +23,8 @@ def add_slo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--critical-quantile", type=float, default=0.99, metavar="Q",
                    help="default workload: critical pools are sized on the higher of this quantile and "
                         "--sizing-quantile (0.99: their bursts must fit; batch is what is shed)")
-    p.add_argument("--critical-load", type=float, default=0.7, metavar="U",
-                   help="default workload: critical pools' target utilization at that rate (0.7)")
+    p.add_argument("--critical-load", type=float, default=0.6, metavar="U",
+                   help="default workload: critical pools' target utilization at that rate (0.6)")
     p.add_argument("--batch-load", type=float, default=0.85, metavar="U",
                    help="default workload: batch pools' target utilization at that rate (0.85)")
 

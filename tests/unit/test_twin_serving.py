@@ -77,7 +77,7 @@ def test_frequency_lock_lowers_decode_energy_with_little_throughput_loss(lab: Si
 
 
 def test_ttft_grows_with_load(lab: Site) -> None:
-    wl = default_workload(lab)
+    wl = default_workload(lab, critical_load=0.7)  # fixed loads: 0.35 and 1.4 of the sizing point
     light = Twin(lab, with_pool(wl, "critical-1", rate_scale=wl.pools[0].rate_scale * 0.5), seed=13)
     heavy = Twin(lab, with_pool(wl, "critical-1", rate_scale=wl.pools[0].rate_scale * 2.0), seed=13)
     fl, fh = light.run(60)[10:], heavy.run(60)[10:]
