@@ -85,6 +85,7 @@ class CapController:
         self.actions = actions  # which knobs this deployment has actuators for
         self.guard = GuardSettings()
         self.guarded = np.full(site.n_racks, np.nan)  # per rack: worst case / surviving PDU's rating, if guarded
+        self.side_dark = np.zeros((site.n_racks, 2), dtype=bool)  # which PDU of each rack was dark, last decision
         n_levels = len(site.level_ids)
         self.level_power_w = np.full(n_levels, np.nan)
         self.level_seen_s = np.full(n_levels, -np.inf)  # arrival time (our clock)
@@ -265,7 +266,9 @@ class CapController:
         changed_s = self.rack_pending_s + self.settle_s
         meter_old = (changed_s[:, None] > self.pdu_meter_ts_s[self.site.rack_pdu]) & \
             (changed_s <= self.rack_frame_ts_s)[:, None]
-        load = self._pdu_loads(np.where(use, self.level_power_w, np.nan), meter_old)
+        # Which PDU of each rack is below a dark feed level (a zero limit from the stage): once per decision.
+        self.side_dark = self.site.dark_below(self.feed_levels & (self.limit_w <= 0))[self.site.rack_pdu]
+        load = self._pdu_loads(np.where(use, self.level_power_w, np.nan), self.side_dark, meter_old)
         # A load measured before our last change to a rack under it cannot show that change yet; acting on it
         # as it is would shed (or release) the same watts twice. Each such level is taken at its reading plus
         # the change still to show (a shed is negative), so a level goes on being acted on for racks whose
@@ -301,7 +304,7 @@ class CapController:
         new = decide_caps(self.site, gpu_w_now, self.cap_w, load, self.limit_w, s,
                           brake=brake, heat_budget_w=budget)
         # A rack on one feed: its worst case must fit its surviving PDU before its work starts (controllers.guard).
-        new, self.guarded = single_feed_guard(self.site, new, self._side_dark(), self.guard)
+        new, self.guarded = single_feed_guard(self.site, new, self.side_dark, self.guard)
         # Release only where every input above the rack is fresh: a silent rack or a level that has gone
         # stale keeps its caps (it may still be shed on fresh evidence from a level above it).
         had = np.isfinite(self.level_seen_s) & power_levels(self.site)
@@ -345,11 +348,7 @@ class CapController:
                 cmds += self._knob_commands(k, action, held, held, now_s)
         return cmds
 
-    def _side_dark(self) -> np.ndarray:
-        """(racks, 2): which of each rack's PDUs is below a dark feed level (a zero limit from the stage)."""
-        return np.asarray(self.site.dark_below(self.feed_levels & (self.limit_w <= 0))[self.site.rack_pdu])
-
-    def _pdu_loads(self, load: np.ndarray, meter_old: np.ndarray | None = None) -> np.ndarray:
+    def _pdu_loads(self, load: np.ndarray, side_dark: np.ndarray, meter_old: np.ndarray | None = None) -> np.ndarray:
         """PDU loads that do not wait for the PDU meter: a PDU meter refreshes every few seconds (SNMP), the
         GPUs every second. Each live PDU is taken at the larger of its meter and its rack's GPU-based power
         (when every GPU reported, less its error margin) times the rack's share on that feed: a surge or a
@@ -358,8 +357,6 @@ class CapController:
         A meter that predates our last change to its rack (`meter_old`, per rack and feed) is not compared: the
         rack's GPU-based power, at its upper bound (no margin taken off), stands for it until it refreshes."""
         site = self.site
-        dark = site.dark_below(self.feed_levels & (self.limit_w <= 0))
-        side_dark = self._side_dark()
         share = feed_share(site, load)
         share = np.where(side_dark[:, :1] & ~side_dark[:, 1:], [0.0, 1.0],
                          np.where(side_dark[:, 1:] & ~side_dark[:, :1], [1.0, 0.0], share))
@@ -373,7 +370,7 @@ class CapController:
         if meter_old is not None:
             old = meter_old.ravel() & known
             meter = np.where(old, est[pdus] * (1.0 + self.estimate_margin), meter)
-        out[pdus] = np.where(dark[pdus], 0.0, np.where(known, np.fmax(meter, est[pdus]), meter))
+        out[pdus] = np.where(side_dark.ravel(), 0.0, np.where(known, np.fmax(meter, est[pdus]), meter))
         return out
 
     def _feed_estimates(self, load: np.ndarray, meter_old: np.ndarray | None = None) -> np.ndarray:
@@ -432,7 +429,7 @@ class CapController:
                 why = f"power brake: {where or 'a level'} over {100 * self.settings.brake_threshold:.0f}% " \
                       f"for {self.settings.brake_after_s:g} s"
             elif np.isfinite(self.guarded[r]) and (new[a:b][idx] <= self.cap_w[a:b][idx]).all():
-                pdu = site.level_ids[int(site.rack_pdu[r, 1 if self._side_dark()[r, 0] else 0])]
+                pdu = site.level_ids[int(site.rack_pdu[r, 1 if self.side_dark[r, 0] else 0])]
                 why = f"single-feed guard: {pdu} could reach {100 * self.guarded[r]:.0f}% of its rating"
             elif (new[a:b][idx] >= self.cap_w[a:b][idx]).all():
                 why = f"releasing caps: {where}" if where else "releasing caps"
