@@ -14,6 +14,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from powerplane.grid import GridLimits
+
 PRIORITIES: tuple[str, ...] = ("inference-critical", "inference-batch", "training", "best-effort")
 """Workload priority classes, most important first; a server's class is its index here."""
 
@@ -91,6 +93,9 @@ class Site:
     level_index: dict[str, int] = field(default_factory=dict)
     server_other_w: FloatArray = field(default_factory=lambda: np.zeros(0))
     server_psu_eff: FloatArray = field(default_factory=lambda: np.zeros(0))
+    # What the utility allows of the load (powerplane/grid.py): the whole site's, and per utility feed id.
+    grid: GridLimits | None = None
+    feed_grid: dict[str, GridLimits] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.level_index = {lid: i for i, lid in enumerate(self.level_ids)}

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from powerplane.config import TomlFileError, read_toml
+from powerplane.grid import GridLimits
 from powerplane.site import FEEDS, KIND, PRIORITIES, FloatArray, ServerType, Site
 from powerplane.validation import ConfigError, Model, Problems, validate
 
@@ -70,6 +71,7 @@ class UtilitySpec(_Table):
     id: Id
     feed: Feed
     rating_kw: float = Field(gt=0, le=1e6)
+    grid: GridLimits | None = None  # [feeds.grid]: what the utility allows of the load on this feed
 
 
 class FeedLevelSpec(_Table):
@@ -149,6 +151,7 @@ class SiteSpec(_Table):
     rpps: list[FeedLevelSpec] = Field(default_factory=list)
     pdus: list[FeedLevelSpec] = Field(default_factory=list)
     halls: list[HallSpec] = Field(default_factory=list)
+    grid: GridLimits | None = None  # [grid]: what the utility allows of the whole site's load
 
     @field_validator("server_types")
     @classmethod
@@ -443,6 +446,8 @@ def compile_site(spec: SiteSpec) -> Site:
         rack_gpu_start=rack_gpu_start,
         rack_server_start=rack_server_start,
         zone_supply_c=b.zone_supply_c,
+        grid=spec.grid,
+        feed_grid={u.id: u.grid for u in spec.feeds if u.grid is not None},
     )
 
 
