@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from controllers.grid_control import ReleasePlan, per_gpu, release_plan
+from controllers.grid_control import ReleasePlan, check_inputs, per_gpu, release_plan
 from powerplane.grid import DemandResponse, GridLimits, ramp_step_w
 from powerplane.site import PRIORITIES, FloatArray, IntArray
 
@@ -92,7 +92,9 @@ def _pace(need_w: float, step_w: float, step_s: float, left_s: float,
           prefer: Literal["ramp", "deadline"]) -> tuple[float, Binding, float, float]:
     """(shed per step, binding, late_s, ramp_over) for shedding need_w in steps of step_s that come no larger
     than step_w each (the ramp limit) within left_s."""
-    steps = math.ceil(need_w / step_w - 1e-9) if math.isfinite(step_w) else 1
+    if not math.isfinite(step_w):
+        return need_w, "none", 0.0, 0.0  # no ramp-down limit: all of it in the first step
+    steps = math.ceil(need_w / step_w - 1e-9)
     if steps * step_s <= left_s + 1e-9:
         return min(step_w, need_w), "none", 0.0, 0.0
     if prefer == "ramp":
@@ -114,6 +116,7 @@ def dr_plan(ev: DemandResponse, now_s: float, load_w: float, gpu_power_w: FloatA
     which wins ("ramp", the default: the plan runs late and says by how much). allow_critical=False keeps
     inference-critical out entirely (the plan is then short by what only it could give)."""
     n = gpu_power_w.size
+    check_inputs("dr_plan", n, step_s, cap_w=cap_w, gpu_priority=gpu_priority, gpu_min_w=gpu_min_w)
     e = per_gpu(eff, n)
     cap = np.asarray(cap_w, dtype=np.float64)
     draw = np.minimum(np.asarray(gpu_power_w, dtype=np.float64), cap).astype(np.float64)

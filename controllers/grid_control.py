@@ -39,6 +39,16 @@ def per_gpu(value: float | FloatArray, n: int) -> FloatArray:
     return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)).astype(np.float64)
 
 
+def check_inputs(fn: str, n: int, step_s: float = 1.0, **arrays: FloatArray | IntArray) -> None:
+    """One clear line for the first input of fn that does not fit: a per-GPU array of another length than n,
+    or a step that is not a positive number of seconds."""
+    if not step_s > 0:
+        raise ValueError(f"{fn}: step_s must be a positive number of seconds, got {step_s!r}")
+    for name, arr in arrays.items():
+        if np.shape(arr) != (n,):
+            raise ValueError(f"{fn}: {name} has shape {np.shape(arr)}, expected one value per GPU ({n})")
+
+
 # ---- power floor for synchronous training ----------------------------------------------------------
 
 
@@ -139,6 +149,7 @@ def floor_plan(jobs: Sequence[IntArray], compute_w: FloatArray, comm_w: FloatArr
     capped job is compute share x (compute power / cap - 1) x elasticity (1: compute time inversely
     proportional to power, the pessimistic end; measured GPUs lose less)."""
     n_gpu = gpu_max_w.size
+    check_inputs("floor_plan", n_gpu, gpu_min_w=gpu_min_w)
     e = per_gpu(eff, n_gpu)
     jb = _jobs(jobs, compute_w, comm_w, comm_frac, gpu_min_w, gpu_max_w, e)
     down, up = ramp_step_w(limits)
@@ -202,6 +213,7 @@ def stagger_plan(gpus: IntArray, from_w: float | FloatArray, to_w: float | Float
     same direction). from_w, to_w, eff: scalars or per GPU of `gpus`. A start never rises above headroom_w in
     all: the GPUs past it are `held`, for the caller to start when the breaker policy leaves room."""
     n = gpus.size
+    check_inputs("stagger_plan", n, step_s)
     delta = (per_gpu(to_w, n) - per_gpu(from_w, n)) / per_gpu(eff, n)
     rising = bool(delta.sum() > 0)
     down, up = ramp_step_w(limits, step_s)
@@ -292,6 +304,8 @@ def release_plan(cap_w: FloatArray, to_cap_w: FloatArray, demand_w: FloatArray, 
     demand-response event) in steps of step_s, each rising by at most ramp_step_w(limits, step_s) and all of
     them by at most headroom_w. demand_w: what each GPU would draw uncapped (NaN: unknown, counted at its cap).
     A controller deciding once per step calls release_step with the same budget instead."""
+    check_inputs("release_plan", cap_w.size, step_s, to_cap_w=to_cap_w, demand_w=demand_w,
+                 gpu_priority=gpu_priority)
     target = np.asarray(to_cap_w, dtype=np.float64)
     e = per_gpu(eff, cap_w.size)
     _, up = ramp_step_w(limits, step_s)

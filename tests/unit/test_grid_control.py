@@ -172,3 +172,14 @@ def test_a_restore_never_rises_above_the_breaker_headroom() -> None:
     restore = dr_restore_plan(plan, LIMITS, headroom_w=7 * MW)
     assert restore.rise_w.sum() <= 7 * MW + 1e-6 and not restore.complete
     assert restore.held_w == pytest.approx(18 * MW)
+
+
+def test_bad_input_is_one_line_naming_the_function_and_the_array() -> None:
+    with pytest.raises(ValueError, match=r"dr_plan: cap_w has shape \(3,\), expected one value per GPU \(100000\)"):
+        dr_plan(_event(reduce_by_pct=25.0), 100.0, 100 * MW, np.full(N, 1000.0), np.ones(3), PRIO, GPU_MIN, LIMITS)
+    with pytest.raises(ValueError, match="stagger_plan: step_s must be a positive number"):
+        stagger_plan(JOB, 0.0, 1000.0, LIMITS, step_s=0.0)
+    # No ramp-down limit: the whole shed in the first step, on time.
+    plan = dr_plan(_event(reduce_by_pct=25.0), 129.5, 100 * MW, np.full(N, 1000.0), GPU_MAX.copy(), PRIO, GPU_MIN,
+                   GridLimits())
+    assert plan.binding == "none" and plan.shed_w.size == 1
