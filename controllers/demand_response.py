@@ -106,7 +106,8 @@ def _pace(need_w: float, step_w: float, step_s: float, left_s: float,
 def dr_plan(ev: DemandResponse, now_s: float, load_w: float, gpu_power_w: FloatArray, cap_w: FloatArray,
             gpu_priority: IntArray, gpu_min_w: FloatArray, limits: GridLimits,
             load_at_start_w: float | None = None, eff: float | FloatArray = 1.0, step_s: float = 1.0,
-            prefer: Literal["ramp", "deadline"] = "ramp", allow_critical: bool = True) -> DrPlan:
+            prefer: Literal["ramp", "deadline"] = "ramp", allow_critical: bool = True,
+            gpu_max_w: FloatArray | None = None) -> DrPlan:
     """Caps that bring the load (wall W, the site's or the event's feed's) to the event's target.
 
     gpu_power_w: each GPU's draw now (DC W; NaN: no reading, counted as giving nothing); cap_w: the limits
@@ -114,11 +115,17 @@ def dr_plan(ev: DemandResponse, now_s: float, load_w: float, gpu_power_w: FloatA
     `reduce_by_pct` target is a share of it; default load_w). The shed is paced in steps of step_s from now,
     each no larger than ramp_step_w(limits, step_s) down; when that pace misses the deadline, `prefer` says
     which wins ("ramp", the default: the plan runs late and says by how much). allow_critical=False keeps
-    inference-critical out entirely (the plan is then short by what only it could give)."""
+    inference-critical out entirely (the plan is then short by what only it could give). A cap not known
+    (NaN, as the controller holds it) is taken at gpu_max_w, which must then be given."""
     n = gpu_power_w.size
     check_inputs("dr_plan", n, step_s, cap_w=cap_w, gpu_priority=gpu_priority, gpu_min_w=gpu_min_w)
     e = per_gpu(eff, n)
     cap = np.asarray(cap_w, dtype=np.float64)
+    if not np.isfinite(cap).all():
+        if gpu_max_w is None:
+            raise ValueError(f"dr_plan: cap_w has {int((~np.isfinite(cap)).sum())} unknown (NaN) limits: "
+                             "pass gpu_max_w to take them at the GPUs' maximum")
+        cap = np.where(np.isfinite(cap), cap, gpu_max_w)
     draw = np.minimum(np.asarray(gpu_power_w, dtype=np.float64), cap).astype(np.float64)
     target = ev.target_w(load_w if load_at_start_w is None else load_at_start_w)
     need = max(load_w - target, 0.0)

@@ -307,6 +307,9 @@ def release_plan(cap_w: FloatArray, to_cap_w: FloatArray, demand_w: FloatArray, 
     check_inputs("release_plan", cap_w.size, step_s, to_cap_w=to_cap_w, demand_w=demand_w,
                  gpu_priority=gpu_priority)
     target = np.asarray(to_cap_w, dtype=np.float64)
+    if not (np.isfinite(cap_w).all() and np.isfinite(target).all()):
+        raise ValueError("release_plan: cap_w and to_cap_w must be known limits (no NaN): take an unknown cap "
+                         "at the GPU's maximum")
     e = per_gpu(eff, cap_w.size)
     _, up = ramp_step_w(limits, step_s)
     cur = np.asarray(cap_w, dtype=np.float64).copy()

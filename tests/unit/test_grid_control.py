@@ -179,6 +179,10 @@ def test_bad_input_is_one_line_naming_the_function_and_the_array() -> None:
         dr_plan(_event(reduce_by_pct=25.0), 100.0, 100 * MW, np.full(N, 1000.0), np.ones(3), PRIO, GPU_MIN, LIMITS)
     with pytest.raises(ValueError, match="stagger_plan: step_s must be a positive number"):
         stagger_plan(JOB, 0.0, 1000.0, LIMITS, step_s=0.0)
+    unknown = GPU_MAX.copy()
+    unknown[:10] = np.nan
+    with pytest.raises(ValueError, match="dr_plan: cap_w has 10 unknown"):
+        dr_plan(_event(reduce_by_pct=25.0), 100.0, 100 * MW, np.full(N, 1000.0), unknown, PRIO, GPU_MIN, LIMITS)
     # No ramp-down limit: the whole shed in the first step, on time.
     plan = dr_plan(_event(reduce_by_pct=25.0), 129.5, 100 * MW, np.full(N, 1000.0), GPU_MAX.copy(), PRIO, GPU_MIN,
                    GridLimits())
