@@ -162,6 +162,18 @@ def ramp_allowance_w(prev_w: float, dt_s: float, limits: GridLimits) -> tuple[fl
     return prev_w - down, prev_w + up
 
 
+def ramp_step_w(limits: GridLimits, step_s: float = math.inf) -> tuple[float, float]:
+    """The largest instant change (W) down and up that keeps every window within the ramp limit when such
+    changes come at most one per step_s: rate x min(window, step_s). A step shorter than the window shares
+    the window with others (k steps in it must sum to rate x window); one longer than the window is seen
+    alone in it, as an instant jump (a training job's compute<->communication transition is one: step_s
+    inf). inf where the direction has no limit."""
+    span = min(limits.ramp_window_s, step_s)
+    down = limits.ramp_down_mw_per_s * MW * span if limits.ramp_down_mw_per_s is not None else math.inf
+    up = limits.ramp_up_mw_per_s * MW * span if limits.ramp_up_mw_per_s is not None else math.inf
+    return down, up
+
+
 # ---- demand response ------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from powerplane.grid import (
     dr_outcome,
     dynamic_range_mw,
     ramp_mw_per_s,
+    ramp_step_w,
     ramp_violations,
 )
 from powerplane.site_file import site_from_dict
@@ -132,3 +133,14 @@ def test_site_file_grid_mistakes_are_all_reported_at_once_with_their_paths() -> 
     assert "grid.ramp_up_mw_per_s: input should be greater than 0" in text
     assert "grid.bands[0]: hi_hz 0.5 must be above lo_hz 1" in text
     assert "feeds[0].grid.ramp_up_mw_per_s: input should be a valid number" in text
+
+
+def test_steps_as_large_as_ramp_step_w_allows_keep_every_window_within_the_limit() -> None:
+    lim = GridLimits(ramp_up_mw_per_s=3.0, ramp_down_mw_per_s=2.0, ramp_window_s=2.0)
+    assert ramp_step_w(lim) == (4.0 * MW, 6.0 * MW)  # one instant jump alone in its 2 s window
+    down, up = ramp_step_w(lim, 0.5)
+    assert (down, up) == (1.0 * MW, 1.5 * MW)  # four steps share a window
+    # Steps of `up` every 0.5 s, sampled at 0.1 s: the window's ramp reads the limit, never more.
+    p = np.repeat(np.arange(20) * up, 5)
+    assert np.nanmax(ramp_mw_per_s(p, 0.1, 2.0)) == pytest.approx(3.0)
+    assert ramp_step_w(GridLimits()) == (math.inf, math.inf)
