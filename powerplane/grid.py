@@ -83,8 +83,13 @@ class GridLimits(_Table):
 # ---- measures ------------------------------------------------------------------------------------
 
 
-def _window_samples(window_s: float, dt_s: float) -> int:
+def window_samples(window_s: float, dt_s: float) -> int:
+    """Samples of dt_s a window of window_s spans (at least one): the step the measures below difference over.
+    A streaming caller sizes its buffer with it (streams/grid_watch.py)."""
     return max(1, round(window_s / dt_s))
+
+
+_window_samples = window_samples
 
 
 def ramp_mw_per_s(power_w: FloatArray, dt_s: float, window_s: float) -> FloatArray:
