@@ -97,14 +97,15 @@ def test_an_open_event_survives_a_checkpoint_and_resolves_once() -> None:
 # ---- in the site stage ---------------------------------------------------------------------------------------
 
 
-def _site(grid: dict[str, object] | None) -> dict[str, object]:
+def _site(grid: dict[str, object] | None, feed_grid: dict[str, object] | None = None) -> dict[str, object]:
     racks = [{"id": f"rk{i}", "pdu_a": "pdu-a", "pdu_b": "pdu-b", "server_type": "s", "servers": 2,
               "rating_kw": 40.0} for i in range(2)]
     d: dict[str, object] = {
         "name": "g",
         "server_types": {"s": {"gpus": 8, "gpu_max_w": 700.0, "gpu_min_w": 200.0, "gpu_idle_w": 70.0,
                                "other_w": 2000.0, "psu_efficiency": 0.94, "rating_kw": 20.0}},
-        "feeds": [{"id": "util-a", "feed": "A", "rating_kw": 1000.0}, {"id": "util-b", "feed": "B", "rating_kw": 1000.0}],
+        "feeds": [{"id": "util-a", "feed": "A", "rating_kw": 1000.0, **({"grid": feed_grid} if feed_grid else {})},
+                  {"id": "util-b", "feed": "B", "rating_kw": 1000.0}],
         "ups": [{"id": "ups-a", "parent": "util-a", "rating_kw": 500.0},
                 {"id": "ups-b", "parent": "util-b", "rating_kw": 500.0}],
         "rpps": [{"id": "rpp-a", "parent": "ups-a", "rating_kw": 200.0},
@@ -174,6 +175,16 @@ def test_a_rack_dropping_out_of_the_roll_up_raises_no_ramp(monkeypatch: pytest.M
     assert trusting.grid is not None
     monkeypatch.setattr(trusting.grid, "complete", lambda snap, name: True)
     assert {e.kind for e in _run(trusting, _dropout_script())} == {"grid_ramp"}
+
+
+def test_a_feed_with_its_own_limits_is_watched_on_its_own_share() -> None:
+    # Both racks hang from util-a (one PDU per feed): in the normal feed state it carries half their load.
+    stage = SiteStage(site_from_dict(_site(None, {"ramp_down_mw_per_s": 0.005})))
+    assert stage.grid is not None and list(stage.grid.series) == ["util-a"]
+    assert stage.grid.racks["util-a"].all()
+    events = _run(stage, _steady(range(20)) | _steady(range(20, 40), (20e3, 8e3)))  # -12 kW: -6 kW on util-a
+    assert [(e.levels, e.state) for e in events] == [(["util-a"], "open"), (["util-a"], "resolved")]
+    assert events[0].details is not None and events[0].details["ramp_mw_per_s"] == pytest.approx(-0.006, rel=0.05)
 
 
 def test_a_site_without_grid_limits_watches_nothing() -> None:
