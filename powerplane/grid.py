@@ -83,15 +83,18 @@ class GridLimits(_Table):
 # ---- measures ------------------------------------------------------------------------------------
 
 
-def _window_samples(window_s: float, dt_s: float) -> int:
+def window_samples(window_s: float, dt_s: float) -> int:
+    """Samples of dt_s a window of window_s spans (at least one): the step the measures below difference over.
+    A streaming caller sizes its buffer with it (streams/grid_watch.py)."""
     return max(1, round(window_s / dt_s))
+
 
 
 def ramp_mw_per_s(power_w: FloatArray, dt_s: float, window_s: float) -> FloatArray:
     """Ramp rate at each sample: (P(t) - P(t - window)) / window, in MW/s; NaN until a window has passed.
     Positive up, negative down."""
     p = np.asarray(power_w, dtype=np.float64)
-    k = _window_samples(window_s, dt_s)
+    k = window_samples(window_s, dt_s)
     out = np.full(p.shape, np.nan)
     if p.size > k:
         out[k:] = (p[k:] - p[:-k]) / (k * dt_s) / MW
@@ -101,7 +104,7 @@ def ramp_mw_per_s(power_w: FloatArray, dt_s: float, window_s: float) -> FloatArr
 def dynamic_range_mw(power_w: FloatArray, dt_s: float, window_s: float) -> FloatArray:
     """max - min of the load over the window ending at each sample (MW); NaN until a window has passed."""
     p = np.asarray(power_w, dtype=np.float64)
-    k = _window_samples(window_s, dt_s) + 1  # samples spanning the window, both ends included
+    k = window_samples(window_s, dt_s) + 1  # samples spanning the window, both ends included
     out = np.full(p.shape, np.nan)
     if p.size >= k:
         view = np.lib.stride_tricks.sliding_window_view(p, k)

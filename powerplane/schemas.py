@@ -504,7 +504,8 @@ class Event(Record):
     id: str  # one occurrence: the same id on its open, its updates and its resolution
     site: str
     # feed_loss, ups_loss, breaker_overload, cooling_failure, thermal_slowdown, telemetry_loss, meter_gap,
-    # command_refused, faulty_signal (a UPS signal the meters refuted), sensor_disagreement
+    # command_refused, faulty_signal (a UPS signal the meters refuted), sensor_disagreement,
+    # grid_ramp, grid_range, grid_oscillation (the utility's limits, streams/grid_watch.py)
     kind: str
     severity: str
     state: str  # open | resolved

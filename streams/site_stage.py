@@ -27,6 +27,7 @@ from powerplane.site import KIND, KIND_NAMES, FloatArray, IntArray, Site
 from streams.emergencies import EmergencyDetector, EmergencySettings
 from streams.feed_signals import FeedSignals, SignalSettings, mark_losses
 from streams.forecast import Forecaster, ForecastSettings
+from streams.grid_watch import GridWatch, GridWatchSettings
 from streams.tree import Snapshot, TreeSettings, TreeWindows
 
 STATE_VERSION = 3  # 3: the forecaster blends its p99 candidates (streams.forecast.fallback); 1-2 do not resume
@@ -38,6 +39,7 @@ class SiteStageSettings:
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     emergencies: EmergencySettings = field(default_factory=EmergencySettings)
     signals: SignalSettings = field(default_factory=SignalSettings)  # facility signals (streams.feed_signals)
+    grid: GridWatchSettings = field(default_factory=GridWatchSettings)  # the site's [grid] limits (streams.grid_watch)
     headroom_horizon_s: float = 10.0  # the forecast horizon power headroom is taken at
     thermal_fit_s: float = 20.0  # inlet slope: least squares over this much history
     # Which kinds get aggregates from this stage (racks and PDUs come from the per-rack stage, per frame).
@@ -197,6 +199,8 @@ class SiteStage:
         self.detector = EmergencyDetector(site, settings.emergencies)
         self.signals = FeedSignals(site, settings.signals)
         self.tree.signal_dark = self.signals.signal_dark
+        # None for a site without [grid] tables: nothing more per window.
+        self.grid = GridWatch.for_site(site, settings.tree.window_s, settings.grid)
         self.agg_levels = np.flatnonzero(np.isin(kinds, [KIND[k] for k in settings.aggregate_kinds]))
         self.kind_names = [KIND_NAMES[k] for k in kinds.tolist()]
         self.windows_closed = 0
@@ -264,6 +268,8 @@ class SiteStage:
         unconfirmed = self.signals.unconfirmed(snap)
         out.events = mark_losses(self.detector, self.detector.step(snap, slope, ttl), unconfirmed, confirmed, site,
                                  snap.ts_s) + signal_events
+        if self.grid is not None:
+            out.events += self.grid.step(snap)
 
         for i in self.agg_levels.tolist():
             out.aggregates.append(LevelAggregate(
@@ -297,6 +303,7 @@ class SiteStage:
             "tree": self.tree.state(), "forecaster": self.forecaster.state(), "slopes": self.slopes.state(),
             "detector": self.detector.state(), "windows_closed": self.windows_closed,
             "input_offset": self.input_offset, "signals": self.signals.state(),
+            "grid": self.grid.state() if self.grid is not None else None,
         }, use_bin_type=True))
 
     def load_state(self, raw: bytes) -> bool:
@@ -312,6 +319,8 @@ class SiteStage:
         self.windows_closed = int(s["windows_closed"])
         self.input_offset = s.get("input_offset")  # checkpoints written before it have none
         self.signals.load_state(s.get("signals", {}))
+        if self.grid is not None and s.get("grid"):  # checkpoints written before it have none
+            self.grid.load_state(s["grid"])
         return True
 
 

@@ -87,17 +87,20 @@ def wait_for_window(cfg: Config, site: str, ts_s: float, timeout_s: float = 30.0
     raise AssertionError(f"no site aggregate up to {ts_s} within {timeout_s} s")
 
 
-def site_copy(tmp: Path, name: str) -> tuple[Path, Site]:
-    """The lab site under another name, so each test has its own state in the shared broker."""
+def site_copy(tmp: Path, name: str, extra: str = "") -> tuple[Path, Site]:
+    """The lab site under another name, so each test has its own state in the shared broker; `extra`: TOML
+    appended to it (top-level tables)."""
     text = (ROOT / "examples" / "lab.toml").read_text()
     path = tmp / f"{name}.toml"
-    path.write_text(re.sub(r'^name = ".*"$', f'name = "{name}"', text, count=1, flags=re.M))
+    path.write_text(re.sub(r'^name = ".*"$', f'name = "{name}"', text, count=1, flags=re.M) + extra)
     return path, load_site(path)
 
 
 @pytest.mark.integration
 def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_path: Path) -> None:
-    path, site = site_copy(tmp_path, "lab-emergencies")
+    # A ramp limit the lab's second-to-second swings (10-30 kW/s) exceed: the grid watch's events ride along.
+    path, site = site_copy(tmp_path, "lab-emergencies",
+                           "\n[grid]\nramp_up_mw_per_s = 0.002\nramp_down_mw_per_s = 0.002\n")
     c = cfg.model_copy(update={"site_file": str(path)})
     svc = Services(c, tmp_path / "logs")
     epoch = float(int(time.time())) - 300  # 8x real time from the past: never ahead of the worker's clock
@@ -147,6 +150,9 @@ def test_worker_detects_every_emergency_and_matches_the_twin(cfg: Config, tmp_pa
     assert epoch + 130 < first("cooling_failure", "zone-1").ts_s < reach
     assert first("thermal_slowdown", "zone-1")
     assert epoch + 20 <= first("telemetry_loss", "rack-03").ts_s <= epoch + 28
+    # The utility's ramp limit: the site's swings while every rack reports, named with their limit.
+    grid = [e for e in opens if e.kind == "grid_ramp"]
+    assert grid and all(e.levels == [site.name] and "limit of 0.002 MW/s" in e.summary for e in grid)
     # Each occurrence is one id, resolved once.
     for e in events:
         if e.state == "resolved":

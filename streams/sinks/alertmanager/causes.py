@@ -30,6 +30,9 @@ ALERT_NAMES: dict[str, str] = {
     "ack_refused": "AckRefused",
     "faulty_signal": "FaultySignal",
     "sensor_disagreement": "SensorDisagreement",
+    "grid_ramp": "GridRamp",
+    "grid_range": "GridRange",
+    "grid_oscillation": "GridOscillation",
 }
 # Not an event kind: the sink raises it when a large share of a site's racks has lost telemetry at once
 # (a collector, network or broker problem, not one rack), and it silences the per-rack TelemetryLoss.
