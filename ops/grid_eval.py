@@ -114,6 +114,7 @@ class GridTally:
     feed_w: list[FloatArray] = field(default_factory=list)
     iterations: dict[str, float] = field(default_factory=dict)
     job_priority: dict[str, str] = field(default_factory=dict)
+    focus_job: str | None = None  # the scenario's own training job, reported on its own
 
     def __post_init__(self) -> None:
         self.feeds = self.site.levels_of_kind("utility")
@@ -144,6 +145,8 @@ class GridTally:
                                "resolves_up_to_hz": 0.5, "training_iterations": dict(self.iterations),
                                "training_iterations_total": sum(v for k, v in self.iterations.items()
                                                                 if self.job_priority.get(k) == "training")}
+        if self.focus_job is not None:
+            out["training_job"] = {"name": self.focus_job, "iterations": self.iterations.get(self.focus_job)}
         if not self.active or t.size < 2:
             return out
         if self.site.grid is not None:
@@ -172,7 +175,8 @@ def prepare(site: Site, workload: Any, scenario: Any) -> tuple[Site, Any, GridTa
         from sim.workload import default_workload
 
         workload = scenario.workload_for(site, workload if workload is not None else default_workload(site))
-    return site, workload, GridTally(site, tuple(scenario.demand_response))
+    job = scenario.training_job.name if scenario.training_job is not None else None
+    return site, workload, GridTally(site, tuple(scenario.demand_response), focus_job=job)
 
 
 def dr_markers(tally: GridTally) -> list[tuple[float, str]]:

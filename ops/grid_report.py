@@ -77,11 +77,11 @@ def _dr_rows(i: int, ev: dict[str, Any]) -> list[tuple[str, Cell]]:
             (f"{name}: restore within the ramp limit", _yes(*p, "restore_within_limit"))]
 
 
-def _throughput(none: dict[str, Any] | None) -> Cell:
-    base = _get(none, "training_iterations_total") if none is not None else None
+def _throughput(none: dict[str, Any] | None, *path: str) -> Cell:
+    base = _get(none, *path) if none is not None else None
 
     def cell(r: dict[str, Any]) -> str:
-        v = _get(r, "training_iterations_total")
+        v = _get(r, *path)
         if v is None:
             return "-"
         rel = f" ({100 * v / base:.1f}%)" if base else ""
@@ -101,7 +101,13 @@ def grid_section(results: dict[str, dict[str, Any]]) -> list[str]:
         rows += _limits_rows(f"feed {feed}", ("feeds", feed), g)
     for i, ev in enumerate(ref.get("demand_response") or []):
         rows += _dr_rows(i, ev)
-    rows.append(("training iterations completed (vs no control)", _throughput(results.get("none"))))
+    none = results.get("none")
+    job = ref.get("training_job")
+    if job:
+        rows.append((f"{job['name']}: iterations completed (vs no control)",
+                     _throughput(none, "training_job", "iterations")))
+    rows.append(("training class: iterations completed, all jobs (vs no control)",
+                 _throughput(none, "training_iterations_total")))
     head = ["| metric | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     body = [f"| {label} | " + " | ".join(fn(r) for r in results.values()) + " |" for label, fn in rows]
     return ["", "## Grid (the utility's limits)", "", *head, *body, "",
