@@ -13,8 +13,9 @@ of each limited utility feed's:
   up against the ramp limit;
 - training: iterations completed per job (the report sets them against the no-control run's).
 
-The twin starts every pool and job at once from a cold state; the first `settle_s` seconds are that start,
-not the plant's behaviour, and are left out of the ramp, range and band measures.
+The twin starts every pool and job at once from a cold state; the first `settle_s` seconds (the scenario's
+`measure_from_s`, default 10) are that start, not the plant's behaviour, and are left out of the ramp, range
+and band measures (not of the demand-response ones, which are timed by their events).
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def prepare(site: Site, workload: Any, scenario: Any) -> tuple[Site, Any, GridTa
 
         workload = scenario.workload_for(site, workload if workload is not None else default_workload(site))
     job = scenario.training_job.name if scenario.training_job is not None else None
-    return site, workload, GridTally(site, tuple(scenario.demand_response), focus_job=job)
+    return site, workload, GridTally(site, tuple(scenario.demand_response), settle_s=scenario.measure_from_s,
+                                     focus_job=job)
 
 
 def dr_markers(tally: GridTally) -> list[tuple[float, str]]:

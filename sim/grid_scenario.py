@@ -23,6 +23,9 @@ A scenario file may carry, besides its ``[[events]]``::
     within_s = 30
     hold_s = 600
 
+    measure_from_s = 30       # top level: evaluate's ramp, range and band measures start here (default 10 s;
+                              # before it the twin is starting every pool and job from cold)
+
 The job takes its GPUs first from its priority class; the workload's other jobs of that class share what is
 left (their own share or size is dropped), so the site stays as loaded as its default workload; a job left
 no GPUs at all is dropped.

@@ -37,6 +37,10 @@ An optional ``[ups]`` table sets the UPS signal (trap latency and loss, poll int
     trap_loss = 0.0
     poll_interval_s = 10
 
+The grid side of a scenario (issue 16: ``[training_job]``, one large synchronous job; ``[grid]`` and
+``[feed_grid.ID]``, the utility's limits for this run; ``[[demand_response]]`` requests; ``measure_from_s``,
+where evaluate's grid measures start) is documented in ``sim.grid_scenario``.
+
 The schema (ranges, defaults, one model per kind) is ``sim.scenario_config``. Loading reports every
 mistake at once as ``path: message`` (one ``ConfigError``); given a site (and the workload's pool and job
 names) it also resolves every name in the same pass. ``Scenario.check`` resolves them later, when the
@@ -95,6 +99,7 @@ class Scenario:
     grid: GridLimits | None = None  # replaces the site's [grid] for this run
     feed_grid: Mapping[str, GridLimits] = field(default_factory=dict)  # replaces those feeds' [feeds.grid]
     demand_response: tuple[DemandResponse, ...] = ()
+    measure_from_s: float = 10.0  # evaluate's grid measures start here (the twin's cold start before it)
 
     def site_for(self, site: Site) -> Site:
         """The site with this scenario's utility limits in place of its own where given."""
@@ -234,7 +239,7 @@ def scenario_from_dict(d: Mapping[str, Any], source: str = "<scenario>", *, site
                          {k: v for k, v in raw[i].items() if k not in ("at_s", "kind", "duration_s")})
                    for i, ev in enumerate(cfg.events))
     return Scenario(cfg.name or Path(source).stem, events, cfg.site, cfg.duration_s, cfg.description, cfg.ups,
-                    cfg.training_job, cfg.grid, dict(cfg.feed_grid), cfg.demand_response)
+                    cfg.training_job, cfg.grid, dict(cfg.feed_grid), cfg.demand_response, cfg.measure_from_s)
 
 
 def load_scenario(path: str | Path, *, site: Site | None = None, pool_names: Collection[str] | None = None,
