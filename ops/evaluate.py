@@ -29,6 +29,7 @@ from controllers.capping import BREAKER_KINDS, CapSettings
 from controllers.controller import CapController
 from controllers.thermal import ThermalSettings
 from ops.engine import Engine
+from ops.grid_eval import dr_markers, prepare
 from ops.progress import Progress
 from ops.reconfigure import Reconfigurer, apply_pool_actions, deploy_for_peak
 from ops.signal_tally import SignalTally
@@ -267,6 +268,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     if policy not in POLICIES:
         raise ValueError(f"unknown policy '{policy}' (known: {', '.join(POLICIES)})")
     deployed: dict[str, int] = {}
+    site, workload, grid = prepare(site, workload, scenario)  # the scenario's grid limits and training job
     if policy == "full" and reconfigure and deploy_tp:
         workload, deployed = deploy_for_peak(site, workload or default_workload(site), seed)
     twin = Twin(site, workload, scenario, seed=seed, epoch_s=EPOCH_S)
@@ -308,6 +310,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
             if n:
                 tally.markers.append((twin.t_s, f"reconfiguration ({n} action(s))"))
         tally.add(fr, twin.t_s)
+        grid.add(fr, twin.t_s)
         signal.add(fr)
         if progress is not None:
             progress.show(k + 1)
@@ -318,6 +321,8 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     if reconfig is not None:
         out["reconfig_deferred"] = dict(reconfig.deferred)  # changes refused by the coordination, by reason
     out["facility_signal"] = signal.summary(engine)
+    out["grid"] = grid.summary()
+    tally.markers += dr_markers(grid)
     if engine is not None:
         tally.markers += [(e.ts_s - EPOCH_S, f"emergency {e.kind} ({e.severity})") for e in engine.result.events
                           if e.state == "open"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from controllers.capping import BREAKER_KINDS
+from ops.grid_report import grid_section
 from powerplane.site import PRIORITIES
 
 Cell = Callable[[dict[str, Any]], str]
@@ -183,6 +184,7 @@ def write_report(out_dir: Path, meta: dict[str, Any], results: dict[str, dict[st
     for t, m, f in tg:
         lines.append(f"| {t} | {'yes' if m else 'no' if m is not None else 'not measured'} | {f} |")
     lines += ["", "## Policies side by side", "", *_policy_table(results), *_savings_table(results)]
+    lines += grid_section(results)
     lines += [f"\n{k}: {v['facility_signal']['text']}." for k, v in results.items() if v.get("facility_signal")]
     if oversub:
         lines += ["", "## Oversubscription", "", _oversubscription(meta, oversub)]

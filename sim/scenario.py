@@ -37,6 +37,10 @@ An optional ``[ups]`` table sets the UPS signal (trap latency and loss, poll int
     trap_loss = 0.0
     poll_interval_s = 10
 
+The grid side of a scenario (issue 16: ``[training_job]``, one large synchronous job; ``[grid]`` and
+``[feed_grid.ID]``, the utility's limits for this run; ``[[demand_response]]`` requests; ``measure_from_s``,
+where evaluate's grid measures start) is documented in ``sim.grid_scenario``.
+
 The schema (ranges, defaults, one model per kind) is ``sim.scenario_config``. Loading reports every
 mistake at once as ``path: message`` (one ``ConfigError``); given a site (and the workload's pool and job
 names) it also resolves every name in the same pass. ``Scenario.check`` resolves them later, when the
@@ -51,9 +55,12 @@ from pathlib import Path
 from typing import Any
 
 from powerplane.config import TomlFileError, read_toml
+from powerplane.grid import DemandResponse, GridLimits
 from powerplane.site import FEED_KINDS, FEEDS, KIND, KIND_NAMES, Site
 from powerplane.validation import ConfigError, Problems, parse_into
+from sim.grid_scenario import TrainingJob, grid_site, with_training_job
 from sim.scenario_config import EVENT_KINDS, SENSORS, ScenarioConfig, UpsConfig
+from sim.workload_config import WorkloadSpec
 
 __all__ = ["EVENT_KINDS", "SENSORS", "Action", "Event", "Scenario", "ScenarioConfig", "UpsConfig", "check_names",
            "feed_levels", "load_scenario", "scenario_from_dict"]
@@ -88,6 +95,19 @@ class Scenario:
     duration_s: float | None = None
     description: str = ""
     ups: UpsConfig = field(default_factory=UpsConfig)
+    training_job: TrainingJob | None = None
+    grid: GridLimits | None = None  # replaces the site's [grid] for this run
+    feed_grid: Mapping[str, GridLimits] = field(default_factory=dict)  # replaces those feeds' [feeds.grid]
+    demand_response: tuple[DemandResponse, ...] = ()
+    measure_from_s: float = 10.0  # evaluate's grid measures start here (the twin's cold start before it)
+
+    def site_for(self, site: Site) -> Site:
+        """The site with this scenario's utility limits in place of its own where given."""
+        return grid_site(site, self.grid, self.feed_grid)
+
+    def workload_for(self, site: Site, workload: WorkloadSpec) -> WorkloadSpec:
+        """The workload with this scenario's training job in it (unchanged without one)."""
+        return workload if self.training_job is None else with_training_job(site, workload, self.training_job)
 
     def actions(self) -> list[Action]:
         """Starts and ends of every event, in time order (ties: file order, ends before starts)."""
@@ -104,6 +124,8 @@ class Scenario:
         problems = Problems()
         check_names(problems, self.site, [{"kind": e.kind, **e.params} for e in self.events], site, pool_names,
                     job_names)
+        check_feeds(problems, {"feed_grid": dict(self.feed_grid),
+                               "demand_response": [{"feed": e.feed} for e in self.demand_response]}, site)
         problems.raise_if_any(self.name)
 
 
@@ -183,6 +205,20 @@ def check_names(problems: Problems, scenario_site: Any, events: Sequence[Any], s
             problems.add(f"{p}.job", f"unknown job '{ev['job']}'")
 
 
+def check_feeds(problems: Problems, d: Mapping[str, Any], site: Site) -> None:
+    """A line for every utility feed id ([feed_grid.X], a demand response's feed) the site lacks."""
+    feeds = [site.level_ids[i] for i in site.levels_of_kind("utility")]
+    fg = d.get("feed_grid")
+    for name in fg if isinstance(fg, Mapping) else {}:
+        if name not in feeds:
+            problems.add(f"feed_grid.{name}", f"unknown utility feed '{name}' (feeds: {', '.join(feeds)})")
+    drs = d.get("demand_response")
+    for i, ev in enumerate(drs if isinstance(drs, list) else []):
+        f = ev.get("feed") if isinstance(ev, Mapping) else None
+        if isinstance(f, str) and f not in feeds:
+            problems.add(f"demand_response[{i}].feed", f"unknown utility feed '{f}' (feeds: {', '.join(feeds)})")
+
+
 def scenario_from_dict(d: Mapping[str, Any], source: str = "<scenario>", *, site: Site | None = None,
                        pool_names: Collection[str] | None = None, job_names: Collection[str] | None = None
                        ) -> Scenario:
@@ -194,6 +230,7 @@ def scenario_from_dict(d: Mapping[str, Any], source: str = "<scenario>", *, site
         events = d.get("events")
         check_names(problems, d.get("site"), events if isinstance(events, list) else [], site, pool_names,
                     job_names)
+        check_feeds(problems, d, site)
     problems.raise_if_any(source)
     assert cfg is not None
     raw = d.get("events", [])
@@ -201,7 +238,8 @@ def scenario_from_dict(d: Mapping[str, Any], source: str = "<scenario>", *, site
     events = tuple(Event(ev.at_s, ev.kind, getattr(ev, "duration_s", None),
                          {k: v for k, v in raw[i].items() if k not in ("at_s", "kind", "duration_s")})
                    for i, ev in enumerate(cfg.events))
-    return Scenario(cfg.name or Path(source).stem, events, cfg.site, cfg.duration_s, cfg.description, cfg.ups)
+    return Scenario(cfg.name or Path(source).stem, events, cfg.site, cfg.duration_s, cfg.description, cfg.ups,
+                    cfg.training_job, cfg.grid, dict(cfg.feed_grid), cfg.demand_response, cfg.measure_from_s)
 
 
 def load_scenario(path: str | Path, *, site: Site | None = None, pool_names: Collection[str] | None = None,

@@ -12,8 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PlainValidator, ValidationError, model_validator
 
+from powerplane.grid import DemandResponse, GridLimits
 from powerplane.site import FEEDS, PRIORITIES
 from powerplane.validation import Model
+from sim.grid_scenario import TrainingJob
 
 SENSORS = ("inlet", "pdu", "gpu_power", "gpu_temp")
 NonNeg = Annotated[float, Field(strict=True, ge=0)]  # strict: a bool or a string is not a number
@@ -167,4 +169,21 @@ class ScenarioConfig(Model):
     description: str = ""
     events: tuple[Annotated[EventConfig, PlainValidator(_event)], ...] = ()
     ups: UpsConfig = UpsConfig()
+    # The grid side (sim.grid_scenario): one large synchronous job, the utility's limits for this run
+    # (replacing the site file's), demand-response requests.
+    training_job: TrainingJob | None = None
+    grid: GridLimits | None = None
+    feed_grid: dict[str, GridLimits] = Field(default_factory=dict)
+    demand_response: tuple[DemandResponse, ...] = ()
+    # evaluate's grid measures start here: before it the twin is starting every pool and job from cold,
+    # which is not the plant's behaviour (the reference site's staggered starts take ~30 s).
+    measure_from_s: NonNeg = 10.0
+
+    @model_validator(mode="after")
+    def _dr_ids_unique(self) -> ScenarioConfig:
+        ids = [ev.id for ev in self.demand_response]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"demand_response: id used twice: {', '.join(twice)}")
+        return self
 

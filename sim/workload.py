@@ -13,6 +13,7 @@ placement (``sim.placement``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -66,18 +67,25 @@ class TrainingState:
     pos: FloatArray  # position in the current step, in units of step work: compute is [0, compute_frac)
     next_ckpt: FloatArray
     iterations: FloatArray = field(default_factory=lambda: np.zeros(0))
+    comm_uc: FloatArray = field(default_factory=lambda: np.zeros(0))  # NaN: the twin's PowerConfig default
+    comm_um: FloatArray = field(default_factory=lambda: np.zeros(0))
 
     @staticmethod
     def from_specs(jobs: Sequence[JobSpec]) -> TrainingState:
         def arr(name: str) -> FloatArray:
             return np.array([float(getattr(j, name)) for j in jobs], dtype=np.float64)
 
+        def opt(name: str) -> FloatArray:
+            return np.array([math.nan if getattr(j, name) is None else float(getattr(j, name)) for j in jobs],
+                            dtype=np.float64)
+
         start = arr("start_s")
         every = arr("ckpt_every_s")
         off = arr("ckpt_offset_s")
         pos = np.mod(arr("phase_s") / np.maximum(arr("iter_s"), 1e-9), 1.0)
         return TrainingState(start, arr("stop_s"), arr("iter_s"), arr("compute_frac"), every, arr("ckpt_s"),
-                             pos, start + np.where(off > 0, off, every), np.zeros(len(jobs)))
+                             pos, start + np.where(off > 0, off, every), np.zeros(len(jobs)), opt("comm_uc"),
+                             opt("comm_um"))
 
     def advance(self, t: float, h: float, stretch: FloatArray, avail: np.ndarray
                 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:

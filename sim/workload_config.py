@@ -93,6 +93,11 @@ class JobSpec:
     ckpt_every_s: float = 1800.0  # checkpoint period (assumption)
     ckpt_s: float = 60.0  # checkpoint pause (assumption)
     ckpt_offset_s: float = 0.0  # first checkpoint this long after the start (0: one period)
+    # Utilizations of the communication phase (compute, memory); None: the twin's PowerConfig.train_comm_*
+    # (calibrated on POLCA's 37.5 % rack swing). Near 0: all-reduce waits on the network with the GPUs near
+    # idle, the full compute-to-idle swing of arXiv 2508.14318.
+    comm_uc: float | None = None
+    comm_um: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,6 +179,8 @@ class JobConfig(Model):
     ckpt_every_s: Num = JobSpec.ckpt_every_s
     ckpt_s: Annotated[float, Field(strict=True, ge=0)] = JobSpec.ckpt_s
     ckpt_offset_s: Num = JobSpec.ckpt_offset_s
+    comm_uc: Annotated[float, Field(strict=True, ge=0, le=1)] | None = None
+    comm_um: Annotated[float, Field(strict=True, ge=0, le=1)] | None = None
 
     @field_validator("stop_s")
     @classmethod

@@ -56,8 +56,9 @@ def train(pc: PowerConfig, units: Units, st: TwinState, clk: Clocks, t0: float, 
     stretch = np.maximum(1.0 / phi_job, mr) / max(1.0, mr)
     p_comp = np.minimum(busy_power(phi_job, np.minimum(1.0, (1.0 / phi_job) / np.maximum(1.0 / phi_job, mr)),
                                    mr * phi_job / np.maximum(1.0, mr * phi_job), jb, jx, jkd, jkm, pc), jl)
-    p_comm = np.minimum(busy_power(phi_ceil_j, np.full(nj, pc.train_comm_uc), np.full(nj, pc.train_comm_um),
-                                   jb, jx, jkd, jkm, pc), jl)
+    comm_uc = np.where(np.isnan(st.jobs.comm_uc), pc.train_comm_uc, st.jobs.comm_uc)
+    comm_um = np.where(np.isnan(st.jobs.comm_um), pc.train_comm_um, st.jobs.comm_um)
+    p_comm = np.minimum(busy_power(phi_ceil_j, comm_uc, comm_um, jb, jx, jkd, jkm, pc), jl)
     p_ckpt = np.minimum(busy_power(phi_ceil_j, np.full(nj, pc.train_ckpt_uc), np.full(nj, pc.train_ckpt_um),
                                    jb, jx, jkd, jkm, pc), jl)
     e_job = np.zeros(nj)

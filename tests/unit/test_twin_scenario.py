@@ -31,9 +31,9 @@ def test_shipped_examples_load_and_resolve(lab: Site) -> None:
         sc = load_scenario(f)
         site = lab if sc.site == "lab" else ref
         assert sc.site == site.name
-        wl = default_workload(site)
+        wl = sc.workload_for(site, default_workload(site))  # with the scenario's own training job
         sc.check(site, [p.name for p in wl.pools], [j.name for j in wl.jobs])
-        assert sc.duration_s and sc.events
+        assert sc.duration_s and (sc.events or sc.demand_response or sc.training_job)
 
 
 def test_errors_are_all_reported_with_paths(lab: Site) -> None:

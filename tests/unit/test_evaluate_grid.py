@@ -1,0 +1,43 @@
+"""evaluate's grid metrics (issue 16): with no control, the lab's synchronous job breaks the scenario's ramp
+limit, its swing shows in the band, the demand-response request is not met, and the report says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ops.evaluate import run_policy
+from ops.report import write_report
+from powerplane.site_file import load_site
+from sim.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_no_control_breaks_the_lab_ramp_limit_and_misses_the_demand_response(tmp_path: Path) -> None:
+    site = load_site(ROOT / "examples" / "lab.toml")
+    sc = load_scenario(ROOT / "examples" / "scenarios" / "lab-grid-training.toml", site=site)
+    out = run_policy(site, "none", 60, scenario=sc)
+    g = out["grid"]
+    ramp = g["site"]
+    # The job swings ~37 kW within a second, every ~3.3 s: several seconds over 15 kW/s, each way.
+    assert ramp["seconds_over_ramp_up"] >= 5 and ramp["seconds_over_ramp_down"] >= 5
+    assert ramp["max_ramp_down_mw_per_s"] > 0.025
+    assert ramp["worst_over_ramp_down_mw_per_s"] == pytest.approx(ramp["max_ramp_down_mw_per_s"] - 0.015)
+    low, high = ramp["bands"]
+    assert low["resolved"] == "full" and low["max_amplitude_mw"] > 0.01 and low["within_limit"] is False
+    assert high["resolved"] == "none" and high["max_amplitude_mw"] is None and high["within_limit"] is None
+    (dr,) = g["demand_response"]
+    assert dr["met"] is False and dr["hold_share"] < 0.5
+    assert dr["target_w"] == pytest.approx(0.9 * dr["load_at_start_w"])
+    assert g["training_job"]["name"] == "sync-train"
+    assert g["training_job"]["iterations"] == pytest.approx(60 / 3.3, rel=0.15)
+    report = write_report(tmp_path, {"site": "lab", "scenario": "lab-grid-training", "workload": "default",
+                                     "duration_s": 60, "wall_s": 1.0, "seed": 0}, {"none": out}).read_text()
+    assert "## Grid (the utility's limits)" in report
+    assert f"| site: seconds over the ramp-up limit (0.015 MW/s over 1 s) | {ramp['seconds_over_ramp_up']:.0f} |" \
+        in report
+    assert "| demand response dr-lab: met (by the deadline, held throughout) | no |" in report
+    assert "not resolved at 1 s" in report
+    assert "| sync-train: iterations completed (vs no control) | " in report
