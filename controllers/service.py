@@ -210,6 +210,19 @@ _FIRST = (topics.FACILITY.name, topics.AGGREGATES.name, topics.HEADROOM.name)
 _THEN = (topics.TELEMETRY.name, topics.ACKS.name)
 
 
+# Every controller decides at this fraction of a tick past the wall clock's whole ticks (half past each second),
+# not at its own start time plus whole ticks: a live controller and a shadow then decide at the same instants,
+# so their decisions line up second by second (`powerplane shadow compare`), and the frames stamped on the
+# second (collectors sample on interval boundaries) have half a second to arrive before the decision.
+TICK_PHASE = 0.5
+
+
+def first_tick(tick_s: float, wall_s: float, mono_s: float) -> float:
+    """The monotonic time of the first tick: the next wall-clock instant TICK_PHASE of a tick past a multiple
+    of tick_s. Later ticks follow on the monotonic clock (a step of the wall clock never stalls the loop)."""
+    return mono_s + (TICK_PHASE * tick_s - wall_s) % tick_s
+
+
 def _wiring(shadow: bool) -> tuple[str, str, tuple[str, ...]]:
     """(Kafka role, consumer group, topics read) of the controller, or of a shadow: its own role and group (it
     never takes the live controller's partitions), and no acks (nothing applies its commands)."""
@@ -242,7 +255,7 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
         registry.register(ControllerMetrics(ctl, producer, dlq))
         registry.register(ConsumerLag(group, partial(kafka_python_lags, cons)))
     loop = ControllerLoop(ctl, producer, dlq, ack_keyring or keyring, decide_on_crossing, shadow=shadow)
-    next_tick = time.monotonic()
+    next_tick = first_tick(tick_s, time.time(), time.monotonic())
     try:
         while not stop.is_set():
             batch = cons.poll(timeout_ms=100, max_records=5000)

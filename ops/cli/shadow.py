@@ -87,6 +87,9 @@ def cmd_shadow_compare(args: argparse.Namespace, cfg: Config) -> int:
         raise UsageError("--seconds must be above 0, --tolerance and --slack at least 0")
     live_cmds, bad_live = read_window(cfg, topics.COMMANDS.name, start, end)
     shadow_cmds, bad_shadow = read_window(cfg, topics.SHADOW.name, start, end)
+    if args.site:
+        live_cmds = [c for c in live_cmds if c.site == args.site]
+        shadow_cmds = [c for c in shadow_cmds if c.site == args.site]
     live, shad = shadow.decisions(live_cmds), shadow.decisions(shadow_cmds)
     pairs = shadow.compare(live, shad, tolerance=args.tolerance, slack_s=args.slack)
     gmax = _gpu_max(_site_optional(cfg))
@@ -120,5 +123,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--slack", type=float, default=1.0, metavar="S",
                    help="pair decisions for the same rack and action up to S seconds apart (default 1: the "
                         "two controllers tick on their own clocks)")
+    s.add_argument("--site", help="only this site's commands (default: every site on the topics)")
     _add_output(s)
     s.set_defaults(fn=cmd_shadow_compare)
