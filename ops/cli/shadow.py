@@ -1,19 +1,18 @@
 """`powerplane shadow compare`: what the live controller commanded (pp.commands) against what a shadow
 controller would have (pp.shadow, `powerplane controller --shadow`) over a window. The comparison itself is
-ops/shadow.py; this reads the two topics and prints it."""
+powerplane/shadow.py; this reads the two topics and prints it."""
 
 from __future__ import annotations
 
 import argparse
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ops.cli.common import UsageError, _add_output, _emit_json, _site_optional
 
 if TYPE_CHECKING:
     from powerplane.config import Config
-    from powerplane.schemas import Command
 
 
 def _since_s(text: str | None, seconds: float, now_s: float) -> float:
@@ -31,81 +30,30 @@ def _since_s(text: str | None, seconds: float, now_s: float) -> float:
                          "since the epoch") from None
 
 
-def read_window(cfg: Config, topic: str, start_s: float, end_s: float) -> tuple[list[Command], int]:
-    """The commands on `topic` whose broker time is in [start_s, end_s), and how many records there did not
-    decode as commands."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from powerplane.kafka import process_auth
-    from powerplane.schemas import Command, SchemaError
-
-    c = KafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, **process_auth().kafka_python(), group_id=None,
-                      enable_auto_commit=False)
-    out: list[Command] = []
-    bad = 0
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
-        c.assign(parts)
-        end = c.end_offsets(parts)
-        begin = c.offsets_for_times({tp: int(start_s * 1000) for tp in parts})
-        live = [tp for tp in parts if begin.get(tp) is not None]  # None: nothing from start_s on
-        for tp in live:
-            c.seek(tp, begin[tp].offset)
-        pending = {tp for tp in live if c.position(tp) < end[tp]}
-        deadline = time.monotonic() + 60.0
-        while pending and time.monotonic() < deadline:
-            for tp, msgs in c.poll(timeout_ms=500, max_records=5000).items():
-                for m in msgs:
-                    if m.timestamp >= end_s * 1000 or m.offset >= end[tp] - 1:
-                        pending.discard(tp)
-                    if m.timestamp >= end_s * 1000 or m.offset >= end[tp]:
-                        continue
-                    try:
-                        out.append(Command.decode(m.value or b""))
-                    except SchemaError:
-                        bad += 1
-    finally:
-        c.close()
-    return out, bad
-
-
-def _gpu_max(site: Any) -> dict[str, Any] | None:
-    if site is None:
-        return None
-    return {rid: site.gpu_max_w[int(site.rack_gpu_start[r]):int(site.rack_gpu_start[r + 1])]
-            for r, rid in enumerate(site.rack_ids)}
-
-
 def cmd_shadow_compare(args: argparse.Namespace, cfg: Config) -> int:
-    from ops import shadow
-    from powerplane import topics
+    from powerplane import shadow, topics
+    from powerplane.kafka import read_window
 
-    now = time.time()
-    start = _since_s(args.since, args.seconds, now)
-    end = start + args.seconds
     if args.tolerance < 0 or args.slack < 0 or args.seconds <= 0:
         raise UsageError("--seconds must be above 0, --tolerance and --slack at least 0")
-    live_cmds, bad_live = read_window(cfg, topics.COMMANDS.name, start, end)
-    shadow_cmds, bad_shadow = read_window(cfg, topics.SHADOW.name, start, end)
-    if args.site:
-        live_cmds = [c for c in live_cmds if c.site == args.site]
-        shadow_cmds = [c for c in shadow_cmds if c.site == args.site]
-    live, shad = shadow.decisions(live_cmds), shadow.decisions(shadow_cmds)
-    pairs = shadow.compare(live, shad, tolerance=args.tolerance, slack_s=args.slack)
-    gmax = _gpu_max(_site_optional(cfg))
-    rows = shadow.tally(pairs, gmax)
-    held = shadow.held_capped_w(live, gmax), shadow.held_capped_w(shad, gmax)
+    start = _since_s(args.since, args.seconds, time.time())
+    end = start + args.seconds
+    live, bad_live = shadow.decode_commands(read_window(cfg.kafka_bootstrap, topics.COMMANDS.name, start, end),
+                                            args.site)
+    shad, bad_shadow = shadow.decode_commands(read_window(cfg.kafka_bootstrap, topics.SHADOW.name, start, end),
+                                              args.site)
+    doc = shadow.report(live, shad, shadow.site_gpu_max_w(_site_optional(cfg)), tolerance=args.tolerance,
+                        slack_s=args.slack)
     if args.output == "json":
-        _emit_json({"start_s": start, "end_s": end, "tolerance": args.tolerance, "slack_s": args.slack,
-                    "live_decisions": len(live), "shadow_decisions": len(shad),
-                    "undecodable": {"live": bad_live, "shadow": bad_shadow},
-                    "actions": [{"action": r.action, **r.count, "live_capped_w": r.live_capped_w,
-                                 "shadow_capped_w": r.shadow_capped_w} for r in rows],
-                    "held_capped_w": {"live": held[0], "shadow": held[1]}})
+        _emit_json({"start_s": start, "end_s": end, **doc, "undecodable": {"live": bad_live, "shadow": bad_shadow}})
         return 0
+    rows = [shadow.Row(a["action"], {k: a[k] for k in shadow.KINDS}, a["live_capped_w"], a["shadow_capped_w"])
+            for a in doc["actions"]]
     when = datetime.fromtimestamp(start).astimezone().isoformat(timespec="seconds")
-    print(shadow.table(rows, *held, f"{args.seconds:.0f} s from {when} ({len(live)} live, {len(shad)} shadow; "
-                                    f"tolerance {args.tolerance:g}, slack {args.slack:g} s)"))
+    held = doc["held_capped_w"]
+    print(shadow.table(rows, held["live"], held["shadow"],
+                       f"{args.seconds:.0f} s from {when} ({doc['live_decisions']} live, {doc['shadow_decisions']} "
+                       f"shadow; tolerance {args.tolerance:g}, slack {args.slack:g} s)"))
     if bad_live or bad_shadow:
         print(f"({bad_live} record(s) on pp.commands and {bad_shadow} on pp.shadow did not decode: not counted)")
     return 0

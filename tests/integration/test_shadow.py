@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ from powerplane.signing import Keyring
 from powerplane.site import Site
 from sim.fleet import Fleet
 from sim.source import FleetSource
+from tests.conftest import free_port
 from tests.integration.helpers import end_offsets, read_messages, start_group_at_end
+from tests.integration.test_dashboard_browser import _wait_http
 from tests.integration.test_streams_site import site_copy
 
 STEPS = 16
@@ -181,6 +184,22 @@ def test_shadow_decides_as_the_engine_writes_only_pp_shadow_and_agrees_with_a_li
         ("power_cap", n, 0, 0, 0), doc
     assert doc["held_capped_w"]["live"] == pytest.approx(doc["held_capped_w"]["shadow"]) and \
         doc["held_capped_w"]["live"] > 0
+    # The live dashboard shows the same comparison (its site's decisions over the last minutes).
+    page = _dashboard_shadow(c, tmp_path)
+    assert (page["live_decisions"], page["shadow_decisions"]) == (n, n) and page["actions"] == doc["actions"]
+
+
+def _dashboard_shadow(c: Config, tmp_path: Path) -> dict[str, Any]:
+    port = free_port()
+    svc = Services(c, tmp_path / "dash-logs")
+    try:
+        svc.start("dashboard", "dashboard", "--port", str(port), "--backfill", "0")
+        _wait_http(f"http://127.0.0.1:{port}/api/snapshot", svc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/shadow?seconds=120", timeout=60) as r:
+            doc: dict[str, Any] = json.loads(r.read())
+        return doc
+    finally:
+        svc.stop()
 
 
 def test_the_broker_refuses_the_shadow_role_every_topic_an_actuator_or_operator_acts_on(cfg: Config) -> None:

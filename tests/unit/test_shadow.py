@@ -1,6 +1,6 @@
 """Shadow mode without a broker: a shadow's commands are marked and signed with its own key, and an actuator
 refuses one wherever it turns up; the shadow role writes nothing an actuator reads; and the live-against-shadow
-comparison (ops/shadow.py) pairs, classifies and sums decisions as an operator reads them."""
+comparison (powerplane/shadow.py) pairs, classifies and sums decisions as an operator reads them."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from actuators.base import load_actuator
 from actuators.guard import Guard
 from controllers.capping import CapSettings
 from controllers.shadow import ShadowController
-from ops import shadow
 from ops.cli import build_parser, kafka_role
-from ops.shadow import Decision
-from powerplane import access, topics
+from powerplane import access, shadow, topics
 from powerplane.schemas import Command
+from powerplane.shadow import Decision
 from powerplane.signing import Keyring
 from powerplane.site_file import load_site
 from sim.fleet import Fleet

@@ -1,4 +1,5 @@
-"""Live against shadow decisions (`powerplane shadow compare`): pure functions over decisions, no I/O.
+"""Live against shadow decisions (`powerplane shadow compare`, the live dashboard's /api/shadow): pure
+functions over decisions, no I/O. Here, not in ops/, because the dashboard (a layer below ops) shows it too.
 
 A decision is one command that changes something (lease renewals repeat what is held and are left out). The
 live controller and a shadow decide on their own one-second ticks, so the same decision can land up to a
@@ -147,3 +148,48 @@ def table(rows: Sequence[Row], live_held_w: float, shadow_held_w: float, window:
         lines.append("(no decisions on either topic in the window: renewals are not decisions)")
     lines.append(f"held capped at the end of the window: live {kw(live_held_w)} kW, shadow {kw(shadow_held_w)} kW")
     return "\n".join(lines)
+
+
+def decode_commands(values: Iterable[bytes], site: str | None = None) -> tuple[list[Command], int]:
+    """The commands among raw record values (of `site` only, when given), and how many did not decode."""
+    from powerplane.schemas import SchemaError
+
+    out: list[Command] = []
+    bad = 0
+    for v in values:
+        try:
+            cmd = Command.decode(v)
+        except SchemaError:
+            bad += 1
+            continue
+        if site is None or cmd.site == site:
+            out.append(cmd)
+    return out, bad
+
+
+def report(live_cmds: Sequence[Command], shadow_cmds: Sequence[Command], gpu_max_w: Mapping[str, Any] | None,
+           *, tolerance: float = 10.0, slack_s: float = 1.0) -> dict[str, Any]:
+    """The comparison as one JSON-ready document: per action the counts and capped watts, what each side holds
+    capped at the end, and the decisions that differ or have no partner (newest 50)."""
+    live, shad = decisions(live_cmds), decisions(shadow_cmds)
+    pairs = compare(live, shad, tolerance=tolerance, slack_s=slack_s)
+    rows = tally(pairs, gpu_max_w)
+    odd = [p for p in pairs if p.kind != "agree"][-50:]
+    return {"tolerance": tolerance, "slack_s": slack_s, "live_decisions": len(live), "shadow_decisions": len(shad),
+            "actions": [{"action": r.action, **r.count, "live_capped_w": r.live_capped_w,
+                         "shadow_capped_w": r.shadow_capped_w} for r in rows],
+            "held_capped_w": {"live": held_capped_w(live, gpu_max_w), "shadow": held_capped_w(shad, gpu_max_w)},
+            "unmatched": [{"t_s": p.t_s, "kind": p.kind, "target": p.target, "action": p.action,
+                           "live": _range(p.live), "shadow": _range(p.shadow)} for p in odd]}
+
+
+def _range(d: Decision | None) -> list[float] | None:
+    return None if d is None or not d.values else [min(d.values), max(d.values)]
+
+
+def site_gpu_max_w(site: Any) -> dict[str, Any] | None:
+    """Per rack id, its GPUs' maximum limits (what "capped W" is measured from); None without a site."""
+    if site is None:
+        return None
+    return {rid: site.gpu_max_w[int(site.rack_gpu_start[r]):int(site.rack_gpu_start[r + 1])]
+            for r, rid in enumerate(site.rack_ids)}
