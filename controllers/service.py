@@ -174,15 +174,15 @@ class ControllerLoop:
         on pp.audit, so the last command is not queued behind a thousand audit records."""
         cmds = self.ctl.decide(time.time())
         encoded = [(cmd, cmd.encode()) for cmd in cmds]
-        if self.shadow:
+        if self.shadow:  # what it would have done, and nothing else: no pp.commands, no pp.audit
             for cmd, data in encoded:
                 self.producer.send(topics.SHADOW.name, data, key=cmd.key())
-        else:
-            for cmd, data in encoded:
-                self.producer.send(topics.COMMANDS.name, data, key=cmd.key())
-                self.sent_at[cmd.id] = time.time()
-                self.issued[cmd.id] = None
-        for cmd, data in ([] if self.shadow else encoded):
+            encoded = []
+        for cmd, data in encoded:
+            self.producer.send(topics.COMMANDS.name, data, key=cmd.key())
+            self.sent_at[cmd.id] = time.time()
+            self.issued[cmd.id] = None
+        for cmd, data in encoded:
             self.producer.send(topics.AUDIT.name, data, key=cmd.id.encode())
             # Per command at debug: a site-wide loss is 1,024 commands in one decision, and a log line each
             # delayed the last of them by a tenth of a second. Every command is on pp.audit.

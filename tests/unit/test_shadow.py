@@ -130,3 +130,13 @@ def test_renewals_are_not_decisions() -> None:
                        values=np.array([500.0], np.float32), params={}, reason=reason, issuer="i",
                        issued_at_s=1.0, lease_s=30.0)
     assert [d.values for d in shadow.decisions([cmd("lease renewal"), cmd("shedding: pdu")])] == [(500.0,)]
+
+
+def test_every_controller_decides_at_half_past_the_wall_clock_second() -> None:
+    """Live and shadow started at different moments still decide in the same instants (compare pairs them)."""
+    from controllers.service import first_tick
+
+    for wall in (1_000.2, 1_000.5, 1_000.9, 2_000.0):
+        mono = 50.0
+        at = first_tick(1.0, wall, mono)
+        assert 0.0 <= at - mono < 1.0 and (wall + at - mono) % 1.0 == pytest.approx(0.5)
