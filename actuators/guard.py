@@ -1,8 +1,8 @@
 """Safe actuation, enforced once for every actuator.
 
-A command is applied only if it is signed with a key in the site keyring, is for this site, has
-not expired, has not been seen before (idempotent by id), is not older than the last command applied
-to the same target (ordered per target) and is within the per-target rate limit. Values are
+A command is applied only if it is not a shadow controller's (pp.shadow), is signed with a key in the site
+keyring, is for this site, has not expired, has not been seen before (idempotent by id), is not older than the
+last command applied to the same target (ordered per target) and is within the per-target rate limit. Values are
 clamped to the hardware's range. Every applied value holds a lease, one per GPU and knob (power limit,
 SM clock lock): when it lapses unrenewed, the GPU reverts to its safe value (clocks: unlocked), so a dead
 controller fails safe. Each outcome is an Ack.
@@ -128,6 +128,9 @@ class Guard:
         return self._ack(cmd, "rejected", np.full(cmd.gpus.size, np.nan), reason, now_s)
 
     def handle(self, cmd: Command, now_s: float) -> Ack:
+        if cmd.shadow:  # checked before the signature: even one signed with a key this actuator trusts
+            return self._reject(cmd, f"shadow command from {cmd.issuer!r}: what a policy under evaluation would "
+                                     "have done, never applied", now_s, security=True)
         bad_sig = self.keyring.verify(cmd)
         if bad_sig:
             return self._reject(cmd, bad_sig, now_s, security=True)

@@ -3,6 +3,10 @@ pp.telemetry and pp.acks into a `CapController` (controllers/controller.py), dec
 as soon as a level crosses its cap threshold, and publishes the commands to pp.commands and pp.audit.
 Acks are verified (signed by the actuators' key) and read back to measure command latency and to log what
 the actuators really applied; a forged one is dead-lettered and raises a security event.
+
+With `shadow` (`powerplane controller --shadow`, controllers/shadow.py) the same loop runs as the `shadow` role
+in its own consumer group, reads no acks, and publishes its commands to pp.shadow only: no pp.commands, no
+pp.audit, no pp.events.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from controllers.capping import (
     CapSettings,
 )
 from controllers.controller import CapController, ControllerStats
-from powerplane import topics
+from controllers.shadow import ShadowController
+from powerplane import access, topics
 from powerplane.config import Config
 from powerplane.kafka import DeadLetters, Producer, client_auth, consumer
 from powerplane.metrics import ConsumerLag, kafka_python_lags
@@ -118,9 +123,10 @@ class ControllerLoop:
     records, and reading them all first delayed the commands by ~0.1-0.2 s)."""
 
     def __init__(self, ctl: CapController, producer: Producer, dlq: DeadLetters, ack_keyring: Keyring,
-                 decide_on_crossing: bool) -> None:
+                 decide_on_crossing: bool, shadow: bool = False) -> None:
         self.ctl, self.producer, self.dlq, self.ack_keyring = ctl, producer, dlq, ack_keyring
         self.decide_on_crossing = decide_on_crossing
+        self.shadow = shadow  # decisions to pp.shadow only, never to pp.commands or pp.audit
         self.sent_at: dict[str, float] = {}
         self.issued: OrderedDict[str, None] = OrderedDict()  # ids sent here: an ack for another is not believed
 
@@ -168,6 +174,10 @@ class ControllerLoop:
         on pp.audit, so the last command is not queued behind a thousand audit records."""
         cmds = self.ctl.decide(time.time())
         encoded = [(cmd, cmd.encode()) for cmd in cmds]
+        if self.shadow:  # what it would have done, and nothing else: no pp.commands, no pp.audit
+            for cmd, data in encoded:
+                self.producer.send(topics.SHADOW.name, data, key=cmd.key())
+            encoded = []
         for cmd, data in encoded:
             self.producer.send(topics.COMMANDS.name, data, key=cmd.key())
             self.sent_at[cmd.id] = time.time()
@@ -181,7 +191,8 @@ class ControllerLoop:
         changes = [c for c in cmds if c.reason != "lease renewal"]
         if changes:
             reasons = Counter(c.reason.split(":")[0] for c in changes)
-            log.info("decision: %d command(s) for %d rack(s) (%s), %d renewal(s)", len(changes),
+            log.info("%sdecision: %d command(s) for %d rack(s) (%s), %d renewal(s)",
+                     "shadow " if self.shadow else "", len(changes),
                      len({c.target for c in changes}), ", ".join(f"{k} x{n}" for k, n in reasons.items()),
                      len(cmds) - len(changes))
         while len(self.sent_at) > 100_000:  # bounded: forget the oldest unacknowledged
@@ -199,27 +210,52 @@ _FIRST = (topics.FACILITY.name, topics.AGGREGATES.name, topics.HEADROOM.name)
 _THEN = (topics.TELEMETRY.name, topics.ACKS.name)
 
 
+# Every controller decides at this fraction of a tick past the wall clock's whole ticks (half past each second),
+# not at its own start time plus whole ticks: a live controller and a shadow then decide at the same instants,
+# so their decisions line up second by second (`powerplane shadow compare`), and the frames stamped on the
+# second (collectors sample on interval boundaries) have half a second to arrive before the decision.
+TICK_PHASE = 0.5
+
+
+def first_tick(tick_s: float, wall_s: float, mono_s: float) -> float:
+    """The monotonic time of the first tick: the next wall-clock instant TICK_PHASE of a tick past a multiple
+    of tick_s. Later ticks follow on the monotonic clock (a step of the wall clock never stalls the loop)."""
+    return mono_s + (TICK_PHASE * tick_s - wall_s) % tick_s
+
+
+def _wiring(shadow: bool) -> tuple[str, str, tuple[str, ...]]:
+    """(Kafka role, consumer group, topics read) of the controller, or of a shadow: its own role and group (it
+    never takes the live controller's partitions), and no acks (nothing applies its commands)."""
+    inputs = (topics.AGGREGATES.name, topics.TELEMETRY.name, topics.HEADROOM.name, topics.FACILITY.name)
+    if shadow:
+        return "shadow", access.SHADOW_GROUP, inputs
+    return "controller", "powerplane-controller", (*inputs, topics.ACKS.name)
+
+
 def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s: float = 1.0,
-        registry: Any = None, decide_on_crossing: bool = False, ack_keyring: Keyring | None = None) -> CapController:
+        registry: Any = None, decide_on_crossing: bool = False, ack_keyring: Keyring | None = None,
+        shadow: bool = False) -> CapController:
     """decide_on_crossing: also decide as soon as a PDU load crosses the cap threshold, not only every
     tick_s (a site-wide feed loss is then capped without waiting up to a tick). ack_keyring: the keys acks
     must be signed with (default: the config's ack keyring, created if missing). registry: a served
-    prometheus_client CollectorRegistry that gets the controller's metrics and consumer lag."""
-    if ack_keyring is None:
+    prometheus_client CollectorRegistry that gets the controller's metrics and consumer lag. shadow: run as a
+    shadow (controllers/shadow.py); `keyring` is then the shadow key."""
+    if ack_keyring is None and not shadow:
         ack_keyring = load_keyring(ack_key_path(cfg.signing_key_file, cfg.ack_key_file), cfg.ack_key_id, create=True)
     # No request router consumes routing weights in this deployment yet: caps and clock locks only.
-    ctl = CapController(site, keyring, CapSettings(cfg.cap_threshold, cfg.uncap_threshold), cfg.command_lease_s,
-                        actions=frozenset(("power_cap", "sm_clock_lock")))
-    auth = client_auth(cfg, "controller")
-    producer = Producer(cfg.kafka_bootstrap, "powerplane-controller", auth=auth)
-    dlq = DeadLetters(producer, "controller")
-    cons = consumer(cfg.kafka_bootstrap, "powerplane-controller", topics.AGGREGATES.name, topics.TELEMETRY.name,
-                    topics.HEADROOM.name, topics.ACKS.name, topics.FACILITY.name, auth=auth)
+    ctl = (ShadowController if shadow else CapController)(
+        site, keyring, CapSettings(cfg.cap_threshold, cfg.uncap_threshold), cfg.command_lease_s,
+        actions=frozenset(("power_cap", "sm_clock_lock")))
+    role, group, inputs = _wiring(shadow)
+    auth = client_auth(cfg, role)
+    producer = Producer(cfg.kafka_bootstrap, group, auth=auth)
+    dlq = DeadLetters(producer, "controller-shadow" if shadow else "controller")
+    cons = consumer(cfg.kafka_bootstrap, group, *inputs, auth=auth)
     if registry is not None:
         registry.register(ControllerMetrics(ctl, producer, dlq))
-        registry.register(ConsumerLag("powerplane-controller", partial(kafka_python_lags, cons)))
-    loop = ControllerLoop(ctl, producer, dlq, ack_keyring, decide_on_crossing)
-    next_tick = time.monotonic()
+        registry.register(ConsumerLag(group, partial(kafka_python_lags, cons)))
+    loop = ControllerLoop(ctl, producer, dlq, ack_keyring or keyring, decide_on_crossing, shadow=shadow)
+    next_tick = first_tick(tick_s, time.time(), time.monotonic())
     try:
         while not stop.is_set():
             batch = cons.poll(timeout_ms=100, max_records=5000)

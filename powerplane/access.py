@@ -36,6 +36,10 @@ class Grants:
 _T = topics
 STREAMS_INTERNAL = f"{topics.STREAMS_APP_ID}*"  # changelog, assignor leader: faust's own topics and group
 
+# The consumer group of `powerplane controller --shadow` (a prefix in the ACLs: several shadows, one group
+# each, may run side by side).
+SHADOW_GROUP = "powerplane-controller-shadow"
+
 ROLES: dict[str, Grants] = {
     "collector": Grants(write=(_T.TELEMETRY.name, _T.FACILITY.name, _T.DEADLETTER.name),
                         doc="collectors and the simulated fleet's publisher"),
@@ -47,6 +51,12 @@ ROLES: dict[str, Grants] = {
                                _T.ACKS.name),
                          write=(_T.COMMANDS.name, _T.AUDIT.name, _T.EVENTS.name, _T.DEADLETTER.name),
                          groups=("powerplane-controller",), doc="the capping controller"),
+    # `controller --shadow`: the controller's inputs (not pp.acks: nothing applies its decisions, so there are no
+    # acks of its own), its decisions only to pp.shadow, in its own groups so it never takes the live
+    # controller's partitions. It cannot write pp.commands, pp.audit or pp.events: the broker refuses.
+    "shadow": Grants(read=(_T.AGGREGATES.name, _T.HEADROOM.name, _T.TELEMETRY.name, _T.FACILITY.name),
+                     write=(_T.SHADOW.name, _T.DEADLETTER.name),
+                     groups=(f"{SHADOW_GROUP}*",), doc="a controller in shadow mode (a policy under evaluation)"),
     "actuator": Grants(read=(_T.COMMANDS.name,),
                        write=(_T.ACKS.name, _T.AUDIT.name, _T.EVENTS.name, _T.DEADLETTER.name),
                        groups=("powerplane-actuator*",), doc="actuator services (and the fleet's twin actuator)"),

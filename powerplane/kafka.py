@@ -338,3 +338,35 @@ def apply_acls(admin: KafkaAdminClient, auth: ClientAuth) -> int:
     while len(admin.describe_acls(every)[0]) < len(acls) and time.monotonic() < deadline:
         time.sleep(0.1)
     return len(acls)
+
+
+def read_window(bootstrap: str, topic: str, start_s: float, end_s: float, timeout_s: float = 60.0,
+                auth: ClientAuth | None = None) -> list[bytes]:
+    """The values of the records of `topic` whose broker timestamp is in [start_s, end_s), in partition order,
+    read without a consumer group up to the end offsets seen at the start (a bounded read)."""
+    from kafka import TopicPartition
+
+    auth = auth or process_auth()
+    c = KafkaConsumer(bootstrap_servers=bootstrap, **auth.kafka_python(), group_id=None, enable_auto_commit=False,
+                      request_timeout_ms=20_000)
+    out: list[bytes] = []
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        c.assign(parts)
+        end = c.end_offsets(parts)
+        begin = c.offsets_for_times({tp: int(start_s * 1000) for tp in parts})
+        for tp in parts:  # None: nothing from start_s on
+            c.seek(tp, begin[tp].offset if begin.get(tp) is not None else end[tp])
+        left = {tp for tp in parts if c.position(tp) < end[tp]}
+        deadline = time.monotonic() + timeout_s
+        while left and time.monotonic() < deadline:
+            for tp, msgs in c.poll(timeout_ms=500, max_records=5000).items():
+                for m in msgs:
+                    if m.offset >= end[tp] or m.timestamp >= end_s * 1000:
+                        left.discard(tp)
+                    elif m.value is not None:
+                        out.append(m.value)
+            left = {tp for tp in left if c.position(tp) < end[tp]}
+    finally:
+        c.close()
+    return out

@@ -611,7 +611,7 @@ class Command(Record):
     KINDS: ClassVar[dict[str, str]] = {
         "id": "str", "site": "str", "target": "str", "action": "str", "gpus": "u16[]", "values": "f32[]",
         "params": "map", "reason": "str", "issuer": "str", "issued_at_s": "float", "lease_s": "float",
-        "key_id": "str", "sig": "str",
+        "key_id": "str", "sig": "str", "shadow": "bool?",
     }
     RANGES: ClassVar[dict[str, tuple[float, float]]] = {"values": (0.0, 1e5), "lease_s": (0.1, 86400.0),
                                                         "issued_at_s": TS_RANGE}
@@ -628,6 +628,10 @@ class Command(Record):
     lease_s: float  # the actuator reverts to its safe value if not renewed within this
     key_id: str = ""
     sig: str = ""
+    # True: what a controller in shadow mode would have done (pp.shadow), never to be applied; actuators refuse
+    # it wherever it turns up. Signed with the rest. Absent on the wire for a live command (None), so live
+    # commands and their signatures are as before.
+    shadow: bool | None = None
 
     def key(self) -> bytes:
         return self.target.encode()

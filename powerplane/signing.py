@@ -62,6 +62,16 @@ def ack_key_path(signing_key_file: str | Path, ack_key_file: str = "") -> Path:
     return Path(ack_key_file) if ack_key_file else Path(signing_key_file).with_name("acks.key")
 
 
+# A controller in shadow mode signs with a key of its own (`shadow.key` beside the command keyring, key id
+# "shadow"), never with the command key: no actuator holds it, so a shadow record copied onto pp.commands fails
+# the signature check as well as the shadow mark (actuators.guard). It proves only which shadow wrote a record.
+SHADOW_KEY_ID = "shadow"
+
+
+def shadow_key_path(signing_key_file: str | Path) -> Path:
+    return Path(signing_key_file).with_name("shadow.key")
+
+
 def load_keyring(path: str | Path, current: str, *, create: bool = False) -> Keyring:
     """Read `<key id> <hex key>` lines. With create=True a missing file gets a fresh random key
     (development only: production keys come from the site's secret store)."""

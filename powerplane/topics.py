@@ -59,6 +59,12 @@ AUDIT = Topic("pp.audit", 3, "command id", 365 * DAY_MS,
               doc="Every command and acknowledgement, kept a year for post-incident review")
 FACILITY = Topic("pp.facility", 3, "unit (UPS lineup, rack or sensor source)", 7 * DAY_MS,
                   doc="FacilityReading per UPS, transfer switch or environment sensor per poll")
+# `powerplane controller --shadow`: what a policy under evaluation would have commanded, on live inputs. Never
+# read by an actuator (their role cannot read it); as many partitions as pp.commands, keyed alike, so a
+# comparison reads the two topics the same way. A week: long enough to watch a policy over several days.
+SHADOW = Topic("pp.shadow", COMMANDS.partitions, "target (rack id)", 7 * DAY_MS,
+               doc="Commands a shadow controller would have issued (marked shadow, signed with the shadow key): "
+                   "never applied")
 DEADLETTER = Topic("pp.deadletter", 3, "source topic", 14 * DAY_MS,
                    doc="Records that failed validation: original bytes, reason, where they came from")
 
@@ -80,5 +86,5 @@ STREAMS_LEADER = Topic(f"{STREAMS_APP_ID}-__assignor-__leader", 1, "-", 1 * DAY_
                        doc="faust's internal leader-election topic (internal)")
 
 ALL: tuple[Topic, ...] = (TELEMETRY, RACKS, TREE_STATE, STREAMS_LEADER, AGGREGATES, HEADROOM, EVENTS, COMMANDS, ACKS,
-                          AUDIT, DEADLETTER, FACILITY)
+                          AUDIT, DEADLETTER, FACILITY, SHADOW)
 

@@ -3,7 +3,9 @@ step), fed from Kafka or from a recording, pushing state deltas over server-sent
 second. Prometheus metrics at /metrics.
 
 The page is in `static/`; /events streams `snapshot` then `delta` messages (JSON, see state.py);
-/api/history?level=ID is one level's forecast-vs-actual history; POST /api/replay controls a replay.
+/api/history?level=ID is one level's forecast-vs-actual history; POST /api/replay controls a replay;
+/api/shadow?seconds=S (live mode) compares the live controller's decisions with a shadow's over the last S
+seconds (powerplane/shadow.py; `powerplane controller --shadow`, docs/operations.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -54,6 +57,17 @@ class Metrics:
             self.bad.labels(topic).inc()
 
 
+def _finite(x: Any) -> Any:
+    """JSON has no NaN or Infinity: a number not known (no site: no maxima) is null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
@@ -69,6 +83,7 @@ class Dashboard:
         self.feed: LiveFeed | None = None
         self.replayer: Replayer | None = None
         self._epoch = state.epoch
+        self.bootstrap = bootstrap
         if replay_dir is not None:
             self.replayer = Replayer(replay_dir, state.apply, state.reset, self.lock, speed=speed,
                                      on_record=self.metrics.on_record)
@@ -174,6 +189,35 @@ class Dashboard:
             return web.json_response({"error": f"unknown level {level!r}"}, status=404)
         return web.Response(text=_dumps({"level": level, "points": hist}), content_type="application/json")
 
+    async def shadow(self, req: web.Request) -> web.StreamResponse:
+        """Live against shadow decisions over the last `seconds` (default 600, at most a day), of the page's site
+        (or `site`): a bounded read of pp.commands and pp.shadow in a thread, the page's feed untouched."""
+        if self.feed is None or self.bootstrap is None:
+            return web.json_response({"error": "not in live mode: the comparison reads pp.commands and pp.shadow"},
+                                     status=409)
+        try:
+            seconds = float(req.query.get("seconds", "600"))
+            if not 0 < seconds <= 86400:
+                raise ValueError(seconds)
+        except ValueError:
+            return web.json_response({"error": "seconds: expected a number of seconds above 0, at most 86400"},
+                                     status=400)
+        site = self.state.site
+        name = req.query.get("site") or (site.name if site is not None else None)
+        doc = await asyncio.to_thread(self._shadow_doc, self.bootstrap, seconds, name)
+        return web.Response(text=_dumps(_finite(doc)), content_type="application/json")
+
+    def _shadow_doc(self, bootstrap: str, seconds: float, site_name: str | None) -> dict[str, Any]:
+        from powerplane import shadow, topics
+        from powerplane.kafka import read_window
+
+        end = time.time()
+        start = end - seconds
+        live, _ = shadow.decode_commands(read_window(bootstrap, topics.COMMANDS.name, start, end, 20.0), site_name)
+        shad, _ = shadow.decode_commands(read_window(bootstrap, topics.SHADOW.name, start, end, 20.0), site_name)
+        return {"start_s": start, "end_s": end, "site": site_name,
+                **shadow.report(live, shad, shadow.site_gpu_max_w(self.state.site))}
+
     async def replay_control(self, req: web.Request) -> web.StreamResponse:
         if self.replayer is None:
             return web.json_response({"error": "not in replay mode (start with --replay DIR)"}, status=409)
@@ -204,6 +248,7 @@ class Dashboard:
         app.router.add_get("/api/snapshot", self.snapshot)
         app.router.add_get("/api/history", self.history)
         app.router.add_post("/api/replay", self.replay_control)
+        app.router.add_get("/api/shadow", self.shadow)
         app.router.add_get("/metrics", self.metrics_handler)
         return app
 

@@ -166,13 +166,27 @@ def cmd_controller(args: argparse.Namespace, cfg: Config) -> int:
 
     addr = _metrics_addr(args)
     stop = _stop_on_signals()
-    ctl = service.run(cfg, _site(cfg), _keyring(cfg), stop, registry=_serve_metrics(addr),
-                      decide_on_crossing=args.decide_on_crossing)
+    keyring = _shadow_keyring(cfg) if args.shadow else _keyring(cfg)
+    if args.shadow:
+        log.info("controller: shadow mode: decisions to pp.shadow only, never applied (docs/operations.md)")
+    ctl = service.run(cfg, _site(cfg), keyring, stop, registry=_serve_metrics(addr),
+                      decide_on_crossing=args.decide_on_crossing, shadow=args.shadow)
+    if args.shadow:
+        log.info("shadow controller: %d commands, %d renewals (on pp.shadow)", ctl.stats.commands,
+                 ctl.stats.renewals)
+        return 0
     lat = sorted(ctl.stats.latencies_s)
     p50 = f"{lat[len(lat) // 2] * 1e3:.0f} ms" if lat else "n/a"
     log.info("controller: %d commands, %d renewals, acks %s, command->ack p50 %s", ctl.stats.commands,
              ctl.stats.renewals, ctl.stats.acks, p50)
     return 0
+
+
+def _shadow_keyring(cfg: Config) -> Any:
+    """The shadow's own key (made on first use): never the command key, which it must not hold."""
+    from powerplane.signing import SHADOW_KEY_ID, load_keyring, shadow_key_path
+
+    return load_keyring(shadow_key_path(cfg.signing_key_file), SHADOW_KEY_ID, create=True)
 
 
 def cmd_actuate(args: argparse.Namespace, cfg: Config) -> int:
@@ -284,6 +298,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--decide-on-crossing", action=argparse.BooleanOptionalAction, default=True,
                    help="decide as soon as a PDU load crosses the cap threshold, not only once a second "
                         "(default: on)")
+    c.add_argument("--shadow", action="store_true",
+                   help="shadow mode: decide on the live inputs in its own consumer group (Kafka role shadow) and "
+                        "publish what it would have done to pp.shadow, never pp.commands; compare with "
+                        "`powerplane shadow compare`")
     c.set_defaults(fn=cmd_controller)
 
     ac = sub.add_parser("actuate", help="apply signed commands to devices (nvml, redfish): one actuator of a config")

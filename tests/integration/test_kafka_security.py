@@ -49,6 +49,7 @@ WRITES = [("collector", topics.TELEMETRY.name, topics.COMMANDS.name),
           ("collector", topics.DEADLETTER.name, topics.ACKS.name),
           ("streams", topics.AGGREGATES.name, topics.COMMANDS.name),
           ("controller", topics.COMMANDS.name, topics.TELEMETRY.name),
+          ("shadow", topics.SHADOW.name, topics.COMMANDS.name),
           ("actuator", topics.ACKS.name, topics.COMMANDS.name),
           ("sink", topics.EVENTS.name, topics.AGGREGATES.name),
           ("ops", None, topics.TELEMETRY.name)]

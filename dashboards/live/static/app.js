@@ -312,6 +312,24 @@ function drawSide() {
     `<td class="n ${S.clock - c.issued_at_s > 5 ? "c-warn" : ""}">${dur(S.clock - c.issued_at_s)}</td><td class="dim">${esc(c.reason)}</td></tr>`).join("")
     : '<tr><td colspan="6" class="empty">none</td></tr>';
 }
+// Shadow vs live (/api/shadow): fetched every 15 s in live mode; shown only while a shadow controller has
+// decided something in the window (`powerplane controller --shadow`).
+function loadShadow() {
+  if (S.mode !== "live" || STATIC || document.hidden) return;
+  fetch("/api/shadow?seconds=600").then((r) => (r.ok ? r.json() : null)).then(drawShadow).catch(() => {});
+}
+function drawShadow(doc) {
+  const box = $("shadowbox");
+  box.hidden = !doc || !doc.shadow_decisions;
+  if (box.hidden) return;
+  const held = doc.held_capped_w || {};
+  $("shadowinfo").textContent = `last 10 min · ${doc.live_decisions} live, ${doc.shadow_decisions} shadow decisions · ` +
+    `capped now: live ${kw(held.live)} kW, shadow ${kw(held.shadow)} kW`;
+  $("shadow").tBodies[0].innerHTML = doc.actions.map((a) => `<tr><td class="k">${esc(a.action.replace("_", " "))}</td>` +
+    `<td class="n">${a.agree}</td><td class="n ${a.differ ? "c-warn" : ""}">${a.differ}</td>` +
+    `<td class="n">${a["shadow-only"]}</td><td class="n">${a["live-only"]}</td>` +
+    `<td class="n">${kw(a.live_capped_w)}</td><td class="n">${kw(a.shadow_capped_w)}</td></tr>`).join("");
+}
 function rangeTxt(lo, hi, action) {
   if (!isNum(lo)) return "–";
   const u = action === "power_cap" ? " W" : action === "sm_clock_lock" ? " MHz" : "";
@@ -555,6 +573,8 @@ function init() {
   $("speed").addEventListener("change", (ev) => control({ action: "speed", speed: +ev.target.value }));
   window.addEventListener("resize", schedule);
   setInterval(tickDeadlines, 250);
+  setInterval(loadShadow, 15000);
+  setTimeout(loadShadow, 2000);
   drawLegend();
   connect();
 }
