@@ -39,8 +39,10 @@ from controllers.degraded import (
     unsure_racks,
 )
 from controllers.facility import ControllerSignals
+from controllers.grid_limits import GridControl
 from controllers.guard import GuardSettings, single_feed_guard
 from controllers.thermal import STAGES, ThermalSettings, decide_thermal
+from powerplane.grid import DemandResponse
 from powerplane.rack_layout import RackLayout
 from powerplane.schemas import Command, FacilityReading, Headroom, LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.signing import Keyring
@@ -143,6 +145,7 @@ class CapController:
         self.summed_levels = self.feed_levels & has_kids  # what _feed_estimates may sum from the PDUs
         self.racks_under = racks_under(self.tree)
         self.signals = ControllerSignals(site)  # UPS lineups on battery (pp.facility): feed-lost limits at once
+        self.grid = GridControl(site, settings)  # the utility's limits: demand response, paced releases
 
     # ---- inputs ------------------------------------------------------------------------------------
     def on_aggregate(self, agg: LevelAggregate, now_s: float) -> None:
@@ -175,6 +178,10 @@ class CapController:
     def on_facility(self, r: FacilityReading, now_s: float) -> tuple[bool, str]:
         """A facility reading (pp.facility): (a lineup newly on battery: decide now, why it is refused or "")."""
         return self.signals.take(r, now_s)
+
+    def on_demand_response(self, ev: DemandResponse) -> str:
+        """A demand-response request (controllers.grid_limits): held from its start time; a one-line summary."""
+        return self.grid.on_demand_response(ev, self.level_power_w)
 
     def on_headroom(self, h: Headroom, now_s: float) -> None:
         if h.site != self.site.name:
@@ -296,6 +303,7 @@ class CapController:
         self.stats.brakes_unconfirmed += int((power_levels(self.site) & ~brake & (self.limit_w > 0) &
                                               (load > s.brake_threshold * self.limit_w)).any())
         budget, th = self._thermal(now_s, load)
+        budget = np.fmin(budget, self.grid.budget_w(now_s, load))  # demand response (controllers.grid_limits)
         known = ~np.isnan(self.cap_w)
         # A GPU of a silent rack counts as drawing its cap (decide_caps), never as its last reading.
         # So does a GPU whose own source stopped while the rest of its rack reports (partial frames: one server's).
@@ -310,6 +318,7 @@ class CapController:
         had = np.isfinite(self.level_seen_s) & power_levels(self.site)
         hold = unsure_racks(tree, coef, had & ~use & (silent_level | ~np.isfinite(load)), rack_silent)
         new = np.where(known, np.where(hold[self.site.gpu_rack], np.fmin(new, self.cap_w), new), self.cap_w)
+        new = self.grid.limit_release(self.cap_w, new, gpu_w_now)  # releases within the utility's ramp-up limit
         cmds = self._cap_commands(new, known, load, brake, now_s)
         if th is None:
             return cmds

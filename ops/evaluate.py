@@ -17,6 +17,7 @@ site stage, then the controller: the same code as the Kafka path) -> signed comm
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,8 @@ POLICIES = ("none", "static", "polca", "full")
 # locked on purpose (application clocks) is a chosen operating point that meets the SLO, not throttling.
 THROTTLED = THROTTLE_SW_POWER_CAP | THROTTLE_HW_SLOWDOWN | THROTTLE_SW_THERMAL | THROTTLE_HW_THERMAL
 EPOCH_S = 1_767_225_600.0  # 2026-01-01: event time of the twin's first second
+
+log = logging.getLogger("powerplane.evaluate")
 
 
 def static_caps_w(site: Site) -> FloatArray:
@@ -299,8 +302,14 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         reconfig = Reconfigurer(twin, profile=profile, controller=ctl, coordinate=coordinate,
                                 **(reconfig_options or {}))
     route_w = np.ones(site.n_gpus)
+    # The full policy is told of each demand-response request when it comes (on the controller's clock).
+    dr_left = [ev.model_copy(update={"start_s": EPOCH_S + ev.start_s}) for ev in grid.demand_response] \
+        if policy == "full" and ctl is not None else []
     for k in range(duration_s):
         fr = twin.step(1.0)
+        for ev in [e for e in dr_left if EPOCH_S + twin.t_s >= e.start_s]:
+            dr_left.remove(ev)
+            log.info("%s", ctl.on_demand_response(ev) if ctl is not None else "")
         if engine is not None and guard is not None:
             _control_second(site, twin, fr, k, engine, guard, tally, route_w, ups_signal)
         if reconfig is not None:

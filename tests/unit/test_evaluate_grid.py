@@ -41,3 +41,12 @@ def test_no_control_breaks_the_lab_ramp_limit_and_misses_the_demand_response(tmp
     assert "| demand response dr-lab: met (by the deadline, held throughout) | no |" in report
     assert "not resolved at 1 s" in report
     assert "| sync-train: iterations completed (vs no control) | " in report
+
+
+def test_full_policy_meets_the_lab_demand_response_and_restores_within_the_ramp_limit() -> None:
+    site = load_site(ROOT / "examples" / "lab.toml")
+    sc = load_scenario(ROOT / "examples" / "scenarios" / "lab-grid-training.toml", site=site)
+    (dr,) = run_policy(site, "full", 60, scenario=sc)["grid"]["demand_response"]
+    # -10 % within 10 s, held 20 s: the controller sheds best-effort and training to the request's budget.
+    assert dr["met"] is True and dr["time_to_target_s"] <= 10 and dr["hold_share"] == 1.0
+    assert dr["restore_within_limit"] is True

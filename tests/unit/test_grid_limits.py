@@ -1,0 +1,61 @@
+"""The controller's side of the utility's limits (controllers/grid_limits.py): a demand-response request as a
+budget paced by the ramp limits, and cap releases held to the ramp-up allowance, highest priority first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from controllers.capping import CapSettings
+from controllers.grid_limits import GridControl
+from powerplane.grid import DemandResponse, GridLimits
+from powerplane.site_file import load_site
+
+MW = 1e6
+
+
+def _ctl(grid: dict[str, float] | None) -> GridControl:
+    from pathlib import Path
+
+    site = load_site(Path(__file__).resolve().parents[2] / "examples" / "lab.toml")
+    site.grid = GridLimits.model_validate(grid) if grid is not None else None
+    return GridControl(site, CapSettings())
+
+
+def test_demand_response_budget_is_paced_down_held_then_raised_at_the_ramp_limits() -> None:
+    g = _ctl({"ramp_up_mw_per_s": 0.01, "ramp_down_mw_per_s": 0.02})
+    s = g.settings
+    scale = (s.cap_threshold - s.target_margin) / s.cap_threshold
+    loads = np.full(len(g.site.level_ids), np.nan)
+    loads[g.site_level] = 0.4 * MW
+    ev = DemandResponse(id="dr", start_s=100.0, reduce_by_pct=25.0, within_s=10.0, hold_s=20.0)
+    assert "from 0.40 MW to 0.30 MW" in g.on_demand_response(ev, loads)
+    assert "already held" in g.on_demand_response(ev, loads)
+
+    def budget(t: float) -> float:
+        return float(g.budget_w(t, loads)[g.site_level]) / scale
+
+    assert np.isnan(g.budget_w(99.0, loads)[g.site_level])  # not before it starts
+    assert budget(100.0) == pytest.approx(0.4 * MW)
+    assert budget(102.0) == pytest.approx(0.36 * MW)  # down at 0.02 MW/s
+    assert budget(110.0) == pytest.approx(0.3 * MW)  # the target, reached by the deadline
+    assert budget(129.0) == pytest.approx(0.3 * MW)  # held
+    assert budget(135.0) == pytest.approx(0.35 * MW)  # back up at 0.01 MW/s from the end of the hold
+    assert not np.isfinite(g.budget_w(300.0, loads)).any() and not g.requests  # restored: gone
+
+
+def test_releases_are_held_to_the_ramp_up_allowance_highest_priority_first() -> None:
+    g = _ctl({"ramp_up_mw_per_s": 0.001})  # 1 kW per decision
+    site = g.site
+    n = site.n_gpus
+    cap = np.full(n, 300.0)
+    new = np.full(n, 700.0)
+    power = np.full(n, 300.0)  # at their caps: their demand is unknown, each counts its whole rise
+    out = g.limit_release(cap, new, power)
+    rise_wall = float(np.sum((out - cap) / g.eff))
+    assert rise_wall == pytest.approx(1000.0, rel=1e-6)
+    moved = out > cap
+    assert set(site.gpu_priority[moved].tolist()) == {0}  # inference-critical comes back first
+    # A cut is never slowed, and without a ramp limit nothing is held.
+    assert (g.limit_release(cap, np.full(n, 200.0), power) == 200.0).all()
+    assert (_ctl(None).limit_release(cap, new, power) == new).all()
