@@ -200,7 +200,10 @@ class Units:
         """Minimum of a per-GPU array over each work unit's GPUs (instances, then jobs)."""
         if self.n_work == 0:
             return np.zeros(0)
-        return np.asarray(np.minimum.reduceat(x[self.order], self.ustart[:self.n_work]), dtype=np.float64)
+        # Only the work units' GPUs: reduceat's last segment runs to the end of what it is given, which would
+        # otherwise take in the idle GPUs (the per-type units after the work units) too.
+        xs = x[self.order][:int(self.ustart[self.n_work])]
+        return np.asarray(np.minimum.reduceat(xs, self.ustart[:self.n_work]), dtype=np.float64)
 
 
 def build_units(site: Site, hw: Hardware, slots: Sequence[tuple[int, IntArray]], job_gpus: Sequence[IntArray],
