@@ -88,6 +88,27 @@ class Actuator(ABC):
         return ActuatorError(f"action 'sm_clock_lock' is not supported: actuator '{self.name}' (kind "
                              f"'{self.kind}') does not support clock locking")
 
+    # Optional knob: a power floor (action "power_floor", the GPU's power smoothing): the GPU burns at least
+    # floor_w while it is on, never above its power limit. The Guard clamps each floor to enforced_limit_w (the
+    # limit always wins), leases each floored GPU separately, and calls clear_power_floor when the lease lapses
+    # (the safe state: no floor). Where a GPU cannot hold a floor, every method raises no_floor(target), and
+    # the controller falls back to a clock lock.
+    def enforced_limit_w(self, target: str, gpus: I64) -> F64:
+        """The power limit each GPU enforces now, W (a floor is clamped to it)."""
+        raise self.no_floor(target)
+
+    def set_power_floor(self, target: str, gpus: I64, floor_w: F64) -> F64:
+        """Hold a power floor per GPU (W, at most its enforced limit); return the floor the hardware took, W."""
+        raise self.no_floor(target)
+
+    def clear_power_floor(self, target: str, gpus: I64) -> F64:
+        """Remove the GPUs' floors (the safe state); return the floor now in force, W (0)."""
+        raise self.no_floor(target)
+
+    def no_floor(self, target: str) -> ActuatorError:
+        return ActuatorError(f"power smoothing floor not supported on {target}: use a clock lock (actuator "
+                             f"'{self.name}', kind '{self.kind}')")
+
     # Set by actuators that only report what they would do: the Guard says so in every ack.
     dry_run: bool = False
 

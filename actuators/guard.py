@@ -4,8 +4,10 @@ A command is applied only if it is not a shadow controller's (pp.shadow), is sig
 keyring, is for this site, has not expired, has not been seen before (idempotent by id), is not older than the
 last command applied to the same target (ordered per target) and is within the per-target rate limit. Values are
 clamped to the hardware's range. Every applied value holds a lease, one per GPU and knob (power limit,
-SM clock lock): when it lapses unrenewed, the GPU reverts to its safe value (clocks: unlocked), so a dead
-controller fails safe. Each outcome is an Ack.
+SM clock lock, power floor): when it lapses unrenewed, the GPU reverts to its safe value (clocks: unlocked;
+floor: none), so a dead controller fails safe. A power floor never exceeds the GPU's enforced power limit,
+and a cap taken below a floor lowers the floor with it: the breaker policy's caps always win. Each outcome is
+an Ack.
 
 Pure logic over an Actuator: no Kafka here, so the same guard runs behind the Kafka consumer and in
 the in-process engine. Given a Journal (actuators.journal), what it remembers (handled ids, each
@@ -45,7 +47,11 @@ class _Lease:
     command_id: str
 
 
-KNOBS = ("power", "clock")  # each GPU holds one lease per knob: a power limit and a clock lock lapse apart
+# Each GPU holds one lease per knob: a power limit, a clock lock and a power floor lapse apart.
+KNOBS = ("power", "clock", "floor")
+ACTION_KNOB = {"power_cap": "power", "sm_clock_lock": "clock", "power_floor": "floor"}
+_SAFE_WHAT = {"power": "released to safe value", "clock": "clocks reset", "floor": "floor cleared"}
+_REVERT_WHAT = {"power": "reverted to safe value", "clock": "clocks reset", "floor": "floor cleared"}
 
 
 @dataclass
@@ -55,9 +61,14 @@ class _Target:
     refilled_at_s: float = 0.0
     leases: dict[int, _Lease] = field(default_factory=dict)  # power-limit leases
     clock_leases: dict[int, _Lease] = field(default_factory=dict)
+    floor_leases: dict[int, _Lease] = field(default_factory=dict)
+    floor_w: dict[int, float] = field(default_factory=dict)  # the floor each floored GPU holds, W
 
     def leases_of(self, knob: str) -> dict[int, _Lease]:
-        return self.leases if knob == "power" else self.clock_leases
+        return {"power": self.leases, "clock": self.clock_leases}.get(knob, self.floor_leases)
+
+    def n_leases(self) -> int:
+        return len(self.leases) + len(self.clock_leases) + len(self.floor_leases)
 
 
 class Guard:
@@ -89,19 +100,23 @@ class Guard:
                                               gpus=h.gpus, applied=h.applied, reason=h.reason,
                                               actuator=self.actuator.name, ts_s=h.ts_s)
             if h.lease:
-                leases = self.targets.setdefault(h.target, _Target(tokens=float(self.burst))).leases_of(h.knob)
-                for g in h.gpus.astype(np.int64).tolist():
+                st = self.targets.setdefault(h.target, _Target(tokens=float(self.burst)))
+                leases = st.leases_of(h.knob)
+                for i, g in enumerate(h.gpus.astype(np.int64).tolist()):
                     if h.lease > 0:
                         leases[g] = _Lease(h.expires_at_s, h.command_id)
+                        if h.knob == "floor" and i < h.applied.size:
+                            st.floor_w[g] = float(h.applied[i])
                     else:
                         leases.pop(g, None)
+                        st.floor_w.pop(g, None)
         for target, issued_at_s in order.items():
             self.targets.setdefault(target, _Target(tokens=float(self.burst))).last_issued_at_s = issued_at_s
         self.restored = len(handled)
         if handled or order:
             log.info("actuator %s: restored %d handled command id(s), the order of %d target(s) and %d lease(s) "
                      "from %s", self.actuator.name, len(handled), len(order),
-                     sum(len(t.leases) + len(t.clock_leases) for t in self.targets.values()), journal.path)
+                     sum(t.n_leases() for t in self.targets.values()), journal.path)
 
     def sync(self) -> None:
         """Make every outcome so far durable (before their acks are sent)."""
@@ -153,10 +168,8 @@ class Guard:
         if st.tokens < 1.0:
             return self._reject(cmd, f"rate limit: more than {self.rate_per_s:g} commands/s for {cmd.target}", now_s)
         st.tokens -= 1.0
-        if cmd.action == "power_cap":
-            ack = self._apply_set(cmd, st, now_s, "power")
-        elif cmd.action == "sm_clock_lock":
-            ack = self._apply_set(cmd, st, now_s, "clock")
+        if cmd.action in ACTION_KNOB:
+            ack = self._apply_set(cmd, st, now_s, ACTION_KNOB[cmd.action])
         elif cmd.action == "release":
             knob = cmd.params.get("knob", "power")
             if knob not in KNOBS:
@@ -177,38 +190,69 @@ class Guard:
         return ack
 
     def _apply_set(self, cmd: Command, st: _Target, now_s: float, knob: str) -> Ack:
-        """A power limit (W) or a clock lock (MHz) per GPU: finite, clamped to the hardware's range, applied,
-        leased per GPU and knob, acked with what the hardware took."""
+        """A power limit (W), a clock lock (MHz) or a power floor (W) per GPU: finite, clamped to the
+        hardware's range, applied, leased per GPU and knob, acked with what the hardware took."""
         gpus = cmd.gpus.astype(np.int64)
         want = cmd.values.astype(np.float64)
         if not np.all(np.isfinite(want)):
-            unit = "watts" if knob == "power" else "MHz"
+            unit = "MHz" if knob == "clock" else "watts"
             return self._reject(cmd, f"{cmd.action} values must be finite {unit}", now_s)
+        if knob == "floor" and (want < 0).any():
+            return self._reject(cmd, f"power_floor values must be >= 0 W, got {float(want.min()):g}", now_s)
         try:
-            if knob == "power":
-                lo, hi, _ = self.actuator.limits_w(cmd.target, gpus)
-                # never below the GPU's minimum, never above its maximum
-                applied = self.actuator.set_power_limit(cmd.target, gpus, np.clip(want, lo, hi))
-            else:
-                lo, hi = self.actuator.clock_range_mhz(cmd.target, gpus)
-                applied = self.actuator.lock_clocks(cmd.target, gpus, np.clip(want, lo, hi))
+            applied = self._set(cmd.target, knob, gpus, want)
         except ActuatorError as e:
             return self._reject(cmd, str(e), now_s)
         st.last_issued_at_s = cmd.issued_at_s
         leases = st.leases_of(knob)
-        for g in gpus.tolist():
+        for g, v in zip(gpus.tolist(), applied.tolist(), strict=True):
             leases[g] = _Lease(cmd.expires_at_s(), cmd.id)
+            if knob == "floor":
+                st.floor_w[g] = v
+        if knob == "power":
+            self._floors_follow(cmd.target, st, gpus, applied)
         if np.allclose(applied, want, atol=0.5):
             return self._ack(cmd, "applied", applied, "", now_s)
         n = int((np.abs(applied - want) > 0.5).sum())
-        what = "clamped to the GPU's power-limit range" if knob == "power" else \
-            "moved to the GPU's clock range or nearest supported clock"
+        what = {"power": "clamped to the GPU's power-limit range",
+                "clock": "moved to the GPU's clock range or nearest supported clock",
+                "floor": "lowered to the GPU's enforced power limit (the limit always wins)"}[knob]
         return self._ack(cmd, "clamped", applied, f"{n} value(s) {what}", now_s)
 
+    def _set(self, target: str, knob: str, gpus: I64, want: F64) -> F64:
+        if knob == "power":
+            lo, hi, _ = self.actuator.limits_w(target, gpus)
+            # never below the GPU's minimum, never above its maximum
+            return self.actuator.set_power_limit(target, gpus, np.clip(want, lo, hi))
+        if knob == "clock":
+            lo, hi = self.actuator.clock_range_mhz(target, gpus)
+            return self.actuator.lock_clocks(target, gpus, np.clip(want, lo, hi))
+        # A floor never lifts a GPU above the limit it enforces now: the breaker policy's caps are not undone.
+        return self.actuator.set_power_floor(target, gpus, np.minimum(want, self.actuator.enforced_limit_w(target,
+                                                                                                        gpus)))
+
+    def _floors_follow(self, target: str, st: _Target, gpus: I64, limit_w: F64) -> None:
+        """A cap taken below a GPU's floor lowers the floor to it, so the floor never fights the cap."""
+        over = [(g, w) for g, w in zip(gpus.tolist(), limit_w.tolist(), strict=True)
+                if g in st.floor_leases and st.floor_w.get(g, 0.0) > w + 0.5]
+        if not over:
+            return
+        g_over = np.array([g for g, _ in over], dtype=np.int64)
+        try:
+            got = self.actuator.set_power_floor(target, g_over, np.array([w for _, w in over]))
+        except ActuatorError as e:
+            # The hardware's limit still caps the GPU's draw; the stale floor only lapses with its lease.
+            log.error("lowering the power floor of %s GPU(s) %s to their new cap failed: %s", target,
+                      g_over.tolist(), e)
+            return
+        st.floor_w.update(zip(g_over.tolist(), got.tolist(), strict=True))
+
     def _safe(self, target: str, knob: str, gpus: I64) -> F64:
-        """Put GPUs in the knob's safe state: the safe power limit, or clocks unlocked."""
+        """Put GPUs in the knob's safe state: the safe power limit, clocks unlocked, or no floor."""
         if knob == "clock":
             return self.actuator.reset_clocks(target, gpus)
+        if knob == "floor":
+            return self.actuator.clear_power_floor(target, gpus)
         _, _, safe = self.actuator.limits_w(target, gpus)
         return self.actuator.set_power_limit(target, gpus, safe)
 
@@ -222,8 +266,11 @@ class Guard:
         leases = st.leases_of(knob)
         for g in gpus.tolist():
             leases.pop(g, None)
-        return self._ack(cmd, "applied", applied, "released to safe value" if knob == "power" else "clocks reset",
-                         now_s)
+            if knob == "floor":
+                st.floor_w.pop(g, None)
+        if knob == "power":
+            self._floors_follow(cmd.target, st, gpus, applied)
+        return self._ack(cmd, "applied", applied, _SAFE_WHAT[knob], now_s)
 
     def _revert(self, target: str, knob: str, gpus: I64) -> tuple[I64, F64]:
         """Revert GPUs to the safe state; if the whole set fails, GPU by GPU so one lost GPU does not keep
@@ -266,16 +313,19 @@ class Guard:
                     continue
                 for g in gpus.tolist():
                     del leases[g]
+                    if knob == "floor":
+                        st.floor_w.pop(g, None)
                     self._revert_errors.pop((target, knob, g), None)
+                if knob == "power":  # a safe limit below a floor (safe_limit "min") lowers the floor too
+                    self._floors_follow(target, st, gpus, applied)
                 if self.journal is not None:
                     self.journal.record_revert(target, knob, gpus, now_s)
                 self.stats.reverted += 1
-                what = "reverted to safe value" if knob == "power" else "clocks reset"
-                log.warning("%s lease lapsed on %d GPU(s) of %s; %s", knob, gpus.size, target, what)
-                lease = "lease" if knob == "power" else "clock lock lease"
+                log.warning("%s lease lapsed on %d GPU(s) of %s; %s", knob, gpus.size, target, _REVERT_WHAT[knob])
+                lease = {"power": "lease", "clock": "clock lock lease", "floor": "power floor lease"}[knob]
                 acks.append(Ack(command_id=f"lease-expiry:{ids[-1]}", site=self.site, target=target,
                                 status="reverted", gpus=gpus.astype(np.uint16), applied=applied.astype(np.float32),
                                 reason=self._note("reverted", f"{lease} of {', '.join(ids[:3])} lapsed unrenewed"
-                                                  + ("" if knob == "power" else "; clocks reset")),
+                                                  + ("" if knob == "power" else f"; {_SAFE_WHAT[knob]}")),
                                 actuator=self.actuator.name, ts_s=now_s))
         return acks

@@ -27,7 +27,7 @@ import numpy as np
 from powerplane.schemas import Ack, Command
 
 # What an applied command does to its GPUs' leases: take one (+1) or give it back (-1), on which knob.
-_LEASE = {"power_cap": ("power", 1), "sm_clock_lock": ("clock", 1)}
+_LEASE = {"power_cap": ("power", 1), "sm_clock_lock": ("clock", 1), "power_floor": ("floor", 1)}
 
 
 @dataclass

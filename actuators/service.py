@@ -58,9 +58,8 @@ class ActuatorMetrics:
         yield CounterMetricFamily("powerplane_actuator_producer_dropped_records",
                                   "acks and events the bounded producer dropped or the broker refused",
                                   value=float(self.producer.dropped + self.producer.failed))
-        yield GaugeMetricFamily("powerplane_actuator_leases", "GPU leases held (power and clock)",
-                                value=float(sum(len(t.leases) + len(t.clock_leases)
-                                                for t in self.guard.targets.values())))
+        yield GaugeMetricFamily("powerplane_actuator_leases", "GPU leases held (power, clock and floor)",
+                                value=float(sum(t.n_leases() for t in self.guard.targets.values())))
 
 
 def run(cfg: Config, site_name: str, actuator: Actuator, keyring: Keyring, stop: threading.Event,

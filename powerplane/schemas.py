@@ -600,7 +600,7 @@ class FacilityReading(Record):
             raise SchemaError(f"{where}: fields 'racks' and 'inlet_c' must come together, same length")
 
 
-ACTIONS = ("power_cap", "sm_clock_lock", "reconfigure", "routing_weight", "release")
+ACTIONS = ("power_cap", "sm_clock_lock", "power_floor", "reconfigure", "routing_weight", "release")
 
 
 @dataclass
@@ -620,7 +620,9 @@ class Command(Record):
     target: str  # rack id
     action: str
     gpus: U16  # flat GPU index within the rack
-    values: F32  # one per GPU: limit_w for power_cap, MHz for sm_clock_lock, weight for routing
+    # one per GPU: limit_w for power_cap, MHz for sm_clock_lock, floor W (DC, per GPU) for power_floor, weight for
+    # routing; a release names its knob in params ("power", "clock" or "floor")
+    values: F32
     params: dict[str, Any]
     reason: str
     issuer: str

@@ -180,6 +180,28 @@ class Twin:
     def reset_clocks(self, gpus: IntArray) -> FloatArray:
         return self.lock_clocks(gpus, np.nan)
 
+    @property
+    def floor_w(self) -> FloatArray:
+        """Power floor per GPU, W (0: none); what it burns is min(floor, limit) while the GPU is on."""
+        return self.state.floor_w
+
+    def set_floor(self, gpus: IntArray, floor_w: FloatArray | float) -> FloatArray:
+        """Hold a power floor (GPU power smoothing): each GPU draws at least min(floor, its limit) while on.
+
+        Negative floors count as none; a floor above the GPU's maximum is held at the maximum. Returns the
+        floor each GPU now holds, W. NaN or 0 clears it."""
+        g = np.asarray(gpus, dtype=np.int64)
+        want = np.nan_to_num(np.broadcast_to(np.asarray(floor_w, dtype=np.float64), g.shape), nan=0.0)
+        applied = np.clip(want, 0.0, self.site.gpu_max_w[g])
+        fl = self.state.floor_w.copy()
+        fl[g] = applied
+        self.state.floor_w = fl
+        self.state.limits_dirty = True
+        return np.asarray(applied, dtype=np.float64)
+
+    def clear_floor(self, gpus: IntArray) -> FloatArray:
+        return self.set_floor(gpus, 0.0)
+
     def pool_index(self, pool: str | int) -> int:
         if isinstance(pool, int):
             return pool
@@ -421,7 +443,8 @@ class Twin:
             energy_j=st.energy_meas_j, throttle_reasons=rd.throttle, power_instant_w=rd.power_instant_w,
             gpu_power_true_w=gp.p_true, gpu_temp_true_c=st.temp_c,
             gpu_clock_true_mhz=(gp.u_phi * self.units.u_fmax)[self.units.gpu_unit],
-            gpu_energy_true_j=st.gpu_energy_j, server_power_w=el.srv_in, server_dc_w=el.dc,
+            gpu_energy_true_j=st.gpu_energy_j, gpu_floor_w=np.minimum(st.floor_w, st.limit_w),
+            server_power_w=el.srv_in, server_dc_w=el.dc,
             rack_feed_power_w=np.stack([el.rack_a, el.rack_b], axis=1), level_power_w=el.levels,
             level_alive=st.level_alive.copy(), breaker_heat=st.breaker_heat.copy(),
             zone_supply_c=st.zone_supply.copy(), zone_heat_w=co.heat_w, zone_capacity_w=co.capacity_w,

@@ -75,6 +75,8 @@ class TwinFrame:
     gpu_temp_true_c: FloatArray
     gpu_clock_true_mhz: FloatArray  # time-weighted mean over the step
     gpu_energy_true_j: FloatArray  # cumulative
+    gpu_floor_w: FloatArray  # power floor in force per GPU, W: min(floor, limit), 0 where none; what it burns
+    #   is already in gpu_power_true_w and the energies
     server_power_w: FloatArray  # wall input of every server
     server_dc_w: FloatArray  # what its PSUs deliver: GPUs + CPUs, NICs, fans (input minus PSU losses)
     rack_feed_power_w: FloatArray  # (n_racks, 2) true input per feed

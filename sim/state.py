@@ -200,7 +200,10 @@ class Units:
         """Minimum of a per-GPU array over each work unit's GPUs (instances, then jobs)."""
         if self.n_work == 0:
             return np.zeros(0)
-        return np.asarray(np.minimum.reduceat(x[self.order], self.ustart[:self.n_work]), dtype=np.float64)
+        # Only the work units' GPUs: reduceat's last segment runs to the end of what it is given, which would
+        # otherwise take in the idle GPUs (the per-type units after the work units) too.
+        xs = x[self.order][:int(self.ustart[self.n_work])]
+        return np.asarray(np.minimum.reduceat(xs, self.ustart[:self.n_work]), dtype=np.float64)
 
 
 def build_units(site: Site, hw: Hardware, slots: Sequence[tuple[int, IntArray]], job_gpus: Sequence[IntArray],
@@ -253,9 +256,11 @@ class TwinState:
     # ---- commands ----
     limit_w: FloatArray  # enforced GPU power limits
     lock_phi: FloatArray  # locked clock, fraction of max (1: unlocked)
+    floor_w: FloatArray  # power floor per GPU (power smoothing), W; 0: none. Burnt up to the limit, never above
     limits_dirty: bool  # u_limit / u_lock need recomputing
     u_limit: FloatArray  # per work unit: the lowest limit among its GPUs
     u_lock: FloatArray
+    u_floor: FloatArray  # per work unit: the lowest floor among its GPUs
     # ---- GPUs ----
     temp_c: FloatArray
     gpu_shutdown: BoolArray  # thermal shutdown (restart once cooled)
@@ -298,8 +303,8 @@ def initial_state(site: Site, tree: PowerTree, sensors: SensorModel, tab: Instan
     return TwinState(
         t_s=0.0, first=True, tab=tab, pending=Pending.empty(tab.n), jobs=jobs,
         job_avail=np.ones(n_jobs, dtype=bool), aborted=np.zeros(n_pools), dropped=np.zeros(n_pools),
-        avail_dirty=False, limit_w=limit_w, lock_phi=np.ones(s.n_gpus), limits_dirty=True,
-        u_limit=np.zeros(0), u_lock=np.zeros(0), temp_c=np.full(s.n_gpus, 30.0),
+        avail_dirty=False, limit_w=limit_w, lock_phi=np.ones(s.n_gpus), floor_w=np.zeros(s.n_gpus),
+        limits_dirty=True, u_limit=np.zeros(0), u_lock=np.zeros(0), u_floor=np.zeros(0), temp_c=np.full(s.n_gpus, 30.0),
         gpu_shutdown=np.zeros(s.n_gpus, dtype=bool), gpu_energy_j=np.zeros(s.n_gpus), hot=False,
         level_alive=np.ones(n_lv, dtype=bool), level_lost=np.zeros(n_lv, dtype=bool),
         level_tripped=np.zeros(n_lv, dtype=bool), breaker_heat=np.zeros(n_lv),

@@ -1,7 +1,9 @@
-"""GPU power limits and SM clock locks through NVML, in band (see README.md beside this file)."""
+"""GPU power limits, SM clock locks and power floors (power smoothing) through NVML, in band (see README.md
+beside this file)."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -65,6 +67,8 @@ class Options(ActuatorOptions):
     dry_run: bool = True
     safe_limit: Annotated[str | float, PlainValidator(_safe_limit)] = "default"
     min_clock_mhz: float = Field(0.0, ge=0.0, lt=10_000.0)
+    # The power smoothing preset profile a power_floor writes its floor into and activates (0..4).
+    smoothing_profile: int = Field(0, ge=0, lt=pynvml.NVML_POWER_SMOOTHING_MAX_NUM_PROFILES)
 
     def check(self, p: Problems) -> None:
         if len(self.racks) > 1:
@@ -89,6 +93,8 @@ class NvmlActuator(Actuator):
         self.handles: dict[str, list[Any]] = {}
         self._clocks: dict[tuple[str, int], tuple[float, float, list[float]]] = {}  # see _clock_info
         self._locked: dict[tuple[str, int], float] = {}  # clock ceilings this actuator set
+        self.smoothing_profile = opts.smoothing_profile
+        self._floored: set[tuple[str, int]] = set()  # GPUs whose power smoothing this actuator turned on
         self._inited = False
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -264,3 +270,74 @@ class NvmlActuator(Actuator):
             self._nvml(pynvml.nvmlDeviceResetGpuLockedClocks, f"{desc}: reset locked clocks", h)
             self._locked.pop((target, g), None)
         return hi
+
+    # ---- power floor (power smoothing) --------------------------------------------------------------
+    # NVML's power smoothing (Blackwell and newer, e.g. GB300): a preset profile's floor is a percentage of the
+    # GPU's total module power (PERCENT_TMP_FLOOR, 0.00-100.00 %); here the TMP is the power limit the GPU
+    # enforces now, so floor_w maps to 100 x floor_w / enforced limit. NOT_SUPPORTED (H100, H200, ...) or a
+    # driver without the calls: "not supported", which the Guard acks as rejected (the controller then locks
+    # clocks instead).
+    def enforced_limit_w(self, target: str, gpus: I64) -> F64:
+        return np.array([self._nvml(pynvml.nvmlDeviceGetEnforcedPowerLimit, f"{desc}: read enforced limit", h)
+                         / 1000.0 for _, h, desc in self._devices(target, gpus)])
+
+    def _smoothing(self, fn: Callable[..., Any], desc: str, what: str, h: Any, arg: Any) -> None:
+        try:
+            fn(h, ctypes.byref(arg))
+        except pynvml.NVMLError as e:
+            if e.value in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
+                raise ActuatorError(f"power smoothing floor not supported on {desc}: use a clock lock") from None
+            raise nvml_error(e, f"{desc}: {what}") from None
+
+    def _set_floor_pct(self, h: Any, desc: str, pct: float) -> None:
+        prof = pynvml.c_nvmlPowerSmoothingProfile_v1_t()
+        prof.profileId = self.smoothing_profile
+        prof.paramId = pynvml.NVML_POWER_SMOOTHING_PROFILE_PARAM_PERCENT_TMP_FLOOR
+        prof.value = pct
+        self._smoothing(pynvml.nvmlDevicePowerSmoothingUpdatePresetProfileParam, desc,
+                        f"set power smoothing floor {pct:.2f} % of TMP", h, prof)
+        self._smoothing(pynvml.nvmlDevicePowerSmoothingActivatePresetProfile, desc,
+                        f"activate power smoothing profile {self.smoothing_profile}", h, prof)
+        self._set_smoothing_state(h, desc, pynvml.NVML_FEATURE_ENABLED)
+
+    def _set_smoothing_state(self, h: Any, desc: str, state: int) -> None:
+        st = pynvml.c_nvmlPowerSmoothingState_v1_t()
+        st.state = state
+        self._smoothing(pynvml.nvmlDevicePowerSmoothingSetState, desc,
+                        "enable power smoothing" if state else "disable power smoothing", h, st)
+
+    def set_power_floor(self, target: str, gpus: I64, floor_w: F64) -> F64:
+        devs = self._devices(target, gpus)
+        limit = self.enforced_limit_w(target, gpus)
+        pct = [round(min(max(100.0 * float(f) / lim, 0.0), 100.0), 2) if lim > 0 else 0.0
+               for f, lim in zip(floor_w, limit, strict=True)]
+        out = np.array(pct) * limit / 100.0
+        if self.dry_run:
+            for (_, _, desc), p, w in zip(devs, pct, out, strict=True):
+                log.info("dry run: %s: would hold a power floor of %.2f %% of TMP (%.1f W)", desc, p, w)
+            return out
+        done: list[tuple[int, Any, str]] = []
+        try:
+            for (g, h, desc), p in zip(devs, pct, strict=True):
+                self._set_floor_pct(h, desc, p)
+                done.append((g, h, desc))
+        except ActuatorError as e:
+            # All or nothing: the GPUs floored by this call alone go back to no floor.
+            for g, h, desc in done:
+                if (target, g) not in self._floored:
+                    try:
+                        self._set_smoothing_state(h, desc, pynvml.NVML_FEATURE_DISABLED)
+                    except ActuatorError as e2:
+                        log.error("%s: undoing the power floor failed: %s", desc, e2)
+            raise ActuatorError(f"{e} (the command's other GPUs were left as they were)") from None
+        self._floored.update((target, g) for g, _, _ in done)
+        return out
+
+    def clear_power_floor(self, target: str, gpus: I64) -> F64:
+        for g, h, desc in self._devices(target, gpus):
+            if self.dry_run:
+                log.info("dry run: %s: would disable power smoothing", desc)
+                continue
+            self._set_smoothing_state(h, desc, pynvml.NVML_FEATURE_DISABLED)
+            self._floored.discard((target, g))
+        return np.zeros(gpus.size)

@@ -21,6 +21,17 @@ class ClockedPlant(Protocol):
     def reset_clocks(self, gpus: I64) -> F64: ...
 
 
+@runtime_checkable
+class FlooredPlant(Protocol):
+    """A plant whose GPUs can hold a power floor (the digital twin; the simple Fleet cannot)."""
+
+    limit_w: F64
+
+    def set_floor(self, gpus: I64, floor_w: F64) -> F64: ...
+
+    def clear_floor(self, gpus: I64) -> F64: ...
+
+
 class Options(ActuatorOptions):
     """An [actuators.NAME] table of kind "twin" (README.md beside this file)."""
 
@@ -112,3 +123,22 @@ class TwinActuator(Actuator):
         plant, g = self._clocked(), self._global(target, gpus)
         with self.lock:
             return np.asarray(plant.reset_clocks(g), dtype=np.float64)
+
+    def _floored(self, target: str) -> FlooredPlant:
+        if not isinstance(self.fleet, FlooredPlant):
+            raise self.no_floor(target)
+        return self.fleet
+
+    def enforced_limit_w(self, target: str, gpus: I64) -> F64:
+        plant, g = self._floored(target), self._global(target, gpus)
+        return np.asarray(plant.limit_w[g], dtype=np.float64)
+
+    def set_power_floor(self, target: str, gpus: I64, floor_w: F64) -> F64:
+        plant, g = self._floored(target), self._global(target, gpus)
+        with self.lock:
+            return np.asarray(plant.set_floor(g, floor_w), dtype=np.float64)
+
+    def clear_power_floor(self, target: str, gpus: I64) -> F64:
+        plant, g = self._floored(target), self._global(target, gpus)
+        with self.lock:
+            return np.asarray(plant.clear_floor(g), dtype=np.float64)

@@ -34,6 +34,7 @@ def solve_clocks(site: Site, pc: PowerConfig, tc: ThermalConfig, hw: Hardware, u
     if st.limits_dirty:
         st.u_limit = units.unit_min(st.limit_w)
         st.u_lock = units.unit_min(st.lock_phi)
+        st.u_floor = units.unit_min(st.floor_w)
         st.limits_dirty = False
     hot = bool(st.temp_c.max() >= tc.sw_thermal_c) if site.n_gpus else False
     st.hot = hot
@@ -74,8 +75,8 @@ class GpuPower:
 
 def gpu_power(site: Site, hw: Hardware, units: Units, st: TwinState, res: ServeResult, job_p_w: FloatArray,
               job_busy: FloatArray, job_phi: FloatArray) -> GpuPower:
-    """Units' mean power spread to their GPUs (x the GPU's variation, under its limit); dark GPUs draw
-    nothing, shut-down ones their bare idle."""
+    """Units' mean power spread to their GPUs (x the GPU's variation, under its limit, at least its power
+    floor up to that limit); dark GPUs draw nothing, shut-down ones their bare idle (a floor needs the GPU on)."""
     cat = np.concatenate
     n_types = len(hw.type_ids)
     u_power = cat([res.avg_power_w, job_p_w, hw.t_bare])
@@ -84,6 +85,8 @@ def gpu_power(site: Site, hw: Hardware, units: Units, st: TwinState, res: ServeR
     gu = units.gpu_unit
     p_true = u_power[gu] * hw.variation
     np.minimum(p_true, st.limit_w, out=p_true)
+    if st.floor_w.any():  # the floor burns power, never above the limit (the breaker policy's caps win)
+        np.maximum(p_true, np.minimum(st.floor_w, st.limit_w), out=p_true)
     dark_gpu: BoolArray | None = None
     if st.rack_dark.any() or st.gpu_shutdown.any():
         dark_gpu = st.rack_dark[site.gpu_rack]

@@ -44,7 +44,9 @@ def train(pc: PowerConfig, units: Units, st: TwinState, clk: Clocks, t0: float, 
     """Advance every job through its compute, communication and checkpoint phases in n_sub substeps.
 
     Compute stretches with 1/clock down to the memory-bound share (train_mem_ratio); communication and
-    checkpoints run at the ceiling clock. Each phase's power is held under the enforced limit.
+    checkpoints run at the ceiling clock. Each phase's power is held under the enforced limit and, where the
+    job's GPUs hold a power floor, at least at that floor (up to the limit), phase by phase: the floor fills
+    the communication and checkpoint troughs within a step, not only the step's mean.
     """
     h = dt_s / n_sub
     nj = units.n_jobs
@@ -61,6 +63,10 @@ def train(pc: PowerConfig, units: Units, st: TwinState, clk: Clocks, t0: float, 
     p_comm = np.minimum(busy_power(phi_ceil_j, comm_uc, comm_um, jb, jx, jkd, jkm, pc), jl)
     p_ckpt = np.minimum(busy_power(phi_ceil_j, np.full(nj, pc.train_ckpt_uc), np.full(nj, pc.train_ckpt_um),
                                    jb, jx, jkd, jkm, pc), jl)
+    floor = np.minimum(st.u_floor[sl_j], jl)
+    if floor.any():
+        p_comp, p_comm, p_ckpt = np.maximum(p_comp, floor), np.maximum(p_comm, floor), np.maximum(p_ckpt, floor)
+    p_off = np.maximum(jb, floor)
     e_job = np.zeros(nj)
     busy_job = np.zeros(nj)
     phi_t_job = np.zeros(nj)
@@ -69,7 +75,7 @@ def train(pc: PowerConfig, units: Units, st: TwinState, clk: Clocks, t0: float, 
     for k in range(n_sub):
         fc, fm, fk, on = st.jobs.advance(t0 + k * h, h, stretch, st.job_avail)
         off = 1.0 - on
-        e_job += h * (fc * p_comp + fm * p_comm + fk * p_ckpt + off * jb)
+        e_job += h * (fc * p_comp + fm * p_comm + fk * p_ckpt + off * p_off)
         busy_job += h * (fc + fm + 0.1 * fk)
         phi_t_job += h * (fc * phi_job + (fm + fk) * phi_ceil_j + off * units.u_phimin[sl_j])
         ckpt_now, on_now = fk, on

@@ -63,6 +63,15 @@ enum { NVML_TEMPERATURE_GPU = 0 };
 typedef struct nvmlDevice_st { unsigned int index; } *nvmlDevice_t;
 typedef struct { unsigned int gpu; unsigned int memory; } nvmlUtilization_t;
 typedef struct { unsigned int version; unsigned int sensorType; int temperature; } nvmlTemperature_v1_t;
+/* Power smoothing (Blackwell and newer): the structs' version is NVML_STRUCT_VERSION(sizeof, 1). */
+typedef struct { unsigned int version; unsigned int profileId; unsigned int paramId; double value; }
+    nvmlPowerSmoothingProfile_v1_t;
+typedef struct { unsigned int version; unsigned int state; } nvmlPowerSmoothingState_v1_t;
+#define NVML_POWER_SMOOTHING_PROFILE_V1 (0x1000000u | (unsigned int)sizeof(nvmlPowerSmoothingProfile_v1_t))
+#define NVML_POWER_SMOOTHING_STATE_V1 (0x1000000u | (unsigned int)sizeof(nvmlPowerSmoothingState_v1_t))
+#define NVML_POWER_SMOOTHING_MAX_NUM_PROFILES 5
+#define NVML_POWER_SMOOTHING_NUM_PROFILE_PARAMS 8
+#define NVML_POWER_SMOOTHING_PROFILE_PARAM_PERCENT_TMP_FLOOR 0
 
 /* ---- state ---------------------------------------------------------------------------------- */
 
@@ -72,12 +81,13 @@ typedef struct { unsigned int version; unsigned int sensorType; int temperature;
 enum fn_id {
     FN_HANDLE, FN_NAME, FN_UUID, FN_POWER, FN_ENFORCED_LIMIT, FN_LIMIT, FN_CONSTRAINTS, FN_DEFAULT_LIMIT,
     FN_SET_LIMIT, FN_TEMP, FN_CLOCK_GRAPHICS, FN_CLOCK_SM, FN_CLOCK_MEM, FN_CLOCK_VIDEO, FN_UTIL, FN_REASONS,
-    FN_ENERGY, FN_SET_LOCKED_CLOCKS, FN_RESET_LOCKED_CLOCKS, FN_MAX_CLOCK, FN_SUPPORTED_CLOCKS, FN_COUNT
+    FN_ENERGY, FN_SET_LOCKED_CLOCKS, FN_RESET_LOCKED_CLOCKS, FN_MAX_CLOCK, FN_SUPPORTED_CLOCKS, FN_SMOOTHING,
+    FN_COUNT
 };
 static const char *const FN_NAMES[FN_COUNT] = {
     "handle", "name", "uuid", "power", "enforced_limit", "limit", "constraints", "default_limit",
     "set_limit", "temp", "clock_graphics", "clock_sm", "clock_mem", "clock_video", "util", "reasons",
-    "energy", "set_locked_clocks", "reset_locked_clocks", "max_clock", "supported_clocks",
+    "energy", "set_locked_clocks", "reset_locked_clocks", "max_clock", "supported_clocks", "smoothing",
 };
 
 struct gpu {
@@ -96,6 +106,9 @@ struct gpu {
     unsigned long long energy_mj;
     unsigned int locked_min_mhz, locked_max_mhz; /* 0 = not locked */
     unsigned int min_sm_clock_mhz, max_sm_clock_mhz, clock_step_mhz; /* supported graphics clocks */
+    int smoothing_supported;       /* 0: NOT_SUPPORTED from the power smoothing calls (H100) */
+    unsigned int smoothing_on, smoothing_profile;
+    double floor_pct[NVML_POWER_SMOOTHING_MAX_NUM_PROFILES]; /* each preset profile's % TMP floor */
     int lost;
     int err[FN_COUNT];
     unsigned int delay_ms[FN_COUNT]; /* a slow driver: the call takes this long */
@@ -251,6 +264,7 @@ static void set_gpu_key(struct gpu *g, const char *key, const char *val, const c
     else if (strcmp(key, "reasons") == 0) g->reasons = n;
     else if (strcmp(key, "energy_mj") == 0) g->energy_mj = n;
     else if (strcmp(key, "lost") == 0) g->lost = n != 0;
+    else if (strcmp(key, "smoothing_supported") == 0) g->smoothing_supported = n != 0;
     else if (strcmp(key, "min_sm_clock_mhz") == 0) g->min_sm_clock_mhz = u;
     else if (strcmp(key, "max_sm_clock_mhz") == 0) g->max_sm_clock_mhz = u;
     else if (strcmp(key, "clock_step_mhz") == 0) g->clock_step_mhz = u ? u : 1;
@@ -681,4 +695,45 @@ EXPORT nvmlReturn_t nvmlDeviceGetSupportedGraphicsClocks(nvmlDevice_t device, un
         if (f < g->clock_step_mhz) break;
     }
     RETURN(fill_clocks(count, clocks, list, n));
+}
+
+/* ---- power smoothing (Blackwell and newer) -------------------------------------------------------- */
+
+EXPORT nvmlReturn_t nvmlDevicePowerSmoothingUpdatePresetProfileParam(nvmlDevice_t device,
+                                                                    nvmlPowerSmoothingProfile_v1_t *profile) {
+    DEVICE(device, FN_SMOOTHING, g);
+    if (!g->smoothing_supported) RETURN(NVML_ERROR_NOT_SUPPORTED);
+    if (!profile) RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    if (profile->version != NVML_POWER_SMOOTHING_PROFILE_V1) RETURN(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    if (profile->profileId >= NVML_POWER_SMOOTHING_MAX_NUM_PROFILES ||
+        profile->paramId >= NVML_POWER_SMOOTHING_NUM_PROFILE_PARAMS) RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    if (profile->paramId == NVML_POWER_SMOOTHING_PROFILE_PARAM_PERCENT_TMP_FLOOR) {
+        if (profile->value < 0.0 || profile->value > 100.0) RETURN(NVML_ERROR_INVALID_ARGUMENT);
+        g->floor_pct[profile->profileId] = profile->value;
+    }
+    log_call("gpu%u smoothing_param %u %u %.2f", device->index, profile->profileId, profile->paramId,
+             profile->value);
+    RETURN(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlDevicePowerSmoothingActivatePresetProfile(nvmlDevice_t device,
+                                                                 nvmlPowerSmoothingProfile_v1_t *profile) {
+    DEVICE(device, FN_SMOOTHING, g);
+    if (!g->smoothing_supported) RETURN(NVML_ERROR_NOT_SUPPORTED);
+    if (!profile) RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    if (profile->version != NVML_POWER_SMOOTHING_PROFILE_V1) RETURN(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    if (profile->profileId >= NVML_POWER_SMOOTHING_MAX_NUM_PROFILES) RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    g->smoothing_profile = profile->profileId;
+    log_call("gpu%u smoothing_profile %u", device->index, profile->profileId);
+    RETURN(NVML_SUCCESS);
+}
+
+EXPORT nvmlReturn_t nvmlDevicePowerSmoothingSetState(nvmlDevice_t device, nvmlPowerSmoothingState_v1_t *state) {
+    DEVICE(device, FN_SMOOTHING, g);
+    if (!g->smoothing_supported) RETURN(NVML_ERROR_NOT_SUPPORTED);
+    if (!state || state->state > 1) RETURN(NVML_ERROR_INVALID_ARGUMENT);
+    if (state->version != NVML_POWER_SMOOTHING_STATE_V1) RETURN(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    g->smoothing_on = state->state;
+    log_call("gpu%u smoothing_state %u", device->index, state->state);
+    RETURN(NVML_SUCCESS);
 }
