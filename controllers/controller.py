@@ -4,7 +4,8 @@ enforced limits); `decide` runs the hierarchical capping policy (controllers.cap
 (controllers.thermal) under the degraded-mode rules (controllers.degraded, docs/safety.md) and returns
 signed, leased commands, one per rack and knob that changes; what it holds is renewed before its lease runs
 out. The Kafka shell is controllers/service.py; the in-process engine (ops/engine.py) drives the same
-class.
+class. (Just over 500 lines: the decision is one state machine over one set of arrays; the policies themselves
+live in capping, thermal, guard, degraded and grid_limits.)
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ class CapController:
         # readings show them.
         self.rack_pending_w = np.zeros(site.n_racks)
         self.rack_pending_s = np.full(site.n_racks, -np.inf)
-        self.rack_knob_sent_s = np.full((2, site.n_racks), -np.inf)  # clocks, routing: last sent
+        self.rack_knob_sent_s = np.full((3, site.n_racks), -np.inf)  # clocks, routing, floors: last sent
+        self.grid_floor_w = np.full(site.n_gpus, np.nan)  # power floors this controller holds (NaN: none)
         self.stats = ControllerStats()
         self.freshness = Freshness()
         self.level_meter_w = np.full(n_levels, np.nan)  # a PDU's own meter (NaN: none in its last reading)
@@ -320,6 +322,10 @@ class CapController:
         new = np.where(known, np.where(hold[self.site.gpu_rack], np.fmin(new, self.cap_w), new), self.cap_w)
         new = self.grid.limit_release(self.cap_w, new, gpu_w_now)  # releases within the utility's ramp-up limit
         cmds = self._cap_commands(new, known, load, brake, now_s)
+        if "power_floor" in self.actions:  # the utility's ramp limit: floors through training's low phases
+            floor = self.grid.floors(gpu_w_now, new)
+            cmds += self._knob_commands(2, "power_floor", self.grid_floor_w, floor, now_s)
+            self.grid_floor_w = floor
         if th is None:
             return cmds
         if "sm_clock_lock" in self.actions:
@@ -454,10 +460,11 @@ class CapController:
         return cmds
 
     def _knob_commands(self, k: int, action: str, old: np.ndarray, new: np.ndarray, now_s: float) -> list[Command]:
-        """Clock locks (NaN = unlocked) or routing weights (1 = full share), per rack: what changed, plus
-        a renewal of what is held before its lease ends. Unlocking a clock is a release command."""
+        """Clock locks (k 0, NaN = unlocked), routing weights (k 1, 1 = full share) or power floors (k 2, NaN =
+        none), per rack: what changed, plus a renewal of what is held before its lease ends. Unlocking a clock
+        or clearing a floor is a release command."""
         site = self.site
-        neutral = np.isnan(new) if k == 0 else new >= 1.0
+        neutral = new >= 1.0 if k == 1 else np.isnan(new)
         same = (np.isnan(old) & np.isnan(new)) | (old == new)
         changed = ~same
         held = ~neutral
@@ -465,13 +472,14 @@ class CapController:
         rack_held = np.bincount(site.gpu_rack[held], minlength=site.n_racks) > 0
         renew = rack_held & (now_s - self.rack_knob_sent_s[k] > self.lease_s / 3)
         cmds: list[Command] = []
-        knob = "clock" if k == 0 else "routing"
+        knob = ("clock", "routing", "floor")[k]
         for r in np.flatnonzero(rack_changed | renew):
             a, b = int(site.rack_gpu_start[r]), int(site.rack_gpu_start[r + 1])
             zone = site.level_ids[site.rack_zone[r]] if site.rack_zone[r] >= 0 else "its zone"
             z = self._zone_pos.get(int(site.rack_zone[r]))
             stage = STAGES[int(self.zone_stage[z])] if z is not None else "normal"
-            why = "lease renewal" if not rack_changed[r] else f"thermal: {zone} in stage '{stage}'"
+            why = "lease renewal" if not rack_changed[r] else f"thermal: {zone} in stage '{stage}'" if k < 2 \
+                else "ramp limit: a floor through training's low phases"
             rel = changed[a:b] & neutral[a:b]
             hold = (changed[a:b] | held[a:b]) & ~neutral[a:b]
             if hold.any():
@@ -480,9 +488,9 @@ class CapController:
             if rel.any():
                 idx = np.flatnonzero(rel)
                 vals = np.ones(idx.size) if k == 1 else np.zeros(idx.size)
-                act = "release" if k == 0 else action
-                cmds.append(self.command(int(r), idx, vals, f"thermal: {zone} recovered", now_s, action=act,
-                                         params={"knob": knob}))
+                act = action if k == 1 else "release"
+                done = f"thermal: {zone} recovered" if k < 2 else "ramp limit: floor no longer needed"
+                cmds.append(self.command(int(r), idx, vals, done, now_s, action=act, params={"knob": knob}))
             self.rack_knob_sent_s[k, r] = now_s
             self.stats.commands += int(rack_changed[r])
             self.stats.renewals += int(not rack_changed[r])

@@ -120,14 +120,20 @@ def _floors(jb: _Jobs, need_w: float, headroom_w: float, energy_budget_w: float)
     out = np.zeros(jb.n.size)
     left = min(need_w, max(headroom_w, 0.0))
     budget = energy_budget_w
-    for j in np.argsort(jb.comm_frac, kind="stable").tolist():
+    # Jobs with the same low-phase share cost the same per watt: they share the raise in proportion to their
+    # swing, so every job is smoothed alike (one job floored flat beside another left swinging would rest the
+    # plan on the estimate of each job's phases being right; an even share degrades gracefully).
+    for frac in np.unique(jb.comm_frac).tolist():
         if left <= 0:
             break
-        by_budget = budget / jb.comm_frac[j] if jb.comm_frac[j] > 0 else math.inf
-        take = min(room[j], left, by_budget)
-        out[j] = take
+        m = jb.comm_frac == frac
+        r = float(room[m].sum())
+        by_budget = budget / frac if frac > 0 else math.inf
+        take = min(r, left, by_budget)
+        if r > 0:
+            out[m] = take * room[m] / r
         left -= take
-        budget -= take * jb.comm_frac[j]
+        budget -= take * frac
     return out
 
 

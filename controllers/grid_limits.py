@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from controllers.capping import CapSettings, gpu_efficiency
-from controllers.grid_control import release_step
+from controllers.grid_control import floor_plan, release_step
 from powerplane.grid import MW, DemandResponse, GridLimits, ramp_step_w
-from powerplane.site import FloatArray, Site
+from powerplane.site import PRIORITIES, FloatArray, Site
+
+TRAINING = PRIORITIES.index("training")
 
 
 @dataclass
@@ -43,10 +45,25 @@ class GridControl:
     settings: CapSettings
     requests: list[_Request] = field(default_factory=list)
     held_back_w: float = 0.0  # wall W of cap releases the ramp-up limit put off, summed over decisions
+    window_s: int = 10  # how many decisions of readings the training GPUs' high and low phases are taken over
+    comm_frac: float = 0.3  # share of an iteration in the low phases, for the floor's energy order (assumption)
+    floors_set: int = 0  # GPUs under a floor at the last decision
 
     def __post_init__(self) -> None:
         self.site_level = int(self.site.levels_of_kind("site")[0])
         self.eff = gpu_efficiency(self.site)
+        self.train = np.flatnonzero(self.site.gpu_priority == TRAINING)
+        self.ring = np.full((self.window_s, self.train.size), np.nan, dtype=np.float32)
+        self.ring_pos = 0
+        # Each training GPU's low phase as seen while no floor held it (a floor hides it: the readings' minimum
+        # becomes the floor, and a plan made from that would find no swing and drop the floor again).
+        self.low_w = np.full(self.train.size, np.nan)
+        self.floor_w = np.full(self.site.n_gpus, np.nan)
+        # The rest of the site's own second-to-second change (all but the running training GPUs), so the floors
+        # leave it its share of the ramp allowance: the last minute's site loads and training draws (wall W).
+        self.site_hist = np.full((60, 2), np.nan)
+        self.hist_pos = 0
+        self._site_w = math.nan
 
     def limits_of(self, feed: str | None) -> GridLimits:
         lim = self.site.feed_grid.get(feed) if feed is not None else self.site.grid
@@ -81,6 +98,7 @@ class GridControl:
         out = np.full(len(self.site.level_ids), np.nan)
         s = self.settings
         keep: list[_Request] = []
+        self.note_site_load(level_power_w)
         for r in self.requests:
             if now_s < r.ev.start_s:
                 keep.append(r)
@@ -94,7 +112,12 @@ class GridControl:
             if b > 2.0 * r.load0_w:  # restored well past where it started: the request no longer binds
                 continue
             keep.append(r)
-            out[r.level] = np.fmin(out[r.level], b * (s.cap_threshold - s.target_margin) / s.cap_threshold)
+            # decide_caps sheds a level above (cap_threshold / (cap_threshold - margin)) x its budget down to the
+            # budget: the paced part is passed as it is (no shed at the request's first second beyond the pace),
+            # the target scaled so that the held load stays at or under it.
+            scale = (s.cap_threshold - s.target_margin) / s.cap_threshold
+            out[r.level] = np.fmin(out[r.level], max(r.ev.target_w(r.load0_w) * scale, b if b > r.ev.target_w(
+                r.load0_w) else 0.0))
         self.requests = keep
         return out
 
@@ -117,3 +140,62 @@ class GridControl:
         total = float(np.sum(np.where(rising, (new_w - old) / self.eff, 0.0)))
         self.held_back_w += max(total - used, 0.0)
         return np.where(rising, stepped, new_w)
+
+    def note_site_load(self, level_power_w: FloatArray) -> None:
+        self._site_w = float(level_power_w[self.site_level])
+
+    def other_swing_w(self, train_wall_w: float) -> float:
+        """The 95th percentile of the non-training load's one-second change over the last minute (wall W; 0 until
+        there are ten seconds of it)."""
+        self.site_hist[self.hist_pos % self.site_hist.shape[0]] = (self._site_w, train_wall_w)
+        self.hist_pos += 1
+        n = min(self.hist_pos, self.site_hist.shape[0])
+        order = (self.hist_pos - n + np.arange(n)) % self.site_hist.shape[0]
+        other = self.site_hist[order, 0] - self.site_hist[order, 1]
+        d = np.abs(np.diff(other))
+        d = d[np.isfinite(d)]
+        return float(np.percentile(d, 95)) if d.size >= 10 else 0.0
+
+    def floors(self, gpu_power_w: FloatArray, cap_w: FloatArray) -> FloatArray:
+        """Per GPU, the power floor the ramp limit asks of the running training GPUs through their low phases
+        (NaN: none), from controllers.grid_control.floor_plan: a GPU's high phase is the highest of its last
+        `window_s` readings, its low phase the lowest while unfloored; every rack's running training GPUs are one
+        group, all taken to swing together (the worst case). The breaker policy's caps bound each floor (the
+        guard clamps a floor to the enforced limit as well)."""
+        lim = self.site.grid
+        out = np.full(self.site.n_gpus, np.nan)
+        if lim is None or (lim.ramp_up_mw_per_s is None and lim.ramp_down_mw_per_s is None) or not self.train.size:
+            self.floor_w = out
+            return out
+        self.ring[self.ring_pos % self.window_s] = gpu_power_w[self.train]
+        self.ring_pos += 1
+        with np.errstate(all="ignore"):
+            hi = np.nanmax(self.ring, axis=0).astype(np.float64) if self.ring_pos else np.full(self.train.size, np.nan)
+            # Not the minimum: ~1 % of readings are glitches near 70 W (BRIEF.md), which would read as a deep low phase.
+            lo = np.nanpercentile(self.ring, 20.0, axis=0).astype(np.float64)
+        unfloored = np.isnan(self.floor_w[self.train])
+        self.low_w = np.where(unfloored & np.isfinite(lo), lo, self.low_w)
+        idle = self.site.gpu_idle_w[self.train]
+        running = np.isfinite(hi) & (hi > idle + 50.0) & np.isfinite(self.low_w)
+        at = np.flatnonzero(running)  # positions in self.train
+        if not at.size:
+            self.floor_w = out
+            return out
+        racks, group = np.unique(self.site.gpu_rack[self.train[at]], return_inverse=True)
+        count = np.bincount(group, minlength=racks.size)
+        compute = np.bincount(group, weights=hi[at], minlength=racks.size) / count
+        comm = np.bincount(group, weights=self.low_w[at], minlength=racks.size) / count
+        order = np.argsort(group, kind="stable")
+        jobs = np.split(self.train[at][order], np.cumsum(count)[:-1])
+        top = np.where(np.isfinite(cap_w), cap_w, self.site.gpu_max_w)
+        tr_now = gpu_power_w[self.train]
+        other = self.other_swing_w(float(np.nansum(tr_now / self.eff[self.train])) if np.isfinite(tr_now).all()
+                                   else math.nan)
+        plan = floor_plan(jobs, compute, np.minimum(comm, compute), np.full(len(jobs), self.comm_frac),
+                          self.site.gpu_min_w, top, lim, math.inf, self.eff, other_swing_w=other)
+        new = np.round(plan.gpu_floor_w / 10.0) * 10.0  # 10 W steps: no command for a few watts of noise
+        keep = np.isfinite(self.floor_w) & np.isfinite(new) & (np.abs(new - self.floor_w) < 20.0)
+        out = np.where(keep, self.floor_w, new)
+        self.floor_w = out
+        self.floors_set = int(np.isfinite(out).sum())
+        return out

@@ -286,7 +286,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         twin.set_limit(np.arange(site.n_gpus), static_caps_w(site))
     elif policy in ("polca", "full"):
         thermal = ThermalSettings() if policy == "full" else None
-        actions = frozenset(("power_cap", "sm_clock_lock", "routing_weight")) if policy == "full" \
+        actions = frozenset(("power_cap", "sm_clock_lock", "routing_weight", "power_floor")) if policy == "full" \
             else frozenset(("power_cap",))
         ctl = CapController(site, keyring, CapSettings(), lease_s=30.0, issuer=f"evaluate-{policy}",
                             thermal=thermal, actions=actions)

@@ -50,3 +50,14 @@ def test_full_policy_meets_the_lab_demand_response_and_restores_within_the_ramp_
     # -10 % within 10 s, held 20 s: the controller sheds best-effort and training to the request's budget.
     assert dr["met"] is True and dr["time_to_target_s"] <= 10 and dr["hold_share"] == 1.0
     assert dr["restore_within_limit"] is True
+
+
+def test_full_policy_holds_the_lab_job_within_the_ramp_limit_without_slowing_it() -> None:
+    site = load_site(ROOT / "examples" / "lab.toml")
+    sc = load_scenario(ROOT / "examples" / "scenarios" / "lab-grid-ramp.toml", site=site)
+    none = run_policy(site, "none", 60, scenario=sc)["grid"]
+    full = run_policy(site, "full", 60, scenario=sc)["grid"]
+    assert none["site"]["seconds_over_ramp_up"] >= 5 and none["site"]["seconds_over_ramp_down"] >= 5
+    # Floors through the job's low phases: no second over the limit either way, and the job is not slowed.
+    assert full["site"]["seconds_over_ramp_up"] == 0 and full["site"]["seconds_over_ramp_down"] == 0
+    assert full["training_job"]["iterations"] >= 0.95 * none["training_job"]["iterations"]

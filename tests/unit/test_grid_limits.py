@@ -33,13 +33,14 @@ def test_demand_response_budget_is_paced_down_held_then_raised_at_the_ramp_limit
     assert "already held" in g.on_demand_response(ev, loads)
 
     def budget(t: float) -> float:
-        return float(g.budget_w(t, loads)[g.site_level]) / scale
+        return float(g.budget_w(t, loads)[g.site_level])
 
     assert np.isnan(g.budget_w(99.0, loads)[g.site_level])  # not before it starts
-    assert budget(100.0) == pytest.approx(0.4 * MW)
+    assert budget(100.0) == pytest.approx(0.4 * MW)  # nothing shed at once: decide_caps sheds above 1.04 x this
     assert budget(102.0) == pytest.approx(0.36 * MW)  # down at 0.02 MW/s
-    assert budget(110.0) == pytest.approx(0.3 * MW)  # the target, reached by the deadline
-    assert budget(129.0) == pytest.approx(0.3 * MW)  # held
+    # The target, reached by the deadline and held, passed so that decide_caps holds the load at or under it.
+    assert budget(110.0) == pytest.approx(0.3 * MW * scale)
+    assert budget(129.0) == pytest.approx(0.3 * MW * scale)
     assert budget(135.0) == pytest.approx(0.35 * MW)  # back up at 0.01 MW/s from the end of the hold
     assert not np.isfinite(g.budget_w(300.0, loads)).any() and not g.requests  # restored: gone
 
@@ -59,3 +60,21 @@ def test_releases_are_held_to_the_ramp_up_allowance_highest_priority_first() -> 
     # A cut is never slowed, and without a ramp limit nothing is held.
     assert (g.limit_release(cap, np.full(n, 200.0), power) == 200.0).all()
     assert (_ctl(None).limit_release(cap, new, power) == new).all()
+
+
+def test_floors_go_on_running_training_gpus_only_and_never_above_their_caps() -> None:
+    g = _ctl({"ramp_up_mw_per_s": 0.005, "ramp_down_mw_per_s": 0.005})
+    site = g.site
+    train = site.gpu_priority == 2
+    cap = np.full(site.n_gpus, 700.0)
+    cap[np.flatnonzero(train)[:8]] = 400.0  # the breaker policy holds these lower
+    floor = np.full(site.n_gpus, np.nan)
+    for k in range(12):  # a synchronous job: whole seconds of compute, then of communication
+        p = np.full(site.n_gpus, 300.0)
+        p[train] = 690.0 if k % 3 else 130.0
+        floor = g.floors(p, cap)
+    assert np.isfinite(floor[train]).all() and not np.isfinite(floor[~train]).any()
+    assert (floor[train] <= cap[train]).all()
+    # 64 GPUs swinging 560 W each (~38 kW at the wall) against 5 kW/s: floored close to their high phase.
+    assert np.nanmin(floor[train][8:]) > 550.0
+    assert not np.isfinite(_ctl(None).floors(p, cap)).any()  # no ramp limit: no floor
