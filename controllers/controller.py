@@ -431,8 +431,9 @@ class CapController:
                                          action="release", params={"knob": "power"}))
                 self.stats.commands += 1
             idx = np.flatnonzero(capped[a:b])
-            if not idx.size or not (rack_recapped[r] or renew[r]):
+            if not idx.size or not (rack_recapped[r] or renew[r] or rel.size):
                 continue  # nothing capped left, or its caps unchanged and their lease not yet due
+            # A rack's caps go out again with any change to it (a release too), as one rack's state.
             why = self._cap_reason(int(r), idx, new, where, braked) if rack_recapped[r] else "lease renewal"
             cmds.append(self.command(int(r), idx, new[a:b][idx], why, now_s))
             self.rack_sent_s[r] = now_s
