@@ -426,38 +426,52 @@ class CapController:
             self.rack_pending_w = np.where(rc, np.where(shown, 0.0, self.rack_pending_w) + delta, self.rack_pending_w)
             self.rack_pending_s = np.where(rc, now_s, self.rack_pending_s)
         cmds: list[Command] = []
-        rack_changed = np.bincount(site.gpu_rack[changed], minlength=site.n_racks) > 0
         rack_capped = np.bincount(site.gpu_rack[capped], minlength=site.n_racks) > 0
         renew = rack_capped & (now_s - self.rack_sent_s > self.lease_s / 3)
         worst, ratio = worst_level(site, load, self.limit_w)
         braked = self.tree.racks_under(brake, self.tree.coef(feed_share(site, load))) if brake.any() else None
-        for r in np.flatnonzero(rack_changed | renew):
+        # A GPU taken back to its maximum is no longer capped: it gets a `release` (the guard drops its lease),
+        # not a power_cap at the maximum, whose lease nothing renews (only caps are renewed) and which would
+        # lapse 30 s later as if this controller had died (the 24 h day's lapse warnings, docs/performance.md).
+        freed = changed & ~capped
+        rack_freed = np.bincount(site.gpu_rack[freed], minlength=site.n_racks) > 0
+        rack_recapped = np.bincount(site.gpu_rack[changed & capped], minlength=site.n_racks) > 0
+        for r in np.flatnonzero(rack_recapped | rack_freed | renew):
             a, b = int(site.rack_gpu_start[r]), int(site.rack_gpu_start[r + 1])
-            sel = changed[a:b] | capped[a:b]
-            if not sel.any():
-                continue
-            idx = np.flatnonzero(sel)
             where = f"{site.level_ids[worst[r]]} at {100 * ratio[r]:.0f}% of its limit" if worst[r] >= 0 else ""
-            if not rack_changed[r]:
-                why = "lease renewal"
-            elif braked is not None and braked[r]:
-                why = f"power brake: {where or 'a level'} over {100 * self.settings.brake_threshold:.0f}% " \
-                      f"for {self.settings.brake_after_s:g} s"
-            elif np.isfinite(self.guarded[r]) and (new[a:b][idx] <= self.cap_w[a:b][idx]).all():
-                pdu = site.level_ids[int(site.rack_pdu[r, 1 if self.side_dark[r, 0] else 0])]
-                why = f"single-feed guard: {pdu} could reach {100 * self.guarded[r]:.0f}% of its rating"
-            elif (new[a:b][idx] >= self.cap_w[a:b][idx]).all():
-                why = f"releasing caps: {where}" if where else "releasing caps"
-            else:
-                why = f"shedding: {where}" if where else "shedding"
+            rel = np.flatnonzero(freed[a:b])
+            if rel.size:
+                cmds.append(self.command(int(r), rel, site.gpu_max_w[a:b][rel],
+                                         f"releasing caps: {where}" if where else "releasing caps", now_s,
+                                         action="release", params={"knob": "power"}))
+                self.stats.commands += 1
+            idx = np.flatnonzero(capped[a:b])
+            if not idx.size or not (rack_recapped[r] or renew[r] or rel.size):
+                continue  # nothing capped left, or its caps unchanged and their lease not yet due
+            # A rack's caps go out again with any change to it (a release too), as one rack's state.
+            why = self._cap_reason(int(r), idx, new, where, braked) if rack_recapped[r] else "lease renewal"
             cmds.append(self.command(int(r), idx, new[a:b][idx], why, now_s))
             self.rack_sent_s[r] = now_s
-            if rack_changed[r]:
+            if rack_recapped[r]:
                 self.stats.commands += 1
             else:
                 self.stats.renewals += 1
         self.cap_w = new
         return cmds
+
+    def _cap_reason(self, r: int, idx: np.ndarray, new: np.ndarray, where: str, braked: np.ndarray | None) -> str:
+        """Why rack r's caps change (idx: its capped GPUs, rack-relative)."""
+        site = self.site
+        a, b = int(site.rack_gpu_start[r]), int(site.rack_gpu_start[r + 1])
+        if braked is not None and braked[r]:
+            return f"power brake: {where or 'a level'} over {100 * self.settings.brake_threshold:.0f}% " \
+                   f"for {self.settings.brake_after_s:g} s"
+        if np.isfinite(self.guarded[r]) and (new[a:b][idx] <= self.cap_w[a:b][idx]).all():
+            pdu = site.level_ids[int(site.rack_pdu[r, 1 if self.side_dark[r, 0] else 0])]
+            return f"single-feed guard: {pdu} could reach {100 * self.guarded[r]:.0f}% of its rating"
+        if (new[a:b][idx] >= self.cap_w[a:b][idx]).all():
+            return f"releasing caps: {where}" if where else "releasing caps"
+        return f"shedding: {where}" if where else "shedding"
 
     def _knob_commands(self, k: int, action: str, old: np.ndarray, new: np.ndarray, now_s: float) -> list[Command]:
         """Clock locks (k 0, NaN = unlocked), routing weights (k 1, 1 = full share) or power floors (k 2, NaN =

@@ -77,6 +77,7 @@ class CommandView:
     applied_min: float | None = None
     applied_max: float | None = None
     ack_reason: str = ""
+    released: str = ""  # a release: the action whose cap it ends ("power_cap" or "sm_clock_lock")
 
     def row(self) -> dict[str, Any]:
         return {"id": self.id, "target": self.target, "action": self.action, "n_gpus": self.n_gpus,
@@ -292,6 +293,8 @@ class DashState:
         v = c.values.astype(np.float64)
         cv = CommandView(c.id, c.target, c.action, int(c.gpus.size), float(v.min()) if v.size else None,
                          float(v.max()) if v.size else None, c.reason, c.issuer, c.issued_at_s, c.expires_at_s())
+        if c.action == "release":  # a release ends one knob's cap: a power release leaves a clock lock
+            cv.released = "sm_clock_lock" if c.params.get("knob") == "clock" else "power_cap"
         old = self.commands.get(c.id)
         if old is not None and old.ack_status is not None:  # the ack came first (partitions interleave)
             cv.ack_status, cv.ack_ts_s, cv.applied_min, cv.applied_max, cv.ack_reason = (
@@ -405,7 +408,7 @@ class DashState:
         latest: dict[str, dict[str, CommandView]] = {}
         for c in sorted(self.commands.values(), key=lambda c: c.issued_at_s):
             if c.action == "release":
-                latest.pop(c.target, None)
+                latest.get(c.target, {}).pop(c.released, None)
             elif c.action in CAP_ACTIONS and c.ack_status in APPLIED:
                 latest.setdefault(c.target, {})[c.action] = c
         caps = [c for t in sorted(latest) for c in latest[t].values() if not (c.expires_at_s < now)]

@@ -319,3 +319,33 @@ def test_controller_does_not_shed_twice_on_the_same_measurement(site: Site) -> N
     assert loop.ctl.decide(now + 1) == []
     crit = site.gpu_priority == CRIT
     assert loop.ctl.cap_w[crit].mean() > 250.0  # critical GPUs were not driven to the floor
+
+
+def test_caps_taken_off_are_released_not_left_to_lapse(site: Site) -> None:
+    """A feed lost for a minute, then back: the caps the controller holds are renewed while it wants them, and
+    when it takes them off it releases them (acknowledged), so no lease lapses as if the controller were gone,
+    and every GPU ends at its maximum with no lease left. Before, a cap taken back to the maximum went out as a
+    power_cap at the maximum that nothing renewed: 30 s later every such GPU's lease lapsed (the 24 h day's
+    'power lease lapsed' warnings)."""
+    loop = Loop(site)
+    act = load_actuator("twin", {"kind": "twin", "safe_limit": "max"}, context=loop.fleet)
+    guard = Guard(act, loop.ring, "lab", rate_per_s=100.0, burst=100)  # as powerplane evaluate runs it
+    lapsed: list[str] = []
+    released: list[str] = []
+    for k in range(110):
+        if k == 5:
+            loop.fleet.lose_feed("A")
+        if k == 65:
+            loop.fleet.lose_feed(None)
+        now, _ = loop.feed()
+        for c in loop.ctl.decide(now + 0.5):
+            ack = guard.handle(c, now + 0.5)
+            assert ack.status in ("applied", "clamped"), (c.action, c.reason, ack.reason)
+            if c.action == "release":
+                released.append(c.target)
+        lapsed += [f"t={k}: {a.target} {a.gpus.size} GPU(s)" for a in guard.expire(now + 0.5)]
+    assert loop.ctl.stats.renewals > 0  # caps were held past a lease while the feed was lost
+    assert lapsed == []
+    assert set(released) == set(site.rack_ids)  # every rack was capped and released explicitly
+    np.testing.assert_array_equal(loop.fleet.limit_w, site.gpu_max_w)
+    assert not any(t.leases for t in guard.targets.values())

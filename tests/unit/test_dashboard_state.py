@@ -7,6 +7,7 @@ import json
 import math
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,14 @@ def test_commands_are_pending_until_acked_and_caps_last_until_the_lease_or_a_rel
     s.apply(command("c3", "rack-05", T0 + 40))
     s.apply(ack("c3", "rack-05", T0 + 40.1))
     s.apply(command("c4", "rack-05", T0 + 41, action="release"))
+    assert s.active_caps() == []
+    # A release ends only its knob's cap: a clock lock outlives a power release, a power cap a clock release.
+    for cid, action in (("c5", "power_cap"), ("c6", "sm_clock_lock")):
+        s.apply(command(cid, "rack-06", T0 + 42, action=action))
+        s.apply(ack(cid, "rack-06", T0 + 42.1))
+    s.apply(replace(command("c7", "rack-06", T0 + 43, action="release"), params={"knob": "power"}))
+    assert [c["action"] for c in s.active_caps()] == ["sm_clock_lock"]
+    s.apply(replace(command("c8", "rack-06", T0 + 43, action="release"), params={"knob": "clock"}))
     assert s.active_caps() == []
 
 
