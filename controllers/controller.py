@@ -4,8 +4,8 @@ enforced limits); `decide` runs the hierarchical capping policy (controllers.cap
 (controllers.thermal) under the degraded-mode rules (controllers.degraded, docs/safety.md) and returns
 signed, leased commands, one per rack and knob that changes; what it holds is renewed before its lease runs
 out. The Kafka shell is controllers/service.py; the in-process engine (ops/engine.py) drives the same
-class. (Just over 500 lines: the decision is one state machine over one set of arrays; the policies themselves
-live in capping, thermal, guard, degraded and grid_limits.)
+class. Just over 500 lines long because the decision is one state machine over one set of arrays (the policies
+themselves live in capping, thermal, guard, degraded and grid_limits).
 """
 
 from __future__ import annotations
@@ -321,9 +321,14 @@ class CapController:
         hold = unsure_racks(tree, coef, had & ~use & (silent_level | ~np.isfinite(load)), rack_silent)
         new = np.where(known, np.where(hold[self.site.gpu_rack], np.fmin(new, self.cap_w), new), self.cap_w)
         new = self.grid.limit_release(self.cap_w, new, gpu_w_now)  # releases within the utility's ramp-up limit
-        cmds = self._cap_commands(new, known, load, brake, now_s)
+        return self._cap_commands(new, known, load, brake, now_s) + self._knobs(new, gpu_w_now, th, now_s)
+
+    def _knobs(self, cap_w: np.ndarray, gpu_w: np.ndarray, th: Any, now_s: float) -> list[Command]:
+        """The knobs beside the caps this deployment has: floors for the ramp limit, the thermal policy's clock
+        locks and routing weights."""
+        cmds: list[Command] = []
         if "power_floor" in self.actions:  # the utility's ramp limit: floors through training's low phases
-            floor = self.grid.floors(gpu_w_now, new)
+            floor = self.grid.floors(gpu_w, cap_w)
             cmds += self._knob_commands(2, "power_floor", self.grid_floor_w, floor, now_s)
             self.grid_floor_w = floor
         if th is None:
