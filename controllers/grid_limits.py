@@ -79,10 +79,11 @@ class GridControl:
         self.requests.append(_Request(ev, level, load0, self.limits_of(ev.feed)))
         target = ev.target_w(load0) if math.isfinite(load0) else math.nan
         return (f"demand response {ev.id}: {self.site.level_ids[level]} from {load0 / MW:.2f} MW to "
-                f"{target / MW:.2f} MW by {ev.start_s + ev.within_s:.0f} s, held {ev.hold_s:.0f} s")
+                f"{target / MW:.2f} MW within {ev.within_s:g} s, held {ev.hold_s:g} s")
 
     def _budget(self, r: _Request, now_s: float) -> float:
-        """The load the request allows at now_s (wall W), inf once restored."""
+        """The load the request allows at now_s (wall W): down from the load it started at by the ramp-down
+        limit to the target, held, then up by the ramp-up limit."""
         ev, lim = r.ev, r.limits
         target = ev.target_w(r.load0_w)
         down = lim.ramp_down_mw_per_s * MW if lim.ramp_down_mw_per_s is not None else math.inf
@@ -93,10 +94,13 @@ class GridControl:
         return target + up * (now_s - end)
 
     def budget_w(self, now_s: float, level_power_w: FloatArray) -> FloatArray:
-        """Level-indexed budgets (NaN where none) for decide_caps, scaled so that its shed threshold falls on the
-        request's allowance: the level is shed as soon as it is over, down to a little under it."""
+        """Level-indexed budgets (NaN where none) for decide_caps, which sheds a level above
+        cap_threshold / (cap_threshold - target_margin) (~1.04) x its budget down to the budget: the paced part
+        is passed as it is (nothing shed at the request's first second beyond the pace), the target scaled by
+        the inverse so that the held load stays at or under it."""
         out = np.full(len(self.site.level_ids), np.nan)
         s = self.settings
+        scale = (s.cap_threshold - s.target_margin) / s.cap_threshold
         keep: list[_Request] = []
         self.note_site_load(level_power_w)
         for r in self.requests:
@@ -109,15 +113,13 @@ class GridControl:
                     keep.append(r)
                     continue
             b = self._budget(r, now_s)
-            if b > 2.0 * r.load0_w:  # restored well past where it started: the request no longer binds
+            # Restored far past where it started: the budget no longer binds (the caps it left come back by the
+            # ordinary release, paced by limit_release).
+            if b > 2.0 * r.load0_w:
                 continue
             keep.append(r)
-            # decide_caps sheds a level above (cap_threshold / (cap_threshold - margin)) x its budget down to the
-            # budget: the paced part is passed as it is (no shed at the request's first second beyond the pace),
-            # the target scaled so that the held load stays at or under it.
-            scale = (s.cap_threshold - s.target_margin) / s.cap_threshold
-            out[r.level] = np.fmin(out[r.level], max(r.ev.target_w(r.load0_w) * scale, b if b > r.ev.target_w(
-                r.load0_w) else 0.0))
+            target = r.ev.target_w(r.load0_w)
+            out[r.level] = np.fmin(out[r.level], b if b > target else target * scale)
         self.requests = keep
         return out
 
