@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -241,7 +242,14 @@ def _run(cluster: Config, tmp: Path, name: str, pick: str) -> tuple[Run, dict[st
         _stop_one(svc, "fleet")  # the collector delivers its spool on the way out
     finally:
         svc.stop()
-    figures = _check(c, site.name, start, run)
+    try:
+        figures = _check(c, site.name, start, run)
+    except AssertionError:
+        # pytest keeps only its last three temporary directories: what the services logged goes with the failure.
+        for log_file in sorted((tmp / "logs").glob("*")):
+            lines = log_file.read_text(errors="replace").splitlines()
+            print(f"--- {log_file.name} (last 40 of {len(lines)} lines)", *lines[-40:], sep="\n", file=sys.stderr)
+        raise
     print(f"\n{pick}: killed node {run.target} (led pp.commands partitions {sorted(run.led)}); quorum leader "
           f"after: {run.quorum_leader_after}; {figures}")
     return run, figures
