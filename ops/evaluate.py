@@ -307,9 +307,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
         if policy == "full" and ctl is not None else []
     for k in range(duration_s):
         fr = twin.step(1.0)
-        for ev in [e for e in dr_left if EPOCH_S + twin.t_s >= e.start_s]:
-            dr_left.remove(ev)
-            log.info("%s", ctl.on_demand_response(ev) if ctl is not None else "")
+        _deliver_requests(dr_left, twin.t_s, ctl)
         if engine is not None and guard is not None:
             _control_second(site, twin, fr, k, engine, guard, tally, route_w, ups_signal)
         if reconfig is not None:
@@ -340,6 +338,14 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     out["series"] = tally.series
     out["rack_power_w"] = np.asarray(tally.rack_power, dtype=np.float64)
     return out
+
+
+def _deliver_requests(left: list[Any], t_s: float, ctl: CapController | None) -> None:
+    """Hand the controller each demand-response request whose start has come (removed from `left`)."""
+    for ev in [e for e in left if EPOCH_S + t_s >= e.start_s]:
+        left.remove(ev)
+        if ctl is not None:
+            log.info("%s", ctl.on_demand_response(ev))
 
 
 def chart_limits(site: Site, peak_frac: FloatArray) -> dict[str, Any]:
