@@ -116,8 +116,8 @@ def estimate(site: Site, live: PolicySpec, shadow: PolicySpec, duration_s: int, 
         runs = {side: run_policy(site, spec.name, duration_s, workload=workload, scenario=scenario, seed=seed,
                                  cap=spec.settings())
                 for side, spec in (("live", live), ("shadow", shadow))}
-    except (ValueError, IndexError) as e:  # no pools or GPUs to serve the trace on: nothing to run
-        raise EstimateError(f"site {site.name}: the twin cannot run a workload on it ({e})") from None
+    except (ValueError, IndexError) as e:  # e.g. no pools or GPUs to serve the trace on: nothing to run
+        raise EstimateError(f"site {site.name}: the twin cannot give an estimate ({e})") from None
     fig = {side: figures(r) for side, r in runs.items()}
     change = {k: _minus(fig["shadow"][k], fig["live"][k]) for k, *_ in ROWS}
     return {"kind": "twin estimate", "site": site.name, "scenario": scenario_name or "none (steady state)",
@@ -143,11 +143,13 @@ def table(doc: Mapping[str, Any]) -> str:
              f"{'':34s} {'live':>12s} {'shadow':>12s} {'change':>12s}"]
     for key, label, unit, fmt, higher in ROWS:
         d = doc["change"][key]
-        verdict = "" if d is None or higher is None or abs(d) < 1e-9 else \
+        shown = _cell(fmt, d)
+        # No verdict on a change that shows as none at the table's precision.
+        verdict = "" if d is None or higher is None or float(shown.replace(",", "")) == 0 else \
             ("  better" if (d > 0) == higher else "  worse")
         sign = "+" if d is not None and d > 0 else ""
         lines.append(f"{label + ' (' + unit + ')':34s} {_cell(fmt, doc['live'][key]):>12s} "
-                     f"{_cell(fmt, doc['shadow'][key]):>12s} {sign + _cell(fmt, d):>12s}{verdict}")
+                     f"{_cell(fmt, doc['shadow'][key]):>12s} {sign + shown:>12s}{verdict}")
     lines.append("(-: not in this run: no critical requests, no [grid] limits, or no training job)")
     return "\n".join(lines)
 
