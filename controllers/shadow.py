@@ -21,6 +21,11 @@ from controllers.controller import CapController
 from powerplane.schemas import Command
 
 SHADOW_ISSUER = "shadow-controller"
+# The name `powerplane evaluate`'s twin knows this controller's policy by (ops.evaluate.DEPLOYED). Each shadow
+# command carries it with its thresholds in params (POLICY_KEYS), so `powerplane shadow estimate` can run the
+# very policy the shadow runs on the twin without being told; actuators read only params["knob"].
+POLICY = "controller"
+POLICY_KEYS = ("policy", "cap_threshold", "uncap_threshold")
 
 
 class ShadowController(CapController):
@@ -33,6 +38,8 @@ class ShadowController(CapController):
 
     def command(self, rack: int, gpus: np.ndarray, values: np.ndarray, reason: str, now_s: float,
                 action: str = "power_cap", params: dict[str, Any] | None = None) -> Command:
-        cmd = super().command(rack, gpus, values, reason, now_s, action=action, params=params)
+        s = self.settings
+        stamp = {"policy": POLICY, "cap_threshold": float(s.cap_threshold), "uncap_threshold": float(s.uncap_threshold)}
+        cmd = super().command(rack, gpus, values, reason, now_s, action=action, params={**(params or {}), **stamp})
         cmd.shadow = True
         return self.keyring.sign(cmd)  # again: the mark is part of the signed bytes

@@ -28,6 +28,7 @@ from actuators.base import load_actuator
 from actuators.guard import Guard
 from controllers.capping import BREAKER_KINDS, CapSettings
 from controllers.controller import CapController
+from controllers.shadow import POLICY as SHADOW_POLICY
 from controllers.thermal import ThermalSettings
 from ops.engine import Engine
 from ops.grid_eval import dr_markers, prepare
@@ -44,10 +45,14 @@ from sim.fleet import rack_frames
 from sim.scenario import Scenario
 from sim.workload import WorkloadSpec, default_workload
 
-__all__ = ["POLICIES", "Reconfigurer", "Tally", "apply_pool_actions", "oversubscription", "run_policy",
+__all__ = ["DEPLOYED", "POLICIES", "Reconfigurer", "Tally", "apply_pool_actions", "oversubscription", "run_policy",
            "static_caps_w"]
 
 POLICIES = ("none", "static", "polca", "full")
+# What `powerplane controller` runs (controllers/service.py): the capping and thermal policies with power caps
+# and clock locks only (no routing, floors or reconfiguration). Not among POLICIES (`evaluate --policy all`):
+# `powerplane shadow estimate` runs it, live against shadow, with each one's config thresholds.
+DEPLOYED = SHADOW_POLICY
 # Throttled: power-capped under the GPU's maximum, or slowed by heat. A clock the reconfiguration policy
 # locked on purpose (application clocks) is a chosen operating point that meets the SLO, not throttling.
 THROTTLED = THROTTLE_SW_POWER_CAP | THROTTLE_HW_SLOWDOWN | THROTTLE_SW_THERMAL | THROTTLE_HW_THERMAL
@@ -262,14 +267,16 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
                scenario: Scenario | None = None, seed: int = 0,
                progress: Progress | None = None, reconfigure: bool = True,
                coordinate: bool = True, ups_signal: bool = True,
-               reconfig_options: dict[str, Any] | None = None, deploy_tp: bool = True) -> dict[str, Any]:
+               reconfig_options: dict[str, Any] | None = None, deploy_tp: bool = True,
+               cap: CapSettings | None = None) -> dict[str, Any]:
     """One closed-loop run; returns its metrics and per-second series. `ups_signal`: the twin's UPS polls and
     traps (pp.facility) reach the engine, as the streams worker and controller receive them.
     `reconfig_options`: keyword arguments of the full policy's Reconfigurer (the day run's forecast).
     `deploy_tp`: the full policy deploys its pools at the TP its planner picks for the trace's peak
-    (ops.reconfigure.deploy_for_peak); False: as the workload says (a caller that deployed them already)."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy '{policy}' (known: {', '.join(POLICIES)})")
+    (ops.reconfigure.deploy_for_peak); False: as the workload says (a caller that deployed them already).
+    `cap`: the capping thresholds of polca, full and controller (default CapSettings(), the config's defaults)."""
+    if policy not in (*POLICIES, DEPLOYED):
+        raise ValueError(f"unknown policy '{policy}' (known: {', '.join((*POLICIES, DEPLOYED))})")
     deployed: dict[str, int] = {}
     site, workload, grid = prepare(site, workload, scenario)  # the scenario's grid limits and training job
     if policy == "full" and reconfigure and deploy_tp:
@@ -279,21 +286,7 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     tally = Tally(site)
     signal = SignalTally(site, EPOCH_S, on=ups_signal)
     tally.pool_gpus = [np.asarray(twin.pool_gpus(n)) for n in twin.pool_names()]
-    engine: Engine | None = None
-    guard: Guard | None = None
-    ctl: CapController | None = None
-    if policy == "static":
-        twin.set_limit(np.arange(site.n_gpus), static_caps_w(site))
-    elif policy in ("polca", "full"):
-        thermal = ThermalSettings() if policy == "full" else None
-        actions = frozenset(("power_cap", "sm_clock_lock", "routing_weight", "power_floor")) if policy == "full" \
-            else frozenset(("power_cap",))
-        ctl = CapController(site, keyring, CapSettings(), lease_s=30.0, issuer=f"evaluate-{policy}",
-                            thermal=thermal, actions=actions)
-        engine = Engine(site, keyring, CapSettings(), 30.0, controller=ctl)
-        # The fleet's own twin actuator (it locks clocks where the plant is the twin), behind the same guard.
-        actuator = load_actuator("twin", {"kind": "twin", "safe_limit": "max"}, context=twin)
-        guard = Guard(actuator, keyring, site.name, rate_per_s=100.0, burst=100)
+    ctl, engine, guard = _controls(site, twin, policy, keyring, cap or CapSettings())
     reconfig: Reconfigurer | None = None
     if policy == "full" and reconfigure:
         from sim.profiling import profile_for
@@ -338,6 +331,25 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     out["series"] = tally.series
     out["rack_power_w"] = np.asarray(tally.rack_power, dtype=np.float64)
     return out
+
+
+def _controls(site: Site, twin: Twin, policy: str, keyring: Keyring,
+              cap: CapSettings) -> tuple[CapController | None, Engine | None, Guard | None]:
+    """The policy's controller, in-process engine and guarded twin actuator (None where it has none); the
+    static policy's caps set on the twin once."""
+    if policy == "static":
+        twin.set_limit(np.arange(site.n_gpus), static_caps_w(site))
+    if policy not in ("polca", "full", DEPLOYED):
+        return None, None, None
+    thermal = ThermalSettings() if policy in ("full", DEPLOYED) else None
+    actions = {"full": frozenset(("power_cap", "sm_clock_lock", "routing_weight", "power_floor")),
+               DEPLOYED: frozenset(("power_cap", "sm_clock_lock"))}.get(policy, frozenset(("power_cap",)))
+    ctl = CapController(site, keyring, cap, lease_s=30.0, issuer=f"evaluate-{policy}", thermal=thermal,
+                        actions=actions)
+    engine = Engine(site, keyring, cap, 30.0, controller=ctl)
+    # The fleet's own twin actuator (it locks clocks where the plant is the twin), behind the same guard.
+    actuator = load_actuator("twin", {"kind": "twin", "safe_limit": "max"}, context=twin)
+    return ctl, engine, Guard(actuator, keyring, site.name, rate_per_s=100.0, burst=100)
 
 
 def _deliver_requests(left: list[Any], t_s: float, ctl: CapController | None) -> None:

@@ -5,7 +5,8 @@ second. Prometheus metrics at /metrics.
 The page is in `static/`; /events streams `snapshot` then `delta` messages (JSON, see state.py);
 /api/history?level=ID is one level's forecast-vs-actual history; POST /api/replay controls a replay;
 /api/shadow?seconds=S (live mode) compares the live controller's decisions with a shadow's over the last S
-seconds (powerplane/shadow.py; `powerplane controller --shadow`, docs/operations.md).
+seconds (powerplane/shadow.py; `powerplane controller --shadow`, docs/operations.md), with the twin's estimate
+of the shadow policy's effect when `--shadow-estimate FILE` names one (`powerplane shadow estimate --write`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def _dumps(obj: Any) -> str:
 
 class Dashboard:
     def __init__(self, state: DashState, *, bootstrap: str | None = None, replay_dir: str | None = None,
-                 speed: float = 1.0, tick_s: float = 1.0, backfill: int | None = None) -> None:
+                 speed: float = 1.0, tick_s: float = 1.0, backfill: int | None = None,
+                 shadow_estimate: str | None = None) -> None:
+        self.shadow_estimate = shadow_estimate  # a `shadow estimate --write` file, re-read at each /api/shadow
         self.state = state
         self.lock = threading.Lock()
         self.metrics = Metrics()
@@ -216,7 +219,8 @@ class Dashboard:
         live, _ = shadow.decode_commands(read_window(bootstrap, topics.COMMANDS.name, start, end, 20.0), site_name)
         shad, _ = shadow.decode_commands(read_window(bootstrap, topics.SHADOW.name, start, end, 20.0), site_name)
         return {"start_s": start, "end_s": end, "site": site_name,
-                **shadow.report(live, shad, shadow.site_gpu_max_w(self.state.site))}
+                **shadow.report(live, shad, shadow.site_gpu_max_w(self.state.site)),
+                "estimate": load_estimate(self.shadow_estimate) if self.shadow_estimate else None}
 
     async def replay_control(self, req: web.Request) -> web.StreamResponse:
         if self.replayer is None:
@@ -283,13 +287,26 @@ class Dashboard:
                 await asyncio.to_thread(self.replayer.close)
 
 
+def load_estimate(path: str) -> dict[str, Any]:
+    """The twin's estimate the panel shows (ops/shadow_estimate.py writes it whole, then renames it): the
+    document, or {"error": one line} when the file is missing or is not one."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        return {"error": f"{path}: no estimate to show ({getattr(e, 'strerror', None) or e})"}
+    if not isinstance(doc, dict) or doc.get("kind") != "twin estimate" or not {"live", "shadow", "change"} <= set(doc):
+        return {"error": f"{path}: not a `powerplane shadow estimate --write` file"}
+    return doc
+
+
 def run(site: Site | None, *, port: int, stop: threading.Event, bootstrap: str | None = None,
         replay_dir: str | None = None, speed: float = 1.0, host: str = "127.0.0.1",
-        backfill: int | None = None, metrics_addr: tuple[str, int] | None = None) -> None:
+        backfill: int | None = None, metrics_addr: tuple[str, int] | None = None,
+        shadow_estimate: str | None = None) -> None:
     """Serve the page on host:port until `stop`; /metrics there, and on `metrics_addr` too when given (a
     scrape address apart from the page's, as the other services have)."""
     dash = Dashboard(DashState(site=site), bootstrap=bootstrap, replay_dir=replay_dir, speed=speed,
-                     backfill=backfill)
+                     backfill=backfill, shadow_estimate=shadow_estimate)
     if metrics_addr is not None:
         from prometheus_client import start_http_server
 

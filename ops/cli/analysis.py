@@ -36,7 +36,7 @@ def cmd_dashboard(args: argparse.Namespace, cfg: Config) -> int:
     try:
         run(site, port=args.port, stop=_stop_on_signals(), host=args.host, speed=args.speed, backfill=args.backfill,
             bootstrap=None if args.replay else cfg.kafka_bootstrap, replay_dir=args.replay,
-            metrics_addr=metrics_addr)
+            metrics_addr=metrics_addr, shadow_estimate=args.shadow_estimate)
     except OSError as e:
         print(f"powerplane: error: cannot serve on {args.host}:{args.port} ({e.strerror or e}): choose another "
               "--port", file=sys.stderr)
@@ -143,6 +143,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db.add_argument("--speed", type=float, default=1.0, help="--replay: N x the recorded pace at the start")
     db.add_argument("--backfill", type=int, metavar="N",
                     help="records read back per partition at start (default: ~a minute of aggregates; 0: only new)")
+    db.add_argument("--shadow-estimate", metavar="FILE",
+                    help="show this `powerplane shadow estimate --write` file in the shadow panel (live mode)")
     _add_metrics(db)  # /metrics is on --port too; this adds a scrape address apart from the page's
     db.set_defaults(fn=cmd_dashboard)
 

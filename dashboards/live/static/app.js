@@ -313,15 +313,17 @@ function drawSide() {
     : '<tr><td colspan="6" class="empty">none</td></tr>';
 }
 // Shadow vs live (/api/shadow): fetched every 15 s in live mode; shown only while a shadow controller has
-// decided something in the window (`powerplane controller --shadow`).
+// decided something in the window (`powerplane controller --shadow`), or while the dashboard has the twin's
+// estimate of the shadow policy to show (`--shadow-estimate FILE`, written by `powerplane shadow estimate`).
 function loadShadow() {
   if (S.mode !== "live" || STATIC || document.hidden) return;
   fetch("/api/shadow?seconds=600").then((r) => (r.ok ? r.json() : null)).then(drawShadow).catch(() => {});
 }
 function drawShadow(doc) {
   const box = $("shadowbox");
-  box.hidden = !doc || !doc.shadow_decisions;
+  box.hidden = !doc || (!doc.shadow_decisions && !doc.estimate);
   if (box.hidden) return;
+  drawEstimate(doc.estimate);
   const held = doc.held_capped_w || {};
   $("shadowinfo").textContent = `last 10 min · ${doc.live_decisions} live, ${doc.shadow_decisions} shadow decisions · ` +
     `capped now: live ${kw(held.live)} kW, shadow ${kw(held.shadow)} kW`;
@@ -329,6 +331,22 @@ function drawShadow(doc) {
     `<td class="n">${a.agree}</td><td class="n ${a.differ ? "c-warn" : ""}">${a.differ}</td>` +
     `<td class="n">${a["shadow-only"]}</td><td class="n">${a["live-only"]}</td>` +
     `<td class="n">${kw(a.live_capped_w)}</td><td class="n">${kw(a.shadow_capped_w)}</td></tr>`).join("");
+}
+const EST_ROWS = [["energy_kwh", "site energy kWh", 2], ["critical_within_slo_pct", "critical within SLO %", 1],
+  ["seconds_over_rating", "s over a rating", 0], ["grid_ramp_seconds_over", "grid ramp s over limit", 0],
+  ["training_iterations_per_min", "training iter/min", 1], ["commands_per_min", "commands/min", 1]];
+function drawEstimate(est) {
+  const el = $("shadowest");
+  el.hidden = !est;
+  if (!est) return;
+  if (est.error) { el.innerHTML = `<div class="dim">${esc(est.error)}</div>`; return; }
+  const f = (x, d) => (isNum(x) ? x.toFixed(d) : "–");
+  el.innerHTML = `<div class="dim">the twin's estimate, not a measurement: ${esc(est.duration_s)} s of ` +
+    `${esc(est.scenario)} on site ${esc(est.site)} · live ${esc(est.live.policy)} · shadow ${esc(est.shadow.policy)}</div>` +
+    `<table><thead><tr><th></th><th class="n">live</th><th class="n">shadow</th><th class="n">change</th></tr></thead><tbody>` +
+    EST_ROWS.map(([k, label, d]) => `<tr><td class="k">${label}</td><td class="n">${f(est.live[k], d)}</td>` +
+      `<td class="n">${f(est.shadow[k], d)}</td><td class="n">${isNum(est.change[k]) && est.change[k] > 0 ? "+" : ""}` +
+      `${f(est.change[k], d)}</td></tr>`).join("") + "</tbody></table>";
 }
 function rangeTxt(lo, hi, action) {
   if (!isNum(lo)) return "–";
