@@ -306,6 +306,9 @@ class CapController:
                                               (load > s.brake_threshold * self.limit_w)).any())
         budget, th = self._thermal(now_s, load)
         budget = np.fmin(budget, self.grid.budget_w(now_s, load))  # demand response (controllers.grid_limits)
+        # Only the levels decide_caps brakes (breakers, and a zone under a heat budget): a rack, row or the site
+        # over its nameplate is no breaker, and a brake read there labelled its racks' releases "power brake".
+        brake = brake & (power_levels(self.site) | np.isfinite(budget))
         known = ~np.isnan(self.cap_w)
         # A GPU of a silent rack counts as drawing its cap (decide_caps), never as its last reading.
         # So does a GPU whose own source stopped while the rest of its rack reports (partial frames: one server's).
@@ -468,7 +471,8 @@ class CapController:
         """Why rack r's caps change (idx: its capped GPUs, rack-relative)."""
         site = self.site
         a, b = int(site.rack_gpu_start[r]), int(site.rack_gpu_start[r + 1])
-        if braked is not None and braked[r]:
+        # A brake cuts: a rack under a braked level whose caps only rise is being released, not braked.
+        if braked is not None and braked[r] and (new[a:b][idx] < self.cap_w[a:b][idx]).any():
             return f"power brake: {where or 'a level'} over {100 * self.settings.brake_threshold:.0f}% " \
                    f"for {self.settings.brake_after_s:g} s"
         if np.isfinite(self.guarded[r]) and (new[a:b][idx] <= self.cap_w[a:b][idx]).all():
