@@ -40,12 +40,12 @@ from controllers.degraded import (
     unsure_racks,
 )
 from controllers.facility import ControllerSignals
-from controllers.grid_limits import GridControl
+from controllers.grid_limits import FloorRefusals, GridControl
 from controllers.guard import GuardSettings, single_feed_guard
 from controllers.thermal import STAGES, ThermalSettings, decide_thermal
 from powerplane.grid import DemandResponse
 from powerplane.rack_layout import RackLayout
-from powerplane.schemas import Command, FacilityReading, Headroom, LevelAggregate, SchemaError, TelemetryFrame
+from powerplane.schemas import Ack, Command, FacilityReading, Headroom, LevelAggregate, SchemaError, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.site import KIND, Site
 
@@ -62,6 +62,7 @@ class ControllerStats:
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     acks_refused: int = 0  # unsigned, tampered or unknown-key acks: dead-lettered, never believed
     acks_unknown: int = 0  # validly signed acks for a command this controller did not issue: logged, not counted
+    floors_refused: int = 0  # power_floor commands rejected for want of the knob (H100s): those GPUs left alone
 
 
 DEFAULT_THERMAL = ThermalSettings()
@@ -148,6 +149,7 @@ class CapController:
         self.racks_under = racks_under(self.tree)
         self.signals = ControllerSignals(site)  # UPS lineups on battery (pp.facility): feed-lost limits at once
         self.grid = GridControl(site, settings)  # the utility's limits: demand response, paced releases
+        self.floor_refusals = FloorRefusals(site)  # GPUs whose actuator has no floor: not asked for a while
 
     # ---- inputs ------------------------------------------------------------------------------------
     def on_aggregate(self, agg: LevelAggregate, now_s: float) -> None:
@@ -184,6 +186,16 @@ class CapController:
     def on_demand_response(self, ev: DemandResponse) -> str:
         """A demand-response request (controllers.grid_limits): held from its start time; a one-line summary."""
         return self.grid.on_demand_response(ev, self.level_power_w)
+
+    def on_ack(self, ack: Ack, now_s: float) -> bool:
+        """An actuator's signed ack of a command issued here: True where it refuses a power floor for want of
+        the knob (controllers.grid_limits.FloorRefusals), counted and logged there; those GPUs hold no floor."""
+        gpus = self.floor_refusals.take(ack, now_s)
+        if gpus is None:
+            return False
+        self.grid_floor_w[gpus] = np.nan  # nothing held: no release to send for it
+        self.stats.floors_refused += 1
+        return True
 
     def on_headroom(self, h: Headroom, now_s: float) -> None:
         if h.site != self.site.name:
@@ -306,6 +318,9 @@ class CapController:
                                               (load > s.brake_threshold * self.limit_w)).any())
         budget, th = self._thermal(now_s, load)
         budget = np.fmin(budget, self.grid.budget_w(now_s, load))  # demand response (controllers.grid_limits)
+        # Only the levels decide_caps brakes (breakers, and a zone under a heat budget): a rack, row or the site
+        # over its nameplate is no breaker, and a brake read there labelled its racks' releases "power brake".
+        brake = brake & (power_levels(self.site) | np.isfinite(budget))
         known = ~np.isnan(self.cap_w)
         # A GPU of a silent rack counts as drawing its cap (decide_caps), never as its last reading.
         # So does a GPU whose own source stopped while the rest of its rack reports (partial frames: one server's).
@@ -328,7 +343,7 @@ class CapController:
         locks and routing weights."""
         cmds: list[Command] = []
         if "power_floor" in self.actions:  # the utility's ramp limit: floors through training's low phases
-            floor = self.grid.floors(gpu_w, cap_w)
+            floor = self.grid.floors(gpu_w, cap_w, self.floor_refusals.refused(now_s))
             cmds += self._knob_commands(2, "power_floor", self.grid_floor_w, floor, now_s)
             self.grid_floor_w = floor
         if th is None:
@@ -468,7 +483,8 @@ class CapController:
         """Why rack r's caps change (idx: its capped GPUs, rack-relative)."""
         site = self.site
         a, b = int(site.rack_gpu_start[r]), int(site.rack_gpu_start[r + 1])
-        if braked is not None and braked[r]:
+        # A brake cuts: a rack under a braked level whose caps only rise is being released, not braked.
+        if braked is not None and braked[r] and (new[a:b][idx] < self.cap_w[a:b][idx]).any():
             return f"power brake: {where or 'a level'} over {100 * self.settings.brake_threshold:.0f}% " \
                    f"for {self.settings.brake_after_s:g} s"
         if np.isfinite(self.guarded[r]) and (new[a:b][idx] <= self.cap_w[a:b][idx]).all():
@@ -504,6 +520,8 @@ class CapController:
             if hold.any():
                 idx = np.flatnonzero(hold)
                 cmds.append(self.command(int(r), idx, new[a:b][idx], why, now_s, action=action))
+                if k == 2:
+                    self.floor_refusals.note(cmds[-1])
             if rel.any():
                 idx = np.flatnonzero(rel)
                 vals = np.ones(idx.size) if k == 1 else np.zeros(idx.size)

@@ -18,17 +18,26 @@ its time and the loads as measured, so a burst of inference during the hold is s
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from controllers.capping import CapSettings, gpu_efficiency
 from controllers.grid_control import floor_plan, release_step
 from powerplane.grid import MW, DemandResponse, GridLimits, ramp_step_w
+from powerplane.schemas import Ack, Command
 from powerplane.site import PRIORITIES, FloatArray, Site
 
 TRAINING = PRIORITIES.index("training")
+# What an actuator says when its hardware has no power-smoothing floor (actuators.base.Actuator.no_floor: H100,
+# H200, Redfish): a refusal that asking again will not change, unlike a rate limit or a stale command.
+NO_FLOOR = "floor not supported"
+
+log = logging.getLogger("powerplane.controller")
 
 
 @dataclass
@@ -158,12 +167,15 @@ class GridControl:
         d = d[np.isfinite(d)]
         return float(np.percentile(d, 95)) if d.size >= 10 else 0.0
 
-    def floors(self, gpu_power_w: FloatArray, cap_w: FloatArray) -> FloatArray:
+    def floors(self, gpu_power_w: FloatArray, cap_w: FloatArray,
+               refused: npt.NDArray[np.bool_] | None = None) -> FloatArray:
         """Per GPU, the power floor the ramp limit asks of the running training GPUs through their low phases
         (NaN: none), from controllers.grid_control.floor_plan: a GPU's high phase is the highest of its last
         `window_s` readings, its low phase the lowest while unfloored; every rack's running training GPUs are one
         group, all taken to swing together (the worst case). The breaker policy's caps bound each floor (the
-        guard clamps a floor to the enforced limit as well)."""
+        guard clamps a floor to the enforced limit as well). `refused`: GPUs whose actuator cannot hold a floor
+        (FloorRefusals): none is asked of them, and the others' floors are not raised to make up for them (an
+        under-smoothed site, never a floor past what the plan asked of a GPU)."""
         lim = self.site.grid
         out = np.full(self.site.n_gpus, np.nan)
         if lim is None or (lim.ramp_up_mw_per_s is None and lim.ramp_down_mw_per_s is None) or not self.train.size:
@@ -198,6 +210,51 @@ class GridControl:
         new = np.round(plan.gpu_floor_w / 10.0) * 10.0  # 10 W steps: no command for a few watts of noise
         keep = np.isfinite(self.floor_w) & np.isfinite(new) & (np.abs(new - self.floor_w) < 20.0)
         out = np.where(keep, self.floor_w, new)
+        if refused is not None:
+            out[refused] = np.nan
         self.floor_w = out
         self.floors_set = int(np.isfinite(out).sum())
         return out
+
+
+@dataclass
+class FloorRefusals:
+    """The power floors the actuators refused because the hardware has none (NO_FLOOR in a rejected ack: an
+    H100 answers every power_floor so): those GPUs are not asked again for `retry_s` (a server replaced by one
+    that has power smoothing is taken up after that), so a site of H100s with `power_floors = "on"` costs one
+    rejected command per rack an hour, not one a second. Counted, and logged once (then at the 10th, 100th
+    and every 1000th refusal). Other rejections (a rate limit, a stale command) are not refusals of the knob."""
+
+    site: Site
+    retry_s: float = 3600.0
+    count: int = 0
+    sent: OrderedDict[str, int] = field(default_factory=OrderedDict)  # floor command id -> rack
+
+    def __post_init__(self) -> None:
+        self.until_s = np.full(self.site.n_gpus, -np.inf)  # per GPU: no floor asked of it before this time
+
+    def note(self, cmd: Command) -> None:
+        """A power_floor command going out: its acks are read against it."""
+        self.sent[cmd.id] = self.site.rack_index(cmd.target)
+        while len(self.sent) > 10_000:
+            self.sent.popitem(last=False)
+
+    def take(self, ack: Ack, now_s: float) -> npt.NDArray[np.int64] | None:
+        """The GPUs (site order) whose floor this ack refuses for want of the knob; None for any other ack."""
+        if ack.status != "rejected" or NO_FLOOR not in ack.reason:
+            return None
+        rack = self.sent.pop(ack.command_id, None)
+        if rack is None:
+            return None
+        gpus = int(self.site.rack_gpu_start[rack]) + ack.gpus.astype(np.int64)
+        self.until_s[gpus] = now_s + self.retry_s
+        self.count += 1
+        if self.count in (1, 10, 100) or self.count % 1000 == 0:
+            log.warning("power_floor refused by %s for %s (%d GPU(s)): %s; not asked again for %g s (%d refusal(s) "
+                        "so far; power_floors = \"off\" stops asking)", ack.actuator, ack.target, gpus.size,
+                        ack.reason, self.retry_s, self.count)
+        return gpus
+
+    def refused(self, now_s: float) -> npt.NDArray[np.bool_]:
+        return np.asarray(self.until_s > now_s)
+

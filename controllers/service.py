@@ -75,6 +75,9 @@ class ControllerMetrics:
                                   value=float(st.acks_refused))
         yield CounterMetricFamily("powerplane_controller_acks_unknown", "signed acks for commands not issued here",
                                   value=float(st.acks_unknown))
+        yield CounterMetricFamily("powerplane_controller_floors_refused",
+                                  "power_floor commands rejected for want of the knob (GPUs then left for an hour)",
+                                  value=float(st.floors_refused))
         yield CounterMetricFamily("powerplane_controller_dead_letters", "records sent to the dead-letter topic",
                                   value=float(self.dlq.count))
         yield CounterMetricFamily("powerplane_controller_producer_dropped_records",
@@ -89,11 +92,12 @@ class ControllerMetrics:
 
 
 def take_ack(stats: ControllerStats, ack_keyring: Keyring, issued: OrderedDict[str, None],
-             sent_at: dict[str, float], ack: Ack, now_s: float) -> str | None:
+             sent_at: dict[str, float], ack: Ack, now_s: float, ctl: CapController | None = None) -> str | None:
     """Count an ack an actuator signed for a command this controller issued (latency, outcome); return
     the reason an ack is refused (not signed by an actuator key: dead letter and security event). A signed
     ack for a command id not issued here (another controller, or one from before a restart) is logged and
-    counted apart, never taken as an outcome."""
+    counted apart, never taken as an outcome. `ctl` is told of each outcome (CapController.on_ack): a floor
+    the hardware cannot hold is its to count and log, not a warning per ack."""
     bad = ack_keyring.verify(ack)
     if bad:
         stats.acks_refused += 1
@@ -108,6 +112,8 @@ def take_ack(stats: ControllerStats, ack_keyring: Keyring, issued: OrderedDict[s
     t0 = sent_at.pop(ack.command_id, None)
     if t0 is not None:
         stats.latencies_s.append(now_s - t0)
+    if ctl is not None and ctl.on_ack(ack, now_s):
+        return None
     if ack.status not in ("applied", "duplicate"):
         log.warning("ack %s for %s: %s %s", ack.command_id[:8], ack.target, ack.status, ack.reason)
     return None
@@ -162,7 +168,7 @@ class ControllerLoop:
         elif isinstance(rec, Headroom):
             ctl.on_headroom(rec, now_s)
         else:
-            refused = take_ack(ctl.stats, self.ack_keyring, self.issued, self.sent_at, rec, now_s)
+            refused = take_ack(ctl.stats, self.ack_keyring, self.issued, self.sent_at, rec, now_s, ctl)
             if refused:
                 self.dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, refused, m.key, m.value or b""))
                 ev = ack_refused_event(rec, refused, "controller")
@@ -223,6 +229,12 @@ def first_tick(tick_s: float, wall_s: float, mono_s: float) -> float:
     return mono_s + (TICK_PHASE * tick_s - wall_s) % tick_s
 
 
+def live_actions(cfg: Config) -> frozenset[str]:
+    """The knobs the live controller sends: caps and clock locks (no request router consumes routing weights in
+    this deployment yet), and power floors where `power_floors = "on"`."""
+    return frozenset(("power_cap", "sm_clock_lock", *(("power_floor",) if cfg.power_floors == "on" else ())))
+
+
 def _wiring(shadow: bool) -> tuple[str, str, tuple[str, ...]]:
     """(Kafka role, consumer group, topics read) of the controller, or of a shadow: its own role and group (it
     never takes the live controller's partitions), and no acks (nothing applies its commands)."""
@@ -242,10 +254,9 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
     shadow (controllers/shadow.py); `keyring` is then the shadow key."""
     if ack_keyring is None and not shadow:
         ack_keyring = load_keyring(ack_key_path(cfg.signing_key_file, cfg.ack_key_file), cfg.ack_key_id, create=True)
-    # No request router consumes routing weights in this deployment yet: caps and clock locks only.
     ctl = (ShadowController if shadow else CapController)(
         site, keyring, CapSettings(cfg.cap_threshold, cfg.uncap_threshold), cfg.command_lease_s,
-        actions=frozenset(("power_cap", "sm_clock_lock")))
+        actions=live_actions(cfg))
     role, group, inputs = _wiring(shadow)
     auth = client_auth(cfg, role)
     producer = Producer(cfg.kafka_bootstrap, group, auth=auth)

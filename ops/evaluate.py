@@ -256,8 +256,8 @@ def _control_second(site: Site, twin: Twin, fr: Any, k: int, engine: Engine, gua
         if c.reason != "lease renewal":
             tally.commands += 1
             tally.by_action[c.action] = tally.by_action.get(c.action, 0) + 1
-        if c.action != "routing_weight":
-            guard.handle(c, now)
+        if c.action != "routing_weight":  # each outcome back to the controller, as the Kafka path's acks
+            engine.controller.on_ack(guard.handle(c, now), now)
     if routing:
         apply_routing(twin, routing, route_w)
     guard.expire(now)

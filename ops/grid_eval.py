@@ -11,7 +11,10 @@ of each limited utility feed's:
   as not resolved (NaN, never as a pass), a band straddling it is measured only below 0.5 Hz ('partial');
 - demand response: time to the target, share of the hold within it, met or not, and the restore's worst ramp
   up against the ramp limit;
-- training: iterations completed per job (the report sets them against the no-control run's).
+- training: iterations completed per job (the report sets them against the no-control run's);
+- floor energy: what the power floors burnt beyond what the GPUs would have drawn without them (the twin's
+  sum over GPUs of max(0, drawn - natural), each second, at the wall through the PSUs' nominal efficiency),
+  over the whole run and as a share of the site's energy: the price of smoothing by floors.
 
 The twin starts every pool and job at once from a cold state; the first `settle_s` seconds (the scenario's
 `measure_from_s`, default 10) are that start, not the plant's behaviour, and are left out of the ramp, range
@@ -116,6 +119,8 @@ class GridTally:
     iterations: dict[str, float] = field(default_factory=dict)
     job_priority: dict[str, str] = field(default_factory=dict)
     focus_job: str | None = None  # the scenario's own training job, reported on its own
+    floor_j: float = 0.0  # wall energy the power floors burnt beyond the GPUs' own draw (1 s per add)
+    floor_gpu_j: float = 0.0  # the same at the GPUs (DC)
 
     def __post_init__(self) -> None:
         self.feeds = self.site.levels_of_kind("utility")
@@ -127,6 +132,8 @@ class GridTally:
     def add(self, fr: Any, t_s: float) -> None:
         self.t_s.append(t_s)
         self.site_w.append(float(fr.site_power_w))
+        self.floor_j += float(fr.floor_extra_w)
+        self.floor_gpu_j += float(fr.floor_extra_gpu_w)
         self.feed_w.append(np.asarray(fr.level_power_w, dtype=np.float64)[self.feeds])
         js = fr.jobs
         for i, name in enumerate(js.names):
@@ -146,6 +153,9 @@ class GridTally:
                                "resolves_up_to_hz": 0.5, "training_iterations": dict(self.iterations),
                                "training_iterations_total": sum(v for k, v in self.iterations.items()
                                                                 if self.job_priority.get(k) == "training")}
+        site_j = float(np.sum(self.site_w))
+        out["floor_energy"] = {"kwh": self.floor_j / 3.6e6, "gpu_kwh": self.floor_gpu_j / 3.6e6,
+                               "site_kwh": site_j / 3.6e6, "share": self.floor_j / site_j if site_j > 0 else 0.0}
         if self.focus_job is not None:
             out["training_job"] = {"name": self.focus_job, "iterations": self.iterations.get(self.focus_job)}
         if not self.active or t.size < 2:

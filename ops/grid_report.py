@@ -14,7 +14,9 @@ GRID_NOTE = ("Grid figures come from the twin's true site (and utility feed) pow
              "MW of the oscillation within the band over sliding windows (the worst window shown); a 1 s series "
              "resolves only up to 0.5 Hz, so a band above it is 'not resolved' (the GPUs' own power smoothing "
              "must hold it; this measure can neither pass nor fail it) and a band straddling it is measured only "
-             "below 0.5 Hz. Training throughput: training-class iterations completed against the no-control run.")
+             "below 0.5 Hz. Training throughput: training-class iterations completed against the no-control run. Floor "
+             "energy: each second, the sum over GPUs of what a power floor made a GPU draw beyond what it would "
+             "have drawn without one, at the wall through its server's nominal PSU efficiency, over the whole run.")
 
 
 def _get(r: dict[str, Any], *path: str | int) -> Any:
@@ -89,6 +91,11 @@ def _throughput(none: dict[str, Any] | None, *path: str) -> Cell:
     return cell
 
 
+def _floor_energy(r: dict[str, Any]) -> str:
+    f = _get(r, "floor_energy")
+    return "-" if f is None else f"{f['kwh']:.3g} kWh ({100 * f['share']:.2g} %)"
+
+
 def grid_section(results: dict[str, dict[str, Any]]) -> list[str]:
     """'## Grid' with one row per figure and one column per policy; empty where no run measured grid limits."""
     ref = next((r["grid"] for r in results.values() if r.get("grid")), None)
@@ -108,6 +115,8 @@ def grid_section(results: dict[str, dict[str, Any]]) -> list[str]:
                      _throughput(none, "training_job", "iterations")))
     rows.append(("training class: iterations completed, all jobs (vs no control)",
                  _throughput(none, "training_iterations_total")))
+    rows.append(("floor energy: what the power floors burnt beyond the GPUs' own draw (% of the site's energy)",
+                 _floor_energy))
     head = ["| metric | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     body = [f"| {label} | " + " | ".join(fn(r) for r in results.values()) + " |" for label, fn in rows]
     return ["", "## Grid (the utility's limits)", "", *head, *body, "",

@@ -98,6 +98,10 @@ class Config(BaseSettings):
     # Capping thresholds as fractions of a level's derated limit (POLCA-style defaults).
     cap_threshold: Number = Field(0.80, gt=0, le=1.5)
     uncap_threshold: Number = Field(0.75, gt=0)
+    # "on": the controller also sends power_floor commands through running training jobs' low phases when the
+    # site has a utility ramp limit (docs/grid.md). Off by default: H100s have no power-smoothing floor and
+    # their actuators reject every one (the controller then stops asking those GPUs for an hour).
+    power_floors: Literal["off", "on"] = "off"
     state_dir: str = ".powerplane"
     alertmanager_url: str = "http://127.0.0.1:9093"  # the alertmanager sink posts pp.events here
     runbook_base_url: str = RUNBOOK_BASE_URL  # alerts' runbook_url = this + "#" + alert name, lowercased

@@ -417,12 +417,13 @@ class Twin:
         arr = arrivals(self._rates, self.pools, st, t0, dt_s, self._rng_work)
         res = serve(cfg.power, cfg.serving, units, st, clk, arr, t0, dt_s, n_sub)
         js = train(cfg.power, units, st, clk, t0, dt_s, n_sub)
-        gp = gpu_power(site, hw, units, st, res, js.power_w, js.busy, js.phi)
+        gp = gpu_power(site, hw, units, st, res, js.power_w, js.busy, js.phi, js.power_natural_w)
         el = supply(site, cfg.electrical, tree, st, gp.p_true, gp.util_gpu, dt_s)
         co = cool(site, cfg.thermal, hw, tree, st, el.rack_w, gp.p_true, dt_s)
         st.gpu_energy_j = st.gpu_energy_j + gp.p_true * dt_s  # a new array: frames keep theirs
         site_w = float(el.rack_w.sum())
         st.site_energy_j += site_w * dt_s
+        st.floor_energy_j += gp.floor_wall_w * dt_s
         rd = read_sensors(site, cfg.measurement, cfg.thermal, hw, units, self.sensors, st, res, clk, js, gp,
                           co.inlet_c, el.rack_a, el.rack_b, t0, dt_s, self._rng_meas)
         pools = pool_stats(self.pools, self.pool_priority, hw, units, st, res, arr.inst, gp.p_true, dt_s)
@@ -449,6 +450,7 @@ class Twin:
             level_alive=st.level_alive.copy(), breaker_heat=st.breaker_heat.copy(),
             zone_supply_c=st.zone_supply.copy(), zone_heat_w=co.heat_w, zone_capacity_w=co.capacity_w,
             rack_inlet_true_c=co.inlet_c, site_power_w=site_w, site_energy_j=st.site_energy_j,
+            floor_extra_gpu_w=gp.floor_gpu_w, floor_extra_w=gp.floor_wall_w, floor_energy_j=st.floor_energy_j,
             pools=pools, jobs=jobs, requests=requests, events=events,
         )
 

@@ -89,6 +89,12 @@ class TwinFrame:
     rack_inlet_true_c: FloatArray
     site_power_w: float
     site_energy_j: float  # cumulative wall energy
+    # What the power floors burnt beyond what the GPUs would have drawn without them this step (the sum over
+    # GPUs of max(0, drawn - natural)): at the GPUs (DC), and at the wall through each server's nominal PSU
+    # efficiency; and the latter summed since the start (all of it in site_energy_j already).
+    floor_extra_gpu_w: float
+    floor_extra_w: float
+    floor_energy_j: float
     pools: PoolStats
     jobs: JobStats
     requests: Requests  # requests that got their first token this step, with their TTFT

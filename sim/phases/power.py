@@ -71,12 +71,18 @@ class GpuPower:
     u_busy: FloatArray
     u_phi: FloatArray
     dark_gpu: BoolArray | None  # GPUs without power (None: all have it)
+    # What the power floors made the GPUs draw beyond what they would have without them (the sum over GPUs of
+    # max(0, drawn - natural)), W: at the GPUs, and at the wall through each server's nominal PSU efficiency
+    # (the load-dependent one belongs to a whole server's load, not to a GPU's few watts).
+    floor_gpu_w: float = 0.0
+    floor_wall_w: float = 0.0
 
 
 def gpu_power(site: Site, hw: Hardware, units: Units, st: TwinState, res: ServeResult, job_p_w: FloatArray,
-              job_busy: FloatArray, job_phi: FloatArray) -> GpuPower:
+              job_busy: FloatArray, job_phi: FloatArray, job_natural_w: FloatArray | None = None) -> GpuPower:
     """Units' mean power spread to their GPUs (x the GPU's variation, under its limit, at least its power
-    floor up to that limit); dark GPUs draw nothing, shut-down ones their bare idle (a floor needs the GPU on)."""
+    floor up to that limit); dark GPUs draw nothing, shut-down ones their bare idle (a floor needs the GPU on).
+    job_natural_w: the jobs' power had no floor held them up (default job_p_w), for `floor_extra_w`."""
     cat = np.concatenate
     n_types = len(hw.type_ids)
     u_power = cat([res.avg_power_w, job_p_w, hw.t_bare])
@@ -85,11 +91,21 @@ def gpu_power(site: Site, hw: Hardware, units: Units, st: TwinState, res: ServeR
     gu = units.gpu_unit
     p_true = u_power[gu] * hw.variation
     np.minimum(p_true, st.limit_w, out=p_true)
+    p_natural: FloatArray | None = None
     if st.floor_w.any():  # the floor burns power, never above the limit (the breaker policy's caps win)
+        nat = cat([res.avg_power_w, job_p_w if job_natural_w is None else job_natural_w, hw.t_bare])
+        p_natural = np.minimum(nat[gu] * hw.variation, st.limit_w)
         np.maximum(p_true, np.minimum(st.floor_w, st.limit_w), out=p_true)
     dark_gpu: BoolArray | None = None
     if st.rack_dark.any() or st.gpu_shutdown.any():
         dark_gpu = st.rack_dark[site.gpu_rack]
         p_true[dark_gpu] = 0.0
         p_true[st.gpu_shutdown & ~dark_gpu] = site.gpu_idle_w[st.gpu_shutdown & ~dark_gpu]
-    return GpuPower(p_true=p_true, util_gpu=u_busy[gu], u_busy=u_busy, u_phi=u_phi, dark_gpu=dark_gpu)
+    out = GpuPower(p_true=p_true, util_gpu=u_busy[gu], u_busy=u_busy, u_phi=u_phi, dark_gpu=dark_gpu)
+    if p_natural is not None:
+        extra = np.maximum(p_true - p_natural, 0.0)
+        if dark_gpu is not None:  # a dark or shut-down GPU burns no floor
+            extra[dark_gpu | st.gpu_shutdown] = 0.0
+        out.floor_gpu_w = float(extra.sum())
+        out.floor_wall_w = float((extra / site.server_psu_eff[site.gpu_server]).sum())
+    return out

@@ -37,6 +37,7 @@ class JobStep:
     p_comp: FloatArray  # power per GPU in each phase
     p_comm: FloatArray
     p_ckpt: FloatArray
+    power_natural_w: FloatArray  # mean power per GPU had no floor held it up (= power_w where none is held)
 
 
 def train(pc: PowerConfig, units: Units, st: TwinState, clk: Clocks, t0: float, dt_s: float, n_sub: int
@@ -64,10 +65,13 @@ def train(pc: PowerConfig, units: Units, st: TwinState, clk: Clocks, t0: float, 
     p_ckpt = np.minimum(busy_power(phi_ceil_j, np.full(nj, pc.train_ckpt_uc), np.full(nj, pc.train_ckpt_um),
                                    jb, jx, jkd, jkm, pc), jl)
     floor = np.minimum(st.u_floor[sl_j], jl)
-    if floor.any():
+    natural = (p_comp, p_comm, p_ckpt, jb)  # what each phase draws without a floor (the floor energy's baseline)
+    floored = bool(floor.any())
+    if floored:
         p_comp, p_comm, p_ckpt = np.maximum(p_comp, floor), np.maximum(p_comm, floor), np.maximum(p_ckpt, floor)
     p_off = np.maximum(jb, floor)
     e_job = np.zeros(nj)
+    e_nat = np.zeros(nj)
     busy_job = np.zeros(nj)
     phi_t_job = np.zeros(nj)
     ckpt_now = np.zeros(nj)
@@ -76,6 +80,8 @@ def train(pc: PowerConfig, units: Units, st: TwinState, clk: Clocks, t0: float, 
         fc, fm, fk, on = st.jobs.advance(t0 + k * h, h, stretch, st.job_avail)
         off = 1.0 - on
         e_job += h * (fc * p_comp + fm * p_comm + fk * p_ckpt + off * p_off)
+        if floored:
+            e_nat += h * (fc * natural[0] + fm * natural[1] + fk * natural[2] + off * natural[3])
         busy_job += h * (fc + fm + 0.1 * fk)
         phi_t_job += h * (fc * phi_job + (fm + fk) * phi_ceil_j + off * units.u_phimin[sl_j])
         ckpt_now, on_now = fk, on
@@ -83,7 +89,7 @@ def train(pc: PowerConfig, units: Units, st: TwinState, clk: Clocks, t0: float, 
     job_phase = np.where(on_now <= 0, JOB_OFF, np.where(ckpt_now > 0, JOB_CKPT,
                                                         np.where(comp_now > 0, JOB_COMPUTE, JOB_COMM)))
     return JobStep(power_w=e_job / dt_s, busy=busy_job / dt_s, phi=phi_t_job / dt_s, phase=job_phase,
-                   p_comp=p_comp, p_comm=p_comm, p_ckpt=p_ckpt)
+                   p_comp=p_comp, p_comm=p_comm, p_ckpt=p_ckpt, power_natural_w=(e_nat if floored else e_job) / dt_s)
 
 
 def job_stats(names: list[str], priority: IntArray, units: Units, st: TwinState, clk: Clocks, js: JobStep

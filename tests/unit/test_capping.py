@@ -18,7 +18,7 @@ from powerplane.schemas import Command, TelemetryFrame
 from powerplane.signing import Keyring
 from powerplane.site import PRIORITIES, FloatArray, Site
 from powerplane.site_file import load_site
-from sim.fleet import Fleet
+from sim.fleet import Fleet, rack_frames
 from streams.rollup import Limits, frame_aggregates
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
@@ -349,3 +349,33 @@ def test_caps_taken_off_are_released_not_left_to_lapse(site: Site) -> None:
     assert set(released) == set(site.rack_ids)  # every rack was capped and released explicitly
     np.testing.assert_array_equal(loop.fleet.limit_w, site.gpu_max_w)
     assert not any(t.leases for t in guard.targets.values())
+
+
+def test_a_rack_over_its_nameplate_is_released_not_labelled_a_power_brake(site: Site) -> None:
+    """A rack drawing more than its own nameplate's derated limit (62 kW of 52.8 kW) while each of its PDUs
+    carries 68 % of its limit: its best-effort caps come off step by step. The rack level is no breaker, the
+    capping policy never brakes on it, yet from the third second the brake read it as a level over 100 % and
+    every release step said "power brake: ... over 100% for 2 s" on the operator's dashboard and in the audit."""
+    fleet = Fleet(site, seed=3, epoch_s=1_700_000_000.0)
+    ctl = CapController(site, Keyring({"k1": b"\x05" * 32}, "k1"), CapSettings(), lease_s=30.0)
+    limits = Limits(site)
+    best = rack_gpus(site, 0, BEST)
+    fleet.set_limit(best, np.full(best.size, 400.0))
+    r0 = site.gpu_rack == 0
+    steps: list[tuple[str, float, str]] = []
+    for k in range(7):
+        fr = fleet.step()
+        fr.power_w[r0] = fr.limit_w[r0]  # rack-01 flat out, at its caps
+        fr.rack_power_w = np.bincount(site.server_rack, weights=site.server_input_w(fr.power_w),
+                                      minlength=site.n_racks)
+        fr.pdu_power_w = fr.rack_power_w[:, None] * np.array([[0.5, 0.5]])
+        assert fr.rack_power_w[0] > 52_800.0 and fr.pdu_power_w[0, 0] < S.uncap_threshold * 46_000.0
+        ts = fleet.epoch_s + fr.t_s
+        for f in rack_frames(site, fr, ts, 1.0, k, "sim"):
+            ctl.on_frame(f)
+            for agg in frame_aggregates(site, limits, f):
+                ctl.on_aggregate(agg, ts)
+        steps += [(c.action, float(c.values.max()), c.reason) for c in ctl.decide(ts + 0.5) if c.target == "rack-01"]
+    caps = [v for a, v, _ in steps if a == "power_cap"]
+    assert len(caps) >= 4 and caps == sorted(caps) and steps[-1][:2] == ("release", 700.0)  # every step a rise
+    assert all(why.startswith("releasing caps") for _, _, why in steps), [why for _, _, why in steps]

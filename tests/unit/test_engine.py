@@ -10,15 +10,20 @@ import numpy as np
 from collectors.base import SourceContext
 from controllers.capping import CapSettings
 from controllers.controller import CapController
+from controllers.service import live_actions
 from ops.cli import main
 from ops.engine import Engine
+from ops.grid_eval import prepare
 from powerplane import topics
+from powerplane.config import Config
 from powerplane.recording import Recorded, RecordingWriter, iter_records
 from powerplane.schemas import RackSummary, RackSummaryBatch, TelemetryFrame
 from powerplane.signing import Keyring
-from powerplane.site import KIND
+from powerplane.site import KIND, Site
 from powerplane.site_file import load_site
-from sim.fleet import Fleet
+from sim import Twin
+from sim.fleet import Fleet, rack_frames
+from sim.scenario import load_scenario
 from sim.source import FleetSource
 from streams.rollup import Limits, frame_outputs
 from streams.site_stage import SiteStage
@@ -64,22 +69,47 @@ def test_feed_loss_in_a_recording_shows_the_caps_the_policy_would_issue(tmp_path
 
 
 def test_engine_decides_exactly_what_the_kafka_path_controller_decides() -> None:
-    # The Kafka path: the rack agent's per-frame aggregates, the site agent's windows (one batch per second
-    # of summaries), and the controller ticking on the same clock. (tests/integration/test_two_paths.py
-    # runs the real thing through the broker.)
     frames = _frames()
     site = load_site(ROOT / "examples" / "lab.toml")
-    eng = Engine(site, KEYS, CapSettings(), 30.0)
-    ctl = CapController(site, KEYS, CapSettings(), 30.0)
+    mine, live = _both_paths(site, frames, frozenset(("power_cap", "sm_clock_lock", "routing_weight")))
+    assert [t for t, _, _ in mine] == [t for t, _, _ in live] and mine
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(mine, live, strict=True))
+
+
+def test_power_floors_of_the_live_controller_are_the_engines() -> None:
+    # `power_floors = "on"`: the live controller's knobs (controllers.service.live_actions) in both paths, on the
+    # lab's synchronous job under its utility ramp limit (lab-grid-ramp.toml): the same floors, rack by rack.
+    site = load_site(ROOT / "examples" / "lab.toml")
+    sc = load_scenario(ROOT / "examples" / "scenarios" / "lab-grid-ramp.toml", site=site)
+    site, workload, _ = prepare(site, None, sc)
+    twin = Twin(site, workload, sc, seed=0, epoch_s=1_790_000_000.0)
+    frames = [f for k in range(40) for f in rack_frames(site, twin.step(1.0), twin.epoch_s + k + 1.0, 1.0, k, "twin")]
+    actions = live_actions(Config(power_floors="on"))
+    assert "power_floor" in actions and "power_floor" not in live_actions(Config())
+    mine, live = _both_paths(site, frames, actions)
+    assert [(t, a) for t, a, _ in mine] == [(t, a) for t, a, _ in live]
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(mine, live, strict=True))
+    floors = [(t, v) for t, a, v in live if a == "power_floor"]
+    assert len({t for t, _ in floors}) >= 2 and all(((v >= 200) & (v <= 700)).all() for _, v in floors)
+
+
+def _both_paths(site: Site, frames: list[TelemetryFrame], actions: frozenset[str]
+                ) -> tuple[list[tuple[str, str, np.ndarray]], list[tuple[str, str, np.ndarray]]]:
+    """(the engine's commands, the Kafka path's) as (rack, action, values). The Kafka path: the rack agent's
+    per-frame aggregates, the site agent's windows (one batch per second of summaries), and the controller
+    ticking on the same clock. (tests/integration/test_two_paths.py runs the real thing through the broker.)"""
+    eng = Engine(site, KEYS, CapSettings(), 30.0,
+                 controller=CapController(site, KEYS, CapSettings(), 30.0, issuer="in-process-engine", actions=actions))
+    ctl = CapController(site, KEYS, CapSettings(), 30.0, actions=actions)
     limits = Limits(site)
     stage = SiteStage(site)
     pending: list[RackSummary] = []
-    live: list[tuple[str, np.ndarray]] = []
+    live: list[tuple[str, str, np.ndarray]] = []
     next_tick = frames[0].ts_s + 1.0
     for f in frames:
         eng.feed_frame(f)
         while f.ts_s >= next_tick:
-            live += [(c.target, c.values) for c in ctl.decide(next_tick)]
+            live += [(c.target, c.action, c.values) for c in ctl.decide(next_tick)]
             next_tick += 1.0
         aggs, summary = frame_outputs(site, limits, f)
         if pending and pending[-1].ts_s != summary.ts_s:
@@ -92,9 +122,7 @@ def test_engine_decides_exactly_what_the_kafka_path_controller_decides() -> None
         ctl.on_frame(f)
         for a in aggs:
             ctl.on_aggregate(a, f.ts_s)
-    mine = [(c.target, c.values) for c in eng.result.commands]
-    assert [t for t, _ in mine] == [t for t, _ in live] and mine
-    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(mine, live, strict=True))
+    return [(c.target, c.action, c.values) for c in eng.result.commands], live
 
 
 def test_cli_replay_engine_reports_without_a_broker(tmp_path: Path, capsys: object, monkeypatch: object) -> None:

@@ -69,6 +69,14 @@ def test_a_floor_at_60_percent_holds_communication_up_and_shrinks_the_site_swing
     # Iterations are not slowed by a floor; what it costs is energy.
     assert floored[-1].jobs.iterations[0] == pytest.approx(none[-1].jobs.iterations[0], abs=1)
     assert floored[-1].site_energy_j > none[-1].site_energy_j
+    # The twin counts that energy on its own: the floors' watts beyond what the GPUs would have drawn are the
+    # job's GPUs' extra energy to the joule (same seed), and at the wall the site's extra to within 1 % (the
+    # PSUs' efficiency moves with their load; the count takes the nominal one).
+    gpu_extra_j = sum(float(f.gpu_power_true_w[g].sum() - n.gpu_power_true_w[g].sum())
+                      for f, n in zip(floored, none, strict=True))
+    assert sum(f.floor_extra_gpu_w for f in floored) == pytest.approx(gpu_extra_j, rel=1e-9)
+    assert floored[-1].floor_energy_j == pytest.approx(floored[-1].site_energy_j - none[-1].site_energy_j, rel=0.01)
+    assert none[-1].floor_energy_j == 0.0
 
 
 def test_a_lower_cap_wins_over_the_floor(lab: Site) -> None:
