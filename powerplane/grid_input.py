@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -142,11 +143,15 @@ class Ledger:
 
 
 def answer_event(req: GridRequest, status: str, summary: str, component: str, now_s: float | None = None) -> Event:
-    """The answer on pp.events: kind `demand_response`, state open while the request holds (accepted, started),
-    resolved when refused; the one-line summary says what the controller will do or why it will not."""
+    """The answer on pp.events: kind `demand_response`, one event id per request; info and open while it is taken
+    (accepted, started), resolved when its hold has ended; a refusal is a warning (an alert: the utility asked and
+    the site will not comply), open as the other security refusals are (ack_refused). The one-line summary says
+    what the controller will do or why it will not."""
     refused = status == "refused"
-    return Event(id=f"dr-{req.id}", site=req.site, kind="demand_response", severity="warning" if refused else "info",
-                 state="resolved" if refused else "open", levels=[req.feed] if req.feed else [],
+    # A refusal's own id: a forgery naming a genuine request's id must not overwrite that request's answers.
+    ev_id = f"dr-refused-{req.id}-{secrets.token_hex(4)}" if refused else f"dr-{req.id}"
+    return Event(id=ev_id, site=req.site, kind="demand_response", severity="warning" if refused else "info",
+                 state="resolved" if status == "ended" else "open", levels=[req.feed] if req.feed else [],
                  ts_s=time.time() if now_s is None else now_s, deadline_s=req.start_s + req.within_s,
                  summary=f"{component}: demand response {req.id} {status}: {summary}",
                  details={"request_id": req.id, "status": status, "issuer": req.issuer, "start_s": req.start_s,

@@ -141,3 +141,18 @@ def test_the_start_moves_from_the_wall_clock_to_the_controllers_time_base() -> N
     assert (ev.start_s, ev.reduce_by_pct, ev.within_s, ev.hold_s, ev.feed) == (1_800_000_060.0, 25.0, 30.0, 600.0,
                                                                                None)
     assert np.isclose(ev.target_w(0.4 * MW), 0.3 * MW)
+
+
+def test_answers_are_events_a_refusal_an_alert_of_its_own() -> None:
+    from powerplane.grid_input import answer_event
+
+    r = _req(1_800_000_000.0, feed="util-a")
+    refused = answer_event(r, "refused", "bad signature", "controller", 1_800_000_001.0)
+    started = answer_event(r, "started", "lab from 0.40 MW to 0.30 MW", "controller", 1_800_000_001.0)
+    ended = answer_event(r, "ended", "hold over", "controller", 1_800_000_700.0)
+    assert (refused.severity, refused.state, refused.kind) == ("warning", "open", "demand_response")
+    assert refused.id.startswith("dr-refused-evt-1-")  # a forgery cannot overwrite the genuine request's answers
+    assert (started.id, started.severity, started.state, started.levels) == ("dr-evt-1", "info", "open", ["util-a"])
+    assert (ended.id, ended.state) == ("dr-evt-1", "resolved")
+    assert started.summary == "controller: demand response evt-1 started: lab from 0.40 MW to 0.30 MW"
+    assert started.details is not None and started.details["status"] == "started"
