@@ -183,9 +183,9 @@ class CapController:
         """A facility reading (pp.facility): (a lineup newly on battery: decide now, why it is refused or "")."""
         return self.signals.take(r, now_s)
 
-    def on_demand_response(self, ev: DemandResponse) -> str:
+    def on_demand_response(self, ev: DemandResponse, load0_w: float | None = None) -> str:
         """A demand-response request (controllers.grid_limits): held from its start time; a one-line summary."""
-        return self.grid.on_demand_response(ev, self.level_power_w)
+        return self.grid.on_demand_response(ev, self.level_power_w, load0_w)
 
     def on_ack(self, ack: Ack, now_s: float) -> bool:
         """An actuator's signed ack of a command issued here: True where it refuses a power floor for want of

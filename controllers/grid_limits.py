@@ -78,17 +78,22 @@ class GridControl:
         lim = self.site.feed_grid.get(feed) if feed is not None else self.site.grid
         return lim if lim is not None else GridLimits.model_validate({})  # no limit stated: no pacing
 
-    def on_demand_response(self, ev: DemandResponse, level_power_w: FloatArray) -> str:
+    def on_demand_response(self, ev: DemandResponse, level_power_w: FloatArray, load0_w: float | None = None) -> str:
         """Take a request; returns a one-line summary. A request with an id already held is ignored (a
-        duplicate delivery), so the budget's starting load is the first one's."""
+        duplicate delivery), so the budget's starting load is the first one's. load0_w: the load it started from,
+        when known from before (a restarted controller taking back a request it held: powerplane.grid_input)."""
         if any(r.ev.id == ev.id for r in self.requests):
             return f"demand response {ev.id}: already held"
         level = self.site.level(ev.feed) if ev.feed is not None else self.site_level
-        load0 = float(level_power_w[level])
+        load0 = float(level_power_w[level]) if load0_w is None else load0_w
         self.requests.append(_Request(ev, level, load0, self.limits_of(ev.feed)))
         target = ev.target_w(load0) if math.isfinite(load0) else math.nan
         return (f"demand response {ev.id}: {self.site.level_ids[level]} from {load0 / MW:.2f} MW to "
                 f"{target / MW:.2f} MW within {ev.within_s:g} s, held {ev.hold_s:g} s")
+
+    def load0_of(self, request_id: str) -> float:
+        """The load a held request started from (W; NaN: not held, or its level's load not seen yet)."""
+        return next((r.load0_w for r in self.requests if r.ev.id == request_id), math.nan)
 
     def _budget(self, r: _Request, now_s: float) -> float:
         """The load the request allows at now_s (wall W): down from the load it started at by the ramp-down

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,21 +25,24 @@ from controllers.capping import (
     CapSettings,
 )
 from controllers.controller import CapController, ControllerStats
+from controllers.grid_inbox import Answer, GridInbox
 from controllers.shadow import ShadowController
 from powerplane import access, topics
 from powerplane.config import Config
+from powerplane.grid_input import Ledger, answer_event
 from powerplane.kafka import DeadLetters, Producer, client_auth, consumer
 from powerplane.metrics import ConsumerLag, kafka_python_lags
 from powerplane.schemas import (
     Ack,
     DeadLetter,
     FacilityReading,
+    GridRequest,
     Headroom,
     LevelAggregate,
     SchemaError,
     TelemetryFrame,
 )
-from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
+from powerplane.signing import Keyring, ack_key_path, ack_refused_event, grid_key_path, load_keyring
 from powerplane.site import Site
 
 log = logging.getLogger("powerplane.controller")
@@ -129,8 +133,9 @@ class ControllerLoop:
     records, and reading them all first delayed the commands by ~0.1-0.2 s)."""
 
     def __init__(self, ctl: CapController, producer: Producer, dlq: DeadLetters, ack_keyring: Keyring,
-                 decide_on_crossing: bool, shadow: bool = False) -> None:
+                 decide_on_crossing: bool, shadow: bool = False, inbox: GridInbox | None = None) -> None:
         self.ctl, self.producer, self.dlq, self.ack_keyring = ctl, producer, dlq, ack_keyring
+        self.inbox = inbox  # demand-response requests from pp.grid (controllers.grid_inbox)
         self.decide_on_crossing = decide_on_crossing
         self.shadow = shadow  # decisions to pp.shadow only, never to pp.commands or pp.audit
         self.sent_at: dict[str, float] = {}
@@ -163,6 +168,13 @@ class ControllerLoop:
             if why:
                 self.dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, why, m.key, m.value or b""))
             return urgent
+        if isinstance(rec, GridRequest):
+            if self.inbox is not None:
+                ans = self.inbox.take(rec, now_s)
+                if ans is not None:
+                    self.answer(ans, now_s, DeadLetter(tp.topic, tp.partition, m.offset, ans.summary, m.key,
+                                                       m.value or b""), m.value or b"")
+            return False
         if isinstance(rec, TelemetryFrame):
             ctl.on_frame(rec, now_s)
         elif isinstance(rec, Headroom):
@@ -174,6 +186,30 @@ class ControllerLoop:
                 ev = ack_refused_event(rec, refused, "controller")
                 self.producer.send(topics.EVENTS.name, ev.encode(), key=ev.id.encode())
         return False
+
+    def answer(self, ans: Answer, now_s: float, dead: DeadLetter | None = None, raw: bytes = b"") -> None:
+        """Publish a demand-response answer: one line in the log always; live, an event on pp.events and the request
+        (as received) and its answer on pp.audit, and a refused request on pp.deadletter with its reason. A shadow
+        publishes none of it (it takes the request into its own budget only)."""
+        who = "shadow controller" if self.shadow else "controller"
+        (log.warning if ans.status == "refused" else log.info)("%s: demand response %s %s: %s", who, ans.req.id,
+                                                               ans.status, ans.summary)
+        if self.shadow:
+            return
+        if ans.status == "refused" and dead is not None:
+            self.dlq.publish(dead)
+        ev = answer_event(ans.req, ans.status, ans.summary, "controller", now_s)
+        data = ev.encode()
+        self.producer.send(topics.EVENTS.name, data, key=ev.id.encode())
+        if raw:
+            self.producer.send(topics.AUDIT.name, raw, key=ans.req.id.encode())
+        self.producer.send(topics.AUDIT.name, data, key=ans.req.id.encode())
+
+    def grid_due(self, now_s: float) -> None:
+        """Start the demand-response requests whose time has come (before the decision that applies them)."""
+        if self.inbox is not None:
+            for ans in self.inbox.due(now_s):
+                self.answer(ans, now_s)
 
     def decide(self) -> None:
         """Decide now (the decision's time is taken here) and publish: every command first, then their copies
@@ -209,11 +245,11 @@ class ControllerLoop:
 
 _RECORDS: dict[str, Any] = {topics.AGGREGATES.name: LevelAggregate, topics.TELEMETRY.name: TelemetryFrame,
                             topics.HEADROOM.name: Headroom, topics.ACKS.name: Ack,
-                            topics.FACILITY.name: FacilityReading}
+                            topics.FACILITY.name: FacilityReading, topics.GRID.name: GridRequest}
 # What a decision needs, taken before the rest: facility signals first (a UPS on battery is the earliest word of a
 # feed loss), then aggregates and headroom.
 _FIRST = (topics.FACILITY.name, topics.AGGREGATES.name, topics.HEADROOM.name)
-_THEN = (topics.TELEMETRY.name, topics.ACKS.name)
+_THEN = (topics.TELEMETRY.name, topics.ACKS.name, topics.GRID.name)
 
 
 # Every controller decides at this fraction of a tick past the wall clock's whole ticks (half past each second),
@@ -238,7 +274,8 @@ def live_actions(cfg: Config) -> frozenset[str]:
 def _wiring(shadow: bool) -> tuple[str, str, tuple[str, ...]]:
     """(Kafka role, consumer group, topics read) of the controller, or of a shadow: its own role and group (it
     never takes the live controller's partitions), and no acks (nothing applies its commands)."""
-    inputs = (topics.AGGREGATES.name, topics.TELEMETRY.name, topics.HEADROOM.name, topics.FACILITY.name)
+    inputs = (topics.AGGREGATES.name, topics.TELEMETRY.name, topics.HEADROOM.name, topics.FACILITY.name,
+              topics.GRID.name)
     if shadow:
         return "shadow", access.SHADOW_GROUP, inputs
     return "controller", "powerplane-controller", (*inputs, topics.ACKS.name)
@@ -265,7 +302,8 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
     if registry is not None:
         registry.register(ControllerMetrics(ctl, producer, dlq))
         registry.register(ConsumerLag(group, partial(kafka_python_lags, cons)))
-    loop = ControllerLoop(ctl, producer, dlq, ack_keyring or keyring, decide_on_crossing, shadow=shadow)
+    loop = ControllerLoop(ctl, producer, dlq, ack_keyring or keyring, decide_on_crossing, shadow=shadow,
+                          inbox=grid_inbox(cfg, ctl, shadow))
     next_tick = first_tick(tick_s, time.time(), time.monotonic())
     try:
         while not stop.is_set():
@@ -277,12 +315,24 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
             loop.take(batch, now, _THEN)
             if time.monotonic() >= next_tick:
                 next_tick += tick_s
+                loop.grid_due(time.time())
                 if not decided:  # one decision a round: a crossing's was a moment ago
                     loop.decide()
     finally:
         cons.close()
         producer.close()
     return ctl
+
+
+def grid_inbox(cfg: Config, ctl: CapController, shadow: bool) -> GridInbox:
+    """The demand-response inbox, its ledger in the state directory (a shadow's apart: its answers are its own),
+    with the requests still held before a restart taken back."""
+    keys = load_keyring(grid_key_path(cfg.signing_key_file, cfg.grid_key_file), cfg.grid_key_id, create=True)
+    ledger = Ledger(Path(cfg.state_dir) / ("controller-shadow" if shadow else "controller") / "grid-requests.sqlite")
+    inbox = GridInbox(ctl, keys, ledger)
+    for line in inbox.restore(time.time()):
+        log.info("%s", line)
+    return inbox
 
 
 def _summary(v: np.ndarray) -> str:

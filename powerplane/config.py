@@ -89,6 +89,10 @@ class Config(BaseSettings):
     # Actuators sign acks with their own keyring ("" = acks.key beside signing_key_file): powerplane.signing.
     ack_key_file: str = ""
     ack_key_id: str = "a1"
+    # Demand-response requests (pp.grid) are signed with the grid role's keyring ("" = grid.key beside
+    # signing_key_file): the utility's gateway holds it, the controller verifies with it (powerplane.grid_input).
+    grid_key_file: str = ""
+    grid_key_id: str = "g1"
     sample_interval_s: Number = Field(1.0, gt=0)
     command_lease_s: Number = Field(30.0, gt=0)
     # Telemetry event time against the receiver's clock: a frame further ahead is refused (one future-dated

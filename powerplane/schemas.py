@@ -699,6 +699,58 @@ class Ack(Record):
 
 
 @dataclass
+class GridRequest(Record):
+    """A demand-response request from the utility's side (pp.grid, issue 16): reduce the site, or one utility feed,
+    to `reduce_to_mw` or by `reduce_by_pct` of its load at `start_s`, within `within_s`, and hold it `hold_s`.
+    Signed by the grid role's key (powerplane.signing); checked against the site and the clock on arrival
+    (powerplane.grid_input). The wire form of powerplane.grid.DemandResponse, with who sent it and when."""
+
+    SCHEMA: ClassVar[str] = "grid.request"
+    KINDS: ClassVar[dict[str, str]] = {
+        "id": "str", "site": "str", "issuer": "str", "issued_at_s": "float", "start_s": "float",
+        "reduce_by_pct": "float?", "reduce_to_mw": "float?", "within_s": "float", "hold_s": "float", "feed": "str?",
+        "key_id": "str", "sig": "str",
+    }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        "issued_at_s": TS_RANGE, "start_s": TS_RANGE, "within_s": (1.0, 86_400.0), "hold_s": (1.0, 7 * 86_400.0)}
+    id: str  # the utility's event id: one request, however often it is delivered
+    site: str
+    issuer: str  # who sent it: the gateway (an OpenADR VEN) and the operator or program behind it
+    issued_at_s: float  # seconds since the epoch, the issuer's clock
+    start_s: float  # seconds since the epoch: when the reduction starts
+    reduce_by_pct: float | None  # of the load at start_s; exactly one of this and reduce_to_mw
+    reduce_to_mw: float | None
+    within_s: float  # reach the target this long after start_s
+    hold_s: float  # then hold it this long; restored no faster than the ramp-up limit
+    feed: str | None = None  # a utility feed (level id); None: the whole site
+    key_id: str = ""
+    sig: str = ""
+
+    def key(self) -> bytes:
+        return self.site.encode()
+
+    def validate(self, where: str) -> None:
+        if not self.id or not self.site or not self.issuer:
+            raise SchemaError(f"{where}: fields 'id', 'site' and 'issuer' must not be empty")
+        if (self.reduce_by_pct is None) == (self.reduce_to_mw is None):
+            raise SchemaError(f"{where}: give exactly one of 'reduce_by_pct' and 'reduce_to_mw'")
+        if self.reduce_by_pct is not None and not 0.0 < self.reduce_by_pct < 100.0:
+            raise SchemaError(f"{where}: field 'reduce_by_pct' = {self.reduce_by_pct:g}: a site can shed more than "
+                              f"0 % and less than 100 % of its load (its GPUs cannot be capped to nothing)")
+        if self.reduce_to_mw is not None and not self.reduce_to_mw > 0.0:
+            raise SchemaError(f"{where}: field 'reduce_to_mw' = {self.reduce_to_mw:g}: a target must be above 0 MW")
+
+    def signing_bytes(self) -> bytes:
+        d = self.to_wire()
+        d.pop("sig")
+        return bytes(msgpack.packb(d, use_bin_type=True))
+
+    def end_s(self) -> float:
+        """When the hold ends (the restore starts), seconds since the epoch."""
+        return self.start_s + self.within_s + self.hold_s
+
+
+@dataclass
 class DeadLetter:
     """Not a Record: the original bytes must survive even when they are not MessagePack at all."""
 
@@ -721,7 +773,7 @@ class DeadLetter:
 
 RECORDS: dict[str, type[Record]] = {
     r.SCHEMA: r for r in (TelemetryFrame, RackSummary, RackSummaryBatch, LevelAggregate, Headroom, Event, Command, Ack,
-                           FacilityReading)
+                           FacilityReading, GridRequest)
 }
 
 

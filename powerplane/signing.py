@@ -62,6 +62,13 @@ def ack_key_path(signing_key_file: str | Path, ack_key_file: str = "") -> Path:
     return Path(ack_key_file) if ack_key_file else Path(signing_key_file).with_name("acks.key")
 
 
+def grid_key_path(signing_key_file: str | Path, grid_key_file: str = "") -> Path:
+    """The grid keyring's file (demand-response requests, pp.grid): `grid_key_file`, or `grid.key` beside the
+    command keyring. A third key: the utility's gateway holds it and neither command nor ack key, so a leaked
+    gateway can ask for a reduction (which the controller checks, paces and answers) but never move a GPU."""
+    return Path(grid_key_file) if grid_key_file else Path(signing_key_file).with_name("grid.key")
+
+
 # A controller in shadow mode signs with a key of its own (`shadow.key` beside the command keyring, key id
 # "shadow"), never with the command key: no actuator holds it, so a shadow record copied onto pp.commands fails
 # the signature check as well as the shadow mark (actuators.guard). It proves only which shadow wrote a record.

@@ -65,6 +65,12 @@ FACILITY = Topic("pp.facility", 3, "unit (UPS lineup, rack or sensor source)", 7
 SHADOW = Topic("pp.shadow", COMMANDS.partitions, "target (rack id)", 7 * DAY_MS,
                doc="Commands a shadow controller would have issued (marked shadow, signed with the shadow key): "
                    "never applied")
+# Demand-response requests from the utility's side (issue 16): written only by the grid role (the site's gateway
+# to its utility or ISO, an OpenADR VEN), read by the controller and its shadows. One partition: a few records a
+# day, taken in the order sent. A year, like pp.audit: what the utility asked for is evidence in a settlement
+# dispute or a post-incident review, and the controller's answers are on pp.events and pp.audit.
+GRID = Topic("pp.grid", 1, "site id", 365 * DAY_MS,
+             doc="Signed demand-response requests (grid.request) from the utility's gateway; answered on pp.events")
 DEADLETTER = Topic("pp.deadletter", 3, "source topic", 14 * DAY_MS,
                    doc="Records that failed validation: original bytes, reason, where they came from")
 
@@ -86,5 +92,5 @@ STREAMS_LEADER = Topic(f"{STREAMS_APP_ID}-__assignor-__leader", 1, "-", 1 * DAY_
                        doc="faust's internal leader-election topic (internal)")
 
 ALL: tuple[Topic, ...] = (TELEMETRY, RACKS, TREE_STATE, STREAMS_LEADER, AGGREGATES, HEADROOM, EVENTS, COMMANDS, ACKS,
-                          AUDIT, DEADLETTER, FACILITY, SHADOW)
+                          AUDIT, DEADLETTER, FACILITY, SHADOW, GRID)
 

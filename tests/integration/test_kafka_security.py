@@ -52,6 +52,8 @@ WRITES = [("collector", topics.TELEMETRY.name, topics.COMMANDS.name),
           ("shadow", topics.SHADOW.name, topics.COMMANDS.name),
           ("actuator", topics.ACKS.name, topics.COMMANDS.name),
           ("sink", topics.EVENTS.name, topics.AGGREGATES.name),
+          ("grid", topics.GRID.name, topics.COMMANDS.name),  # the utility's gateway: requests only
+          ("grid", topics.GRID.name, topics.EVENTS.name),
           ("ops", None, topics.TELEMETRY.name)]
 
 

@@ -16,6 +16,7 @@ from powerplane.schemas import (
     Command,
     Event,
     FacilityReading,
+    GridRequest,
     Headroom,
     LevelAggregate,
     RackSummary,
@@ -71,6 +72,9 @@ def samples() -> list[Record]:
                         input_frequency_hz=[50.0], output_load_pct=[9.0], output_power_w=[50.0],
                         output_source="battery", on_battery=True, on_bypass=False, battery_remaining_s=17218.0,
                         battery_charge_pct=100.0, alarms=1, alarm_kinds=["on_battery"]),
+        GridRequest(id="evt-7", site="lab", issuer="utility-ven", issued_at_s=1_700_000_000, start_s=1_700_000_060,
+                    reduce_by_pct=25.0, reduce_to_mw=None, within_s=30.0, hold_s=600.0, feed="util-a", key_id="g1",
+                    sig="cd" * 32),
     ]
 
 

@@ -1,0 +1,113 @@
+"""The live controller's demand-response inbox (issue 16): signed `grid.request` records from pp.grid, checked
+(powerplane.grid_input), held until their start and then handed to the capping policy's budget
+(`CapController.on_demand_response`, controllers.grid_limits), each answered once. No I/O: the Kafka shell
+(controllers.service) publishes the answers this returns.
+
+Answers (an `Answer` each; the shell puts them on pp.events as kind `demand_response`, and the live controller
+copies them to pp.audit): `accepted` on arrival (with the budget's one-line summary when the request starts at once,
+else when it will start), `started` when a scheduled one starts, `ended` when its hold is over (the budget then
+rises at the ramp-up limit), `refused` with the reason. A duplicate delivery of an accepted request is answered
+once only; a refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from controllers.controller import CapController
+from powerplane.grid_input import Bounds, Ledger, as_demand_response, check_request, floor_w, verify
+from powerplane.schemas import GridRequest
+from powerplane.signing import Keyring
+
+log = logging.getLogger("powerplane.controller")
+
+
+@dataclass
+class Answer:
+    req: GridRequest
+    status: str  # accepted | started | ended | refused
+    summary: str
+    security: bool = False  # refused for its signature or a reused id: also a dead letter
+
+
+def _iso(ts_s: float) -> str:
+    return datetime.fromtimestamp(ts_s, UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class GridInbox:
+    ctl: CapController
+    keyring: Keyring  # the grid role's keys
+    ledger: Ledger
+    bounds: Bounds = field(default_factory=Bounds)
+    pending: list[GridRequest] = field(default_factory=list)  # accepted, not started
+    held: list[GridRequest] = field(default_factory=list)  # started, hold not over
+    duplicates: int = 0
+
+    def __post_init__(self) -> None:
+        self.floor_w = floor_w(self.ctl.site)
+
+    def restore(self, now_s: float) -> list[str]:
+        """Take back the accepted requests whose hold is not over (a restart): started ones from the load they
+        started from, the rest to wait for their start. Returns a log line each."""
+        lines = []
+        for req, load0 in self.ledger.active(now_s):
+            if req.site != self.ctl.site.name:
+                continue
+            if req.start_s <= now_s and math.isfinite(load0):
+                ev = as_demand_response(req, now_s, now_s)
+                lines.append(f"restored: {self.ctl.on_demand_response(ev, load0)}")
+                self.held.append(req)
+            else:
+                self.pending.append(req)
+                lines.append(f"restored: demand response {req.id} starting {_iso(req.start_s)}")
+        return lines
+
+    def take(self, req: GridRequest, now_s: float) -> Answer | None:
+        """One request as it arrives; its answer (None: a duplicate of one already answered)."""
+        bad = verify(req, self.keyring)
+        if bad:
+            return Answer(req, "refused", bad, security=True)
+        seen = self.ledger.seen(req)
+        if seen == "same":
+            self.duplicates += 1
+            log.info("demand response %s delivered again: already answered", req.id)
+            return None
+        if seen == "other":
+            return Answer(req, "refused", f"grid.request {req.id}: id already taken by another request (a reused id "
+                                          "or an altered replay): send a new id", security=True)
+        why = check_request(req, self.ctl.site, self.floor_w, self.ctl.level_power_w, now_s, self.bounds)
+        if why:
+            return Answer(req, "refused", why)
+        self.ledger.accept(req)
+        if req.start_s <= now_s:
+            return Answer(req, "accepted", self._start(req, now_s))
+        self.pending.append(req)
+        return Answer(req, "accepted", f"from {req.issuer}, starting {_iso(req.start_s)} (in "
+                                       f"{req.start_s - now_s:.0f} s), {_ask(req)}")
+
+    def due(self, now_s: float) -> list[Answer]:
+        """Start the pending requests whose start has come, and close the held ones whose hold is over."""
+        out = []
+        for req in [r for r in self.pending if r.start_s <= now_s]:
+            self.pending.remove(req)
+            out.append(Answer(req, "started", self._start(req, now_s)))
+        for req in [r for r in self.held if r.end_s() <= now_s]:
+            self.held.remove(req)
+            out.append(Answer(req, "ended", f"hold over at {_iso(req.end_s())}: the budget rises at the ramp-up "
+                                            "limit and the caps come back as it no longer binds"))
+        return out
+
+    def _start(self, req: GridRequest, now_s: float) -> str:
+        summary = self.ctl.on_demand_response(as_demand_response(req, now_s, now_s))
+        self.ledger.started(req.id, self.ctl.grid.load0_of(req.id))
+        self.held.append(req)
+        return summary
+
+
+def _ask(req: GridRequest) -> str:
+    what = f"by {req.reduce_by_pct:g} %" if req.reduce_by_pct is not None else f"to {req.reduce_to_mw:g} MW"
+    return f"reduce {req.feed or 'the site'} {what} within {req.within_s:g} s, hold {req.hold_s:g} s"

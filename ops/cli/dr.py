@@ -1,0 +1,128 @@
+"""`powerplane dr request` and `powerplane dr status`: a demand-response request signed with the grid role's key
+and published to pp.grid, as the site's gateway to its utility would (issue 16; docs/grid.md), and the
+controller's answers to the latest ones (pp.events, kind demand_response)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import socket
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ops.cli.common import Failure, UsageError, _add_output, _emit_json, _site_optional
+
+if TYPE_CHECKING:
+    from powerplane.config import Config
+
+
+def _start_s(args: argparse.Namespace, now_s: float) -> float:
+    """--start (ISO 8601; without a zone: UTC) or --in-s seconds from now; default now."""
+    if args.start is not None and args.in_s is not None:
+        raise UsageError("give --start or --in-s, not both")
+    if args.in_s is not None:
+        return now_s + float(args.in_s)
+    if args.start is None:
+        return now_s
+    try:
+        when = datetime.fromisoformat(args.start)
+    except ValueError:
+        raise UsageError(f"--start {args.start!r}: expected an ISO 8601 time, e.g. 2026-07-01T17:00:00+00:00") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _request(args: argparse.Namespace, cfg: Config) -> Any:
+    """The signed record, checked as the controller's decoder will check it (one line naming the field)."""
+    from powerplane.schemas import GridRequest, SchemaError
+    from powerplane.signing import grid_key_path, load_keyring
+
+    site = args.site
+    if site is None:
+        s = _site_optional(cfg)
+        if s is None:
+            raise UsageError("--site: name the site (no site file to take it from)")
+        site = s.name
+    now = time.time()
+    req = GridRequest(id=args.id, site=site, issuer=args.issuer or f"{getpass.getuser()}@{socket.gethostname()}",
+                      issued_at_s=now, start_s=_start_s(args, now), reduce_by_pct=args.reduce_by_pct,
+                      reduce_to_mw=args.reduce_to_mw, within_s=args.within_s, hold_s=args.hold_s, feed=args.feed)
+    try:
+        GridRequest.from_wire(req.to_wire())
+    except SchemaError as e:
+        raise UsageError(str(e).replace("grid.request ", "request ", 1)) from None
+    keys = load_keyring(grid_key_path(cfg.signing_key_file, cfg.grid_key_file), cfg.grid_key_id, create=True)
+    return keys.sign(req)
+
+
+def cmd_dr_request(args: argparse.Namespace, cfg: Config) -> int:
+    from powerplane import topics
+    from powerplane.kafka import Producer
+
+    req = _request(args, cfg)
+    p = Producer(cfg.kafka_bootstrap, "powerplane-dr")
+    try:
+        p.send(topics.GRID.name, req.encode(), key=req.key())
+        p.flush(30)
+    finally:
+        p.close(5)
+    if p.delivered != 1:
+        raise Failure(f"demand response {req.id} not delivered to {topics.GRID.name}: {p.last_error or 'timed out'}")
+    what = f"by {req.reduce_by_pct:g} %" if req.reduce_by_pct is not None else f"to {req.reduce_to_mw:g} MW"
+    start = datetime.fromtimestamp(req.start_s, UTC).isoformat(timespec="seconds")
+    print(f"demand response {req.id}: reduce {req.feed or req.site} {what} within {req.within_s:g} s from {start}, "
+          f"hold {req.hold_s:g} s; signed ({req.key_id}) by {req.issuer}, sent to {topics.GRID.name} "
+          f"(the answer: `powerplane dr status`)")
+    return 0
+
+
+def cmd_dr_status(args: argparse.Namespace, cfg: Config) -> int:
+    """The latest answer to each request of the last --seconds, oldest first."""
+    from powerplane import topics
+    from powerplane.kafka import read_window
+    from powerplane.schemas import Event, SchemaError
+
+    now = time.time()
+    latest: dict[str, Event] = {}
+    for value in read_window(cfg.kafka_bootstrap, topics.EVENTS.name, now - args.seconds, now + 1.0):
+        try:
+            ev = Event.decode(value)
+        except SchemaError:
+            continue
+        if ev.kind == "demand_response" and (args.id is None or (ev.details or {}).get("request_id") == args.id):
+            latest[str((ev.details or {}).get("request_id", ev.id))] = ev
+    rows = sorted(latest.values(), key=lambda e: e.ts_s)
+    if args.output == "json":
+        _emit_json([{"request_id": (e.details or {}).get("request_id"), "status": (e.details or {}).get("status"),
+                     "ts_s": e.ts_s, "summary": e.summary} for e in rows])
+        return 0
+    if not rows:
+        print(f"no demand-response answers on {topics.EVENTS.name} in the last {args.seconds:g} s")
+    for e in rows:
+        print(f"{datetime.fromtimestamp(e.ts_s, UTC).isoformat(timespec='seconds')}  {e.summary}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds `dr request` and `dr status`."""
+    d = sub.add_parser("dr", help="demand response: send a signed request (as the utility's gateway), or show the "
+                                  "controller's answers")
+    acts = d.add_subparsers(dest="action", required=True, metavar="ACTION")
+    r = acts.add_parser("request", help="sign a demand-response request with the grid key and publish it to pp.grid")
+    r.add_argument("--id", required=True, help="the request's id (the utility's event id): one request, once")
+    how = r.add_mutually_exclusive_group(required=True)
+    how.add_argument("--reduce-by-pct", type=float, metavar="PCT", help="shed this share of the load at the start")
+    how.add_argument("--reduce-to-mw", "--target-mw", type=float, metavar="MW", help="bring the load down to this")
+    r.add_argument("--within-s", type=float, required=True, help="reach the target this long after the start")
+    r.add_argument("--hold-s", type=float, required=True, help="hold it this long")
+    r.add_argument("--start", help="when it starts: ISO 8601 (no zone: UTC); default now")
+    r.add_argument("--in-s", type=float, help="or: it starts this many seconds from now")
+    r.add_argument("--feed", help="one utility feed (level id); default the whole site")
+    r.add_argument("--site", help="the site's name (default: the configured site file's)")
+    r.add_argument("--issuer", help="who asks (default: user@host)")
+    r.set_defaults(fn=cmd_dr_request)
+    st = acts.add_parser("status", help="the controller's latest answer to each recent request (pp.events)")
+    st.add_argument("--seconds", type=float, default=86_400.0, help="how far back to look (default a day)")
+    st.add_argument("--id", help="only this request")
+    _add_output(st)
+    st.set_defaults(fn=cmd_dr_status)

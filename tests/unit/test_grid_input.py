@@ -1,0 +1,158 @@
+"""The live demand-response input (powerplane/grid_input.py, controllers/grid_inbox.py): a grid.request is taken
+only when signed with the grid key, for this site and one of its feeds, within what the caps can reach and within
+the time bounds; a replay is answered once, also after a restart; the start is moved to the controller's clock."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controllers.capping import CapSettings
+from controllers.controller import CapController
+from controllers.grid_inbox import GridInbox
+from powerplane.grid_input import MAX_AHEAD_S, MAX_PAST_S, Ledger, as_demand_response
+from powerplane.schemas import GridRequest, SchemaError
+from powerplane.signing import Keyring
+from powerplane.site_file import load_site
+
+ROOT = Path(__file__).resolve().parents[2]
+GRID = Keyring({"g1": b"\x07" * 32}, "g1")
+COMMAND = Keyring({"k1": b"\x05" * 32}, "k1")
+MW = 1e6
+
+
+def _req(now: float, keys: Keyring = GRID, **kw: object) -> GridRequest:
+    fields: dict[str, object] = dict(id="evt-1", site="lab", issuer="utility-ven", issued_at_s=now, start_s=now,
+                                     reduce_by_pct=25.0, reduce_to_mw=None, within_s=30.0, hold_s=600.0)
+    fields.update(kw)
+    return keys.sign(GridRequest(**fields))  # type: ignore[arg-type]
+
+
+def _inbox(tmp_path: Path, load_mw: float = 0.4) -> GridInbox:
+    site = load_site(ROOT / "examples" / "lab.toml")
+    ctl = CapController(site, COMMAND, CapSettings(), 30.0)
+    ctl.level_power_w[ctl.grid.site_level] = load_mw * MW
+    for lv in site.levels_of_kind("utility"):
+        ctl.level_power_w[lv] = load_mw * MW / 2
+    return GridInbox(ctl, GRID, Ledger(tmp_path / "grid.sqlite"))
+
+
+def test_a_signed_request_round_trips_and_a_wrong_field_is_one_line() -> None:
+    now = time.time()
+    r = _req(now)
+    assert GridRequest.decode(r.encode()) == r and GRID.verify(r) is None
+    for bad, msg in (({"reduce_by_pct": 100.0}, "field 'reduce_by_pct' = 100: a site can shed more than 0 % and "
+                                                "less than 100 %"),
+                     ({"reduce_by_pct": None, "reduce_to_mw": -1.0}, "field 'reduce_to_mw' = -1: a target must "
+                                                                     "be above 0 MW"),
+                     ({"reduce_to_mw": 0.3}, "give exactly one of 'reduce_by_pct' and 'reduce_to_mw'")):
+        d = r.to_wire() | bad
+        with pytest.raises(SchemaError) as e:
+            GridRequest.from_wire({k: v for k, v in d.items() if v is not None})
+        assert str(e.value).startswith(f"grid.request evt-1: {msg}")
+
+
+def test_accepted_now_starts_the_budget_and_is_answered_once_also_after_a_restart(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    now = time.time()
+    r = _req(now)
+    ans = inbox.take(r, now)
+    assert ans is not None and ans.status == "accepted"
+    assert ans.summary == "demand response evt-1: lab from 0.40 MW to 0.30 MW within 30 s, held 600 s"
+    budget = inbox.ctl.grid.budget_w(now + 40.0, inbox.ctl.level_power_w)[inbox.ctl.grid.site_level]
+    assert budget < 0.3 * MW  # the target, scaled so decide_caps holds the load under it
+    assert inbox.take(r, now + 1.0) is None and inbox.duplicates == 1  # a redelivery: no second answer
+    # A restart: the same ledger, a fresh controller whose loads are already down. The request is taken back from
+    # the load it started from (0.4 MW), not the reduced one, and a replay of it is still answered once only.
+    again = _inbox(tmp_path, load_mw=0.3)
+    assert again.restore(now + 50.0) == [
+        "restored: demand response evt-1: lab from 0.40 MW to 0.30 MW within 30 s, held 600 s"]
+    assert again.take(r, now + 51.0) is None
+    altered = _req(now, reduce_by_pct=50.0)
+    ans = again.take(altered, now + 52.0)
+    assert ans is not None and ans.status == "refused" and ans.security
+    assert "id already taken by another request" in ans.summary
+
+
+def test_a_scheduled_request_waits_for_its_start_then_ends(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    now = time.time()
+    ans = inbox.take(_req(now, start_s=now + 120.0, within_s=10.0, hold_s=60.0), now)
+    assert ans is not None and ans.status == "accepted" and "(in 120 s)" in ans.summary
+    assert not inbox.ctl.grid.requests and inbox.due(now + 119.0) == []
+    (started,) = inbox.due(now + 120.5)
+    assert started.status == "started" and "from 0.40 MW to 0.30 MW" in started.summary
+    (ended,) = inbox.due(now + 191.0)
+    assert ended.status == "ended"
+
+
+@pytest.mark.parametrize(("kw", "reason"), [
+    ({"site": "other"}, "field 'site' = 'other', but this controller runs site 'lab'"),
+    ({"feed": "util-c"}, "field 'feed' = 'util-c': site lab has no such utility feed (it has: util-a, util-b)"),
+    ({"feed": "site"}, "no such utility feed"),
+    ({"start_s": -(MAX_PAST_S + 20.0)}, "field 'start_s' is 30 s in the past (at most 10 s is taken"),
+    ({"start_s": MAX_AHEAD_S + 100.0}, "field 'start_s' is 172900 s ahead (at most 172800 s"),
+    ({"reduce_by_pct": 60.0}, "field 'reduce_by_pct' = 60 of 0.40 MW asks for 0.16 MW, below the 0.25 MW lab draws "
+                              "with every GPU at its minimum power limit"),
+    ({"reduce_by_pct": None, "reduce_to_mw": 0.1, "feed": "util-a"}, "below the 0.12 MW util-a draws"),
+])
+def test_refusals_name_what_is_wrong_and_change_nothing(tmp_path: Path, kw: dict[str, object], reason: str) -> None:
+    inbox = _inbox(tmp_path)
+    now = 1_800_000_000.0
+    if "start_s" in kw:
+        kw = kw | {"start_s": now + float(kw["start_s"])}  # type: ignore[arg-type]
+    ans = inbox.take(_req(now, **kw), now)
+    assert ans is not None and ans.status == "refused" and not ans.security
+    assert reason in ans.summary and ans.summary.startswith("grid.request evt-1: ")
+    assert not inbox.ctl.grid.requests and not inbox.pending and inbox.ledger.seen(_req(now)) is None
+
+
+def test_a_request_not_signed_with_the_grid_key_is_refused(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    now = time.time()
+    forged = _req(now, keys=Keyring({"g1": b"\x08" * 32}, "g1"))  # the right key id, another key
+    command_signed = _req(now, keys=COMMAND)  # the controller's own key is not the grid's
+    unsigned = GridRequest.decode(_req(now).encode())
+    unsigned.sig = ""
+    reasons = []
+    for r in (forged, command_signed, unsigned):
+        ans = inbox.take(r, now)
+        assert ans is not None and ans.status == "refused" and ans.security
+        reasons.append(ans.summary)
+    assert reasons == [
+        "grid.request evt-1: bad signature (tampered, or signed with another key) (only the grid role's key may ask "
+        "for demand response)",
+        "grid.request evt-1: unknown signing key id 'k1' (only the grid role's key may ask for demand response)",
+        "grid.request evt-1: unsigned grid.request (only the grid role's key may ask for demand response)"]
+    # A forgery takes no id: the real request with that id is still accepted.
+    assert not inbox.ctl.grid.requests
+    ans = inbox.take(_req(now), now)
+    assert ans is not None and ans.status == "accepted"
+
+
+def test_the_start_moves_from_the_wall_clock_to_the_controllers_time_base() -> None:
+    r = _req(1_800_000_000.0, start_s=1_800_000_060.0)
+    # An evaluation's controller at t = 500 s when the wall clock reads 1_800_000_000: the start is 60 s later.
+    assert as_demand_response(r, 1_800_000_000.0, 500.0).start_s == pytest.approx(560.0)
+    ev = as_demand_response(r, 1_800_000_000.0, 1_800_000_000.0)  # the live controller decides on the wall clock
+    assert (ev.start_s, ev.reduce_by_pct, ev.within_s, ev.hold_s, ev.feed) == (1_800_000_060.0, 25.0, 30.0, 600.0,
+                                                                               None)
+    assert np.isclose(ev.target_w(0.4 * MW), 0.3 * MW)
+
+
+def test_answers_are_events_a_refusal_an_alert_of_its_own() -> None:
+    from powerplane.grid_input import answer_event
+
+    r = _req(1_800_000_000.0, feed="util-a")
+    refused = answer_event(r, "refused", "bad signature", "controller", 1_800_000_001.0)
+    started = answer_event(r, "started", "lab from 0.40 MW to 0.30 MW", "controller", 1_800_000_001.0)
+    ended = answer_event(r, "ended", "hold over", "controller", 1_800_000_700.0)
+    assert (refused.severity, refused.state, refused.kind) == ("warning", "open", "demand_response")
+    assert refused.id.startswith("dr-refused-evt-1-")  # a forgery cannot overwrite the genuine request's answers
+    assert (started.id, started.severity, started.state, started.levels) == ("dr-evt-1", "info", "open", ["util-a"])
+    assert (ended.id, ended.state) == ("dr-evt-1", "resolved")
+    assert started.summary == "controller: demand response evt-1 started: lab from 0.40 MW to 0.30 MW"
+    assert started.details is not None and started.details["status"] == "started"
