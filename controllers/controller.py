@@ -187,6 +187,10 @@ class CapController:
         """A demand-response request (controllers.grid_limits): held from its start time; a one-line summary."""
         return self.grid.on_demand_response(ev, self.level_power_w, load0_w)
 
+    def on_job_notice(self, name: str, gpus: np.ndarray, start_s: float) -> str:
+        """A scheduler's notice of a job's start (controllers.grid_limits): floors ramp its GPUs up before it."""
+        return self.grid.on_job_notice(name, gpus, start_s)
+
     def on_ack(self, ack: Ack, now_s: float) -> bool:
         """An actuator's signed ack of a command issued here: True where it refuses a power floor for want of
         the knob (controllers.grid_limits.FloorRefusals), counted and logged there; those GPUs hold no floor."""
@@ -343,7 +347,7 @@ class CapController:
         locks and routing weights."""
         cmds: list[Command] = []
         if "power_floor" in self.actions:  # the utility's ramp limit: floors through training's low phases
-            floor = self.grid.floors(gpu_w, cap_w, self.floor_refusals.refused(now_s))
+            floor = self.grid.floors(gpu_w, cap_w, self.floor_refusals.refused(now_s), now_s)
             cmds += self._knob_commands(2, "power_floor", self.grid_floor_w, floor, now_s)
             self.grid_floor_w = floor
         if th is None:

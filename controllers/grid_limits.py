@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -49,6 +50,17 @@ class _Request:
 
 
 @dataclass
+class _Notice:
+    """A scheduler's word that a job starts on `gpus` at `start_s` (its prolog; controllers.grid_limits
+    GridControl.on_job_notice)."""
+
+    name: str
+    gpus: npt.NDArray[np.int64]
+    start_s: float
+    to_w: FloatArray  # per GPU: the power it is expected to compute at (DC W)
+
+
+@dataclass
 class GridControl:
     site: Site
     settings: CapSettings
@@ -57,6 +69,7 @@ class GridControl:
     window_s: int = 10  # how many decisions of readings the training GPUs' high and low phases are taken over
     comm_frac: float = 0.3  # share of an iteration in the low phases, for the floor's energy order (assumption)
     floors_set: int = 0  # GPUs under a floor at the last decision
+    notices: list[_Notice] = field(default_factory=list)  # jobs the scheduler said will start
 
     def __post_init__(self) -> None:
         self.site_level = int(self.site.levels_of_kind("site")[0])
@@ -73,6 +86,7 @@ class GridControl:
         self.site_hist = np.full((60, 2), np.nan)
         self.hist_pos = 0
         self._site_w = math.nan
+        self.other_w = 0.0  # the last other_swing_w
 
     def limits_of(self, feed: str | None) -> GridLimits:
         lim = self.site.feed_grid.get(feed) if feed is not None else self.site.grid
@@ -94,6 +108,44 @@ class GridControl:
     def load0_of(self, request_id: str) -> float:
         """The load a held request started from (W; NaN: not held, or its level's load not seen yet)."""
         return next((r.load0_w for r in self.requests if r.ev.id == request_id), math.nan)
+
+    def on_job_notice(self, name: str, gpus: npt.NDArray[np.int64], start_s: float,
+                      expected_w: FloatArray | float | None = None) -> str:
+        """The scheduler says a job starts on `gpus` at start_s (a prolog hook, ahead of the start): before it,
+        the floors take those GPUs from idle up to the power they are expected to compute at (expected_w per
+        GPU; default the GPU's maximum), paced within the ramp-up allowance, so the start itself moves the site
+        by little more than the difference. A synchronous job's GPUs all start at once: without the notice its
+        start is one step of its whole compute power (docs/grid.md). Returns a one-line summary."""
+        g = np.asarray(gpus, dtype=np.int64)
+        to = np.broadcast_to(np.asarray(self.site.gpu_max_w[g] if expected_w is None else expected_w,
+                                        dtype=np.float64), g.shape).copy()
+        self.notices = [n for n in self.notices if n.name != name] + [_Notice(name, g, float(start_s), to)]
+        rise_w = float(np.sum((to - self.site.gpu_idle_w[g]) / self.eff[g]))
+        return f"job {name}: {g.size} GPUs start at {start_s:.0f}; their floors go up {rise_w / MW:.2f} MW before it"
+
+    def _prefloors(self, now_s: float, cap_w: FloatArray) -> FloatArray:
+        """Per GPU, the floor a job notice asks of it now (NaN: none): from idle, up the same whole 10 W each
+        second, as many as the paced share of the ramp-up allowance (paced_w) takes for all its GPUs, reaching
+        the expected compute power by the start; held `window_s` past the start (the plan's own floors then take the
+        running job; a job that did not come is then let down by them, paced alike)."""
+        out = np.full(self.site.n_gpus, np.nan)
+        lim = self.site.grid
+        if lim is None or lim.ramp_up_mw_per_s is None:
+            return out
+        _, up = ramp_step_w(lim, 1.0)
+        rate_w = self.paced_w(up)
+        self.notices = [n for n in self.notices if now_s <= n.start_s + self.window_s]
+        for n in self.notices:
+            top = np.where(np.isfinite(cap_w[n.gpus]), cap_w[n.gpus], self.site.gpu_max_w[n.gpus])
+            base = self.site.gpu_idle_w[n.gpus]
+            rise = np.maximum(np.minimum(n.to_w, top) - base, 0.0)
+            # Every GPU up by the same whole 10 W a second (the floors' step), as many as the pace allows.
+            inc_w = max(math.floor(rate_w / float(np.sum(1.0 / self.eff[n.gpus])) / 10.0) * 10.0, 10.0)
+            lead_s = math.ceil(float(rise.max(initial=0.0)) / inc_w) + 1.0
+            k = math.floor(now_s - (n.start_s - lead_s))
+            if k > 0:
+                out[n.gpus] = np.fmax(out[n.gpus], base + np.minimum(k * inc_w, rise))
+        return out
 
     def _budget(self, r: _Request, now_s: float) -> float:
         """The load the request allows at now_s (wall W): down from the load it started at by the ramp-down
@@ -138,9 +190,9 @@ class GridControl:
         return out
 
     def limit_release(self, cap_w: FloatArray, new_w: FloatArray, gpu_power_w: FloatArray) -> FloatArray:
-        """new_w with its rises (releases) held to the site's ramp-up allowance for one decision, highest
-        priority first; every cut stays as decided (a shed is never slowed by a ramp limit). A capped GPU's
-        demand is unknown (its reading is its cap), so its rise counts in full."""
+        """new_w with its rises (releases) held to the paced share of the site's ramp-up allowance for one
+        decision (paced_w), highest priority first; every cut stays as decided (a shed is never slowed by a ramp
+        limit). A capped GPU's demand is unknown (its reading is its cap), so its rise counts in full."""
         lim = self.site.grid
         if lim is None or lim.ramp_up_mw_per_s is None:
             return new_w
@@ -149,6 +201,7 @@ class GridControl:
         if not rising.any():
             return new_w
         _, up = ramp_step_w(lim, 1.0)
+        up = self.paced_w(up)
         at_cap = ~np.isfinite(gpu_power_w) | (gpu_power_w >= old - 0.05 * old)
         demand = np.where(at_cap, np.nan, gpu_power_w)
         to = np.where(rising, new_w, old)
@@ -161,8 +214,10 @@ class GridControl:
         self._site_w = float(level_power_w[self.site_level])
 
     def other_swing_w(self, train_wall_w: float) -> float:
-        """The 95th percentile of the non-training load's one-second change over the last minute (wall W; 0 until
-        there are ten seconds of it)."""
+        """The largest one-second change of the non-training load over the last minute (wall W; 0 until there are
+        ten seconds of it), kept in `other_w` for the releases and the job notices. The largest, not a
+        percentile: the limit holds in every window, and a p95 leaves the rest of the site over it three
+        seconds a minute."""
         self.site_hist[self.hist_pos % self.site_hist.shape[0]] = (self._site_w, train_wall_w)
         self.hist_pos += 1
         n = min(self.hist_pos, self.site_hist.shape[0])
@@ -170,15 +225,24 @@ class GridControl:
         other = self.site_hist[order, 0] - self.site_hist[order, 1]
         d = np.abs(np.diff(other))
         d = d[np.isfinite(d)]
-        return float(np.percentile(d, 95)) if d.size >= 10 else 0.0
+        self.other_w = float(d.max()) if d.size >= 10 else 0.0
+        return self.other_w
+
+    def paced_w(self, up_w: float) -> float:
+        """What a paced rise (cap releases, a job notice's floors) may add in one second of the ramp-up allowance
+        up_w: half of it, less where the rest of the site's largest change leaves less, never under a quarter
+        (the rest is left to the load no one paces: inference bursts, jobs' own swings, the servers' non-GPU
+        load following its GPUs)."""
+        return max(min(up_w - self.other_w, 0.5 * up_w), 0.25 * up_w)
 
     def floors(self, gpu_power_w: FloatArray, cap_w: FloatArray,
-               refused: npt.NDArray[np.bool_] | None = None) -> FloatArray:
+               refused: npt.NDArray[np.bool_] | None = None, now_s: float = math.nan) -> FloatArray:
         """Per GPU, the power floor the ramp limit asks of the running training GPUs through their low phases
         (NaN: none), from controllers.grid_control.floor_plan: a GPU's high phase is the highest of its last
         `window_s` readings, its low phase the lowest while unfloored; every rack's running training GPUs are one
         group, all taken to swing together (the worst case). The breaker policy's caps bound each floor (the
-        guard clamps a floor to the enforced limit as well). `refused`: GPUs whose actuator cannot hold a floor
+        guard clamps a floor to the enforced limit as well). Where a job notice holds (on_job_notice), the GPUs
+        it names get the higher of that and the plan's floor. `refused`: GPUs whose actuator cannot hold a floor
         (FloorRefusals): none is asked of them, and the others' floors are not raised to make up for them (an
         under-smoothed site, never a floor past what the plan asked of a GPU)."""
         lim = self.site.grid
@@ -186,10 +250,25 @@ class GridControl:
         if lim is None or (lim.ramp_up_mw_per_s is None and lim.ramp_down_mw_per_s is None) or not self.train.size:
             self.floor_w = out
             return out
+        tr_now = gpu_power_w[self.train]
+        other = self.other_swing_w(float(np.nansum(tr_now / self.eff[self.train])) if np.isfinite(tr_now).all()
+                                   else math.nan)
+        out = np.fmax(self._plan_floors(gpu_power_w, cap_w, lim, other),
+                      self._prefloors(now_s, cap_w) if math.isfinite(now_s) else out)
+        if refused is not None:
+            out[refused] = np.nan
+        self.floor_w = out
+        self.floors_set = int(np.isfinite(out).sum())
+        return out
+
+    def _plan_floors(self, gpu_power_w: FloatArray, cap_w: FloatArray, lim: GridLimits, other: float) -> FloatArray:
+        """The floor plan's floors on the running training GPUs (floors() says how)."""
+        out = np.full(self.site.n_gpus, np.nan)
         self.ring[self.ring_pos % self.window_s] = gpu_power_w[self.train]
         self.ring_pos += 1
-        with np.errstate(all="ignore"):
-            hi = np.nanmax(self.ring, axis=0).astype(np.float64) if self.ring_pos else np.full(self.train.size, np.nan)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a GPU with no reading yet: NaN, said aloud by numpy
+            hi = np.nanmax(self.ring, axis=0).astype(np.float64)
             # Not the minimum: ~1 % of readings are glitches near 70 W (BRIEF.md), which would read as a deep low phase.
             lo = np.nanpercentile(self.ring, 20.0, axis=0).astype(np.float64)
         unfloored = np.isnan(self.floor_w[self.train])
@@ -198,7 +277,6 @@ class GridControl:
         running = np.isfinite(hi) & (hi > idle + 50.0) & np.isfinite(self.low_w)
         at = np.flatnonzero(running)  # positions in self.train
         if not at.size:
-            self.floor_w = out
             return out
         racks, group = np.unique(self.site.gpu_rack[self.train[at]], return_inverse=True)
         count = np.bincount(group, minlength=racks.size)
@@ -207,19 +285,11 @@ class GridControl:
         order = np.argsort(group, kind="stable")
         jobs = np.split(self.train[at][order], np.cumsum(count)[:-1])
         top = np.where(np.isfinite(cap_w), cap_w, self.site.gpu_max_w)
-        tr_now = gpu_power_w[self.train]
-        other = self.other_swing_w(float(np.nansum(tr_now / self.eff[self.train])) if np.isfinite(tr_now).all()
-                                   else math.nan)
         plan = floor_plan(jobs, compute, np.minimum(comm, compute), np.full(len(jobs), self.comm_frac),
                           self.site.gpu_min_w, top, lim, math.inf, self.eff, other_swing_w=other)
         new = np.round(plan.gpu_floor_w / 10.0) * 10.0  # 10 W steps: no command for a few watts of noise
         keep = np.isfinite(self.floor_w) & np.isfinite(new) & (np.abs(new - self.floor_w) < 20.0)
-        out = np.where(keep, self.floor_w, new)
-        if refused is not None:
-            out[refused] = np.nan
-        self.floor_w = out
-        self.floors_set = int(np.isfinite(out).sum())
-        return out
+        return np.where(keep, self.floor_w, new)
 
 
 @dataclass

@@ -298,9 +298,13 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     # The full policy is told of each demand-response request when it comes (on the controller's clock).
     dr_left = [ev.model_copy(update={"start_s": EPOCH_S + ev.start_s}) for ev in grid.demand_response] \
         if policy == "full" and ctl is not None else []
+    notice = _job_notice(scenario, twin) if policy == "full" and ctl is not None else None
     for k in range(duration_s):
         fr = twin.step(1.0)
         _deliver_requests(dr_left, twin.t_s, ctl)
+        if notice is not None and ctl is not None and twin.t_s >= notice[0]:
+            log.info("%s", ctl.on_job_notice(*notice[1:]))
+            notice = None
         if engine is not None and guard is not None:
             _control_second(site, twin, fr, k, engine, guard, tally, route_w, ups_signal)
         if reconfig is not None:
@@ -350,6 +354,16 @@ def _controls(site: Site, twin: Twin, policy: str, keyring: Keyring,
     # The fleet's own twin actuator (it locks clocks where the plant is the twin), behind the same guard.
     actuator = load_actuator("twin", {"kind": "twin", "safe_limit": "max"}, context=twin)
     return ctl, engine, Guard(actuator, keyring, site.name, rate_per_s=100.0, burst=100)
+
+
+def _job_notice(scenario: Scenario | None, twin: Twin) -> tuple[float, str, Any, float] | None:
+    """(when, job, its GPUs, its start on the controller's clock) of the scenario's training-job notice: the
+    scheduler's prolog, `notice_s` ahead of the start (sim.grid_scenario.TrainingJob); None where it has none."""
+    job = scenario.training_job if scenario is not None else None
+    if job is None or job.notice_s is None:
+        return None
+    gpus = twin.job_gpus[[j.name for j in twin.workload.jobs].index(job.name)]
+    return max(job.start_s - job.notice_s, 0.0), job.name, gpus, EPOCH_S + job.start_s
 
 
 def _deliver_requests(left: list[Any], t_s: float, ctl: CapController | None) -> None:

@@ -38,6 +38,11 @@ class ElectricalConfig:
     psu_eff_offsets: tuple[float, ...] = (-0.08, -0.04, -0.015, 0.0, -0.015)
     feed_split_sigma: float = 0.02  # per-server fixed A/B current-sharing imbalance, fraction (assumption)
     other_idle_frac: float = 0.5  # CPUs/NICs/fans draw this fraction of other_w when the GPUs idle (assumption)
+    # The rest follows the server's GPU activity through this lag, not within the second: fans run on BMC curves
+    # of temperatures that trail the load by the heat sink's constant (10-20 s in this twin), and a training
+    # step's CPU and NIC work does not switch with the GPUs' phase. 0: instantly (the model before issue 16,
+    # under which a checkpoint drops a 20 MW job's servers by ~2.5 MW within one second). An assumption.
+    other_tau_s: float = 10.0
     # Breaker time-to-trip t = K / (x^p - 1) for load x = I / I_rated > pickup (inverse-time thermal curve).
     # Fit to BRIEF.md: carries 100% indefinitely, ~100 s at 200%, ~1 s at 10x; gives ~880 s at 120%
     # ("trips eventually").

@@ -277,6 +277,7 @@ class TwinState:
     zone_frac: FloatArray  # available cooling capacity, fraction
     site_energy_j: float
     floor_energy_j: float  # cumulative wall energy the power floors burnt beyond the GPUs' own draw
+    srv_act: FloatArray  # per server: its GPU activity as its non-GPU load follows it (ElectricalConfig.other_tau_s)
     # ---- sensors ----
     energy_meas_j: FloatArray
     read_power: FloatArray  # last readings (held between refreshes)
@@ -311,7 +312,7 @@ def initial_state(site: Site, tree: PowerTree, sensors: SensorModel, tab: Instan
         level_tripped=np.zeros(n_lv, dtype=bool), breaker_heat=np.zeros(n_lv),
         rack_feed_alive=np.ones((s.n_racks, 2), dtype=bool), rack_dark=np.zeros(s.n_racks, dtype=bool),
         zone_supply=tree.zone_setpoint.copy(), zone_frac=np.ones(tree.zone_lv.size), site_energy_j=0.0,
-        floor_energy_j=0.0,
+        floor_energy_j=0.0, srv_act=np.full(len(s.server_ids), np.nan),
         energy_meas_j=np.zeros(s.n_gpus), read_power=np.full(s.n_gpus, np.nan),
         read_instant=np.full(s.n_gpus, np.nan),
         read_inlet=np.full((s.n_racks, sensors.max_sensors), np.nan), read_pdu=np.full((s.n_racks, 2), np.nan),

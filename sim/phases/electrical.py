@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +45,10 @@ def supply(site: Site, ec: ElectricalConfig, tree: PowerTree, st: TwinState, p_t
     n_srv = len(s.server_ids)
     gsum = wsum(s.gpu_server, p_true, n_srv)
     srv_util = wsum(s.gpu_server, util_gpu, n_srv) / np.maximum(tree.srv_gpus, 1.0)
-    other = s.server_other_w * (ec.other_idle_frac + (1.0 - ec.other_idle_frac) * srv_util)
+    # The non-GPU load's active part trails the GPUs' activity (ElectricalConfig.other_tau_s); it starts settled.
+    lag = 1.0 - math.exp(-dt_s / ec.other_tau_s) if ec.other_tau_s > 0 else 1.0
+    st.srv_act = np.where(np.isnan(st.srv_act), srv_util, st.srv_act + lag * (srv_util - st.srv_act))
+    other = s.server_other_w * (ec.other_idle_frac + (1.0 - ec.other_idle_frac) * st.srv_act)
     alive = st.rack_feed_alive[s.server_rack]
     both = alive[:, 0] & alive[:, 1]
     share_a = np.where(both, tree.srv_split_a, alive[:, 0].astype(np.float64))

@@ -45,8 +45,8 @@ def test_demand_response_budget_is_paced_down_held_then_raised_at_the_ramp_limit
     assert not np.isfinite(g.budget_w(300.0, loads)).any() and not g.requests  # restored: gone
 
 
-def test_releases_are_held_to_the_ramp_up_allowance_highest_priority_first() -> None:
-    g = _ctl({"ramp_up_mw_per_s": 0.001})  # 1 kW per decision
+def test_releases_are_held_to_the_paced_share_of_the_ramp_up_allowance_highest_priority_first() -> None:
+    g = _ctl({"ramp_up_mw_per_s": 0.001})  # 1 kW per decision, half of it for releases (the rest is quiet)
     site = g.site
     n = site.n_gpus
     cap = np.full(n, 300.0)
@@ -54,7 +54,11 @@ def test_releases_are_held_to_the_ramp_up_allowance_highest_priority_first() -> 
     power = np.full(n, 300.0)  # at their caps: their demand is unknown, each counts its whole rise
     out = g.limit_release(cap, new, power)
     rise_wall = float(np.sum((out - cap) / g.eff))
-    assert rise_wall == pytest.approx(1000.0, rel=1e-6)
+    assert rise_wall == pytest.approx(500.0, rel=1e-6)
+    g.other_w = 700.0  # the rest of the site moved 0.7 kW in a second this minute: releases get what it leaves
+    assert float(np.sum((g.limit_release(cap, new, power) - cap) / g.eff)) == pytest.approx(300.0, rel=1e-6)
+    g.other_w = 5000.0  # ... never under a quarter
+    assert float(np.sum((g.limit_release(cap, new, power) - cap) / g.eff)) == pytest.approx(250.0, rel=1e-6)
     moved = out > cap
     assert set(site.gpu_priority[moved].tolist()) == {0}  # inference-critical comes back first
     # A cut is never slowed, and without a ramp limit nothing is held.
@@ -78,3 +82,28 @@ def test_floors_go_on_running_training_gpus_only_and_never_above_their_caps() ->
     # 64 GPUs swinging 560 W each (~38 kW at the wall) against 5 kW/s: floored close to their high phase.
     assert np.nanmin(floor[train][8:]) > 550.0
     assert not np.isfinite(_ctl(None).floors(p, cap)).any()  # no ramp limit: no floor
+
+
+def test_an_announced_job_start_has_its_gpus_floored_up_to_compute_power_before_it_within_the_allowance() -> None:
+    """A synchronous job's GPUs start within one second: 64 GPUs from ~100 W idle to ~700 W is ~40 kW at once
+    against a 5 kW/s limit. Told 60 s ahead, the controller floors them up before the start, no second's rise
+    over the paced share of the allowance, and at the start they already draw what they will compute at."""
+    g = _ctl({"ramp_up_mw_per_s": 0.005, "ramp_down_mw_per_s": 0.005})
+    site = g.site
+    train = np.flatnonzero(site.gpu_priority == 2)
+    idle = np.full(site.n_gpus, 300.0)
+    idle[train] = site.gpu_idle_w[train]
+    cap = np.full(site.n_gpus, np.nan)
+    assert "64 GPUs start at 100" in g.on_job_notice("sync", train, 100.0)
+    walls = []
+    for t in range(40, 101):
+        f = g.floors(np.fmax(idle, g.floor_w), cap, now_s=float(t))
+        walls.append(float(np.nansum(np.where(np.isfinite(f), f - site.gpu_idle_w, 0.0)[train] / g.eff[train])))
+        assert not np.isfinite(f[np.setdiff1d(np.arange(site.n_gpus), train)]).any()  # only the job's GPUs
+    steps = np.diff(walls)
+    assert walls[0] == 0.0  # nothing burnt long before the start
+    assert steps.max() <= g.paced_w(5000.0) + 1.0 and (steps >= -1.0).all()
+    assert np.allclose(g.floor_w[train], site.gpu_max_w[train])  # at the start: their compute power
+    # Without the notice, the same idle GPUs get no floor at all (nothing runs).
+    h = _ctl({"ramp_up_mw_per_s": 0.005, "ramp_down_mw_per_s": 0.005})
+    assert not np.isfinite(h.floors(idle, cap, now_s=100.0)).any()
