@@ -34,6 +34,8 @@ from powerplane.schemas import Ack, Command
 from powerplane.site import PRIORITIES, FloatArray, Site
 
 TRAINING = PRIORITIES.index("training")
+# The classes that run jobs (synchronous iterations that swing): training, and best-effort (fine-tuning).
+JOB_CLASSES = (TRAINING, PRIORITIES.index("best-effort"))
 # What an actuator says when its hardware has no power-smoothing floor (actuators.base.Actuator.no_floor: H100,
 # H200, Redfish): a refusal that asking again will not change, unlike a rate limit or a stale command.
 NO_FLOOR = "floor not supported"
@@ -74,7 +76,7 @@ class GridControl:
     def __post_init__(self) -> None:
         self.site_level = int(self.site.levels_of_kind("site")[0])
         self.eff = gpu_efficiency(self.site)
-        self.train = np.flatnonzero(self.site.gpu_priority == TRAINING)
+        self.train = np.flatnonzero(np.isin(self.site.gpu_priority, JOB_CLASSES))  # every job class, not only training
         self.ring = np.full((self.window_s, self.train.size), np.nan, dtype=np.float32)
         self.ring_pos = 0
         # Each training GPU's low phase as seen while no floor held it (a floor hides it: the readings' minimum
@@ -274,7 +276,8 @@ class GridControl:
         unfloored = np.isnan(self.floor_w[self.train])
         self.low_w = np.where(unfloored & np.isfinite(lo), lo, self.low_w)
         idle = self.site.gpu_idle_w[self.train]
-        running = np.isfinite(hi) & (hi > idle + 50.0) & np.isfinite(self.low_w)
+        # Running and swinging: a GPU whose readings hold steady (an inference server in the class) needs no floor.
+        running = np.isfinite(hi) & (hi > idle + 50.0) & np.isfinite(self.low_w) & (hi > self.low_w + 50.0)
         at = np.flatnonzero(running)  # positions in self.train
         if not at.size:
             return out

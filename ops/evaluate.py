@@ -298,13 +298,12 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     # The full policy is told of each demand-response request when it comes (on the controller's clock).
     dr_left = [ev.model_copy(update={"start_s": EPOCH_S + ev.start_s}) for ev in grid.demand_response] \
         if policy == "full" and ctl is not None else []
-    notice = _job_notice(scenario, twin) if policy == "full" and ctl is not None else None
+    notices = _job_notices(scenario, twin) if policy == "full" and ctl is not None else []
     for k in range(duration_s):
         fr = twin.step(1.0)
         _deliver_requests(dr_left, twin.t_s, ctl)
-        if notice is not None and ctl is not None and twin.t_s >= notice[0]:
-            log.info("%s", ctl.on_job_notice(*notice[1:]))
-            notice = None
+        while notices and ctl is not None and twin.t_s >= notices[0][0]:
+            log.info("%s", ctl.on_job_notice(*notices.pop(0)[1:]))
         if engine is not None and guard is not None:
             _control_second(site, twin, fr, k, engine, guard, tally, route_w, ups_signal)
         if reconfig is not None:
@@ -356,14 +355,16 @@ def _controls(site: Site, twin: Twin, policy: str, keyring: Keyring,
     return ctl, engine, Guard(actuator, keyring, site.name, rate_per_s=100.0, burst=100)
 
 
-def _job_notice(scenario: Scenario | None, twin: Twin) -> tuple[float, str, Any, float] | None:
-    """(when, job, its GPUs, its start on the controller's clock) of the scenario's training-job notice: the
-    scheduler's prolog, `notice_s` ahead of the start (sim.grid_scenario.TrainingJob); None where it has none."""
-    job = scenario.training_job if scenario is not None else None
-    if job is None or job.notice_s is None:
-        return None
-    gpus = twin.job_gpus[[j.name for j in twin.workload.jobs].index(job.name)]
-    return max(job.start_s - job.notice_s, 0.0), job.name, gpus, EPOCH_S + job.start_s
+def _job_notices(scenario: Scenario | None, twin: Twin) -> list[tuple[float, str, Any, float]]:
+    """(when, job, its GPUs, its start on the controller's clock) of each job start the scheduler announces:
+    every job of the workload that starts after the run does, `job_notice_s` ahead (sim.scenario.Scenario);
+    none where the scenario gives no notice. In the order they come."""
+    lead = scenario.job_notice_s if scenario is not None else None
+    if lead is None:
+        return []
+    out = [(max(j.start_s - lead, 0.0), j.name, gpus, EPOCH_S + j.start_s)
+           for j, gpus in zip(twin.workload.jobs, twin.job_gpus, strict=True) if j.start_s > 0 and gpus.size]
+    return sorted(out, key=lambda n: n[0])
 
 
 def _deliver_requests(left: list[Any], t_s: float, ctl: CapController | None) -> None:

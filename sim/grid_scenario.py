@@ -8,7 +8,6 @@ A scenario file may carry, besides its ``[[events]]``::
     iter_s = 3.0              # one iteration at max clock
     compute_frac = 0.7        # compute share of it; the rest is communication
     comm_uc = 0.05            # communication near idle (arXiv 2508.14318); omit for the twin's calibration
-    notice_s = 30             # the scheduler tells the control plane 30 s before start_s (default: no notice)
 
     [grid]                    # replaces the site file's [grid] for this run (powerplane.grid.GridLimits)
     ramp_up_mw_per_s = 3.0
@@ -24,6 +23,7 @@ A scenario file may carry, besides its ``[[events]]``::
     within_s = 30
     hold_s = 600
 
+    job_notice_s = 30         # top level: the scheduler announces every job's start 30 s ahead (default: never)
     measure_from_s = 30       # top level: evaluate's ramp, range and band measures start here (default 10 s;
                               # before it the twin is starting every pool and job from cold)
 
@@ -61,9 +61,6 @@ class TrainingJob(JobConfig):
     compute_frac: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.7
     comm_uc: Annotated[float, Field(strict=True, ge=0, le=1)] | None = 0.05
     comm_um: Annotated[float, Field(strict=True, ge=0, le=1)] | None = 0.05
-    # How long before its start the scheduler tells the control plane (a prolog hook; evaluate's full policy
-    # hears it then: controllers.grid_limits GridControl.on_job_notice). None: no notice, the start unannounced.
-    notice_s: Annotated[float, Field(strict=True, ge=0)] | None = None
 
     @model_validator(mode="after")
     def _one_size(self) -> TrainingJob:
@@ -92,7 +89,7 @@ def job_gpus_for_power(site: Site, priority: str, power_mw: float) -> int:
 def with_training_job(site: Site, workload: WorkloadSpec, job: TrainingJob) -> WorkloadSpec:
     """The workload with the job first in its class (replacing a job of the same name); the class's other
     jobs without racks of their own share what is left. Checked against the site (one ConfigError)."""
-    fields = job.model_dump(exclude={"power_mw", "notice_s"})
+    fields = job.model_dump(exclude={"power_mw"})
     if job.power_mw is not None:
         fields["gpus"] = job_gpus_for_power(site, job.priority, job.power_mw)
     spec = JobSpec(**fields)

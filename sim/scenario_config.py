@@ -178,6 +178,9 @@ class ScenarioConfig(Model):
     # evaluate's grid measures start here: before it the twin is starting every pool and job from cold,
     # which is not the plant's behaviour (the reference site's staggered starts take ~30 s).
     measure_from_s: NonNeg = 10.0
+    # The scheduler's prolog tells the control plane of every job's start this far ahead (evaluate's full
+    # policy hears it then: controllers.grid_limits GridControl.on_job_notice). None: starts come unannounced.
+    job_notice_s: NonNeg | None = None
 
     @model_validator(mode="after")
     def _dr_ids_unique(self) -> ScenarioConfig:

@@ -66,7 +66,7 @@ def test_releases_are_held_to_the_paced_share_of_the_ramp_up_allowance_highest_p
     assert (_ctl(None).limit_release(cap, new, power) == new).all()
 
 
-def test_floors_go_on_running_training_gpus_only_and_never_above_their_caps() -> None:
+def test_floors_go_on_swinging_job_gpus_only_and_never_above_their_caps() -> None:
     g = _ctl({"ramp_up_mw_per_s": 0.005, "ramp_down_mw_per_s": 0.005})
     site = g.site
     train = site.gpu_priority == 2
@@ -82,6 +82,14 @@ def test_floors_go_on_running_training_gpus_only_and_never_above_their_caps() ->
     # 64 GPUs swinging 560 W each (~38 kW at the wall) against 5 kW/s: floored close to their high phase.
     assert np.nanmin(floor[train][8:]) > 550.0
     assert not np.isfinite(_ctl(None).floors(p, cap)).any()  # no ramp limit: no floor
+    # A best-effort fine-tuning job swings like training and is floored alike; steady GPUs of the class are not.
+    g = _ctl({"ramp_up_mw_per_s": 0.005, "ramp_down_mw_per_s": 0.005})
+    be = np.flatnonzero(site.gpu_priority == 3)
+    for k in range(12):
+        p = np.full(site.n_gpus, 300.0)
+        p[be[:32]] = 690.0 if k % 3 else 130.0
+        floor = g.floors(p, np.full(site.n_gpus, 700.0))
+    assert np.isfinite(floor[be[:32]]).all() and not np.isfinite(floor[be[32:]]).any()
 
 
 def test_an_announced_job_start_has_its_gpus_floored_up_to_compute_power_before_it_within_the_allowance() -> None:

@@ -107,3 +107,20 @@ def test_a_bad_grid_scenario_reports_every_mistake_with_its_path(lab: Site) -> N
     for line in expected:
         assert any(err.startswith(line) for err in errors), (line, errors)
     assert len(errors) == len(expected)
+
+
+def test_a_job_stopping_takes_its_servers_non_gpu_load_down_over_seconds_not_within_one(lab: Site) -> None:
+    """The servers' CPUs, NICs and fans do not follow a GPU's phase within a second (powerplane.physics
+    ElectricalConfig.other_tau_s): when the 64-GPU job stops, its servers' non-GPU load falls by about a tenth of
+    its eventual drop in the first second and most of it within half a minute."""
+    job = JobSpec(name="sync", gpus=64, iter_s=3.0, compute_frac=0.7, stop_s=30.0)
+    tw = Twin(lab, WorkloadSpec(jobs=(job,), trace=load_azure_conv()), seed=5)
+    srv = np.unique(lab.gpu_server[tw.job_gpus[0]])
+    frames = tw.run(80.0, 1.0)
+    non_gpu = np.array([f.server_dc_w[srv].sum() - f.gpu_power_true_w[tw.job_gpus[0]].sum() for f in frames])
+    before, after = non_gpu[25:29].mean(), non_gpu[-1]
+    drop = before - after
+    assert drop > 0.2 * lab.server_other_w[srv].sum() * 0.5  # the active half of their non-GPU nameplate, mostly
+    first = before - non_gpu[30]  # the second the job stopped in (t 30-31)
+    assert 0.0 < first < 0.2 * drop
+    assert before - non_gpu[60] > 0.9 * drop
