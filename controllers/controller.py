@@ -320,8 +320,9 @@ class CapController:
                                                 confirm_w=gpu_w + pending)
         self.stats.brakes_unconfirmed += int((power_levels(self.site) & ~brake & (self.limit_w > 0) &
                                               (load > s.brake_threshold * self.limit_w)).any())
-        budget, th = self._thermal(now_s, load)
-        budget = np.fmin(budget, self.grid.budget_w(now_s, load))  # demand response (controllers.grid_limits)
+        heat, th = self._thermal(now_s, load)
+        dr = self.grid.budget_w(now_s, load)  # demand response (controllers.grid_limits)
+        budget = np.fmin(heat, dr)
         # Only the levels decide_caps brakes (breakers, and a zone under a heat budget): a rack, row or the site
         # over its nameplate is no breaker, and a brake read there labelled its racks' releases "power brake".
         brake = brake & (power_levels(self.site) | np.isfinite(budget))
@@ -332,6 +333,9 @@ class CapController:
         gpu_w_now = np.where(gpu_silent, np.nan, self.gpu_power_w)
         new = decide_caps(self.site, gpu_w_now, self.cap_w, load, self.limit_w, s,
                           brake=brake, heat_budget_w=budget)
+        if np.isfinite(dr).any():  # what only the request cuts goes at the ramp-down pace; a breaker's cut never
+            base = decide_caps(self.site, gpu_w_now, self.cap_w, load, self.limit_w, s, brake=brake, heat_budget_w=heat)
+            new = self.grid.limit_shed(self.cap_w, base, new, gpu_w_now)
         # A rack on one feed: its worst case must fit its surviving PDU before its work starts (controllers.guard).
         new, self.guarded = single_feed_guard(self.site, new, self.side_dark, self.guard)
         # Release only where every input above the rack is fresh: a silent rack or a level that has gone

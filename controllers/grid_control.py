@@ -330,3 +330,26 @@ def release_plan(cap_w: FloatArray, to_cap_w: FloatArray, demand_w: FloatArray, 
     left = float(_rise_w(cur, target, demand_w, e).sum()) if (cur < target).any() else 0.0
     caps = np.vstack(rows) if rows else np.zeros((0, cap_w.size))
     return ReleasePlan(np.arange(len(rows), dtype=np.float64) * step_s, caps, np.array(rises), left <= 1e-6, left)
+
+
+def shed_step(draw_w: FloatArray, to_w: FloatArray, gpu_priority: IntArray, budget_w: float,
+              eff: float | FloatArray = 1.0) -> FloatArray:
+    """One decision of a paced shed: per GPU, the cap that takes its draw draw_w down towards to_w, lowest
+    priority first (as controllers.capping sheds), a class in full while the budget (wall W the site may fall
+    by) lasts, the class it runs out in by the same share of each GPU's cut, the classes above it not at all
+    (their caps stay at their draw: nothing taken)."""
+    e = per_gpu(eff, draw_w.size)
+    cut = np.maximum(draw_w - to_w, 0.0)
+    new = draw_w.copy()
+    left = max(budget_w, 0.0)
+    for prio in reversed(range(len(PRIORITIES))):
+        m = (gpu_priority == prio) & (cut > 0)
+        total = float(np.sum(cut[m] / e[m]))
+        if total <= 0:
+            continue
+        share = min(left / total, 1.0)
+        new[m] = draw_w[m] - share * cut[m]
+        left -= share * total
+        if left <= 0:
+            break
+    return new

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controllers.capping import CapSettings, gpu_efficiency
-from controllers.grid_control import floor_plan, release_step
+from controllers.grid_control import floor_plan, release_step, shed_step
 from powerplane.grid import MW, DemandResponse, GridLimits, ramp_step_w
 from powerplane.schemas import Ack, Command
 from powerplane.site import PRIORITIES, FloatArray, Site
@@ -211,6 +211,27 @@ class GridControl:
         total = float(np.sum(np.where(rising, (new_w - old) / self.eff, 0.0)))
         self.held_back_w += max(total - used, 0.0)
         return np.where(rising, stepped, new_w)
+
+    def limit_shed(self, cap_w: FloatArray, base_w: FloatArray, new_w: FloatArray,
+                   gpu_power_w: FloatArray) -> FloatArray:
+        """new_w (the caps with a demand-response budget) with the cuts only the request asks for (those below
+        base_w, the caps without it) held to the paced share of the ramp-down allowance for one decision, lowest
+        priority first; every cut base_w makes itself (a breaker, a brake, a heat budget) stays whole. A request
+        is voluntary load shed and the utility states how fast it may fall (a sudden drop leaves generation
+        with no outlet: BRIEF.md); without the pace decide_caps's band shed the 100 MW site in 10 MW steps."""
+        lim = self.site.grid
+        if lim is None or lim.ramp_down_mw_per_s is None:
+            return new_w
+        old = np.where(np.isfinite(cap_w), cap_w, self.site.gpu_max_w)
+        start = np.fmin(old, base_w)  # where the caps go without the request
+        extra = new_w < start
+        if not extra.any():
+            return new_w
+        down, _ = ramp_step_w(lim, 1.0)
+        draw = np.where(np.isfinite(gpu_power_w), np.minimum(gpu_power_w, start), start)
+        stepped = shed_step(draw, np.where(extra, new_w, draw), self.site.gpu_priority, self.paced_w(down), self.eff)
+        # A GPU the pace did not reach keeps its cap without the request (not one at its draw: that would pin it).
+        return np.where(extra, np.where(stepped < draw, np.maximum(stepped, new_w), start), new_w)
 
     def note_site_load(self, level_power_w: FloatArray) -> None:
         self._site_w = float(level_power_w[self.site_level])

@@ -115,3 +115,24 @@ def test_an_announced_job_start_has_its_gpus_floored_up_to_compute_power_before_
     # Without the notice, the same idle GPUs get no floor at all (nothing runs).
     h = _ctl({"ramp_up_mw_per_s": 0.005, "ramp_down_mw_per_s": 0.005})
     assert not np.isfinite(h.floors(idle, cap, now_s=100.0)).any()
+
+
+def test_a_demand_response_shed_is_paced_lowest_priority_first_and_a_breaker_cut_stays_whole() -> None:
+    g = _ctl({"ramp_down_mw_per_s": 0.004})  # 4 kW/s down: 2 kW a decision for the request's own cuts
+    site = g.site
+    n = site.n_gpus
+    cap = np.full(n, np.nan)  # uncapped
+    power = np.full(n, 650.0)
+    base = np.full(n, 700.0)  # without the request: nothing cut
+    dr = np.full(n, 300.0)  # the request's budget: every GPU to 300 W
+    out = g.limit_shed(cap, base, dr, power)
+    fell = float(np.sum((power - np.minimum(power, out)) / g.eff))
+    assert fell == pytest.approx(g.paced_w(4000.0), rel=1e-6)
+    cut = out < 650.0
+    assert set(site.gpu_priority[cut].tolist()) == {3}  # best-effort first
+    assert (out[~cut] == 700.0).all()  # the rest keep their caps without the request, not pinned at their draw
+    # A breaker's cut (in base) is never slowed; the request's extra below it is.
+    base[:8] = 200.0
+    out = g.limit_shed(cap, base, np.minimum(dr, base), power)
+    assert (out[:8] == 200.0).all()
+    assert (_ctl(None).limit_shed(cap, base, dr, power) == dr).all()  # no ramp limit: nothing held
