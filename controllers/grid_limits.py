@@ -136,7 +136,6 @@ class GridControl:
             return out
         _, up = ramp_step_w(lim, 1.0)
         rate_w = self.paced_w(up)
-        self.notices = [n for n in self.notices if now_s <= n.start_s + self.window_s]
         for n in self.notices:
             top = np.where(np.isfinite(cap_w[n.gpus]), cap_w[n.gpus], self.site.gpu_max_w[n.gpus])
             base = self.site.gpu_idle_w[n.gpus]
@@ -273,6 +272,9 @@ class GridControl:
         if lim is None or (lim.ramp_up_mw_per_s is None and lim.ramp_down_mw_per_s is None) or not self.train.size:
             self.floor_w = out
             return out
+        # A notice past its hold is dropped before the plan looks (the plan then takes its GPUs at once: a
+        # decision without either would read their floored draw as their low phase and let them swing).
+        self.notices = [n for n in self.notices if not now_s > n.start_s + self.window_s]
         tr_now = gpu_power_w[self.train]
         other = self.other_swing_w(float(np.nansum(tr_now / self.eff[self.train])) if np.isfinite(tr_now).all()
                                    else math.nan)
@@ -299,6 +301,9 @@ class GridControl:
         idle = self.site.gpu_idle_w[self.train]
         # Running and swinging: a GPU whose readings hold steady (an inference server in the class) needs no floor.
         running = np.isfinite(hi) & (hi > idle + 50.0) & np.isfinite(self.low_w) & (hi > self.low_w + 50.0)
+        # A GPU a job notice is taking up is not swinging: its notice's floors hold it until the job runs.
+        for n in self.notices:
+            running[np.isin(self.train, n.gpus)] = False
         at = np.flatnonzero(running)  # positions in self.train
         if not at.size:
             return out

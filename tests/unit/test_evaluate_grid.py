@@ -10,7 +10,7 @@ import pytest
 from ops.evaluate import run_policy
 from ops.report import write_report
 from powerplane.site_file import load_site
-from sim.scenario import load_scenario
+from sim.scenario import load_scenario, scenario_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,3 +70,23 @@ def test_full_policy_holds_the_lab_job_within_the_ramp_limit_without_slowing_it(
                                      "duration_s": 60, "wall_s": 1.0, "seed": 0}, runs).read_text()
     row = next(line for line in report.splitlines() if line.startswith("| floor energy:"))
     assert row.endswith(f"| 0 kWh (0 %) | {fe['kwh']:.3g} kWh ({100 * fe['share']:.2g} %) |"), row
+
+
+def test_an_announced_job_start_stays_within_the_lab_ramp_limit_and_an_unannounced_one_does_not() -> None:
+    """The lab's 64-GPU job starting at 40 s is one step of its whole compute power (~70 kW against 15 kW/s):
+    the floors cannot spread what has already happened. Announced 20 s ahead (the scheduler's prolog), its GPUs
+    are floored up to compute power before it and no second of the run is over the limit."""
+    import tomllib
+
+    site = load_site(ROOT / "examples" / "lab.toml")
+    d = tomllib.loads((ROOT / "examples" / "scenarios" / "lab-grid-ramp.toml").read_text())
+    d["training_job"]["start_s"] = 40.0
+    runs = {}
+    for notice in (None, 20.0):
+        dd = {**d, "job_notice_s": notice} if notice is not None else d
+        sc = scenario_from_dict(dd, "lab-grid-ramp-start", site=site)
+        runs[notice] = run_policy(site, "full", 60, scenario=sc)["grid"]
+    unannounced, announced = runs[None]["site"], runs[20.0]["site"]
+    assert unannounced["seconds_over_ramp_up"] >= 1 and unannounced["max_ramp_up_mw_per_s"] > 0.04
+    assert announced["seconds_over_ramp_up"] == 0 and announced["seconds_over_ramp_down"] == 0
+    assert runs[20.0]["training_job"]["iterations"] >= 0.95 * runs[None]["training_job"]["iterations"]
