@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -123,7 +124,8 @@ class GridControl:
                                         dtype=np.float64), g.shape).copy()
         self.notices = [n for n in self.notices if n.name != name] + [_Notice(name, g, float(start_s), to)]
         rise_w = float(np.sum((to - self.site.gpu_idle_w[g]) / self.eff[g]))
-        return f"job {name}: {g.size} GPUs start at {start_s:.0f}; their floors go up {rise_w / MW:.2f} MW before it"
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start_s))
+        return f"job {name}: {g.size} GPUs start at {at}; their floors go up {rise_w / MW:.2f} MW before it"
 
     def _prefloors(self, now_s: float, cap_w: FloatArray) -> FloatArray:
         """Per GPU, the floor a job notice asks of it now (NaN: none): from idle, up the same whole 10 W each
@@ -203,8 +205,14 @@ class GridControl:
             return new_w
         _, up = ramp_step_w(lim, 1.0)
         up = self.paced_w(up)
-        at_cap = ~np.isfinite(gpu_power_w) | (gpu_power_w >= old - 0.05 * old)
-        demand = np.where(at_cap, np.nan, gpu_power_w)
+        # A job's GPU draws what its compute phase does, not its reading of the moment: one read in its low
+        # phase counted its release as adding nothing, and the 100 MW restore rose 2-4 MW/s from training alone.
+        peak = gpu_power_w.copy()
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            peak[self.train] = np.fmax(peak[self.train], np.nanmax(self.ring, axis=0))
+        at_cap = ~np.isfinite(peak) | (peak >= old - 0.05 * old)
+        demand = np.where(at_cap, np.nan, peak)
         to = np.where(rising, new_w, old)
         stepped, used = release_step(old, to, demand, self.site.gpu_priority, up, self.eff)
         total = float(np.sum(np.where(rising, (new_w - old) / self.eff, 0.0)))

@@ -102,7 +102,7 @@ def test_an_announced_job_start_has_its_gpus_floored_up_to_compute_power_before_
     idle = np.full(site.n_gpus, 300.0)
     idle[train] = site.gpu_idle_w[train]
     cap = np.full(site.n_gpus, np.nan)
-    assert "64 GPUs start at 100" in g.on_job_notice("sync", train, 100.0)
+    assert "64 GPUs start at 1970-01-01 00:01:40 UTC" in g.on_job_notice("sync", train, 100.0)
     walls = []
     for t in range(40, 101):
         f = g.floors(np.fmax(idle, g.floor_w), cap, now_s=float(t))
@@ -136,3 +136,20 @@ def test_a_demand_response_shed_is_paced_lowest_priority_first_and_a_breaker_cut
     out = g.limit_shed(cap, base, np.minimum(dr, base), power)
     assert (out[:8] == 200.0).all()
     assert (_ctl(None).limit_shed(cap, base, dr, power) == dr).all()  # no ramp limit: nothing held
+
+
+def test_a_swinging_job_gpu_read_in_its_low_phase_has_its_release_counted_at_its_compute_phase() -> None:
+    """Training GPUs capped at 400 W swing between their cap (compute) and ~130 W (communication). Read in the
+    low phase their release looks free; it is not: the next compute phase takes them to the new cap."""
+    g = _ctl({"ramp_up_mw_per_s": 0.004, "ramp_down_mw_per_s": 0.004})  # 2 kW of releases a decision
+    site = g.site
+    train = site.gpu_priority == 2
+    cap = np.where(train, 400.0, np.nan)
+    for k in range(6):  # the controller has seen them swing
+        p = np.full(site.n_gpus, 300.0)
+        p[train] = 400.0 if k % 2 else 130.0
+        g.floors(p, cap)
+    p[train] = 130.0  # read now in the low phase
+    out = g.limit_release(cap, np.where(train, 700.0, np.nan), p)
+    rise = float(np.sum(np.where(train, out - 400.0, 0.0) / g.eff))
+    assert rise == pytest.approx(g.paced_w(4000.0), rel=1e-6)
