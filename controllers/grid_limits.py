@@ -83,6 +83,7 @@ class GridControl:
         # Each training GPU's low phase as seen while no floor held it (a floor hides it: the readings' minimum
         # becomes the floor, and a plan made from that would find no swing and drop the floor again).
         self.low_w = np.full(self.train.size, np.nan)
+        self.last_top = np.full(self.train.size, np.inf)  # each job GPU's cap (or maximum) at the last decision
         self.floor_w = np.full(self.site.n_gpus, np.nan)
         # The rest of the site's own second-to-second change (all but the running training GPUs), so the floors
         # leave it its share of the ramp allowance: the last minute's site loads and training draws (wall W).
@@ -304,6 +305,12 @@ class GridControl:
             hi = np.nanmax(self.ring, axis=0).astype(np.float64)
             # Not the minimum: ~1 % of readings are glitches near 70 W (BRIEF.md), which would read as a deep low phase.
             lo = np.nanpercentile(self.ring, 20.0, axis=0).astype(np.float64)
+        # A GPU computing at its cap computes at its new cap once that rises (a release): its high phase is the
+        # new cap at once, not after its readings show it (the floors would lag a restore by the ring's length).
+        top_tr = np.where(np.isfinite(cap_w[self.train]), cap_w[self.train], self.site.gpu_max_w[self.train])
+        pinned = np.isfinite(hi) & (hi >= 0.95 * self.last_top)
+        hi = np.where(pinned, np.fmax(hi, top_tr), hi)
+        self.last_top = top_tr
         unfloored = np.isnan(self.floor_w[self.train])
         self.low_w = np.where(unfloored & np.isfinite(lo), lo, self.low_w)
         idle = self.site.gpu_idle_w[self.train]
