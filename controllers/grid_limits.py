@@ -80,7 +80,7 @@ class GridControl:
         self.train = np.flatnonzero(np.isin(self.site.gpu_priority, JOB_CLASSES))  # every job class, not only training
         self.ring = np.full((self.window_s, self.train.size), np.nan, dtype=np.float32)
         self.ring_pos = 0
-        # Each training GPU's low phase as seen while no floor held it (a floor hides it: the readings' minimum
+        # Each job GPU's low phase as seen while no floor held it (a floor hides it: the readings' minimum
         # becomes the floor, and a plan made from that would find no swing and drop the floor again).
         self.low_w = np.full(self.train.size, np.nan)
         self.last_top = np.full(self.train.size, np.inf)  # each job GPU's cap (or maximum) at the last decision
@@ -129,10 +129,10 @@ class GridControl:
         return f"job {name}: {g.size} GPUs start at {at}; their floors go up {rise_w / MW:.2f} MW before it"
 
     def _prefloors(self, now_s: float, cap_w: FloatArray) -> FloatArray:
-        """Per GPU, the floor a job notice asks of it now (NaN: none): from idle, up the same whole 10 W each
-        second, as many as the paced share of the ramp-up allowance (paced_w) takes for all its GPUs, reaching
-        the expected compute power by the start; held `window_s` past the start (the plan's own floors then take the
-        running job; a job that did not come is then let down by them, paced alike)."""
+        """Per GPU, the floor a job notice asks of it now (NaN: none): from idle, up the same step each second (a
+        whole multiple of 10 W, the largest the paced share of the ramp-up allowance, paced_w, takes for all its
+        GPUs), reaching the expected compute power by the start; held `window_s` past the start (the plan's own
+        floors then take the running job; a job that did not come is then let down by them, paced alike)."""
         out = np.full(self.site.n_gpus, np.nan)
         lim = self.site.grid
         if lim is None or lim.ramp_up_mw_per_s is None:
@@ -143,7 +143,7 @@ class GridControl:
             top = np.where(np.isfinite(cap_w[n.gpus]), cap_w[n.gpus], self.site.gpu_max_w[n.gpus])
             base = self.site.gpu_idle_w[n.gpus]
             rise = np.maximum(np.minimum(n.to_w, top) - base, 0.0)
-            # Every GPU up by the same whole 10 W a second (the floors' step), as many as the pace allows.
+            # Every GPU up by the same whole multiple of 10 W a second (the floors' step), the most the pace allows.
             inc_w = max(math.floor(rate_w / float(np.sum(1.0 / self.eff[n.gpus])) / 10.0) * 10.0, 10.0)
             lead_s = math.ceil(float(rise.max(initial=0.0)) / inc_w) + 1.0
             k = math.floor(now_s - (n.start_s - lead_s))
@@ -296,7 +296,7 @@ class GridControl:
         return out
 
     def _plan_floors(self, gpu_power_w: FloatArray, cap_w: FloatArray, lim: GridLimits, other: float) -> FloatArray:
-        """The floor plan's floors on the running training GPUs (floors() says how)."""
+        """The floor plan's floors on the running, swinging job GPUs (floors() says how)."""
         out = np.full(self.site.n_gpus, np.nan)
         self.ring[self.ring_pos % self.window_s] = gpu_power_w[self.train]
         self.ring_pos += 1
