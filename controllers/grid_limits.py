@@ -84,6 +84,7 @@ class GridControl:
         # becomes the floor, and a plan made from that would find no swing and drop the floor again).
         self.low_w = np.full(self.train.size, np.nan)
         self.last_top = np.full(self.train.size, np.inf)  # each job GPU's cap (or maximum) at the last decision
+        self.ring_peak_w = np.full(self.train.size, np.nan)  # each job GPU's highest reading in the ring
         self.floor_w = np.full(self.site.n_gpus, np.nan)
         # The rest of the site's own second-to-second change (all but the running training GPUs), so the floors
         # leave it its share of the ramp allowance: the last minute's site loads and training draws (wall W).
@@ -209,9 +210,7 @@ class GridControl:
         # A job's GPU draws what its compute phase does, not its reading of the moment: one read in its low
         # phase counted its release as adding nothing, and the 100 MW restore rose 2-4 MW/s from training alone.
         peak = gpu_power_w.copy()
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            peak[self.train] = np.fmax(peak[self.train], np.nanmax(self.ring, axis=0))
+        peak[self.train] = np.fmax(peak[self.train], self.ring_peak_w)
         at_cap = ~np.isfinite(peak) | (peak >= old - 0.05 * old)
         demand = np.where(at_cap, np.nan, peak)
         to = np.where(rising, new_w, old)
@@ -303,6 +302,7 @@ class GridControl:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a GPU with no reading yet: NaN, said aloud by numpy
             hi = np.nanmax(self.ring, axis=0).astype(np.float64)
+            self.ring_peak_w = hi  # the ring's peaks, for the next decision's releases (limit_release)
             # Not the minimum: ~1 % of readings are glitches near 70 W (BRIEF.md), which would read as a deep low phase.
             lo = np.nanpercentile(self.ring, 20.0, axis=0).astype(np.float64)
         # A GPU computing at its cap computes at its new cap once that rises (a release): its high phase is the

@@ -603,6 +603,13 @@ class FacilityReading(Record):
 ACTIONS = ("power_cap", "sm_clock_lock", "power_floor", "reconfigure", "routing_weight", "release")
 
 
+def unsigned_wire_bytes(rec: Record) -> bytes:
+    """What a signed record's signature covers: its wire form without `sig` (commands, grid requests)."""
+    d = rec.to_wire()
+    d.pop("sig")
+    return bytes(msgpack.packb(d, use_bin_type=True))
+
+
 @dataclass
 class Command(Record):
     """A signed, leased instruction to one rack's actuator, for some of its GPUs."""
@@ -645,9 +652,7 @@ class Command(Record):
             raise SchemaError(f"{where}: {self.gpus.size} gpus but {self.values.size} values")
 
     def signing_bytes(self) -> bytes:
-        d = self.to_wire()
-        d.pop("sig")
-        return bytes(msgpack.packb(d, use_bin_type=True))
+        return unsigned_wire_bytes(self)
 
     def expires_at_s(self) -> float:
         return self.issued_at_s + self.lease_s
@@ -741,9 +746,7 @@ class GridRequest(Record):
             raise SchemaError(f"{where}: field 'reduce_to_mw' = {self.reduce_to_mw:g}: a target must be above 0 MW")
 
     def signing_bytes(self) -> bytes:
-        d = self.to_wire()
-        d.pop("sig")
-        return bytes(msgpack.packb(d, use_bin_type=True))
+        return unsigned_wire_bytes(self)
 
     def end_s(self) -> float:
         """When the hold ends (the restore starts), seconds since the epoch."""
