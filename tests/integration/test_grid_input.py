@@ -11,21 +11,17 @@ from typing import Any
 
 import pytest
 
-from collectors.base import SourceContext
-from controllers.capping import CapSettings
 from ops.cli import main
 from ops.demo import Services, wait_for_groups
-from ops.engine import Engine
 from powerplane import access, topics
 from powerplane.config import Config
 from powerplane.kafka import Producer, client_auth, set_process_auth
 from powerplane.schemas import Command, Event, GridRequest, SchemaError
 from powerplane.signing import Keyring
 from powerplane.site import Site
-from sim.fleet import Fleet
-from sim.source import FleetSource
 from tests.integration.helpers import end_offsets, read_messages, start_group_at_end
-from tests.integration.test_shadow import ACTIONS, INPUTS, KEYS, _Tap
+from tests.integration.test_shadow import INPUTS
+from tests.integration.test_shadow import _traffic as shadow_traffic
 from tests.integration.test_streams_site import site_copy
 
 pytestmark = pytest.mark.integration
@@ -33,20 +29,8 @@ START_IN_S = 6.0  # the request starts this long after it is sent: the controlle
 
 
 def _traffic(site: Site, epoch_s: float, seconds: int = 16) -> list[Any]:
-    """The lab fleet at a third of its load (no cap needed), rolled up by the in-process engine: each second's
-    frames, and the aggregates and headroom the streams worker would have published for them."""
-    tap = _Tap(site, KEYS, CapSettings(), 30.0, actions=ACTIONS)
-    eng = Engine(site, KEYS, CapSettings(), 30.0, controller=tap)
-    src = FleetSource("sim", {"interval_s": 1.0}, SourceContext(site=site, plant=Fleet(site, seed=4, load_scale=0.3,
-                                                                                         epoch_s=epoch_s)))
-    steps = []
-    for _ in range(seconds):
-        frames = list(src.read_batch())
-        n0 = len(tap.taken)
-        for f in frames:
-            eng.feed_frame(f)
-        steps.append((frames, tap.taken[n0:]))
-    return steps
+    """The lab fleet at a third of its load (no cap needed, no feed lost), rolled up by the in-process engine."""
+    return shadow_traffic(site, epoch_s, seconds, lose_at=None)
 
 
 def _publish(c: Config, steps: list[Any]) -> None:

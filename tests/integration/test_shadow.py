@@ -58,15 +58,16 @@ class _Tap(CapController):
         super().on_headroom(h, now_s)
 
 
-def _traffic(site: Site, epoch_s: float) -> list[Step]:
-    """The lab fleet at a third of its load, feed A lost at LOSE_AT, rolled up by the in-process engine."""
+def _traffic(site: Site, epoch_s: float, steps_n: int = STEPS, lose_at: int | None = LOSE_AT) -> list[Step]:
+    """The lab fleet at a third of its load, feed A lost at `lose_at` (None: never), rolled up by the in-process
+    engine: each second's frames, and the aggregates and headroom the streams worker would have published."""
     tap = _Tap(site, KEYS, CapSettings(), 30.0, actions=ACTIONS)
     eng = Engine(site, KEYS, CapSettings(), 30.0, controller=tap)
     fleet = Fleet(site, seed=4, load_scale=0.3, epoch_s=epoch_s)
     src = FleetSource("sim", {"interval_s": 1.0}, SourceContext(site=site, plant=fleet))
     steps: list[Step] = []
-    for i in range(STEPS):
-        if i == LOSE_AT:
+    for i in range(steps_n):
+        if i == lose_at:
             fleet.lose_feed("A")
         frames = list(src.read_batch())
         n0 = len(tap.taken)
