@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -46,6 +47,10 @@ class GridInbox:
     pending: list[GridRequest] = field(default_factory=list)  # accepted, not started
     held: list[GridRequest] = field(default_factory=list)  # started, hold not over
     duplicates: int = 0
+    # When this inbox began: a request sent before it whose hold was already over when read (the catch-up of a
+    # first start, or one sent during an outage) is history, logged and counted, not answered as a refusal.
+    started_s: float = field(default_factory=time.time)
+    over_before_start: int = 0
 
     def __post_init__(self) -> None:
         self.floor_w = floor_w(self.ctl.site)
@@ -67,7 +72,8 @@ class GridInbox:
         return lines
 
     def take(self, req: GridRequest, now_s: float) -> Answer | None:
-        """One request as it arrives; its answer (None: a duplicate of one already answered)."""
+        """One request as it arrives; its answer (None: a duplicate of one already answered, or one over before
+        this inbox began)."""
         bad = verify(req, self.keyring)
         if bad:
             return Answer(req, "refused", bad, security=True)
@@ -79,6 +85,11 @@ class GridInbox:
         if seen == "other":
             return Answer(req, "refused", f"grid.request {req.id}: id already taken by another request (a reused id "
                                           "or an altered replay): send a new id", security=True)
+        if req.end_s() <= now_s and req.issued_at_s < self.started_s:
+            self.over_before_start += 1
+            log.info("demand response %s (sent %s by %s): its hold ended %s, before this controller read it: not "
+                     "taken", req.id, _iso(req.issued_at_s), req.issuer, _iso(req.end_s()))
+            return None
         why = check_request(req, self.ctl.site, self.floor_w, self.ctl.level_power_w, now_s, self.bounds)
         if why:
             return Answer(req, "refused", why)

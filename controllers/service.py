@@ -29,8 +29,8 @@ from controllers.grid_inbox import Answer, GridInbox
 from controllers.shadow import ShadowController
 from powerplane import access, topics
 from powerplane.config import Config
-from powerplane.grid_input import Ledger, answer_event
-from powerplane.kafka import DeadLetters, Producer, client_auth, consumer
+from powerplane.grid_input import MAX_AHEAD_S, Ledger, answer_event
+from powerplane.kafka import DeadLetters, Producer, client_auth, consumer, seed_fresh_group
 from powerplane.metrics import ConsumerLag, kafka_python_lags
 from powerplane.schemas import (
     Ack,
@@ -298,6 +298,12 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
     auth = client_auth(cfg, role)
     producer = Producer(cfg.kafka_bootstrap, group, auth=auth)
     dlq = DeadLetters(producer, "controller-shadow" if shadow else "controller")
+    # A request sent before this group's first start (the utility announces a day ahead) is read, not skipped.
+    seeded = seed_fresh_group(cfg.kafka_bootstrap, group, topics.GRID.name, time.time() - MAX_AHEAD_S, auth)
+    if seeded:
+        log.info("%s: first start of group %s on %s: reading the requests sent in the last %.0f h (offsets %s)",
+                 "shadow controller" if shadow else "controller", group, topics.GRID.name, MAX_AHEAD_S / 3600,
+                 seeded)
     cons = consumer(cfg.kafka_bootstrap, group, *inputs, auth=auth)
     if registry is not None:
         registry.register(ControllerMetrics(ctl, producer, dlq))

@@ -370,3 +370,31 @@ def read_window(bootstrap: str, topic: str, start_s: float, end_s: float, timeou
     finally:
         c.close()
     return out
+
+
+def seed_fresh_group(bootstrap: str, group: str, topic: str, since_s: float,
+                     auth: ClientAuth | None = None) -> dict[int, int]:
+    """Where `group` has no committed offset on a partition of `topic` (a group's first start), commit the first
+    offset whose broker timestamp is at or after since_s, so that the group's first poll reads the records sent
+    from then on instead of from the end (what `auto_offset_reset="latest"` does). For an input whose records
+    speak of the future (a demand-response request sent before the controller first ran). Partitions the group
+    has an offset on are left as they are. Returns {partition: offset} of what it committed. The group must have
+    no member yet (it is about to be joined by the caller)."""
+    from kafka import OffsetAndMetadata, TopicPartition
+
+    auth = auth or process_auth()
+    c = KafkaConsumer(bootstrap_servers=bootstrap, **auth.kafka_python(), group_id=group, enable_auto_commit=False,
+                      request_timeout_ms=20_000)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        fresh = [tp for tp in parts if c.committed(tp) is None]
+        if not fresh:
+            return {}
+        c.assign(fresh)
+        end = c.end_offsets(fresh)
+        at = c.offsets_for_times({tp: int(since_s * 1000) for tp in fresh})
+        seed = {tp: at[tp].offset if at.get(tp) is not None else end[tp] for tp in fresh}  # None: nothing since
+        c.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in seed.items()})
+        return {tp.partition: off for tp, off in seed.items()}
+    finally:
+        c.close()

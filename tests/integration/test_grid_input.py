@@ -144,3 +144,51 @@ def test_a_signed_request_from_the_cli_caps_the_site_and_a_forged_one_is_refused
     assert shadow_caps and all(x.shadow and x.issued_at_s >= start_s - 1.0 for x in shadow_caps)
     assert main(["dr", "status", "--id", good, "--seconds", "300"]) == 0
     assert f"demand response {good} started:" in capsys.readouterr().out
+
+
+def _forget_offsets(c: Config, group: str, topic: str) -> None:
+    """The group as one that has never read `topic` (its other offsets kept): a controller's first start."""
+    from kafka import TopicPartition
+
+    from powerplane.kafka import admin_client
+
+    admin = admin_client(c.kafka_bootstrap, client_auth(c, "admin"))
+    try:
+        parts = [TopicPartition(topic, p) for p in range(topics.GRID.partitions)]
+        failed = {tp: err for tp, err in admin.delete_group_offsets(group, parts).items()
+                  if err is not None and err.__name__ != "NoError"}
+        assert not failed, failed
+    finally:
+        admin.close()
+
+
+def test_a_request_sent_before_the_controllers_first_start_is_taken(cfg: Config, tmp_path: Path, capsys: Any) -> None:
+    """The utility announces a day ahead; the site's controller group has never read pp.grid (a new deployment).
+    The request is accepted when the controller first starts, not skipped as records before a group's first
+    start are (kafka's `latest` reset)."""
+    stamp = int(time.time())
+    path, site = site_copy(tmp_path, f"lab-dr-first-{stamp}")
+    c = cfg.model_copy(update={"site_file": str(path)})
+    start_group_at_end(c, "powerplane-controller", (*INPUTS, topics.ACKS.name, topics.GRID.name))
+    _forget_offsets(c, "powerplane-controller", topics.GRID.name)
+    since = end_offsets(c, topics.EVENTS.name)
+    rid = f"dr-ahead-{stamp}"
+    assert main(["dr", "request", "--id", rid, "--reduce-by-pct", "25", "--within-s", "30", "--hold-s", "600",
+                 "--in-s", "3600", "--site", site.name, "--issuer", "test-ven"]) == 0
+    set_process_auth(client_auth(c, "admin"))
+    capsys.readouterr()
+    time.sleep(1.0)  # sent a moment before the controller's first start
+    svc = Services(c, tmp_path / "logs")
+    try:
+        svc.start("live", "controller")
+        wait_for_groups(c, ("powerplane-controller",), check=svc.check)
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline and not _answers(c, since, (rid,))[rid]:
+            time.sleep(1.0)
+        svc.check()
+    finally:
+        svc.stop()
+    statuses = [(e.details or {}).get("status") for e in _answers(c, since, (rid,))[rid]]
+    assert statuses == ["accepted"]
+    log = (tmp_path / "logs" / "live.log").read_text()
+    assert f"first start of group powerplane-controller on {topics.GRID.name}" in log

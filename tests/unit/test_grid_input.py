@@ -89,6 +89,27 @@ def test_a_scheduled_request_waits_for_its_start_then_ends(tmp_path: Path) -> No
     assert ended.status == "ended"
 
 
+def test_a_first_start_takes_a_request_sent_before_it_and_passes_over_one_already_over(tmp_path: Path) -> None:
+    """A controller's first read of pp.grid goes back two days (controllers.service): a request sent a day
+    ahead, before the controller first ran, is accepted; one whose hold was over before it ran is history,
+    logged and counted, neither refused with an alert nor recorded; one sent before it, started long ago and
+    still held, is refused as late (the site did not shed on time: the operator is told)."""
+    inbox = _inbox(tmp_path)
+    now = inbox.started_s + 5.0
+    ahead = _req(now - 3600.0, id="evt-ahead", start_s=now + 7200.0)
+    over = _req(now - 86_400.0, id="evt-over", start_s=now - 80_000.0, hold_s=3600.0)
+    late = _req(now - 7200.0, id="evt-late", start_s=now - 3600.0, hold_s=7200.0)
+    ans = inbox.take(ahead, now)
+    assert ans is not None and ans.status == "accepted" and "(in 7200 s)" in ans.summary
+    assert inbox.take(over, now) is None and inbox.over_before_start == 1 and inbox.ledger.seen(over) is None
+    ans = inbox.take(late, now)
+    assert ans is not None and ans.status == "refused" and "field 'start_s' is 3600 s in the past" in ans.summary
+    # After the start, a request over when it comes is refused as any late one is.
+    sent_after = _req(now + 10.0, id="evt-after", start_s=now - 7200.0, hold_s=60.0)
+    ans = inbox.take(sent_after, now + 20.0)
+    assert ans is not None and ans.status == "refused"
+
+
 @pytest.mark.parametrize(("kw", "reason"), [
     ({"site": "other"}, "field 'site' = 'other', but this controller runs site 'lab'"),
     ({"feed": "util-c"}, "field 'feed' = 'util-c': site lab has no such utility feed (it has: util-a, util-b)"),
