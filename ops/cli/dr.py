@@ -32,19 +32,42 @@ def _start_s(args: argparse.Namespace, now_s: float) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
+def _site_name(args: argparse.Namespace, cfg: Config) -> str:
+    """--site, or the configured site file's name."""
+    if args.site is not None:
+        return str(args.site)
+    s = _site_optional(cfg)
+    if s is None:
+        raise UsageError("--site: name the site (no site file to take it from)")
+    return str(s.name)
+
+
+def _issuer(args: argparse.Namespace) -> str:
+    return str(args.issuer or f"{getpass.getuser()}@{socket.gethostname()}")
+
+
+def _send(cfg: Config, topic: str, rec: Any, what: str, client: str = "powerplane-dr") -> None:
+    """Publish one signed record (acks=all, idempotent, flushed); a Failure when the broker did not take it."""
+    from powerplane.kafka import Producer
+
+    p = Producer(cfg.kafka_bootstrap, client)
+    try:
+        p.send(topic, rec.encode(), key=rec.key())
+        p.flush(30)
+    finally:
+        p.close(5)
+    if p.delivered != 1:
+        raise Failure(f"{what} not delivered to {topic}: {p.last_error or 'timed out'}")
+
+
 def _request(args: argparse.Namespace, cfg: Config) -> Any:
     """The signed record, checked as the controller's decoder will check it (one line naming the field)."""
     from powerplane.schemas import GridRequest, SchemaError
     from powerplane.signing import grid_key_path, load_keyring
 
-    site = args.site
-    if site is None:
-        s = _site_optional(cfg)
-        if s is None:
-            raise UsageError("--site: name the site (no site file to take it from)")
-        site = s.name
+    site = _site_name(args, cfg)
     now = time.time()
-    req = GridRequest(id=args.id, site=site, issuer=args.issuer or f"{getpass.getuser()}@{socket.gethostname()}",
+    req = GridRequest(id=args.id, site=site, issuer=_issuer(args),
                       issued_at_s=now, start_s=_start_s(args, now), reduce_by_pct=args.reduce_by_pct,
                       reduce_to_mw=args.reduce_to_mw, within_s=args.within_s, hold_s=args.hold_s, feed=args.feed)
     try:
@@ -57,17 +80,9 @@ def _request(args: argparse.Namespace, cfg: Config) -> Any:
 
 def cmd_dr_request(args: argparse.Namespace, cfg: Config) -> int:
     from powerplane import topics
-    from powerplane.kafka import Producer
 
     req = _request(args, cfg)
-    p = Producer(cfg.kafka_bootstrap, "powerplane-dr")
-    try:
-        p.send(topics.GRID.name, req.encode(), key=req.key())
-        p.flush(30)
-    finally:
-        p.close(5)
-    if p.delivered != 1:
-        raise Failure(f"demand response {req.id} not delivered to {topics.GRID.name}: {p.last_error or 'timed out'}")
+    _send(cfg, topics.GRID.name, req, f"demand response {req.id}")
     what = f"by {req.reduce_by_pct:g} %" if req.reduce_by_pct is not None else f"to {req.reduce_to_mw:g} MW"
     start = datetime.fromtimestamp(req.start_s, UTC).isoformat(timespec="seconds")
     print(f"demand response {req.id}: reduce {req.feed or req.site} {what} within {req.within_s:g} s from {start}, "
@@ -78,6 +93,12 @@ def cmd_dr_request(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_dr_status(args: argparse.Namespace, cfg: Config) -> int:
     """The latest answer to each request of the last --seconds, oldest first."""
+    return _answers(args, cfg, "demand_response", "request_id", "demand-response")
+
+
+def _answers(args: argparse.Namespace, cfg: Config, kind: str, id_key: str, what: str) -> int:
+    """The controller's latest answer (pp.events, `kind`) to each record of the last --seconds, oldest first;
+    `id_key`: the detail naming the record."""
     from powerplane import topics
     from powerplane.kafka import read_window
     from powerplane.schemas import Event, SchemaError
@@ -89,15 +110,15 @@ def cmd_dr_status(args: argparse.Namespace, cfg: Config) -> int:
             ev = Event.decode(value)
         except SchemaError:
             continue
-        if ev.kind == "demand_response" and (args.id is None or (ev.details or {}).get("request_id") == args.id):
-            latest[str((ev.details or {}).get("request_id", ev.id))] = ev
+        if ev.kind == kind and (args.id is None or (ev.details or {}).get(id_key) == args.id):
+            latest[str((ev.details or {}).get(id_key, ev.id))] = ev
     rows = sorted(latest.values(), key=lambda e: e.ts_s)
     if args.output == "json":
-        _emit_json([{"request_id": (e.details or {}).get("request_id"), "status": (e.details or {}).get("status"),
+        _emit_json([{id_key: (e.details or {}).get(id_key), "status": (e.details or {}).get("status"),
                      "ts_s": e.ts_s, "summary": e.summary} for e in rows])
         return 0
     if not rows:
-        print(f"no demand-response answers on {topics.EVENTS.name} in the last {args.seconds:g} s")
+        print(f"no {what} answers on {topics.EVENTS.name} in the last {args.seconds:g} s")
     for e in rows:
         print(f"{datetime.fromtimestamp(e.ts_s, UTC).isoformat(timespec='seconds')}  {e.summary}")
     return 0
