@@ -67,8 +67,9 @@ class JobInbox:
         if why:
             return Answer(n, "refused", why)
         self.ledger.accept(n, n.start_s + self.ctl.grid.window_s)
-        return Answer(n, "accepted", f"from {n.issuer}, in {n.start_s - now_s:.0f} s: {self._hand(n, gpus)}"
-                                     f"{self._moot()}")
+        lead_s = n.start_s - now_s
+        when = f"in {lead_s:.0f} s" if lead_s >= 0.0 else f"{-lead_s:.0f} s late"
+        return Answer(n, "accepted", f"from {n.issuer}, {when}: {self._hand(n, gpus)}{self._moot()}")
 
     def _hand(self, n: JobNotice, gpus: IntArray) -> str:
         # The live controller's time base is the wall clock: the notice's start is its start.
@@ -81,6 +82,8 @@ class JobInbox:
         lim = self.ctl.site.grid
         if lim is None or lim.ramp_up_mw_per_s is None:
             return " (but the site states no ramp-up limit: no floor is raised)"
+        if not self.ctl.grid.train.size:  # GridControl.floors raises none on a site without job classes
+            return " (but the site has no training or best-effort GPUs: the ramp limiter raises no floor)"
         return ""
 
 

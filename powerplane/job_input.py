@@ -69,7 +69,7 @@ class GpuNames:
                 return np.zeros(0, np.int64), (f"{where}: field 'gpus'[{i}] = {name!r}: server {server} has {n} "
                                                f"GPUs (gpu0 to gpu{n - 1})")
             out.append(np.array([self.first[s] + slot], dtype=np.int64))
-        return np.unique(np.concatenate(out)), None
+        return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64), None
 
 
 def check_notice(n: JobNotice, names: GpuNames, now_s: float, bounds: Bounds = BOUNDS) -> tuple[IntArray, str | None]:

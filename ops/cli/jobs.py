@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ops.cli.common import UsageError, _add_output
-from ops.cli.dr import _answers, _issuer, _send, _site_name
+from ops.cli.signed import answers, issuer, send_one, site_name
 
 if TYPE_CHECKING:
     from powerplane.config import Config
@@ -23,7 +23,7 @@ def _notice(args: argparse.Namespace, cfg: Config) -> Any:
     from powerplane.signing import load_keyring, scheduler_key_path
 
     now = time.time()
-    n = JobNotice(id=args.job, site=_site_name(args, cfg), issuer=_issuer(args), issued_at_s=now,
+    n = JobNotice(id=args.job, site=site_name(args, cfg), issuer=issuer(args), issued_at_s=now,
                   start_s=now + args.start_in_s, gpus=[g.strip() for g in args.gpus.split(",")],
                   expected_w=args.expected_w)
     try:
@@ -39,7 +39,7 @@ def cmd_job_notice(args: argparse.Namespace, cfg: Config) -> int:
     from powerplane import topics
 
     n = _notice(args, cfg)
-    _send(cfg, topics.JOBS.name, n, f"job notice {n.id}", client="powerplane-job")
+    send_one(cfg, topics.JOBS.name, n, f"job notice {n.id}", client="powerplane-job")
     start = datetime.fromtimestamp(n.start_s, UTC).isoformat(timespec="seconds")
     at = f"{n.expected_w:g} W" if n.expected_w is not None else "their maximum power"
     print(f"job notice {n.id}: {len(n.gpus)} server(s)/GPU(s) on {n.site} start at {start}, computing at {at}; "
@@ -49,7 +49,7 @@ def cmd_job_notice(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_job_status(args: argparse.Namespace, cfg: Config) -> int:
     """The latest answer to each notice of the last --seconds, oldest first."""
-    return _answers(args, cfg, "job_notice", "notice_id", "job-notice")
+    return answers(args, cfg, "job_notice", "notice_id", "job-notice")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -161,6 +161,9 @@ def test_an_accepted_notice_says_when_it_will_move_nothing(tmp_path: Path) -> No
     assert off is not None and off.summary.endswith('(but this controller sends no floors: power_floors = "off")')
     flat = _inbox(tmp_path / "flat", ramp="").take(_notice(now), now)
     assert flat is not None and flat.summary.endswith("(but the site states no ramp-up limit: no floor is raised)")
+    late = _inbox(tmp_path / "late").take(_notice(now, start_s=now - 3.0), now)  # within the 5 s: clocks differ
+    assert late is not None and late.status == "accepted" and late.summary.startswith("from slurm prolog on "
+                                                                                     "head-1, 3 s late: job 4711.0")
 
 
 def test_answers_are_events_a_refusal_an_alert_of_its_own() -> None:
