@@ -187,9 +187,9 @@ class CapController:
         """A demand-response request (controllers.grid_limits): held from its start time; a one-line summary."""
         return self.grid.on_demand_response(ev, self.level_power_w, load0_w)
 
-    def on_job_notice(self, name: str, gpus: np.ndarray, start_s: float) -> str:
+    def on_job_notice(self, name: str, gpus: np.ndarray, start_s: float, expected_w: float | None = None) -> str:
         """A scheduler's notice of a job's start (controllers.grid_limits): floors ramp its GPUs up before it."""
-        return self.grid.on_job_notice(name, gpus, start_s)
+        return self.grid.on_job_notice(name, gpus, start_s, expected_w)
 
     def on_ack(self, ack: Ack, now_s: float) -> bool:
         """An actuator's signed ack of a command issued here: True where it refuses a power floor for want of

@@ -19,8 +19,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from controllers.controller import CapController
-from powerplane.grid_input import Bounds, Ledger, as_demand_response, check_request, floor_w, verify
-from powerplane.schemas import GridRequest
+from powerplane.grid_input import (
+    Bounds,
+    Ledger,
+    answer_event,
+    as_demand_response,
+    check_request,
+    floor_w,
+    verify,
+)
+from powerplane.job_input import notice_event
+from powerplane.schemas import Event, GridRequest, JobNotice
 from powerplane.signing import Keyring
 
 log = logging.getLogger("powerplane.controller")
@@ -28,10 +37,22 @@ log = logging.getLogger("powerplane.controller")
 
 @dataclass
 class Answer:
-    req: GridRequest
+    """The answer to one signed record from the grid's side: a demand-response request here, a job notice in
+    controllers.job_inbox. The Kafka shell publishes `event()` (controllers.service ControllerLoop.answer)."""
+
+    req: GridRequest | JobNotice
     status: str  # accepted | started | ended | refused
     summary: str
     security: bool = False  # refused for its signature or a reused id: also a dead letter
+
+    @property
+    def what(self) -> str:
+        return "job notice" if isinstance(self.req, JobNotice) else "demand response"
+
+    def event(self, component: str, now_s: float) -> Event:
+        if isinstance(self.req, JobNotice):
+            return notice_event(self.req, self.status, self.summary, component, now_s)
+        return answer_event(self.req, self.status, self.summary, component, now_s)
 
 
 def _iso(ts_s: float) -> str:
@@ -42,7 +63,7 @@ def _iso(ts_s: float) -> str:
 class GridInbox:
     ctl: CapController
     keyring: Keyring  # the grid role's keys
-    ledger: Ledger
+    ledger: Ledger[GridRequest]
     bounds: Bounds = field(default_factory=Bounds)
     pending: list[GridRequest] = field(default_factory=list)  # accepted, not started
     held: list[GridRequest] = field(default_factory=list)  # started, hold not over
@@ -93,7 +114,7 @@ class GridInbox:
         why = check_request(req, self.ctl.site, self.floor_w, self.ctl.level_power_w, now_s, self.bounds)
         if why:
             return Answer(req, "refused", why)
-        self.ledger.accept(req)
+        self.ledger.accept(req, req.end_s())
         if req.start_s <= now_s:
             return Answer(req, "accepted", self._start(req, now_s))
         self.pending.append(req)

@@ -134,7 +134,8 @@ class GridControl:
         self.notices = [n for n in self.notices if n.name != name] + [_Notice(name, g, float(start_s), to)]
         rise_w = float(np.sum((to - self.site.gpu_idle_w[g]) / self.eff[g]))
         at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start_s))
-        return f"job {name}: {g.size} GPUs start at {at}; their floors go up {rise_w / MW:.2f} MW before it"
+        rise = f"{rise_w / MW:.2f} MW" if rise_w >= 0.1 * MW else f"{rise_w / 1e3:.1f} kW"  # a lab's job is kW
+        return f"job {name}: {g.size} GPUs start at {at}; their floors go up {rise} before it"
 
     def _prefloors(self, now_s: float, cap_w: FloatArray) -> FloatArray:
         """Per GPU, the floor a job notice asks of it now (NaN: none): from idle, up the same step each second (a

@@ -1,8 +1,9 @@
 """The controller's Kafka shell (`powerplane controller`): consumes pp.facility, pp.aggregates, pp.headroom,
-pp.telemetry and pp.acks into a `CapController` (controllers/controller.py), decides once per tick and
-as soon as a level crosses its cap threshold, and publishes the commands to pp.commands and pp.audit.
-Acks are verified (signed by the actuators' key) and read back to measure command latency and to log what
-the actuators really applied; a forged one is dead-lettered and raises a security event.
+pp.telemetry and pp.acks into a `CapController` (controllers/controller.py), and the signed demand-response
+requests (pp.grid) and job-start notices (pp.jobs) through their inboxes (controllers.grid_inbox, job_inbox);
+decides once per tick and as soon as a level crosses its cap threshold, and publishes the commands to
+pp.commands and pp.audit. Acks are verified (signed by the actuators' key) and read back to measure command
+latency and to log what the actuators really applied; a forged one is dead-lettered and raises a security event.
 
 With `shadow` (`powerplane controller --shadow`, controllers/shadow.py) the same loop runs as the `shadow` role
 in its own consumer group, reads no acks, and publishes its commands to pp.shadow only: no pp.commands, no
@@ -26,10 +27,12 @@ from controllers.capping import (
 )
 from controllers.controller import CapController, ControllerStats
 from controllers.grid_inbox import Answer, GridInbox
+from controllers.job_inbox import JobInbox, job_inbox
 from controllers.shadow import ShadowController
 from powerplane import access, topics
 from powerplane.config import Config
-from powerplane.grid_input import MAX_AHEAD_S, Ledger, answer_event
+from powerplane.grid_input import MAX_AHEAD_S, Ledger
+from powerplane.job_input import MAX_AHEAD_S as JOB_MAX_AHEAD_S
 from powerplane.kafka import DeadLetters, Producer, client_auth, consumer, seed_fresh_group
 from powerplane.metrics import ConsumerLag, kafka_python_lags
 from powerplane.schemas import (
@@ -38,6 +41,7 @@ from powerplane.schemas import (
     FacilityReading,
     GridRequest,
     Headroom,
+    JobNotice,
     LevelAggregate,
     SchemaError,
     TelemetryFrame,
@@ -133,9 +137,11 @@ class ControllerLoop:
     records, and reading them all first delayed the commands by ~0.1-0.2 s)."""
 
     def __init__(self, ctl: CapController, producer: Producer, dlq: DeadLetters, ack_keyring: Keyring,
-                 decide_on_crossing: bool, shadow: bool = False, inbox: GridInbox | None = None) -> None:
+                 decide_on_crossing: bool, shadow: bool = False, inbox: GridInbox | None = None,
+                 jobs: JobInbox | None = None) -> None:
         self.ctl, self.producer, self.dlq, self.ack_keyring = ctl, producer, dlq, ack_keyring
         self.inbox = inbox  # demand-response requests from pp.grid (controllers.grid_inbox)
+        self.jobs = jobs  # job-start notices from pp.jobs (controllers.job_inbox)
         self.decide_on_crossing = decide_on_crossing
         self.shadow = shadow  # decisions to pp.shadow only, never to pp.commands or pp.audit
         self.sent_at: dict[str, float] = {}
@@ -168,12 +174,12 @@ class ControllerLoop:
             if why:
                 self.dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, why, m.key, m.value or b""))
             return urgent
-        if isinstance(rec, GridRequest):
-            if self.inbox is not None:
-                ans = self.inbox.take(rec, now_s)
-                if ans is not None:
-                    self.answer(ans, now_s, DeadLetter(tp.topic, tp.partition, m.offset, ans.summary, m.key,
-                                                       m.value or b""), m.value or b"")
+        if isinstance(rec, GridRequest | JobNotice):
+            ans = (self.inbox.take(rec, now_s) if isinstance(rec, GridRequest) and self.inbox is not None else
+                   self.jobs.take(rec, now_s) if isinstance(rec, JobNotice) and self.jobs is not None else None)
+            if ans is not None:
+                self.answer(ans, now_s, DeadLetter(tp.topic, tp.partition, m.offset, ans.summary, m.key,
+                                                   m.value or b""), m.value or b"")
             return False
         if isinstance(rec, TelemetryFrame):
             ctl.on_frame(rec, now_s)
@@ -188,17 +194,18 @@ class ControllerLoop:
         return False
 
     def answer(self, ans: Answer, now_s: float, dead: DeadLetter | None = None, raw: bytes = b"") -> None:
-        """Publish a demand-response answer: one line in the log always; live, an event on pp.events and the request
-        (as received) and its answer on pp.audit, and a refused request on pp.deadletter with its reason. A shadow
-        publishes none of it (it takes the request into its own budget only)."""
+        """Publish the answer to a demand-response request or a job notice: one line in the log always; live, an
+        event on pp.events and the record (as received) and its answer on pp.audit, and a refused record on
+        pp.deadletter with its reason. A shadow publishes none of it (it takes the record into its own policy
+        only)."""
         who = "shadow controller" if self.shadow else "controller"
-        (log.warning if ans.status == "refused" else log.info)("%s: demand response %s %s: %s", who, ans.req.id,
+        (log.warning if ans.status == "refused" else log.info)("%s: %s %s %s: %s", who, ans.what, ans.req.id,
                                                                ans.status, ans.summary)
         if self.shadow:
             return
         if ans.status == "refused" and dead is not None:
             self.dlq.publish(dead)
-        ev = answer_event(ans.req, ans.status, ans.summary, "controller", now_s)
+        ev = ans.event("controller", now_s)
         data = ev.encode()
         self.producer.send(topics.EVENTS.name, data, key=ev.id.encode())
         if raw:
@@ -245,11 +252,12 @@ class ControllerLoop:
 
 _RECORDS: dict[str, Any] = {topics.AGGREGATES.name: LevelAggregate, topics.TELEMETRY.name: TelemetryFrame,
                             topics.HEADROOM.name: Headroom, topics.ACKS.name: Ack,
-                            topics.FACILITY.name: FacilityReading, topics.GRID.name: GridRequest}
+                            topics.FACILITY.name: FacilityReading, topics.GRID.name: GridRequest,
+                            topics.JOBS.name: JobNotice}
 # What a decision needs, taken before the rest: facility signals first (a UPS on battery is the earliest word of a
 # feed loss), then aggregates and headroom.
 _FIRST = (topics.FACILITY.name, topics.AGGREGATES.name, topics.HEADROOM.name)
-_THEN = (topics.TELEMETRY.name, topics.ACKS.name, topics.GRID.name)
+_THEN = (topics.TELEMETRY.name, topics.ACKS.name, topics.GRID.name, topics.JOBS.name)
 
 
 # Every controller decides at this fraction of a tick past the wall clock's whole ticks (half past each second),
@@ -275,7 +283,7 @@ def _wiring(shadow: bool) -> tuple[str, str, tuple[str, ...]]:
     """(Kafka role, consumer group, topics read) of the controller, or of a shadow: its own role and group (it
     never takes the live controller's partitions), and no acks (nothing applies its commands)."""
     inputs = (topics.AGGREGATES.name, topics.TELEMETRY.name, topics.HEADROOM.name, topics.FACILITY.name,
-              topics.GRID.name)
+              topics.GRID.name, topics.JOBS.name)
     if shadow:
         return "shadow", access.SHADOW_GROUP, inputs
     return "controller", "powerplane-controller", (*inputs, topics.ACKS.name)
@@ -298,18 +306,21 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
     auth = client_auth(cfg, role)
     producer = Producer(cfg.kafka_bootstrap, group, auth=auth)
     dlq = DeadLetters(producer, "controller-shadow" if shadow else "controller")
-    # A request sent before this group's first start (the utility announces a day ahead) is read, not skipped.
-    seeded = seed_fresh_group(cfg.kafka_bootstrap, group, topics.GRID.name, time.time() - MAX_AHEAD_S, auth)
-    if seeded:
-        log.info("%s: first start of group %s on %s: reading the requests sent in the last %.0f h (offsets %s)",
-                 "shadow controller" if shadow else "controller", group, topics.GRID.name, MAX_AHEAD_S / 3600,
-                 seeded)
+    # A request or notice sent before this group's first start (the utility announces a day ahead, a prolog
+    # minutes ahead) is read, not skipped: reading goes back as far ahead as each may start.
+    for topic, back_s in ((topics.GRID.name, MAX_AHEAD_S), (topics.JOBS.name, JOB_MAX_AHEAD_S)):
+        seeded = seed_fresh_group(cfg.kafka_bootstrap, group, topic, time.time() - back_s, auth)
+        if seeded:
+            span = f"{back_s / 3600:g} h" if back_s >= 3600 else f"{back_s / 60:g} min"
+            log.info("%s: first start of group %s on %s: reading the records sent in the last %s (offsets %s)",
+                     "shadow controller" if shadow else "controller", group, topic, span, seeded)
     cons = consumer(cfg.kafka_bootstrap, group, *inputs, auth=auth)
     if registry is not None:
         registry.register(ControllerMetrics(ctl, producer, dlq))
         registry.register(ConsumerLag(group, partial(kafka_python_lags, cons)))
+    state = Path(cfg.state_dir) / ("controller-shadow" if shadow else "controller")  # a shadow's answers are its own
     loop = ControllerLoop(ctl, producer, dlq, ack_keyring or keyring, decide_on_crossing, shadow=shadow,
-                          inbox=grid_inbox(cfg, ctl, shadow))
+                          inbox=grid_inbox(cfg, ctl, state), jobs=job_inbox(cfg, ctl, state))
     next_tick = first_tick(tick_s, time.time(), time.monotonic())
     try:
         while not stop.is_set():
@@ -330,11 +341,11 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
     return ctl
 
 
-def grid_inbox(cfg: Config, ctl: CapController, shadow: bool) -> GridInbox:
-    """The demand-response inbox, its ledger in the state directory (a shadow's apart: its answers are its own),
-    with the requests still held before a restart taken back."""
+def grid_inbox(cfg: Config, ctl: CapController, state: Path) -> GridInbox:
+    """The demand-response inbox, its ledger in the controller's state directory `state`, with the requests still
+    held before a restart taken back."""
     keys = load_keyring(grid_key_path(cfg.signing_key_file, cfg.grid_key_file), cfg.grid_key_id, create=True)
-    ledger = Ledger(Path(cfg.state_dir) / ("controller-shadow" if shadow else "controller") / "grid-requests.sqlite")
+    ledger = Ledger(state / "grid-requests.sqlite", GridRequest.decode)
     inbox = GridInbox(ctl, keys, ledger)
     for line in inbox.restore(time.time()):
         log.info("%s", line)

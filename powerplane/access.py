@@ -48,14 +48,14 @@ ROLES: dict[str, Grants] = {
                              _T.DEADLETTER.name, STREAMS_INTERNAL),
                       groups=(STREAMS_INTERNAL,), doc="the faust worker"),
     "controller": Grants(read=(_T.AGGREGATES.name, _T.HEADROOM.name, _T.TELEMETRY.name, _T.FACILITY.name,
-                               _T.ACKS.name, _T.GRID.name),
+                               _T.ACKS.name, _T.GRID.name, _T.JOBS.name),
                          write=(_T.COMMANDS.name, _T.AUDIT.name, _T.EVENTS.name, _T.DEADLETTER.name),
                          groups=("powerplane-controller",), doc="the capping controller"),
     # `controller --shadow`: the controller's inputs (not pp.acks: nothing applies its decisions, so there are no
     # acks of its own), its decisions only to pp.shadow, in its own groups so it never takes the live
     # controller's partitions. It cannot write pp.commands, pp.audit or pp.events: the broker refuses.
     "shadow": Grants(read=(_T.AGGREGATES.name, _T.HEADROOM.name, _T.TELEMETRY.name, _T.FACILITY.name,
-                           _T.GRID.name),
+                           _T.GRID.name, _T.JOBS.name),
                      write=(_T.SHADOW.name, _T.DEADLETTER.name),
                      groups=(f"{SHADOW_GROUP}*",), doc="a controller in shadow mode (a policy under evaluation)"),
     "actuator": Grants(read=(_T.COMMANDS.name,),
@@ -67,6 +67,9 @@ ROLES: dict[str, Grants] = {
     # The site's gateway to its utility or ISO (an OpenADR VEN; `powerplane dr request`): demand-response requests
     # only, signed with the grid key. It reads nothing: the answers are for the site's operators (pp.events).
     "grid": Grants(write=(_T.GRID.name,), doc="the utility's gateway: demand-response requests to pp.grid only"),
+    # The site's scheduler (a Slurm prolog; `powerplane job notice`): job-start notices only, signed with the
+    # scheduler key. It reads nothing: the answers are for the site's operators (pp.events).
+    "scheduler": Grants(write=(_T.JOBS.name,), doc="the scheduler's prolog: job-start notices to pp.jobs only"),
     # Every `pp.` topic (recordings may hold topics an operator made, e.g. a replay's copies) and faust's own.
     "ops": Grants(read=("pp.*", STREAMS_INTERNAL), describe_groups=("*",),
                   doc="dashboard, status, record, demo observer, topics list: read everything, write nothing"),

@@ -93,6 +93,10 @@ class Config(BaseSettings):
     # signing_key_file): the utility's gateway holds it, the controller verifies with it (powerplane.grid_input).
     grid_key_file: str = ""
     grid_key_id: str = "g1"
+    # Job-start notices (pp.jobs) are signed with the scheduler role's keyring ("" = scheduler.key beside
+    # signing_key_file): the scheduler's prolog holds it, the controller verifies with it (powerplane.job_input).
+    scheduler_key_file: str = ""
+    scheduler_key_id: str = "s1"
     sample_interval_s: Number = Field(1.0, gt=0)
     command_lease_s: Number = Field(30.0, gt=0)
     # Telemetry event time against the receiver's clock: a frame further ahead is refused (one future-dated

@@ -12,7 +12,8 @@ Replays across restarts: the ids of answered requests live in a sqlite file in t
 and the same signature is the same request (a redelivery after a restart, or a replay inside the window): it is
 taken once and its answer is not repeated. The same id with other contents is refused. An accepted request whose
 hold has not ended is read back at start, with the load it started from, so a restarted controller keeps the budget
-it was holding instead of dropping the site's reduction.
+it was holding instead of dropping the site's reduction. The ledger serves the job-start notices too
+(powerplane.job_input), each input in a file of its own.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import math
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -99,15 +102,28 @@ def as_demand_response(req: GridRequest, wall_now_s: float, ctl_now_s: float) ->
                           hold_s=req.hold_s, feed=req.feed)
 
 
-def digest(req: GridRequest) -> str:
-    return hashlib.sha256(req.encode()).hexdigest()
+class Answered(Protocol):
+    """What the ledger keeps of a record: its id and its bytes (a grid request, a job notice)."""
+
+    id: str
+
+    def encode(self) -> bytes: ...
 
 
-class Ledger:
-    """The answered requests, durable (sqlite, committed per answer: a few a day)."""
+R = TypeVar("R", bound=Answered)
 
-    def __init__(self, path: str | Path) -> None:
+
+def digest(rec: Answered) -> str:
+    return hashlib.sha256(rec.encode()).hexdigest()
+
+
+class Ledger(Generic[R]):
+    """The answered records of one signed input (demand-response requests; job notices: powerplane.job_input),
+    durable (sqlite, committed per answer: a few a day, or one per job start). `decode` reads a kept record back."""
+
+    def __init__(self, path: str | Path, decode: Callable[[bytes], R]) -> None:
         self.path = Path(path)
+        self.decode = decode
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -115,28 +131,30 @@ class Ledger:
                          "status TEXT NOT NULL, end_s REAL, record BLOB, load0_w REAL)")
         self._db.commit()
 
-    def seen(self, req: GridRequest) -> str | None:
-        """None: a new id; 'same': this very request again; 'other': the id with other contents."""
-        row = self._db.execute("SELECT digest FROM requests WHERE id = ?", (req.id,)).fetchone()
-        return None if row is None else ("same" if row[0] == digest(req) else "other")
+    def seen(self, rec: R) -> str | None:
+        """None: a new id; 'same': this very record again; 'other': the id with other contents."""
+        row = self._db.execute("SELECT digest FROM requests WHERE id = ?", (rec.id,)).fetchone()
+        return None if row is None else ("same" if row[0] == digest(rec) else "other")
 
-    def accept(self, req: GridRequest) -> None:
-        """Remember an accepted request (refused ones are not kept: a forger must not be able to take an id)."""
+    def accept(self, rec: R, end_s: float) -> None:
+        """Remember an accepted record, in force until end_s (refused ones are not kept: a forger must not be able
+        to take an id)."""
         self._db.execute("INSERT OR IGNORE INTO requests (id, digest, status, end_s, record) VALUES (?, ?, ?, ?, ?)",
-                         (req.id, digest(req), "accepted", req.end_s(), req.encode()))
+                         (rec.id, digest(rec), "accepted", end_s, rec.encode()))
         self._db.commit()
 
     def started(self, req_id: str, load0_w: float) -> None:
-        """The load it started from: a restart takes the budget up again from there, not from the reduced load."""
+        """The load a request started from: a restart takes the budget up again from there, not from the reduced
+        load."""
         self._db.execute("UPDATE requests SET load0_w = ? WHERE id = ?",
                          (load0_w if math.isfinite(load0_w) else None, req_id))
         self._db.commit()
 
-    def active(self, now_s: float) -> list[tuple[GridRequest, float]]:
-        """Accepted requests whose hold has not ended at now_s, with the load each started from (NaN: not yet)."""
+    def active(self, now_s: float) -> list[tuple[R, float]]:
+        """Accepted records still in force at now_s, with the load each started from (NaN: not yet, or none)."""
         rows = self._db.execute("SELECT record, load0_w FROM requests WHERE status = 'accepted' AND end_s > ? "
                                 "ORDER BY end_s", (now_s,)).fetchall()
-        return [(GridRequest.decode(rec), math.nan if load0 is None else float(load0)) for rec, load0 in rows]
+        return [(self.decode(rec), math.nan if load0 is None else float(load0)) for rec, load0 in rows]
 
     def close(self) -> None:
         self._db.close()

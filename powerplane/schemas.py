@@ -604,7 +604,8 @@ ACTIONS = ("power_cap", "sm_clock_lock", "power_floor", "reconfigure", "routing_
 
 
 def unsigned_wire_bytes(rec: Record) -> bytes:
-    """What a signed record's signature covers: its wire form without `sig` (commands, grid requests)."""
+    """What a signed record's signature covers: its wire form without `sig` (commands, grid requests, job
+    notices)."""
     d = rec.to_wire()
     d.pop("sig")
     return bytes(msgpack.packb(d, use_bin_type=True))
@@ -754,6 +755,45 @@ class GridRequest(Record):
 
 
 @dataclass
+class JobNotice(Record):
+    """A scheduler's word that a job starts on some GPUs at `start_s` (pp.jobs, issue 16): the controller's ramp
+    limiter then takes those GPUs from idle up to the power they will compute at before the start
+    (controllers.grid_limits GridControl.on_job_notice), so a synchronous job's start is not one step of its whole
+    power. Sent by the scheduler's prolog, signed by the scheduler role's key (powerplane.signing); checked on
+    arrival (powerplane.job_input). `gpus` names them as a scheduler knows them: a server (host) for every GPU of it,
+    or `<server>/gpu<N>` for its GPU N (the scheduler's index on that host; the site's own name: Site.gpu_id)."""
+
+    SCHEMA: ClassVar[str] = "job.notice"
+    KINDS: ClassVar[dict[str, str]] = {
+        "id": "str", "site": "str", "issuer": "str", "issued_at_s": "float", "start_s": "float", "gpus": "strlist",
+        "expected_w": "float?", "key_id": "str", "sig": "str",
+    }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        "issued_at_s": TS_RANGE, "start_s": TS_RANGE, "expected_w": (1.0, 1e5)}
+    id: str  # the scheduler's job id (with its restart count: a requeued job is a new start)
+    site: str
+    issuer: str  # who announces it: the scheduler's prolog and the host it runs on
+    issued_at_s: float  # seconds since the epoch, the issuer's clock
+    start_s: float  # seconds since the epoch: when the job starts computing
+    gpus: list[str]  # servers, or `<server>/gpu<N>`
+    expected_w: float | None = None  # DC W per GPU it will compute at; None: each GPU's maximum power limit
+    key_id: str = ""
+    sig: str = ""
+
+    def key(self) -> bytes:
+        return self.site.encode()
+
+    def validate(self, where: str) -> None:
+        if not self.id or not self.site or not self.issuer:
+            raise SchemaError(f"{where}: fields 'id', 'site' and 'issuer' must not be empty")
+        if not self.gpus or not all(self.gpus):
+            raise SchemaError(f"{where}: field 'gpus' must name at least one server or GPU, and no empty name")
+
+    def signing_bytes(self) -> bytes:
+        return unsigned_wire_bytes(self)
+
+
+@dataclass
 class DeadLetter:
     """Not a Record: the original bytes must survive even when they are not MessagePack at all."""
 
@@ -776,7 +816,7 @@ class DeadLetter:
 
 RECORDS: dict[str, type[Record]] = {
     r.SCHEMA: r for r in (TelemetryFrame, RackSummary, RackSummaryBatch, LevelAggregate, Headroom, Event, Command, Ack,
-                           FacilityReading, GridRequest)
+                           FacilityReading, GridRequest, JobNotice)
 }
 
 

@@ -69,6 +69,13 @@ def grid_key_path(signing_key_file: str | Path, grid_key_file: str = "") -> Path
     return Path(grid_key_file) if grid_key_file else Path(signing_key_file).with_name("grid.key")
 
 
+def scheduler_key_path(signing_key_file: str | Path, scheduler_key_file: str = "") -> Path:
+    """The scheduler keyring's file (job-start notices, pp.jobs): `scheduler_key_file`, or `scheduler.key` beside
+    the command keyring. A fourth key: the scheduler's prolog holds it and no other, so a leaked prolog host can
+    announce a job (its floors stay under the caps and end 10 s past the start) but never move a cap."""
+    return Path(scheduler_key_file) if scheduler_key_file else Path(signing_key_file).with_name("scheduler.key")
+
+
 # A controller in shadow mode signs with a key of its own (`shadow.key` beside the command keyring, key id
 # "shadow"), never with the command key: no actuator holds it, so a shadow record copied onto pp.commands fails
 # the signature check as well as the shadow mark (actuators.guard). It proves only which shadow wrote a record.

@@ -71,6 +71,13 @@ SHADOW = Topic("pp.shadow", COMMANDS.partitions, "target (rack id)", 7 * DAY_MS,
 # dispute or a post-incident review, and the controller's answers are on pp.events and pp.audit.
 GRID = Topic("pp.grid", 1, "site id", 365 * DAY_MS,
              doc="Signed demand-response requests (grid.request) from the utility's gateway; answered on pp.events")
+# Job-start notices from the site's scheduler (issue 16; docs/grid.md): written only by the scheduler role (its
+# prolog), read by the controller and its shadows. A topic of its own, not pp.grid: each writer's ACL then names
+# one topic, so a scheduler's credential cannot send a demand-response request nor the gateway's a notice. One
+# partition (a notice per job start, in the order sent); a week: a notice matters for seconds, and the notice as
+# received and its answer are kept a year on pp.audit.
+JOBS = Topic("pp.jobs", 1, "site id", 7 * DAY_MS,
+             doc="Signed job-start notices (job.notice) from the scheduler's prolog; answered on pp.events")
 DEADLETTER = Topic("pp.deadletter", 3, "source topic", 14 * DAY_MS,
                    doc="Records that failed validation: original bytes, reason, where they came from")
 
@@ -92,5 +99,5 @@ STREAMS_LEADER = Topic(f"{STREAMS_APP_ID}-__assignor-__leader", 1, "-", 1 * DAY_
                        doc="faust's internal leader-election topic (internal)")
 
 ALL: tuple[Topic, ...] = (TELEMETRY, RACKS, TREE_STATE, STREAMS_LEADER, AGGREGATES, HEADROOM, EVENTS, COMMANDS, ACKS,
-                          AUDIT, DEADLETTER, FACILITY, SHADOW, GRID)
+                          AUDIT, DEADLETTER, FACILITY, SHADOW, GRID, JOBS)
 

@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from ops.cli import analysis, dr, recordings, services, setup, shadow, status, traces
+from ops.cli import analysis, dr, jobs, recordings, services, setup, shadow, status, traces
 from ops.cli.common import FAILURE, USAGE, CliError
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML config file (default: $PP_CONFIG; every key also as PP_<KEY>)")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    for group in (setup, services, recordings, analysis, shadow, dr, traces, status):  # in this order in --help
+    for group in (setup, services, recordings, analysis, shadow, dr, jobs, traces, status):  # in this order in --help
         group.register(sub)
     return p
 
@@ -84,6 +84,8 @@ def kafka_role(args: argparse.Namespace) -> str:
         return "shadow"  # may write pp.shadow only: the broker refuses it pp.commands
     if args.cmd == "dr" and getattr(args, "action", "") == "request":
         return "grid"  # the utility's gateway: may write pp.grid only
+    if args.cmd == "job" and getattr(args, "action", "") == "notice":
+        return "scheduler"  # the scheduler's prolog: may write pp.jobs only
     return ROLES.get(args.cmd, "ops")
 
 

@@ -5,13 +5,12 @@ controller's answers to the latest ones (pp.events, kind demand_response)."""
 from __future__ import annotations
 
 import argparse
-import getpass
-import socket
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ops.cli.common import Failure, UsageError, _add_output, _emit_json, _site_optional
+from ops.cli.common import UsageError, _add_output
+from ops.cli.signed import answers, issuer, send_one, site_name
 
 if TYPE_CHECKING:
     from powerplane.config import Config
@@ -37,14 +36,9 @@ def _request(args: argparse.Namespace, cfg: Config) -> Any:
     from powerplane.schemas import GridRequest, SchemaError
     from powerplane.signing import grid_key_path, load_keyring
 
-    site = args.site
-    if site is None:
-        s = _site_optional(cfg)
-        if s is None:
-            raise UsageError("--site: name the site (no site file to take it from)")
-        site = s.name
+    site = site_name(args, cfg)
     now = time.time()
-    req = GridRequest(id=args.id, site=site, issuer=args.issuer or f"{getpass.getuser()}@{socket.gethostname()}",
+    req = GridRequest(id=args.id, site=site, issuer=issuer(args),
                       issued_at_s=now, start_s=_start_s(args, now), reduce_by_pct=args.reduce_by_pct,
                       reduce_to_mw=args.reduce_to_mw, within_s=args.within_s, hold_s=args.hold_s, feed=args.feed)
     try:
@@ -57,17 +51,9 @@ def _request(args: argparse.Namespace, cfg: Config) -> Any:
 
 def cmd_dr_request(args: argparse.Namespace, cfg: Config) -> int:
     from powerplane import topics
-    from powerplane.kafka import Producer
 
     req = _request(args, cfg)
-    p = Producer(cfg.kafka_bootstrap, "powerplane-dr")
-    try:
-        p.send(topics.GRID.name, req.encode(), key=req.key())
-        p.flush(30)
-    finally:
-        p.close(5)
-    if p.delivered != 1:
-        raise Failure(f"demand response {req.id} not delivered to {topics.GRID.name}: {p.last_error or 'timed out'}")
+    send_one(cfg, topics.GRID.name, req, f"demand response {req.id}")
     what = f"by {req.reduce_by_pct:g} %" if req.reduce_by_pct is not None else f"to {req.reduce_to_mw:g} MW"
     start = datetime.fromtimestamp(req.start_s, UTC).isoformat(timespec="seconds")
     print(f"demand response {req.id}: reduce {req.feed or req.site} {what} within {req.within_s:g} s from {start}, "
@@ -78,29 +64,7 @@ def cmd_dr_request(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_dr_status(args: argparse.Namespace, cfg: Config) -> int:
     """The latest answer to each request of the last --seconds, oldest first."""
-    from powerplane import topics
-    from powerplane.kafka import read_window
-    from powerplane.schemas import Event, SchemaError
-
-    now = time.time()
-    latest: dict[str, Event] = {}
-    for value in read_window(cfg.kafka_bootstrap, topics.EVENTS.name, now - args.seconds, now + 1.0):
-        try:
-            ev = Event.decode(value)
-        except SchemaError:
-            continue
-        if ev.kind == "demand_response" and (args.id is None or (ev.details or {}).get("request_id") == args.id):
-            latest[str((ev.details or {}).get("request_id", ev.id))] = ev
-    rows = sorted(latest.values(), key=lambda e: e.ts_s)
-    if args.output == "json":
-        _emit_json([{"request_id": (e.details or {}).get("request_id"), "status": (e.details or {}).get("status"),
-                     "ts_s": e.ts_s, "summary": e.summary} for e in rows])
-        return 0
-    if not rows:
-        print(f"no demand-response answers on {topics.EVENTS.name} in the last {args.seconds:g} s")
-    for e in rows:
-        print(f"{datetime.fromtimestamp(e.ts_s, UTC).isoformat(timespec='seconds')}  {e.summary}")
-    return 0
+    return answers(args, cfg, "demand_response", "request_id", "demand-response")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

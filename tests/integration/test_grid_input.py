@@ -55,36 +55,46 @@ def _forge(c: Config, site: Site, rid: str) -> None:
     req = Keyring({"g1": b"\x09" * 32}, "g1").sign(GridRequest(
         id=rid, site=site.name, issuer="someone", issued_at_s=now, start_s=now, reduce_by_pct=90.0, reduce_to_mw=None,
         within_s=5.0, hold_s=600.0))
-    p = Producer(c.kafka_bootstrap, "test-grid-forger", auth=client_auth(c, "grid"))
+    send_as(c, "grid", topics.GRID.name, req)
+
+
+def send_as(c: Config, role: str, topic: str, rec: Any) -> None:
+    """One record sent with `role`'s credentials (a forgery: the broker lets the role write, the signature is what
+    refuses it)."""
+    p = Producer(c.kafka_bootstrap, f"test-{role}-forger", auth=client_auth(c, role))
     try:
-        p.send(topics.GRID.name, req.encode(), key=req.key())
+        p.send(topic, rec.encode(), key=rec.key())
         p.flush(15)
     finally:
         p.close(5)
-    assert p.delivered == 1, p.last_error  # the broker lets the role write: the signature is what refuses it
+    assert p.delivered == 1, p.last_error
 
 
-def _answers(c: Config, since: dict[int, int], ids: tuple[str, ...]) -> dict[str, list[Event]]:
+def _answers(c: Config, since: dict[int, int], ids: tuple[str, ...], kind: str = "demand_response",
+             id_key: str = "request_id") -> dict[str, list[Event]]:
+    """The controller's answers (pp.events, `kind`) to the records `ids`, named by details[id_key]."""
     out: dict[str, list[Event]] = {i: [] for i in ids}
     for m in read_messages(c, topics.EVENTS.name, timeout_s=20, start=since):
         try:
             ev = Event.decode(m.value)
         except SchemaError:
             continue
-        rid = (ev.details or {}).get("request_id")
-        if ev.kind == "demand_response" and rid in out:
+        rid = (ev.details or {}).get(id_key)
+        if ev.kind == kind and rid in out:
             out[rid].append(ev)
     return out
 
 
-def _caps(c: Config, site: str, since: dict[int, int], topic: str = topics.COMMANDS.name) -> list[Command]:
+def _caps(c: Config, site: str, since: dict[int, int], topic: str = topics.COMMANDS.name,
+          action: str = "power_cap") -> list[Command]:
+    """The site's `action` commands (renewals left out) on `topic` since `since`."""
     out = []
     for m in read_messages(c, topic, timeout_s=20, start=since):
         try:
             cmd = Command.decode(m.value)
         except SchemaError:
             continue
-        if cmd.site == site and cmd.action == "power_cap" and cmd.reason != "lease renewal":
+        if cmd.site == site and cmd.action == action and cmd.reason != "lease renewal":
             out.append(cmd)
     return out
 

@@ -54,6 +54,8 @@ WRITES = [("collector", topics.TELEMETRY.name, topics.COMMANDS.name),
           ("sink", topics.EVENTS.name, topics.AGGREGATES.name),
           ("grid", topics.GRID.name, topics.COMMANDS.name),  # the utility's gateway: requests only
           ("grid", topics.GRID.name, topics.EVENTS.name),
+          ("scheduler", topics.JOBS.name, topics.GRID.name),  # the scheduler's prolog: notices only
+          ("grid", topics.GRID.name, topics.JOBS.name),
           ("ops", None, topics.TELEMETRY.name)]
 
 

@@ -25,6 +25,12 @@ def test_only_the_controller_writes_commands_and_only_actuators_write_acks() -> 
     assert not access.ROLES["ops"].write
 
 
+def test_only_the_scheduler_writes_job_notices_and_it_writes_nothing_else() -> None:
+    assert {r for r, g in access.ROLES.items() if topics.JOBS.name in g.write} == {"scheduler"}
+    assert access.ROLES["scheduler"].write == (topics.JOBS.name,) and not access.ROLES["scheduler"].read
+    assert {r for r, g in access.ROLES.items() if topics.JOBS.name in g.read} == {"controller", "shadow"}
+
+
 def test_every_grant_names_a_declared_topic_or_a_prefix_of_one() -> None:
     for role, g in access.ROLES.items():
         for name in (*g.read, *g.write):

@@ -37,7 +37,7 @@ def _inbox(tmp_path: Path, load_mw: float = 0.4) -> GridInbox:
     ctl.level_power_w[ctl.grid.site_level] = load_mw * MW
     for lv in site.levels_of_kind("utility"):
         ctl.level_power_w[lv] = load_mw * MW / 2
-    return GridInbox(ctl, GRID, Ledger(tmp_path / "grid.sqlite"))
+    return GridInbox(ctl, GRID, Ledger(tmp_path / "grid.sqlite", GridRequest.decode))
 
 
 def test_a_signed_request_round_trips_and_a_wrong_field_is_one_line() -> None:

@@ -18,6 +18,7 @@ from powerplane.schemas import (
     FacilityReading,
     GridRequest,
     Headroom,
+    JobNotice,
     LevelAggregate,
     RackSummary,
     RackSummaryBatch,
@@ -75,6 +76,9 @@ def samples() -> list[Record]:
         GridRequest(id="evt-7", site="lab", issuer="utility-ven", issued_at_s=1_700_000_000, start_s=1_700_000_060,
                     reduce_by_pct=25.0, reduce_to_mw=None, within_s=30.0, hold_s=600.0, feed="util-a", key_id="g1",
                     sig="cd" * 32),
+        JobNotice(id="4711.0", site="lab", issuer="slurm prolog on head-1", issued_at_s=1_700_000_000,
+                  start_s=1_700_000_030, gpus=["rack-02-s06", "rack-03-s07/gpu2"], expected_w=500.0, key_id="s1",
+                  sig="ef" * 32),
     ]
 
 

@@ -34,6 +34,7 @@ ALERT_NAMES: dict[str, str] = {
     "grid_range": "GridRange",
     "grid_oscillation": "GridOscillation",
     "demand_response": "DemandResponse",
+    "job_notice": "JobNotice",
 }
 # Not an event kind: the sink raises it when a large share of a site's racks has lost telemetry at once
 # (a collector, network or broker problem, not one rack), and it silences the per-rack TelemetryLoss.
