@@ -5,9 +5,9 @@ things move a training site faster than that, and each has its plan here:
 
 - `floor_plan`: a synchronous training job swings between compute (near the GPU limit) and communication or
   checkpoint phases (near idle) every iteration. A power floor held on its GPUs through the low phases (the
-  GB300 power-smoothing floor, or a clock lock where the hardware has no floor) narrows every transition to
-  what the limit allows; only where the floor cannot (the breaker headroom, an energy budget) is the compute
-  peak capped, which slows the job.
+  GB300 power-smoothing floor) narrows every transition to what the limit allows; where the hardware has no
+  floor (H100), or the floor cannot (the breaker headroom, an energy budget), the compute peak is capped
+  instead, which slows the job.
 - `stagger_plan`: a large job starting (idle to compute power) or stopping, as GPU groups per step.
 - `release_step` / `release_plan`: caps released after an emergency, highest priority first, so the site's
   rise stays within the ramp-up limit.
@@ -19,7 +19,8 @@ so each function takes the GPUs' PSU efficiency (`eff`: controllers.capping.gpu_
 The breaker always wins: every function takes the rise the breaker policy leaves (`headroom_w`, wall W above
 the present load: the binding level's threshold x limit minus its load) and never plans a rise above it. A
 plan that cannot meet the ramp limit within it says so (`fits`, `excess_w`, `held_w`), it never borrows the
-breaker's margin. Nothing here is wired into CapController or the twin's actuation yet (docs/grid.md).
+breaker's margin. CapController takes floor_plan, release_step and shed_step through controllers.grid_limits
+(docs/grid.md); stagger_plan is not called by it.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class FloorPlan:
 
     floor_w: FloatArray
     cap_w: FloatArray  # the compute peak's cap; the job's compute power where it is not capped
-    mechanism: list[str]  # per job: "power-floor" (the GPU's smoothing control) or "clock-lock"
+    mechanism: list[str]  # per job: "power-floor" (the GPU's smoothing control) or "peak-cap" (it has none)
     gpu_floor_w: FloatArray
     gpu_cap_w: FloatArray
     swing_w: float  # the site's step at a transition with no plan (wall W, all jobs together)
@@ -113,10 +114,14 @@ def _jobs(jobs: Sequence[IntArray], compute_w: FloatArray, comm_w: FloatArray, c
     )
 
 
-def _floors(jb: _Jobs, need_w: float, headroom_w: float, energy_budget_w: float) -> FloatArray:
+def _floors(jb: _Jobs, need_w: float, headroom_w: float, energy_budget_w: float,
+            most_w: FloatArray | None = None) -> FloatArray:
     """Floor raise per job (wall W of swing removed), cheapest energy first: a watt of floor burns only
-    during the low phases, so the job with the shortest ones gives a watt of swing for the least energy."""
+    during the low phases, so the job with the shortest ones gives a watt of swing for the least energy.
+    most_w: per job, the most it may take (its share; 0 where it has no floor)."""
     room = jb.n * (jb.compute_w - jb.comm_w) / jb.eff
+    if most_w is not None:
+        room = np.minimum(room, most_w)
     out = np.zeros(jb.n.size)
     left = min(need_w, max(headroom_w, 0.0))
     budget = energy_budget_w
@@ -148,31 +153,41 @@ def floor_plan(jobs: Sequence[IntArray], compute_w: FloatArray, comm_w: FloatArr
     communication and checkpoint phases (DC W); comm_frac: the share of an iteration in the low phases.
     gpu_max_w: the highest limit each GPU may hold now (its maximum, or the cap the breaker policy holds).
     The jobs are taken to transition together (synchronous jobs line up; the worst case), so their swings
-    add; other_swing_w is the step the rest of the site may make in the same window. The floor goes first
-    (no slowdown), within the breaker's headroom_w (the floors raise the low-phase load) and the mean
-    wall W energy_budget_w it may burn; what is left is taken off the compute peak, every job by the same
-    share of its remaining swing, never below the floor or a GPU's minimum. The estimated slowdown of a
-    capped job is compute share x (compute power / cap - 1) x elasticity (1: compute time inversely
-    proportional to power, the pessimistic end; measured GPUs lose less)."""
+    add; other_swing_w is the step the rest of the site may make in the same window. Each job has a share of
+    the reduction (cheapest floor energy first, jobs alike in proportion to their swing). A job with a floor
+    (has_floor, per job; None: every job) takes its share as a floor (no slowdown), within the breaker's
+    headroom_w (the floors raise the low-phase load) and the mean wall W energy_budget_w it may burn; a job
+    without one (an H100: no power smoothing) takes its share off its compute peak instead, and no floor.
+    Neither takes up another's share. What is left (a floor stopped by the headroom or the budget, a cap
+    stopped by a GPU's minimum) is taken off the compute peaks, every job by the same share of its remaining
+    swing, never below the floor or a GPU's minimum. The estimated slowdown of a capped job is compute
+    share x (compute power / cap - 1) x elasticity (1: compute time inversely proportional to power, the
+    pessimistic end; measured GPUs lose less)."""
     n_gpu = gpu_max_w.size
     check_inputs("floor_plan", n_gpu, gpu_min_w=gpu_min_w)
     e = per_gpu(eff, n_gpu)
     jb = _jobs(jobs, compute_w, comm_w, comm_frac, gpu_min_w, gpu_max_w, e)
+    hf = np.ones(len(jobs), dtype=bool) if has_floor is None else np.asarray(has_floor, dtype=bool)
+    if hf.shape != (len(jobs),):
+        raise ValueError(f"floor_plan: has_floor has shape {hf.shape}, expected one value per job ({len(jobs)})")
     down, up = ramp_step_w(limits)
     allowance = max(min(down, up) - other_swing_w, 0.0)
     swing = float(np.sum(jb.n * (jb.compute_w - jb.comm_w) / jb.eff))
     need = max(swing - allowance, 0.0)
-    raise_w = _floors(jb, need, headroom_w, energy_budget_w)
+    share_w = _floors(jb, need, math.inf, math.inf)  # each job's part of the reduction
+    raise_w = _floors(jb, need, headroom_w, energy_budget_w, np.where(hf, share_w, 0.0))
     floor = jb.comm_w + raise_w * jb.eff / jb.n
-    # The compute peak takes the rest, each job by the same share of what it can still give.
+    # The compute peak of a job without a floor takes its share; then every job by the same share of what
+    # it can still give takes the rest.
     cap_room = jb.n * np.maximum(jb.compute_w - np.maximum(floor, jb.min_w), 0.0) / jb.eff
-    rest = need - float(raise_w.sum())
-    share = min(rest / float(cap_room.sum()), 1.0) if rest > 0 and cap_room.sum() > 0 else 0.0
-    cap = jb.compute_w - share * cap_room * jb.eff / jb.n
+    own_w = np.where(hf, 0.0, np.minimum(share_w, cap_room))
+    rest = need - float(raise_w.sum()) - float(own_w.sum())
+    room = cap_room - own_w
+    share = min(rest / float(room.sum()), 1.0) if rest > 1e-6 and room.sum() > 0 else 0.0
+    cap = jb.compute_w - (own_w + share * room) * jb.eff / jb.n
     planned = float(np.sum(jb.n * (cap - floor) / jb.eff))
     slow = np.where(cap < jb.compute_w, (1 - jb.comm_frac) * (jb.compute_w / cap - 1) * elasticity, 0.0)
     mean_w = jb.n * ((1 - jb.comm_frac) * jb.compute_w + jb.comm_frac * jb.comm_w) / jb.eff
-    mech = ["power-floor" if has_floor is None or has_floor[j] else "clock-lock" for j in range(len(jobs))]
     gpu_floor = np.full(n_gpu, np.nan)
     gpu_cap = np.full(n_gpu, np.nan)
     for j, idx in enumerate(jobs):
@@ -182,13 +197,18 @@ def floor_plan(jobs: Sequence[IntArray], compute_w: FloatArray, comm_w: FloatArr
             gpu_cap[idx] = np.clip(cap[j], gpu_min_w[idx], gpu_max_w[idx])
     excess = max(planned - allowance, 0.0)
     notes = []
-    if raise_w.sum() < need - 1e-6:
+    if (~hf).any():
+        notes.append(f"{int((~hf).sum())} job(s) without a power floor: {own_w.sum() / 1e6:.3g} MW of the swing "
+                     f"off their compute peak")
+    floor_need = float(share_w[hf].sum())
+    if raise_w.sum() < floor_need - 1e-6:
         bound = ("the breaker headroom" if raise_w.sum() >= max(headroom_w, 0.0) - 1e-6 else
                  "the energy budget" if energy_budget_w < math.inf else "the jobs' compute power")
-        notes.append(f"{bound} stops the floor at {raise_w.sum() / 1e6:.3g} MW of the {need / 1e6:.3g} MW: "
+        notes.append(f"{bound} stops the floor at {raise_w.sum() / 1e6:.3g} MW of the {floor_need / 1e6:.3g} MW: "
                      f"the rest is a cap on the compute peak")
     if excess > 1e-6:
         notes.append(f"even capped to the floor the swing is {excess / 1e6:.3g} MW over the ramp limit")
+    mech = ["power-floor" if f else "peak-cap" for f in hf.tolist()]
     return FloorPlan(floor, cap, mech, gpu_floor, gpu_cap, swing, planned, allowance,
                      float(np.sum(raise_w * jb.comm_frac)), slow, float(np.sum(slow * mean_w)),
                      float(raise_w.sum()), excess <= 1e-6, excess, notes)

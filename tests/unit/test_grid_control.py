@@ -69,13 +69,64 @@ def test_the_breaker_headroom_bounds_the_floor_and_the_compute_peak_takes_the_re
     assert ramp_violations(held, 0.1, LIMITS)[0].max() <= 1e-9
 
 
-def test_a_gpu_without_a_floor_control_gets_a_clock_lock_and_an_impossible_swing_says_how_far_over() -> None:
+def test_a_gpu_without_a_floor_control_gets_a_peak_cap_and_an_impossible_swing_says_how_far_over() -> None:
     plan = _job_plan(headroom_w=30 * MW, has_floor=[False])
-    assert plan.mechanism == ["clock-lock"]
+    assert plan.mechanism == ["peak-cap"]
+    # No floor it cannot hold: the whole 14 MW comes off its compute peak (17 MW swing, 3 MW allowed), and the
+    # job pays for it in iterations (a cap at 300 W of a 1000 W compute phase).
+    assert np.isnan(plan.gpu_floor_w).all() and plan.floor_rise_w == 0.0 and plan.energy_w == 0.0
+    assert plan.fits and plan.cap_w[0] == pytest.approx(COMM_W + 3 * MW / JOB.size)
+    assert (plan.gpu_cap_w[JOB] == pytest.approx(300.0)) and np.isnan(plan.gpu_cap_w[PRIO != TRAIN]).all()
+    assert plan.slowdown[0] == pytest.approx((1 - COMM_FRAC) * (COMPUTE_W / 300.0 - 1))
+    held = _swinging_site(float(plan.cap_w[0]), COMM_W)
+    assert ramp_violations(held, 0.1, LIMITS)[0].max() <= 1e-9
     # The rest of the site already uses the whole limit; no headroom, and a minimum above the low phase:
     # capped to its 200 W minimum the job still steps 1 MW at each transition.
     worst = _job_plan(headroom_w=0.0, other_swing_w=3 * MW)
     assert not worst.fits and worst.excess_w == pytest.approx(20_000 * 50.0)
+
+
+def _mixed_plan(**kw: Any) -> FloorPlan:
+    """The 20 MW job as two jobs of 10k GPUs each: A on GPUs with a power floor, B on GPUs without (H100s)."""
+    a, b = JOB[:10_000], JOB[10_000:]
+    return floor_plan([a, b], np.array([COMPUTE_W] * 2), np.array([COMM_W] * 2), np.array([COMM_FRAC] * 2),
+                      GPU_MIN, GPU_MAX, LIMITS, kw.pop("headroom_w", 30 * MW), has_floor=[True, False], **kw)
+
+
+def test_a_mixed_site_floors_the_jobs_that_have_a_floor_and_caps_only_the_compute_peak_of_those_without() -> None:
+    a, b = JOB[:10_000], JOB[10_000:]
+    plan = _mixed_plan()
+    assert plan.mechanism == ["power-floor", "peak-cap"]
+    # Each job takes its share of the 14 MW the swing is over (7 MW each: equal swings): A as a floor, B off its
+    # compute peak, and neither takes up the other's share. Together they step the site by the allowance.
+    assert plan.fits and plan.planned_swing_w == pytest.approx(3 * MW) and plan.allowance_w == 3 * MW
+    assert (plan.gpu_floor_w[a] == pytest.approx(850.0)) and np.isnan(plan.gpu_cap_w[a]).all()
+    assert np.isnan(plan.gpu_floor_w[b]).all() and (plan.gpu_cap_w[b] == pytest.approx(300.0))
+    assert plan.slowdown[0] == 0.0 and plan.slowdown[1] > 1.0  # only the job without a floor slows
+    assert plan.floor_rise_w == pytest.approx(7 * MW) and plan.energy_w == pytest.approx(7 * MW * COMM_FRAC)
+    assert any("1 job(s) without a power floor: 7 MW" in n for n in plan.notes)
+    # Every transition of both jobs together stays within the limit.
+    t = np.arange(0, 30, 0.1)
+    in_comm = (t % ITER_S) >= ITER_S * (1 - COMM_FRAC)
+    load = 80 * MW + a.size * np.where(in_comm, 850.0, COMPUTE_W) + b.size * np.where(in_comm, COMM_W, 300.0)
+    assert ramp_violations(load, 0.1, LIMITS)[0].max() <= 1e-9
+    # has_floor for every job (or None) is the plan of before: both floored alike, no cap.
+    both = floor_plan([a, b], np.array([COMPUTE_W] * 2), np.array([COMM_W] * 2), np.array([COMM_FRAC] * 2),
+                      GPU_MIN, GPU_MAX, LIMITS, 30 * MW, has_floor=[True, True])
+    assert (both.floor_w == pytest.approx(850.0)) and (both.cap_w == COMPUTE_W).all()
+    assert both.mechanism == ["power-floor"] * 2 and np.isnan(both.gpu_cap_w).all()
+
+
+def test_where_a_cap_without_a_floor_reaches_the_minimum_the_floors_go_first_and_the_rest_is_on_the_peaks() -> None:
+    a, b = JOB[:10_000], JOB[10_000:]
+    plan = _mixed_plan(other_swing_w=2.5 * MW)  # 0.5 MW allowed: 8.25 MW each, B can give 8 (1000 W to 200 W)
+    assert (plan.gpu_cap_w[b] == pytest.approx(200.0)) and np.isnan(plan.gpu_floor_w[b]).all()
+    assert (plan.gpu_floor_w[a] == pytest.approx(975.0))  # its own share as a floor, first
+    assert (plan.gpu_cap_w[a] == pytest.approx(975.0))  # and B's last 0.25 MW off its peak, down to that floor
+    assert plan.fits and plan.planned_swing_w == pytest.approx(0.5 * MW)
+    with pytest.raises(ValueError, match="has_floor has shape"):
+        floor_plan([a, b], np.array([COMPUTE_W] * 2), np.array([COMM_W] * 2), np.array([COMM_FRAC] * 2),
+                   GPU_MIN, GPU_MAX, LIMITS, 30 * MW, has_floor=[True])
 
 
 def test_a_staggered_start_takes_at_least_20_mw_over_the_limit_and_never_ramps_faster() -> None:
