@@ -286,7 +286,8 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     tally = Tally(site)
     signal = SignalTally(site, EPOCH_S, on=ups_signal)
     tally.pool_gpus = [np.asarray(twin.pool_gpus(n)) for n in twin.pool_names()]
-    ctl, engine, guard = _controls(site, twin, policy, keyring, cap or CapSettings())
+    floors = scenario is None or scenario.gpu_power_floor  # False: GPUs without power smoothing (H100s)
+    ctl, engine, guard = _controls(site, twin, policy, keyring, cap or CapSettings(), floors)
     reconfig: Reconfigurer | None = None
     if policy == "full" and reconfigure:
         from sim.profiling import profile_for
@@ -336,10 +337,11 @@ def run_policy(site: Site, policy: str, duration_s: int, *, workload: WorkloadSp
     return out
 
 
-def _controls(site: Site, twin: Twin, policy: str, keyring: Keyring,
-              cap: CapSettings) -> tuple[CapController | None, Engine | None, Guard | None]:
+def _controls(site: Site, twin: Twin, policy: str, keyring: Keyring, cap: CapSettings,
+              power_floor: bool = True) -> tuple[CapController | None, Engine | None, Guard | None]:
     """The policy's controller, in-process engine and guarded twin actuator (None where it has none); the
-    static policy's caps set on the twin once."""
+    static policy's caps set on the twin once. power_floor False: the actuator rejects every power_floor, as
+    an H100's does (the controller sees the same rejected acks as live)."""
     if policy == "static":
         twin.set_limit(np.arange(site.n_gpus), static_caps_w(site))
     if policy not in ("polca", "full", DEPLOYED):
@@ -351,7 +353,7 @@ def _controls(site: Site, twin: Twin, policy: str, keyring: Keyring,
                         actions=actions)
     engine = Engine(site, keyring, cap, 30.0, controller=ctl)
     # The fleet's own twin actuator (it locks clocks where the plant is the twin), behind the same guard.
-    actuator = load_actuator("twin", {"kind": "twin", "safe_limit": "max"}, context=twin)
+    actuator = load_actuator("twin", {"kind": "twin", "safe_limit": "max", "power_floor": power_floor}, context=twin)
     return ctl, engine, Guard(actuator, keyring, site.name, rate_per_s=100.0, burst=100)
 
 

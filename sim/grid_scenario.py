@@ -26,6 +26,8 @@ A scenario file may carry, besides its ``[[events]]``::
     job_notice_s = 30         # top level: the scheduler announces every job's start 30 s ahead (default: never)
     measure_from_s = 30       # top level: evaluate's ramp, range and band measures start here (default 10 s;
                               # before it the twin is starting every pool and job from cold)
+    gpu_power_floor = false   # top level: the GPUs have no power-smoothing floor, as H100s (default true): the
+                              # twin's actuator rejects every power_floor, and the controller caps compute peaks
 
 The job takes its GPUs first from its priority class; the workload's other jobs of that class share what is
 left (their own share or size is dropped), so the site stays as loaded as its default workload; a job left

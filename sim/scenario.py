@@ -101,6 +101,7 @@ class Scenario:
     demand_response: tuple[DemandResponse, ...] = ()
     measure_from_s: float = 10.0  # evaluate's grid measures start here (the twin's cold start before it)
     job_notice_s: float | None = None  # the scheduler announces each job's start this far ahead (None: never)
+    gpu_power_floor: bool = True  # False: the twin's GPUs refuse power floors, as H100s (its actuator rejects them)
 
     def site_for(self, site: Site) -> Site:
         """The site with this scenario's utility limits in place of its own where given."""
@@ -241,7 +242,7 @@ def scenario_from_dict(d: Mapping[str, Any], source: str = "<scenario>", *, site
                    for i, ev in enumerate(cfg.events))
     return Scenario(cfg.name or Path(source).stem, events, cfg.site, cfg.duration_s, cfg.description, cfg.ups,
                     cfg.training_job, cfg.grid, dict(cfg.feed_grid), cfg.demand_response, cfg.measure_from_s,
-                    cfg.job_notice_s)
+                    cfg.job_notice_s, cfg.gpu_power_floor)
 
 
 def load_scenario(path: str | Path, *, site: Site | None = None, pool_names: Collection[str] | None = None,

@@ -181,6 +181,9 @@ class ScenarioConfig(Model):
     # The scheduler's prolog tells the control plane of every job's start this far ahead (evaluate's full
     # policy hears it then: controllers.grid_limits GridControl.on_job_notice). None: starts come unannounced.
     job_notice_s: NonNeg | None = None
+    # Whether the twin's GPUs hold a power floor (power smoothing, as GB300s). False: as H100s, the twin's
+    # actuator rejects every power_floor, and evaluate's controller falls back to caps on the compute peak.
+    gpu_power_floor: bool = True
 
     @model_validator(mode="after")
     def _dr_ids_unique(self) -> ScenarioConfig:

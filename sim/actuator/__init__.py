@@ -41,6 +41,9 @@ class Options(ActuatorOptions):
     racks: list[str] | None = None
     # A lock shared with code that also changes the fleet (ops' fleet command); never from a file.
     lock: InProcessLock = None
+    # False: the GPUs have no power-smoothing floor, as an H100 (every power_floor rejected as NVML's actuator
+    # rejects it), so a run measures the controller's fallback through real rejected acks.
+    power_floor: bool = True
 
     @field_validator("safe_limit", mode="plain")
     @classmethod
@@ -62,6 +65,7 @@ class TwinActuator(Actuator):
         self.fleet: Plant = self.context
         self.lock: threading.Lock = opts.lock or threading.Lock()
         self.safe = opts.safe_limit
+        self.power_floor = opts.power_floor
         site = self.fleet.site
         every = {rid: r for r, rid in enumerate(site.rack_ids)}
         unknown = [r for r in opts.racks or () if r not in every]
@@ -125,7 +129,7 @@ class TwinActuator(Actuator):
             return np.asarray(plant.reset_clocks(g), dtype=np.float64)
 
     def _floored(self, target: str) -> FlooredPlant:
-        if not isinstance(self.fleet, FlooredPlant):
+        if not self.power_floor or not isinstance(self.fleet, FlooredPlant):
             raise self.no_floor(target)
         return self.fleet
 
