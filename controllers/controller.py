@@ -148,7 +148,7 @@ class CapController:
         self.summed_levels = self.feed_levels & has_kids  # what _feed_estimates may sum from the PDUs
         self.racks_under = racks_under(self.tree)
         self.signals = ControllerSignals(site)  # UPS lineups on battery (pp.facility): feed-lost limits at once
-        self.grid = GridControl(site, settings)  # the utility's limits: demand response, paced releases
+        self.grid = GridControl(site, settings, send_floors="power_floor" in actions)  # the utility's limits
         self.floor_refusals = FloorRefusals(site)  # GPUs whose actuator has no floor: not asked for a while
 
     # ---- inputs ------------------------------------------------------------------------------------
@@ -343,15 +343,13 @@ class CapController:
         had = np.isfinite(self.level_seen_s) & power_levels(self.site)
         hold = unsure_racks(tree, coef, had & ~use & (silent_level | ~np.isfinite(load)), rack_silent)
         new = np.where(known, np.where(hold[self.site.gpu_rack], np.fmin(new, self.cap_w), new), self.cap_w)
-        new = self.grid.limit_release(self.cap_w, new, gpu_w_now)  # releases within the utility's ramp-up limit
-        return self._cap_commands(new, known, load, brake, now_s) + self._knobs(new, gpu_w_now, th, now_s)
+        new, floor = self.grid.ramp_limit(self.cap_w, new, gpu_w_now, self.floor_refusals.refused(now_s), now_s)
+        return self._cap_commands(new, known, load, brake, now_s) + self._knobs(floor, th, now_s)
 
-    def _knobs(self, cap_w: np.ndarray, gpu_w: np.ndarray, th: Any, now_s: float) -> list[Command]:
-        """The knobs beside the caps this deployment has: floors for the ramp limit, the thermal policy's clock
-        locks and routing weights."""
+    def _knobs(self, floor: np.ndarray | None, th: Any, now_s: float) -> list[Command]:
+        """Floors for the ramp limit (None: none sent here), the thermal policy's clock locks and routing weights."""
         cmds: list[Command] = []
-        if "power_floor" in self.actions:  # the utility's ramp limit: floors through training's low phases
-            floor = self.grid.floors(gpu_w, cap_w, self.floor_refusals.refused(now_s), now_s)
+        if floor is not None:
             cmds += self._knob_commands(2, "power_floor", self.grid_floor_w, floor, now_s)
             self.grid_floor_w = floor
         if th is None:
@@ -498,6 +496,8 @@ class CapController:
         if np.isfinite(self.guarded[r]) and (new[a:b][idx] <= self.cap_w[a:b][idx]).all():
             pdu = site.level_ids[int(site.rack_pdu[r, 1 if self.side_dark[r, 0] else 0])]
             return f"single-feed guard: {pdu} could reach {100 * self.guarded[r]:.0f}% of its rating"
+        if self.grid.at_peak(a + idx, self.cap_w[a:b][idx], new[a:b][idx]):
+            return "ramp limit: compute peak of a job on GPUs without a power floor"
         if (new[a:b][idx] >= self.cap_w[a:b][idx]).all():
             return f"releasing caps: {where}" if where else "releasing caps"
         return f"shedding: {where}" if where else "shedding"

@@ -73,6 +73,7 @@ class GridControl:
     comm_frac: float = 0.3  # share of an iteration in the low phases, for the floor's energy order (assumption)
     floors_set: int = 0  # GPUs under a floor at the last decision
     notices: list[_Notice] = field(default_factory=list)  # jobs the scheduler said will start
+    send_floors: bool = False  # the deployment sends power floors (and so peak caps where they are refused)
 
     def __post_init__(self) -> None:
         self.site_level = int(self.site.levels_of_kind("site")[0])
@@ -86,6 +87,10 @@ class GridControl:
         self.last_top = np.full(self.train.size, np.inf)  # each job GPU's cap (or maximum) at the last decision
         self.ring_peak_w = np.full(self.train.size, np.nan)  # each job GPU's highest reading in the ring
         self.floor_w = np.full(self.site.n_gpus, np.nan)
+        # The caps on the compute peak the plan asks of the job GPUs that refuse a floor (FloorRefusals: an H100
+        # has no power smoothing), NaN where none: an upper bound on the caps the controller decides (decide()).
+        self.peak_w = np.full(self.site.n_gpus, np.nan)
+        self.limited = np.zeros(self.site.n_gpus, dtype=bool)  # GPUs under a peak cap or its release, per GPU
         # The rest of the site's own second-to-second change (all but the running training GPUs), so the floors
         # leave it its share of the ramp allowance: the last minute's site loads and training draws (wall W).
         self.site_hist = np.full((60, 2), np.nan)
@@ -230,7 +235,9 @@ class GridControl:
         # phase counted its release as adding nothing, and the 100 MW restore rose 2-4 MW/s from training alone.
         peak = gpu_power_w.copy()
         peak[self.train] = np.fmax(peak[self.train], self.ring_peak_w)
-        at_cap = ~np.isfinite(peak) | (peak >= old - 0.05 * old)
+        # One whose compute peak the ramp limit capped computes at its maximum (plan()): until it is back there,
+        # its readings show a cap it is already past (a release read as free went 16 kW at once on the lab).
+        at_cap = ~np.isfinite(peak) | (peak >= old - 0.05 * old) | self.limited
         demand = np.where(at_cap, np.nan, peak)
         to = np.where(rising, new_w, old)
         stepped, used = release_step(old, to, demand, self.site.gpu_priority, up, self.eff)
@@ -298,56 +305,74 @@ class GridControl:
         load following its GPUs)."""
         return max(min(up_w - self.other_w, 0.5 * up_w), 0.25 * up_w)
 
+    def ramp_limit(self, cap_w: FloatArray, new_w: FloatArray, gpu_power_w: FloatArray,
+                   refused: npt.NDArray[np.bool_] | None, now_s: float) -> tuple[FloatArray, FloatArray | None]:
+        """One decision's caps and floors for the ramp limit: (the caps, the floors; None where the deployment
+        sends none). new_w, the caps the breaker policy decided, with its releases paced (limit_release) and,
+        where floors are sent, under the compute-peak caps the plan asks of the GPUs that refuse a floor
+        (plan()). A peak cap only ever lowers a cap, never below the GPU's minimum limit; one the plan no longer
+        asks for comes back by the next decision's paced release (a held one is not a release to pace)."""
+        out = self.limit_release(cap_w, self.under_peaks(new_w), gpu_power_w)
+        if not self.send_floors:
+            return out, None
+        floor, _ = self.plan(gpu_power_w, out, refused, now_s)
+        return self.under_peaks(out), floor
+
+    def under_peaks(self, cap_w: FloatArray) -> FloatArray:
+        """cap_w bounded by the compute-peak caps held (an unknown cap stays unknown: nothing was sent)."""
+        return np.where(np.isnan(cap_w), cap_w, np.fmin(cap_w, self.peak_w))
+
+    def at_peak(self, gpus: npt.NDArray[np.int64], old_w: FloatArray, new_w: FloatArray) -> bool:
+        """Whether every one of these GPUs whose cap changes goes to its compute-peak cap (a command's reason)."""
+        moved = old_w != new_w
+        return bool(moved.any() and np.all(np.abs(new_w[moved] - self.peak_w[gpus[moved]]) < 0.5))
+
     def floors(self, gpu_power_w: FloatArray, cap_w: FloatArray,
                refused: npt.NDArray[np.bool_] | None = None, now_s: float = math.nan) -> FloatArray:
-        """Per GPU, the power floor the ramp limit asks of the running training GPUs through their low phases
-        (NaN: none), from controllers.grid_control.floor_plan: a GPU's high phase is the highest of its last
-        `window_s` readings, its low phase the lowest while unfloored; every rack's running training GPUs are one
-        group, all taken to swing together (the worst case). The breaker policy's caps bound each floor (the
-        guard clamps a floor to the enforced limit as well). Where a job notice holds (on_job_notice), the GPUs
-        it names get the higher of that and the plan's floor. `refused`: GPUs whose actuator cannot hold a floor
-        (FloorRefusals): none is asked of them, and the others' floors are not raised to make up for them (an
-        under-smoothed site, never a floor past what the plan asked of a GPU)."""
+        """Per GPU, the power floor the ramp limit asks (NaN: none): plan()'s floors."""
+        return self.plan(gpu_power_w, cap_w, refused, now_s)[0]
+
+    def plan(self, gpu_power_w: FloatArray, cap_w: FloatArray, refused: npt.NDArray[np.bool_] | None = None,
+             now_s: float = math.nan) -> tuple[FloatArray, FloatArray]:
+        """Per GPU, (the power floor the ramp limit asks of the running training GPUs through their low phases,
+        the cap on their compute peak it asks of those that refuse a floor), NaN where none, from
+        controllers.grid_control.floor_plan: a GPU's high phase is the highest of its last `window_s` readings,
+        its low phase the lowest while unfloored; every rack's running training GPUs are one group (those that
+        refuse a floor another), all taken to swing together (the worst case). The breaker policy's caps bound
+        each floor (the guard clamps a floor to the enforced limit as well). Where a job notice holds
+        (on_job_notice), the GPUs it names get the higher of that and the plan's floor. `refused`: GPUs whose
+        actuator cannot hold a floor (FloorRefusals): none is asked of them; their group's share of the swing
+        goes on its compute peak instead (a cap: slower iterations), and the others' floors are not raised to
+        make up for them. Also kept in `floor_w` and `peak_w`."""
         lim = self.site.grid
         out = np.full(self.site.n_gpus, np.nan)
+        ref = np.zeros(self.site.n_gpus, dtype=bool) if refused is None else refused
         if lim is None or (lim.ramp_up_mw_per_s is None and lim.ramp_down_mw_per_s is None) or not self.train.size:
-            self.floor_w = out
-            return out
+            self.floor_w, self.peak_w = out, out.copy()
+            return out, self.peak_w
         # A notice past its hold is dropped before the plan looks (the plan then takes its GPUs at once: a
         # decision without either would read their floored draw as their low phase and let them swing).
         self.notices = [n for n in self.notices if not now_s > n.start_s + self.window_s]
         other = self.other_swing_w(self._train_wall_w(gpu_power_w[self.train]))
-        out = np.fmax(self._plan_floors(gpu_power_w, cap_w, lim, other + self.reserve_w),
+        out = np.fmax(self._plan_floors(gpu_power_w, cap_w, lim, other + self.reserve_w, ref),
                       self._prefloors(now_s, cap_w) if math.isfinite(now_s) else out)
-        if refused is not None:
-            out[refused] = np.nan
+        out[ref] = np.nan
         self.floor_w = out
         self.floors_set = int(np.isfinite(out).sum())
-        # The swing these floors leave (refused and rounded ones as they are): the next releases' room.
+        # The swing these floors and peak caps leave (refused and rounded ones as they are): the next releases'
+        # room. A GPU under a peak cap swings from that cap to its own low phase.
         run = self.train[self._running]
         low = np.fmax(self.low_w[self._running], out[run])
-        self.swing_w = float(np.sum(np.maximum(self._hi[self._running] - low, 0.0) / self.eff[run]))
-        return out
+        high = np.fmin(np.fmin(self._hi[self._running], self.peak_w[run]), cap_w[run])
+        self.swing_w = float(np.sum(np.maximum(high - low, 0.0) / self.eff[run]))
+        return out, self.peak_w
 
-    def _plan_floors(self, gpu_power_w: FloatArray, cap_w: FloatArray, lim: GridLimits, other: float) -> FloatArray:
-        """The floor plan's floors on the running, swinging job GPUs (floors() says how)."""
+    def _plan_floors(self, gpu_power_w: FloatArray, cap_w: FloatArray, lim: GridLimits, other: float,
+                     refused: npt.NDArray[np.bool_]) -> FloatArray:
+        """The floor plan's floors on the running, swinging job GPUs, and its peak caps on those that refuse a
+        floor (into `peak_w`; plan() says how)."""
         out = np.full(self.site.n_gpus, np.nan)
-        self.ring[self.ring_pos % self.window_s] = gpu_power_w[self.train]
-        self.ring_pos += 1
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a GPU with no reading yet: NaN, said aloud by numpy
-            hi = np.nanmax(self.ring, axis=0).astype(np.float64)
-            self.ring_peak_w = hi  # the ring's peaks, for the next decision's releases (limit_release)
-            # Not the minimum: ~1 % of readings are glitches near 70 W (BRIEF.md), which would read as a deep low phase.
-            lo = np.nanpercentile(self.ring, 20.0, axis=0).astype(np.float64)
-        # A GPU computing at its cap computes at its new cap once that rises (a release): its high phase is the
-        # new cap at once, not after its readings show it (the floors would lag a restore by the ring's length).
-        top_tr = np.where(np.isfinite(cap_w[self.train]), cap_w[self.train], self.site.gpu_max_w[self.train])
-        pinned = np.isfinite(hi) & (hi >= 0.95 * self.last_top)
-        hi = np.where(pinned, np.fmax(hi, top_tr), hi)
-        self.last_top = top_tr
-        unfloored = np.isnan(self.floor_w[self.train])
-        self.low_w = np.where(unfloored & np.isfinite(lo), lo, self.low_w)
+        hi, natural = self._phases(gpu_power_w, cap_w, refused)
         idle = self.site.gpu_idle_w[self.train]
         # Running and swinging: a GPU whose readings hold steady (an inference server in the class) needs no floor.
         running = np.isfinite(hi) & (hi > idle + 50.0) & np.isfinite(self.low_w) & (hi > self.low_w + 50.0)
@@ -358,22 +383,71 @@ class GridControl:
         at = np.flatnonzero(running)  # positions in self.train
         if not at.size:
             self.floors_hold = True
+            self.peak_w = np.full(self.site.n_gpus, np.nan)
             return out
-        racks, group = np.unique(self.site.gpu_rack[self.train[at]], return_inverse=True)
-        count = np.bincount(group, minlength=racks.size)
-        compute = np.bincount(group, weights=hi[at], minlength=racks.size) / count
-        comm = np.bincount(group, weights=self.low_w[at], minlength=racks.size) / count
+        # A rack's GPUs that refuse a floor are groups of their own, by low phase (100 W apart): their share goes
+        # on their compute peak, and a cap below a GPU's own low phase would hold it flat (slowed for no swing),
+        # so two jobs in one rack (training near idle between iterations, fine-tuning near 500 W) are apart.
+        g = self.train[at]
+        bucket = np.minimum(np.nan_to_num(self.low_w[at]) // 100.0, 14).astype(np.int64)
+        groups, group = np.unique(16 * self.site.gpu_rack[g] + np.where(refused[g], 1 + bucket, 0),
+                                  return_inverse=True)
+        count = np.bincount(group, minlength=groups.size)
+        compute = np.bincount(group, weights=hi[at], minlength=groups.size) / count
+        comm = np.bincount(group, weights=self.low_w[at], minlength=groups.size) / count
         order = np.argsort(group, kind="stable")
-        jobs = np.split(self.train[at][order], np.cumsum(count)[:-1])
-        top = np.where(np.isfinite(cap_w), cap_w, self.site.gpu_max_w)
+        jobs = np.split(g[order], np.cumsum(count)[:-1])
         plan = floor_plan(jobs, compute, np.minimum(comm, compute), np.full(len(jobs), self.comm_frac),
-                          self.site.gpu_min_w, top, lim, math.inf, self.eff, other_swing_w=other)
-        # The floors alone hold the swing (this controller sets no compute-peak cap: the plan's caps are its
-        # fallback where a floor cannot go higher, and its swing then stays over).
-        self.floors_hold = plan.fits and not np.isfinite(plan.gpu_cap_w).any()
-        new = np.round(plan.gpu_floor_w / 10.0) * 10.0  # 10 W steps: no command for a few watts of noise
-        keep = np.isfinite(self.floor_w) & np.isfinite(new) & (np.abs(new - self.floor_w) < 20.0)
-        return np.where(keep, self.floor_w, new)
+                          self.site.gpu_min_w, natural, lim, math.inf, self.eff, other_swing_w=other,
+                          has_floor=(groups % 16 == 0).tolist())
+        # The floors and peak caps hold the swing (no compute-peak cap is set where a GPU holds a floor: the
+        # plan's caps there are its fallback where a floor cannot go higher, and the swing then stays over).
+        self.floors_hold = plan.fits and not np.isfinite(plan.gpu_cap_w[~refused]).any()
+        # 10 W steps down, at least the minimum; moved only by 40 W or more: the low phase a cap is planned from is
+        # read from 1 s samples that mix the phases and wanders by tens of watts (a 20 W band sent a new cap to
+        # each rack every ~3 s on the lab twin, 40 W every ~5 s, with the same seconds over the limit: none).
+        peak = np.where(refused, np.maximum(np.floor(plan.gpu_cap_w / 10.0) * 10.0, self.site.gpu_min_w), np.nan)
+        self.peak_w = self._steady(self.peak_w, peak, 40.0)
+        self.limited |= np.isfinite(self.peak_w)
+        return self._steady(self.floor_w, np.round(plan.gpu_floor_w / 10.0) * 10.0)
+
+    def _phases(self, gpu_power_w: FloatArray, cap_w: FloatArray,
+                refused: npt.NDArray[np.bool_]) -> tuple[FloatArray, FloatArray]:
+        """(each job GPU's high phase, each GPU's limit as the plan takes it) from the readings' ring, which it
+        advances; the low phases into `low_w` (as seen while unfloored: a floor hides them)."""
+        self.ring[self.ring_pos % self.window_s] = gpu_power_w[self.train]
+        self.ring_pos += 1
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a GPU with no reading yet: NaN, said aloud by numpy
+            hi = np.nanmax(self.ring, axis=0).astype(np.float64)
+            self.ring_peak_w = hi  # the ring's peaks, for the next decision's releases (limit_release)
+            # Not the minimum: ~1 % of readings are glitches near 70 W (BRIEF.md), which would read as a deep low phase.
+            lo = np.nanpercentile(self.ring, 20.0, axis=0).astype(np.float64)
+        # A GPU computing at its cap computes at its new cap once that rises (a release): its high phase is the
+        # new cap at once, not after its readings show it (the floors would lag a restore by the ring's length).
+        top = np.where(np.isfinite(cap_w), cap_w, self.site.gpu_max_w)
+        top_tr = top[self.train]
+        pinned = np.isfinite(hi) & (hi >= 0.95 * self.last_top)
+        hi = np.where(pinned, np.fmax(hi, top_tr), hi)
+        self.last_top = top_tr
+        # A GPU whose compute peak this limiter capped (until its cap is back at its maximum, even where it holds a
+        # floor since) reads no higher than the cap: while it runs (reads above idle), its high phase is its
+        # maximum (the breaker's own cap, if any, is not known apart from the peak cap; a higher estimate only
+        # costs throughput, never the limit). Taken from its readings, the swing would look within the limit,
+        # the cap be lifted, and the GPU swing again the next second.
+        self.limited &= top < self.site.gpu_max_w - 0.5
+        natural = np.where(self.limited, self.site.gpu_max_w, top)
+        held = self.limited[self.train] & np.isfinite(hi) & (hi > self.site.gpu_idle_w[self.train] + 50.0)
+        hi = np.where(held, np.fmax(hi, natural[self.train]), hi)
+        unfloored = np.isnan(self.floor_w[self.train])
+        self.low_w = np.where(unfloored & np.isfinite(lo), lo, self.low_w)
+        return hi, natural
+
+    @staticmethod
+    def _steady(old_w: FloatArray, new_w: FloatArray, band_w: float = 20.0) -> FloatArray:
+        """new_w, but the value held where it moved under band_w (no command for a reading's noise)."""
+        keep = np.isfinite(old_w) & np.isfinite(new_w) & (np.abs(new_w - old_w) < band_w)
+        return np.where(keep, old_w, new_w)
 
 
 @dataclass

@@ -14,12 +14,12 @@ from powerplane.site_file import load_site
 MW = 1e6
 
 
-def _ctl(grid: dict[str, float] | None) -> GridControl:
+def _ctl(grid: dict[str, float] | None, send_floors: bool = False) -> GridControl:
     from pathlib import Path
 
     site = load_site(Path(__file__).resolve().parents[2] / "examples" / "lab.toml")
     site.grid = GridLimits.model_validate(grid) if grid is not None else None
-    return GridControl(site, CapSettings())
+    return GridControl(site, CapSettings(), send_floors=send_floors)
 
 
 def test_demand_response_budget_is_paced_down_held_then_raised_at_the_ramp_limits() -> None:
@@ -183,3 +183,77 @@ def test_the_rest_of_the_sites_swing_is_measured_when_a_job_gpus_reading_is_miss
         g.floors(p, np.full(site.n_gpus, np.nan))
     assert g.other_w == pytest.approx(3000.0, abs=50.0)
     assert g.paced_w(5000.0) == pytest.approx(2000.0, abs=50.0)  # what the rest's swing leaves, not half of 5 kW
+
+
+def _swing(g: GridControl, cap: np.ndarray, refused: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One decision of the controller's ramp limit over the lab's 64 training GPUs as one synchronous job (whole
+    seconds at 690 W, then at 130 W, each under its cap), the breaker policy asking for no cap at all."""
+    p = np.full(g.site.n_gpus, 300.0)
+    train = g.site.gpu_priority == 2
+    p[train] = np.minimum(690.0 if k % 3 else 130.0, cap[train])
+    out, floor = g.ramp_limit(cap, np.full(g.site.n_gpus, 700.0), p, refused, float(k))
+    assert floor is not None
+    return out, floor
+
+
+def test_gpus_that_refuse_a_floor_get_a_cap_on_their_compute_peak_and_no_other_gpu_does() -> None:
+    """Half the job's racks are H100s (their floors refused): their share of the swing goes on their compute peak,
+    the other half holds floors, the job's swing is held within the 15 kW/s allowance, and no other GPU is capped.
+    With no GPU refusing, nothing is capped."""
+    g = _ctl({"ramp_up_mw_per_s": 0.015, "ramp_down_mw_per_s": 0.015}, send_floors=True)
+    site = g.site
+    train = site.gpu_priority == 2
+    refused = train & (site.gpu_rack < 4)
+    cap = np.full(site.n_gpus, 700.0)
+    for k in range(15):
+        cap, floor = _swing(g, cap, refused, k)
+    assert (np.isfinite(g.peak_w) == refused).all() and (cap[refused] == g.peak_w[refused]).all()
+    assert (cap[~refused] == 700.0).all()  # the floored GPUs and every other GPU keep what the breaker decided
+    assert (np.isfinite(floor) == (train & ~refused)).all()  # floors only where they are held
+    # 64 GPUs swinging 560 W (~38 kW at the wall) against 15 kW: each half takes ~11.5 kW of it, the H100s as a
+    # cap near 350 W (130 W + 11.5 kW / 32 GPUs x 0.94), the others as a floor near 470 W.
+    assert g.peak_w[refused].min() >= 330.0 and g.peak_w[refused].max() <= 370.0
+    assert floor[train & ~refused].min() >= 440.0 and floor[train & ~refused].max() <= 500.0
+    assert g.floors_hold and 0.8 * 15000 < g.swing_w <= 15000 + 64 * 10 / 0.94  # capped high less low, with floors
+    # A peak cap never goes below a GPU's minimum limit, and never raises a cap the breaker policy holds lower.
+    low_cap = cap.copy()
+    low_cap[refused] = 250.0
+    out, _ = g.ramp_limit(low_cap, low_cap, np.full(site.n_gpus, 300.0), refused, 16.0)
+    assert (out[refused] == 250.0).all() and (out >= site.gpu_min_w).all()
+    h = _ctl({"ramp_up_mw_per_s": 0.015, "ramp_down_mw_per_s": 0.015}, send_floors=True)
+    cap = np.full(site.n_gpus, 700.0)
+    for k in range(15):
+        cap, floor = _swing(h, cap, np.zeros(site.n_gpus, dtype=bool), k)
+    assert not np.isfinite(h.peak_w).any() and (cap == 700.0).all() and np.isfinite(floor[train]).all()
+
+
+def test_peak_caps_come_back_paced_when_the_refusals_expire_and_unpaced_when_the_limit_goes() -> None:
+    """The caps on the compute peak are released, as any release, within the paced share of the ramp-up allowance
+    a decision (the GPUs compute at them: each one's whole rise counts), once their GPUs hold floors (a refusal
+    is asked again after an hour: a replaced server); with no ramp limit left they go the decision after."""
+    up = 15000.0
+    g = _ctl({"ramp_up_mw_per_s": up / MW, "ramp_down_mw_per_s": up / MW}, send_floors=True)
+    site = g.site
+    train = site.gpu_priority == 2
+    cap = np.full(site.n_gpus, 700.0)
+    for k in range(15):
+        cap, _ = _swing(g, cap, train, k)
+    assert (cap[train] < 400.0).all()
+    rises = []
+    for k in range(15, 60):
+        before = cap
+        cap, floor = _swing(g, cap, np.zeros(site.n_gpus, dtype=bool), k)
+        rises.append(float(np.sum((cap - before)[train] / g.eff[train])))
+    assert not np.isfinite(g.peak_w).any() and (cap[train] == 700.0).all() and np.isfinite(floor[train]).all()
+    assert min(rises) >= 0.0 and max(rises) <= g.paced_w(up) + 1.0  # never a cut, never faster than the pace
+    assert sum(r > 0 for r in rises) >= 3  # ~20 kW back in steps of at most ~7.5 kW
+    # The limit taken away: nothing to hold the peaks for (the plan drops them), then nothing to pace by.
+    h = _ctl({"ramp_up_mw_per_s": up / MW, "ramp_down_mw_per_s": up / MW}, send_floors=True)
+    cap = np.full(site.n_gpus, 700.0)
+    for k in range(15):
+        cap, _ = _swing(h, cap, train, k)
+    h.site.grid = None
+    cap, floor = _swing(h, cap, train, 15)
+    assert not np.isfinite(h.peak_w).any() and not np.isfinite(floor).any()
+    cap, floor = _swing(h, cap, train, 16)
+    assert (cap == 700.0).all()
