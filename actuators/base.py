@@ -92,7 +92,7 @@ class Actuator(ABC):
     # floor_w while it is on, never above its power limit. The Guard clamps each floor to enforced_limit_w (the
     # limit always wins), leases each floored GPU separately, and calls clear_power_floor when the lease lapses
     # (the safe state: no floor). Where a GPU cannot hold a floor, every method raises no_floor(target), and
-    # the controller falls back to a clock lock.
+    # the controller caps the job's compute peak instead (controllers.grid_limits, docs/grid.md).
     def enforced_limit_w(self, target: str, gpus: I64) -> F64:
         """The power limit each GPU enforces now, W (a floor is clamped to it)."""
         raise self.no_floor(target)

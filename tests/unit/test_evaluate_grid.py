@@ -103,7 +103,7 @@ def test_on_gpus_without_a_power_floor_the_full_policy_holds_the_lab_ramp_limit_
     runs = {p: run_policy(site, p, 60, scenario=sc)["grid"] for p in ("none", "full")}
     none, full = runs["none"], runs["full"]
     assert none["site"]["seconds_over_ramp_up"] >= 5 and none["site"]["seconds_over_ramp_down"] >= 5
-    # Measured (2026-12-07): none 9 s up / 11 s down, worst 0.037 / 0.035 MW/s; full 0 / 0, worst 0.003 / 0.003.
+    # Measured (2026-12-06): none 9 s up / 11 s down, worst 0.037 / 0.035 MW/s; full 0 / 0, worst 0.003 / 0.003.
     assert full["site"]["seconds_over_ramp_up"] <= 1 and full["site"]["seconds_over_ramp_down"] <= 1
     assert full["site"]["max_ramp_up_mw_per_s"] < 0.015 and full["site"]["max_ramp_down_mw_per_s"] < 0.015
     low_none, low_full = none["site"]["bands"][0], full["site"]["bands"][0]
