@@ -1,5 +1,7 @@
 """The controller's side of the utility's limits (issue 16): demand-response requests as a paced budget on the
-site (or one utility feed), and caps released no faster than the ramp-up limit. Plain state and numpy, no I/O.
+site (or one utility feed), caps released no faster than the ramp-up limit, and the ramp limiter's floors through
+swinging jobs' low phases, or caps on their compute peak where the GPUs refuse a floor (H100s: `plan`,
+`ramp_limit`). Plain state and numpy, no I/O.
 
 Demand response rides on the capping policy rather than beside it: while a request holds, the site level (or
 the feed's utility level) gets a power budget, as the thermal policy gives a cooling zone one
