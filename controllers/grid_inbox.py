@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from controllers.controller import CapController
 from powerplane.grid_input import (
@@ -95,17 +96,9 @@ class GridInbox:
     def take(self, req: GridRequest, now_s: float) -> Answer | None:
         """One request as it arrives; its answer (None: a duplicate of one already answered, or one over before
         this inbox began)."""
-        bad = verify(req, self.keyring)
-        if bad:
-            return Answer(req, "refused", bad, security=True)
-        seen = self.ledger.seen(req)
-        if seen == "same":
-            self.duplicates += 1
-            log.info("demand response %s delivered again: already answered", req.id)
-            return None
-        if seen == "other":
-            return Answer(req, "refused", f"grid.request {req.id}: id already taken by another request (a reused id "
-                                          "or an altered replay): send a new id", security=True)
+        done, ans = screen(self, req, verify(req, self.keyring), "request", "id")
+        if done:
+            return ans
         if req.end_s() <= now_s and req.issued_at_s < self.started_s:
             self.over_before_start += 1
             log.info("demand response %s (sent %s by %s): its hold ended %s, before this controller read it: not "
@@ -138,6 +131,24 @@ class GridInbox:
         self.ledger.started(req.id, self.ctl.grid.load0_of(req.id))
         self.held.append(req)
         return summary
+
+
+def screen(inbox: Any, rec: GridRequest | JobNotice, bad: str | None, noun: str,
+           id_word: str) -> tuple[bool, Answer | None]:
+    """The first look every signed input takes (this inbox and controllers.job_inbox): `bad`, the signature's
+    verdict, refuses it; an id the ledger holds is a redelivery (answered once: counted in `inbox.duplicates`)
+    or, with other contents, refused. (True, the answer or None) when that settles the record."""
+    if bad:
+        return True, Answer(rec, "refused", bad, security=True)
+    seen = inbox.ledger.seen(rec)
+    if seen == "same":
+        inbox.duplicates += 1
+        log.info("%s %s delivered again: already answered", Answer(rec, "", "").what, rec.id)
+        return True, None
+    if seen == "other":
+        return True, Answer(rec, "refused", f"{rec.SCHEMA} {rec.id}: id already taken by another {noun} (a reused "
+                                            f"{id_word} or an altered replay): send a new id", security=True)
+    return False, None
 
 
 def _ask(req: GridRequest) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controllers.controller import CapController
-from controllers.grid_inbox import Answer
+from controllers.grid_inbox import Answer, screen
 from powerplane.config import Config
 from powerplane.grid_input import Bounds, Ledger
 from powerplane.job_input import BOUNDS, GpuNames, check_notice, verify
@@ -52,17 +52,9 @@ class JobInbox:
 
     def take(self, n: JobNotice, now_s: float) -> Answer | None:
         """One notice as it arrives; its answer (None: a duplicate of one already answered)."""
-        bad = verify(n, self.keyring)
-        if bad:
-            return Answer(n, "refused", bad, security=True)
-        seen = self.ledger.seen(n)
-        if seen == "same":
-            self.duplicates += 1
-            log.info("job notice %s delivered again: already answered", n.id)
-            return None
-        if seen == "other":
-            return Answer(n, "refused", f"job.notice {n.id}: id already taken by another notice (a reused job id "
-                                        "or an altered replay): send a new id", security=True)
+        done, ans = screen(self, n, verify(n, self.keyring), "notice", "job id")
+        if done:
+            return ans
         gpus, why = check_notice(n, self.names, now_s, self.bounds)
         if why:
             return Answer(n, "refused", why)
