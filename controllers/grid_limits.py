@@ -223,11 +223,13 @@ class GridControl:
             return new_w
         _, up_all = ramp_step_w(lim, 1.0)
         up = self.paced_w(up_all)
-        # A job GPU read in its low phase at its old floor may be at its new cap next second: the site rises by
-        # the floors' swing plus the release, so a release takes only the room the swing and the rest of the site
-        # leave (the 100 MW restore was 2.3 MW/s against 2 without it); the next floors leave room (reserve_w).
-        # Floors asked and still under a quarter of room: a quarter; floors that cannot hold the swing: the
-        # paced share (that site is over the limit anyway, and is never left capped).
+        # A job GPU read in its low phase at its old floor may next be in its high phase at its new cap: the
+        # site then rises by the swing the floors allow plus the release, so the release takes only what the
+        # swing and the rest of the site leave of the allowance (the 100 MW restore was 2.3 MW/s against 2
+        # without this). The first decision of a release may find none: its floors then leave room for the
+        # next (reserve_w). Where the floors were asked and still leave under a quarter of the allowance (the
+        # rest of the site takes it), a release goes on at that quarter; where they cannot hold the swing at
+        # all, at the paced share: that site is over the limit without it, and is never left capped.
         if self.floors_hold:
             room = max(up_all - self.other_w - self.swing_w, 0.0)
             up = max(min(up, room), 0.25 * up_all) if asked > 0 else min(up, room)
@@ -264,15 +266,8 @@ class GridControl:
         if not extra.any():
             return new_w
         down, _ = ramp_step_w(lim, 1.0)
-        # As for a release (limit_release): a job GPU read in its low phase falls from its compute phase at its
-        # next one, and the floors' swing may fall in the same second as the cut.
-        peak = gpu_power_w.copy()
-        peak[self.train] = np.fmax(peak[self.train], self.ring_peak_w)
-        draw = np.where(np.isfinite(peak), np.minimum(peak, start), start)
-        pace = self.paced_w(down)
-        if self.floors_hold:
-            pace = max(min(pace, down - self.other_w - self.swing_w), 0.25 * down)
-        stepped = shed_step(draw, np.where(extra, new_w, draw), self.site.gpu_priority, pace, self.eff)
+        draw = np.where(np.isfinite(gpu_power_w), np.minimum(gpu_power_w, start), start)
+        stepped = shed_step(draw, np.where(extra, new_w, draw), self.site.gpu_priority, self.paced_w(down), self.eff)
         # A GPU the pace did not reach keeps its cap without the request (not one at its draw: that would pin it).
         return np.where(extra, np.where(stepped < draw, np.maximum(stepped, new_w), start), new_w)
 
