@@ -48,12 +48,16 @@ class Answer:
 
     @property
     def what(self) -> str:
-        return "job notice" if isinstance(self.req, JobNotice) else "demand response"
+        return _what(self.req)
 
     def event(self, component: str, now_s: float) -> Event:
         if isinstance(self.req, JobNotice):
             return notice_event(self.req, self.status, self.summary, component, now_s)
         return answer_event(self.req, self.status, self.summary, component, now_s)
+
+
+def _what(rec: GridRequest | JobNotice) -> str:
+    return "job notice" if isinstance(rec, JobNotice) else "demand response"
 
 
 def _iso(ts_s: float) -> str:
@@ -143,7 +147,7 @@ def screen(inbox: Any, rec: GridRequest | JobNotice, bad: str | None, noun: str,
     seen = inbox.ledger.seen(rec)
     if seen == "same":
         inbox.duplicates += 1
-        log.info("%s %s delivered again: already answered", Answer(rec, "", "").what, rec.id)
+        log.info("%s %s delivered again: already answered", _what(rec), rec.id)
         return True, None
     if seen == "other":
         return True, Answer(rec, "refused", f"{rec.SCHEMA} {rec.id}: id already taken by another {noun} (a reused "

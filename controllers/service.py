@@ -308,12 +308,13 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
     dlq = DeadLetters(producer, "controller-shadow" if shadow else "controller")
     # A request or notice sent before this group's first start (the utility announces a day ahead, a prolog
     # minutes ahead) is read, not skipped: reading goes back as far ahead as each may start.
-    for topic, back_s in ((topics.GRID.name, MAX_AHEAD_S), (topics.JOBS.name, JOB_MAX_AHEAD_S)):
-        seeded = seed_fresh_group(cfg.kafka_bootstrap, group, topic, time.time() - back_s, auth)
-        if seeded:
-            span = f"{back_s / 3600:g} h" if back_s >= 3600 else f"{back_s / 60:g} min"
-            log.info("%s: first start of group %s on %s: reading the records sent in the last %s (offsets %s)",
-                     "shadow controller" if shadow else "controller", group, topic, span, seeded)
+    back = {topics.GRID.name: MAX_AHEAD_S, topics.JOBS.name: JOB_MAX_AHEAD_S}
+    now = time.time()
+    seeded = seed_fresh_group(cfg.kafka_bootstrap, group, {t: now - b for t, b in back.items()}, auth)
+    for topic, offsets in seeded.items():
+        span = f"{back[topic] / 3600:g} h" if back[topic] >= 3600 else f"{back[topic] / 60:g} min"
+        log.info("%s: first start of group %s on %s: reading the records sent in the last %s (offsets %s)",
+                 "shadow controller" if shadow else "controller", group, topic, span, offsets)
     cons = consumer(cfg.kafka_bootstrap, group, *inputs, auth=auth)
     if registry is not None:
         registry.register(ControllerMetrics(ctl, producer, dlq))

@@ -372,29 +372,32 @@ def read_window(bootstrap: str, topic: str, start_s: float, end_s: float, timeou
     return out
 
 
-def seed_fresh_group(bootstrap: str, group: str, topic: str, since_s: float,
-                     auth: ClientAuth | None = None) -> dict[int, int]:
-    """Where `group` has no committed offset on a partition of `topic` (a group's first start), commit the first
-    offset whose broker timestamp is at or after since_s, so that the group's first poll reads the records sent
-    from then on instead of from the end (what `auto_offset_reset="latest"` does). For an input whose records
-    speak of the future (a demand-response request sent before the controller first ran). Partitions the group
-    has an offset on are left as they are. Returns {partition: offset} of what it committed. The group must have
-    no member yet (it is about to be joined by the caller)."""
+def seed_fresh_group(bootstrap: str, group: str, since_s: dict[str, float],
+                     auth: ClientAuth | None = None) -> dict[str, dict[int, int]]:
+    """Where `group` has no committed offset on a partition of a topic in since_s (a group's first start), commit
+    the first offset whose broker timestamp is at or after that topic's since_s, so that the group's first poll
+    reads the records sent from then on instead of from the end (what `auto_offset_reset="latest"` does). For
+    inputs whose records speak of the future (a demand-response request sent before the controller first ran).
+    Partitions the group has an offset on are left as they are. Returns {topic: {partition: offset}} of what it
+    committed. One consumer for every topic. The group must have no member yet (the caller is about to join)."""
     from kafka import OffsetAndMetadata, TopicPartition
 
     auth = auth or process_auth()
     c = KafkaConsumer(bootstrap_servers=bootstrap, **auth.kafka_python(), group_id=group, enable_auto_commit=False,
                       request_timeout_ms=20_000)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        parts = [TopicPartition(t, p) for t in since_s for p in sorted(c.partitions_for_topic(t) or [])]
         fresh = [tp for tp in parts if c.committed(tp) is None]
         if not fresh:
             return {}
         c.assign(fresh)
         end = c.end_offsets(fresh)
-        at = c.offsets_for_times({tp: int(since_s * 1000) for tp in fresh})
+        at = c.offsets_for_times({tp: int(since_s[tp.topic] * 1000) for tp in fresh})
         seed = {tp: at[tp].offset if at.get(tp) is not None else end[tp] for tp in fresh}  # None: nothing since
         c.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in seed.items()})
-        return {tp.partition: off for tp, off in seed.items()}
+        out: dict[str, dict[int, int]] = {}
+        for tp, off in seed.items():
+            out.setdefault(tp.topic, {})[tp.partition] = off
+        return out
     finally:
         c.close()
