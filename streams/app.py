@@ -16,6 +16,9 @@ but in event-time order (a restart, a broker outage) still find their windows op
 `lag_s`. A broker outage is logged once when it starts (the client's first error) and once when it ends, with
 how many client errors were held back, instead of thousands of "Unable connect" lines.
 
+Long (a little over 500 lines) because the two stages share the worker's input state, counters and backlog rule;
+the policy is in the modules it imports.
+
 Bad records go to the dead-letter topic with the reason. An exception that escapes a faust agent silently
 stops it, so every record is processed inside a guard that dead-letters what fails and keeps consuming.
 """
@@ -42,7 +45,7 @@ from powerplane.site import IntArray, Site
 from streams.assembly import AssemblyCounts
 from streams.facility_input import FacilityInput
 from streams.handover import SiteHandover, shorten_fetch_wait
-from streams.kafka_io import BrokerOutage, KeyedBatches
+from streams.kafka_io import BrokerOutage, InTransit, KeyedBatches
 from streams.rack_input import RackInput
 from streams.rack_stage import RackBatch, RackBatcher, rack_batch
 from streams.rollup import Limits, UnknownRack
@@ -208,6 +211,7 @@ class StreamsWorker:
         self.state_table = app.Table("tree-state", default=None, key_type=bytes, value_type=bytes,
                                      partitions=topics.RACKS.partitions)
         self.batches = KeyedBatches(app)
+        self.transit = InTransit()  # rack-stage summaries not yet taken by the site stage (input_backlog)
         self.handover = SiteHandover(cfg, site.name, app, self.state_table, self.stage)
         self.last_checkpoint_s = 0.0  # event time of the last checkpoint
         self.last_record_mono = 0.0  # monotonic clock at the last rack-summary record
@@ -231,10 +235,14 @@ class StreamsWorker:
         try:
             while True:
                 records = await rin.take()
+                self.transit.taking = bool(records)  # in transit (no await before): their fetch state says "taken"
                 for r in records:
                     self.read_to[(r.topic, r.partition)] = r.offset
-                for done, recs in await self._guarded_batch(records):
-                    rin.produced(await self._rack_outputs(done, recs))
+                try:
+                    for done, recs in await self._guarded_batch(records):
+                        rin.produced(await self._rack_outputs(done, recs))
+                finally:
+                    self.transit.taking = False  # each summary sent is now counted until it is taken
                 await rin.commit()  # in the background; a refused output is logged there
         finally:
             await rin.stop()
@@ -267,7 +275,9 @@ class StreamsWorker:
         futures = await self.batches.send(topics.AGGREGATES.name, done.aggregates)
         rb = done.summaries
         if rb is not None:  # one record for the whole batch: the site stage takes it in one vectorized step
-            futures += await self.batches.send(topics.RACKS.name, [(rb.key(), rb.encode(), float(rb.ts_s.max()))])
+            sent = await self.batches.send(topics.RACKS.name, [(rb.key(), rb.encode(), float(rb.ts_s.max()))])
+            self.transit.sent(sent)
+            futures += sent
         return futures
 
     async def _guarded_batch(self, records: Sequence[Any]) -> list[tuple[RackBatch, Sequence[Any]]]:
@@ -354,7 +364,11 @@ class StreamsWorker:
     def input_backlog(self) -> bool:
         """Whether this worker's input partitions (pp.telemetry, pp.racks) hold records it has not taken yet, or
         one has had no fetch answered for FRESH_FETCH_S (the broker is out of reach: it cannot tell, and says
-        so). Read from the Kafka clients' fetch state, no request."""
+        so), or the rack stage's summaries are still on their way to the site stage (streams.kafka_io.InTransit:
+        the fetch state shows neither those nor records past the highwater of the consumer's last fetch).
+        Read from the Kafka clients' fetch state and the produce acks, no request."""
+        if self.transit.pending(self.read_to):
+            return True
         try:
             states = self._input_states(create=True)
             if not any(tp.topic == topics.TELEMETRY.name for tp, _ in states):
@@ -370,6 +384,14 @@ class StreamsWorker:
             return False
         except Exception:  # a client not started (yet), or its internals changed: cannot tell
             return True
+
+    def backlog_state(self) -> str:
+        """One line on what the site stage's backlog rule saw (for the log when racks are paged silent)."""
+        tree, t = self.stage.tree, self.transit
+        lags = ", ".join(f"{tp}[{p}] {n}" for (tp, p), n in sorted(self.input_lags().items()) if n) or "none"
+        return (f"site stage backlog={tree.backlog}, input backlog={self.input_backlog()} (in transit: taking="
+                f"{t.taking} unacked={t.unacked} acked={t.acked_to}), head {time.time() - tree.head_s:.1f} s "
+                f"behind the clock; records not taken: {lags}")
 
     def input_lags(self) -> dict[tuple[str, int], int]:
         """Records not taken yet on each input partition (pp.telemetry, pp.racks): highwater minus the next
@@ -437,6 +459,10 @@ class StreamsWorker:
         for e in out.events:
             await self.events.send(key=e.id.encode(), value=e.encode(), timestamp=e.ts_s)
             log.warning("event %s %s %s: %s", e.state, e.severity, e.kind, e.summary)
+        lost = [e for e in out.events if e.kind == "telemetry_loss" and e.state == "open"]
+        if lost:  # what the site stage's verdict rested on: silent racks, or a backlog it did not see
+            log.warning("telemetry_loss opened for %d rack(s), window ending %.0f: %s", len(lost),
+                        max(e.ts_s for e in lost), self.backlog_state())
         c.aggregates += len(out.aggregates)
         c.headroom += out.headroom_count()
         if out.aggregates:

@@ -1,12 +1,13 @@
-"""The streams worker's own Kafka plumbing around faust: batched keyed sends on faust's producer, and the
-broker-outage log filter. Thin shells, no policy."""
+"""The streams worker's own Kafka plumbing around faust: batched keyed sends on faust's producer, the
+rack-stage output in transit to the site stage, and the broker-outage log filter. Thin shells, no policy."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -55,6 +56,39 @@ class KeyedBatches:
                 futures.append(await producer.send_batch(batch, topic, partition=p))
         self.sent += len(items)
         return futures
+
+
+@dataclass
+class InTransit:
+    """Rack-stage output on its way to the site stage of the same worker: batches taken from pp.telemetry whose
+    summary record is not sent yet, sent and not acknowledged, or acknowledged at a pp.racks offset the site
+    stage has not taken. The input partitions' fetch state cannot show them (taken off pp.telemetry; on pp.racks
+    past the highwater the site stage's consumer last heard of), and without them a worker catching up after a
+    restart said "no backlog" while a third of its partitions were between the stages (docs/reliability.md)."""
+
+    taking: bool = False  # a batch taken whose summary record is not sent yet
+    unacked: int = 0  # summary records sent, not acknowledged (nor failed)
+    acked_to: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> newest offset
+
+    def sent(self, futures: Iterable[asyncio.Future[Any]]) -> None:
+        """The summary records' produce futures (each resolves to the record's metadata)."""
+        for f in futures:
+            self.unacked += 1
+            f.add_done_callback(self._acked)
+
+    def _acked(self, f: asyncio.Future[Any]) -> None:
+        self.unacked -= 1
+        if f.cancelled() or f.exception() is not None:  # not on the broker: nothing to wait for
+            return
+        md = f.result()  # the batch's metadata: its first offset (a summary record is sent alone)
+        if md is None:
+            return
+        key = (md.topic, md.partition)
+        self.acked_to[key] = max(self.acked_to.get(key, -1), md.offset)
+
+    def pending(self, read_to: Mapping[tuple[str, int], int]) -> bool:
+        """Output still on its way, given the offset the site stage last took per (topic, partition)."""
+        return self.taking or self.unacked > 0 or any(read_to.get(tp, -1) < off for tp, off in self.acked_to.items())
 
 
 @dataclass

@@ -29,10 +29,29 @@ def test_worker_and_broker_outages_on_a_site_cause_no_brake_no_cap_and_lose_no_w
     assert phases["worker down"]["held_s"] > 0 and phases["broker down"]["held_s"] > 0
     # Racks whose frames only waited in a backlog or a spool are not paged as silent, and no window is lost.
     opened = {n: p["events_opened"].get("telemetry_loss", 0) for n, p in phases.items()}
-    assert sum(opened.values()) == 0, (opened, _tail(tmp_path / "logs" / "streams.log"))
+    assert sum(opened.values()) == 0, (opened, _story(tmp_path / "logs" / "streams.log"))
     assert r["drained_after_s"] is not None, "the worker did not work off the backlog within 150 s"
     assert r["site_windows_missing"] == 0, r["missing_first"]
     assert r["as_expected"], proc.stdout[-2000:]
+
+
+# The restarted worker's lines that say why racks were paged silent: its resume, the site stage's backlog
+# state each time telemetry_loss opened, broker outages, and its counters.
+_STORY = ("resumed", "assigned", "telemetry_loss opened", "reachable again", "not committed", "frames=")
+
+
+def _story(log: Path, per_kind: int = 3) -> str:
+    """A short account from the worker's log for the failure message: the lines above (a few of each kind,
+    the first ones), the first few telemetry_loss events and how many there were, and its last lines."""
+    if not log.exists():
+        return f"(no {log.name})"
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines()]
+    keep: list[str] = []
+    for kind in _STORY:
+        keep += [ln for ln in lines if kind in ln][:per_kind]
+    events = [ln for ln in lines if "event open" in ln and "telemetry_loss" in ln]
+    keep += [*events[:per_kind], f"({len(events)} telemetry_loss opened in all)"]
+    return "\n".join(keep) + "\n--- last lines ---\n" + _tail(log, 10)
 
 
 def _tail(log: Path, lines: int = 40) -> str:
