@@ -42,7 +42,7 @@ from controllers.degraded import (
 from controllers.facility import ControllerSignals
 from controllers.grid_limits import FloorRefusals, GridControl
 from controllers.guard import GuardSettings, single_feed_guard
-from controllers.thermal import STAGES, ThermalSettings, decide_thermal
+from controllers.thermal import STAGES, ThermalSettings, decide_thermal, sustained_climb
 from powerplane.grid import DemandResponse
 from powerplane.rack_layout import RackLayout
 from powerplane.schemas import Ack, Command, FacilityReading, Headroom, LevelAggregate, SchemaError, TelemetryFrame
@@ -103,6 +103,7 @@ class CapController:
         self.zone_seen_s, self.zone_ts_s = np.full((2, self.zones.size), -np.inf)  # arrival, event time
         self.zone_stage = np.zeros(self.zones.size, dtype=np.int64)
         self.zone_climb_since_s = np.full(self.zones.size, np.inf)  # since when the inlet has been climbing
+        self.zone_climb_from_w = np.full(self.zones.size, np.nan)  # the zone's load then
         self._zone_pos = {int(z): i for i, z in enumerate(self.zones)}
         self.over_since_s = np.full(n_levels, np.inf)
         self.rack_complete = np.zeros(site.n_racks, dtype=bool)
@@ -370,8 +371,8 @@ class CapController:
         if self.thermal is None:
             return budget, None
         climbing = zfresh & np.isfinite(self.zone_ttl_s)
-        self.zone_climb_since_s = np.where(climbing, np.minimum(self.zone_climb_since_s, now_s), np.inf)
-        sustained = now_s - self.zone_climb_since_s >= self.thermal.climb_sustain_s
+        self.zone_climb_since_s, self.zone_climb_from_w, sustained = sustained_climb(
+            now_s, climbing, load[self.zones], self.zone_climb_since_s, self.zone_climb_from_w, self.thermal)
         th = decide_thermal(self.site, np.where(zfresh, self.zone_headroom_c, np.nan),
                             np.where(sustained, self.zone_ttl_s, np.nan), load[self.zones], self.zone_stage,
                             self.thermal)

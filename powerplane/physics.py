@@ -1,5 +1,5 @@
-"""Electrical physics shared by the digital twin and the streams: the breaker trip curve, breaker heating,
-PSU efficiency, and NVML's throttle-reason bits.
+"""Physics shared by the digital twin, the streams and the controllers: the breaker trip curve, breaker heating,
+PSU efficiency, NVML's throttle-reason bits, and how long a zone's inlet has climbed at a steady load.
 
 Pure numpy, no I/O. The twin uses these to simulate trips; the streams use the same curve to say how long
 an overloaded breaker has left, so both sides of the loop agree on when a breaker trips.
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from powerplane.site import FloatArray
 
@@ -71,3 +72,27 @@ def breaker_heat_step(heat: FloatArray, load_frac: FloatArray, dt_s: float, cfg:
 def psu_efficiency(load_frac: FloatArray, peak: FloatArray, cfg: ElectricalConfig) -> FloatArray:
     off = np.interp(load_frac, cfg.psu_load_points, cfg.psu_eff_offsets)
     return np.asarray(np.minimum(np.maximum(peak + off, 0.5), 1.0), dtype=np.float64)
+
+
+# ======================================================================================
+# Thermal
+# ======================================================================================
+
+
+def climb_clock(now_s: float, climbing: npt.NDArray[np.bool_], load_w: FloatArray, since_s: FloatArray,
+                from_w: FloatArray, step_frac: float) -> tuple[FloatArray, FloatArray]:
+    """Per cooling zone: (since when its inlet has climbed at a steady load, its load when that clock started).
+    The clock restarts, from the load now, whenever the load passes the load it started from by `step_frac`.
+
+    Why: a rack's inlet follows its own load (more heat recirculates), so a zone whose load steps up, as a whole
+    site does coming back from a demand-response shed, climbs for as long as the load rises and stops when it
+    settles; a cooling plant that is not keeping up climbs at a steady load. The controller (how long a climb
+    has lasted before it extrapolates it) and the streams' cooling-failure page both ask "climbing how long at
+    a steady load". A training job's load swings tens of percent every few seconds without stepping up: its
+    first high phase restarts the clock once, and the climb then counts. An unknown (NaN) load steps nothing.
+    Not climbing: (inf, NaN)."""
+    stepped = climbing & np.isfinite(from_w) & (load_w > from_w * (1.0 + step_frac))
+    since = np.where(climbing, np.where(stepped, now_s, np.minimum(since_s, now_s)), np.inf)
+    start = climbing & (stepped | ~np.isfinite(from_w))
+    return np.asarray(since, np.float64), np.asarray(np.where(climbing, np.where(start, load_w, from_w), np.nan),
+                                                     np.float64)

@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from powerplane.physics import ElectricalConfig, trip_time_s
+from powerplane.physics import ElectricalConfig, climb_clock, trip_time_s
 from powerplane.schemas import Event
 from powerplane.site import KIND, FloatArray, Site
 from streams.tree import Snapshot
@@ -44,7 +45,11 @@ class EmergencySettings:
     overload_warn_sustain_s: float = 30.0  # above the continuous (derated) limit this long: warning
     inlet_limit_c: float = 32.0  # ASHRAE A1 allowable upper bound (BRIEF.md)
     inlet_rise_c_per_min: float = 3.0  # a zone's hottest inlet rising faster than this: cooling failure
-    cooling_sustain_s: float = 4.0  # ... for this long (one noisy reading is not a failure)
+    cooling_sustain_s: float = 4.0  # ... for this long (one noisy reading is not a failure) at a steady load:
+    # the clock restarts when the zone's load passes the load it started from by this share (a zone's inlets
+    # follow its load up: a site restoring after a demand-response shed is not a cooling failure;
+    # powerplane.physics.climb_clock)
+    cooling_load_step_frac: float = 0.02
     cooling_over_capacity_sustain_s: float = 60.0  # heat above capacity this long, inlet not climbing: warning
     cooling_clear_s: float = 30.0  # a cooling event resolves only after this long calm
     thermal_warmup_s: float = 60.0  # inlet slopes are trusted only after this much history
@@ -221,13 +226,16 @@ class EmergencyDetector:
         model, so this is the early sign, not the page)."""
         st, ids, now = self.settings, self.ids, snap.ts_s
         out: dict[str, _Cond] = {}
-        rise = st.inlet_rise_c_per_min / 60.0
-        for z in self.zones.tolist():
-            slope = float(inlet_slope_c_per_s[z])
-            hot = math.isfinite(slope) and slope > rise and now - self.first_ts_s >= st.thermal_warmup_s
+        zs = self.zones
+        slope_z = inlet_slope_c_per_s[zs]
+        hot = (np.isfinite(slope_z) & (slope_z > st.inlet_rise_c_per_min / 60.0)
+               & (now - self.first_ts_s >= st.thermal_warmup_s))
+        since = self._climb_clock(now, hot, snap.load_w[zs])
+        for i, z in enumerate(zs.tolist()):
+            slope = float(slope_z[i])
             over_cap = bool(snap.limit_w[z] > 0 and snap.load_w[z] > snap.limit_w[z])
             key = f"cooling_failure:{ids[z]}"
-            climbing = self._sustained(key + ":hot", hot, now, st.cooling_sustain_s)
+            climbing = bool(now - since[i] >= st.cooling_sustain_s)
             loaded = self._sustained(key + ":cap", over_cap, now, st.cooling_over_capacity_sustain_s)
             if climbing or loaded:
                 ttl = float(time_to_limit_s[z])
@@ -242,6 +250,21 @@ class EmergencyDetector:
                      "time_to_limit_s": ttl if math.isfinite(ttl) else -1.0,
                      "heat_over_capacity": float(snap.load_w[z] / snap.limit_w[z]) if snap.limit_w[z] > 0 else -1.0})
         return out
+
+    def _climb_clock(self, now: float, hot: npt.NDArray[np.bool_], load_w: FloatArray) -> FloatArray:
+        """Per zone, since when its inlet has climbed fast at a steady load (inf: not climbing); kept in `pending`
+        (checkpointed) with the load its clock started from."""
+        keys = [f"cooling_failure:{self.ids[z]}:hot" for z in self.zones.tolist()]
+        since, from_w = climb_clock(now, hot, load_w, np.array([self.pending.get(k, np.inf) for k in keys]),
+                                    np.array([self.pending.get(k + ":from_w", np.nan) for k in keys]),
+                                    self.settings.cooling_load_step_frac)
+        for k, t, w in zip(keys, since.tolist(), from_w.tolist(), strict=True):
+            if math.isfinite(t):
+                self.pending[k], self.pending[k + ":from_w"] = t, w
+            else:
+                self.pending.pop(k, None)
+                self.pending.pop(k + ":from_w", None)
+        return since
 
     def _thermal_slowdown(self, snap: Snapshot) -> dict[str, _Cond]:
         """GPU thermal slowdown, grouped by zone (one page for a hot zone, not one per rack)."""

@@ -103,3 +103,48 @@ def test_an_older_zone_window_published_again_does_not_replace_a_newer_one(site:
     ctl.on_headroom(headroom(1010.0, 2.0), 1010.5)
     ctl.on_headroom(headroom(1007.0, 6.0), 1011.0)  # the window of 3 s before, again
     assert ctl.zone_headroom_c[0] == 2.0 and ctl.zone_ts_s[0] == 1010.0
+
+
+def _climbing_zone(site: Site, load_w: list[float]) -> list[list[str]]:
+    """The knobs the controller moves each second while the zone's inlet climbs (6 C left, at the limit in
+    100 s), its load following `load_w` (one value a second)."""
+    from controllers.capping import CapSettings
+    from controllers.controller import CapController
+    from powerplane.schemas import Headroom, LevelAggregate
+    from powerplane.signing import Keyring
+
+    ctl = CapController(site, Keyring({"k": b"\x01" * 32}, "k"), CapSettings(), 30.0)
+    ctl.cap_w[:] = site.gpu_max_w
+    zone = site.level_ids[int(site.levels_of_kind("zone")[0])]
+    out = []
+    for k, p in enumerate(load_w):
+        t = 1000.0 + k
+        ctl.on_aggregate(LevelAggregate(site="lab", level=zone, kind="zone", ts_s=t, window_s=1.0, power_w=p,
+                                        limit_w=400e3, rated_w=500e3, mode="normal", gpus_expected=64,
+                                        gpus_reporting=64), t)
+        ctl.on_headroom(Headroom(site="lab", level=zone, kind="zone", ts_s=t, mode="normal", horizon_s=10.0,
+                                 power_w=p, limit_w=400e3, forecast_p50_w=p, forecast_p99_w=p, headroom_w=400e3 - p,
+                                 thermal_headroom_c=6.0, time_to_limit_s=100.0), t)
+        out.append([c.action for c in ctl.decide(t + 0.5) if c.action in ("routing_weight", "sm_clock_lock")])
+    return out
+
+
+def test_a_climb_while_the_zones_load_steps_up_is_not_extrapolated_until_the_load_settles(site: Site) -> None:
+    """A restore after a demand-response shed raises a zone's load for tens of seconds and its inlets follow
+    (recirculation): with 6 C of real headroom, critical requests are not routed away. The same climb going
+    on at the settled load is a cooling plant not keeping up: it is acted on within 30 s of the load settling
+    (30 s after the load's last 5 % step)."""
+    ramp = [200e3 * (1.0 + 0.01 * k) for k in range(45)]  # +1 %/s for 45 s (a 2 MW/s restore at 100 MW)
+    acts = _climbing_zone(site, ramp + [ramp[-1]] * 40)
+    assert [a for k in range(45) for a in acts[k]] == []
+    first = next(k for k, a in enumerate(acts) if "routing_weight" in a)
+    assert 45 + 20 <= first <= 45 + 30
+
+
+def test_a_training_zones_swinging_load_does_not_hide_a_climb(site: Site) -> None:
+    """Synchronous training swings a zone's load by a third every iteration without stepping up: a climb there
+    is still acted on once it has lasted 30 s."""
+    swing = [330e3 if (k // 2) % 2 else 240e3 for k in range(40)]  # 4 s iterations
+    acts = _climbing_zone(site, swing)
+    first = next(k for k, a in enumerate(acts) if "routing_weight" in a)
+    assert 30 <= first <= 32
