@@ -16,7 +16,7 @@ but in event-time order (a restart, a broker outage) still find their windows op
 `lag_s`. A broker outage is logged once when it starts (the client's first error) and once when it ends, with
 how many client errors were held back, instead of thousands of "Unable connect" lines.
 
-Long (a little over 500 lines) because the two stages share the worker's input state, counters and backlog rule;
+Long because the two stages share the worker's input state, counters and backlog rule (a little over 500 lines);
 the policy is in the modules it imports.
 
 Bad records go to the dead-letter topic with the reason. An exception that escapes a faust agent silently

@@ -73,8 +73,10 @@ def test_the_full_policy_keeps_the_inlet_and_the_critical_slo_where_no_control_d
     assert full["slo"]["inference-critical"]["ttft_within_slo"] >= 0.99
     # (Not by a larger throttled share: with the burst reserve critical pools keep every instance at the
     # top clock, so capping caps them as much as the slimmed batch pools, 31.3% vs 31.0% here, against 6.1%
-    # vs 30.6% before: docs/performance.md, burst reserve. The batch SLO is where low priority pays.)
-    assert full["slo"]["inference-batch"]["ttft_within_slo"] < 0.6 * full["slo"]["inference-critical"][
+    # vs 30.6% before: docs/performance.md, burst reserve. The batch SLO is where low priority pays: 63 % within
+    # its SLO against critical's 99.99 %; 58 % before climbs during the zone's own load steps were no longer
+    # extrapolated, with the inlet 26.4 C then and 26.6 C now against its 32 C limit.)
+    assert full["slo"]["inference-batch"]["ttft_within_slo"] < 0.7 * full["slo"]["inference-critical"][
         "ttft_within_slo"]
     # Less energy per token than no control; the policies issued (signed, applied) commands.
     assert full["energy_per_token_j"] < 0.9 * none["energy_per_token_j"]
