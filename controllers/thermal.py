@@ -44,8 +44,8 @@ class ThermalSettings:
     hysteresis_c: float = 1.0
     lookahead_s: float = 120.0
     climb_sustain_s: float = 30.0  # a climb counts once it has lasted this long (inlet slopes are noisy)
-    # ... at a steady load: when the zone's load passes its highest since the climb began by this share, the
-    # climb's clock restarts (see sustained_climb).
+    # ... at a steady load: when the zone's load passes the load the climb's clock started from by this share,
+    # the clock restarts (see sustained_climb).
     load_step_frac: float = 0.05
     clock1_mhz: float = 1275.0
     clock2_mhz: float = 1110.0
