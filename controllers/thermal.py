@@ -23,12 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
+from controllers.capping import BoolArray
 from powerplane.physics import climb_clock
 from powerplane.site import FloatArray, IntArray, Site
 
-BoolArray = npt.NDArray[np.bool_]
 STAGES = ("normal", "route", "slow", "slow2", "shed")
 
 

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from powerplane.physics import ElectricalConfig, climb_clock, trip_time_s
 from powerplane.schemas import Event
@@ -113,6 +112,9 @@ class EmergencyDetector:
         self.gap_ewma = np.full(len(site.level_ids), np.nan)
         self.gap_base = np.full(len(site.level_ids), np.nan)
         self.gap_since: float | None = None
+        # per zone: since when its hottest inlet has climbed fast at a steady load, and its load then (climb_clock)
+        self.climb_since_s = np.full(self.zones.size, np.inf)
+        self.climb_from_w = np.full(self.zones.size, np.nan)
         self.first_ts_s = math.inf  # first window this detector saw
         self.pending: dict[str, float] = {}  # sustained conditions: key -> first seen (event time)
         self.open: dict[str, _Open] = {}
@@ -230,12 +232,13 @@ class EmergencyDetector:
         slope_z = inlet_slope_c_per_s[zs]
         hot = (np.isfinite(slope_z) & (slope_z > st.inlet_rise_c_per_min / 60.0)
                & (now - self.first_ts_s >= st.thermal_warmup_s))
-        since = self._climb_clock(now, hot, snap.load_w[zs])
+        self.climb_since_s, self.climb_from_w = climb_clock(now, hot, snap.load_w[zs], self.climb_since_s,
+                                                            self.climb_from_w, st.cooling_load_step_frac)
         for i, z in enumerate(zs.tolist()):
             slope = float(slope_z[i])
             over_cap = bool(snap.limit_w[z] > 0 and snap.load_w[z] > snap.limit_w[z])
             key = f"cooling_failure:{ids[z]}"
-            climbing = bool(now - since[i] >= st.cooling_sustain_s)
+            climbing = bool(now - self.climb_since_s[i] >= st.cooling_sustain_s)
             loaded = self._sustained(key + ":cap", over_cap, now, st.cooling_over_capacity_sustain_s)
             if climbing or loaded:
                 ttl = float(time_to_limit_s[z])
@@ -250,21 +253,6 @@ class EmergencyDetector:
                      "time_to_limit_s": ttl if math.isfinite(ttl) else -1.0,
                      "heat_over_capacity": float(snap.load_w[z] / snap.limit_w[z]) if snap.limit_w[z] > 0 else -1.0})
         return out
-
-    def _climb_clock(self, now: float, hot: npt.NDArray[np.bool_], load_w: FloatArray) -> FloatArray:
-        """Per zone, since when its inlet has climbed fast at a steady load (inf: not climbing); kept in `pending`
-        (checkpointed) with the load its clock started from."""
-        keys = [f"cooling_failure:{self.ids[z]}:hot" for z in self.zones.tolist()]
-        since, from_w = climb_clock(now, hot, load_w, np.array([self.pending.get(k, np.inf) for k in keys]),
-                                    np.array([self.pending.get(k + ":from_w", np.nan) for k in keys]),
-                                    self.settings.cooling_load_step_frac)
-        for k, t, w in zip(keys, since.tolist(), from_w.tolist(), strict=True):
-            if math.isfinite(t):
-                self.pending[k], self.pending[k + ":from_w"] = t, w
-            else:
-                self.pending.pop(k, None)
-                self.pending.pop(k + ":from_w", None)
-        return since
 
     def _thermal_slowdown(self, snap: Snapshot) -> dict[str, _Cond]:
         """GPU thermal slowdown, grouped by zone (one page for a hot zone, not one per rack)."""
@@ -393,6 +381,7 @@ class EmergencyDetector:
     # ---- state -------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"heat": self.heat.tobytes(), "dark_since": self.dark_since.tobytes(),
+                "climb_since_s": self.climb_since_s.tobytes(), "climb_from_w": self.climb_from_w.tobytes(),
                 "gap_ewma": self.gap_ewma.tobytes(), "gap_base": self.gap_base.tobytes(),
                 "gap_since": self.gap_since, "first_ts_s": self.first_ts_s, "pending": dict(self.pending),
                 "open": {k: asdict(o) for k, o in self.open.items()}, "last_ts_s": self.last_ts_s}
@@ -404,6 +393,10 @@ class EmergencyDetector:
             self.dark_since = np.frombuffer(state["dark_since"], dtype=np.float64).copy()
             self.gap_ewma = np.frombuffer(state["gap_ewma"], dtype=np.float64).copy()
             self.gap_base = np.frombuffer(state["gap_base"], dtype=np.float64).copy()
+        since = np.frombuffer(state.get("climb_since_s", b""), dtype=np.float64)
+        if since.size == self.climb_since_s.size:  # a checkpoint from before the steady-load rule has none
+            self.climb_since_s = since.copy()
+            self.climb_from_w = np.frombuffer(state["climb_from_w"], dtype=np.float64).copy()
         self.gap_since = state.get("gap_since")
         self.first_ts_s = float(state.get("first_ts_s", math.inf))
         self.pending = {str(k): float(v) for k, v in state["pending"].items()}

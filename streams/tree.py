@@ -293,7 +293,7 @@ class TreeWindows:
             return []
         # The head lagging the clock before this batch: the batch is a catch-up, however near the present it
         # brings the head (see _watermark).
-        caught_up_from = self.head_s
+        caught_up_from = self.head_s if wall_s is not None else -math.inf  # only a clock can say "behind"
         try:
             r = np.array([self.site.rack_index(x) for x in b.racks], dtype=np.int64)
         except KeyError as e:
