@@ -257,3 +257,57 @@ def test_peak_caps_come_back_paced_when_the_refusals_expire_and_unpaced_when_the
     assert not np.isfinite(h.peak_w).any() and not np.isfinite(floor).any()
     cap, floor = _swing(h, cap, train, 16)
     assert (cap == 700.0).all()
+
+
+def test_a_shed_counts_a_job_gpu_read_between_its_phases_at_its_compute_phase() -> None:
+    """A training GPU's one-second reading mixes its phases (here 410 W between 690 and 130). A demand-response
+    shed that took the reading as its draw counted a cut to 300 W as 110 W while the GPU's compute phase falls
+    390 W: the 100 MW shed, paced at 2.5 MW/s, fell 5.8 MW/s. Counted at the compute phase, the site's fall in
+    the job's next compute second stays within the paced share of the ramp-down allowance."""
+    down = 4000.0
+    g = _ctl({"ramp_down_mw_per_s": down / MW})
+    site = g.site
+    train = site.gpu_priority == 2
+    nocap = np.full(site.n_gpus, np.nan)
+    p = np.full(site.n_gpus, 300.0)  # the rest already at the request's 300 W: only the job is shed
+    for k in range(6):  # the controller has seen the job swing
+        p[train] = 690.0 if k % 2 else 130.0
+        g.floors(p, nocap)
+    p[train] = 410.0  # read now between its phases
+    out = g.limit_shed(nocap, np.full(site.n_gpus, 700.0), np.full(site.n_gpus, 300.0), p)
+    compute = np.where(train, 690.0, 300.0)  # what each draws in the job's compute phase
+    fell = float(np.sum((compute - np.minimum(compute, out)) / g.eff))
+    assert 0.9 * g.paced_w(down) <= fell <= g.paced_w(down) + 1.0
+
+
+def test_floors_are_let_down_at_the_paced_share_of_the_ramp_down_allowance_and_never_above_a_cap() -> None:
+    """The lab's 64 training GPUs floored near their compute phase stop (an unannounced end): their floors hold
+    them, and the plan lowers the floors as the ring of readings forgets the compute phase, ~70 W a GPU at a
+    time: ~4.8 kW at the wall in one second against a 5 kW/s ramp-down limit that the rest of the site shares
+    (the 100 MW shed lost 4-9 MW of floors a second). They come down at the paced share of the allowance
+    instead, never back up, as far as the plan takes them. A breaker's cut takes a floor down with it at once."""
+    down = 5000.0
+    g = _ctl({"ramp_up_mw_per_s": 0.005, "ramp_down_mw_per_s": down / MW})
+    site = g.site
+    train = site.gpu_priority == 2
+    nocap = np.full(site.n_gpus, np.nan)
+    p = np.full(site.n_gpus, 300.0)
+    for k in range(12):
+        p[train] = 690.0 if k % 3 else 130.0
+        floor = g.floors(p, nocap)
+    assert np.nanmin(floor[train]) > 600.0
+    before, falls = floor, []
+    for k in range(12, 60):
+        p[train] = np.fmax(floor[train], site.gpu_idle_w[train])  # a stopped job draws what its floor holds
+        floor = g.floors(p, nocap)
+        falls.append(float(np.sum((before - floor)[train] / g.eff[train])))
+        before = floor
+    assert max(falls) <= g.paced_w(down) + 1.0 and min(falls) >= 0.0
+    assert np.nanmax(floor[train]) <= 400.0  # down as far as the plan goes in 48 s (~70 W a GPU every 10 s)
+    # A cap below a floor takes the floor down with it at once (the breaker's cut is not paced here).
+    g = _ctl({"ramp_up_mw_per_s": 0.005, "ramp_down_mw_per_s": down / MW})
+    for k in range(12):
+        p[train] = 690.0 if k % 3 else 130.0
+        g.floors(p, nocap)
+    cap = np.where(train, 250.0, np.nan)
+    assert (g.floors(np.minimum(p, 250.0), cap)[train] <= 250.0).all()
