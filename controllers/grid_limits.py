@@ -394,10 +394,8 @@ class GridControl:
         down, _ = ramp_step_w(lim, 1.0)
         stepped = shed_step(np.where(falling, old, to), to, self.site.gpu_priority, self.paced_w(down), self.eff)
         top = np.where(np.isfinite(cap_w), cap_w, self.site.gpu_max_w)
-        # Whole watts rounded up (the pace bounds the fall), but at least 1 W down: rounded to the plan's 10 W, a
-        # share under 10 W a GPU (a small allowance over many GPUs) would hold a floor where it was for ever.
-        held = falling & (stepped > to + 0.5)
-        return np.where(held, np.fmin(np.minimum(np.ceil(stepped), old - 1.0), top), new_w)
+        held = falling & (stepped > to + 0.5)  # in 10 W steps, rounded up: the pace bounds the fall
+        return np.where(held, np.fmin(np.ceil(stepped / 10.0) * 10.0, top), new_w)
 
     def _plan_floors(self, gpu_power_w: FloatArray, cap_w: FloatArray, lim: GridLimits, other: float,
                      refused: npt.NDArray[np.bool_]) -> FloatArray:

@@ -297,7 +297,7 @@ def test_floors_are_let_down_at_the_paced_share_of_the_ramp_down_allowance_and_n
         floor = g.floors(p, nocap)
     assert np.nanmin(floor[train]) > 600.0
     before, falls = floor, []
-    for _ in range(48):
+    for k in range(12, 60):
         p[train] = np.fmax(floor[train], site.gpu_idle_w[train])  # a stopped job draws what its floor holds
         floor = g.floors(p, nocap)
         falls.append(float(np.sum((before - floor)[train] / g.eff[train])))
