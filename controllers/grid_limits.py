@@ -266,11 +266,7 @@ class GridControl:
         if not extra.any():
             return new_w
         down, _ = ramp_step_w(lim, 1.0)
-        # A job GPU falls from what its compute phase draws, not from its reading of the moment: one read in its
-        # low phase counted its cut as nothing, and the 100 MW shed fell 5.8 MW/s against a pace of 2.5.
-        peak = gpu_power_w.copy()
-        peak[self.train] = np.fmax(peak[self.train], self.ring_peak_w)
-        draw = np.where(np.isfinite(peak), np.minimum(peak, start), start)
+        draw = np.where(np.isfinite(gpu_power_w), np.minimum(gpu_power_w, start), start)
         stepped = shed_step(draw, np.where(extra, new_w, draw), self.site.gpu_priority, self.paced_w(down), self.eff)
         # A GPU the pace did not reach keeps its cap without the request (not one at its draw: that would pin it).
         return np.where(extra, np.where(stepped < draw, np.maximum(stepped, new_w), start), new_w)
@@ -363,7 +359,6 @@ class GridControl:
         out = np.fmax(self._plan_floors(gpu_power_w, cap_w, lim, other + self.reserve_w, ref),
                       self._prefloors(now_s, cap_w) if math.isfinite(now_s) else out)
         out[ref] = np.nan
-        out = self._let_down(out, cap_w, lim, ref)
         self.floor_w = out
         self.floors_set = int(np.isfinite(out).sum())
         # The swing these floors and peak caps leave (refused and rounded ones as they are): the next releases'
@@ -373,29 +368,6 @@ class GridControl:
         high = np.fmin(np.fmin(self._hi[self._running], self.peak_w[run]), cap_w[run])
         self.swing_w = float(np.sum(np.maximum(high - low, 0.0) / self.eff[run]))
         return out, self.peak_w
-
-    def _let_down(self, new_w: FloatArray, cap_w: FloatArray, lim: GridLimits,
-                  refused: npt.NDArray[np.bool_]) -> FloatArray:
-        """new_w, the plan's floors, with their falls (a floor lowered, or dropped: the GPU then falls to its own
-        low phase) held to the paced share of the ramp-down allowance for one decision, lowest priority first,
-        as a shed is (limit_shed): a floor is load the site holds, and letting it go is a fall the utility sees.
-        A floor never stays above its GPU's cap: a cap's cut is paced where it is decided (a breaker's not at all).
-        Without this the 100 MW demand response's shed, its caps paced at 2.5 MW/s, fell 4-6 MW/s: the plan
-        lowered the training GPUs' floors with their caps, 4-9 MW in a second."""
-        old = self.floor_w
-        if lim.ramp_down_mw_per_s is None or not np.isfinite(old).any():
-            return new_w
-        low = np.array(self.site.gpu_idle_w, dtype=np.float64)
-        low[self.train] = np.fmax(np.nan_to_num(self.low_w, nan=0.0), low[self.train])
-        to = np.where(np.isfinite(new_w), new_w, low)
-        falling = np.isfinite(old) & (to < old - 1.0) & ~refused  # a refused floor was never held
-        if not falling.any():
-            return new_w
-        down, _ = ramp_step_w(lim, 1.0)
-        stepped = shed_step(np.where(falling, old, to), to, self.site.gpu_priority, self.paced_w(down), self.eff)
-        top = np.where(np.isfinite(cap_w), cap_w, self.site.gpu_max_w)
-        held = falling & (stepped > to + 0.5)  # in 10 W steps, rounded up: the pace bounds the fall
-        return np.where(held, np.fmin(np.ceil(stepped / 10.0) * 10.0, top), new_w)
 
     def _plan_floors(self, gpu_power_w: FloatArray, cap_w: FloatArray, lim: GridLimits, other: float,
                      refused: npt.NDArray[np.bool_]) -> FloatArray:
