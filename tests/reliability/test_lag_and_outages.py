@@ -26,7 +26,7 @@ from tests.integration.test_streams_site import decoded, site_copy
 DOWN_S = 20.0
 # How long a window may stay open after its end on a loaded machine: every rack's next frame (1 s apart), then
 # the rack and site stages. CI's 2 cores once left the window ending 2.5 s before the worker's stop returned
-# unpublished (the stop itself takes 1.5-2 s: the worker checkpoints on the way out).
+# unpublished (the stop itself took 1.5 s on this machine: the worker checkpoints on the way out).
 LIVE_CLOSE_S = 3.0
 
 
