@@ -27,7 +27,7 @@ from actuators.guard import Guard
 from actuators.journal import Journal, journal_path
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import DeadLetters, Producer, client_auth, consumer, key_partition
+from powerplane.kafka import DeadLetters, OutagePoll, Producer, client_auth, consumer, key_partition
 from powerplane.metrics import ConsumerLag, kafka_python_lags, register_merged
 from powerplane.schemas import Ack, Command, DeadLetter, Event, SchemaError
 from powerplane.signing import Keyring, ack_key_path, load_keyring
@@ -92,6 +92,7 @@ def run(cfg: Config, site_name: str, actuator: Actuator, keyring: Keyring, stop:
     actuator.start()
     last_expiry = last_assign = 0.0
     assigned: set[TopicPartition] = set()
+    poll = OutagePoll(cons, f"actuator {actuator.name}", stop)
     try:
         while not stop.is_set():
             if time.monotonic() - last_assign >= ASSIGN_EVERY_S:
@@ -102,7 +103,7 @@ def run(cfg: Config, site_name: str, actuator: Actuator, keyring: Keyring, stop:
                 _start_new_partitions(cons, assigned, cfg.command_lease_s)
                 if ready is not None:
                     ready.set()
-            batch = cons.poll(timeout_ms=100, max_records=1000)
+            batch = poll(timeout_ms=100, max_records=1000)  # through an outage: leases still expire below
             acks, refused = _handle(guard, served, dlq, batch)
             now = time.time()
             if now - last_expiry >= 0.5:

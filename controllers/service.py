@@ -33,7 +33,7 @@ from powerplane import access, topics
 from powerplane.config import Config
 from powerplane.grid_input import MAX_AHEAD_S, Ledger
 from powerplane.job_input import MAX_AHEAD_S as JOB_MAX_AHEAD_S
-from powerplane.kafka import DeadLetters, Producer, client_auth, consumer, seed_fresh_group
+from powerplane.kafka import DeadLetters, OutagePoll, Producer, client_auth, consumer, seed_fresh_group
 from powerplane.metrics import ConsumerLag, kafka_python_lags
 from powerplane.schemas import (
     Ack,
@@ -323,9 +323,10 @@ def run(cfg: Config, site: Site, keyring: Keyring, stop: threading.Event, tick_s
     loop = ControllerLoop(ctl, producer, dlq, ack_keyring or keyring, decide_on_crossing, shadow=shadow,
                           inbox=grid_inbox(cfg, ctl, state), jobs=job_inbox(cfg, ctl, state))
     next_tick = first_tick(tick_s, time.time(), time.monotonic())
+    poll = OutagePoll(cons, "shadow controller" if shadow else "controller", stop)
     try:
         while not stop.is_set():
-            batch = cons.poll(timeout_ms=100, max_records=5000)
+            batch = poll(timeout_ms=100, max_records=5000)  # through an outage: {} and the loop holds on stale
             now = time.time()
             decided = loop.take(batch, now, _FIRST)
             if decided:

@@ -38,7 +38,7 @@ def record(bootstrap: str, topic_names: Iterable[str], out_dir: str | Path, *, f
     """
     from kafka import TopicPartition
 
-    from powerplane.kafka import consumer
+    from powerplane.kafka import OutagePoll, consumer
 
     names = list(dict.fromkeys(topic_names))
     if not names:
@@ -67,6 +67,7 @@ def record(bootstrap: str, topic_names: Iterable[str], out_dir: str | Path, *, f
             ready.set()
         t0 = last_rec = last_note = time.monotonic()
         line = Line(progress, every_s=1.0)
+        poll = OutagePoll(c, "record", stop)
         while not stop.is_set():
             now = time.monotonic()
             if duration_s is not None and now - t0 >= duration_s:
@@ -75,7 +76,7 @@ def record(bootstrap: str, topic_names: Iterable[str], out_dir: str | Path, *, f
                 break
             if until_end and all(c.position(tp) >= end[tp] for tp in parts):
                 break
-            batch = c.poll(timeout_ms=200, max_records=5000)
+            batch = poll(timeout_ms=200, max_records=5000)  # a broker outage is a pause in the recording
             for tp, msgs in batch.items():
                 for m in msgs:
                     if until_end and m.offset >= end[tp]:

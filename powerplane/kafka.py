@@ -236,6 +236,49 @@ def consumer(bootstrap: str, group: str | None, *topic_names: str, from_beginnin
     return cons
 
 
+class OutagePoll:
+    """`cons.poll` that rides out a broker outage. kafka-python 3 raises a connection error out of poll() when
+    the broker is unreachable (its coordinator or metadata lookup fails); a stage must hold and retry, not exit:
+    CI lost a controller that way, 20 s into a broker outage. One line when the broker goes, one when it is back;
+    an error that retrying cannot mend (an ACL refusal) still raises."""
+
+    QUIET_S = 5.0
+
+    def __init__(self, cons: KafkaConsumer, what: str, stop: threading.Event | None = None) -> None:
+        self.cons = cons
+        self.what = what
+        self.stop = stop or threading.Event()
+        self.failures = 0  # polls that raised a retriable error, since start
+        self.outages = 0
+        self.down_since: float | None = None
+        self.last_error = ""
+        self._failed_at = 0.0
+
+    def __call__(self, timeout_ms: int, max_records: int | None = None) -> dict[Any, Any]:
+        try:
+            batch: dict[Any, Any] = self.cons.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as e:
+            if not e.retriable:
+                raise
+            self.failures += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            self._failed_at = time.monotonic()
+            if self.down_since is None:
+                self.down_since = self._failed_at
+                self.outages += 1
+                log.warning("%s: Kafka broker unreachable (%s); holding and retrying", self.what, self.last_error)
+            self.stop.wait(timeout_ms / 1000.0)  # the caller's loop keeps its pace: it does not spin
+            return {}
+        # An empty poll can also mean a broker still down whose error the client kept to itself: back means
+        # records, or a quiet spell with no error, so that one outage is one pair of lines, not a flutter.
+        now = time.monotonic()
+        if self.down_since is not None and (batch or now - self._failed_at >= self.QUIET_S):
+            log.info("%s: Kafka broker reachable again (errors for %.1f s)", self.what,
+                     self._failed_at - self.down_since)
+            self.down_since = None
+        return batch
+
+
 def _partitions(cons: KafkaConsumer, bootstrap: str, topic: str, auth: ClientAuth, first: bool) -> Any:
     parts = cons.partitions_for_topic(topic)
     if not parts and first and auth.protocol.startswith("SASL"):

@@ -21,11 +21,11 @@ from functools import partial
 from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata
-from kafka.errors import CommitFailedError, RebalanceInProgressError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.kafka import ClientAuth, DeadLetters, Producer, client_auth, consumer
+from powerplane.kafka import ClientAuth, DeadLetters, OutagePoll, Producer, client_auth, consumer
 from powerplane.metrics import ConsumerLag, kafka_python_lags
 from powerplane.schemas import Ack, DeadLetter, Record, SchemaError, decode_any
 from powerplane.signing import Keyring, ack_key_path, ack_refused_event, load_keyring
@@ -177,9 +177,10 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
         registry.register(ConsumerLag(group, partial(kafka_python_lags, cons)))
     sink.start()
     checked_start = False
+    poll = OutagePoll(cons, f"sink {sink.name}", stop)
     try:
         while not stop.is_set():
-            batch = cons.poll(timeout_ms=200, max_records=batch_max)
+            batch = poll(timeout_ms=200, max_records=batch_max)
             sink.tick(time.time())
             if not checked_start and cons.assignment():
                 checked_start = True
@@ -200,7 +201,7 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
                                     sink.name, e, len(records))
                     stats.last_error = str(e)
                     cons.pause(*cons.assignment())
-                    cons.poll(timeout_ms=0)  # keeps group membership alive while paused
+                    poll(timeout_ms=0)  # keeps group membership alive while paused
                     wait = delay if e.retry_after_s is None else e.retry_after_s
                     if stop.wait(wait):
                         # Shutting down mid-outage: do not commit; the batch is read again next start.
@@ -213,13 +214,16 @@ def run(cfg: Config, sink: Sink, stop: threading.Event, *, batch_max: int = 5000
             cons.resume(*cons.paused())
             try:
                 cons.commit(offsets)
-            except (CommitFailedError, RebalanceInProgressError) as e:
-                # The group is rebalancing (a member joined or left): the batch is in the store but its
-                # offsets are not committed, so whoever gets these partitions writes it again. That is
-                # harmless (a point with the same series and time overwrites itself); dying here is not.
+            except KafkaError as e:
+                if not (e.retriable or isinstance(e, (CommitFailedError, RebalanceInProgressError))):
+                    raise
+                # The group is rebalancing (a member joined or left) or the broker is away: the batch is in the
+                # store but its offsets are not committed, so it is written again (by whoever reads these
+                # partitions next). That is harmless (a point with the same series and time overwrites
+                # itself); dying here is not.
                 stats.uncommitted += 1
-                log.warning("sink %s: offsets of a written batch not committed (%s); it may be written again "
-                            "after the rebalance", sink.name, type(e).__name__)
+                log.warning("sink %s: offsets of a written batch not committed (%s); it may be written again",
+                            sink.name, type(e).__name__)
     finally:
         sink.close()
         cons.close()
