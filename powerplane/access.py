@@ -64,9 +64,12 @@ ROLES: dict[str, Grants] = {
     "sink": Grants(read=(_T.AGGREGATES.name, _T.HEADROOM.name, _T.EVENTS.name, _T.COMMANDS.name, _T.ACKS.name),
                    write=(_T.EVENTS.name, _T.DEADLETTER.name),
                    groups=("powerplane-sink*",), doc="InfluxDB and Alertmanager sinks"),
-    # The site's gateway to its utility or ISO (an OpenADR VEN; `powerplane dr request`): demand-response requests
-    # only, signed with the grid key. It reads nothing: the answers are for the site's operators (pp.events).
-    "grid": Grants(write=(_T.GRID.name,), doc="the utility's gateway: demand-response requests to pp.grid only"),
+    # The site's gateway to its utility or ISO (`powerplane dr gateway`, an OpenADR VEN; `powerplane dr request`):
+    # demand-response requests, signed with the grid key, and the events it could not read (dead letters). It reads
+    # nothing: the answers are for the site's operators (pp.events).
+    "grid": Grants(write=(_T.GRID.name, _T.DEADLETTER.name),
+                   doc="the utility's gateway: demand-response requests to pp.grid, events it cannot read to "
+                       "pp.deadletter"),
     # The site's scheduler (a Slurm prolog; `powerplane job notice`): job-start notices only, signed with the
     # scheduler key. It reads nothing: the answers are for the site's operators (pp.events).
     "scheduler": Grants(write=(_T.JOBS.name,), doc="the scheduler's prolog: job-start notices to pp.jobs only"),

@@ -1,6 +1,7 @@
-"""`powerplane dr request` and `powerplane dr status`: a demand-response request signed with the grid role's key
-and published to pp.grid, as the site's gateway to its utility would (issue 16; docs/grid.md), and the
-controller's answers to the latest ones (pp.events, kind demand_response)."""
+"""`powerplane dr request`, `dr gateway` and `dr status`: a demand-response request signed with the grid role's key
+and published to pp.grid by hand; the site's gateway to its utility that does the same for each OpenADR event
+(collectors/openadr); and the controller's answers to the latest ones (pp.events, kind demand_response). Issue
+16; docs/grid.md."""
 
 from __future__ import annotations
 
@@ -67,8 +68,26 @@ def cmd_dr_status(args: argparse.Namespace, cfg: Config) -> int:
     return answers(args, cfg, "demand_response", "request_id", "demand-response")
 
 
+def cmd_dr_gateway(args: argparse.Namespace, cfg: Config) -> int:
+    """An OpenADR 2.0b VEN in front of pp.grid (collectors/openadr/README.md)."""
+    from collectors.openadr import config as oadr_config
+    from collectors.openadr import gateway
+    from ops.cli.common import _site_optional, _stop_on_signals
+    from powerplane.kafka import DeadLetters, Producer
+    from powerplane.signing import grid_key_path, load_keyring
+
+    gw_cfg = oadr_config.load(args.config_file, _site_optional(cfg))
+    keys = load_keyring(grid_key_path(cfg.signing_key_file, cfg.grid_key_file), cfg.grid_key_id, create=True)
+    producer = Producer(cfg.kafka_bootstrap, "powerplane-openadr")
+    gw = gateway.Gateway(gw_cfg, keys, producer, DeadLetters(producer, "openadr-gateway"))
+    stats = gateway.run(gw_cfg, gw, _stop_on_signals(), duration_s=args.duration or None)
+    print(f"OpenADR gateway: {stats.events} event(s), {stats.forwarded} passed on to the controller, {stats.refused} "
+          f"answered optOut, {stats.not_delivered} not delivered")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds `dr request` and `dr status`."""
+    """Adds `dr request`, `dr gateway` and `dr status`."""
     d = sub.add_parser("dr", help="demand response: send a signed request (as the utility's gateway), or show the "
                                   "controller's answers")
     acts = d.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -85,6 +104,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--site", help="the site's name (default: the configured site file's)")
     r.add_argument("--issuer", help="who asks (default: user@host)")
     r.set_defaults(fn=cmd_dr_request)
+    g = acts.add_parser("gateway", help="run an OpenADR 2.0b VEN: the utility's events become signed requests on "
+                                        "pp.grid (collectors/openadr/README.md)")
+    g.add_argument("config_file", metavar="CONFIG", help="the gateway's TOML file (collectors/openadr/sample.toml)")
+    g.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (default: run until "
+                                                               "stopped)")
+    g.set_defaults(fn=cmd_dr_gateway)
     st = acts.add_parser("status", help="the controller's latest answer to each recent request (pp.events)")
     st.add_argument("--seconds", type=float, default=86_400.0, help="how far back to look (default a day)")
     st.add_argument("--id", help="only this request")
