@@ -27,7 +27,8 @@ _UNIT_MW = {"W": 1e-6, "kW": 1e-3, "MW": 1.0}
 
 @dataclass(frozen=True)
 class Target:
-    """What one event asks: exactly one of `reduce_by_pct` and `reduce_to_mw`, due by `due_s`, held `hold_s`."""
+    """What one event asks: exactly one of `reduce_by_pct` and `reduce_to_mw`, due `within_s` after `start_s`, held
+    `hold_s`."""
 
     event_id: str
     modification: int

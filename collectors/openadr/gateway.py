@@ -32,6 +32,7 @@ from powerplane.signing import Keyring
 log = logging.getLogger("powerplane.openadr")
 DELIVERY_TIMEOUT_S = 15.0  # the VTN waits for an answer; a broker that has not taken the request by then: optOut
 REGISTER_RETRY_S = 10.0
+KEEP = 10_000  # events remembered (what was passed on, the last answers): a utility sends a few a day
 
 
 @dataclass
@@ -60,6 +61,9 @@ class Gateway:
         self.stats.events += 1
         answer = await self._answer(event)
         self.stats.last[_event_id(event)] = answer
+        for d in (self.stats.last, self.sent):  # bounded: the oldest go first
+            while len(d) > KEEP:
+                d.pop(next(iter(d)))
         return answer
 
     on_update_event = on_event  # a modification or cancellation arrives the same way; _answer tells them apart
