@@ -25,12 +25,13 @@ from powerplane.grid_input import (
     Ledger,
     answer_event,
     as_demand_response,
+    cancel_event,
     check_request,
     floor_w,
     verify,
 )
 from powerplane.job_input import notice_event
-from powerplane.schemas import Event, GridRequest, JobNotice
+from powerplane.schemas import Event, GridCancel, GridRequest, JobNotice
 from powerplane.signing import Keyring
 
 log = logging.getLogger("powerplane.controller")
@@ -41,8 +42,8 @@ class Answer:
     """The answer to one signed record from the grid's side: a demand-response request here, a job notice in
     controllers.job_inbox. The Kafka shell publishes `event()` (controllers.service ControllerLoop.answer)."""
 
-    req: GridRequest | JobNotice
-    status: str  # accepted | started | ended | refused
+    req: GridRequest | JobNotice | GridCancel
+    status: str  # accepted | started | ended | cancelled | refused; a cancel's own: refused | unknown
     summary: str
     security: bool = False  # refused for its signature or a reused id: also a dead letter
 
@@ -53,11 +54,14 @@ class Answer:
     def event(self, component: str, now_s: float) -> Event:
         if isinstance(self.req, JobNotice):
             return notice_event(self.req, self.status, self.summary, component, now_s)
+        if isinstance(self.req, GridCancel):
+            return cancel_event(self.req, self.status, self.summary, component, now_s)
         return answer_event(self.req, self.status, self.summary, component, now_s)
 
 
-def _what(rec: GridRequest | JobNotice) -> str:
-    return "job notice" if isinstance(rec, JobNotice) else "demand response"
+def _what(rec: GridRequest | JobNotice | GridCancel) -> str:
+    return ("job notice" if isinstance(rec, JobNotice) else "demand-response cancel" if isinstance(rec, GridCancel)
+            else "demand response")
 
 
 def _iso(ts_s: float) -> str:
@@ -129,6 +133,27 @@ class GridInbox:
             out.append(Answer(req, "ended", f"hold over at {_iso(req.end_s())}: the budget rises at the ramp-up "
                                             "limit and the caps come back as it no longer binds"))
         return out
+
+    def cancel(self, c: GridCancel, now_s: float) -> Answer | None:
+        """The utility calls request `c.request_id` off: dropped if it has not started, else restored from where
+        its budget is at the ramp-up limit (controllers.grid_limits); answered on the request's own event. A cancel
+        of a request not in force here is answered `unknown`; one not signed with the grid key is refused. None: a
+        cancel delivered again."""
+        bad = verify(c, self.keyring)
+        if bad or c.site != self.ctl.site.name:
+            why = bad or f"grid.cancel {c.id}: site {c.site!r} is not this controller's ({self.ctl.site.name})"
+            return Answer(c, "refused", why, security=bool(bad))
+        req = next((r for r in [*self.pending, *self.held] if r.id == c.request_id), None)
+        if req is None:
+            if self.ledger.status(c.request_id) == "cancelled":
+                self.duplicates += 1
+                return None
+            return Answer(c, "unknown", f"no request {c.request_id} in force here (over, refused, or never "
+                                        "received): nothing to call off")
+        self.pending = [r for r in self.pending if r is not req]
+        self.held = [r for r in self.held if r is not req]
+        self.ledger.cancel(req.id)
+        return Answer(req, "cancelled", f"by {c.issuer}: {self.ctl.grid.cancel(req.id, now_s)}")
 
     def _start(self, req: GridRequest, now_s: float) -> str:
         summary = self.ctl.on_demand_response(as_demand_response(req, now_s, now_s))

@@ -16,6 +16,9 @@ the caps come back by the ordinary release, itself paced by `limit_release`.
 The plans in controllers.demand_response and controllers.grid_control compute the same things open loop (a
 schedule fixed when the request arrives); this is their closed-loop form: each decision takes the budget at
 its time and the loads as measured, so a burst of inference during the hold is shed too.
+
+This module is long because its parts share one state: the requests' budgets, the releases and the floors all
+draw on the same paced ramp allowance and the rest of the site's swing; split, each would reach into the others.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class _Request:
     level: int  # the level the budget is on: the site, or the event's utility feed
     load0_w: float  # the level's load when the request came (NaN: not seen yet; the budget waits for it)
     limits: GridLimits
+    cancelled: tuple[float, float] | None = None  # (when, its budget then): called off, restoring from there
 
 
 @dataclass
@@ -124,6 +128,18 @@ class GridControl:
         return (f"demand response {ev.id}: {self.site.level_ids[level]} from {load0 / MW:.2f} MW to "
                 f"{target / MW:.2f} MW within {ev.within_s:g} s, held {ev.hold_s:g} s")
 
+    def cancel(self, request_id: str, now_s: float) -> str:
+        """The utility calls a request off: one not started is dropped; a started one restores from its budget now
+        at the ramp-up limit, as at the end of its hold. Returns a one-line summary."""
+        r = next((r for r in self.requests if r.ev.id == request_id), None)
+        if r is None or now_s < r.ev.start_s or not math.isfinite(r.load0_w):
+            self.requests = [x for x in self.requests if x is not r]
+            return f"demand response {request_id}: dropped before its start"
+        if r.cancelled is None:
+            r.cancelled = (now_s, self._budget(r, now_s))
+        return (f"demand response {request_id}: called off; {self.site.level_ids[r.level]} restores from "
+                f"{r.cancelled[1] / MW:.2f} MW at the ramp-up limit")
+
     def load0_of(self, request_id: str) -> float:
         """The load a held request started from (W; NaN: not held, or its level's load not seen yet)."""
         return next((r.load0_w for r in self.requests if r.ev.id == request_id), math.nan)
@@ -174,6 +190,8 @@ class GridControl:
         target = ev.target_w(r.load0_w)
         down = lim.ramp_down_mw_per_s * MW if lim.ramp_down_mw_per_s is not None else math.inf
         up = lim.ramp_up_mw_per_s * MW if lim.ramp_up_mw_per_s is not None else math.inf
+        if r.cancelled is not None:
+            return r.cancelled[1] + up * max(now_s - r.cancelled[0], 0.0)
         end = ev.start_s + ev.within_s + ev.hold_s
         if now_s < end:
             return max(target, r.load0_w - down * (now_s - ev.start_s))

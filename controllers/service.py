@@ -31,7 +31,7 @@ from controllers.job_inbox import JobInbox, job_inbox
 from controllers.shadow import ShadowController
 from powerplane import access, topics
 from powerplane.config import Config
-from powerplane.grid_input import MAX_AHEAD_S, Ledger
+from powerplane.grid_input import MAX_AHEAD_S, GridRecords, Ledger
 from powerplane.job_input import MAX_AHEAD_S as JOB_MAX_AHEAD_S
 from powerplane.kafka import DeadLetters, OutagePoll, Producer, client_auth, consumer, seed_fresh_group
 from powerplane.metrics import ConsumerLag, kafka_python_lags
@@ -39,6 +39,7 @@ from powerplane.schemas import (
     Ack,
     DeadLetter,
     FacilityReading,
+    GridCancel,
     GridRequest,
     Headroom,
     JobNotice,
@@ -174,8 +175,9 @@ class ControllerLoop:
             if why:
                 self.dlq.publish(DeadLetter(tp.topic, tp.partition, m.offset, why, m.key, m.value or b""))
             return urgent
-        if isinstance(rec, GridRequest | JobNotice):
+        if isinstance(rec, GridRequest | GridCancel | JobNotice):
             ans = (self.inbox.take(rec, now_s) if isinstance(rec, GridRequest) and self.inbox is not None else
+                   self.inbox.cancel(rec, now_s) if isinstance(rec, GridCancel) and self.inbox is not None else
                    self.jobs.take(rec, now_s) if isinstance(rec, JobNotice) and self.jobs is not None else None)
             if ans is not None:
                 self.answer(ans, now_s, DeadLetter(tp.topic, tp.partition, m.offset, ans.summary, m.key,
@@ -252,7 +254,7 @@ class ControllerLoop:
 
 _RECORDS: dict[str, Any] = {topics.AGGREGATES.name: LevelAggregate, topics.TELEMETRY.name: TelemetryFrame,
                             topics.HEADROOM.name: Headroom, topics.ACKS.name: Ack,
-                            topics.FACILITY.name: FacilityReading, topics.GRID.name: GridRequest,
+                            topics.FACILITY.name: FacilityReading, topics.GRID.name: GridRecords,
                             topics.JOBS.name: JobNotice}
 # What a decision needs, taken before the rest: facility signals first (a UPS on battery is the earliest word of a
 # feed loss), then aggregates and headroom.

@@ -14,6 +14,9 @@ taken once and its answer is not repeated. The same id with other contents is re
 hold has not ended is read back at start, with the load it started from, so a restarted controller keeps the budget
 it was holding instead of dropping the site's reduction. The ledger serves the job-start notices too
 (powerplane.job_input), each input in a file of its own.
+
+A `grid.cancel` on the same topic calls a request off, signed with the same key: the request's row is marked
+cancelled (a restart does not take it back), and the answer resolves the request's own event.
 """
 
 from __future__ import annotations
@@ -23,15 +26,16 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
+import msgpack
 import numpy as np
 
 from powerplane.grid import MW, DemandResponse
-from powerplane.schemas import Event, GridRequest
+from powerplane.schemas import Event, GridCancel, GridRequest, SchemaError
 from powerplane.signing import Keyring
 from powerplane.site import KIND, FloatArray, Site
 
@@ -88,10 +92,10 @@ def check_request(req: GridRequest, site: Site, floor: FloatArray, load_w: Float
     return None
 
 
-def verify(req: GridRequest, keyring: Keyring) -> str | None:
+def verify(req: GridRequest | GridCancel, keyring: Keyring) -> str | None:
     """None when signed with a key of the grid keyring, else why not (a forgery, or another role's key)."""
     bad = keyring.verify(req)
-    return f"grid.request {req.id}: {bad} (only the grid role's key may ask for demand response)" if bad else None
+    return f"{req.SCHEMA} {req.id}: {bad} (only the grid role's key may ask for demand response)" if bad else None
 
 
 def as_demand_response(req: GridRequest, wall_now_s: float, ctl_now_s: float) -> DemandResponse:
@@ -150,6 +154,16 @@ class Ledger(Generic[R]):
                          (load0_w if math.isfinite(load0_w) else None, req_id))
         self._db.commit()
 
+    def status(self, rec_id: str) -> str | None:
+        """'accepted' or 'cancelled' (None: never accepted)."""
+        row = self._db.execute("SELECT status FROM requests WHERE id = ?", (rec_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def cancel(self, rec_id: str) -> None:
+        """No longer in force: a restart does not take it back (active())."""
+        self._db.execute("UPDATE requests SET status = 'cancelled' WHERE id = ?", (rec_id,))
+        self._db.commit()
+
     def active(self, now_s: float) -> list[tuple[R, float]]:
         """Accepted records still in force at now_s, with the load each started from (NaN: not yet, or none)."""
         rows = self._db.execute("SELECT record, load0_w FROM requests WHERE status = 'accepted' AND end_s > ? "
@@ -166,12 +180,50 @@ def answer_event(req: GridRequest, status: str, summary: str, component: str, no
     the site will not comply), open as the other security refusals are (ack_refused). The one-line summary says
     what the controller will do or why it will not."""
     refused = status == "refused"
+    over = status in ("ended", "cancelled")
     # A refusal's own id: a forgery naming a genuine request's id must not overwrite that request's answers.
     ev_id = f"dr-refused-{req.id}-{secrets.token_hex(4)}" if refused else f"dr-{req.id}"
     return Event(id=ev_id, site=req.site, kind="demand_response", severity="warning" if refused else "info",
-                 state="resolved" if status == "ended" else "open", levels=[req.feed] if req.feed else [],
+                 state="resolved" if over else "open", levels=[req.feed] if req.feed else [],
                  ts_s=time.time() if now_s is None else now_s, deadline_s=req.start_s + req.within_s,
                  summary=f"{component}: demand response {req.id} {status}: {summary}",
                  details={"request_id": req.id, "status": status, "issuer": req.issuer, "start_s": req.start_s,
                           "reduce_by_pct": req.reduce_by_pct, "reduce_to_mw": req.reduce_to_mw,
                           "within_s": req.within_s, "hold_s": req.hold_s, "feed": req.feed, "component": component})
+
+
+def cancel_event(c: GridCancel, status: str, summary: str, component: str, now_s: float | None = None) -> Event:
+    """The answer to a cancel that names no request this controller holds (`unknown`: already over, or never
+    taken), or that is refused (a warning, as a refused request is). A cancel that takes is answered on the
+    request's own event instead (answer_event, status `cancelled`)."""
+    refused = status == "refused"
+    return Event(id=f"dr-cancel-{c.id}-{secrets.token_hex(4)}", site=c.site, kind="demand_response",
+                 severity="warning" if refused else "info", state="open" if refused else "resolved", levels=[],
+                 ts_s=time.time() if now_s is None else now_s, deadline_s=None,
+                 summary=f"{component}: demand response {c.request_id} cancel {status}: {summary}",
+                 details={"request_id": c.request_id, "cancel_id": c.id, "status": f"cancel {status}",
+                          "issuer": c.issuer, "component": component})
+
+
+class GridRecords:
+    """What pp.grid carries: requests and cancels, each decoded by its own schema (the controller's topic table
+    names one decoder per topic)."""
+
+    KINDS: ClassVar[dict[str, type[GridRequest] | type[GridCancel]]] = {
+        GridRequest.SCHEMA: GridRequest, GridCancel.SCHEMA: GridCancel}
+
+    @classmethod
+    def decode_many(cls, values: Sequence[bytes]) -> list[GridRequest | GridCancel | SchemaError]:
+        out: list[GridRequest | GridCancel | SchemaError] = []
+        for v in values:
+            try:
+                d = msgpack.unpackb(v, raw=False)
+                name = d.get("schema") if isinstance(d, dict) else None
+                kind = cls.KINDS.get(name if isinstance(name, str) else "", GridRequest)  # else: its error
+                out.append(kind.from_wire(d))
+            except SchemaError as e:
+                out.append(e)
+            except (ValueError, msgpack.UnpackException, TypeError) as e:
+                out.append(SchemaError(f"grid: not a MessagePack record ({type(e).__name__}: {e})"))
+        return out
+

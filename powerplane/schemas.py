@@ -755,6 +755,37 @@ class GridRequest(Record):
 
 
 @dataclass
+class GridCancel(Record):
+    """The utility calls a demand-response request off (pp.grid, beside the requests): the controller drops it if
+    it has not started, else restores from where its budget is now at the ramp-up limit (controllers.grid_limits).
+    Signed by the grid role's key like the request; `id` is the cancel's own, `request_id` the request's."""
+
+    SCHEMA: ClassVar[str] = "grid.cancel"
+    KINDS: ClassVar[dict[str, str]] = {
+        "id": "str", "site": "str", "issuer": "str", "issued_at_s": "float", "request_id": "str", "key_id": "str",
+        "sig": "str",
+    }
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"issued_at_s": TS_RANGE}
+    id: str
+    site: str
+    issuer: str
+    issued_at_s: float
+    request_id: str
+    key_id: str = ""
+    sig: str = ""
+
+    def key(self) -> bytes:
+        return self.site.encode()
+
+    def validate(self, where: str) -> None:
+        if not self.id or not self.site or not self.issuer or not self.request_id:
+            raise SchemaError(f"{where}: fields 'id', 'site', 'issuer' and 'request_id' must not be empty")
+
+    def signing_bytes(self) -> bytes:
+        return unsigned_wire_bytes(self)
+
+
+@dataclass
 class JobNotice(Record):
     """A scheduler's word that a job starts on some GPUs at `start_s` (pp.jobs, issue 16): the controller's ramp
     limiter then takes those GPUs from idle up to the power they will compute at before the start
@@ -816,7 +847,7 @@ class DeadLetter:
 
 RECORDS: dict[str, type[Record]] = {
     r.SCHEMA: r for r in (TelemetryFrame, RackSummary, RackSummaryBatch, LevelAggregate, Headroom, Event, Command, Ack,
-                           FacilityReading, GridRequest, JobNotice)
+                           FacilityReading, GridRequest, GridCancel, JobNotice)
 }
 
 

@@ -4,9 +4,9 @@ grid key and published to pp.grid, and the VTN is answered optIn once Kafka has 
 An event it cannot read is answered optOut, with one line naming the event and why, and dead-lettered.
 
 optIn means "delivered to the controller", not "accepted": the controller answers on pp.events
-(`powerplane dr status`) and pages a refusal. A modification of an event already passed on is answered optOut
-(the controller takes a request once: powerplane.grid_input), and a cancellation is logged: the controller has
-no cancel yet, so the first request stands to its end (docs/grid.md).
+(`powerplane dr status`) and pages a refusal. A cancellation becomes a signed grid.cancel (the controller drops
+the request, or restores from where it is at the ramp-up limit). A modification of an event already passed on is
+answered optOut (the controller takes a request once: powerplane.grid_input); the first request stands.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collectors.openadr.config import GatewayConfig
 from collectors.openadr.events import Refused, Target, read_event, schedule
 from powerplane import topics
 from powerplane.kafka import DeadLetters, Producer
-from powerplane.schemas import DeadLetter, GridRequest
+from powerplane.schemas import DeadLetter, GridCancel, GridRequest
 from powerplane.signing import Keyring
 
 log = logging.getLogger("powerplane.openadr")
@@ -72,10 +72,7 @@ class Gateway:
         desc = event.get("event_descriptor") or {}
         status = str(desc.get("event_status") or "")
         if status == "cancelled":
-            self.stats.cancelled += 1
-            log.warning("event %s cancelled by the VTN; the controller has no cancel: a request already passed on "
-                        "stands to its end", _event_id(event))
-            return "optIn"
+            return await self._cancel(_event_id(event))
         if status == "completed":  # over: nothing to shed, and nothing to refuse
             return "optIn"
         try:
@@ -108,6 +105,24 @@ class Gateway:
                  topics.GRID.name)
         return "optIn"
 
+    async def _cancel(self, event_id: str) -> str:
+        """The utility called the event off: a signed grid.cancel, whether or not this run passed the event on (a
+        restarted gateway may have); the controller answers `unknown` where it holds no such request."""
+        self.stats.cancelled += 1
+        self.sent.pop(event_id, None)
+        c: GridCancel = self.keyring.sign(GridCancel(id=f"{event_id}#cancel", site=self.cfg.site,
+                                                     issuer=self.cfg.issuer, issued_at_s=time.time(),
+                                                     request_id=event_id))
+        if not await self._deliver(c):
+            self.stats.not_delivered += 1
+            log.error("event %s cancelled by the VTN, but the cancel was not delivered to %s within %g s (%s); "
+                      "answered optOut: call it off by hand (`powerplane dr cancel --id %s`)", event_id,
+                      topics.GRID.name, DELIVERY_TIMEOUT_S, self.producer.last_error or "timed out", event_id)
+            return "optOut"
+        log.info("event %s cancelled by the VTN; cancel signed (%s) and sent to %s", event_id, c.key_id,
+                 topics.GRID.name)
+        return "optIn"
+
     def _request(self, t: Target, desc: dict[str, Any], now_s: float) -> GridRequest:
         start_s, within_s, hold_s = schedule(t, now_s, self.cfg.rules.within_s)
         created = desc.get("created_date_time")
@@ -123,7 +138,7 @@ class Gateway:
         signed: GridRequest = self.keyring.sign(req)
         return signed
 
-    async def _deliver(self, req: GridRequest) -> bool:
+    async def _deliver(self, req: GridRequest | GridCancel) -> bool:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
 

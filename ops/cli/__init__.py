@@ -82,7 +82,7 @@ def kafka_role(args: argparse.Namespace) -> str:
         return "admin"
     if args.cmd == "controller" and getattr(args, "shadow", False):
         return "shadow"  # may write pp.shadow only: the broker refuses it pp.commands
-    if args.cmd == "dr" and getattr(args, "action", "") in ("request", "gateway"):
+    if args.cmd == "dr" and getattr(args, "action", "") in ("request", "cancel", "gateway"):
         return "grid"  # the utility's gateway: may write pp.grid only
     if args.cmd == "job" and getattr(args, "action", "") == "notice":
         return "scheduler"  # the scheduler's prolog: may write pp.jobs only

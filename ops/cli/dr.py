@@ -1,7 +1,7 @@
-"""`powerplane dr request`, `dr gateway` and `dr status`: a demand-response request signed with the grid role's key
-and published to pp.grid by hand; the site's gateway to its utility that does the same for each OpenADR event
-(collectors/openadr); and the controller's answers to the latest ones (pp.events, kind demand_response). Issue
-16; docs/grid.md."""
+"""`powerplane dr request`, `dr cancel`, `dr gateway` and `dr status`: a demand-response request (or its cancel)
+signed with the grid role's key and published to pp.grid by hand; the site's gateway to its utility that does the
+same for each OpenADR event (collectors/openadr); and the controller's answers to the latest ones (pp.events, kind
+demand_response). Issue 16; docs/grid.md."""
 
 from __future__ import annotations
 
@@ -68,6 +68,21 @@ def cmd_dr_status(args: argparse.Namespace, cfg: Config) -> int:
     return answers(args, cfg, "demand_response", "request_id", "demand-response")
 
 
+def cmd_dr_cancel(args: argparse.Namespace, cfg: Config) -> int:
+    """Call a request off: a grid.cancel signed with the grid key on pp.grid."""
+    from powerplane import topics
+    from powerplane.schemas import GridCancel
+    from powerplane.signing import grid_key_path, load_keyring
+
+    keys = load_keyring(grid_key_path(cfg.signing_key_file, cfg.grid_key_file), cfg.grid_key_id, create=True)
+    c = keys.sign(GridCancel(id=f"{args.id}#cancel", site=site_name(args, cfg), issuer=issuer(args),
+                             issued_at_s=time.time(), request_id=args.id))
+    send_one(cfg, topics.GRID.name, c, f"cancel of demand response {args.id}")
+    print(f"demand response {args.id}: cancel signed ({c.key_id}) by {c.issuer}, sent to {topics.GRID.name} (the "
+          f"answer: `powerplane dr status --id {args.id}`)")
+    return 0
+
+
 def cmd_dr_gateway(args: argparse.Namespace, cfg: Config) -> int:
     """An OpenADR 2.0b VEN in front of pp.grid (collectors/openadr/README.md)."""
     from collectors.openadr import config as oadr_config
@@ -87,7 +102,7 @@ def cmd_dr_gateway(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds `dr request`, `dr gateway` and `dr status`."""
+    """Adds `dr request`, `dr cancel`, `dr gateway` and `dr status`."""
     d = sub.add_parser("dr", help="demand response: send a signed request (as the utility's gateway), or show the "
                                   "controller's answers")
     acts = d.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -104,6 +119,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--site", help="the site's name (default: the configured site file's)")
     r.add_argument("--issuer", help="who asks (default: user@host)")
     r.set_defaults(fn=cmd_dr_request)
+    cn = acts.add_parser("cancel", help="call a request off: signed with the grid key, published to pp.grid; the "
+                                        "controller drops it, or restores from where it is at the ramp-up limit")
+    cn.add_argument("--id", required=True, help="the request's id")
+    cn.add_argument("--site", help="the site's name (default: the configured site file's)")
+    cn.add_argument("--issuer", help="who calls it off (default: user@host)")
+    cn.set_defaults(fn=cmd_dr_cancel)
     g = acts.add_parser("gateway", help="run an OpenADR 2.0b VEN: the utility's events become signed requests on "
                                         "pp.grid (collectors/openadr/README.md)")
     g.add_argument("config_file", metavar="CONFIG", help="the gateway's TOML file (collectors/openadr/sample.toml)")

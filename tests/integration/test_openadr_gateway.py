@@ -1,8 +1,8 @@
 """The OpenADR gateway end to end (issue 16): openleadr's VTN, over TLS with client certificates and signed
 messages, delivers three events to `powerplane dr gateway`; the two it can read reach a running `powerplane
 controller` on the real broker as requests signed with the grid key, and are accepted; the price event is
-answered optOut and dead-lettered with its reason. The VTN sees optIn / optIn / optOut, and the utility's
-cancellation of one is answered and logged (the controller has no cancel yet: collectors/openadr/README.md)."""
+answered optOut and dead-lettered with its reason. The VTN sees optIn / optIn / optOut; the utility then calls
+one off, and the controller drops it on the gateway's signed cancel."""
 
 from __future__ import annotations
 
@@ -152,8 +152,9 @@ def test_a_utilitys_openadr_events_reach_the_controller_signed_and_an_unreadable
         svc.start("controller", "controller")
         wait_for_groups(c, ("powerplane-controller",), check=svc.check)
         svc.start("gateway", "dr", "gateway", str(_gateway_config(tmp_path, pki, port, site.name)))
+        cancelled = f"event {events[1]['event_id']} cancelled by the VTN; cancel signed"
         answers = _wait_answers(tmp_path / "answers.json", [e["event_id"] for e in events],
-                                tmp_path / "logs" / "gateway.log", f"event {events[1]['event_id']} cancelled", svc)
+                                tmp_path / "logs" / "gateway.log", cancelled, svc)
         time.sleep(2.0)  # the controller's answers to the last request
         svc.check()
     finally:
@@ -164,8 +165,8 @@ def test_a_utilitys_openadr_events_reach_the_controller_signed_and_an_unreadable
     logs = (tmp_path / "logs" / "gateway.log").read_text(errors="replace")
     assert answers == {simple: ["optIn"], feed: ["optIn"], price: ["optOut"]}, (
         answers, logs[-3000:], (tmp_path / "vtn.log").read_text()[-2000:])
-    # The utility called the feed's event off: said in one line; the request already passed on stands (README).
-    assert f"event {feed} cancelled by the VTN; the controller has no cancel" in logs
+    # The utility called the feed's event off: a signed cancel, which the controller took.
+    assert f"event {feed} cancelled by the VTN; cancel signed (g1) and sent to pp.grid" in logs
     # On pp.grid: the two it read, signed with the site's grid key, asking what the VTN asked.
     keys = load_keyring(grid_key_path(c.signing_key_file, c.grid_key_file), c.grid_key_id)
     reqs = {r.id: r for r in (GridRequest.decode(m.value) for m in
@@ -178,10 +179,13 @@ def test_a_utilitys_openadr_events_reach_the_controller_signed_and_an_unreadable
     assert (s.reduce_by_pct, s.reduce_to_mw, s.feed) == (25.0, None, None)  # level 2, the strictest interval
     assert (s.start_s, s.within_s, s.hold_s) == (dtstart_s - 60.0, 60.0, 600.0)  # the ramp-up period leads
     assert (f.reduce_by_pct, f.feed, f.start_s, f.within_s) == (20.0, "util-a", dtstart_s - 30.0, 30.0)
-    # The controller accepted both (signature, site, feed, clock checked), to start when asked.
+    # The controller accepted both (signature, site, feed, clock checked), to start when asked; the feed's was then
+    # called off before its start, and its event resolved.
     ans = _answers(c, since[topics.EVENTS.name], (simple, feed))
     assert [(e.details or {}).get("status") for e in ans[simple]] == ["accepted"], [e.summary for e in ans[simple]]
-    assert [(e.details or {}).get("status") for e in ans[feed]] == ["accepted"], [e.summary for e in ans[feed]]
+    assert [(e.details or {}).get("status") for e in ans[feed]] == ["accepted", "cancelled"], \
+        [e.summary for e in ans[feed]]
+    assert ans[feed][1].state == "resolved" and "dropped before its start" in ans[feed][1].summary
     # The price event: one line naming it and why, and on pp.deadletter with that reason.
     assert f"bad record openadr[-1]@-1 key={price}" in logs and "ELECTRICITY_PRICE / price is not a load" in logs
     dead = [m for m in read_messages(c, topics.DEADLETTER.name, timeout_s=20, start=since[topics.DEADLETTER.name])

@@ -13,8 +13,8 @@ import pytest
 from controllers.capping import CapSettings
 from controllers.controller import CapController
 from controllers.grid_inbox import GridInbox
-from powerplane.grid_input import MAX_AHEAD_S, MAX_PAST_S, Ledger, as_demand_response
-from powerplane.schemas import GridRequest, SchemaError
+from powerplane.grid_input import MAX_AHEAD_S, MAX_PAST_S, GridRecords, Ledger, as_demand_response
+from powerplane.schemas import GridCancel, GridRequest, SchemaError
 from powerplane.signing import Keyring
 from powerplane.site_file import load_site
 
@@ -177,3 +177,73 @@ def test_answers_are_events_a_refusal_an_alert_of_its_own() -> None:
     assert (ended.id, ended.state) == ("dr-evt-1", "resolved")
     assert started.summary == "controller: demand response evt-1 started: lab from 0.40 MW to 0.30 MW"
     assert started.details is not None and started.details["status"] == "started"
+
+
+def _cancel(now: float, keys: Keyring = GRID, request_id: str = "evt-1") -> GridCancel:
+    return keys.sign(GridCancel(id=f"{request_id}#cancel", site="lab", issuer="utility-ven", issued_at_s=now,
+                                request_id=request_id))
+
+
+def _limited_inbox(tmp_path: Path) -> GridInbox:
+    """The lab site with ramp limits of 10 kW/s each way: a shed and its restore take seconds to watch."""
+    text = (ROOT / "examples" / "lab.toml").read_text() + \
+        "\n[grid]\nramp_up_mw_per_s = 0.01\nramp_down_mw_per_s = 0.01\n"
+    (tmp_path / "lab.toml").write_text(text)
+    site = load_site(tmp_path / "lab.toml")
+    ctl = CapController(site, COMMAND, CapSettings(), 30.0)
+    ctl.level_power_w[ctl.grid.site_level] = 0.4 * MW
+    return GridInbox(ctl, GRID, Ledger(tmp_path / "grid.sqlite", GridRequest.decode))
+
+
+def test_a_cancel_before_the_start_drops_the_request_and_a_restart_does_not_take_it_back(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    now = time.time()
+    assert inbox.take(_req(now, start_s=now + 120.0), now) is not None
+    c = _cancel(now + 10.0)
+    ans = inbox.cancel(c, now + 10.0)
+    assert ans is not None and ans.status == "cancelled" and ans.req.id == "evt-1"
+    assert ans.summary == "by utility-ven: demand response evt-1: dropped before its start"
+    assert inbox.due(now + 121.0) == [] and not inbox.ctl.grid.requests  # never starts
+    ev = ans.event("controller", now + 10.0)
+    assert ev.id == "dr-evt-1" and ev.state == "resolved" and ev.severity == "info"  # the request's event closes
+    assert inbox.cancel(c, now + 11.0) is None and inbox.duplicates == 1  # delivered again: answered once
+    again = _inbox(tmp_path)
+    assert again.restore(now + 20.0) == [] and again.cancel(c, now + 21.0) is None
+
+
+def test_a_cancel_during_the_shed_restores_from_the_budget_then_at_the_ramp_up_limit(tmp_path: Path) -> None:
+    inbox = _limited_inbox(tmp_path)
+    grid, lvl = inbox.ctl.grid, inbox.ctl.grid.site_level
+    now = time.time()
+    assert inbox.take(_req(now, within_s=30.0, hold_s=600.0), now) is not None
+    assert grid.budget_w(now + 5.0, inbox.ctl.level_power_w)[lvl] == pytest.approx(0.35 * MW)  # 10 kW/s down
+    ans = inbox.cancel(_cancel(now + 5.0), now + 5.0)
+    assert ans is not None and ans.status == "cancelled"
+    assert "called off; lab restores from 0.35 MW at the ramp-up limit" in ans.summary
+    # Up from there at 10 kW/s: no step back to the load it started from, and no further shed.
+    assert grid.budget_w(now + 8.0, inbox.ctl.level_power_w)[lvl] == pytest.approx(0.38 * MW)
+    grid.budget_w(now + 90.0, inbox.ctl.level_power_w)
+    assert not grid.requests  # far past the load it started from: the budget no longer binds and is gone
+    assert inbox.due(now + 700.0) == []  # no `ended` for a request called off
+
+
+def test_a_cancel_that_is_forged_or_names_nothing_in_force_changes_nothing(tmp_path: Path) -> None:
+    inbox = _inbox(tmp_path)
+    now = time.time()
+    assert inbox.take(_req(now), now) is not None
+    forged = inbox.cancel(_cancel(now + 1.0, keys=COMMAND), now + 1.0)
+    assert forged is not None and forged.status == "refused" and forged.security
+    assert "grid.cancel evt-1#cancel: unknown signing key id 'k1'" in forged.summary
+    ev = forged.event("controller", now + 1.0)
+    assert ev.severity == "warning" and ev.details is not None and ev.details["status"] == "cancel refused"
+    unknown = inbox.cancel(_cancel(now + 2.0, request_id="evt-9"), now + 2.0)
+    assert unknown is not None and unknown.status == "unknown" and "no request evt-9 in force here" in unknown.summary
+    assert unknown.event("controller", now + 2.0).severity == "info"
+    assert len(inbox.held) == 1 and len(inbox.ctl.grid.requests) == 1  # the request still holds
+
+
+def test_pp_grid_carries_requests_and_cancels_each_decoded_by_its_schema() -> None:
+    now = time.time()
+    r, c = _req(now), _cancel(now)
+    out = GridRecords.decode_many([r.encode(), c.encode(), b"\x01junk"])
+    assert out[0] == r and out[1] == c and isinstance(out[2], SchemaError)
