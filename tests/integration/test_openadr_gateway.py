@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from ops.demo import Services, wait_for_groups
 from powerplane import topics
 from powerplane.config import Config
-from powerplane.schemas import GridRequest
+from powerplane.schemas import GridCancel, GridRequest, decode_any
 from powerplane.signing import grid_key_path, load_keyring
 from tests.integration.helpers import end_offsets, read_messages, start_group_at_end
 from tests.integration.redfish_server import free_port
@@ -169,10 +169,12 @@ def test_a_utilitys_openadr_events_reach_the_controller_signed_and_an_unreadable
     assert f"event {feed} cancelled by the VTN; cancel signed (g1) and sent to pp.grid" in logs
     # On pp.grid: the two it read, signed with the site's grid key, asking what the VTN asked.
     keys = load_keyring(grid_key_path(c.signing_key_file, c.grid_key_file), c.grid_key_id)
-    reqs = {r.id: r for r in (GridRequest.decode(m.value) for m in
-                              read_messages(c, topics.GRID.name, timeout_s=20, start=since[topics.GRID.name]))
-            if r.id in (simple, feed, price)}
+    on_grid = [decode_any(m.value) for m in read_messages(c, topics.GRID.name, timeout_s=20,
+                                                           start=since[topics.GRID.name])]
+    reqs = {r.id: r for r in on_grid if isinstance(r, GridRequest) and r.id in (simple, feed, price)}
     assert set(reqs) == {simple, feed}
+    (cancel,) = [r for r in on_grid if isinstance(r, GridCancel) and r.request_id in (simple, feed, price)]
+    assert cancel.request_id == feed and keys.verify(cancel) is None
     for r in reqs.values():
         assert keys.verify(r) is None and r.issuer == "openadr:powerplane-site" and r.site == site.name
     s, f = reqs[simple], reqs[feed]
