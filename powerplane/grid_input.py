@@ -29,9 +29,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-import msgpack
 import numpy as np
 
 from powerplane.grid import MW, DemandResponse
@@ -207,23 +206,17 @@ def cancel_event(c: GridCancel, status: str, summary: str, component: str, now_s
 
 class GridRecords:
     """What pp.grid carries: requests and cancels, each decoded by its own schema (the controller's topic table
-    names one decoder per topic)."""
+    names one decoder per topic). Anything else reads as a request, and fails as one."""
 
-    KINDS: ClassVar[dict[str, type[GridRequest] | type[GridCancel]]] = {
-        GridRequest.SCHEMA: GridRequest, GridCancel.SCHEMA: GridCancel}
-
-    @classmethod
-    def decode_many(cls, values: Sequence[bytes]) -> list[GridRequest | GridCancel | SchemaError]:
+    @staticmethod
+    def decode_many(values: Sequence[bytes]) -> list[GridRequest | GridCancel | SchemaError]:
         out: list[GridRequest | GridCancel | SchemaError] = []
         for v in values:
             try:
-                d = msgpack.unpackb(v, raw=False)
-                name = d.get("schema") if isinstance(d, dict) else None
-                kind = cls.KINDS.get(name if isinstance(name, str) else "", GridRequest)  # else: its error
+                d = GridRequest._unpack(v)
+                kind = GridCancel if isinstance(d, dict) and d.get("schema") == GridCancel.SCHEMA else GridRequest
                 out.append(kind.from_wire(d))
             except SchemaError as e:
                 out.append(e)
-            except (ValueError, msgpack.UnpackException, TypeError) as e:
-                out.append(SchemaError(f"grid: not a MessagePack record ({type(e).__name__}: {e})"))
         return out
 

@@ -774,6 +774,12 @@ class GridCancel(Record):
     key_id: str = ""
     sig: str = ""
 
+    @classmethod
+    def of(cls, request_id: str, site: str, issuer: str, issued_at_s: float) -> GridCancel:
+        """The cancel of `request_id` (unsigned), under the id `<request id>#cancel` the CLI and the gateway use."""
+        return cls(id=f"{request_id}#cancel", site=site, issuer=issuer, issued_at_s=issued_at_s,
+                   request_id=request_id)
+
     def key(self) -> bytes:
         return self.site.encode()
 

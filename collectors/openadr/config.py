@@ -80,8 +80,10 @@ def load(path: str | Path, site: Site | None) -> GatewayConfig:
     p = Problems()
     f = parse_into(GatewayFile, data, p)
     if f is not None:
-        f.vtn.check(_at(p, "vtn"))
-        f.reading.check(_at(p, "reading"))
+        for prefix, table in (("vtn", f.vtn), ("reading", f.reading)):
+            sub = Problems(prefix)
+            table.check(sub)
+            p.lines.extend(sub.lines)
         if site is not None:
             utility = [site.level_ids[i] for i in site.levels_of_kind("utility")]
             for rid, feed in f.reading.feeds.items():
@@ -95,10 +97,3 @@ def load(path: str | Path, site: Site | None) -> GatewayConfig:
     rules = Rules({int(k): v for k, v in f.reading.simple_levels.items()}, f.reading.dispatch_unit, f.reading.within_s,
                   dict(f.reading.feeds))
     return GatewayConfig(f.vtn, rules, f.site or (site.name if site else ""), f.issuer or f"openadr:{f.vtn.ven_name}")
-
-
-def _at(p: Problems, prefix: str) -> Problems:
-    """A view of `p` whose lines start with `prefix.`."""
-    sub = Problems(prefix)
-    sub.lines = p.lines
-    return sub

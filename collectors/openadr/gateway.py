@@ -110,9 +110,7 @@ class Gateway:
         restarted gateway may have); the controller answers `unknown` where it holds no such request."""
         self.stats.cancelled += 1
         self.sent.pop(event_id, None)
-        c: GridCancel = self.keyring.sign(GridCancel(id=f"{event_id}#cancel", site=self.cfg.site,
-                                                     issuer=self.cfg.issuer, issued_at_s=time.time(),
-                                                     request_id=event_id))
+        c: GridCancel = self.keyring.sign(GridCancel.of(event_id, self.cfg.site, self.cfg.issuer, time.time()))
         if not await self._deliver(c):
             self.stats.not_delivered += 1
             log.error("event %s cancelled by the VTN, but the cancel was not delivered to %s within %g s (%s); "
@@ -223,8 +221,10 @@ def run(cfg: GatewayConfig, gateway: Gateway, stop: threading.Event, duration_s:
     way out."""
     t0 = time.monotonic()
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # openleadr's poll job: two lines a second at INFO
-    if duration_s is not None:
-        threading.Timer(duration_s, stop.set).start()
+    timer = threading.Timer(duration_s, stop.set) if duration_s is not None else None
+    if timer is not None:
+        timer.daemon = True  # a gateway stopped sooner (a signal) does not wait for it
+        timer.start()
 
     async def main() -> None:
         ven = await _register(cfg, gateway, stop)

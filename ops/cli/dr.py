@@ -75,8 +75,7 @@ def cmd_dr_cancel(args: argparse.Namespace, cfg: Config) -> int:
     from powerplane.signing import grid_key_path, load_keyring
 
     keys = load_keyring(grid_key_path(cfg.signing_key_file, cfg.grid_key_file), cfg.grid_key_id, create=True)
-    c = keys.sign(GridCancel(id=f"{args.id}#cancel", site=site_name(args, cfg), issuer=issuer(args),
-                             issued_at_s=time.time(), request_id=args.id))
+    c = keys.sign(GridCancel.of(args.id, site_name(args, cfg), issuer(args), time.time()))
     send_one(cfg, topics.GRID.name, c, f"cancel of demand response {args.id}")
     print(f"demand response {args.id}: cancel signed ({c.key_id}) by {c.issuer}, sent to {topics.GRID.name} (the "
           f"answer: `powerplane dr status --id {args.id}`)")
